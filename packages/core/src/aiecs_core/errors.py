@@ -1,0 +1,231 @@
+"""The aiecs error hierarchy.
+
+Every error takes ``(message, details)`` positionally and keeps exactly those two values in
+``args``. Celery's JSON result backend stores ``exc.args`` and rebuilds the exception with
+``cls(*args)``, so every class here round-trips through it unchanged. Structured fields
+(``retry_after``, ``status_code``, ...) live in ``details`` and are exposed as properties;
+keyword arguments are a convenience that fills ``details``.
+
+Providers convert SDK errors at their boundary, by exception type and HTTP status code
+(never by message text), with ``raise ProviderError(...) from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .models import ErrorInfo
+
+__all__ = [
+    "AiecsError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "DuplicateExecutionError",
+    "InputValidationError",
+    "InvalidRequestError",
+    "InvalidTaskError",
+    "ModelNotFoundError",
+    "OperationError",
+    "OperationNotFoundError",
+    "PayloadTooLargeError",
+    "PluginError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderServerError",
+    "ProviderTimeoutError",
+    "RateLimitError",
+    "ServiceNotFoundError",
+    "StreamInterruptedError",
+    "TaskCancelledError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+    "error_info",
+]
+
+
+class AiecsError(Exception):
+    """Root of every aiecs error."""
+
+    #: Whether retrying the same request could succeed.
+    retryable: bool = False
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None, **fields: Any):
+        merged = dict(details or {})
+        merged.update({k: v for k, v in fields.items() if v is not None})
+        super().__init__(message, merged)
+
+    @property
+    def message(self) -> str:
+        return self.args[0] if self.args else ""
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.args[1] if len(self.args) > 1 and isinstance(self.args[1], dict) else {}
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, {self.details!r})"
+
+    def __reduce__(self):  # pickling (e.g. across a process pool) keeps the same contract
+        return (type(self), self.args)
+
+    def to_info(self) -> ErrorInfo:
+        return ErrorInfo(
+            type=type(self).__name__,
+            message=self.message,
+            retryable=self.is_retryable,
+            details=self.details,
+        )
+
+    @property
+    def is_retryable(self) -> bool:
+        return bool(self.details.get("retryable", self.retryable))
+
+
+# --- request / task errors -------------------------------------------------------------
+
+
+class InvalidTaskError(AiecsError):
+    """The task's arguments are missing, extra or of the wrong type."""
+
+
+class PayloadTooLargeError(InvalidTaskError):
+    """``input_data`` + ``context`` exceed the configured size limit."""
+
+    @property
+    def limit(self) -> int | None:
+        return self.details.get("limit")
+
+    @property
+    def size(self) -> int | None:
+        return self.details.get("size")
+
+
+class ServiceNotFoundError(AiecsError):
+    """No service is registered under ``(mode, service)``."""
+
+
+class OperationNotFoundError(AiecsError):
+    """The service does not declare the requested operation."""
+
+
+class InputValidationError(AiecsError):
+    """``input_data`` does not satisfy the operation's input model."""
+
+
+class ConfigurationError(AiecsError):
+    """A required setting (API key, project id, ...) is missing or invalid."""
+
+    @property
+    def env_var(self) -> str | None:
+        return self.details.get("env_var")
+
+
+class PluginError(AiecsError):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class DuplicateExecutionError(AiecsError):
+    """The same ``(task_id, step)`` is already running elsewhere."""
+
+
+class WorkerLostError(AiecsError):
+    """The worker process executing the task died too many times."""
+
+
+class OperationError(AiecsError):
+    """The operation raised something that is not an aiecs error (a bug in the provider).
+
+    ``details["exception_type"]`` names the original class; the traceback stays in the
+    worker's log.
+    """
+
+
+class TaskTimeoutError(AiecsError):
+    """The task's deadline passed; the provider call was cancelled."""
+
+
+class TaskCancelledError(AiecsError):
+    """The task was cancelled (revoked) by the user."""
+
+
+# --- provider errors ----------------------------------------------------------------------
+
+
+class ProviderError(AiecsError):
+    """An AI provider call failed. ``provider`` and ``status_code`` are in ``details``."""
+
+    @property
+    def provider(self) -> str | None:
+        return self.details.get("provider")
+
+    @property
+    def status_code(self) -> int | None:
+        return self.details.get("status_code")
+
+
+class InvalidRequestError(ProviderError):
+    """The provider rejected the request (HTTP 400/422). Not retried."""
+
+
+class AuthenticationError(ProviderError):
+    """Missing or rejected credentials (HTTP 401/403). Not retried."""
+
+
+class ModelNotFoundError(ProviderError):
+    """Unknown model or endpoint (HTTP 404). Not retried."""
+
+
+class RateLimitError(ProviderError):
+    """The provider asked us to slow down (HTTP 429). Retried after ``retry_after``."""
+
+    retryable = True
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.details.get("retry_after")
+        return float(value) if value is not None else None
+
+
+class ProviderServerError(ProviderError):
+    """The provider failed (HTTP 5xx). Retried."""
+
+    retryable = True
+
+
+class ProviderTimeoutError(ProviderError):
+    """The provider did not answer in time. Retried within the task's deadline."""
+
+    retryable = True
+
+
+class ProviderConnectionError(ProviderError):
+    """The provider could not be reached. Retried within the task's deadline."""
+
+    retryable = True
+
+
+class StreamInterruptedError(ProviderError):
+    """A streamed response was cut after output had been sent. Never retried.
+
+    ``partial_output`` in ``details`` holds the text already streamed to the user.
+    """
+
+    retryable = False
+
+    @property
+    def partial_output(self) -> str | None:
+        return self.details.get("partial_output")
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Describe any exception for users without leaking internals.
+
+    aiecs errors carry their own message; anything else is reported by class name and
+    message only (no traceback).
+    """
+    if isinstance(exc, AiecsError):
+        return exc.to_info()
+    return ErrorInfo(type=type(exc).__name__, message=str(exc) or type(exc).__name__)

@@ -1,0 +1,32 @@
+"""Plugin hook specifications.
+
+A provider plugin is a module (or object) with functions marked ``@hookimpl`` whose names
+match the specs below, exposed through an entry point in the ``aiecs`` group::
+
+    [project.entry-points.aiecs]
+    myprovider = "my_package.plugin"
+
+An implementation may accept fewer arguments than its spec: hooks can grow new arguments
+without breaking existing plugins.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "aiecs"
+#: Entry-point group plugins are discovered in (same string as the plugin manager's name).
+ENTRY_POINT_GROUP = PROJECT_NAME
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_services(register):
+    """Register the services this plugin provides.
+
+    :param register: call ``register(ServiceClass)`` once per :class:`aiecs_core.Service`
+        subclass. The service becomes reachable under ``(ServiceClass.mode,
+        ServiceClass.name)``.
+    """

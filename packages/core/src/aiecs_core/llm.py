@@ -1,0 +1,362 @@
+"""The provider-neutral chat and embedding contract, and helpers LLM providers share.
+
+Every LLM provider plugin (OpenAI, Vertex AI, xAI, or a third party's) takes the same
+inputs and returns the same results, so a caller can switch provider by changing the
+``service`` of a task and nothing else:
+
+- ``chat``: :class:`ChatInput` -> :class:`ChatResult`
+- ``embed``: :class:`EmbedInput` -> :class:`EmbedResult`
+
+The helpers turn an HTTP status into the right :mod:`aiecs_core.errors` class, read
+``Retry-After`` headers, price usage from configuration (never invented), and estimate
+tokens for rate limiting. They are pure functions over pydantic models: no SDK, no I/O.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ProviderError,
+    ProviderServerError,
+    RateLimitError,
+)
+from .models import Usage
+
+__all__ = [
+    "PRICES_ENV",
+    "ChatInput",
+    "ChatMessage",
+    "ChatResult",
+    "EmbedInput",
+    "EmbedResult",
+    "ResponseFormat",
+    "ToolCall",
+    "ToolDefinition",
+    "chat_token_estimate",
+    "error_for_status",
+    "estimate_tokens",
+    "make_usage",
+    "parse_retry_after",
+    "price_for",
+    "redact",
+]
+
+_NAME = r"^[A-Za-z0-9_\-]{1,64}$"
+
+
+class ToolCall(BaseModel):
+    """A function call the model asked for. aiecs returns it; it never executes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """Call identifier, to answer with a ``tool`` message carrying the same id."""
+    name: str
+    """Function name (one of the request's ``tools``)."""
+    arguments: str
+    """The arguments as JSON text, exactly as the model produced them."""
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    """``system`` instructions, ``user`` turns, ``assistant`` turns, ``tool`` results."""
+    content: str | None = Field(default=None, max_length=2_000_000)
+    """Text of the message (may be empty for an assistant turn that only calls tools)."""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """Assistant only: the calls the model made in this turn (to continue a conversation)."""
+    tool_call_id: str | None = None
+    """Tool only: the id of the call this message answers."""
+    name: str | None = Field(default=None, pattern=_NAME)
+    """Tool only: the function's name (required by providers that key results by name)."""
+
+    @model_validator(mode="after")
+    def _check_role(self) -> ChatMessage:
+        if self.role in ("system", "user") and self.content is None:
+            raise ValueError(f"a {self.role} message needs content")
+        if self.role == "assistant" and self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        if self.role == "tool" and (self.tool_call_id is None or self.content is None):
+            raise ValueError("a tool message needs tool_call_id and content")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
+
+
+class ToolDefinition(BaseModel):
+    """A function the model may call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """JSON Schema of the arguments object."""
+
+
+class ResponseFormat(BaseModel):
+    """Structured output: the reply must be JSON matching ``json_schema``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="response", pattern=_NAME)
+    """Name of the schema (OpenAI-style APIs require one)."""
+    json_schema: dict[str, Any]
+    """JSON Schema the reply must match."""
+    strict: bool = True
+    """Ask the provider to enforce the schema exactly (where it can)."""
+
+
+class ChatInput(BaseModel):
+    """Input of every provider's ``chat`` operation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    """Model identifier, as the provider names it (``gpt-4o-mini``, ``gemini-2.5-flash``)."""
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    """The conversation, oldest first."""
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    """Sampling temperature; provider default when unset."""
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    """Upper bound on generated tokens; provider default when unset."""
+    response_format: ResponseFormat | None = None
+    """Structured output: reply with JSON matching this schema (see ``ChatResult.parsed``)."""
+    tools: list[ToolDefinition] = Field(default_factory=list, max_length=512)
+    """Functions the model may call; calls are returned in ``ChatResult.tool_calls``."""
+    tool_choice: Literal["auto", "none", "required"] | None = None
+    """Whether the model may, must not, or must call a tool (provider default: auto)."""
+    stream: bool = False
+    """Push text to the user as stream events as it is generated."""
+
+
+class ChatResult(BaseModel):
+    """Result of every provider's ``chat`` operation."""
+
+    text: str
+    """The full reply text (empty when the model only called tools)."""
+    finish_reason: str
+    """``stop``, ``length``, ``tool_calls``, ``content_filter``, or the provider's own
+    (lower-cased) reason for anything else."""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """Function calls the model asked for (not executed)."""
+    parsed: Any = None
+    """With ``response_format``: the reply decoded from JSON (None if it is not JSON)."""
+    model: str
+    """Model as reported by the provider."""
+    usage: Usage
+    """Tokens used by this call (and cost, when a price is configured)."""
+
+
+class EmbedInput(BaseModel):
+    """Input of every provider's ``embed`` operation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    """Embedding model identifier."""
+    texts: list[str] = Field(min_length=1, max_length=100_000)
+    """Texts to embed; sent in batches of the provider's per-request limit."""
+    dimensions: int | None = Field(default=None, ge=1, le=65_536)
+    """Output dimensionality, for models that can shorten their vectors."""
+
+
+class EmbedResult(BaseModel):
+    """Result of every provider's ``embed`` operation."""
+
+    model: str
+    vectors: list[list[float]]
+    """One vector per input text, in input order."""
+    usage: Usage
+    """Tokens of all batches together."""
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def parse_retry_after(
+    headers: Mapping[str, str] | None, *, now: float | None = None
+) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date).
+
+    Header names are matched case-insensitively. Returns None when absent or unreadable.
+    """
+    if not headers:
+        return None
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    value = lowered.get("retry-after-ms")
+    if value is not None:
+        try:
+            ms = float(value)
+            if math.isfinite(ms) and ms >= 0:
+                return ms / 1000.0
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_for_status(
+    status: int | None,
+    message: str,
+    *,
+    provider: str,
+    retry_after: float | None = None,
+    **details: Any,
+) -> ProviderError:
+    """The aiecs error for an HTTP error status (decided by the code, never the text).
+
+    400/409/413/422 -> InvalidRequestError, 401/403 -> AuthenticationError,
+    404 -> ModelNotFoundError, 429 -> RateLimitError, 408 and 5xx -> ProviderServerError
+    (retried). Any other status is an InvalidRequestError (not retried).
+    """
+    fields: dict[str, Any] = {"provider": provider, "status_code": status, **details}
+    if status in (401, 403):
+        cls: type[ProviderError] = AuthenticationError
+    elif status == 404:
+        cls = ModelNotFoundError
+    elif status == 429:
+        cls = RateLimitError
+        fields["retry_after"] = retry_after
+    elif status is not None and (status >= 500 or status == 408):
+        cls = ProviderServerError
+    else:
+        cls = InvalidRequestError
+    return cls(message, **fields)
+
+
+_KEYLIKE = re.compile(r"\b(?:sk|xai|AIza)[-_A-Za-z0-9]{8,}")
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` with the given secrets and anything shaped like an API key removed."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _KEYLIKE.sub("[redacted]", text)
+
+
+# --- usage and prices --------------------------------------------------------------------
+
+#: Environment variable with model prices: ``{"provider/model": {"input": USD per 1M
+#: tokens, "output": USD per 1M tokens}}``. Models without an entry get ``cost=None``.
+PRICES_ENV = "AIECS_PRICES"
+
+_prices_cache: tuple[str, dict[str, tuple[float, float]]] | None = None
+
+
+def _prices() -> dict[str, tuple[float, float]]:
+    global _prices_cache
+    raw = os.environ.get(PRICES_ENV, "").strip()
+    if _prices_cache is not None and _prices_cache[0] == raw:
+        return _prices_cache[1]
+    table: dict[str, tuple[float, float]] = {}
+    if raw:
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("must be a JSON object")
+            for key, entry in data.items():
+                if "/" not in key or not isinstance(entry, dict):
+                    raise ValueError(f"entry {key!r} must be 'provider/model': {{...}}")
+                unknown = set(entry) - {"input", "output"}
+                if unknown:
+                    raise ValueError(f"entry {key!r} has unknown fields {sorted(unknown)}")
+                prices = (float(entry.get("input", 0.0)), float(entry.get("output", 0.0)))
+                if min(prices) < 0 or not all(math.isfinite(p) for p in prices):
+                    raise ValueError(f"entry {key!r} must have finite, non-negative prices")
+                table[key] = prices
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"{PRICES_ENV} is invalid: {exc} (expected "
+                '{"provider/model": {"input": <USD per 1M tokens>, "output": <...>}})',
+                env_var=PRICES_ENV,
+            ) from None
+    _prices_cache = (raw, table)
+    return table
+
+
+def price_for(provider: str, *models: str | None) -> tuple[float, float] | None:
+    """(input, output) USD per million tokens for the first of ``models`` with a price."""
+    table = _prices()
+    for model in models:
+        if model and f"{provider}/{model}" in table:
+            return table[f"{provider}/{model}"]
+    return None
+
+
+def make_usage(
+    provider: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    requested_model: str | None = None,
+    estimated: bool = False,
+) -> Usage:
+    """A Usage record, priced when ``AIECS_PRICES`` has the model (reported or requested).
+
+    ``estimated`` usage (counted locally because the provider never reported it, e.g. a
+    cancelled stream) is never priced.
+    """
+    cost = None
+    price = None if estimated else price_for(provider, model, requested_model)
+    if price is not None:
+        cost = round((input_tokens * price[0] + output_tokens * price[1]) / 1_000_000, 10)
+    return Usage(
+        provider=provider,
+        model=model,
+        input_tokens=max(0, int(input_tokens)),
+        output_tokens=max(0, int(output_tokens)),
+        cost=cost,
+    )
+
+
+# --- token estimates (for rate limiting, never for billing) ---------------------------------
+
+
+def estimate_tokens(text: str | None) -> int:
+    """A rough token count: one token per four characters (rounded up)."""
+    return -(-len(text) // 4) if text else 0
+
+
+def chat_token_estimate(data: ChatInput, default_output: int = 1024) -> int:
+    """Tokens a chat call may consume: its input, estimated, plus its maximum output."""
+    total = 0
+    for message in data.messages:
+        total += 4 + estimate_tokens(message.content)
+        for call in message.tool_calls:
+            total += estimate_tokens(call.name) + estimate_tokens(call.arguments)
+    for tool in data.tools:
+        total += estimate_tokens(tool.name + tool.description + json.dumps(tool.parameters))
+    if data.response_format is not None:
+        total += estimate_tokens(json.dumps(data.response_format.json_schema))
+    return total + (data.max_output_tokens or default_output)

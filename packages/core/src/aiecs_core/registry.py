@@ -1,0 +1,316 @@
+"""Plugin discovery and the service registry.
+
+Plugins are found through the ``aiecs`` entry-point group. Each entry point is loaded and
+asked for its services *in isolation*: a plugin that fails to import, or whose hook raises,
+is recorded with its reason and the others keep working. ``AIECS_PLUGINS`` (comma-separated
+entry-point names) restricts which plugins load; unset or empty means all.
+
+Services are keyed ``(mode, service)``. Only operations a service declares can be resolved.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import threading
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import OperationNotFoundError, PluginError, ServiceNotFoundError
+from .service import OperationSpec, Service
+
+__all__ = [
+    "ALLOW_ENV",
+    "PluginFailure",
+    "PluginInfo",
+    "ServiceRegistry",
+    "get_registry",
+    "load_plugins",
+    "reset_registry",
+]
+
+#: Environment variable holding the plugin allow-list.
+ALLOW_ENV = "AIECS_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    """A plugin that loaded."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    services: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that did not load, and why."""
+
+    name: str
+    distribution: str | None
+    reason: str
+
+
+def _allow_list(allow: Iterable[str] | str | None) -> set[str] | None:
+    if allow is None:
+        allow = os.environ.get(ALLOW_ENV, "")
+    if isinstance(allow, str):
+        allow = [part.strip() for part in allow.split(",")]
+    names = {name for name in allow if name}
+    return names or None
+
+
+class ServiceRegistry:
+    """Plugins, the services they registered, and lazily created service instances."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: list[PluginInfo] = []
+        self.failures: list[PluginFailure] = []
+        self._services: dict[tuple[str, str], type[Service]] = {}
+        self._owners: dict[tuple[str, str], str] = {}
+        self._instances: dict[tuple[str, str], Service] = {}
+        self._lock = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------------------
+    def load_entry_points(
+        self,
+        allow: Iterable[str] | str | None = None,
+        entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+    ) -> None:
+        """Load every plugin of the ``aiecs`` group (restricted by the allow-list)."""
+        allowed = _allow_list(allow)
+        if entry_points is None:
+            entry_points = importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)
+        seen: dict[str, str | None] = {}
+        found: set[str] = set()
+        for ep in entry_points:
+            dist = ep.dist.name if ep.dist is not None else None
+            found.add(ep.name)
+            if allowed is not None and ep.name not in allowed:
+                continue
+            if ep.name in seen:
+                self.failures.append(
+                    PluginFailure(
+                        ep.name,
+                        dist,
+                        f"duplicate plugin name {ep.name!r}: already provided by "
+                        f"{seen[ep.name] or 'another distribution'}; not loaded",
+                    )
+                )
+                continue
+            seen[ep.name] = dist
+            try:
+                plugin = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - isolate anything a plugin raises
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self.failures.append(
+                    PluginFailure(ep.name, dist, f"import failed: {_describe(exc)}")
+                )
+                continue
+            version = ep.dist.version if ep.dist is not None else None
+            self.register_plugin(plugin, ep.name, distribution=dist, version=version)
+        for name in sorted((allowed or set()) - found):
+            self.failures.append(
+                PluginFailure(name, None, f"listed in {ALLOW_ENV} but not installed")
+            )
+
+    def register_plugin(
+        self,
+        plugin: Any,
+        name: str,
+        *,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> PluginInfo | None:
+        """Register one plugin object and collect its services, isolated from the others."""
+        if self.pm.has_plugin(name) or any(p.name == name for p in self.plugins):
+            self.failures.append(
+                PluginFailure(name, distribution, f"duplicate plugin name {name!r}; not loaded")
+            )
+            return None
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001
+            self.failures.append(PluginFailure(name, distribution, _describe(exc)))
+            return None
+        unknown = [
+            impl.function.__name__
+            for hook_name in dir(self.pm.hook)
+            if not hook_name.startswith("_")
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls()
+            if impl.plugin_name == name and not getattr(self.pm.hook, hook_name).has_spec()
+        ]
+        if unknown:
+            self.pm.unregister(name=name)
+            self.failures.append(
+                PluginFailure(name, distribution, f"implements unknown hooks: {unknown}")
+            )
+            return None
+        info = PluginInfo(name, distribution, version)
+        staged: list[type[Service]] = []
+        try:
+            for impl in self.pm.hook.register_services.get_hookimpls():
+                if impl.plugin_name == name:
+                    kwargs = {"register": staged.append}
+                    impl.function(*[kwargs[arg] for arg in impl.argnames])
+            for service_cls in staged:
+                self._check_service(service_cls)
+        except BaseException as exc:  # noqa: BLE001 - as for imports: SystemExit included
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self.pm.unregister(name=name)
+            self.failures.append(PluginFailure(name, distribution, _describe(exc)))
+            return None
+        for service_cls in staged:
+            key = (service_cls.mode, service_cls.name)
+            if key in self._services:
+                self.failures.append(
+                    PluginFailure(
+                        name,
+                        distribution,
+                        f"service {key[0]}/{key[1]} already registered by plugin "
+                        f"{self._owners[key]!r}; this one ignored",
+                    )
+                )
+                continue
+            self._services[key] = service_cls
+            self._owners[key] = name
+            info.services.append(key)
+        self.plugins.append(info)
+        return info
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin and its services (tests use this to clean up)."""
+        for key in [k for k, owner in self._owners.items() if owner == name]:
+            self._services.pop(key, None)
+            self._owners.pop(key, None)
+            self._instances.pop(key, None)
+        self.plugins = [p for p in self.plugins if p.name != name]
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+
+    @staticmethod
+    def _check_service(service_cls: Any) -> None:
+        if not (isinstance(service_cls, type) and issubclass(service_cls, Service)):
+            raise PluginError(f"register() takes a Service subclass, got {service_cls!r}")
+        for attr in ("mode", "name"):
+            if not isinstance(getattr(service_cls, attr, None), str):
+                raise PluginError(f"{service_cls.__qualname__} must set a string {attr!r}")
+        if not service_cls.operations:
+            raise PluginError(f"{service_cls.__qualname__} declares no operations")
+
+    # -- lookup -----------------------------------------------------------------------------
+    def keys(self) -> list[tuple[str, str]]:
+        return sorted(self._services)
+
+    def service_class(self, mode: str, service: str) -> type[Service]:
+        try:
+            return self._services[(mode, service)]
+        except KeyError:
+            available = ", ".join(f"{m}/{s}" for m, s in self.keys()) or "none"
+            raise ServiceNotFoundError(
+                f"no service {service!r} in mode {mode!r}; available: {available}",
+                mode=mode,
+                service=service,
+            ) from None
+
+    def operation(self, mode: str, service: str, name: str) -> OperationSpec:
+        """The declared operation ``name`` of ``(mode, service)``, or a clear error."""
+        service_cls = self.service_class(mode, service)
+        spec = service_cls.operations.get(name)
+        if spec is None:
+            available = ", ".join(sorted(service_cls.operations)) or "none"
+            raise OperationNotFoundError(
+                f"service {mode}/{service} has no operation {name!r}; available: {available}",
+                mode=mode,
+                service=service,
+                operation=name,
+            )
+        return spec
+
+    def instance(self, mode: str, service: str) -> Service:
+        """The per-process instance of a service, created on first use."""
+        key = (mode, service)
+        inst = self._instances.get(key)
+        if inst is None:
+            service_cls = self.service_class(mode, service)
+            with self._lock:
+                inst = self._instances.get(key)
+                if inst is None:
+                    inst = service_cls()
+                    self._instances[key] = inst
+        return inst
+
+    def instances(self) -> list[Service]:
+        return list(self._instances.values())
+
+    def drop_instances(self) -> list[Service]:
+        """Forget all instances (after a fork, or at shutdown) and return them."""
+        with self._lock:
+            dropped = list(self._instances.values())
+            self._instances.clear()
+        return dropped
+
+    # -- listing ----------------------------------------------------------------------------
+    def listing(self) -> dict[str, Any]:
+        """Loaded and failed plugins, services and their operations (JSON-ready)."""
+        return {
+            "plugins": [
+                {
+                    "name": p.name,
+                    "distribution": p.distribution,
+                    "version": p.version,
+                    "services": [f"{m}/{s}" for m, s in p.services],
+                }
+                for p in self.plugins
+            ],
+            "failures": [
+                {"name": f.name, "distribution": f.distribution, "reason": f.reason}
+                for f in self.failures
+            ],
+            "services": [
+                {**self._services[key].describe(), "plugin": self._owners[key]}
+                for key in self.keys()
+            ],
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+_registry: ServiceRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def load_plugins(allow: Iterable[str] | str | None = None) -> ServiceRegistry:
+    """The process-wide registry, loading plugins on the first call only."""
+    global _registry
+    if _registry is None:
+        with _registry_lock:
+            if _registry is None:
+                registry = ServiceRegistry()
+                registry.load_entry_points(allow)
+                _registry = registry
+    return _registry
+
+
+get_registry = load_plugins
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry (tests; the next call reloads plugins)."""
+    global _registry
+    with _registry_lock:
+        _registry = None

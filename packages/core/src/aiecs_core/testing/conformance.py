@@ -1,0 +1,96 @@
+"""The conformance suite every provider package runs in its own tests.
+
+Subclass :class:`ServiceConformance` in a test module and provide two fixtures::
+
+    import pytest
+    from aiecs_core.testing import ServiceConformance
+    import my_provider.plugin
+
+    class TestMyProviderConformance(ServiceConformance):
+        @pytest.fixture
+        def plugin(self):
+            return my_provider.plugin
+
+        @pytest.fixture
+        def examples(self, fake_server):   # point the provider at a local server here
+            return {("chat", "myprovider", "chat"): {"messages": [...], "model": "m"}}
+
+``examples`` maps ``(mode, service, operation)`` to one valid ``input_data``; every declared
+operation needs one. Each example is run through the same resolve/validate/invoke path the
+worker uses, and its result, events and usage are checked against the contract.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ..errors import AiecsError, OperationNotFoundError
+from ..models import TaskEvent, Usage
+from ..registry import ServiceRegistry
+
+_UNDECLARED = ["__init__", "__class__", "__dict__", "aclose", "describe", "operations", "mode"]
+
+
+class ServiceConformance:
+    """Contract checks for one provider plugin. Needs fixtures ``plugin`` and ``examples``."""
+
+    @pytest.fixture
+    def registry(self, plugin: Any) -> ServiceRegistry:
+        registry = ServiceRegistry()
+        registry.register_plugin(plugin, "under-test")
+        yield registry
+        registry.drop_instances()
+
+    def test_plugin_registers_services(self, registry: ServiceRegistry) -> None:
+        assert not registry.failures, registry.failures
+        assert registry.keys(), "the plugin registered no service"
+
+    def test_every_operation_has_an_example(self, registry: ServiceRegistry, examples) -> None:
+        declared = {
+            (mode, service, op)
+            for mode, service in registry.keys()
+            for op in registry.service_class(mode, service).operations
+        }
+        missing = declared - set(examples)
+        assert not missing, f"no example for operations {sorted(missing)}"
+
+    def test_listing_is_json(self, registry: ServiceRegistry) -> None:
+        listing = json.loads(json.dumps(registry.listing()))
+        for entry in listing["services"]:
+            assert entry["operations"], entry
+            for op in entry["operations"].values():
+                assert op["input_schema"]["type"] == "object"
+
+    def test_undeclared_names_are_not_operations(self, registry: ServiceRegistry) -> None:
+        for mode, service in registry.keys():
+            for name in _UNDECLARED:
+                with pytest.raises(OperationNotFoundError):
+                    registry.operation(mode, service, name)
+
+    def test_examples_run(self, registry: ServiceRegistry, examples) -> None:
+        from . import run_operation
+
+        for (mode, service, op), input_data in examples.items():
+            result, ctx = run_operation(registry, mode, service, op, input_data)
+            json.dumps(result)  # results must be JSON
+            for event in ctx.events:
+                assert isinstance(event, TaskEvent)
+                TaskEvent.model_validate_json(event.model_dump_json())
+                if event.type == "progress" and event.progress is not None:
+                    assert 0.0 <= event.progress <= 1.0
+            for usage in ctx.usage:
+                assert isinstance(usage, Usage)
+                assert usage.provider and usage.model
+                assert usage.input_tokens >= 0 and usage.output_tokens >= 0
+
+    def test_invalid_input_is_rejected(self, registry: ServiceRegistry) -> None:
+        from ..service import validate_input
+
+        for mode, service in registry.keys():
+            for spec in registry.service_class(mode, service).operations.values():
+                with pytest.raises(AiecsError) as info:
+                    validate_input(spec, {"__not_a_field__": object()})
+                assert spec.name in str(info.value)
