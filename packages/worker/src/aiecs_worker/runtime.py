@@ -1,0 +1,605 @@
+"""The runner: one event loop per worker process, executing operations.
+
+Celery's pool threads (or the prefork child's main thread) hand each task to
+:meth:`Runtime.run`, which schedules the execution on the process's event loop thread and
+waits for its outcome. All provider calls of a process share that loop and the service
+instances (and their HTTP clients) on it, so one process keeps hundreds of calls in flight
+under the threads pool, and a prefork child never calls ``asyncio.run`` per task.
+
+One execution:
+
+1. the raw task arguments are validated into a :class:`TaskRequest` (size limit first);
+2. the ``begin`` transition: an execution already terminal is not run again (its stored
+   outcome is returned); deliveries are counted, and past ``AIECS_MAX_DELIVERIES`` the
+   execution FAILS instead of running; a pending cancel request ends it CANCELLED;
+3. RUNNING is published, the declared operation resolved and its input validated;
+4. the operation runs under the deadline (``CELERY_TASK_SOFT_TIME_LIMIT``), retrying
+   retryable provider errors with backoff and Retry-After while time remains and nothing
+   has been streamed yet; a cancel request cancels it;
+5. the ``finish`` transition stores the outcome and, if it won, publishes the single
+   terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiecs_core import (
+    AiecsError,
+    ErrorInfo,
+    InvalidTaskError,
+    OperationContext,
+    OperationError,
+    PayloadTooLargeError,
+    ServiceRegistry,
+    TaskCancelledError,
+    TaskEvent,
+    TaskRequest,
+    TaskResult,
+    TaskStatus,
+    TaskTimeoutError,
+    Usage,
+    WorkerLostError,
+    invoke_operation,
+    load_plugins,
+    validate_input,
+)
+from pydantic import ValidationError
+
+from .events import RedisEventPublisher, TaskKeys, celery_task_id
+from .ratelimit import RateLimiter, limited_call
+from .settings import Settings, get_settings
+from .state import BEGIN_LUA, FINISH_LUA, celery_index_key, steps_key
+
+__all__ = ["CANCEL_CHANNEL", "Outcome", "Runtime", "get_runtime", "parse_request"]
+
+log = logging.getLogger("aiecs.worker")
+
+#: Redis channel on which cancel requests (Celery task ids) are broadcast to workers.
+CANCEL_CHANNEL = "aiecs:cancel"
+_FIELDS = ("task_name", "user_id", "task_id", "step", "mode", "service", "input_data", "context")
+
+
+@dataclass
+class Outcome:
+    """How an execution ended, handed back to the Celery task."""
+
+    status: TaskStatus
+    result: dict[str, Any] | None = None
+    error: AiecsError | None = None
+    celery_id: str | None = None
+    replayed: bool = False
+
+
+@dataclass
+class _Running:
+    ctx: WorkerContext
+    task: asyncio.Task | None = None
+    cancel_reason: str | None = None
+
+
+def parse_request(args: tuple | list, kwargs: dict[str, Any], max_bytes: int) -> TaskRequest:
+    """Validate raw task arguments (positional in the specification's order, or keywords)."""
+    if len(args) > len(_FIELDS):
+        raise InvalidTaskError(
+            f"too many positional arguments ({len(args)}); expected at most {len(_FIELDS)}: "
+            + ", ".join(_FIELDS)
+        )
+    values = dict(zip(_FIELDS, args, strict=False))
+    for key in kwargs:
+        if key in values:
+            raise InvalidTaskError(f"argument {key!r} given both positionally and by keyword")
+    values.update(kwargs)
+    size = 0
+    for key in ("input_data", "context"):
+        if key in values:
+            try:
+                size += len(json.dumps(values[key], separators=(",", ":")).encode())
+            except (TypeError, ValueError) as exc:
+                raise InvalidTaskError(f"{key} is not JSON: {exc}") from None
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"input_data + context is {size} bytes, over the limit of {max_bytes} "
+            "(AIECS_MAX_PAYLOAD_BYTES)",
+            size=size,
+            limit=max_bytes,
+        )
+    try:
+        return TaskRequest.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<arguments>'}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        raise InvalidTaskError(f"invalid task arguments: {problems}") from None
+
+
+def _routable(values: dict[str, Any]) -> TaskRequest | None:
+    """Best effort: enough of a broken request to tell its user that it failed."""
+    try:
+        return TaskRequest.model_validate(
+            {
+                "task_name": values.get("task_name") or "unknown",
+                "user_id": values.get("user_id"),
+                "task_id": values.get("task_id"),
+                "step": values.get("step", 0),
+                "mode": values.get("mode") or "unknown",
+                "service": values.get("service") or "unknown",
+            }
+        )
+    except (ValidationError, TypeError):
+        try:
+            return TaskRequest.model_validate(
+                {
+                    "task_name": "unknown",
+                    "user_id": values.get("user_id"),
+                    "task_id": values.get("task_id"),
+                    "step": values.get("step", 0) if isinstance(values.get("step"), int) else 0,
+                    "mode": "unknown",
+                    "service": "unknown",
+                }
+            )
+        except (ValidationError, TypeError):
+            return None
+
+
+class WorkerContext(OperationContext):
+    """The context operations get in the worker: events go to the process's publisher."""
+
+    def __init__(self, request: TaskRequest, runtime: Runtime, *, deadline: float | None):
+        super().__init__(request, deadline=deadline)
+        self._runtime = runtime
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        event = self.make_event(type_, **fields)
+        self._runtime.publish_nowait(event)
+
+
+class Runtime:
+    """Per-process state: the loop thread, the registry, Redis clients, running executions."""
+
+    def __init__(self, settings: Settings | None = None, registry: ServiceRegistry | None = None):
+        import redis.asyncio as aioredis
+
+        self.settings = settings or get_settings()
+        self.registry = registry or load_plugins()
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="aiecs-op")
+        )
+        self._thread = threading.Thread(
+            target=self._run_loop, name="aiecs-loop", daemon=True
+        )
+        s = self.settings
+        self.publisher = RedisEventPublisher(
+            s.state_redis_url,
+            channel=s.aiecs_socketio_channel,
+            maxlen=s.aiecs_events_maxlen,
+            ttl=s.aiecs_events_ttl,
+        )
+        self.redis = aioredis.Redis.from_url(
+            s.state_redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        )
+        self._begin = self.redis.register_script(BEGIN_LUA)
+        #: Cluster-wide per-(provider, model) limits (AIECS_RATE_LIMITS); None when unset.
+        self.limiter = RateLimiter.from_env(self.redis)
+        self._finish = self.redis.register_script(FINISH_LUA)
+        self.running: dict[str, _Running] = {}
+        self._state_down = False
+        self._thread.start()
+        self._cancel_listener = asyncio.run_coroutine_threadsafe(self._listen_cancels(), self.loop)
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    # -- entry point from Celery ------------------------------------------------------------
+    def run(
+        self,
+        args: tuple | list,
+        kwargs: dict[str, Any],
+        *,
+        celery_id: str | None,
+        soft_limit: float | None = None,
+    ) -> Outcome:
+        """Execute one task and wait for its outcome (called from a pool thread)."""
+        future = asyncio.run_coroutine_threadsafe(
+            self.execute(args, kwargs, celery_id=celery_id, soft_limit=soft_limit), self.loop
+        )
+        try:
+            return future.result()
+        except BaseException:
+            # Celery's soft time limit (prefork) or a shutdown interrupted the wait:
+            # stop the execution, let it record TIMED_OUT, then re-raise.
+            running = self.running.get(celery_id or "")
+            if running is not None:
+                self.loop.call_soon_threadsafe(self._cancel, running, "timeout")
+            with contextlib.suppress(BaseException):
+                future.result(timeout=5)
+            raise
+
+    def publish_nowait(self, event: TaskEvent) -> None:
+        """Queue an event from any thread."""
+        if threading.get_ident() == self._thread.ident:
+            self.publisher.publish_nowait(event)
+        else:
+            self.loop.call_soon_threadsafe(self.publisher.publish_nowait, event)
+
+    def call(self, coro, timeout: float | None = 30) -> Any:
+        """Run a coroutine on the loop from another thread and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    # -- one execution ------------------------------------------------------------------------
+    async def execute(
+        self,
+        args: tuple | list,
+        kwargs: dict[str, Any],
+        *,
+        celery_id: str | None,
+        soft_limit: float | None = None,
+    ) -> Outcome:
+        s = self.settings
+        started = time.time()
+        # The worker's limit caps the one in the message (set by the sender's config).
+        limit = min(soft_limit or s.celery_task_soft_time_limit, s.celery_task_soft_time_limit)
+        deadline = time.monotonic() + limit
+        try:
+            request = parse_request(args, kwargs, s.aiecs_max_payload_bytes)
+        except InvalidTaskError as exc:
+            values = dict(zip(_FIELDS, args, strict=False)) | dict(kwargs)
+            routable = _routable(values)
+            log.warning("rejected task %s: %s", celery_id, exc)
+            if routable is not None:
+                ctx = WorkerContext(routable, self, deadline=None)
+                await self._finish_with(ctx, TaskStatus.FAILED, error=exc)
+            return Outcome(TaskStatus.FAILED, error=exc, celery_id=celery_id)
+
+        celery_id = celery_id or celery_task_id(request.user_id, request.task_id, request.step)
+        ctx = WorkerContext(request, self, deadline=deadline)
+        keys = TaskKeys(request.user_id, request.task_id)
+
+        status, deliveries, cancel_requested = await self._begin_execution(
+            request, keys, celery_id
+        )
+        if status != TaskStatus.RUNNING.value:
+            return await self._replay(request, keys, status, celery_id)
+        if deliveries > s.aiecs_max_deliveries:
+            err = WorkerLostError(
+                f"the worker executing this task was lost {deliveries - 1} times "
+                f"(limit AIECS_MAX_DELIVERIES={s.aiecs_max_deliveries}); giving up",
+                deliveries=deliveries - 1,
+            )
+            log.error("task %s (%s): %s", celery_id, request.key, err)
+            return await self._finish_with(ctx, TaskStatus.FAILED, error=err, celery_id=celery_id)
+        if cancel_requested:
+            err = TaskCancelledError("task was cancelled before it started")
+            return await self._finish_with(
+                ctx, TaskStatus.CANCELLED, error=err, celery_id=celery_id
+            )
+
+        message = "started"
+        if deliveries > 1:
+            message = f"redelivered after worker loss (delivery {deliveries})"
+        # Awaited: RUNNING is in the log before the provider is called, even if this
+        # process is killed during the call.
+        await self.publisher.publish(ctx.make_event("status", message=message))
+
+        running = _Running(ctx, task=asyncio.current_task())
+        self.running[celery_id] = running
+        status, error = TaskStatus.COMPLETED, None
+        try:
+            try:
+                async with asyncio.timeout_at(self._loop_deadline(deadline)):
+                    result, attempts = await self._attempts(ctx)
+            except TimeoutError:
+                running.cancel_reason = running.cancel_reason or "timeout"
+        except asyncio.CancelledError:
+            if running.cancel_reason is None:  # not ours: the loop itself is going away
+                raise
+            asyncio.current_task().uncancel()
+        except AiecsError as exc:
+            status, error = TaskStatus.FAILED, exc
+        except Exception as exc:  # noqa: BLE001 - a provider bug must not kill the worker
+            log.exception("operation %s/%s.%s raised", request.mode, request.service,
+                          request.task_name)
+            status = TaskStatus.FAILED
+            error = OperationError(
+                f"{type(exc).__name__}: {exc}", exception_type=type(exc).__name__
+            )
+        finally:
+            self.running.pop(celery_id, None)
+
+        if running.cancel_reason == "timeout":
+            ctx.cancel()
+            status = TaskStatus.TIMED_OUT
+            error = TaskTimeoutError(
+                f"deadline of {limit:g}s passed (CELERY_TASK_SOFT_TIME_LIMIT); "
+                "the provider call was cancelled",
+                limit=limit,
+            )
+        elif running.cancel_reason is not None:
+            status, error = TaskStatus.CANCELLED, TaskCancelledError("task was cancelled")
+        if error is not None:
+            return await self._finish_with(ctx, status, error=error, celery_id=celery_id)
+
+        outcome = TaskResult(
+            task_id=request.task_id,
+            step=request.step,
+            user_id=request.user_id,
+            task_name=request.task_name,
+            mode=request.mode,
+            service=request.service,
+            status=TaskStatus.COMPLETED,
+            result=result,
+            usage=ctx.usage,
+            attempts=attempts,
+            started_at=started,
+            finished_at=time.time(),
+        ).model_dump(mode="json")
+        return await self._finish_with(
+            ctx, TaskStatus.COMPLETED, result=outcome, celery_id=celery_id
+        )
+
+    def _loop_deadline(self, monotonic_deadline: float) -> float:
+        return self.loop.time() + max(0.0, monotonic_deadline - time.monotonic())
+
+    async def _attempts(self, ctx: WorkerContext) -> tuple[Any, int]:
+        request = ctx.request
+        spec = self.registry.operation(request.mode, request.service, request.task_name)
+        data = validate_input(spec, request.input_data)
+        instance = self.registry.instance(request.mode, request.service)
+        s = self.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await limited_call(
+                    self.limiter, instance, spec.name, data, ctx,
+                    lambda: invoke_operation(instance, spec, ctx, data),
+                )
+                return result, attempt
+            except AiecsError as exc:
+                if not exc.is_retryable or attempt >= s.aiecs_max_attempts:
+                    raise self._with_partial(exc, ctx) from exc.__cause__
+                if ctx.has_streamed:
+                    raise self._with_partial(exc, ctx) from exc.__cause__
+                delay = self._backoff(attempt, exc)
+                remaining = ctx.time_remaining()
+                if remaining is not None and delay >= remaining:
+                    raise self._with_partial(exc, ctx) from exc.__cause__
+                ctx.emit(
+                    "progress",
+                    message=(
+                        f"retrying in {delay:.2f}s after {type(exc).__name__} "
+                        f"(attempt {attempt + 1} of {s.aiecs_max_attempts})"
+                    ),
+                )
+                await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int, exc: AiecsError) -> float:
+        s = self.settings
+        base = min(s.aiecs_retry_backoff_max, s.aiecs_retry_backoff * 2 ** (attempt - 1))
+        delay = base * (0.5 + random.random() / 2)  # "equal jitter"
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, float(retry_after))
+        return delay
+
+    @staticmethod
+    def _with_partial(exc: AiecsError, ctx: OperationContext) -> AiecsError:
+        if ctx.has_streamed and "partial_output" not in exc.details:
+            return type(exc)(exc.message, {**exc.details, "partial_output": ctx.partial_output})
+        return exc
+
+    async def _begin_execution(
+        self, request: TaskRequest, keys: TaskKeys, celery_id: str
+    ) -> tuple[str, int, bool]:
+        s = self.settings
+        try:
+            status, deliveries, cancel = await self._begin(
+                keys=[keys.state(request.step), steps_key(request.user_id, request.task_id),
+                      celery_index_key(celery_id)],
+                args=[celery_id, s.aiecs_events_ttl, time.time(), request.user_id,
+                      request.task_name, request.step, s.aiecs_max_deliveries],
+            )
+        except Exception as exc:  # noqa: BLE001 - state is best effort; the task still runs
+            self._state_unavailable(exc)
+            return TaskStatus.RUNNING.value, 1, False
+        self._state_available()
+        status = status.decode() if isinstance(status, bytes) else status
+        return status, int(deliveries), bool(cancel)
+
+    async def _replay(
+        self, request: TaskRequest, keys: TaskKeys, status: str, celery_id: str
+    ) -> Outcome:
+        """An execution that already finished: hand back the stored outcome, run nothing."""
+        raw = await self.redis.hmget(keys.state(request.step), ["result", "error"])
+        result = json.loads(raw[0]) if raw[0] else None
+        error = None
+        if raw[1]:
+            info = ErrorInfo.model_validate_json(raw[1])
+            error = _rebuild_error(info)
+        log.info("task %s (%s) already %s; not executed again", celery_id, request.key, status)
+        return Outcome(TaskStatus(status), result=result, error=error, celery_id=celery_id,
+                       replayed=True)
+
+    async def _finish_with(
+        self,
+        ctx: OperationContext,
+        status: TaskStatus,
+        *,
+        result: dict[str, Any] | None = None,
+        error: AiecsError | None = None,
+        celery_id: str | None = None,
+    ) -> Outcome:
+        request = ctx.request
+        keys = TaskKeys(request.user_id, request.task_id)
+        info = error.to_info() if error is not None else None
+        usage = [u.model_dump(mode="json") for u in ctx.usage]
+        won = True
+        try:
+            won = bool(
+                await self._finish(
+                    keys=[keys.state(request.step)],
+                    args=[
+                        status.value,
+                        json.dumps(result) if result is not None else "",
+                        info.model_dump_json() if info is not None else "",
+                        json.dumps(usage),
+                        time.time(),
+                        self.settings.aiecs_events_ttl,
+                    ],
+                )
+            )
+        except Exception as exc:  # noqa: BLE001
+            self._state_unavailable(exc)
+        if won:
+            event = ctx.make_event(
+                "status",
+                status=status,
+                message=status.value if info is None else info.message,
+                result=result.get("result") if result else None,
+                error=info,
+                usage=[Usage.model_validate(u) for u in usage],
+                partial_output=(
+                    (error.details.get("partial_output") or ctx.partial_output or None)
+                    if error is not None else None
+                ),
+                progress=1.0 if status == TaskStatus.COMPLETED else None,
+            )
+            await self.publisher.publish(event)
+        else:
+            log.info("task %s (%s) was already terminal; outcome %s not recorded",
+                     celery_id, request.key, status.value)
+        return Outcome(status, result=result, error=error, celery_id=celery_id)
+
+    def _state_unavailable(self, exc: Exception) -> None:
+        if not self._state_down:
+            log.warning("task state store unreachable (%s); running without idempotency", exc)
+            self._state_down = True
+
+    def _state_available(self) -> None:
+        if self._state_down:
+            log.warning("task state store reachable again")
+            self._state_down = False
+
+    # -- cancellation ----------------------------------------------------------------------------
+    def _cancel(self, running: _Running, reason: str) -> None:
+        if running.cancel_reason is None:
+            running.cancel_reason = reason
+        running.ctx.cancel()
+        if running.task is not None and not running.task.done():
+            running.task.cancel()
+
+    def cancel_local(self, celery_id: str, reason: str = "cancel") -> bool:
+        """Cancel a running execution of this process (thread-safe)."""
+        running = self.running.get(celery_id)
+        if running is None:
+            return False
+        self.loop.call_soon_threadsafe(self._cancel, running, reason)
+        return True
+
+    async def _listen_cancels(self) -> None:
+        """Follow cancel requests (pub/sub) and Celery revocations seen by this process."""
+        backoff = 0.5
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CANCEL_CHANNEL)
+                backoff = 0.5
+                while True:
+                    message = await pubsub.get_message(timeout=0.25)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        celery_id = data.decode() if isinstance(data, bytes) else str(data)
+                        running = self.running.get(celery_id)
+                        if running is not None:
+                            self._cancel(running, "cancel")
+                    self._check_revoked()
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.debug("cancel listener reconnecting: %s", exc)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+
+    def _check_revoked(self) -> None:
+        """Plain ``AsyncResult.revoke()`` of a running task (in-process pools)."""
+        if not self.running:
+            return
+        try:
+            from celery.worker import state as worker_state
+        except ImportError:  # pragma: no cover
+            return
+        for celery_id in list(self.running):
+            if celery_id in worker_state.revoked:
+                self._cancel(self.running[celery_id], "cancel")
+
+    # -- shutdown -----------------------------------------------------------------------------
+    async def _aclose(self) -> None:
+        self._cancel_listener.cancel()
+        for instance in self.registry.drop_instances():
+            try:
+                await instance.aclose()
+            except Exception:  # noqa: BLE001
+                log.exception("closing %r failed", instance)
+        await self.publisher.aclose()
+        await self.redis.aclose()
+
+    def close(self, timeout: float = 10) -> None:
+        if os.getpid() != self.pid or not self.loop.is_running():
+            return
+        try:
+            self.call(self._aclose(), timeout)
+        except Exception:  # noqa: BLE001
+            log.exception("runtime shutdown failed")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+
+def _rebuild_error(info: ErrorInfo) -> AiecsError:
+    import aiecs_core.errors as errors
+
+    cls = getattr(errors, info.type, None)
+    if not (isinstance(cls, type) and issubclass(cls, AiecsError)):
+        return OperationError(info.message, info.details)
+    return cls(info.message, info.details)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, created on first use (and anew in a forked child)."""
+    global _runtime
+    rt = _runtime
+    if rt is None or rt.pid != os.getpid():
+        with _runtime_lock:
+            rt = _runtime
+            if rt is None or rt.pid != os.getpid():
+                rt = Runtime()
+                _runtime = rt
+    return rt
+
+
+def close_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        rt, _runtime = _runtime, None
+    if rt is not None:
+        rt.close()

@@ -1,0 +1,143 @@
+"""Settings of the progress server and the command line, read from the environment.
+
+Redis, the Socket.IO channel and the event log's bounds are the worker's settings
+(:mod:`aiecs_worker.settings`); this module adds what only the server needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from typing import Annotated
+
+from aiecs_core import ConfigurationError
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["MIN_SECRET_LENGTH", "ServerSettings", "get_server_settings", "load_server_settings"]
+
+#: HS256 keys shorter than the hash output (32 bytes) weaken the signature (RFC 7518 3.2).
+MIN_SECRET_LENGTH = 32
+
+
+class ServerSettings(BaseSettings):
+    """Every server setting, its environment variable and its default."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    aiecs_secret_key: SecretStr | None = None
+    """AIECS_SECRET_KEY: HMAC key of connection tokens (at least 32 characters). Required
+    unless AIECS_DEV is set, in which case a random one is made for the process."""
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:3000", "http://localhost:3001"]
+    )
+    """CORS_ALLOWED_ORIGINS: comma-separated origins allowed to call the server from a
+    browser (Socket.IO and HTTP). The server's own origin is always allowed."""
+    aiecs_host: str = "127.0.0.1"
+    """AIECS_HOST: interface ``aiecs serve`` binds to."""
+    aiecs_port: int = Field(default=8000, ge=1, le=65535)
+    """AIECS_PORT: port ``aiecs serve`` listens on."""
+    aiecs_public_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """AIECS_PUBLIC_ORIGINS: comma-separated origins the page itself is served from when
+    not ``http://localhost:PORT`` / ``http://127.0.0.1:PORT`` (behind a proxy, say)."""
+    aiecs_dev: bool = False
+    """AIECS_DEV: development mode: a generated secret and ``POST /dev/token`` (which hands
+    a token to anyone who asks). Never set it on a server others can reach."""
+    aiecs_token_ttl: int = Field(default=3600, gt=0)
+    """AIECS_TOKEN_TTL: default lifetime of issued tokens, seconds."""
+    aiecs_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    """AIECS_MAX_MESSAGE_BYTES: largest Socket.IO message a client may send."""
+    aiecs_health_interval: float = Field(default=2.0, gt=0)
+    """AIECS_HEALTH_INTERVAL: seconds between pub/sub listener probes (see /healthz)."""
+    aiecs_server_url: str | None = None
+    """AIECS_SERVER_URL: where ``aiecs submit`` / ``aiecs watch`` find the server (default
+    ``http://AIECS_HOST:AIECS_PORT``)."""
+    aiecs_token: SecretStr | None = None
+    """AIECS_TOKEN: token ``aiecs submit`` / ``aiecs watch`` authenticate with (default:
+    one is signed with AIECS_SECRET_KEY for ``--user``)."""
+
+    @field_validator("cors_allowed_origins", "aiecs_public_origins", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",")]
+        if isinstance(v, list | tuple):
+            return [str(o).strip().rstrip("/") for o in v if str(o).strip()]
+        return v
+
+    @field_validator("cors_allowed_origins", "aiecs_public_origins")
+    @classmethod
+    def _explicit(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin == "*" or "*" in origin:
+                raise ValueError("wildcards are not accepted: list each origin explicitly")
+            if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+                raise ValueError(
+                    f"{origin!r} is not an origin (scheme://host[:port], no path)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _secret(self) -> ServerSettings:
+        if self.aiecs_secret_key is None:
+            if self.aiecs_dev:
+                self.aiecs_secret_key = SecretStr(secrets.token_urlsafe(48))
+        elif len(self.aiecs_secret_key.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"AIECS_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters "
+                "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        return self
+
+    def secret(self) -> str:
+        """The signing key, or a ConfigurationError naming AIECS_SECRET_KEY."""
+        if self.aiecs_secret_key is None:
+            raise ConfigurationError(
+                "AIECS_SECRET_KEY is not set: the progress server refuses to start without "
+                "a token signing key (set AIECS_DEV=1 for a throwaway one on a dev machine)",
+                env_var="AIECS_SECRET_KEY",
+            )
+        return self.aiecs_secret_key.get_secret_value()
+
+    def own_origins(self, port: int | None = None) -> list[str]:
+        """Origins the page is served from: always allowed to call the server."""
+        port = port or self.aiecs_port
+        hosts = {"localhost", "127.0.0.1"}
+        if self.aiecs_host not in ("0.0.0.0", "::", ""):
+            hosts.add(self.aiecs_host)
+        own = [f"http://{h}:{port}" for h in sorted(hosts)]
+        return own + [o for o in self.aiecs_public_origins if o not in own]
+
+    def allowed_origins(self, port: int | None = None) -> list[str]:
+        """CORS_ALLOWED_ORIGINS plus the server's own origins (never empty, never ``*``)."""
+        out = list(self.own_origins(port))
+        out += [o for o in self.cors_allowed_origins if o not in out]
+        return out
+
+    def server_url(self) -> str:
+        if self.aiecs_server_url:
+            return self.aiecs_server_url.rstrip("/")
+        host = "127.0.0.1" if self.aiecs_host in ("0.0.0.0", "::", "") else self.aiecs_host
+        return f"http://{host}:{self.aiecs_port}"
+
+
+def load_server_settings(**overrides) -> ServerSettings:
+    """Read server settings; raise ConfigurationError naming the offending variable."""
+    try:
+        return ServerSettings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc.upper()}: {msg}" if loc else msg)
+        first = exc.errors()[0]["loc"]
+        raise ConfigurationError(
+            "invalid aiecs server configuration: " + "; ".join(problems),
+            env_var=str(first[0]).upper() if first else "AIECS_SECRET_KEY",
+        ) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_server_settings() -> ServerSettings:
+    return load_server_settings()

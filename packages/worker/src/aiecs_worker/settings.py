@@ -1,0 +1,113 @@
+"""Worker and server settings, read from the environment (names from the specification).
+
+An invalid value stops the process at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from aiecs_core import ConfigurationError
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings", "load_settings"]
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every setting, its environment variable and its default."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=True)
+
+    # --- Celery -------------------------------------------------------------------------
+    celery_broker_url: str = "redis://localhost:6379/0"
+    """CELERY_BROKER_URL: the Celery broker (Redis)."""
+    celery_result_backend: str | None = None
+    """CELERY_RESULT_BACKEND: where results are stored (default: the broker's Redis)."""
+    celery_task_soft_time_limit: int = Field(default=300, gt=0)
+    """CELERY_TASK_SOFT_TIME_LIMIT: seconds; the task's deadline (then TIMED_OUT)."""
+    celery_task_time_limit: int = Field(default=600, gt=0)
+    """CELERY_TASK_TIME_LIMIT: seconds; the prefork pool kills the child after this."""
+    celery_worker_concurrency: int | None = Field(default=None, gt=0)
+    """CELERY_WORKER_CONCURRENCY: pool size (default: Celery's, the number of CPUs)."""
+    celery_worker_prefetch_multiplier: int = Field(default=1, ge=0)
+    """CELERY_WORKER_PREFETCH_MULTIPLIER: messages reserved per pool slot."""
+    celery_visibility_timeout: int = Field(default=3600, gt=0)
+    """CELERY_VISIBILITY_TIMEOUT: seconds before Redis redelivers an unacknowledged task."""
+
+    # --- aiecs state and events ------------------------------------------------------------
+    redis_url: str | None = None
+    """REDIS_URL: Redis for task state, the event log and pub/sub (default: the broker)."""
+    aiecs_max_payload_bytes: int = Field(default=MIB, gt=0)
+    """AIECS_MAX_PAYLOAD_BYTES: largest JSON size of input_data + context."""
+    aiecs_max_deliveries: int = Field(default=3, ge=1)
+    """AIECS_MAX_DELIVERIES: times a task may be delivered (worker lost) before FAILED."""
+    aiecs_max_attempts: int = Field(default=4, ge=1)
+    """AIECS_MAX_ATTEMPTS: provider calls per execution (1 + retries of retryable errors)."""
+    aiecs_retry_backoff: float = Field(default=0.5, ge=0)
+    """AIECS_RETRY_BACKOFF: first retry delay in seconds, doubled each retry (jittered)."""
+    aiecs_retry_backoff_max: float = Field(default=30.0, ge=0)
+    """AIECS_RETRY_BACKOFF_MAX: cap on one retry delay in seconds."""
+    aiecs_events_maxlen: int = Field(default=10_000, gt=0)
+    """AIECS_EVENTS_MAXLEN: events kept per task in the durable log (approximate)."""
+    aiecs_events_ttl: int = Field(default=86_400, gt=0)
+    """AIECS_EVENTS_TTL: seconds a task's event log and state are kept after its last event."""
+    aiecs_socketio_channel: str = "socketio"
+    """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _redis_only(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> Settings:
+        soft, hard, vis = (
+            self.celery_task_soft_time_limit,
+            self.celery_task_time_limit,
+            self.celery_visibility_timeout,
+        )
+        if not soft < hard:
+            raise ValueError(
+                f"CELERY_TASK_SOFT_TIME_LIMIT ({soft}) must be less than "
+                f"CELERY_TASK_TIME_LIMIT ({hard})"
+            )
+        if not hard < vis:
+            raise ValueError(
+                f"CELERY_TASK_TIME_LIMIT ({hard}) must be less than "
+                f"CELERY_VISIBILITY_TIMEOUT ({vis}), or Redis redelivers running tasks"
+            )
+        return self
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.celery_broker_url
+
+    @property
+    def state_redis_url(self) -> str:
+        return self.redis_url or self.celery_broker_url
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings; raise ConfigurationError naming the offending variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            name = loc.upper() if loc else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigurationError(
+            "invalid aiecs configuration: " + "; ".join(problems),
+            env_var=str(exc.errors()[0]["loc"][0]).upper() if exc.errors()[0]["loc"] else None,
+        ) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,111 @@
+"""Execution state in Redis: the atomic transitions of one ``(user_id, task_id, step)``.
+
+The hash ``aiecs:t:{user}:{task}:{step}:state`` holds ``status``, ``celery_id``,
+``deliveries``, ``result``/``error``/``usage`` (JSON) and timestamps. Transitions are Lua
+scripts, so two processes never both move one execution to a terminal state: whoever
+wins publishes the one terminal event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiecs_core import TERMINAL_STATUSES
+
+__all__ = [
+    "BEGIN_LUA",
+    "CANCEL_LUA",
+    "FINISH_LUA",
+    "PENDING_LUA",
+    "celery_index_key",
+    "decode_state",
+    "steps_key",
+]
+
+_TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
+
+# KEYS: state, steps, celery index.  ARGV: celery_id, ttl, now, user_id, task_name, step,
+# max_deliveries.
+# Returns {status, deliveries, cancel_requested}; status is the stored terminal status when
+# the execution already finished (nothing changes then).
+BEGIN_LUA = f"""
+local terminal = {_TERMINAL}
+local st = redis.call('HGET', KEYS[1], 'status')
+if st and terminal[st] then
+  return {{st, tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'), ''}}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+local cancel = redis.call('HGET', KEYS[1], 'cancel_requested') or ''
+if n <= tonumber(ARGV[7]) and cancel == '' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[3])
+end
+redis.call('HSET', KEYS[1], 'celery_id', ARGV[1], 'user_id', ARGV[4], 'task_name', ARGV[5],
+           'step', ARGV[6], 'updated', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
+return {{'running', n, cancel}}
+"""
+
+# KEYS: state.  ARGV: status, result, error, usage, now, ttl.  Returns 1 when this call
+# made the execution terminal, 0 when it already was.
+FINISH_LUA = f"""
+local terminal = {_TERMINAL}
+local st = redis.call('HGET', KEYS[1], 'status')
+if st and terminal[st] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
+           'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+
+# KEYS: state, steps, celery index.  ARGV: celery_id, ttl, now, user_id, task_name, step.
+# Records a submitted execution as pending unless it already has a state.
+PENDING_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'celery_id', ARGV[1], 'user_id', ARGV[4],
+           'task_name', ARGV[5], 'step', ARGV[6], 'submitted', ARGV[3], 'updated', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS: state.  ARGV: now, ttl.  Marks a cancel request unless already terminal.
+CANCEL_LUA = f"""
+local terminal = {_TERMINAL}
+local st = redis.call('HGET', KEYS[1], 'status')
+if st and terminal[st] then return 0 end
+redis.call('HSET', KEYS[1], 'cancel_requested', ARGV[1], 'updated', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def steps_key(user_id: str, task_id: str, prefix: str = "aiecs") -> str:
+    """Set of the steps a task has run or queued."""
+    return f"{prefix}:t:{user_id}:{task_id}:steps"
+
+
+def celery_index_key(celery_id: str, prefix: str = "aiecs") -> str:
+    """Celery task id → the key of its execution's state hash."""
+    return f"{prefix}:celery:{celery_id}"
+
+
+def decode_state(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:
+    """A state hash as a JSON-ready dict (JSON fields parsed)."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = k.decode() if isinstance(k, bytes) else k
+        val = v.decode() if isinstance(v, bytes) else v
+        if key in ("result", "error", "usage"):
+            val = json.loads(val) if val else None
+        elif key in ("step", "deliveries"):
+            val = int(val)
+        elif key in ("started", "finished", "submitted", "updated", "cancel_requested"):
+            val = float(val) if val else None
+        out[key] = val
+    return out

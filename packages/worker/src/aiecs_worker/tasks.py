@@ -1,0 +1,101 @@
+"""The Celery tasks: thin shells around :class:`aiecs_worker.runtime.Runtime`.
+
+Both take the specification's keyword arguments (``task_name, user_id, task_id, step,
+mode, service, input_data, context``). Their Celery task id is derived from
+``(user_id, task_id, step)`` unless the caller gives one (see :func:`celery_task_id`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiecs_core import AiecsError, TaskCancelledError, TaskRequest, TaskStatus
+from celery import Task, signals
+from celery.exceptions import Ignore
+from pydantic import ValidationError
+
+from .app import FAST_TASK, HEAVY_TASK, app
+from .events import celery_task_id
+from .runtime import close_runtime, get_runtime
+
+__all__ = ["execute_heavy_task", "execute_task"]
+
+log = logging.getLogger("aiecs.worker")
+
+
+class AiecsTask(Task):
+    """Derives the Celery id from the execution's identity, so it is stable."""
+
+    typing = False  # arguments are validated by the runner, which reports what is wrong
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, **options):
+        request = None
+        if kwargs and not args:
+            try:
+                request = TaskRequest.model_validate(kwargs)
+            except ValidationError:
+                request = None  # invalid: the runner reports exactly what is wrong
+        if request is not None:
+            task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
+            from .control import record_pending
+
+            record_pending(request, task_id)
+        return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)
+
+
+def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    runtime = get_runtime()
+    outcome = runtime.run(
+        args,
+        kwargs,
+        celery_id=task.request.id,
+        soft_limit=task.request.timelimit[1] if task.request.timelimit else None,
+    )
+    if outcome.status == TaskStatus.COMPLETED:
+        return outcome.result or {}
+    if outcome.status == TaskStatus.CANCELLED and task.request.id:
+        task.backend.mark_as_revoked(
+            task.request.id, reason=str(outcome.error or "cancelled"), request=task.request
+        )
+        raise Ignore()
+    raise outcome.error or TaskCancelledError("task did not complete")
+
+
+@app.task(bind=True, base=AiecsTask, name=FAST_TASK,
+          throws=(AiecsError,))
+def execute_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a fast task: ``execute_task.delay(task_name=..., user_id=..., ...)``."""
+    return _run(self, args, kwargs)
+
+
+@app.task(bind=True, base=AiecsTask, name=HEAVY_TASK,
+          throws=(AiecsError,))
+def execute_heavy_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a heavy task (``heavy_tasks`` queue); same arguments as :func:`execute_task`."""
+    return _run(self, args, kwargs)
+
+
+@signals.task_revoked.connect
+def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_: Any) -> None:
+    """A task revoked before it ran (or terminated): record and publish CANCELLED."""
+    if request is None or getattr(sender, "name", None) not in (FAST_TASK, HEAVY_TASK):
+        return
+    from .control import record_cancelled
+
+    try:
+        record_cancelled(tuple(request.args or ()), dict(request.kwargs or {}),
+                         reason="task was cancelled before it ran" if not terminated
+                         else "task was terminated")
+    except Exception:  # noqa: BLE001 - never break the worker's control loop
+        log.exception("could not record the revocation of %s", request.id)
+
+
+@signals.worker_process_shutdown.connect
+def _on_process_shutdown(**_: Any) -> None:
+    close_runtime()
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    close_runtime()

@@ -1,0 +1,85 @@
+"""Fixtures shared by every test package.
+
+Redis, two ways:
+
+- ``aiecs_redis``: the session's private redis-server, started before any test module
+  imports ``aiecs_worker``; ``CELERY_BROKER_URL`` and ``REDIS_URL`` point at it for the
+  whole session, so the test process's Celery app, ``aiecs_worker.control`` and every
+  worker started by ``start_worker`` share it. It is flushed before each test that uses
+  it. Tests that kill or restart it must leave it running (``RedisServer.restart()``).
+- ``redis_server``: a private redis-server of its own for one test (fault tests,
+  components configured by URL).
+
+Workers: ``start_worker(pool=..., concurrency=..., queues=..., env={...})`` starts a real
+``celery -A aiecs_worker worker`` against ``aiecs_redis`` and stops it after the test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+from tests.support.worker import start_worker, worker  # noqa: F401 - fixtures
+
+#: Provider credentials and settings never leak from the developer's shell into tests.
+_STRIP = (
+    "OPENAI_API_KEY", "OPENAI_BASE_URL", "XAI_API_KEY", "XAI_BASE_URL", "VERTEX_PROJECT_ID",
+    "VERTEX_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_API_KEY", "GEMINI_API_KEY", "AIECS_PLUGINS", "CELERY_RESULT_BACKEND",
+    "AIECS_SECRET_KEY", "AIECS_RATE_LIMITS", "AIECS_PRICES", "OPENAI_TIMEOUT", "XAI_TIMEOUT",
+    "VERTEX_TIMEOUT", "VERTEX_BASE_URL",
+)
+
+_session_redis: RedisServer | None = None
+
+
+def pytest_configure(config):
+    global _session_redis
+    try:
+        _session_redis = RedisServer().start()
+    except RuntimeError as exc:  # no redis-server: tests that need it will fail clearly
+        config.issue_config_time_warning(pytest.PytestWarning(str(exc)), stacklevel=2)
+        return
+    os.environ["CELERY_BROKER_URL"] = _session_redis.url
+    os.environ["REDIS_URL"] = _session_redis.url
+
+
+def pytest_unconfigure(config):
+    import gc
+    import sys
+
+    gc.collect()  # pending AsyncResults unsubscribe while Redis still answers
+    if "aiecs_worker.app" in sys.modules:
+        sys.modules["aiecs_worker.app"].app.close()
+    if _session_redis is not None:
+        _session_redis.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in _STRIP:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture
+def aiecs_redis():
+    """The session's redis-server (what aiecs_worker in this process talks to), flushed."""
+    if _session_redis is None:
+        pytest.fail("redis-server is not installed")
+    if _session_redis.proc is None or _session_redis.proc.poll() is not None:
+        _session_redis.start()
+    client = _session_redis.client()
+    client.flushall()
+    client.close()
+    return _session_redis
+
+
+@pytest.fixture
+def redis_server():
+    """A private redis-server on a free port, killed after the test."""
+    server = RedisServer().start()
+    yield server
+    server.close()
