@@ -1,0 +1,1 @@
+"""Example third-party aiecs provider (see plugin.py)."""

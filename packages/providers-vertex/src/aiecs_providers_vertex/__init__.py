@@ -1,0 +1,1 @@
+"""aiecs provider plugin for Gemini on Vertex AI, through google-genai in Vertex mode."""

@@ -1,0 +1,84 @@
+"""google-genai / google-auth / httpx2 exceptions -> aiecs errors, by type and status code."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiecs_core import (
+    AiecsError,
+    AuthenticationError,
+    ConfigurationError,
+    ProviderConnectionError,
+    ProviderServerError,
+    ProviderTimeoutError,
+)
+from aiecs_core.llm import error_for_status, parse_retry_after, redact
+
+__all__ = ["convert_error", "retry_delay"]
+
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def retry_delay(details: Any) -> float | None:
+    """``retryDelay`` of a google.rpc.RetryInfo in an error body, in seconds."""
+    if isinstance(details, list) and len(details) == 1:
+        details = details[0]
+    error = details.get("error", details) if isinstance(details, dict) else None
+    items = error.get("details") if isinstance(error, dict) else None
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and item.get("@type") == _RETRY_INFO:
+            match = _DURATION.match(str(item.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError | None:
+    """The aiecs error for an exception raised while calling Vertex AI, or None."""
+    import google.auth.exceptions as auth_errors
+    import httpx2
+    from google.genai import errors as genai_errors
+
+    if isinstance(exc, AiecsError):
+        return exc
+    if isinstance(exc, genai_errors.APIError):
+        status = exc.code if isinstance(exc.code, int) else None
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        retry_after = parse_retry_after(dict(headers) if headers is not None else None)
+        if retry_after is None:
+            retry_after = retry_delay(exc.details)
+        message = exc.message or exc.status or "error"
+        return error_for_status(
+            status,
+            f"{provider}: HTTP {status}: {redact(str(message))}",
+            provider=provider,
+            retry_after=retry_after,
+            google_status=exc.status,
+        )
+    if isinstance(exc, genai_errors.UnknownApiResponseError):
+        return ProviderServerError(f"{provider}: unreadable response", provider=provider)
+    if isinstance(exc, httpx2.TimeoutException):
+        return ProviderTimeoutError(f"{provider}: request timed out", provider=provider)
+    if isinstance(exc, httpx2.TransportError):
+        return ProviderConnectionError(
+            f"{provider}: connection failed ({type(exc).__name__})", provider=provider
+        )
+    if isinstance(exc, auth_errors.DefaultCredentialsError):
+        return ConfigurationError(
+            f"{provider}: no usable Google credentials ({redact(str(exc))})",
+            env_var="GOOGLE_APPLICATION_CREDENTIALS",
+            provider=provider,
+        )
+    if isinstance(exc, auth_errors.RefreshError):
+        return AuthenticationError(
+            f"{provider}: the Google credentials were rejected when refreshing the "
+            f"access token ({redact(str(exc))})",
+            provider=provider,
+        )
+    if isinstance(exc, auth_errors.TransportError):
+        return ProviderConnectionError(
+            f"{provider}: could not reach the Google token endpoint", provider=provider
+        )
+    return None

@@ -1,0 +1,556 @@
+"""The ``vertex`` plugin: service ``llm/vertex`` (Gemini on Vertex AI) with ``chat`` and
+``embed``, through google-genai in Vertex mode.
+
+Importing this module is cheap: google-genai and google-auth are imported when the first
+call creates the client. The client is created once per worker process and reused.
+
+Retries are off (google-genai retries nothing unless told to, and we give it our own
+HTTP client, so its aiohttp path and that path's implicit reconnects are never used):
+the aiecs worker is the one retry owner. Every request gets an explicit timeout, the
+smaller of ``VERTEX_TIMEOUT`` and the time left until the task's deadline plus one second
+(google-genai has no timeout by default; at the deadline the worker cancels the call and
+reports TIMED_OUT, rather than racing the SDK's timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiecs_core import (
+    ConfigurationError,
+    OperationContext,
+    ProviderConnectionError,
+    ProviderServerError,
+    RateLimitKey,
+    Service,
+    StreamInterruptedError,
+    Usage,
+    hookimpl,
+    operation,
+)
+from aiecs_core.llm import (
+    ChatInput,
+    ChatResult,
+    EmbedInput,
+    EmbedResult,
+    ToolCall,
+    chat_token_estimate,
+    estimate_tokens,
+    make_usage,
+)
+from pydantic import BaseModel
+
+from .errors import convert_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from google.genai import Client
+
+__all__ = ["VertexService", "register_services"]
+
+PROJECT_ENV = "VERTEX_PROJECT_ID"
+LOCATION_ENV = "VERTEX_LOCATION"
+BASE_URL_ENV = "VERTEX_BASE_URL"
+TIMEOUT_ENV = "VERTEX_TIMEOUT"
+CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+DEFAULT_LOCATION = "us-central1"
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+#: Seconds a request may outlive the task's deadline (the worker cancels it first).
+DEADLINE_GRACE = 1.0
+
+_FINISH = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "MODEL_ARMOR": "content_filter",
+}
+_TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+
+
+def _finish_reason(raw: Any, tool_calls: list[ToolCall]) -> str:
+    name = getattr(raw, "value", raw)
+    if tool_calls and name in (None, "STOP"):
+        return "tool_calls"
+    if name is None:
+        return "stop"
+    return _FINISH.get(str(name), str(name).lower())
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _args(arguments: str) -> dict[str, Any]:
+    value = _parse_json(arguments)
+    return value if isinstance(value, dict) else {"arguments": arguments}
+
+
+class VertexService(Service):
+    """Gemini on Vertex AI: chat and embeddings (VERTEX_PROJECT_ID, VERTEX_LOCATION, ADC)."""
+
+    mode = "llm"
+    name = "vertex"
+    provider = "vertex"
+    default_timeout = 120.0
+    #: Texts per embeddings request: ``:predict`` models (text-embedding-005, ...) take
+    #: 250 instances; Gemini embedding models (``batchEmbedContents``) take 100.
+    embed_batch_size = 250
+    gemini_embed_batch_size = 100
+    #: Estimated tokens per embeddings request (Vertex allows 20,000 per request).
+    embed_batch_tokens = 15_000
+
+    def __init__(self) -> None:
+        self._client: Client | None = None
+        self._http: Any = None
+        self._timeout = self.default_timeout
+        self._lock: asyncio.Lock | None = None
+
+    # -- client ------------------------------------------------------------------------------
+    @staticmethod
+    def _setting(name: str) -> str | None:
+        value = os.environ.get(name, "").strip()
+        return value or None
+
+    async def client(self) -> Client:
+        """The process's client, created (SDK imported, credentials loaded) on first use."""
+        if self._client is not None:
+            return self._client
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._create_client()
+        return self._client
+
+    async def _create_client(self) -> Client:
+        project = self._setting(PROJECT_ENV)
+        if project is None:
+            raise ConfigurationError(
+                f"vertex: {PROJECT_ENV} is not set; set it to your Google Cloud project id",
+                env_var=PROJECT_ENV,
+                provider=self.provider,
+            )
+        location = self._setting(LOCATION_ENV) or DEFAULT_LOCATION
+        timeout = self.default_timeout
+        raw_timeout = self._setting(TIMEOUT_ENV)
+        if raw_timeout is not None:
+            try:
+                timeout = float(raw_timeout)
+                if not timeout > 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigurationError(
+                    f"vertex: {TIMEOUT_ENV} must be a positive number of seconds, "
+                    f"got {raw_timeout!r}",
+                    env_var=TIMEOUT_ENV,
+                ) from None
+
+        # Lazy imports: only processes that call Vertex pay for them.
+        import google.auth
+        import google.auth.exceptions
+        import httpx2
+        from google import genai
+        from google.genai import types
+
+        try:
+            # Application-default credentials: GOOGLE_APPLICATION_CREDENTIALS, gcloud's
+            # ADC file, or the metadata server. Blocking I/O: keep it off the event loop.
+            credentials, _ = await asyncio.to_thread(google.auth.default, scopes=SCOPES)
+        except google.auth.exceptions.DefaultCredentialsError as exc:
+            raise ConfigurationError(
+                "vertex: no Google credentials found: set "
+                f"{CREDENTIALS_ENV} to a service-account key file, or run "
+                f"'gcloud auth application-default login' ({exc})",
+                env_var=CREDENTIALS_ENV,
+                provider=self.provider,
+            ) from None
+        self._timeout = timeout
+        # Our own HTTP client: explicit timeout, closed in aclose(), and google-genai's
+        # aiohttp path (which reconnects on its own) is never taken.
+        self._http = httpx2.AsyncClient(timeout=timeout)
+        return genai.Client(
+            vertexai=True,
+            project=project,
+            location=location,
+            credentials=credentials,
+            http_options=types.HttpOptions(
+                base_url=self._setting(BASE_URL_ENV),
+                timeout=int(timeout * 1000),
+                httpx_async_client=self._http,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        http, self._http = self._http, None
+        if client is not None:
+            await client.aio.aclose()
+        if http is not None:
+            await http.aclose()
+
+    def _http_options(self, ctx: OperationContext) -> Any:
+        from google.genai import types
+
+        remaining = ctx.time_remaining()
+        seconds = (
+            self._timeout
+            if remaining is None
+            else max(0.05, min(self._timeout, remaining + DEADLINE_GRACE))
+        )
+        return types.HttpOptions(timeout=max(1, int(seconds * 1000)))
+
+    def _raise(self, exc: BaseException) -> None:
+        error = convert_error(exc, provider=self.provider)
+        if error is None:
+            raise exc
+        raise error from exc
+
+    # -- rate limits -------------------------------------------------------------------------
+    def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
+        if isinstance(data, ChatInput):
+            return RateLimitKey(
+                provider=self.provider, model=data.model, tokens=chat_token_estimate(data)
+            )
+        if isinstance(data, EmbedInput):
+            return RateLimitKey(
+                provider=self.provider,
+                model=data.model,
+                tokens=sum(estimate_tokens(t) for t in data.texts),
+            )
+        return None
+
+    # -- chat ----------------------------------------------------------------------------------
+    def _contents_and_config(self, data: ChatInput, ctx: OperationContext) -> tuple[list, Any]:
+        from google.genai import types
+
+        system: list[str] = []
+        contents: list[types.Content] = []
+        names: dict[str, str] = {}
+        for message in data.messages:
+            if message.role == "system":
+                system.append(message.content or "")
+            elif message.role == "user":
+                contents.append(
+                    types.Content(role="user", parts=[types.Part(text=message.content)])
+                )
+            elif message.role == "assistant":
+                parts = [types.Part(text=message.content)] if message.content else []
+                for call in message.tool_calls:
+                    names[call.id] = call.name
+                    parts.append(
+                        types.Part(
+                            function_call=types.FunctionCall(
+                                name=call.name, args=_args(call.arguments)
+                            )
+                        )
+                    )
+                contents.append(types.Content(role="model", parts=parts))
+            else:  # tool result
+                name = message.name or names.get(message.tool_call_id or "", "tool")
+                response = _parse_json(message.content or "")
+                if not isinstance(response, dict):
+                    response = {"result": message.content}
+                contents.append(
+                    types.Content(
+                        role="user",
+                        parts=[
+                            types.Part(
+                                function_response=types.FunctionResponse(
+                                    name=name, response=response
+                                )
+                            )
+                        ],
+                    )
+                )
+        config: dict[str, Any] = {"http_options": self._http_options(ctx)}
+        if system:
+            config["system_instruction"] = "\n\n".join(system)
+        if data.temperature is not None:
+            config["temperature"] = data.temperature
+        if data.max_output_tokens is not None:
+            config["max_output_tokens"] = data.max_output_tokens
+        if data.response_format is not None:
+            config["response_mime_type"] = "application/json"
+            config["response_json_schema"] = data.response_format.json_schema
+        if data.tools:
+            config["tools"] = [
+                types.Tool(
+                    function_declarations=[
+                        types.FunctionDeclaration(
+                            name=tool.name,
+                            description=tool.description or None,
+                            parameters_json_schema=tool.parameters,
+                        )
+                        for tool in data.tools
+                    ]
+                )
+            ]
+            # Tool calls are returned to the caller, never executed here.
+            config["automatic_function_calling"] = types.AutomaticFunctionCallingConfig(
+                disable=True
+            )
+        if data.tool_choice is not None:
+            config["tool_config"] = types.ToolConfig(
+                function_calling_config=types.FunctionCallingConfig(
+                    mode=_TOOL_CHOICE[data.tool_choice]
+                )
+            )
+        return contents, types.GenerateContentConfig(**config)
+
+    def _usage(self, data: ChatInput, model: str, meta: Any) -> Usage:
+        output = (getattr(meta, "candidates_token_count", 0) or 0) + (
+            getattr(meta, "thoughts_token_count", 0) or 0
+        )
+        return make_usage(
+            self.provider,
+            model,
+            getattr(meta, "prompt_token_count", 0) or 0,
+            output,
+            requested_model=data.model,
+        )
+
+    def _estimated_usage(self, data: ChatInput, output: str, model: str | None = None) -> Usage:
+        input_tokens = chat_token_estimate(data, default_output=0) - (data.max_output_tokens or 0)
+        return make_usage(
+            self.provider,
+            model or data.model,
+            input_tokens,
+            estimate_tokens(output),
+            estimated=True,
+        )
+
+    @staticmethod
+    def _parts(response: Any) -> tuple[list[Any], Any]:
+        candidates = getattr(response, "candidates", None) or []
+        if not candidates:
+            return [], None
+        candidate = candidates[0]
+        content = getattr(candidate, "content", None)
+        return list(getattr(content, "parts", None) or []), getattr(
+            candidate, "finish_reason", None
+        )
+
+    @staticmethod
+    def _tool_call(part: Any, number: int) -> ToolCall:
+        call = part.function_call
+        return ToolCall(
+            id=call.id or f"call_{number}",
+            name=call.name or "",
+            arguments=json.dumps(call.args or {}),
+        )
+
+    @operation(description="Gemini chat: messages in; text, tool calls and usage out.")
+    async def chat(self, ctx: OperationContext, data: ChatInput) -> ChatResult:
+        client = await self.client()
+        contents, config = self._contents_and_config(data, ctx)
+        if data.stream:
+            return await self._chat_stream(ctx, client, data, contents, config)
+        try:
+            response = await client.aio.models.generate_content(
+                model=data.model, contents=contents, config=config
+            )
+        except asyncio.CancelledError:
+            ctx.record_usage(self._estimated_usage(data, ""))
+            raise
+        except Exception as exc:  # noqa: BLE001 - converted or re-raised
+            self._raise(exc)
+        parts, finish = self._parts(response)
+        text = "".join(p.text for p in parts if p.text and not p.thought)
+        tool_calls = [
+            self._tool_call(p, i)
+            for i, p in enumerate(p for p in parts if p.function_call is not None)
+        ]
+        blocked = getattr(getattr(response, "prompt_feedback", None), "block_reason", None)
+        if finish is None and blocked is not None:
+            finish = "SAFETY"
+        model = response.model_version or data.model
+        usage = (
+            self._usage(data, model, response.usage_metadata)
+            if response.usage_metadata is not None
+            else self._estimated_usage(data, text, model)
+        )
+        ctx.record_usage(usage)
+        return ChatResult(
+            text=text,
+            finish_reason=_finish_reason(finish, tool_calls),
+            tool_calls=tool_calls,
+            parsed=_parse_json(text) if data.response_format is not None else None,
+            model=model,
+            usage=usage,
+        )
+
+    async def _chat_stream(
+        self, ctx: OperationContext, client: Client, data: ChatInput, contents: list, config: Any
+    ) -> ChatResult:
+        pieces: list[str] = []
+        tool_calls: list[ToolCall] = []
+        finish: Any = None
+        meta: Any = None
+        model = data.model
+        stream = None
+        try:
+            stream = await client.aio.models.generate_content_stream(
+                model=data.model, contents=contents, config=config
+            )
+            async for chunk in stream:
+                if chunk.model_version:
+                    model = chunk.model_version
+                if chunk.usage_metadata is not None:
+                    meta = chunk.usage_metadata  # cumulative; the last one is final
+                parts, chunk_finish = self._parts(chunk)
+                for part in parts:
+                    if part.text and not part.thought:
+                        pieces.append(part.text)
+                        ctx.stream(part.text)
+                    if part.function_call is not None:
+                        tool_calls.append(self._tool_call(part, len(tool_calls)))
+                if chunk_finish is not None:
+                    finish = chunk_finish
+        except asyncio.CancelledError:
+            ctx.record_usage(
+                self._usage(data, model, meta)
+                if meta is not None and finish is not None
+                else self._estimated_usage(data, "".join(pieces), model)
+            )
+            raise
+        except Exception as exc:  # noqa: BLE001 - converted or re-raised
+            error = convert_error(exc, provider=self.provider)
+            if error is None:
+                raise
+            if pieces:
+                ctx.record_usage(self._estimated_usage(data, "".join(pieces), model))
+                raise StreamInterruptedError(
+                    f"vertex: the stream was cut after output was sent "
+                    f"({type(error).__name__}: {error.message})",
+                    provider=self.provider,
+                    partial_output="".join(pieces),
+                    cause=type(error).__name__,
+                ) from exc
+            raise error from exc
+        finally:
+            if stream is not None:
+                await stream.aclose()
+        text = "".join(pieces)
+        if finish is None:
+            ctx.record_usage(self._estimated_usage(data, text, model))
+            if pieces:
+                raise StreamInterruptedError(
+                    "vertex: the stream ended before the response was complete",
+                    provider=self.provider,
+                    partial_output=text,
+                )
+            raise ProviderConnectionError(
+                "vertex: the stream ended before any output", provider=self.provider
+            )
+        usage = (
+            self._usage(data, model, meta)
+            if meta is not None
+            else self._estimated_usage(data, text, model)
+        )
+        ctx.record_usage(usage)
+        return ChatResult(
+            text=text,
+            finish_reason=_finish_reason(finish, tool_calls),
+            tool_calls=tool_calls,
+            parsed=_parse_json(text) if data.response_format is not None else None,
+            model=model,
+            usage=usage,
+        )
+
+    # -- embeddings ----------------------------------------------------------------------------
+    def _batches(self, model: str, texts: list[str]) -> Iterator[list[str]]:
+        limit = (
+            self.gemini_embed_batch_size
+            if "gemini" in model.rsplit("/", 1)[-1]
+            else self.embed_batch_size
+        )
+        batch: list[str] = []
+        tokens = 0
+        for text in texts:
+            cost = estimate_tokens(text)
+            if batch and (len(batch) >= limit or tokens + cost > self.embed_batch_tokens):
+                yield batch
+                batch, tokens = [], 0
+            batch.append(text)
+            tokens += cost
+        if batch:
+            yield batch
+
+    @operation(description="Embed texts: one vector per text, batched to the Vertex limit.")
+    async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
+        from google.genai import types
+
+        client = await self.client()
+        batches = list(self._batches(data.model, data.texts))
+        vectors: list[list[float]] = []
+        total: Usage | None = None
+        for number, batch in enumerate(batches, 1):
+            config = types.EmbedContentConfig(
+                output_dimensionality=data.dimensions, http_options=self._http_options(ctx)
+            )
+            try:
+                response = await client.aio.models.embed_content(
+                    model=data.model, contents=batch, config=config
+                )
+            except asyncio.CancelledError:
+                ctx.record_usage(
+                    make_usage(
+                        self.provider,
+                        data.model,
+                        sum(map(estimate_tokens, batch)),
+                        0,
+                        estimated=True,
+                    )
+                )
+                raise
+            except Exception as exc:  # noqa: BLE001 - converted or re-raised
+                self._raise(exc)
+            embeddings = response.embeddings or []
+            if len(embeddings) != len(batch):
+                raise ProviderServerError(
+                    f"vertex: asked for {len(batch)} embeddings, got {len(embeddings)}",
+                    provider=self.provider,
+                )
+            vectors.extend([float(x) for x in (e.values or [])] for e in embeddings)
+            counts = [
+                e.statistics.token_count
+                for e in embeddings
+                if e.statistics is not None and e.statistics.token_count is not None
+            ]
+            meta_tokens = getattr(response.usage_metadata, "prompt_token_count", None)
+            if meta_tokens is not None:
+                tokens, estimated = meta_tokens, False
+            elif len(counts) == len(batch):
+                tokens, estimated = int(sum(counts)), False
+            else:
+                tokens, estimated = sum(map(estimate_tokens, batch)), True
+            usage = make_usage(
+                self.provider,
+                data.model,
+                tokens,
+                0,
+                requested_model=data.model,
+                estimated=estimated,
+            )
+            ctx.record_usage(usage)
+            total = usage if total is None else total + usage
+            if len(batches) > 1:
+                ctx.progress(number / len(batches), f"embedded batch {number}/{len(batches)}")
+        assert total is not None
+        return EmbedResult(model=data.model, vectors=vectors, usage=total)
+
+
+@hookimpl
+def register_services(register):
+    register(VertexService)

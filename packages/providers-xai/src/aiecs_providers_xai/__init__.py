@@ -1,0 +1,1 @@
+"""aiecs provider plugin for xAI (Grok), through xAI's OpenAI-compatible API."""

@@ -1,0 +1,31 @@
+"""The ``xai`` plugin: service ``llm/xai`` with operations ``chat`` and ``embed``.
+
+xAI's REST API speaks the OpenAI wire protocol, so the service is the shared
+:class:`aiecs_openai_compat.OpenAICompatService` pointed at ``https://api.x.ai/v1``.
+"""
+
+from __future__ import annotations
+
+from aiecs_core import hookimpl
+from aiecs_openai_compat import OpenAICompatService
+
+__all__ = ["XAIService", "register_services"]
+
+
+class XAIService(OpenAICompatService):
+    """xAI Grok chat completions and embeddings (XAI_API_KEY, optional XAI_BASE_URL)."""
+
+    name = "xai"
+    provider = "xai"
+    api_key_env = "XAI_API_KEY"
+    base_url_env = "XAI_BASE_URL"
+    default_base_url = "https://api.x.ai/v1"
+    timeout_env = "XAI_TIMEOUT"
+    max_tokens_param = "max_tokens"
+    embed_batch_size = 128
+    embed_batch_tokens = 100_000
+
+
+@hookimpl
+def register_services(register):
+    register(XAIService)

@@ -1,0 +1,421 @@
+"""Tests of an OpenAI-wire provider (OpenAI, xAI) with the real openai SDK against
+tests.support.fake_openai. A provider's test module subclasses :class:`OpenAIWireCases`
+and provides the ``service_cls`` fixture.
+
+Everything async runs inside one ``asyncio.run`` per test, as in a worker (one loop per
+process, the client reused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from aiecs_core import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ProviderConnectionError,
+    ProviderServerError,
+    ProviderTimeoutError,
+    RateLimitError,
+    RecordingContext,
+    StreamInterruptedError,
+)
+from aiecs_core.testing import make_request
+
+from tests.providers._common import call, streamed
+from tests.support.fake_openai import (
+    Cut,
+    Error,
+    FakeOpenAI,
+    Hang,
+    Text,
+    ToolCalls,
+    Vectors,
+    vector_for,
+)
+from tests.support.redis_server import free_port
+
+USER = [{"role": "user", "content": "hello there"}]
+
+
+class OpenAIWireCases:
+    #: Subclasses set these to their provider's names.
+    provider: str
+    api_key_env: str
+    base_url_env: str
+    max_tokens_param: str
+
+    @pytest.fixture
+    def fake(self):
+        with FakeOpenAI() as server:
+            yield server
+
+    @pytest.fixture
+    def service(self, fake, monkeypatch, service_cls):
+        monkeypatch.setenv(self.api_key_env, fake.api_key)
+        monkeypatch.setenv(self.base_url_env, fake.base_url)
+        return service_cls()
+
+    def run(self, service, scenario):
+        async def main():
+            try:
+                return await scenario()
+            finally:
+                await service.aclose()
+
+        return asyncio.run(main())
+
+    # -- chat ------------------------------------------------------------------------------------
+    def test_chat_request_shape_and_result(self, service, fake):
+        data = {
+            "model": "m-1",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hello there"},
+                {"role": "assistant", "content": "hi"},
+                {"role": "user", "content": "how are you"},
+            ],
+            "temperature": 0.3,
+            "max_output_tokens": 50,
+        }
+        result, ctx = self.run(service, lambda: call(service, "chat", data))
+        assert result["text"] == "echo: how are you"
+        assert result["finish_reason"] == "stop"
+        assert result["tool_calls"] == [] and result["parsed"] is None
+        assert result["usage"] == {
+            "provider": self.provider,
+            "model": "m-1",
+            "input_tokens": 8,
+            "output_tokens": 4,
+            "cost": None,
+        }
+        assert [u.model_dump() for u in ctx.usage] == [result["usage"]]
+        assert not [e for e in ctx.events if e.type == "stream"]
+        (req,) = fake.requests
+        assert req.path == "/v1/chat/completions"
+        assert req.headers["authorization"] == f"Bearer {fake.api_key}"
+        assert req.body["model"] == "m-1"
+        assert [m["role"] for m in req.body["messages"]] == ["system", "user", "assistant", "user"]
+        assert req.body["temperature"] == 0.3
+        assert req.body[self.max_tokens_param] == 50
+        assert "stream" not in req.body and "tools" not in req.body
+
+    def test_cost_only_when_a_price_is_configured(self, service, fake, monkeypatch):
+        monkeypatch.setenv(
+            "AIECS_PRICES", json.dumps({f"{self.provider}/m-1": {"input": 2.0, "output": 8.0}})
+        )
+
+        async def scenario():
+            priced, _ = await call(service, "chat", {"model": "m-1", "messages": USER})
+            unpriced, _ = await call(service, "chat", {"model": "m-2", "messages": USER})
+            return priced, unpriced
+
+        priced, unpriced = self.run(service, scenario)
+        usage = priced["usage"]
+        assert usage["cost"] == pytest.approx(
+            (usage["input_tokens"] * 2.0 + usage["output_tokens"] * 8.0) / 1e6
+        )
+        assert unpriced["usage"]["cost"] is None
+
+    def test_client_is_created_once_and_its_connection_reused(self, service, fake):
+        async def scenario():
+            first = service.client()
+            for _ in range(3):
+                result, _ = await call(service, "chat", {"model": "m", "messages": USER})
+                assert result["text"] == "echo: hello there"
+            return first is service.client()
+
+        assert self.run(service, scenario)
+        assert len({r.client_port for r in fake.requests}) == 1, "a new connection per call"
+
+    def test_stream_pushes_deltas_and_reports_usage(self, service, fake):
+        fake.script(Text("the quick brown fox"))
+        data = {"model": "m", "messages": USER, "stream": True}
+        result, ctx = self.run(service, lambda: call(service, "chat", data))
+        deltas = [e.delta for e in ctx.events if e.type == "stream"]
+        assert deltas == ["the", " quick", " brown", " fox"]
+        assert result["text"] == "the quick brown fox"
+        assert result["finish_reason"] == "stop"
+        assert result["usage"]["input_tokens"] == 2 and result["usage"]["output_tokens"] == 4
+        (req,) = fake.requests
+        assert req.body["stream"] is True
+        assert req.body["stream_options"] == {"include_usage": True}
+
+    def test_structured_output(self, service, fake):
+        schema = {
+            "type": "object",
+            "properties": {"sentiment": {"type": "string"}},
+            "required": ["sentiment"],
+            "additionalProperties": False,
+        }
+        fake.script(Text('{"sentiment": "positive"}'))
+        data = {
+            "model": "m",
+            "messages": USER,
+            "response_format": {"name": "analysis", "json_schema": schema},
+        }
+        result, _ = self.run(service, lambda: call(service, "chat", data))
+        assert result["parsed"] == {"sentiment": "positive"}
+        assert fake.requests[0].body["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "analysis", "schema": schema, "strict": True},
+        }
+
+    @pytest.mark.parametrize("stream", [False, True])
+    def test_tool_calls_are_returned_not_executed(self, service, fake, stream):
+        fake.script(
+            ToolCalls([("get_weather", '{"city": "Paris"}'), ("get_time", '{"tz": "CET"}')])
+        )
+        tool = {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+        data = {
+            "model": "m",
+            "messages": USER,
+            "tools": [tool],
+            "tool_choice": "auto",
+            "stream": stream,
+        }
+        result, _ = self.run(service, lambda: call(service, "chat", data))
+        assert result["finish_reason"] == "tool_calls"
+        assert result["tool_calls"] == [
+            {"id": "call_0", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"id": "call_1", "name": "get_time", "arguments": '{"tz": "CET"}'},
+        ]
+        req = fake.requests[0].body
+        assert req["tools"] == [{"type": "function", "function": tool}]
+        assert req["tool_choice"] == "auto"
+
+    def test_tool_results_are_sent_back(self, service, fake):
+        messages = [
+            *USER,
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "call_0", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+                ],
+            },
+            {
+                "role": "tool",
+                "tool_call_id": "call_0",
+                "name": "get_weather",
+                "content": '{"temp": 21}',
+            },
+        ]
+        result, _ = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": messages})
+        )
+        assert result["text"] == "echo: hello there"
+        sent = fake.requests[0].body["messages"]
+        assert sent[1] == {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        }
+        assert sent[2] == {"role": "tool", "tool_call_id": "call_0", "content": '{"temp": 21}'}
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def test_embed_batches_to_the_limit_and_keeps_order(self, service, fake, monkeypatch):
+        monkeypatch.setattr(type(service), "embed_batch_size", 3)
+        texts = [f"text number {i}" for i in range(7)]
+        result, ctx = self.run(
+            service,
+            lambda: call(service, "embed", {"model": "e-1", "texts": texts, "dimensions": 4}),
+        )
+        assert result["vectors"] == [vector_for(t, 4) for t in texts]
+        assert [len(r.body["input"]) for r in fake.requests] == [3, 3, 1]
+        assert all(r.path == "/v1/embeddings" for r in fake.requests)
+        assert all(
+            r.body["dimensions"] == 4 and r.body["encoding_format"] == "float"
+            for r in fake.requests
+        )
+        assert result["usage"]["input_tokens"] == 21 and result["usage"]["output_tokens"] == 0
+        assert len(ctx.usage) == 3  # one record per provider call
+        progress = [e.progress for e in ctx.events if e.type == "progress"]
+        assert progress == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+    def test_embed_rejects_a_short_answer(self, service, fake):
+        fake.script(Vectors([[0.0, 1.0]]))
+        result, _ = self.run(
+            service, lambda: call(service, "embed", {"model": "e", "texts": ["a", "b"]})
+        )
+        assert isinstance(result, ProviderServerError)
+
+    # -- errors ------------------------------------------------------------------------------------
+    @pytest.mark.parametrize(
+        ("status", "cls"),
+        [
+            (400, InvalidRequestError),
+            (422, InvalidRequestError),
+            (401, AuthenticationError),
+            (403, AuthenticationError),
+            (404, ModelNotFoundError),
+            (500, ProviderServerError),
+            (503, ProviderServerError),
+        ],
+    )
+    def test_http_errors_by_status_and_no_sdk_retries(self, service, fake, status, cls):
+        fake.script(Error(status, "nope"))
+        error, _ = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": USER})
+        )
+        assert type(error) is cls
+        assert error.status_code == status and error.provider == self.provider
+        assert error.is_retryable == (status >= 500)
+        assert "nope" in error.message
+        assert len(fake.requests) == 1, "the SDK must not retry: the worker does"
+
+    @pytest.mark.parametrize(
+        ("headers", "expected"),
+        [
+            ({"retry-after": "3"}, 3.0),
+            ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+            ({}, None),
+        ],
+    )
+    def test_429_carries_retry_after(self, service, fake, headers, expected):
+        fake.script(Error(429, "slow down", headers=headers, type="requests"))
+        error, _ = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": USER})
+        )
+        assert isinstance(error, RateLimitError) and error.is_retryable
+        assert error.retry_after == expected
+        assert len(fake.requests) == 1
+
+    def test_rejected_key_never_appears_in_the_error(self, service, fake, monkeypatch):
+        secret = "sk-live-SECRETSECRET0123456789"
+        monkeypatch.setenv(self.api_key_env, secret)
+        error, _ = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": USER})
+        )
+        assert isinstance(error, AuthenticationError)
+        for text in (error.message, repr(error), json.dumps(error.to_info().model_dump())):
+            assert secret not in text and "SECRETSECRET" not in text
+
+    def test_missing_key_is_a_configuration_error_naming_the_variable(
+        self, service_cls, monkeypatch
+    ):
+        monkeypatch.delenv(self.api_key_env, raising=False)
+        service = service_cls()
+        error, _ = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": USER})
+        )
+        assert isinstance(error, ConfigurationError)
+        assert error.env_var == self.api_key_env and self.api_key_env in error.message
+
+    def test_hanging_server_times_out_within_the_deadline(self, service, fake):
+        fake.script(Hang())
+        started = time.monotonic()
+        error, _ = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": USER}, deadline=0.5)
+        )
+        assert isinstance(error, ProviderTimeoutError) and error.is_retryable
+        # The request timeout is derived from the task's deadline (not the SDK's 600 s).
+        assert time.monotonic() - started < 10
+
+    def test_connection_refused_is_retryable(self, service_cls, monkeypatch):
+        monkeypatch.setenv(self.api_key_env, "sk-test")
+        monkeypatch.setenv(self.base_url_env, f"http://127.0.0.1:{free_port()}/v1")
+        service = service_cls()
+        error, _ = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": USER})
+        )
+        assert isinstance(error, ProviderConnectionError) and error.is_retryable
+
+    def test_stream_cut_after_output_is_interrupted_with_partial_output(self, service, fake):
+        fake.script(Cut(after_chunks=3, text="alpha beta gamma delta epsilon"))
+        error, ctx = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": USER, "stream": True})
+        )
+        assert isinstance(error, StreamInterruptedError)
+        assert not error.is_retryable
+        assert error.partial_output == "alpha beta gamma" == streamed(ctx)
+        assert len(ctx.usage) == 1  # what was consumed is still recorded
+        assert ctx.usage[0].cost is None
+
+    def test_stream_cut_before_output_is_retryable(self, service, fake):
+        fake.script(Cut(after_chunks=0))
+        error, ctx = self.run(
+            service, lambda: call(service, "chat", {"model": "m", "messages": USER, "stream": True})
+        )
+        assert isinstance(error, ProviderConnectionError) and error.is_retryable
+        assert streamed(ctx) == ""
+
+    def test_cancelling_closes_the_stream_and_records_usage(self, service, fake):
+        fake.script(Hang(after_chunks=2))
+        data = {"model": "m", "messages": USER, "stream": True}
+        spec = type(service).operations["chat"]
+        ctx = RecordingContext(make_request(service.mode, service.name, "chat", data))
+
+        async def scenario():
+            task = asyncio.ensure_future(
+                spec.func(service, ctx, spec.input_model.model_validate(data))
+            )
+            while len([e for e in ctx.events if e.type == "stream"]) < 2:
+                assert not task.done(), task
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        self.run(service, scenario)
+        assert streamed(ctx) == "this stream"
+        assert len(ctx.usage) == 1 and ctx.usage[0].output_tokens > 0
+        deadline = time.monotonic() + 5
+        while fake.hangups < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake.hangups == 1, "the upstream HTTP stream was not closed"
+
+    # -- plugin ------------------------------------------------------------------------------------
+    def test_rate_limit_key(self, service):
+        spec = type(service).operations["chat"]
+        data = spec.input_model.model_validate(
+            {"model": "m", "messages": USER, "max_output_tokens": 100}
+        )
+        key = service.rate_limit_key("chat", data)
+        assert (key.provider, key.model) == (self.provider, "m")
+        assert key.tokens > 100
+        embed = (
+            type(service)
+            .operations["embed"]
+            .input_model.model_validate({"model": "e", "texts": ["x" * 40, "y" * 40]})
+        )
+        assert service.rate_limit_key("embed", embed).tokens == 20
+
+    def test_importing_the_plugin_does_not_import_the_sdk(self, service_cls):
+        code = (
+            f"import sys, {service_cls.__module__}; "
+            "print(any(m == 'openai' or m.startswith('openai.') for m in sys.modules))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        )
+        assert out.stdout.strip() == "False"
+
+    def test_invalid_input_is_rejected_before_any_request(self, service_cls):
+        from aiecs_core import InputValidationError, validate_input
+
+        spec = service_cls.operations["chat"]
+        for bad in (
+            {"model": "m", "messages": []},
+            {"model": "m", "messages": [{"role": "robot", "content": "x"}]},
+            {"model": "m", "messages": USER, "temperature": 3},
+            {"model": "m", "messages": [{"role": "tool", "content": "x"}]},
+        ):
+            with pytest.raises(InputValidationError):
+                validate_input(spec, bad)

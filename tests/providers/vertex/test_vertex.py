@@ -1,0 +1,422 @@
+"""aiecs-providers-vertex: the real google-genai SDK (Vertex mode) and google-auth against
+a local server speaking Vertex AI's Gemini wire protocol and Google's token endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from aiecs_core import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ProviderConnectionError,
+    ProviderServerError,
+    ProviderTimeoutError,
+    RateLimitError,
+    RecordingContext,
+    StreamInterruptedError,
+)
+from aiecs_core.testing import ServiceConformance, make_request
+from aiecs_providers_vertex import plugin
+from aiecs_providers_vertex.plugin import VertexService
+
+from tests.providers._common import call, streamed
+from tests.support.fake_openai import vector_for
+from tests.support.fake_vertex import (
+    Cut,
+    FakeVertex,
+    GoogleError,
+    Hang,
+    Text,
+    ToolCalls,
+    Vectors,
+)
+from tests.support.redis_server import free_port
+
+MODEL = "gemini-2.5-flash"
+USER = [{"role": "user", "content": "hello there"}]
+API = "/v1beta1/projects/test-project/locations/us-central1/publishers/google/models"
+
+
+@pytest.fixture
+def fake():
+    with FakeVertex() as server:
+        yield server
+
+
+@pytest.fixture
+def vertex_env(fake, monkeypatch, tmp_path):
+    monkeypatch.setenv("VERTEX_PROJECT_ID", fake.project)
+    monkeypatch.setenv("VERTEX_LOCATION", fake.location)
+    monkeypatch.setenv("VERTEX_BASE_URL", fake.base_url)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", fake.write_credentials(tmp_path))
+
+
+@pytest.fixture
+def service(vertex_env):
+    return VertexService()
+
+
+def run(service, scenario):
+    async def main():
+        try:
+            return await scenario()
+        finally:
+            await service.aclose()
+
+    return asyncio.run(main())
+
+
+def chat(service, data, **kw):
+    return run(service, lambda: call(service, "chat", data, **kw))
+
+
+# --- chat ------------------------------------------------------------------------------------
+
+
+def test_chat_request_shape_auth_and_result(service, fake):
+    data = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello there"},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "how are you"},
+        ],
+        "temperature": 0.3,
+        "max_output_tokens": 50,
+    }
+    result, ctx = chat(service, data)
+    assert result["text"] == "echo: how are you"
+    assert result["finish_reason"] == "stop"
+    assert result["usage"] == {
+        "provider": "vertex",
+        "model": f"{MODEL}-001",
+        "input_tokens": 8,
+        "output_tokens": 4,
+        "cost": None,
+    }
+    assert [u.model_dump() for u in ctx.usage] == [result["usage"]]
+    # google-auth exchanged a signed JWT for a token at the fake's /token, once.
+    assert fake.token_grants == 1
+    (req,) = fake.api_requests()
+    assert req.path == f"{API}/{MODEL}:generateContent"
+    assert req.headers["authorization"] == f"Bearer {fake.access_token}"
+    assert req.body["systemInstruction"]["parts"] == [{"text": "be brief"}]
+    assert [(c["role"], c["parts"]) for c in req.body["contents"]] == [
+        ("user", [{"text": "hello there"}]),
+        ("model", [{"text": "hi"}]),
+        ("user", [{"text": "how are you"}]),
+    ]
+    assert req.body["generationConfig"] == {"temperature": 0.3, "maxOutputTokens": 50}
+    # An explicit timeout reaches the server too (google-genai has none by default).
+    assert int(req.headers["x-server-timeout"]) <= 120
+
+
+def test_client_credentials_and_connection_are_reused(service, fake):
+    async def scenario():
+        first = await service.client()
+        for _ in range(3):
+            result, _ = await call(service, "chat", {"model": MODEL, "messages": USER})
+            assert result["text"] == "echo: hello there"
+        return first is await service.client()
+
+    assert run(service, scenario)
+    assert fake.token_grants == 1
+    assert len({r.client_port for r in fake.api_requests()}) == 1
+
+
+def test_cost_only_when_a_price_is_configured(service, monkeypatch):
+    monkeypatch.setenv(
+        "AIECS_PRICES", json.dumps({f"vertex/{MODEL}": {"input": 1.0, "output": 4.0}})
+    )
+    result, _ = chat(service, {"model": MODEL, "messages": USER})
+    usage = result["usage"]  # priced by the requested model (reported one is versioned)
+    assert usage["cost"] == pytest.approx(
+        (usage["input_tokens"] * 1.0 + usage["output_tokens"] * 4.0) / 1e6
+    )
+
+
+def test_stream_pushes_deltas_and_reports_usage(service, fake):
+    fake.script(Text("the quick brown fox"))
+    result, ctx = chat(service, {"model": MODEL, "messages": USER, "stream": True})
+    assert [e.delta for e in ctx.events if e.type == "stream"] == [
+        "the",
+        " quick",
+        " brown",
+        " fox",
+    ]
+    assert result["text"] == "the quick brown fox" and result["finish_reason"] == "stop"
+    assert result["usage"]["input_tokens"] == 2 and result["usage"]["output_tokens"] == 4
+    (req,) = fake.api_requests()
+    assert req.path == f"{API}/{MODEL}:streamGenerateContent?alt=sse"
+
+
+def test_structured_output(service, fake):
+    schema = {
+        "type": "object",
+        "properties": {"sentiment": {"type": "string"}},
+        "required": ["sentiment"],
+    }
+    fake.script(Text('{"sentiment": "positive"}'))
+    result, _ = chat(
+        service, {"model": MODEL, "messages": USER, "response_format": {"json_schema": schema}}
+    )
+    assert result["parsed"] == {"sentiment": "positive"}
+    config = fake.api_requests()[0].body["generationConfig"]
+    assert config == {"responseMimeType": "application/json", "responseJsonSchema": schema}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_are_returned_not_executed(service, fake, stream):
+    fake.script(ToolCalls([("get_weather", '{"city": "Paris"}')]))
+    params = {"type": "object", "properties": {"city": {"type": "string"}}}
+    data = {
+        "model": MODEL,
+        "messages": USER,
+        "stream": stream,
+        "tool_choice": "required",
+        "tools": [{"name": "get_weather", "description": "Weather", "parameters": params}],
+    }
+    result, _ = chat(service, data)
+    assert result["finish_reason"] == "tool_calls"
+    assert result["tool_calls"] == [
+        {"id": "call_0", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    ]
+    body = fake.api_requests()[0].body
+    (tool,) = body["tools"]
+    (decl,) = tool["functionDeclarations"]
+    # Vertex parses proto JSON, which accepts lowerCamel and snake_case field names;
+    # google-genai 3.x sends this one in snake_case.
+    schema = decl.pop("parametersJsonSchema", None) or decl.pop("parameters_json_schema")
+    assert schema == params
+    assert decl == {"name": "get_weather", "description": "Weather"}
+    assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+
+
+def test_tool_results_are_sent_back(service, fake):
+    messages = [
+        *USER,
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "call_0", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "content": '{"temp": 21}'},
+    ]
+    result, _ = chat(service, {"model": MODEL, "messages": messages})
+    assert result["text"] == "echo: hello there"
+    contents = fake.api_requests()[0].body["contents"]
+    assert contents[1] == {
+        "role": "model",
+        "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}],
+    }
+    assert contents[2] == {
+        "role": "user",
+        "parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 21}}}],
+    }
+
+
+# --- embeddings --------------------------------------------------------------------------------
+
+
+def test_embed_predict_models_batch_to_the_limit(service, fake, monkeypatch):
+    monkeypatch.setattr(VertexService, "embed_batch_size", 3)
+    texts = [f"text number {i}" for i in range(7)]
+    result, ctx = run(
+        service,
+        lambda: call(
+            service, "embed", {"model": "text-embedding-005", "texts": texts, "dimensions": 4}
+        ),
+    )
+    assert result["vectors"] == [vector_for(t, 4) for t in texts]
+    reqs = fake.api_requests()
+    assert [r.path.rsplit(":", 1)[1] for r in reqs] == ["predict"] * 3
+    assert [len(r.body["instances"]) for r in reqs] == [3, 3, 1]
+    assert all(r.body["parameters"] == {"outputDimensionality": 4} for r in reqs)
+    assert result["usage"]["input_tokens"] == 21 and len(ctx.usage) == 3
+
+
+def test_embed_gemini_models_use_batch_embed_contents(service, fake, monkeypatch):
+    monkeypatch.setattr(VertexService, "gemini_embed_batch_size", 2)
+    texts = ["alpha", "beta", "gamma"]
+    result, _ = run(
+        service, lambda: call(service, "embed", {"model": "gemini-embedding-001", "texts": texts})
+    )
+    assert result["vectors"] == [vector_for(t) for t in texts]
+    assert [r.path.rsplit(":", 1)[1] for r in fake.api_requests()] == [
+        "batchEmbedContents",
+        "embedContent",
+    ]
+    assert result["usage"]["input_tokens"] == 3
+
+
+def test_embed_rejects_a_short_answer(service, fake):
+    fake.script(Vectors([[0.0]]))
+    result, _ = run(
+        service,
+        lambda: call(service, "embed", {"model": "text-embedding-005", "texts": ["a", "b"]}),
+    )
+    assert isinstance(result, ProviderServerError)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, InvalidRequestError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, ModelNotFoundError),
+        (500, ProviderServerError),
+        (503, ProviderServerError),
+    ],
+)
+def test_http_errors_by_status_and_no_sdk_retries(service, fake, status, cls):
+    fake.script(GoogleError(status, "nope"))
+    error, _ = chat(service, {"model": MODEL, "messages": USER})
+    assert type(error) is cls
+    assert error.status_code == status and error.provider == "vertex"
+    assert error.is_retryable == (status >= 500)
+    assert "nope" in error.message
+    assert len(fake.api_requests()) == 1, "the SDK must not retry: the worker does"
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (GoogleError(429, headers={"retry-after": "3"}), 3.0),
+        (GoogleError(429, retry_delay="2.5s"), 2.5),
+        (GoogleError(429), None),
+    ],
+)
+def test_429_carries_retry_after(service, fake, reply, expected):
+    fake.script(reply)
+    error, _ = chat(service, {"model": MODEL, "messages": USER})
+    assert isinstance(error, RateLimitError) and error.is_retryable
+    assert error.retry_after == expected
+    assert len(fake.api_requests()) == 1
+
+
+def test_missing_project_names_the_variable(monkeypatch):
+    service = VertexService()
+    error, _ = chat(service, {"model": MODEL, "messages": USER})
+    assert isinstance(error, ConfigurationError)
+    assert error.env_var == "VERTEX_PROJECT_ID" and "VERTEX_PROJECT_ID" in error.message
+
+
+def test_missing_credentials_file_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("VERTEX_PROJECT_ID", "p")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    service = VertexService()
+    error, _ = chat(service, {"model": MODEL, "messages": USER})
+    assert isinstance(error, ConfigurationError)
+    assert error.env_var == "GOOGLE_APPLICATION_CREDENTIALS"
+
+
+def test_hanging_server_times_out_within_the_deadline(service, fake):
+    fake.script(Hang())
+    started = time.monotonic()
+    error, _ = chat(service, {"model": MODEL, "messages": USER}, deadline=1.0)
+    assert isinstance(error, ProviderTimeoutError) and error.is_retryable
+    assert time.monotonic() - started < 10
+
+
+def test_connection_refused_is_retryable(vertex_env, monkeypatch):
+    monkeypatch.setenv("VERTEX_BASE_URL", f"http://127.0.0.1:{free_port()}/")
+    service = VertexService()
+    error, _ = chat(service, {"model": MODEL, "messages": USER})
+    # The token endpoint is still the fake; the API endpoint refuses connections.
+    assert isinstance(error, ProviderConnectionError) and error.is_retryable
+
+
+def test_stream_cut_after_output_is_interrupted_with_partial_output(service, fake):
+    fake.script(Cut(after_chunks=3, text="alpha beta gamma delta epsilon"))
+    error, ctx = chat(service, {"model": MODEL, "messages": USER, "stream": True})
+    assert isinstance(error, StreamInterruptedError) and not error.is_retryable
+    assert error.partial_output == "alpha beta gamma" == streamed(ctx)
+    assert len(ctx.usage) == 1 and ctx.usage[0].cost is None
+
+
+def test_stream_cut_before_output_is_retryable(service, fake):
+    fake.script(Cut(after_chunks=0))
+    error, ctx = chat(service, {"model": MODEL, "messages": USER, "stream": True})
+    assert isinstance(error, ProviderConnectionError) and error.is_retryable
+    assert streamed(ctx) == ""
+
+
+def test_cancelling_closes_the_stream_and_records_usage(service, fake):
+    fake.script(Hang(after_chunks=2))
+    data = {"model": MODEL, "messages": USER, "stream": True}
+    spec = VertexService.operations["chat"]
+    ctx = RecordingContext(make_request("llm", "vertex", "chat", data))
+
+    async def scenario():
+        task = asyncio.ensure_future(spec.func(service, ctx, spec.input_model(**data)))
+        while len([e for e in ctx.events if e.type == "stream"]) < 2:
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(service, scenario)
+    assert streamed(ctx) == "this stream"
+    assert len(ctx.usage) == 1 and ctx.usage[0].output_tokens > 0
+    deadline = time.monotonic() + 5
+    while fake.hangups < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.hangups == 1, "the upstream HTTP stream was not closed"
+
+
+# --- plugin ------------------------------------------------------------------------------------
+
+
+def test_entry_point_and_service_names():
+    (ep,) = [ep for ep in importlib.metadata.entry_points(group="aiecs") if ep.name == "vertex"]
+    assert ep.value == "aiecs_providers_vertex.plugin"
+    assert (VertexService.mode, VertexService.name) == ("llm", "vertex")
+    assert sorted(VertexService.operations) == ["chat", "embed"]
+
+
+def test_importing_the_plugin_does_not_import_the_sdk():
+    code = (
+        "import sys, aiecs_providers_vertex.plugin; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('google', 'httpx2', 'vertexai')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_rate_limit_key(service):
+    data = VertexService.operations["chat"].input_model.model_validate(
+        {"model": MODEL, "messages": USER, "max_output_tokens": 100}
+    )
+    key = service.rate_limit_key("chat", data)
+    assert (key.provider, key.model) == ("vertex", MODEL) and key.tokens > 100
+
+
+class TestVertexConformance(ServiceConformance):
+    @pytest.fixture
+    def plugin(self):
+        return plugin
+
+    @pytest.fixture
+    def examples(self, vertex_env):
+        return {
+            ("llm", "vertex", "chat"): {"model": MODEL, "messages": USER},
+            ("llm", "vertex", "embed"): {"model": "text-embedding-005", "texts": ["a", "b"]},
+        }
