@@ -165,8 +165,6 @@ def _expired(server):
          "invalid_request", "task_id"),
         ("POST", "/tasks", {**echo_body(), "step": -1}, "ok", {}, 422,
          "invalid_request", "step"),
-        ("POST", "/tasks", echo_body(text="x" * 1_200_000), "ok", {}, 413,
-         "payload_too_large", "larger than"),
         ("POST", "/tasks", echo_body(), "ok", {"Origin": "http://evil.example"}, 403,
          "forbidden_origin", "not allowed"),
         ("GET", "/tasks/a:b", None, "ok", {}, 400, "bad_request", "invalid task_id"),
@@ -193,6 +191,68 @@ def test_errors_are_json_with_the_right_status(progress_server, method, path, bo
     assert "Traceback" not in json.dumps(got)
     if status == 401:
         assert server.last_headers.get("www-authenticate", "").startswith("Bearer")
+
+
+def _raw_exchange(server: ServerProcess, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """Send one request on a raw socket and parse the JSON response.
+
+    A client that announces a large body with ``Expect: 100-continue`` (as curl does) waits for
+    the server's verdict before sending it; a server that refuses from the headers alone never
+    has to read, nor the client to write, the body.
+    """
+    import socket
+
+    host, port = server.url.split("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed before a response: {data!r}"
+            data += chunk
+        header_blob, rest = data.split(b"\r\n\r\n", 1)
+        lines = header_blob.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in
+                   (line.split(":", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    return status, json.loads(rest[:length])
+
+
+def test_oversize_body_is_refused_from_its_content_length(progress_server):
+    server = progress_server
+    head = (f"POST /tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token(uid())}"
+            "\r\nContent-Type: application/json\r\nContent-Length: 1200000\r\n"
+            "Expect: 100-continue\r\n\r\n").encode()
+    status, body = _raw_exchange(server, head)  # the body itself is never sent
+    assert status == 413, body
+    assert body["error"]["type"] == "payload_too_large"
+    assert "larger than" in body["error"]["message"]
+
+
+def test_oversize_chunked_body_is_refused_while_streaming(progress_server):
+    server = progress_server
+    from aiecs_worker.server.api import _ENVELOPE_BYTES
+    from aiecs_worker.settings import Settings
+
+    # one byte over the limit: the server has read the whole body when it refuses, so the
+    # exchange is deterministic (no write racing the server's close)
+    limit = Settings.model_fields["aiecs_max_payload_bytes"].default + _ENVELOPE_BYTES
+    base = len(json.dumps(echo_body(text="")).encode())
+    payload = json.dumps(echo_body(text="x" * (limit + 1 - base))).encode()
+    assert len(payload) == limit + 1
+    head = (f"POST /tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token(uid())}"
+            "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+    body = b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n"
+    status, out = _raw_exchange(server, head, body)
+    assert status == 413, out
+    assert out["error"]["type"] == "payload_too_large"
 
 
 def test_cors_preflight_and_headers(progress_server):

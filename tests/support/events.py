@@ -31,6 +31,18 @@ def wait_for_event(client, user_id: str, task_id: str, predicate, timeout: float
         time.sleep(0.02)
 
 
+def wait_until(predicate, what: str, timeout: float = 30.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns a truthy value; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(interval)
+
+
 def wait_terminal(client, user_id: str, task_id: str, step: int = 1, timeout: float = 30.0):
     """Wait for the terminal event of one step; return (terminal event, all events)."""
     return wait_for_event(
