@@ -33,17 +33,34 @@ _STRIP = (
 )
 
 _session_redis: RedisServer | None = None
+_session_redis_error: str | None = None
 
 
-def pytest_configure(config):
-    global _session_redis
+def _start_session_redis() -> None:
+    """Start the session's Redis and point the environment at it.
+
+    Runs when this (root) conftest is imported: pytest imports the conftest files of the
+    command line's directories (``tests/server/conftest.py`` imports ``aiecs_worker``,
+    whose Celery app reads its URLs once) before any ``pytest_configure`` hook runs.
+    """
+    global _session_redis, _session_redis_error
     try:
         _session_redis = RedisServer().start()
     except RuntimeError as exc:  # no redis-server: tests that need it will fail clearly
-        config.issue_config_time_warning(pytest.PytestWarning(str(exc)), stacklevel=2)
+        _session_redis_error = str(exc)
         return
     os.environ["CELERY_BROKER_URL"] = _session_redis.url
     os.environ["REDIS_URL"] = _session_redis.url
+    os.environ.pop("CELERY_RESULT_BACKEND", None)
+
+
+_start_session_redis()
+
+
+def pytest_configure(config):
+    if _session_redis_error is not None:
+        config.issue_config_time_warning(pytest.PytestWarning(_session_redis_error),
+                                         stacklevel=2)
 
 
 def pytest_unconfigure(config):

@@ -324,3 +324,8 @@ def test_backend_down_is_503(start_server, redis_server):
     assert status == 503 and err["error"]["type"] == "unavailable"
     assert server.http("GET", "/tasks/abc", token=token)[0] == 503
     wait_until(lambda: server.health()[0] == 503, timeout=20, message="healthz 503")
+    # Redis is back: the same server accepts tasks again, without a restart
+    redis_server.start()
+    wait_until(lambda: server.http("POST", "/tasks", echo_body(), token=token)[0] == 202,
+               timeout=30, message="submissions accepted again")
+    wait_until(lambda: server.health()[0] == 200, timeout=30, message="healthz 200")

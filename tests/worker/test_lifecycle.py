@@ -284,7 +284,8 @@ def test_heavy_only_worker_leaves_fast_tasks_alone(aiecs_redis, start_worker):
     heavy = execute_heavy_task.delay(**echo_kwargs(heavy_id, op="echo_heavy"))
     assert heavy.get(timeout=30)["result"]["chunks"] == 4
     assert fast.state == "PENDING"
-    assert control.get_state("alice", fast_id)["steps"] == {}
+    # recorded as PENDING at submission, never started
+    assert control.get_state("alice", fast_id)["steps"][1]["status"] == "pending"
     client = aiecs_redis.client()  # kombu keeps one list per priority: fast_tasks[\x06\x16N]
     assert sum(client.llen(k) for k in client.keys("fast_tasks*")) == 1
 

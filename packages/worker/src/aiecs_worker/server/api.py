@@ -181,16 +181,20 @@ def _unavailable(exc: Exception) -> ApiError:
     return ApiError(503, "unavailable", "Redis or the task broker is unreachable; retry shortly")
 
 
-def _is_backend_error(exc: Exception) -> bool:
+def _is_backend_error(exc: BaseException | None) -> bool:
+    """A Redis/broker outage, directly or as the cause of what Celery raised (its result
+    consumer wraps a failed reconnect in a bare ``RuntimeError``)."""
     import redis
+    from kombu.exceptions import OperationalError
 
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return True
-    try:
-        from kombu.exceptions import OperationalError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(exc, OperationalError | ConnectionError | TimeoutError)
+    outage = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+              OperationalError, ConnectionError, TimeoutError)
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, outage):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 # -- handlers ---------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from aiecs_core import OperationContext, Service, hookimpl, operation
+from pydantic import BaseModel, ConfigDict
 
 
 class AnalyzeInput(BaseModel):
