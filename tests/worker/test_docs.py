@@ -1,0 +1,33 @@
+"""The READMEs document every setting the code reads, with its real default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from aiecs_worker.server.settings import ServerSettings
+from aiecs_worker.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = (REPO / "README.md").read_text() + (REPO / "packages/worker/README.md").read_text()
+
+
+def _settings():
+    for cls in (Settings, ServerSettings):
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias if isinstance(field.validation_alias, str) else name
+            yield alias.upper(), field
+
+
+SETTINGS = list(_settings())
+
+
+@pytest.mark.parametrize(("env", "field"), SETTINGS, ids=[env for env, _ in SETTINGS])
+def test_every_setting_is_in_a_configuration_table(env, field):
+    rows = [line for line in DOCS.splitlines() if line.startswith("|") and f"`{env}`" in line]
+    assert rows, f"{env} is read by the code but no README table documents it"
+    default = field.default
+    if isinstance(default, int) and not isinstance(default, bool):
+        cells = " ".join(rows)
+        assert re.search(rf"`{default}`", cells), f"{env}: default {default} not documented"
