@@ -70,6 +70,7 @@ try {
       error: el.querySelector(".task-error").hidden ? null
         : el.querySelector(".task-error").textContent,
       cancelDisabled: el.querySelector(".cancel").disabled,
+      message: el.querySelector(".message").textContent,
     }));
   }
 
@@ -88,6 +89,9 @@ try {
     (id) => document.querySelector(`.task[data-task-id="${id}"] .stream`).textContent.length > 0,
     { timeout: 20000 }, t2);
   await page.click(`.task[data-task-id="${t2}"] .cancel`);
+  await page.waitForFunction(
+    (id) => document.querySelector(`.task[data-task-id="${id}"]`).dataset.cancel === "sent",
+    { timeout: 30000 }, t2);
   const cancelled = await waitStatus(t2, "cancelled", 30000);
   say({ step: "cancelled", task_id: t2, ...cancelled });
 

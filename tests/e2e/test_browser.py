@@ -26,6 +26,7 @@ def test_page_end_to_end(node, chromium, page_server, aiecs_redis, worker, outpu
     cancelled = steps["cancelled"]
     assert cancelled["error"].startswith("TaskCancelledError")
     assert cancelled["cancelDisabled"] is True
+    assert cancelled["message"] != "cancelling..."  # the terminal event's message stays
 
     caught = steps["caught_up"]
     assert caught["stream"] == caught["expected"]  # nothing lost to the network drop

@@ -364,11 +364,18 @@
   }
 
   async function cancelTask(task) {
+    const button = task.el.querySelector(".cancel");
+    button.disabled = true;
+    task.el.dataset.cancel = "sending";
     try {
       await api("DELETE", `/tasks/${encodeURIComponent(task.id)}`);
-      task.el.querySelector(".message").textContent = "cancelling...";
+      // the CANCELLED event may have arrived before this answer: never overwrite it
+      if (!TERMINAL.has(task.status)) task.el.querySelector(".message").textContent = "cancelling...";
     } catch (e) {
       task.el.querySelector(".message").textContent = `Cancel refused: ${e.message}`;
+      button.disabled = TERMINAL.has(task.status);
+    } finally {
+      task.el.dataset.cancel = "sent";
     }
   }
 
