@@ -13,7 +13,7 @@ import uuid
 import pytest
 from aiecs_worker import execute_task
 
-from tests.support.events import read_events, wait_terminal
+from tests.support.events import dump_redis, read_events, wait_terminal
 from tests.support.fake_openai import Cut, Error, FakeOpenAI, Hang, Text
 from tests.support.fake_vertex import FakeVertex
 
@@ -86,7 +86,7 @@ def test_500_then_success(aiecs_redis, start_worker, fake):
 
 def test_401_fails_at_once_without_leaking_the_key(aiecs_redis, start_worker, fake):
     secret = "sk-live-DO-NOT-LEAK-0123456789"
-    start_worker(env={**openai_env(fake), "OPENAI_API_KEY": secret})
+    worker = start_worker(env={**openai_env(fake), "OPENAI_API_KEY": secret})
     task_id, _ = submit("openai", "chat", {"model": "gpt-x", "messages": USER})
     client = aiecs_redis.client()
     terminal, events = wait_terminal(client, "alice", task_id)
@@ -98,6 +98,12 @@ def test_401_fails_at_once_without_leaking_the_key(aiecs_redis, start_worker, fa
         {k.decode(): v.decode(errors="replace")
          for k, v in client.hgetall(f"aiecs:t:alice:{task_id}:1:state").items()})
     assert "DO-NOT-LEAK" not in everything
+    # nor anywhere else: results, Celery metadata, the worker's log
+    dump = dump_redis(client)
+    i = dump.find("DO-NOT-LEAK")
+    assert i < 0, dump[max(0, i - 1500):i + 200]
+    assert "DO-NOT-LEAK" not in worker.log()
+    assert fake.requests[0].headers["authorization"] == f"Bearer {secret}"  # it was used
 
 
 def test_missing_key_fails_naming_the_variable(aiecs_redis, start_worker):

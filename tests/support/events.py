@@ -54,3 +54,26 @@ def wait_terminal(client, user_id: str, task_id: str, step: int = 1, timeout: fl
 
 def step_events(events: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
     return [e for e in events if e["step"] == step]
+
+
+def dump_redis(client) -> str:
+    """Every key and value in a Redis database as text, to search for what must not be there."""
+    out = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "set":
+            value = client.smembers(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            value = client.xrange(key)
+        else:
+            value = kind
+        out.append(f"{key!r} {value!r}")
+    return "\n".join(out)

@@ -59,7 +59,21 @@ def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
             task.request.id, reason=str(outcome.error or "cancelled"), request=task.request
         )
         raise Ignore()
-    raise outcome.error or TaskCancelledError("task did not complete")
+    raise _detached(outcome.error or TaskCancelledError("task did not complete"))
+
+
+def _detached(error: BaseException) -> BaseException:
+    """The error as Celery should store it: without the chain of exceptions behind it.
+
+    A provider error is raised ``from`` the SDK's exception, whose text can hold what must
+    never leave the worker (an SDK may echo the API key, a request body, a header). Celery
+    stores the traceback, chain included, in the result backend, so the chain is cut here;
+    the error's own message and details are already safe for users.
+    """
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error.with_traceback(None)
 
 
 @app.task(bind=True, base=AiecsTask, name=FAST_TASK,
