@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.support.events import wait_for_event
+from tests.support.events import dump_redis, wait_for_event
 from tests.support.worker import CELERY, WorkerProcess
 
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
@@ -97,3 +97,31 @@ def test_invalid_settings_stop_the_worker_at_start(aiecs_redis, env, names):
     )
     assert out.returncode != 0
     assert names in out.stdout + out.stderr
+
+
+def test_a_provider_bug_fails_the_task_without_leaking_and_the_worker_serves_on(
+        aiecs_redis, start_worker):
+    from aiecs_core import OperationError
+    from aiecs_worker import execute_task
+
+    worker = start_worker()
+    client = aiecs_redis.client()
+    task_id = f"t{uuid.uuid4().hex[:8]}"
+    res = execute_task.delay(**base(task_id, service="buggy", task_name="explode",
+                                    input_data={}))
+    with pytest.raises(OperationError) as info:
+        res.get(timeout=30)
+    assert "KeyError: 'no route for api key [redacted]'" in str(info.value)
+    event, _ = wait_for_event(
+        client, "alice", task_id, lambda e: e["type"] == "status" and e["status"] in TERMINAL)
+    assert event["status"] == "failed"
+    assert event["error"]["type"] == "OperationError"
+    assert event["error"]["details"]["exception_type"] == "KeyError"
+    assert event["partial_output"] == "partial "
+    assert "CANARY" not in dump_redis(client)
+    log = worker.log()
+    assert "KeyError: 'no route for api key [redacted]'" in log  # the traceback is logged
+    assert "CANARY" not in log
+    ok = execute_task.delay(**base(f"t{uuid.uuid4().hex[:8]}")).get(timeout=30)
+    assert ok["status"] == "completed"
+    assert worker.alive()

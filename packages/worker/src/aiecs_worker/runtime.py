@@ -31,6 +31,7 @@ import os
 import random
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ from aiecs_core import (
     load_plugins,
     validate_input,
 )
+from aiecs_core.llm import redact
 from pydantic import ValidationError
 
 from .events import RedisEventPublisher, TaskKeys, celery_task_id
@@ -311,11 +313,12 @@ class Runtime:
         except AiecsError as exc:
             status, error = TaskStatus.FAILED, exc
         except Exception as exc:  # noqa: BLE001 - a provider bug must not kill the worker
-            log.exception("operation %s/%s.%s raised", request.mode, request.service,
-                          request.task_name)
+            # the traceback, for whoever fixes the bug, minus anything shaped like a key
+            log.error("operation %s/%s.%s raised:\n%s", request.mode, request.service,
+                      request.task_name, redact("".join(traceback.format_exception(exc))))
             status = TaskStatus.FAILED
             error = OperationError(
-                f"{type(exc).__name__}: {exc}", exception_type=type(exc).__name__
+                f"{type(exc).__name__}: {redact(str(exc))}", exception_type=type(exc).__name__
             )
         finally:
             self.running.pop(celery_id, None)

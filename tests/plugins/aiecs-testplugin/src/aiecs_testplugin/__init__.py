@@ -2,7 +2,8 @@
 
 ``chat/text_analyzer`` with ``analyze_text`` and ``document/doc_generator`` with
 ``generate_document`` (heavy), exactly as the specification's example calls name them.
-They compute their answer locally so the tests need no provider.
+They compute their answer locally so the tests need no provider. ``test/buggy`` has an
+operation that raises a plain exception, as a provider with a bug would.
 """
 
 from __future__ import annotations
@@ -42,6 +43,24 @@ class TextAnalyzer(Service):
         return {"sentiment": sentiment, "words": len(words), "language": "en"}
 
 
+class BuggyInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    secret: str = ""
+
+
+class Buggy(Service):
+    """A provider with a bug: its operation raises a plain exception whose text holds a
+    credential, as a careless SDK wrapper might."""
+
+    mode = "test"
+    name = "buggy"
+
+    @operation(description="Raise a KeyError that quotes a secret")
+    async def explode(self, ctx: OperationContext, data: BuggyInput) -> dict[str, Any]:
+        ctx.stream("partial ")
+        raise KeyError(f"no route for api key {data.secret or 'sk-proj-CANARY0123456789'}")
+
+
 class DocGenerator(Service):
     mode = "document"
     name = "doc_generator"
@@ -64,3 +83,4 @@ class DocGenerator(Service):
 def register_services(register):
     register(TextAnalyzer)
     register(DocGenerator)
+    register(Buggy)
