@@ -10,34 +10,49 @@ inputs and returns the same results, so a caller can switch provider by changing
 The helpers turn an HTTP status into the right :mod:`aiecs_core.errors` class, read
 ``Retry-After`` headers, price usage from configuration (never invented), and estimate
 tokens for rate limiting. They are pure functions over pydantic models: no SDK, no I/O.
+
+:func:`stream_chat` and :func:`chat_result` are the SDK-agnostic part of a chat call
+(pushing stream deltas, recording usage on success, cancellation or a cut stream, and
+building the :class:`ChatResult`). They import no SDK either: a provider hands them its
+SDK's chunks normalised to :class:`ChatDelta`, and a function converting its SDK's errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import (
+    AiecsError,
     AuthenticationError,
     ConfigurationError,
     InvalidRequestError,
     ModelNotFoundError,
+    ProviderConnectionError,
     ProviderError,
     ProviderServerError,
     RateLimitError,
+    StreamInterruptedError,
 )
 from .models import Usage
+from .service import RateLimitKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .service import OperationContext
 
 __all__ = [
     "PRICES_ENV",
+    "ChatDelta",
     "ChatInput",
     "ChatMessage",
     "ChatResult",
@@ -45,14 +60,24 @@ __all__ = [
     "EmbedResult",
     "ResponseFormat",
     "ToolCall",
+    "ToolCallDelta",
     "ToolDefinition",
+    "chat_result",
     "chat_token_estimate",
+    "embed_batches",
     "error_for_status",
     "estimate_tokens",
+    "estimated_chat_usage",
     "make_usage",
+    "parse_json",
     "parse_retry_after",
     "price_for",
+    "raise_converted",
+    "rate_limit_key",
     "redact",
+    "request_timeout",
+    "stream_chat",
+    "timeout_setting",
 ]
 
 _NAME = r"^[A-Za-z0-9_\-]{1,64}$"
@@ -188,6 +213,40 @@ class EmbedResult(BaseModel):
     """Tokens of all batches together."""
 
 
+# --- timeouts --------------------------------------------------------------------------------
+
+
+def timeout_setting(provider: str, env_var: str | None, default: float) -> float:
+    """The per-request timeout in seconds set by the environment variable ``env_var``, or
+    ``default`` when it is unset or blank (or ``env_var`` is None).
+
+    Raises :class:`ConfigurationError` naming the variable when it is not a positive number.
+    """
+    raw = os.environ.get(env_var, "").strip() if env_var else ""
+    if not raw:
+        return default
+    try:
+        timeout = float(raw)
+        if not timeout > 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigurationError(
+            f"{provider}: {env_var} must be a positive number of seconds, got {raw!r}",
+            env_var=env_var,
+        ) from None
+    return timeout
+
+
+def request_timeout(timeout: float, remaining: float | None, grace: float) -> float:
+    """The explicit timeout of one request: the configured ``timeout``, or, when the task
+    has a deadline, the time ``remaining`` until it plus ``grace`` if that is less (at
+    least 0.05 s). The worker cancels the call at the deadline, rather than racing the
+    SDK's timeout."""
+    if remaining is None:
+        return timeout
+    return max(0.05, min(timeout, remaining + grace))
+
+
 # --- errors --------------------------------------------------------------------------------
 
 
@@ -251,6 +310,14 @@ def error_for_status(
     else:
         cls = InvalidRequestError
     return cls(message, **fields)
+
+
+def raise_converted(exc: BaseException, error: AiecsError | None) -> NoReturn:
+    """Raise ``error``, the aiecs error ``exc`` was converted to, from ``exc``; or ``exc``
+    itself when ``error`` is None (not an SDK error: a bug, reported as such)."""
+    if error is None:
+        raise exc
+    raise error from exc
 
 
 _KEYLIKE = re.compile(r"\b(?:sk|xai|AIza)[-_A-Za-z0-9]{8,}")
@@ -348,6 +415,36 @@ def estimate_tokens(text: str | None) -> int:
     return -(-len(text) // 4) if text else 0
 
 
+def rate_limit_key(provider: str, data: BaseModel) -> RateLimitKey | None:
+    """The quota a ``chat`` or ``embed`` call draws on: its model, and its estimated tokens
+    (a chat's input plus its maximum output, an embedding's texts). None for other input."""
+    if isinstance(data, ChatInput):
+        return RateLimitKey(provider=provider, model=data.model, tokens=chat_token_estimate(data))
+    if isinstance(data, EmbedInput):
+        return RateLimitKey(
+            provider=provider,
+            model=data.model,
+            tokens=sum(estimate_tokens(t) for t in data.texts),
+        )
+    return None
+
+
+def embed_batches(texts: Iterable[str], max_items: int, max_tokens: int) -> Iterator[list[str]]:
+    """``texts`` in order, in batches of at most ``max_items`` texts and ``max_tokens``
+    estimated tokens (a text over ``max_tokens`` alone is a batch of its own)."""
+    batch: list[str] = []
+    tokens = 0
+    for text in texts:
+        cost = estimate_tokens(text)
+        if batch and (len(batch) >= max_items or tokens + cost > max_tokens):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(text)
+        tokens += cost
+    if batch:
+        yield batch
+
+
 def chat_token_estimate(data: ChatInput, default_output: int = 1024) -> int:
     """Tokens a chat call may consume: its input, estimated, plus its maximum output."""
     total = 0
@@ -360,3 +457,200 @@ def chat_token_estimate(data: ChatInput, default_output: int = 1024) -> int:
     if data.response_format is not None:
         total += estimate_tokens(json.dumps(data.response_format.json_schema))
     return total + (data.max_output_tokens or default_output)
+
+
+# --- chat results and streams ----------------------------------------------------------------
+
+
+def estimated_chat_usage(
+    provider: str, data: ChatInput, output: str, model: str | None = None
+) -> Usage:
+    """Usage of a chat call counted locally, when the provider never reported it (a
+    cancelled or cut call): the input estimated from ``data``, the output from the text
+    ``output`` produced so far. Never priced."""
+    input_tokens = chat_token_estimate(data, default_output=0) - (data.max_output_tokens or 0)
+    return make_usage(
+        provider, model or data.model, input_tokens, estimate_tokens(output), estimated=True
+    )
+
+
+def parse_json(text: str) -> Any:
+    """``text`` decoded from JSON, or None when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def chat_result(
+    ctx: OperationContext,
+    data: ChatInput,
+    *,
+    provider: str,
+    text: str,
+    finish_reason: str,
+    tool_calls: list[ToolCall],
+    model: str,
+    usage: Usage | None,
+) -> ChatResult:
+    """Record a finished chat call's usage and return its :class:`ChatResult`.
+
+    ``usage`` is what the provider reported; None (it reported nothing) records an
+    estimate instead (:func:`estimated_chat_usage`). With ``data.response_format``,
+    ``parsed`` is ``text`` decoded from JSON (None if it is not JSON).
+    """
+    if usage is None:
+        usage = estimated_chat_usage(provider, data, text, model)
+    ctx.record_usage(usage)
+    return ChatResult(
+        text=text,
+        finish_reason=finish_reason,
+        tool_calls=tool_calls,
+        parsed=parse_json(text) if data.response_format is not None else None,
+        model=model,
+        usage=usage,
+    )
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A tool call of a streamed reply, or a fragment of one.
+
+    Fragments with the same ``index`` are joined: the last non-empty ``id`` wins, ``name``
+    and ``arguments`` are concatenated. A provider whose SDK streams whole calls sends each
+    with an index of its own.
+    """
+
+    index: int
+    id: str | None = None
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """One piece of a streamed chat reply, normalised from a provider SDK's chunk for
+    :func:`stream_chat`. Every field is optional; one SDK chunk may give several."""
+
+    model: str | None = None
+    """The model as the provider reports it (the last one given wins)."""
+    text: str = ""
+    """Reply text, pushed to the user at once (thoughts and the like are left out)."""
+    tool_calls: Sequence[ToolCallDelta] = ()
+    """Tool calls, or fragments of them."""
+    usage: Any = None
+    """The provider's usage report, handed to ``stream_chat``'s ``usage`` (the last wins)."""
+    finish: Any = None
+    """The provider's finish reason: the response is complete (the last one given wins)."""
+
+
+async def stream_chat(
+    ctx: OperationContext,
+    data: ChatInput,
+    deltas: AsyncIterator[ChatDelta],
+    *,
+    provider: str,
+    convert_error: Callable[[Exception], AiecsError | None],
+    usage: Callable[[str, Any], Usage],
+    finish_reason: Callable[[Any, list[ToolCall]], str],
+    usage_is_cumulative: bool = False,
+) -> ChatResult:
+    """Consume a streamed chat reply: push its text to the user, record usage, return the
+    :class:`ChatResult`, or raise the right error.
+
+    ``deltas`` is the provider's part: best an async generator that opens the SDK's
+    stream, yields its chunks as :class:`ChatDelta` and closes the stream in a ``finally``
+    (it is closed, with ``aclose()``, however this call ends). The rest is here:
+
+    - text is pushed with ``ctx.stream`` as it arrives;
+    - cancelled (by the user or the deadline): the usage so far is recorded, the
+      provider's report if it sent one, else an estimate (never priced), and
+      ``CancelledError`` propagates. With ``usage_is_cumulative`` (running totals in every
+      chunk), a report counts only once the response has finished;
+    - an exception: ``convert_error(exc)`` (None: not an SDK error, re-raised as it is).
+      Before any output the converted error is raised (retried if retryable); after
+      output, a :class:`StreamInterruptedError` carrying ``partial_output`` (never
+      retried), with the usage estimated;
+    - a stream that ends without a finish reason is cut too, even if the connection closed
+      cleanly: :class:`StreamInterruptedError` after output, else
+      :class:`ProviderConnectionError`;
+    - otherwise the result, with ``finish_reason(finish, tool_calls)`` and
+      ``usage(model, report)`` (an estimate when the provider reported none).
+    """
+    parts: list[str] = []
+    calls: dict[int, list[str]] = {}
+    finish: Any = None
+    reported: Any = None
+    model = data.model
+    try:
+        async for delta in deltas:
+            if delta.model:
+                model = delta.model
+            if delta.usage is not None:
+                reported = delta.usage
+            if delta.text:
+                parts.append(delta.text)
+                ctx.stream(delta.text)
+            for call in delta.tool_calls:
+                acc = calls.setdefault(call.index, ["", "", ""])
+                if call.id:
+                    acc[0] = call.id
+                acc[1] += call.name
+                acc[2] += call.arguments
+            if delta.finish is not None:
+                finish = delta.finish
+    except asyncio.CancelledError:
+        # Cancelled by the user or the deadline: record what was consumed so far (the
+        # stream is closed by the generator's finally, or below).
+        final = reported is not None and (finish is not None or not usage_is_cumulative)
+        ctx.record_usage(
+            usage(model, reported)
+            if final
+            else estimated_chat_usage(provider, data, "".join(parts), model)
+        )
+        raise
+    except Exception as exc:
+        error = convert_error(exc)
+        if error is None:
+            raise
+        if parts:
+            ctx.record_usage(estimated_chat_usage(provider, data, "".join(parts), model))
+            raise StreamInterruptedError(
+                f"{provider}: the stream was cut after output was sent "
+                f"({type(error).__name__}: {error.message})",
+                provider=provider,
+                partial_output="".join(parts),
+                cause=type(error).__name__,
+            ) from exc
+        raise error from exc
+    finally:
+        aclose = getattr(deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    text = "".join(parts)
+    if finish is None:
+        # The server closed the stream cleanly but never finished the response.
+        ctx.record_usage(estimated_chat_usage(provider, data, text, model))
+        if parts:
+            raise StreamInterruptedError(
+                f"{provider}: the stream ended before the response was complete",
+                provider=provider,
+                partial_output=text,
+            )
+        raise ProviderConnectionError(
+            f"{provider}: the stream ended before any output", provider=provider
+        )
+    tool_calls = [
+        ToolCall(id=id_, name=name, arguments=arguments)
+        for _, (id_, name, arguments) in sorted(calls.items())
+    ]
+    return chat_result(
+        ctx,
+        data,
+        provider=provider,
+        text=text,
+        finish_reason=finish_reason(finish, tool_calls),
+        tool_calls=tool_calls,
+        model=model,
+        usage=None if reported is None else usage(model, reported),
+    )

@@ -11,33 +11,39 @@ worker cancels the call and reports TIMED_OUT, rather than racing the SDK's time
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiecs_core import (
     AiecsError,
     ConfigurationError,
     OperationContext,
-    ProviderConnectionError,
     ProviderServerError,
     RateLimitKey,
     Service,
-    StreamInterruptedError,
     Usage,
     operation,
 )
 from aiecs_core.llm import (
+    ChatDelta,
     ChatInput,
     ChatMessage,
     ChatResult,
     EmbedInput,
     EmbedResult,
     ToolCall,
-    chat_token_estimate,
+    ToolCallDelta,
+    chat_result,
+    embed_batches,
     estimate_tokens,
+    estimated_chat_usage,
     make_usage,
+    raise_converted,
+    rate_limit_key,
+    request_timeout,
+    stream_chat,
+    timeout_setting,
 )
 from pydantic import BaseModel
 
@@ -66,6 +72,16 @@ def _finish_reason(raw: str | None, tool_calls: list[ToolCall]) -> str:
     return _FINISH.get(raw, str(raw).lower())
 
 
+def _tool_call_delta(call: Any) -> ToolCallDelta:
+    """A streamed tool-call fragment (the openai SDK's ``ChoiceDeltaToolCall``)."""
+    function = call.function
+    if function is None:
+        return ToolCallDelta(index=call.index, id=call.id)
+    return ToolCallDelta(
+        index=call.index, id=call.id, name=function.name or "", arguments=function.arguments or ""
+    )
+
+
 def _wire_message(message: ChatMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role}
     if message.role == "tool":
@@ -85,13 +101,6 @@ def _wire_message(message: ChatMessage) -> dict[str, Any]:
             for call in message.tool_calls
         ]
     return out
-
-
-def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
 
 
 class OpenAICompatService(Service):
@@ -139,19 +148,7 @@ class OpenAICompatService(Service):
                 env_var=self.api_key_env,
                 provider=self.provider,
             )
-        timeout = self.default_timeout
-        raw_timeout = self._setting(self.timeout_env)
-        if raw_timeout is not None:
-            try:
-                timeout = float(raw_timeout)
-                if not timeout > 0:
-                    raise ValueError
-            except ValueError:
-                raise ConfigurationError(
-                    f"{self.provider}: {self.timeout_env} must be a positive number of "
-                    f"seconds, got {raw_timeout!r}",
-                    env_var=self.timeout_env,
-                ) from None
+        timeout = timeout_setting(self.provider, self.timeout_env, self.default_timeout)
         base_url = self._setting(self.base_url_env) or self.default_base_url
 
         from openai import AsyncOpenAI  # lazy: only processes that call this provider pay
@@ -172,27 +169,14 @@ class OpenAICompatService(Service):
             await client.close()
 
     def _request_timeout(self, ctx: OperationContext) -> float:
-        remaining = ctx.time_remaining()
-        if remaining is None:
-            return self._timeout
-        return max(0.05, min(self._timeout, remaining + DEADLINE_GRACE))
+        return request_timeout(self._timeout, ctx.time_remaining(), DEADLINE_GRACE)
 
     def _error(self, exc: BaseException) -> AiecsError | None:
         return convert_error(exc, provider=self.provider, secrets=[self._api_key])
 
     # -- rate limits ---------------------------------------------------------------------
     def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
-        if isinstance(data, ChatInput):
-            return RateLimitKey(
-                provider=self.provider, model=data.model, tokens=chat_token_estimate(data)
-            )
-        if isinstance(data, EmbedInput):
-            return RateLimitKey(
-                provider=self.provider,
-                model=data.model,
-                tokens=sum(estimate_tokens(t) for t in data.texts),
-            )
-        return None
+        return rate_limit_key(self.provider, data)
 
     # -- chat ------------------------------------------------------------------------------
     def _chat_params(self, data: ChatInput) -> dict[str, Any]:
@@ -229,17 +213,6 @@ class OpenAICompatService(Service):
             params["tool_choice"] = data.tool_choice
         return params
 
-    def _estimated_usage(self, data: ChatInput, output: str, model: str | None = None) -> Usage:
-        """Usage counted locally when the provider never reported it (never priced)."""
-        input_tokens = chat_token_estimate(data, default_output=0) - (data.max_output_tokens or 0)
-        return make_usage(
-            self.provider,
-            model or data.model,
-            input_tokens,
-            estimate_tokens(output),
-            estimated=True,
-        )
-
     def _usage(self, data: ChatInput, model: str, usage: Any) -> Usage:
         return make_usage(
             self.provider,
@@ -254,19 +227,24 @@ class OpenAICompatService(Service):
         client = self.client()
         params = self._chat_params(data)
         if data.stream:
-            return await self._chat_stream(ctx, client, data, params)
+            return await stream_chat(
+                ctx,
+                data,
+                self._stream_deltas(ctx, client, params),
+                provider=self.provider,
+                convert_error=self._error,
+                usage=lambda model, usage: self._usage(data, model, usage),
+                finish_reason=_finish_reason,
+            )
         try:
             response = await client.chat.completions.create(
                 **params, timeout=self._request_timeout(ctx)
             )
         except asyncio.CancelledError:
-            ctx.record_usage(self._estimated_usage(data, ""))
+            ctx.record_usage(estimated_chat_usage(self.provider, data, ""))
             raise
         except Exception as exc:
-            error = self._error(exc)
-            if error is None:
-                raise
-            raise error from exc
+            raise_converted(exc, self._error(exc))
         if not response.choices:
             raise ProviderServerError(
                 f"{self.provider}: the response has no choices", provider=self.provider
@@ -280,134 +258,53 @@ class OpenAICompatService(Service):
         ]
         text = message.content or ""
         model = response.model or data.model
-        usage = (
-            self._usage(data, model, response.usage)
-            if response.usage is not None
-            else self._estimated_usage(data, text, model)
-        )
-        ctx.record_usage(usage)
-        return ChatResult(
+        return chat_result(
+            ctx,
+            data,
+            provider=self.provider,
             text=text,
             finish_reason=_finish_reason(choice.finish_reason, tool_calls),
             tool_calls=tool_calls,
-            parsed=_parse_json(text) if data.response_format is not None else None,
             model=model,
-            usage=usage,
+            usage=None if response.usage is None else self._usage(data, model, response.usage),
         )
 
-    async def _chat_stream(
-        self, ctx: OperationContext, client: AsyncOpenAI, data: ChatInput, params: dict
-    ) -> ChatResult:
-        parts: list[str] = []
-        calls: dict[int, dict[str, str]] = {}
-        finish: str | None = None
-        reported: Any = None
-        model = data.model
-        stream = None
+    async def _stream_deltas(
+        self, ctx: OperationContext, client: AsyncOpenAI, params: dict
+    ) -> AsyncIterator[ChatDelta]:
+        """The streamed reply's chunks, for :func:`aiecs_core.llm.stream_chat` (which owns
+        the rest: stream events, usage, cancellation, cut streams). Closes the stream."""
+        stream = await client.chat.completions.create(
+            **params,
+            stream=True,
+            stream_options={"include_usage": True},  # usage comes in a last, choiceless chunk
+            timeout=self._request_timeout(ctx),
+        )
         try:
-            stream = await client.chat.completions.create(
-                **params,
-                stream=True,
-                stream_options={"include_usage": True},
-                timeout=self._request_timeout(ctx),
-            )
             async for chunk in stream:
-                if chunk.model:
-                    model = chunk.model
-                if chunk.usage is not None:
-                    reported = chunk.usage
-                for choice in chunk.choices[:1] if chunk.choices else ():
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        parts.append(delta.content)
-                        ctx.stream(delta.content)
-                    for call in (delta.tool_calls or []) if delta is not None else ():
-                        acc = calls.setdefault(call.index, {"id": "", "name": "", "args": ""})
-                        if call.id:
-                            acc["id"] = call.id
-                        if call.function is not None:
-                            acc["name"] += call.function.name or ""
-                            acc["args"] += call.function.arguments or ""
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-        except asyncio.CancelledError:
-            # Cancelled by the user or the deadline: close the HTTP stream (finally) and
-            # record what was consumed so far.
-            ctx.record_usage(
-                self._usage(data, model, reported)
-                if reported is not None
-                else self._estimated_usage(data, "".join(parts), model)
-            )
-            raise
-        except Exception as exc:
-            error = self._error(exc)
-            if error is None:
-                raise
-            if parts:
-                ctx.record_usage(self._estimated_usage(data, "".join(parts), model))
-                raise StreamInterruptedError(
-                    f"{self.provider}: the stream was cut after output was sent "
-                    f"({type(error).__name__}: {error.message})",
-                    provider=self.provider,
-                    partial_output="".join(parts),
-                    cause=type(error).__name__,
-                ) from exc
-            raise error from exc
-        finally:
-            if stream is not None:
-                await stream.close()
-        text = "".join(parts)
-        if finish is None:
-            # The server closed the stream cleanly but never finished the response.
-            ctx.record_usage(self._estimated_usage(data, text, model))
-            if parts:
-                raise StreamInterruptedError(
-                    f"{self.provider}: the stream ended before the response was complete",
-                    provider=self.provider,
-                    partial_output=text,
+                choice = chunk.choices[0] if chunk.choices else None
+                if choice is None:
+                    yield ChatDelta(model=chunk.model, usage=chunk.usage)
+                    continue
+                delta = choice.delta
+                yield ChatDelta(
+                    model=chunk.model,
+                    usage=chunk.usage,
+                    text=(delta.content if delta is not None else None) or "",
+                    tool_calls=[
+                        _tool_call_delta(call)
+                        for call in ((delta.tool_calls if delta is not None else None) or [])
+                    ],
+                    finish=choice.finish_reason or None,
                 )
-            raise ProviderConnectionError(
-                f"{self.provider}: the stream ended before any output", provider=self.provider
-            )
-        tool_calls = [
-            ToolCall(id=acc["id"], name=acc["name"], arguments=acc["args"])
-            for _, acc in sorted(calls.items())
-        ]
-        usage = (
-            self._usage(data, model, reported)
-            if reported is not None
-            else self._estimated_usage(data, text, model)
-        )
-        ctx.record_usage(usage)
-        return ChatResult(
-            text=text,
-            finish_reason=_finish_reason(finish, tool_calls),
-            tool_calls=tool_calls,
-            parsed=_parse_json(text) if data.response_format is not None else None,
-            model=model,
-            usage=usage,
-        )
+        finally:
+            await stream.close()
 
     # -- embeddings ------------------------------------------------------------------------
-    def _batches(self, texts: list[str]) -> Iterator[list[str]]:
-        batch: list[str] = []
-        tokens = 0
-        for text in texts:
-            cost = estimate_tokens(text)
-            if batch and (
-                len(batch) >= self.embed_batch_size or tokens + cost > self.embed_batch_tokens
-            ):
-                yield batch
-                batch, tokens = [], 0
-            batch.append(text)
-            tokens += cost
-        if batch:
-            yield batch
-
     @operation(description="Embed texts: one vector per text, batched to the provider limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
         client = self.client()
-        batches = list(self._batches(data.texts))
+        batches = list(embed_batches(data.texts, self.embed_batch_size, self.embed_batch_tokens))
         vectors: list[list[float]] = []
         total: Usage | None = None
         model = data.model
@@ -431,10 +328,7 @@ class OpenAICompatService(Service):
                 )
                 raise
             except Exception as exc:
-                error = self._error(exc)
-                if error is None:
-                    raise
-                raise error from exc
+                raise_converted(exc, self._error(exc))
             items = sorted(response.data, key=lambda item: item.index)
             if len(items) != len(batch):
                 raise ProviderServerError(

@@ -17,30 +17,39 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiecs_core import (
+    AiecsError,
     ConfigurationError,
     OperationContext,
-    ProviderConnectionError,
     ProviderServerError,
     RateLimitKey,
     Service,
-    StreamInterruptedError,
     Usage,
     hookimpl,
     operation,
 )
 from aiecs_core.llm import (
+    ChatDelta,
     ChatInput,
     ChatResult,
     EmbedInput,
     EmbedResult,
     ToolCall,
-    chat_token_estimate,
+    ToolCallDelta,
+    chat_result,
+    embed_batches,
     estimate_tokens,
+    estimated_chat_usage,
     make_usage,
+    parse_json,
+    raise_converted,
+    rate_limit_key,
+    request_timeout,
+    stream_chat,
+    timeout_setting,
 )
 from pydantic import BaseModel
 
@@ -84,15 +93,8 @@ def _finish_reason(raw: Any, tool_calls: list[ToolCall]) -> str:
     return _FINISH.get(str(name), str(name).lower())
 
 
-def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
-
-
 def _args(arguments: str) -> dict[str, Any]:
-    value = _parse_json(arguments)
+    value = parse_json(arguments)
     return value if isinstance(value, dict) else {"arguments": arguments}
 
 
@@ -142,19 +144,7 @@ class VertexService(Service):
                 provider=self.provider,
             )
         location = self._setting(LOCATION_ENV) or DEFAULT_LOCATION
-        timeout = self.default_timeout
-        raw_timeout = self._setting(TIMEOUT_ENV)
-        if raw_timeout is not None:
-            try:
-                timeout = float(raw_timeout)
-                if not timeout > 0:
-                    raise ValueError
-            except ValueError:
-                raise ConfigurationError(
-                    f"vertex: {TIMEOUT_ENV} must be a positive number of seconds, "
-                    f"got {raw_timeout!r}",
-                    env_var=TIMEOUT_ENV,
-                ) from None
+        timeout = timeout_setting(self.provider, TIMEOUT_ENV, self.default_timeout)
 
         # Lazy imports: only processes that call Vertex pay for them.
         import google.auth
@@ -202,33 +192,15 @@ class VertexService(Service):
     def _http_options(self, ctx: OperationContext) -> Any:
         from google.genai import types
 
-        remaining = ctx.time_remaining()
-        seconds = (
-            self._timeout
-            if remaining is None
-            else max(0.05, min(self._timeout, remaining + DEADLINE_GRACE))
-        )
+        seconds = request_timeout(self._timeout, ctx.time_remaining(), DEADLINE_GRACE)
         return types.HttpOptions(timeout=max(1, int(seconds * 1000)))
 
-    def _raise(self, exc: BaseException) -> None:
-        error = convert_error(exc, provider=self.provider)
-        if error is None:
-            raise exc
-        raise error from exc
+    def _error(self, exc: BaseException) -> AiecsError | None:
+        return convert_error(exc, provider=self.provider)
 
     # -- rate limits -------------------------------------------------------------------------
     def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
-        if isinstance(data, ChatInput):
-            return RateLimitKey(
-                provider=self.provider, model=data.model, tokens=chat_token_estimate(data)
-            )
-        if isinstance(data, EmbedInput):
-            return RateLimitKey(
-                provider=self.provider,
-                model=data.model,
-                tokens=sum(estimate_tokens(t) for t in data.texts),
-            )
-        return None
+        return rate_limit_key(self.provider, data)
 
     # -- chat ----------------------------------------------------------------------------------
     def _contents_and_config(self, data: ChatInput, ctx: OperationContext) -> tuple[list, Any]:
@@ -258,7 +230,7 @@ class VertexService(Service):
                 contents.append(types.Content(role="model", parts=parts))
             else:  # tool result
                 name = message.name or names.get(message.tool_call_id or "", "tool")
-                response = _parse_json(message.content or "")
+                response = parse_json(message.content or "")
                 if not isinstance(response, dict):
                     response = {"result": message.content}
                 contents.append(
@@ -320,16 +292,6 @@ class VertexService(Service):
             requested_model=data.model,
         )
 
-    def _estimated_usage(self, data: ChatInput, output: str, model: str | None = None) -> Usage:
-        input_tokens = chat_token_estimate(data, default_output=0) - (data.max_output_tokens or 0)
-        return make_usage(
-            self.provider,
-            model or data.model,
-            input_tokens,
-            estimate_tokens(output),
-            estimated=True,
-        )
-
     @staticmethod
     def _parts(response: Any) -> tuple[list[Any], Any]:
         candidates = getattr(response, "candidates", None) or []
@@ -350,23 +312,37 @@ class VertexService(Service):
             arguments=json.dumps(call.args or {}),
         )
 
+    @staticmethod
+    def _text(part: Any) -> str:
+        """The reply text of a part ("" for thoughts and function calls)."""
+        return part.text if part.text and not part.thought else ""
+
     @operation(description="Gemini chat: messages in; text, tool calls and usage out.")
     async def chat(self, ctx: OperationContext, data: ChatInput) -> ChatResult:
         client = await self.client()
         contents, config = self._contents_and_config(data, ctx)
         if data.stream:
-            return await self._chat_stream(ctx, client, data, contents, config)
+            return await stream_chat(
+                ctx,
+                data,
+                self._stream_deltas(client, data, contents, config),
+                provider=self.provider,
+                convert_error=self._error,
+                usage=lambda model, meta: self._usage(data, model, meta),
+                finish_reason=_finish_reason,
+                usage_is_cumulative=True,
+            )
         try:
             response = await client.aio.models.generate_content(
                 model=data.model, contents=contents, config=config
             )
         except asyncio.CancelledError:
-            ctx.record_usage(self._estimated_usage(data, ""))
+            ctx.record_usage(estimated_chat_usage(self.provider, data, ""))
             raise
         except Exception as exc:  # noqa: BLE001 - converted or re-raised
-            self._raise(exc)
+            raise_converted(exc, self._error(exc))
         parts, finish = self._parts(response)
-        text = "".join(p.text for p in parts if p.text and not p.thought)
+        text = "".join(self._text(p) for p in parts)
         tool_calls = [
             self._tool_call(p, i)
             for i, p in enumerate(p for p in parts if p.function_call is not None)
@@ -375,98 +351,49 @@ class VertexService(Service):
         if finish is None and blocked is not None:
             finish = "SAFETY"
         model = response.model_version or data.model
-        usage = (
-            self._usage(data, model, response.usage_metadata)
-            if response.usage_metadata is not None
-            else self._estimated_usage(data, text, model)
-        )
-        ctx.record_usage(usage)
-        return ChatResult(
+        return chat_result(
+            ctx,
+            data,
+            provider=self.provider,
             text=text,
             finish_reason=_finish_reason(finish, tool_calls),
             tool_calls=tool_calls,
-            parsed=_parse_json(text) if data.response_format is not None else None,
             model=model,
-            usage=usage,
+            usage=(
+                None
+                if response.usage_metadata is None
+                else self._usage(data, model, response.usage_metadata)
+            ),
         )
 
-    async def _chat_stream(
-        self, ctx: OperationContext, client: Client, data: ChatInput, contents: list, config: Any
-    ) -> ChatResult:
-        pieces: list[str] = []
-        tool_calls: list[ToolCall] = []
-        finish: Any = None
-        meta: Any = None
-        model = data.model
-        stream = None
+    async def _stream_deltas(
+        self, client: Client, data: ChatInput, contents: list, config: Any
+    ) -> AsyncIterator[ChatDelta]:
+        """The streamed reply's chunks, for :func:`aiecs_core.llm.stream_chat` (which owns
+        the rest: stream events, usage, cancellation, cut streams). Closes the stream.
+
+        Usage metadata is cumulative: the last one, with the finish reason, is final."""
+        stream = await client.aio.models.generate_content_stream(
+            model=data.model, contents=contents, config=config
+        )
+        calls = 0
         try:
-            stream = await client.aio.models.generate_content_stream(
-                model=data.model, contents=contents, config=config
-            )
             async for chunk in stream:
-                if chunk.model_version:
-                    model = chunk.model_version
-                if chunk.usage_metadata is not None:
-                    meta = chunk.usage_metadata  # cumulative; the last one is final
-                parts, chunk_finish = self._parts(chunk)
+                yield ChatDelta(model=chunk.model_version, usage=chunk.usage_metadata)
+                parts, finish = self._parts(chunk)
                 for part in parts:
-                    if part.text and not part.thought:
-                        pieces.append(part.text)
-                        ctx.stream(part.text)
                     if part.function_call is not None:
-                        tool_calls.append(self._tool_call(part, len(tool_calls)))
-                if chunk_finish is not None:
-                    finish = chunk_finish
-        except asyncio.CancelledError:
-            ctx.record_usage(
-                self._usage(data, model, meta)
-                if meta is not None and finish is not None
-                else self._estimated_usage(data, "".join(pieces), model)
-            )
-            raise
-        except Exception as exc:  # noqa: BLE001 - converted or re-raised
-            error = convert_error(exc, provider=self.provider)
-            if error is None:
-                raise
-            if pieces:
-                ctx.record_usage(self._estimated_usage(data, "".join(pieces), model))
-                raise StreamInterruptedError(
-                    f"vertex: the stream was cut after output was sent "
-                    f"({type(error).__name__}: {error.message})",
-                    provider=self.provider,
-                    partial_output="".join(pieces),
-                    cause=type(error).__name__,
-                ) from exc
-            raise error from exc
+                        call = self._tool_call(part, calls)
+                        yield ChatDelta(
+                            text=self._text(part),
+                            tool_calls=[ToolCallDelta(calls, call.id, call.name, call.arguments)],
+                        )
+                        calls += 1
+                    else:
+                        yield ChatDelta(text=self._text(part))
+                yield ChatDelta(finish=finish)
         finally:
-            if stream is not None:
-                await stream.aclose()
-        text = "".join(pieces)
-        if finish is None:
-            ctx.record_usage(self._estimated_usage(data, text, model))
-            if pieces:
-                raise StreamInterruptedError(
-                    "vertex: the stream ended before the response was complete",
-                    provider=self.provider,
-                    partial_output=text,
-                )
-            raise ProviderConnectionError(
-                "vertex: the stream ended before any output", provider=self.provider
-            )
-        usage = (
-            self._usage(data, model, meta)
-            if meta is not None
-            else self._estimated_usage(data, text, model)
-        )
-        ctx.record_usage(usage)
-        return ChatResult(
-            text=text,
-            finish_reason=_finish_reason(finish, tool_calls),
-            tool_calls=tool_calls,
-            parsed=_parse_json(text) if data.response_format is not None else None,
-            model=model,
-            usage=usage,
-        )
+            await stream.aclose()
 
     # -- embeddings ----------------------------------------------------------------------------
     def _batches(self, model: str, texts: list[str]) -> Iterator[list[str]]:
@@ -475,17 +402,7 @@ class VertexService(Service):
             if "gemini" in model.rsplit("/", 1)[-1]
             else self.embed_batch_size
         )
-        batch: list[str] = []
-        tokens = 0
-        for text in texts:
-            cost = estimate_tokens(text)
-            if batch and (len(batch) >= limit or tokens + cost > self.embed_batch_tokens):
-                yield batch
-                batch, tokens = [], 0
-            batch.append(text)
-            tokens += cost
-        if batch:
-            yield batch
+        return embed_batches(texts, limit, self.embed_batch_tokens)
 
     @operation(description="Embed texts: one vector per text, batched to the Vertex limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
@@ -515,7 +432,7 @@ class VertexService(Service):
                 )
                 raise
             except Exception as exc:  # noqa: BLE001 - converted or re-raised
-                self._raise(exc)
+                raise_converted(exc, self._error(exc))
             embeddings = response.embeddings or []
             if len(embeddings) != len(batch):
                 raise ProviderServerError(
