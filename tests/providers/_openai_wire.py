@@ -1,6 +1,6 @@
 """Tests of an OpenAI-wire provider (OpenAI, xAI) with the real openai SDK against
 tests.support.fake_openai. A provider's test module subclasses :class:`OpenAIWireCases`
-and provides the ``service_cls`` fixture.
+(and :class:`OpenAIWireConformance`) and provides the ``service_cls`` fixture.
 
 Everything async runs inside one ``asyncio.run`` per test, as in a worker (one loop per
 process, the client reused).
@@ -8,7 +8,7 @@ process, the client reused).
 
 from __future__ import annotations
 
-import asyncio
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -24,12 +24,10 @@ from aiecs_core import (
     ProviderServerError,
     ProviderTimeoutError,
     RateLimitError,
-    RecordingContext,
-    StreamInterruptedError,
 )
-from aiecs_core.testing import make_request
+from aiecs_core.testing import ServiceConformance
 
-from tests.providers._common import call, streamed
+from tests.providers._common import StreamCases, call, run
 from tests.support.fake_openai import (
     Cut,
     Error,
@@ -45,12 +43,17 @@ from tests.support.redis_server import free_port
 USER = [{"role": "user", "content": "hello there"}]
 
 
-class OpenAIWireCases:
+class OpenAIWireCases(StreamCases):
+    model = "m"
+    Cut = Cut
+    Hang = Hang
     #: Subclasses set these to their provider's names.
     provider: str
     api_key_env: str
     base_url_env: str
     max_tokens_param: str
+    #: The client's base URL when ``base_url_env`` is unset.
+    default_base_url: str
 
     @pytest.fixture
     def fake(self):
@@ -62,15 +65,6 @@ class OpenAIWireCases:
         monkeypatch.setenv(self.api_key_env, fake.api_key)
         monkeypatch.setenv(self.base_url_env, fake.base_url)
         return service_cls()
-
-    def run(self, service, scenario):
-        async def main():
-            try:
-                return await scenario()
-            finally:
-                await service.aclose()
-
-        return asyncio.run(main())
 
     # -- chat ------------------------------------------------------------------------------------
     def test_chat_request_shape_and_result(self, service, fake):
@@ -85,7 +79,7 @@ class OpenAIWireCases:
             "temperature": 0.3,
             "max_output_tokens": 50,
         }
-        result, ctx = self.run(service, lambda: call(service, "chat", data))
+        result, ctx = run(service, lambda: call(service, "chat", data))
         assert result["text"] == "echo: how are you"
         assert result["finish_reason"] == "stop"
         assert result["tool_calls"] == [] and result["parsed"] is None
@@ -117,7 +111,7 @@ class OpenAIWireCases:
             unpriced, _ = await call(service, "chat", {"model": "m-2", "messages": USER})
             return priced, unpriced
 
-        priced, unpriced = self.run(service, scenario)
+        priced, unpriced = run(service, scenario)
         usage = priced["usage"]
         assert usage["cost"] == pytest.approx(
             (usage["input_tokens"] * 2.0 + usage["output_tokens"] * 8.0) / 1e6
@@ -132,13 +126,13 @@ class OpenAIWireCases:
                 assert result["text"] == "echo: hello there"
             return first is service.client()
 
-        assert self.run(service, scenario)
+        assert run(service, scenario)
         assert len({r.client_port for r in fake.requests}) == 1, "a new connection per call"
 
     def test_stream_pushes_deltas_and_reports_usage(self, service, fake):
         fake.script(Text("the quick brown fox"))
         data = {"model": "m", "messages": USER, "stream": True}
-        result, ctx = self.run(service, lambda: call(service, "chat", data))
+        result, ctx = run(service, lambda: call(service, "chat", data))
         deltas = [e.delta for e in ctx.events if e.type == "stream"]
         assert deltas == ["the", " quick", " brown", " fox"]
         assert result["text"] == "the quick brown fox"
@@ -161,7 +155,7 @@ class OpenAIWireCases:
             "messages": USER,
             "response_format": {"name": "analysis", "json_schema": schema},
         }
-        result, _ = self.run(service, lambda: call(service, "chat", data))
+        result, _ = run(service, lambda: call(service, "chat", data))
         assert result["parsed"] == {"sentiment": "positive"}
         assert fake.requests[0].body["response_format"] == {
             "type": "json_schema",
@@ -185,7 +179,7 @@ class OpenAIWireCases:
             "tool_choice": "auto",
             "stream": stream,
         }
-        result, _ = self.run(service, lambda: call(service, "chat", data))
+        result, _ = run(service, lambda: call(service, "chat", data))
         assert result["finish_reason"] == "tool_calls"
         assert result["tool_calls"] == [
             {"id": "call_0", "name": "get_weather", "arguments": '{"city": "Paris"}'},
@@ -211,7 +205,7 @@ class OpenAIWireCases:
                 "content": '{"temp": 21}',
             },
         ]
-        result, _ = self.run(
+        result, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": messages})
         )
         assert result["text"] == "echo: hello there"
@@ -233,7 +227,7 @@ class OpenAIWireCases:
     def test_embed_batches_to_the_limit_and_keeps_order(self, service, fake, monkeypatch):
         monkeypatch.setattr(type(service), "embed_batch_size", 3)
         texts = [f"text number {i}" for i in range(7)]
-        result, ctx = self.run(
+        result, ctx = run(
             service,
             lambda: call(service, "embed", {"model": "e-1", "texts": texts, "dimensions": 4}),
         )
@@ -251,7 +245,7 @@ class OpenAIWireCases:
 
     def test_embed_rejects_a_short_answer(self, service, fake):
         fake.script(Vectors([[0.0, 1.0]]))
-        result, _ = self.run(
+        result, _ = run(
             service, lambda: call(service, "embed", {"model": "e", "texts": ["a", "b"]})
         )
         assert isinstance(result, ProviderServerError)
@@ -271,7 +265,7 @@ class OpenAIWireCases:
     )
     def test_http_errors_by_status_and_no_sdk_retries(self, service, fake, status, cls):
         fake.script(Error(status, "nope"))
-        error, _ = self.run(
+        error, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": USER})
         )
         assert type(error) is cls
@@ -290,7 +284,7 @@ class OpenAIWireCases:
     )
     def test_429_carries_retry_after(self, service, fake, headers, expected):
         fake.script(Error(429, "slow down", headers=headers, type="requests"))
-        error, _ = self.run(
+        error, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": USER})
         )
         assert isinstance(error, RateLimitError) and error.is_retryable
@@ -300,7 +294,7 @@ class OpenAIWireCases:
     def test_rejected_key_never_appears_in_the_error(self, service, fake, monkeypatch):
         secret = "sk-live-SECRETSECRET0123456789"
         monkeypatch.setenv(self.api_key_env, secret)
-        error, _ = self.run(
+        error, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": USER})
         )
         assert isinstance(error, AuthenticationError)
@@ -312,7 +306,7 @@ class OpenAIWireCases:
     ):
         monkeypatch.delenv(self.api_key_env, raising=False)
         service = service_cls()
-        error, _ = self.run(
+        error, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": USER})
         )
         assert isinstance(error, ConfigurationError)
@@ -321,7 +315,7 @@ class OpenAIWireCases:
     def test_hanging_server_times_out_within_the_deadline(self, service, fake):
         fake.script(Hang())
         started = time.monotonic()
-        error, _ = self.run(
+        error, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": USER}, deadline=0.5)
         )
         assert isinstance(error, ProviderTimeoutError) and error.is_retryable
@@ -332,56 +326,26 @@ class OpenAIWireCases:
         monkeypatch.setenv(self.api_key_env, "sk-test")
         monkeypatch.setenv(self.base_url_env, f"http://127.0.0.1:{free_port()}/v1")
         service = service_cls()
-        error, _ = self.run(
+        error, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": USER})
         )
         assert isinstance(error, ProviderConnectionError) and error.is_retryable
 
-    def test_stream_cut_after_output_is_interrupted_with_partial_output(self, service, fake):
-        fake.script(Cut(after_chunks=3, text="alpha beta gamma delta epsilon"))
-        error, ctx = self.run(
-            service, lambda: call(service, "chat", {"model": "m", "messages": USER, "stream": True})
-        )
-        assert isinstance(error, StreamInterruptedError)
-        assert not error.is_retryable
-        assert error.partial_output == "alpha beta gamma" == streamed(ctx)
-        assert len(ctx.usage) == 1  # what was consumed is still recorded
-        assert ctx.usage[0].cost is None
-
-    def test_stream_cut_before_output_is_retryable(self, service, fake):
-        fake.script(Cut(after_chunks=0))
-        error, ctx = self.run(
-            service, lambda: call(service, "chat", {"model": "m", "messages": USER, "stream": True})
-        )
-        assert isinstance(error, ProviderConnectionError) and error.is_retryable
-        assert streamed(ctx) == ""
-
-    def test_cancelling_closes_the_stream_and_records_usage(self, service, fake):
-        fake.script(Hang(after_chunks=2))
-        data = {"model": "m", "messages": USER, "stream": True}
-        spec = type(service).operations["chat"]
-        ctx = RecordingContext(make_request(service.mode, service.name, "chat", data))
-
-        async def scenario():
-            task = asyncio.ensure_future(
-                spec.func(service, ctx, spec.input_model.model_validate(data))
-            )
-            while len([e for e in ctx.events if e.type == "stream"]) < 2:
-                assert not task.done(), task
-                await asyncio.sleep(0.01)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-        self.run(service, scenario)
-        assert streamed(ctx) == "this stream"
-        assert len(ctx.usage) == 1 and ctx.usage[0].output_tokens > 0
-        deadline = time.monotonic() + 5
-        while fake.hangups < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert fake.hangups == 1, "the upstream HTTP stream was not closed"
-
     # -- plugin ------------------------------------------------------------------------------------
+    def test_entry_point_and_service_names(self, service_cls):
+        eps = importlib.metadata.entry_points(group="aiecs")
+        (ep,) = [ep for ep in eps if ep.name == self.provider]
+        assert ep.value == f"aiecs_providers_{self.provider}.plugin"
+        assert (service_cls.mode, service_cls.name) == ("llm", self.provider)
+        assert sorted(service_cls.operations) == ["chat", "embed"]
+
+    def test_default_base_url(self, service_cls, monkeypatch):
+        monkeypatch.setenv(self.api_key_env, "sk-test")
+        monkeypatch.delenv(self.base_url_env, raising=False)
+        client = service_cls().client()
+        assert str(client.base_url) == self.default_base_url
+        assert client.max_retries == 0
+
     def test_rate_limit_key(self, service):
         spec = type(service).operations["chat"]
         data = spec.input_model.model_validate(
@@ -419,3 +383,29 @@ class OpenAIWireCases:
         ):
             with pytest.raises(InputValidationError):
                 validate_input(spec, bad)
+
+
+class OpenAIWireConformance(ServiceConformance):
+    """The conformance suite against the fake server. Subclasses set ``cases`` (their
+    :class:`OpenAIWireCases` subclass), ``plugin_module``, ``chat_model`` and
+    ``embed_model``."""
+
+    cases: type[OpenAIWireCases]
+    plugin_module: object
+    chat_model: str
+    embed_model: str
+
+    @pytest.fixture
+    def plugin(self):
+        return self.plugin_module
+
+    @pytest.fixture
+    def examples(self, monkeypatch):
+        provider = self.cases.provider
+        with FakeOpenAI() as fake:
+            monkeypatch.setenv(self.cases.api_key_env, fake.api_key)
+            monkeypatch.setenv(self.cases.base_url_env, fake.base_url)
+            yield {
+                ("llm", provider, "chat"): {"model": self.chat_model, "messages": USER},
+                ("llm", provider, "embed"): {"model": self.embed_model, "texts": ["a", "b"]},
+            }

@@ -3,7 +3,6 @@ a local server speaking Vertex AI's Gemini wire protocol and Google's token endp
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import json
 import subprocess
@@ -20,14 +19,12 @@ from aiecs_core import (
     ProviderServerError,
     ProviderTimeoutError,
     RateLimitError,
-    RecordingContext,
-    StreamInterruptedError,
 )
-from aiecs_core.testing import ServiceConformance, make_request
+from aiecs_core.testing import ServiceConformance
 from aiecs_providers_vertex import plugin
 from aiecs_providers_vertex.plugin import VertexService
 
-from tests.providers._common import call, streamed
+from tests.providers._common import StreamCases, call, run
 from tests.support.fake_openai import vector_for
 from tests.support.fake_vertex import (
     Cut,
@@ -62,16 +59,6 @@ def vertex_env(fake, monkeypatch, tmp_path):
 @pytest.fixture
 def service(vertex_env):
     return VertexService()
-
-
-def run(service, scenario):
-    async def main():
-        try:
-            return await scenario()
-        finally:
-            await service.aclose()
-
-    return asyncio.run(main())
 
 
 def chat(service, data, **kw):
@@ -340,43 +327,10 @@ def test_connection_refused_is_retryable(vertex_env, monkeypatch):
     assert isinstance(error, ProviderConnectionError) and error.is_retryable
 
 
-def test_stream_cut_after_output_is_interrupted_with_partial_output(service, fake):
-    fake.script(Cut(after_chunks=3, text="alpha beta gamma delta epsilon"))
-    error, ctx = chat(service, {"model": MODEL, "messages": USER, "stream": True})
-    assert isinstance(error, StreamInterruptedError) and not error.is_retryable
-    assert error.partial_output == "alpha beta gamma" == streamed(ctx)
-    assert len(ctx.usage) == 1 and ctx.usage[0].cost is None
-
-
-def test_stream_cut_before_output_is_retryable(service, fake):
-    fake.script(Cut(after_chunks=0))
-    error, ctx = chat(service, {"model": MODEL, "messages": USER, "stream": True})
-    assert isinstance(error, ProviderConnectionError) and error.is_retryable
-    assert streamed(ctx) == ""
-
-
-def test_cancelling_closes_the_stream_and_records_usage(service, fake):
-    fake.script(Hang(after_chunks=2))
-    data = {"model": MODEL, "messages": USER, "stream": True}
-    spec = VertexService.operations["chat"]
-    ctx = RecordingContext(make_request("llm", "vertex", "chat", data))
-
-    async def scenario():
-        task = asyncio.ensure_future(spec.func(service, ctx, spec.input_model(**data)))
-        while len([e for e in ctx.events if e.type == "stream"]) < 2:
-            assert not task.done(), task
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    run(service, scenario)
-    assert streamed(ctx) == "this stream"
-    assert len(ctx.usage) == 1 and ctx.usage[0].output_tokens > 0
-    deadline = time.monotonic() + 5
-    while fake.hangups < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert fake.hangups == 1, "the upstream HTTP stream was not closed"
+class TestVertexStreams(StreamCases):
+    model = MODEL
+    Cut = Cut
+    Hang = Hang
 
 
 # --- plugin ------------------------------------------------------------------------------------
