@@ -19,6 +19,7 @@ from typing import Any
 
 from aiecs_worker.server.tokens import issue_token
 
+from tests.support.events import wait_until  # noqa: F401 - re-exported for the server tests
 from tests.support.redis_server import free_port
 
 SECRET = "test-secret-" + "x" * 40
@@ -137,18 +138,6 @@ class ServerProcess:
     def close(self) -> None:
         self.stop()
         self.log_path.unlink(missing_ok=True)
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, message: str = ""):
-    """Poll ``predicate`` until it returns something truthy; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
-        time.sleep(interval)
 
 
 async def async_wait_until(predicate, timeout: float = 20.0, interval: float = 0.02,

@@ -31,15 +31,15 @@ def wait_for_event(client, user_id: str, task_id: str, predicate, timeout: float
         time.sleep(0.02)
 
 
-def wait_until(predicate, what: str, timeout: float = 30.0, interval: float = 0.02):
-    """Poll ``predicate`` until it returns a truthy value; fail naming ``what`` otherwise."""
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, message: str = ""):
+    """Poll ``predicate`` until it returns something truthy; return that value."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
         time.sleep(interval)
 
 

@@ -65,5 +65,5 @@ def test_task_that_always_kills_its_worker_stops_after_the_bound(aiecs_redis, st
     # the message gets acknowledged (Celery acks just after storing the result): nothing is
     # left to redeliver
     wait_until(lambda: sum(client.llen(k) for k in client.keys("fast_tasks*")) == 0
-               and client.hlen("unacked") == 0, "acknowledgement of the refused delivery")
+               and client.hlen("unacked") == 0, message="acknowledgement of the refused delivery")
     assert worker.alive()

@@ -42,7 +42,7 @@ def test_events_redis_down_mid_task_task_completes_outage_logged_once(
     terminal, events = wait_terminal(events_client, "alice", again)
     assert terminal["status"] == "completed"
     assert "".join(e["delta"] or "" for e in events) == kwargs(again)["input_data"]["text"]
-    wait_until(lambda: "event publishing recovered" in worker.log(), "recovery log line")
+    wait_until(lambda: "event publishing recovered" in worker.log(), message="recovery log line")
     assert worker.log().count("event publishing failed") == 1
     assert read_events(events_client, "alice", task_id) == []  # a restarted Redis kept nothing
     assert worker.alive()
