@@ -31,3 +31,19 @@ def test_every_setting_is_in_a_configuration_table(env, field):
     if isinstance(default, int) and not isinstance(default, bool):
         cells = " ".join(rows)
         assert re.search(rf"`{default}`", cells), f"{env}: default {default} not documented"
+
+
+def _provider_env_vars() -> set[str]:
+    names: set[str] = set()
+    for src in (REPO / "packages").glob("*/src/**/*.py"):
+        names |= set(re.findall(r'"((?:OPENAI|XAI|VERTEX|GOOGLE)_[A-Z_]+)"', src.read_text()))
+    return names
+
+
+def test_every_provider_variable_is_in_the_root_configuration_table():
+    names = _provider_env_vars()
+    assert {"OPENAI_API_KEY", "XAI_API_KEY", "VERTEX_PROJECT_ID"} <= names  # the scan works
+    root = (REPO / "README.md").read_text()
+    missing = sorted(n for n in names if not any(
+        line.startswith("|") and f"`{n}`" in line for line in root.splitlines()))
+    assert missing == []
