@@ -3,8 +3,10 @@
     uv run python bench/throughput.py [--tasks 2000] [--concurrency 8] [--pool threads]
 
 Each scenario gets a private redis-server and a fresh worker process; one process submits
-all tasks with ``.delay()`` then waits for every result. Reported: submit rate and end-to-end
-rate (tasks / seconds from first submit to last result). Writes ``bench/results/
+all tasks with ``.delay()`` then waits for every result. Workers are launched identically
+(same flags, WARNING logs: at INFO Celery formats every task's arguments and result).
+Reported: submit rate and end-to-end rate (tasks / seconds from first submit to last
+result). Writes ``bench/results/
 throughput-<date>.json`` and prints a table. Numbers are for comparison on one machine,
 not absolutes; the echo provider stands in for a provider call (``delay`` seconds each).
 """
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.redis_server import RedisServer  # noqa: E402
-from tests.support.worker import CELERY, WorkerProcess  # noqa: E402
+from tests.support.worker import CELERY  # noqa: E402
 
 
 def _aiecs_kwargs(i: int, delay: float) -> dict:
@@ -46,16 +48,25 @@ def _measure(submit, n: int) -> dict:
             "end_to_end_per_s": round(n / (t2 - t0), 1), "seconds": round(t2 - t0, 3)}
 
 
+def start_celery(app: str, pool: str, concurrency: int, env: dict[str, str]) -> subprocess.Popen:
+    """``celery -A app worker``, launched the same way for every scenario (WARNING logs)."""
+    return subprocess.Popen(
+        [CELERY, "-A", app, "worker", "--pool", pool, "--concurrency", str(concurrency),
+         "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "--loglevel", "WARNING"],
+        cwd=ROOT / "bench", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        start_new_session=True)
+
+
+def stop_celery(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
 def bare_celery(n: int, pool: str, concurrency: int) -> dict:
     redis = RedisServer().start()
     env = dict(os.environ, CELERY_BROKER_URL=redis.url, PYTHONPATH=str(ROOT / "bench"))
-    log = open(os.devnull, "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [CELERY, "-A", "bare_celery_app", "worker", "--pool", pool, "--concurrency",
-         str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat",
-         "--loglevel", "WARNING"],
-        cwd=ROOT / "bench", env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+    proc = start_celery("bare_celery_app", pool, concurrency, env)
     os.environ["CELERY_BROKER_URL"] = redis.url
     sys.path.insert(0, str(ROOT / "bench"))
     import bare_celery_app
@@ -65,8 +76,7 @@ def bare_celery(n: int, pool: str, concurrency: int) -> dict:
     try:
         return _measure(lambda i: bare_celery_app.noop.delay(**_aiecs_kwargs(i, 0)), n)
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        stop_celery(proc)
         bare_celery_app.app.close()
         redis.close()
 
@@ -82,14 +92,13 @@ def aiecs(n: int, pool: str, concurrency: int, delay: float) -> dict:
 def _child_aiecs(n: int, pool: str, concurrency: int, delay: float) -> None:
     redis = RedisServer().start()
     os.environ["CELERY_BROKER_URL"] = os.environ["REDIS_URL"] = redis.url
-    worker = WorkerProcess(redis_url=redis.url, pool=pool, concurrency=concurrency).start()
+    proc = start_celery("aiecs_worker", pool, concurrency, dict(os.environ))
     from aiecs_worker import app, execute_task
 
     try:
         print(json.dumps(_measure(lambda i: execute_task.delay(**_aiecs_kwargs(i, delay)), n)))
     finally:
-        worker.stop()
-        worker.log_path.unlink(missing_ok=True)
+        stop_celery(proc)
         app.close()
         redis.close()
 
