@@ -14,12 +14,11 @@ from aiecs_core import TaskEvent, TaskRequest, TaskStatus, load_plugins
 from celery.result import AsyncResult
 
 from .app import app
-from .events import TaskKeys, celery_task_id, publish_sync
+from .events import TaskKeys, celery_task_id, finish_sync, publish_sync
 from .runtime import CANCEL_CHANNEL, _routable
 from .settings import get_settings
 from .state import (
     CANCEL_LUA,
-    FINISH_LUA,
     PENDING_LUA,
     celery_index_key,
     decode_state,
@@ -134,17 +133,15 @@ def record_cancelled(args: tuple, kwargs: dict[str, Any], reason: str) -> bool:
     from aiecs_core import TaskCancelledError
 
     info = TaskCancelledError(reason).to_info()
-    won = _redis().register_script(FINISH_LUA)(
-        keys=[keys.state(request.step)],
-        args=["cancelled", "", info.model_dump_json(), "[]", time.time(), s.aiecs_events_ttl],
-    )
-    if won:
-        _publish(
-            TaskEvent(type="status", task_id=request.task_id, step=request.step,
+    event = TaskEvent(type="status", task_id=request.task_id, step=request.step,
                       user_id=request.user_id, task_name=request.task_name,
                       status=TaskStatus.CANCELLED, message=reason, error=info)
-        )
-    return bool(won)
+    seq = finish_sync(
+        _redis(), event, keys.state(request.step),
+        ["cancelled", "", info.model_dump_json(), "[]", time.time(), s.aiecs_events_ttl],
+        s.aiecs_socketio_channel, s.aiecs_events_maxlen, s.aiecs_events_ttl,
+    )
+    return seq > 0
 
 
 def get_state(user_id: str, task_id: str, step: int | None = None) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 from aiecs_core import TaskEvent
 
+from .state import FINISH_PUBLISH_LUA
+
 __all__ = [
     "EVENT_NAME",
     "EventPublisher",
@@ -115,6 +117,27 @@ def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: 
     return int(client.register_script(PUBLISH_LUA)(keys=keys, args=args))
 
 
+def finish_args(keys: list[str], args: list[Any], state_key: str,
+                finish: Sequence[Any]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``FINISH_PUBLISH_LUA`` from PUBLISH_LUA's and the terminal state's
+    fields (status, result, error, usage, now, ttl)."""
+    return [state_key, *keys], [*finish, *args]
+
+
+def finish_sync(client: Any, event: TaskEvent, state_key: str, finish: Sequence[Any],
+                channel: str, maxlen: int, ttl: int) -> int:
+    """Make an execution terminal and publish its terminal event, atomically (sync client).
+
+    Returns the event's seq, or 0 when the execution was already terminal (nothing done).
+    """
+    keys, args = finish_args(*script_args(event, channel, maxlen, ttl), state_key, finish)
+    return int(client.register_script(FINISH_PUBLISH_LUA)(keys=keys, args=args))
+
+
+#: A queued event: (event, future for its seq or None, (state key, FINISH fields) or None).
+_Item = tuple[TaskEvent, "asyncio.Future | None", "tuple[str, list[Any]] | None"]
+
+
 class EventPublisher(Protocol):
     """Anything the runner can hand events to."""
 
@@ -123,6 +146,11 @@ class EventPublisher(Protocol):
 
     async def publish(self, event: TaskEvent) -> int | None:
         """Publish after everything queued before it; return its seq (None if dropped)."""
+
+    async def publish_terminal(self, event: TaskEvent, state_key: str,
+                               finish: Sequence[Any]) -> int | None:
+        """Make the execution terminal and publish ``event`` in one atomic step, after
+        everything queued before it: its seq, 0 if already terminal, None if dropped."""
 
     async def aclose(self) -> None: ...
 
@@ -151,7 +179,8 @@ class RedisEventPublisher:
         self.prefix = prefix
         self.batch = batch
         self._script = self.redis.register_script(PUBLISH_LUA)
-        self._queue: asyncio.Queue[tuple[TaskEvent, asyncio.Future | None]] | None = None
+        self._finish_script = self.redis.register_script(FINISH_PUBLISH_LUA)
+        self._queue: asyncio.Queue[_Item] | None = None
         self._consumer: asyncio.Task | None = None
         self._down = False
 
@@ -162,11 +191,17 @@ class RedisEventPublisher:
         return self._queue
 
     def publish_nowait(self, event: TaskEvent) -> None:
-        self._ensure().put_nowait((event, None))
+        self._ensure().put_nowait((event, None, None))
 
     async def publish(self, event: TaskEvent) -> int | None:
         fut = asyncio.get_running_loop().create_future()
-        self._ensure().put_nowait((event, fut))
+        self._ensure().put_nowait((event, fut, None))
+        return await fut
+
+    async def publish_terminal(self, event: TaskEvent, state_key: str,
+                               finish: Sequence[Any]) -> int | None:
+        fut = asyncio.get_running_loop().create_future()
+        self._ensure().put_nowait((event, fut, (state_key, list(finish))))
         return await fut
 
     def _args(self, event: TaskEvent) -> tuple[list[str], list[Any]]:
@@ -179,24 +214,28 @@ class RedisEventPublisher:
             items = [await queue.get()]
             while len(items) < self.batch and not queue.empty():
                 items.append(queue.get_nowait())
-            seqs = await self._send([event for event, _ in items])
-            for (_, fut), seq in zip(items, seqs, strict=True):
+            seqs = await self._send(items)
+            for (_, fut, _), seq in zip(items, seqs, strict=True):
                 if fut is not None and not fut.done():
                     fut.set_result(seq)
 
-    async def _send(self, events: Sequence[TaskEvent]) -> list[int | None]:
+    async def _send(self, items: Sequence[_Item]) -> list[int | None]:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for event in events:
+                for event, _, finish in items:
                     keys, args = self._args(event)
-                    await self._script(keys=keys, args=args, client=pipe)
+                    if finish is None:
+                        await self._script(keys=keys, args=args, client=pipe)
+                    else:
+                        keys, args = finish_args(keys, args, *finish)
+                        await self._finish_script(keys=keys, args=args, client=pipe)
                 seqs = await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - publishing never fails a task
             if not self._down:
                 log.warning("event publishing failed, dropping events until Redis is back: %s",
                             exc)
                 self._down = True
-            return [None] * len(events)
+            return [None] * len(items)
         if self._down:
             log.warning("event publishing recovered")
             self._down = False

@@ -61,7 +61,7 @@ from pydantic import ValidationError
 from .events import RedisEventPublisher, TaskKeys, celery_task_id
 from .ratelimit import RateLimiter, limited_call
 from .settings import Settings, get_settings
-from .state import BEGIN_LUA, FINISH_LUA, celery_index_key, steps_key
+from .state import BEGIN_LUA, celery_index_key, steps_key
 
 __all__ = ["CANCEL_CHANNEL", "Outcome", "Runtime", "get_runtime", "parse_request"]
 
@@ -196,7 +196,6 @@ class Runtime:
         self._begin = self.redis.register_script(BEGIN_LUA)
         #: Cluster-wide per-(provider, model) limits (AIECS_RATE_LIMITS); None when unset.
         self.limiter = RateLimiter.from_env(self.redis)
-        self._finish = self.redis.register_script(FINISH_LUA)
         self.running: dict[str, _Running] = {}
         self._state_down = False
         self._thread.start()
@@ -450,39 +449,34 @@ class Runtime:
         keys = TaskKeys(request.user_id, request.task_id)
         info = error.to_info() if error is not None else None
         usage = [u.model_dump(mode="json") for u in ctx.usage]
-        won = True
-        try:
-            won = bool(
-                await self._finish(
-                    keys=[keys.state(request.step)],
-                    args=[
-                        status.value,
-                        json.dumps(result) if result is not None else "",
-                        info.model_dump_json() if info is not None else "",
-                        json.dumps(usage),
-                        time.time(),
-                        self.settings.aiecs_events_ttl,
-                    ],
-                )
-            )
-        except Exception as exc:  # noqa: BLE001
-            self._state_unavailable(exc)
-        if won:
-            event = ctx.make_event(
-                "status",
-                status=status,
-                message=status.value if info is None else info.message,
-                result=result.get("result") if result else None,
-                error=info,
-                usage=[Usage.model_validate(u) for u in usage],
-                partial_output=(
-                    (error.details.get("partial_output") or ctx.partial_output or None)
-                    if error is not None else None
-                ),
-                progress=1.0 if status == TaskStatus.COMPLETED else None,
-            )
-            await self.publisher.publish(event)
-        else:
+        event = ctx.make_event(
+            "status",
+            status=status,
+            message=status.value if info is None else info.message,
+            result=result.get("result") if result else None,
+            error=info,
+            usage=[Usage.model_validate(u) for u in usage],
+            partial_output=(
+                (error.details.get("partial_output") or ctx.partial_output or None)
+                if error is not None else None
+            ),
+            progress=1.0 if status == TaskStatus.COMPLETED else None,
+        )
+        # The terminal state and its event in one atomic script, queued behind the events
+        # already published; a process killed around it leaves both or neither.
+        seq = await self.publisher.publish_terminal(
+            event,
+            keys.state(request.step),
+            [
+                status.value,
+                json.dumps(result) if result is not None else "",
+                info.model_dump_json() if info is not None else "",
+                json.dumps(usage),
+                time.time(),
+                self.settings.aiecs_events_ttl,
+            ],
+        )
+        if seq == 0:
             log.info("task %s (%s) was already terminal; outcome %s not recorded",
                      celery_id, request.key, status.value)
         return Outcome(status, result=result, error=error, celery_id=celery_id)

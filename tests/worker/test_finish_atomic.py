@@ -1,0 +1,81 @@
+"""The terminal state and the terminal event are one atomic step, in order after the task's
+other events; the loser of a race records and appends nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiecs_core import TaskEvent, TaskStatus
+from aiecs_worker.events import RedisEventPublisher, TaskKeys, finish_sync
+
+from tests.support.events import read_events
+
+
+def event(status: TaskStatus, type_: str = "status", **kw) -> TaskEvent:
+    return TaskEvent(type=type_, task_id="t1", step=1, user_id="alice", task_name="echo",
+                     status=status, **kw)
+
+
+def fields(status: str, result: dict | None = None) -> list:
+    return [status, json.dumps(result) if result else "", "", "[]", 1.0, 600]
+
+
+def test_terminal_state_and_event_together_after_the_queued_events(redis_server):
+    keys = TaskKeys("alice", "t1")
+    state_key = keys.state(1)
+
+    async def main():
+        pub = RedisEventPublisher(redis_server.url)
+        pub.publish_nowait(event(TaskStatus.RUNNING))
+        for word in ("a ", "b ", "c"):
+            pub.publish_nowait(event(TaskStatus.RUNNING, "stream", delta=word))
+        won = await pub.publish_terminal(event(TaskStatus.COMPLETED, result={"n": 1}),
+                                         state_key, fields("completed", {"result": {"n": 1}}))
+        lost = await pub.publish_terminal(event(TaskStatus.CANCELLED), state_key,
+                                          fields("cancelled"))
+        await pub.aclose()
+        return won, lost
+
+    won, lost = asyncio.run(main())
+    client = redis_server.client()
+    events = read_events(client, "alice", "t1")
+    assert won == 5 and lost == 0
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+    assert [e["type"] for e in events] == ["status", "stream", "stream", "stream", "status"]
+    assert events[-1]["status"] == "completed" and events[-1]["result"] == {"n": 1}
+    state = {k.decode(): v.decode() for k, v in client.hgetall(state_key).items()}
+    assert state["status"] == "completed"
+    assert json.loads(state["result"]) == {"result": {"n": 1}}
+    assert client.ttl(state_key) > 0 and client.ttl(keys.log) > 0
+
+    # the synchronous path (control.record_cancelled) loses the same way
+    assert finish_sync(client, event(TaskStatus.CANCELLED), state_key, fields("cancelled"),
+                       "socketio", 100, 600) == 0
+    assert len(read_events(client, "alice", "t1")) == 5
+
+
+def test_sync_finish_on_a_fresh_execution_appends_exactly_one_event(redis_server):
+    client = redis_server.client()
+    state_key = TaskKeys("alice", "t1").state(1)
+    seq = finish_sync(client, event(TaskStatus.CANCELLED, message="cancelled before it ran"),
+                      state_key, fields("cancelled"), "socketio", 100, 600)
+    assert seq == 1
+    (only,) = read_events(client, "alice", "t1")
+    assert only["status"] == "cancelled" and only["seq"] == 1
+    assert client.hget(state_key, "status") == b"cancelled"
+
+
+def test_redis_down_drops_the_terminal_event_without_raising(redis_server):
+    redis_server.stop()
+
+    async def main():
+        pub = RedisEventPublisher(redis_server.url)
+        try:
+            return await pub.publish_terminal(event(TaskStatus.COMPLETED),
+                                              TaskKeys("alice", "t1").state(1),
+                                              fields("completed"))
+        finally:
+            await pub.aclose()
+
+    assert asyncio.run(main()) is None
