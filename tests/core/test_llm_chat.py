@@ -17,9 +17,12 @@ from aiecs_core import (
 from aiecs_core.llm import (
     ChatDelta,
     ChatInput,
+    EmbedBatch,
     EmbedInput,
     ToolCallDelta,
+    embed_batched,
     embed_batches,
+    estimate_tokens,
     rate_limit_key,
     request_timeout,
     stream_chat,
@@ -225,3 +228,68 @@ def test_rate_limit_key():
     embed = rate_limit_key("acme", EmbedInput(model="e", texts=["x" * 40, "y" * 40]))
     assert embed.tokens == 20
     assert rate_limit_key("acme", Usage(provider="p", model="m")) is None
+
+
+# -- embed_batched --------------------------------------------------------------------------
+EMBED = EmbedInput(model="e", texts=["one two", "three", "four five six"])
+
+
+def run_embed(call, batches, data: EmbedInput = EMBED):
+    ctx = RecordingContext(make_request("llm", "acme", "embed", data.model_dump()))
+
+    async def main():
+        return await embed_batched(ctx, data, batches, call, provider="acme",
+                                   convert_error=convert)
+
+    try:
+        return asyncio.run(main()), ctx
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        return exc, ctx
+
+
+def test_embed_batched_keeps_order_records_usage_and_progress():
+    async def call(batch):
+        return EmbedBatch(vectors=[[float(len(t))] for t in batch], model="e-002",
+                          tokens=10 * len(batch) if len(batch) > 1 else None)
+
+    result, ctx = run_embed(call, [["one two", "three"], ["four five six"]])
+    assert result.vectors == [[7.0], [5.0], [13.0]]
+    assert result.model == "e-002"
+    guess = estimate_tokens("four five six")
+    assert [u.input_tokens for u in ctx.usage] == [20, guess]  # reported, then estimated
+    assert result.usage.input_tokens == 20 + guess
+    assert [e.progress for e in ctx.events if e.type == "progress"] == [0.5, 1.0]
+
+
+def test_embed_batched_wrong_count_is_a_server_error():
+    async def call(batch):
+        return EmbedBatch(vectors=[[1.0]])
+
+    error, _ = run_embed(call, [["a", "b"]])
+    assert isinstance(error, ProviderServerError)
+    assert error.message == "acme: asked for 2 embeddings, got 1"
+
+
+def test_embed_batched_converts_sdk_errors_and_reraises_bugs():
+    async def sdk(batch):
+        raise SdkError("503")
+
+    async def bug(batch):
+        raise KeyError("oops")
+
+    error, ctx = run_embed(sdk, [["a"]])
+    assert isinstance(error, ProviderServerError) and error.retryable
+    assert isinstance(error.__cause__, SdkError) and ctx.usage == []
+    assert isinstance(run_embed(bug, [["a"]])[0], KeyError)
+
+
+def test_embed_batched_cancelled_records_the_batch_as_estimated():
+    async def call(batch):
+        if batch == ["second batch"]:
+            raise asyncio.CancelledError
+        return EmbedBatch(vectors=[[0.0]], tokens=4)
+
+    error, ctx = run_embed(call, [["first"], ["second batch"]])
+    assert isinstance(error, asyncio.CancelledError)
+    # the finished batch as reported, the cancelled one as estimated
+    assert [u.input_tokens for u in ctx.usage] == [4, estimate_tokens("second batch")]

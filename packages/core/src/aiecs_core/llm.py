@@ -26,7 +26,15 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -56,6 +64,7 @@ __all__ = [
     "ChatInput",
     "ChatMessage",
     "ChatResult",
+    "EmbedBatch",
     "EmbedInput",
     "EmbedResult",
     "ResponseFormat",
@@ -64,6 +73,7 @@ __all__ = [
     "ToolDefinition",
     "chat_result",
     "chat_token_estimate",
+    "embed_batched",
     "embed_batches",
     "error_for_status",
     "estimate_tokens",
@@ -654,3 +664,65 @@ async def stream_chat(
         model=model,
         usage=None if reported is None else usage(model, reported),
     )
+
+
+@dataclass
+class EmbedBatch:
+    """What a provider's embedding call returned for one batch."""
+
+    vectors: list[list[float]]
+    """One vector per input text, in the inputs' order."""
+    model: str | None = None
+    """The model the provider reported, if it did."""
+    tokens: int | None = None
+    """Input tokens the provider reported; None: estimated here."""
+
+
+async def embed_batched(
+    ctx: OperationContext,
+    data: EmbedInput,
+    batches: Sequence[list[str]],
+    call: Callable[[list[str]], Awaitable[EmbedBatch]],
+    *,
+    provider: str,
+    convert_error: Callable[[Exception], AiecsError | None],
+) -> EmbedResult:
+    """Embed ``batches`` one after another with ``call`` (the provider's SDK request).
+
+    The rest is here: a batch answered with the wrong number of vectors is a
+    :class:`ProviderServerError`; each batch's usage is recorded as it completes (the
+    provider's token count, else an estimate); cancelled mid-batch, that batch's input is
+    recorded as estimated usage and ``CancelledError`` propagates; an exception is
+    ``convert_error(exc)`` (None: not an SDK error, re-raised as it is); progress is
+    reported per batch when there are several.
+    """
+    vectors: list[list[float]] = []
+    total: Usage | None = None
+    model = data.model
+    for number, batch in enumerate(batches, 1):
+        estimate = sum(map(estimate_tokens, batch))
+        try:
+            got = await call(batch)
+        except asyncio.CancelledError:
+            ctx.record_usage(make_usage(provider, model, estimate, 0, estimated=True))
+            raise
+        except Exception as exc:
+            raise_converted(exc, convert_error(exc))
+        if len(got.vectors) != len(batch):
+            raise ProviderServerError(
+                f"{provider}: asked for {len(batch)} embeddings, got {len(got.vectors)}",
+                provider=provider,
+            )
+        vectors.extend(got.vectors)
+        model = got.model or model
+        usage = make_usage(
+            provider, model, got.tokens if got.tokens is not None else estimate, 0,
+            requested_model=data.model, estimated=got.tokens is None,
+        )
+        ctx.record_usage(usage)
+        total = usage if total is None else total + usage
+        if len(batches) > 1:
+            ctx.progress(number / len(batches), f"embedded batch {number}/{len(batches)}")
+    if total is None:
+        raise InvalidRequestError(f"{provider}: nothing to embed", provider=provider)
+    return EmbedResult(model=model, vectors=vectors, usage=total)

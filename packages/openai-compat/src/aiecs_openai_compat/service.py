@@ -30,13 +30,14 @@ from aiecs_core.llm import (
     ChatInput,
     ChatMessage,
     ChatResult,
+    EmbedBatch,
     EmbedInput,
     EmbedResult,
     ToolCall,
     ToolCallDelta,
     chat_result,
+    embed_batched,
     embed_batches,
-    estimate_tokens,
     estimated_chat_usage,
     make_usage,
     raise_converted,
@@ -304,51 +305,25 @@ class OpenAICompatService(Service):
     @operation(description="Embed texts: one vector per text, batched to the provider limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
         client = self.client()
-        batches = list(embed_batches(data.texts, self.embed_batch_size, self.embed_batch_tokens))
-        vectors: list[list[float]] = []
-        total: Usage | None = None
-        model = data.model
-        for number, batch in enumerate(batches, 1):
-            extra: dict[str, Any] = {}
-            if data.dimensions is not None:
-                extra["dimensions"] = data.dimensions
-            try:
-                response = await client.embeddings.create(
-                    model=data.model,
-                    input=batch,
-                    encoding_format="float",
-                    timeout=self._request_timeout(ctx),
-                    **extra,
-                )
-            except asyncio.CancelledError:
-                ctx.record_usage(
-                    make_usage(
-                        self.provider, model, sum(map(estimate_tokens, batch)), 0, estimated=True
-                    )
-                )
-                raise
-            except Exception as exc:
-                raise_converted(exc, self._error(exc))
-            items = sorted(response.data, key=lambda item: item.index)
-            if len(items) != len(batch):
-                raise ProviderServerError(
-                    f"{self.provider}: asked for {len(batch)} embeddings, got {len(items)}",
-                    provider=self.provider,
-                )
-            vectors.extend([float(x) for x in item.embedding] for item in items)
-            model = response.model or model
-            prompt_tokens = getattr(response.usage, "prompt_tokens", None)
-            usage = make_usage(
-                self.provider,
-                model,
-                prompt_tokens if prompt_tokens is not None else sum(map(estimate_tokens, batch)),
-                0,
-                requested_model=data.model,
-                estimated=prompt_tokens is None,
+        extra: dict[str, Any] = {}
+        if data.dimensions is not None:
+            extra["dimensions"] = data.dimensions
+
+        async def call(batch: list[str]) -> EmbedBatch:
+            response = await client.embeddings.create(
+                model=data.model,
+                input=batch,
+                encoding_format="float",
+                timeout=self._request_timeout(ctx),
+                **extra,
             )
-            ctx.record_usage(usage)
-            total = usage if total is None else total + usage
-            if len(batches) > 1:
-                ctx.progress(number / len(batches), f"embedded batch {number}/{len(batches)}")
-        assert total is not None
-        return EmbedResult(model=model, vectors=vectors, usage=total)
+            items = sorted(response.data, key=lambda item: item.index)
+            return EmbedBatch(
+                vectors=[[float(x) for x in item.embedding] for item in items],
+                model=response.model,
+                tokens=getattr(response.usage, "prompt_tokens", None),
+            )
+
+        batches = list(embed_batches(data.texts, self.embed_batch_size, self.embed_batch_tokens))
+        return await embed_batched(ctx, data, batches, call, provider=self.provider,
+                                   convert_error=self._error)

@@ -24,7 +24,6 @@ from aiecs_core import (
     AiecsError,
     ConfigurationError,
     OperationContext,
-    ProviderServerError,
     RateLimitKey,
     Service,
     Usage,
@@ -35,13 +34,14 @@ from aiecs_core.llm import (
     ChatDelta,
     ChatInput,
     ChatResult,
+    EmbedBatch,
     EmbedInput,
     EmbedResult,
     ToolCall,
     ToolCallDelta,
     chat_result,
+    embed_batched,
     embed_batches,
-    estimate_tokens,
     estimated_chat_usage,
     make_usage,
     parse_json,
@@ -409,63 +409,30 @@ class VertexService(Service):
         from google.genai import types
 
         client = await self.client()
-        batches = list(self._batches(data.model, data.texts))
-        vectors: list[list[float]] = []
-        total: Usage | None = None
-        for number, batch in enumerate(batches, 1):
+
+        async def call(batch: list[str]) -> EmbedBatch:
             config = types.EmbedContentConfig(
                 output_dimensionality=data.dimensions, http_options=self._http_options(ctx)
             )
-            try:
-                response = await client.aio.models.embed_content(
-                    model=data.model, contents=batch, config=config
-                )
-            except asyncio.CancelledError:
-                ctx.record_usage(
-                    make_usage(
-                        self.provider,
-                        data.model,
-                        sum(map(estimate_tokens, batch)),
-                        0,
-                        estimated=True,
-                    )
-                )
-                raise
-            except Exception as exc:  # noqa: BLE001 - converted or re-raised
-                raise_converted(exc, self._error(exc))
+            response = await client.aio.models.embed_content(
+                model=data.model, contents=batch, config=config
+            )
             embeddings = response.embeddings or []
-            if len(embeddings) != len(batch):
-                raise ProviderServerError(
-                    f"vertex: asked for {len(batch)} embeddings, got {len(embeddings)}",
-                    provider=self.provider,
-                )
-            vectors.extend([float(x) for x in (e.values or [])] for e in embeddings)
             counts = [
                 e.statistics.token_count
                 for e in embeddings
                 if e.statistics is not None and e.statistics.token_count is not None
             ]
-            meta_tokens = getattr(response.usage_metadata, "prompt_token_count", None)
-            if meta_tokens is not None:
-                tokens, estimated = meta_tokens, False
-            elif len(counts) == len(batch):
-                tokens, estimated = int(sum(counts)), False
-            else:
-                tokens, estimated = sum(map(estimate_tokens, batch)), True
-            usage = make_usage(
-                self.provider,
-                data.model,
-                tokens,
-                0,
-                requested_model=data.model,
-                estimated=estimated,
+            tokens = getattr(response.usage_metadata, "prompt_token_count", None)
+            if tokens is None and counts and len(counts) == len(batch):
+                tokens = int(sum(counts))
+            return EmbedBatch(
+                vectors=[[float(x) for x in (e.values or [])] for e in embeddings],
+                tokens=tokens,
             )
-            ctx.record_usage(usage)
-            total = usage if total is None else total + usage
-            if len(batches) > 1:
-                ctx.progress(number / len(batches), f"embedded batch {number}/{len(batches)}")
-        assert total is not None
-        return EmbedResult(model=data.model, vectors=vectors, usage=total)
+
+        return await embed_batched(ctx, data, list(self._batches(data.model, data.texts)), call,
+                                   provider=self.provider, convert_error=self._error)
 
 
 @hookimpl
