@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from aiecs_core import TaskEvent
 
-from .state import FINISH_PUBLISH_LUA
+from .state import finish_lua
 
 __all__ = [
     "EVENT_NAME",
@@ -74,17 +74,30 @@ class TaskKeys:
         return f"{self._base}:{step}:state"
 
 
-# KEYS: seq, log.  ARGV: event json (no seq, starts with '{'), maxlen, ttl, channel,
-# packet prefix, packet suffix.  Returns the assigned seq.
-PUBLISH_LUA = """
-local seq = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-local ev = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', ev)
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. ev .. ARGV[6])
+def _publish_lua(seq: str, log: str, arg: int) -> str:
+    """Number, log and publish one event: Lua code over the keys ``seq`` and ``log`` and
+    six ARGV from index ``arg`` on: event json (no seq, starts with '{'), maxlen, ttl,
+    channel, packet prefix, packet suffix.  Returns the assigned seq."""
+    a = [f"ARGV[{arg + i}]" for i in range(6)]
+    return f"""
+local seq = redis.call('INCR', {seq})
+redis.call('EXPIRE', {seq}, {a[2]})
+local ev = '{{"seq":' .. seq .. ',' .. string.sub({a[0]}, 2)
+redis.call('XADD', {log}, 'MAXLEN', '~', {a[1]}, seq .. '-0', 'e', ev)
+redis.call('EXPIRE', {log}, {a[2]})
+redis.call('PUBLISH', {a[3]}, {a[4]} .. ev .. {a[5]})
 return seq
 """
+
+
+# KEYS: seq, log.  ARGV: event json, maxlen, ttl, channel, packet prefix, packet suffix.
+PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1)
+
+# KEYS: state, seq, log.  ARGV: status, result, error, usage, now, ttl (the state's), then
+# PUBLISH_LUA's.  The terminal transition and its event in one atomic step: no process
+# death between them can leave a finished execution without its terminal event, and the
+# loser of a race appends nothing.  Returns the event's seq, or 0 when already terminal.
+FINISH_PUBLISH_LUA = finish_lua(_publish_lua("KEYS[2]", "KEYS[3]", 7))
 
 
 def encode_event(event: TaskEvent) -> str:

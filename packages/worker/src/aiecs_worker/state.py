@@ -3,7 +3,8 @@
 The hash ``aiecs:t:{user}:{task}:{step}:state`` holds ``status``, ``celery_id``,
 ``deliveries``, ``result``/``error``/``usage`` (JSON) and timestamps. Transitions are Lua
 scripts, so two processes never both move one execution to a terminal state; the winner's
-terminal event is appended and published by the same script (``FINISH_PUBLISH_LUA``).
+terminal event is appended and published by the same script
+(``events.FINISH_PUBLISH_LUA``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from aiecs_core import TERMINAL_STATUSES
 __all__ = [
     "BEGIN_LUA",
     "CANCEL_LUA",
-    "FINISH_PUBLISH_LUA",
     "PENDING_LUA",
     "celery_index_key",
     "decode_state",
+    "finish_lua",
     "steps_key",
 ]
 
@@ -49,26 +50,21 @@ redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
 return {{'running', n, cancel}}
 """
 
-# KEYS: state, seq, log.  ARGV: status, result, error, usage, now, ttl (the state's), then
-# events.PUBLISH_LUA's: event json, maxlen, ttl, channel, packet prefix,
-# packet suffix.  The terminal transition and its event in one atomic step: no process
-# death between them can leave a finished execution without its terminal event, and the
-# loser of a race appends nothing.  Returns the event's seq, or 0 when already terminal.
-FINISH_PUBLISH_LUA = f"""
+def finish_lua(then: str) -> str:
+    """The terminal transition, then the Lua code ``then`` (run only by the winner).
+
+    KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl.  Returns 0 when
+    the execution was already terminal (nothing changes), else what ``then`` returns.
+    """
+    return f"""
 local terminal = {_TERMINAL}
 local st = redis.call('HGET', KEYS[1], 'status')
 if st and terminal[st] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-local seq = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[9])
-local ev = '{{"seq":' .. seq .. ',' .. string.sub(ARGV[7], 2)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], seq .. '-0', 'e', ev)
-redis.call('EXPIRE', KEYS[3], ARGV[9])
-redis.call('PUBLISH', ARGV[10], ARGV[11] .. ev .. ARGV[12])
-return seq
-"""
+{then}"""
+
 
 # KEYS: state, steps, celery index.  ARGV: celery_id, ttl, now, user_id, task_name, step.
 # Records a submitted execution as pending unless it already has a state.
