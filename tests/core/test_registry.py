@@ -23,6 +23,8 @@ from aiecs_core import (
 from aiecs_core.testing import echo
 from pydantic import BaseModel
 
+from tests.support.plugins import ServicesPlugin as Plugin
+
 
 class Text(BaseModel):
     text: str
@@ -46,18 +48,6 @@ class Lower(Service):
     @operation()
     def lower(self, ctx: OperationContext, data: Text) -> str:
         return data.text.lower()
-
-
-class Plugin:
-    """A plugin object registering the given services (what a plugin module does)."""
-
-    def __init__(self, *services):
-        self.services = services
-
-    @hookimpl
-    def register_services(self, register):
-        for service in self.services:
-            register(service)
 
 
 class RaisingPlugin:

@@ -29,6 +29,8 @@ from aiecs_core import (
 from aiecs_core.testing import make_request
 from pydantic import BaseModel, ConfigDict, Field
 
+from tests.support.plugins import ServicesPlugin
+
 
 class Inner(BaseModel):
     depth: int
@@ -214,23 +216,11 @@ def test_default_rate_limit_key_and_aclose():
 )
 def test_undeclared_names_are_never_resolvable(name):
     registry = ServiceRegistry()
-    registry.register_plugin(_SinglePlugin(Calculator), "calc")
+    registry.register_plugin(ServicesPlugin(Calculator), "calc")
     with pytest.raises(OperationNotFoundError) as info:
         registry.operation("chat", "calc", name)
     assert info.value.details == {"mode": "chat", "service": "calc", "operation": name}
     assert "available: explicit, inferred, renamed" in str(info.value)
-
-
-class _SinglePlugin:
-    def __init__(self, *services):
-        self.services = services
-
-    from aiecs_core import hookimpl
-
-    @hookimpl
-    def register_services(self, register):
-        for service in self.services:
-            register(service)
 
 
 # --- validate_input --------------------------------------------------------------------
