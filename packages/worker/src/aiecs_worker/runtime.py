@@ -90,18 +90,9 @@ class _Running:
     cancel_reason: str | None = None
 
 
-def parse_request(args: tuple | list, kwargs: dict[str, Any], max_bytes: int) -> TaskRequest:
-    """Validate raw task arguments (positional in the specification's order, or keywords)."""
-    if len(args) > len(_FIELDS):
-        raise InvalidTaskError(
-            f"too many positional arguments ({len(args)}); expected at most {len(_FIELDS)}: "
-            + ", ".join(_FIELDS)
-        )
-    values = dict(zip(_FIELDS, args, strict=False))
-    for key in kwargs:
-        if key in values:
-            raise InvalidTaskError(f"argument {key!r} given both positionally and by keyword")
-    values.update(kwargs)
+def check_payload_size(values: dict[str, Any], max_bytes: int) -> None:
+    """Refuse ``input_data`` + ``context`` larger than ``max_bytes`` as compact JSON bytes
+    (AIECS_MAX_PAYLOAD_BYTES): the one measure the worker and the task API both apply."""
     size = 0
     for key in ("input_data", "context"):
         if key in values:
@@ -116,6 +107,21 @@ def parse_request(args: tuple | list, kwargs: dict[str, Any], max_bytes: int) ->
             size=size,
             limit=max_bytes,
         )
+
+
+def parse_request(args: tuple | list, kwargs: dict[str, Any], max_bytes: int) -> TaskRequest:
+    """Validate raw task arguments (positional in the specification's order, or keywords)."""
+    if len(args) > len(_FIELDS):
+        raise InvalidTaskError(
+            f"too many positional arguments ({len(args)}); expected at most {len(_FIELDS)}: "
+            + ", ".join(_FIELDS)
+        )
+    values = dict(zip(_FIELDS, args, strict=False))
+    for key in kwargs:
+        if key in values:
+            raise InvalidTaskError(f"argument {key!r} given both positionally and by keyword")
+    values.update(kwargs)
+    check_payload_size(values, max_bytes)
     try:
         return TaskRequest.model_validate(values)
     except ValidationError as exc:

@@ -49,6 +49,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..events import TaskKeys
+from ..runtime import check_payload_size
 from .tokens import TokenError, issue_token, verify_token
 
 __all__ = ["ApiError", "create_http_app"]
@@ -266,7 +267,8 @@ async def submit_task(request: Request) -> Response:
                            f"task {task_id!r} step {step} was already submitted "
                            f"(status {prior.get('status')})")
         req = request_model.model_copy(update={"step": step})
-        _check_size(req, s.max_payload_bytes)
+        check_payload_size({"input_data": req.input_data, "context": req.context},
+                           s.max_payload_bytes)
         spec = load_plugins().operation(req.mode, req.service, req.task_name)
         heavy = spec.heavy if data.heavy is None else data.heavy
         control.submit(req, heavy=heavy)
@@ -290,15 +292,6 @@ async def submit_task(request: Request) -> Response:
             raise _unavailable(exc) from None
         raise
     return JSONResponse(out, status_code=202)
-
-
-def _check_size(req: TaskRequest, limit: int) -> None:
-    size = len(json.dumps(req.input_data)) + len(json.dumps(req.context))
-    if size > limit:
-        raise PayloadTooLargeError(
-            f"input_data + context are {size} bytes; the limit (AIECS_MAX_PAYLOAD_BYTES) "
-            f"is {limit}", size=size, limit=limit,
-        )
 
 
 async def _task_view(request: Request, user_id: str, task_id: str, step: int | None,
