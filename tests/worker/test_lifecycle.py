@@ -228,6 +228,38 @@ def test_cancel_running(aiecs_redis, start_worker, pool, how):
     assert sum(e["type"] == "stream" for e in events) < 100
 
 
+def test_plain_celery_revoke_cancels_a_running_task_under_threads(aiecs_redis, start_worker):
+    from aiecs_worker import execute_task
+
+    start_worker(pool="threads", concurrency=1)
+    task_id = uid()
+    res = execute_task.delay(**echo_kwargs(task_id, chunks=100, delay=0.2))
+    client = aiecs_redis.client()
+    wait_for_event(client, "alice", task_id, lambda e: e["type"] == "stream")
+    res.revoke()
+    terminal, events = wait_terminal(client, "alice", task_id)
+    assert terminal["status"] == "cancelled"
+    assert sum(e["type"] == "stream" for e in events) < 100
+    with pytest.raises(TaskRevokedError):
+        res.get(timeout=30)
+
+
+def test_plain_celery_revoke_of_a_queued_task_records_cancelled(aiecs_redis, start_worker):
+    from aiecs_worker import control, execute_task
+
+    start_worker(pool="threads", concurrency=1)
+    busy, queued = uid(), uid()
+    execute_task.delay(**echo_kwargs(busy, chunks=100, delay=0.2))
+    client = aiecs_redis.client()
+    wait_for_event(client, "alice", busy, lambda e: e["type"] == "stream")
+    res = execute_task.delay(**echo_kwargs(queued))  # waits behind the busy one
+    res.revoke()
+    control.cancel("alice", busy, 1)  # free the only slot
+    terminal, events = wait_terminal(client, "alice", queued)
+    assert terminal["status"] == "cancelled"
+    assert [e["status"] for e in events] == ["pending", "cancelled"]
+
+
 @pytest.mark.parametrize("how", ["task_id", "celery_id"])
 def test_cancel_queued_task_never_runs(aiecs_redis, start_worker, how):
     from aiecs_worker import control, execute_task
