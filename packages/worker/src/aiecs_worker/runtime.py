@@ -93,10 +93,13 @@ class _Running:
 def check_payload_size(values: dict[str, Any], max_bytes: int) -> None:
     """Refuse ``input_data`` + ``context`` larger than ``max_bytes`` as compact JSON bytes
     (AIECS_MAX_PAYLOAD_BYTES): the one measure the worker and the task API both apply."""
+    from aiecs_core.jsonlimits import check_depth  # iterative: before dumps can recurse
+
     size = 0
     for key in ("input_data", "context"):
         if key in values:
             try:
+                check_depth(values[key], what="it")
                 size += len(json.dumps(values[key], separators=(",", ":")).encode())
             except (TypeError, ValueError) as exc:
                 raise InvalidTaskError(f"{key} is not JSON: {exc}") from None
