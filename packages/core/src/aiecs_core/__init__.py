@@ -5,6 +5,14 @@ from .errors import __all__ as _errors_all
 from .hookspecs import ENTRY_POINT_GROUP, hookimpl
 from .models import *  # noqa: F403
 from .models import __all__ as _models_all
+from .redaction import (
+    install_log_redaction,
+    redact,
+    redact_data,
+    redact_json,
+    register_env_secrets,
+    register_secret,
+)
 from .registry import (
     ALLOW_ENV,
     PluginFailure,
@@ -40,9 +48,15 @@ __all__ = [
     "ServiceRegistry",
     "get_registry",
     "hookimpl",
+    "install_log_redaction",
     "invoke_operation",
     "load_plugins",
     "operation",
+    "redact",
+    "redact_data",
+    "redact_json",
+    "register_env_secrets",
+    "register_secret",
     "reset_registry",
     "validate_input",
 ]

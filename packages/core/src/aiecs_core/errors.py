@@ -6,6 +6,9 @@ Every error takes ``(message, details)`` positionally and keeps exactly those tw
 (``retry_after``, ``status_code``, ...) live in ``details`` and are exposed as properties;
 keyword arguments are a convenience that fills ``details``.
 
+Messages and details are redacted when an error is built (:mod:`aiecs_core.redaction`):
+registered secrets and anything shaped like an API key are removed.
+
 Providers convert SDK errors at their boundary, by exception type and HTTP status code
 (never by message text), with ``raise ProviderError(...) from exc``.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .models import ErrorInfo
+from .redaction import redact, redact_data
 
 __all__ = [
     "AiecsError",
@@ -52,7 +56,9 @@ class AiecsError(Exception):
     def __init__(self, message: str = "", details: dict[str, Any] | None = None, **fields: Any):
         merged = dict(details or {})
         merged.update({k: v for k, v in fields.items() if v is not None})
-        super().__init__(message, merged)
+        # Secrets never leave the worker: a converted provider error may carry a request
+        # id, a header or a body echoing the API key (see aiecs_core.redaction).
+        super().__init__(redact(message), redact_data(merged))
 
     @property
     def message(self) -> str:

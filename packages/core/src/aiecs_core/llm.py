@@ -24,7 +24,6 @@ import email.utils
 import json
 import math
 import os
-import re
 import time
 from collections.abc import (
     AsyncIterator,
@@ -53,6 +52,7 @@ from .errors import (
     StreamInterruptedError,
 )
 from .models import Usage
+from .redaction import redact  # noqa: F401 - kept importable from here
 from .service import RateLimitKey
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -328,17 +328,6 @@ def raise_converted(exc: BaseException, error: AiecsError | None) -> NoReturn:
     if error is None:
         raise exc
     raise error from exc
-
-
-_KEYLIKE = re.compile(r"\b(?:sk|xai|AIza)[-_A-Za-z0-9]{8,}")
-
-
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with the given secrets and anything shaped like an API key removed."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return _KEYLIKE.sub("[redacted]", text)
 
 
 # --- usage and prices --------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import OperationNotFoundError, PluginError, ServiceNotFoundError
+from .redaction import register_env_secrets
 from .service import OperationSpec, Service
 
 __all__ = [
@@ -184,6 +185,7 @@ class ServiceRegistry:
                 continue
             self._services[key] = service_cls
             self._owners[key] = name
+            register_env_secrets(service_cls.secret_env)
             info.services.append(key)
         self.plugins.append(info)
         return info
@@ -207,6 +209,11 @@ class ServiceRegistry:
                 raise PluginError(f"{service_cls.__qualname__} must set a string {attr!r}")
         if not service_cls.operations:
             raise PluginError(f"{service_cls.__qualname__} declares no operations")
+        secret_env = service_cls.secret_env
+        if isinstance(secret_env, str) or not all(isinstance(n, str) for n in secret_env):
+            raise PluginError(
+                f"{service_cls.__qualname__}.secret_env must be a tuple of variable names"
+            )
 
     # -- lookup -----------------------------------------------------------------------------
     def keys(self) -> list[tuple[str, str]]:
@@ -246,6 +253,7 @@ class ServiceRegistry:
             with self._lock:
                 inst = self._instances.get(key)
                 if inst is None:
+                    register_env_secrets(service_cls.secret_env)
                     inst = service_cls()
                     self._instances[key] = inst
         return inst

@@ -155,6 +155,11 @@ class Service:
     description: ClassVar[str] = ""
     #: Provider name used in usage records and rate-limit keys (defaults to ``name``).
     provider: ClassVar[str | None] = None
+    #: Environment variables holding this service's secrets (API keys, tokens): their
+    #: values are registered for redaction (:mod:`aiecs_core.redaction`) when the service
+    #: is registered and when it is instantiated, so they never appear in errors, events,
+    #: results or logs.
+    secret_env: ClassVar[tuple[str, ...]] = ()
     #: Declared operations, collected from ``@operation`` methods (inherited ones included).
     operations: ClassVar[dict[str, OperationSpec]] = {}
 

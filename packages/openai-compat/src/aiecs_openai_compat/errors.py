@@ -10,8 +10,9 @@ from aiecs_core import (
     ProviderConnectionError,
     ProviderServerError,
     ProviderTimeoutError,
+    register_secret,
 )
-from aiecs_core.llm import error_for_status, parse_retry_after, redact
+from aiecs_core.llm import error_for_status, parse_retry_after
 
 __all__ = ["convert_error"]
 
@@ -31,14 +32,16 @@ def convert_error(
 ) -> AiecsError | None:
     """The aiecs error for an exception raised by the openai SDK, or None if it is not one.
 
-    Decided by type and status code only: the server's message is carried along (with
-    anything key-shaped removed) but never inspected.
+    Decided by type and status code only: the server's message and request id are
+    carried along but never inspected. ``secrets`` (the API key) are registered for
+    redaction; the error redacts its message and details when it is built.
     """
     import openai  # already imported by whoever raised exc
 
     if isinstance(exc, AiecsError):
         return exc
-    secrets = list(secrets)
+    for secret in secrets:
+        register_secret(secret)
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeoutError(f"{provider}: request timed out", provider=provider)
     if isinstance(exc, openai.APIConnectionError):
@@ -50,7 +53,7 @@ def convert_error(
         message = _body_message(exc.body) or exc.response.reason_phrase or "error"
         return error_for_status(
             status,
-            f"{provider}: HTTP {status}: {redact(message, secrets)}",
+            f"{provider}: HTTP {status}: {message}",
             provider=provider,
             retry_after=parse_retry_after(exc.response.headers),
             request_id=exc.request_id,
@@ -59,7 +62,7 @@ def convert_error(
         # An error event inside a 200 stream: the provider failed mid-response.
         message = _body_message(exc.body) or exc.message
         return ProviderServerError(
-            f"{provider}: error during the response: {redact(message, secrets)}",
+            f"{provider}: error during the response: {message}",
             provider=provider,
         )
     return None

@@ -24,6 +24,7 @@ from aiecs_core import (
     Service,
     Usage,
     operation,
+    register_secret,
 )
 from aiecs_core.llm import (
     ChatDelta,
@@ -125,6 +126,12 @@ class OpenAICompatService(Service):
     embed_batch_size: ClassVar[int] = 2048
     embed_batch_tokens: ClassVar[int] = 250_000
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        api_key_env = getattr(cls, "api_key_env", None)
+        if api_key_env and api_key_env not in cls.secret_env:
+            cls.secret_env = (*cls.secret_env, api_key_env)  # redacted everywhere
+
     def __init__(self) -> None:
         self._client: AsyncOpenAI | None = None
         self._api_key: str | None = None
@@ -154,6 +161,7 @@ class OpenAICompatService(Service):
 
         from openai import AsyncOpenAI  # lazy: only processes that call this provider pay
 
+        register_secret(api_key)  # whatever the key's shape, it never leaves the worker
         self._api_key = api_key
         self._timeout = timeout
         self._client = AsyncOpenAI(

@@ -1,4 +1,7 @@
-"""google-genai / google-auth / httpx2 exceptions -> aiecs errors, by type and status code."""
+"""google-genai / google-auth / httpx2 exceptions -> aiecs errors, by type and status code.
+
+The errors redact their messages and details when they are built (aiecs_core.redaction).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from aiecs_core import (
     ProviderServerError,
     ProviderTimeoutError,
 )
-from aiecs_core.llm import error_for_status, parse_retry_after, redact
+from aiecs_core.llm import error_for_status, parse_retry_after
 
 __all__ = ["convert_error", "retry_delay"]
 
@@ -52,7 +55,7 @@ def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError
         message = exc.message or exc.status or "error"
         return error_for_status(
             status,
-            f"{provider}: HTTP {status}: {redact(str(message))}",
+            f"{provider}: HTTP {status}: {message}",
             provider=provider,
             retry_after=retry_after,
             google_status=exc.status,
@@ -67,14 +70,14 @@ def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError
         )
     if isinstance(exc, auth_errors.DefaultCredentialsError):
         return ConfigurationError(
-            f"{provider}: no usable Google credentials ({redact(str(exc))})",
+            f"{provider}: no usable Google credentials ({exc})",
             env_var="GOOGLE_APPLICATION_CREDENTIALS",
             provider=provider,
         )
     if isinstance(exc, auth_errors.RefreshError):
         return AuthenticationError(
             f"{provider}: the Google credentials were rejected when refreshing the "
-            f"access token ({redact(str(exc))})",
+            f"access token ({exc})",
             provider=provider,
         )
     if isinstance(exc, auth_errors.TransportError):

@@ -15,6 +15,7 @@ reports TIMED_OUT, rather than racing the SDK's timeout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,7 @@ from aiecs_core import (
     Usage,
     hookimpl,
     operation,
+    register_secret,
 )
 from aiecs_core.llm import (
     ChatDelta,
@@ -98,6 +100,22 @@ def _args(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"arguments": arguments}
 
 
+def _register_tokens(credentials: Any) -> None:
+    """Register every access token ``credentials`` obtain (google-genai refreshes them
+    itself, hourly) as a secret, so it is redacted wherever a server echoes it."""
+    register_secret(getattr(credentials, "token", None))
+    refresh = getattr(credentials, "refresh", None)
+    if refresh is None:
+        return
+
+    def refresh_and_register(request: Any) -> None:
+        refresh(request)
+        register_secret(getattr(credentials, "token", None))
+
+    with contextlib.suppress(AttributeError, TypeError):
+        credentials.refresh = refresh_and_register
+
+
 class VertexService(Service):
     """Gemini on Vertex AI: chat and embeddings (VERTEX_PROJECT_ID, VERTEX_LOCATION, ADC)."""
 
@@ -165,6 +183,7 @@ class VertexService(Service):
                 env_var=CREDENTIALS_ENV,
                 provider=self.provider,
             ) from None
+        _register_tokens(credentials)
         self._timeout = timeout
         # Our own HTTP client: explicit timeout, closed in aclose(), and google-genai's
         # aiohttp path (which reconnects on its own) is never taken.

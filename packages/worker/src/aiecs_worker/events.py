@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from aiecs_core import TaskEvent
+from aiecs_core import TaskEvent, redact_json
 
 from .state import finish_lua
 
@@ -101,8 +101,9 @@ FINISH_PUBLISH_LUA = finish_lua(_publish_lua("KEYS[2]", "KEYS[3]", 7))
 
 
 def encode_event(event: TaskEvent) -> str:
-    """Event JSON without ``seq`` (the Lua script prepends it)."""
-    return event.model_dump_json(exclude={"seq"})
+    """Event JSON without ``seq`` (the Lua script prepends it), redacted: every event
+    (log, pub/sub) goes through here."""
+    return redact_json(event.model_dump_json(exclude={"seq"}))
 
 
 def packet_parts(user_id: str) -> tuple[str, str]:
@@ -133,7 +134,8 @@ def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: 
 def finish_args(keys: list[str], args: list[Any], state_key: str,
                 finish: Sequence[Any]) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``FINISH_PUBLISH_LUA`` from PUBLISH_LUA's and the terminal state's
-    fields (status, result, error, usage, now, ttl)."""
+    fields (status, result, error, usage, now, ttl); the JSON fields are redacted."""
+    finish = [redact_json(f) if isinstance(f, str) else f for f in finish]
     return [state_key, *keys], [*finish, *args]
 
 

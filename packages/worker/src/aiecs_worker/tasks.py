@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiecs_core import AiecsError, TaskCancelledError, TaskRequest, TaskStatus
+from aiecs_core import AiecsError, TaskCancelledError, TaskRequest, TaskStatus, redact_data
 from celery import Task, signals
 from celery.exceptions import Ignore
 from pydantic import ValidationError
@@ -53,7 +53,7 @@ def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         soft_limit=task.request.timelimit[1] if task.request.timelimit else None,
     )
     if outcome.status == TaskStatus.COMPLETED:
-        return outcome.result or {}
+        return redact_data(outcome.result or {})  # for the result backend and Celery's log
     if outcome.status == TaskStatus.CANCELLED and task.request.id:
         task.backend.mark_as_revoked(
             task.request.id, reason=str(outcome.error or "cancelled"), request=task.request
@@ -73,6 +73,7 @@ def _detached(error: BaseException) -> BaseException:
     error.__cause__ = None
     error.__context__ = None
     error.__suppress_context__ = True
+    error.args = redact_data(error.args)
     return error.with_traceback(None)
 
 

@@ -43,7 +43,7 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
     (default AIECS_PORT).
     """
     import socketio
-    from aiecs_core import load_plugins
+    from aiecs_core import load_plugins, register_secret
 
     from ..settings import get_settings
     from .api import create_http_app
@@ -66,6 +66,10 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
     async def lifespan(app):
         from starlette.concurrency import run_in_threadpool
 
+        from ..redaction import install as install_redaction
+
+        register_secret(secret)  # also a dev mode's generated one
+        install_redaction()  # now that uvicorn has set up its loggers
         await socket.start()
         registry = await run_in_threadpool(load_plugins)
         for failure in registry.failures:

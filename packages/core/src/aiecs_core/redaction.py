@@ -1,0 +1,248 @@
+"""Secrets never leave the worker: the one redaction step.
+
+Everything a worker sends out (error messages and details, events, results, stored
+state, log records) passes through :func:`redact` (text), :func:`redact_data` (JSON-like
+values) or :func:`redact_json` (JSON text). Each removes
+
+- every **registered secret**, exactly, wherever it appears (also in its JSON-escaped and
+  URL-encoded forms): the values of the environment variables a service declares in
+  ``Service.secret_env`` (registered when its plugin is registered and when it is
+  instantiated), of variables named like secrets (``*_API_KEY``, ``*_SECRET_KEY``,
+  ``*_SECRET``, ``*_TOKEN``, ``*_PASSWORD``, registered by the worker at start), and
+  whatever a provider hands to :func:`register_secret` (a key it was given, an OAuth
+  token it obtained);
+- anything **shaped like a credential**: ``sk-...``/``xai-...`` API keys, Google
+  ``AIza...`` keys and ``ya29....`` access tokens, and the token after ``Bearer``.
+
+Where it is applied (so that call sites need not remember to):
+
+- :class:`aiecs_core.AiecsError` redacts its message and details when it is built, so a
+  provider's converted error (a request id echoing the key, a server message, a body)
+  is clean before anyone sees it;
+- the worker redacts every event JSON and terminal state it writes to Redis, and what it
+  hands to Celery's result backend;
+- :class:`RedactingFilter`, installed on the worker's and the progress server's log
+  handlers, redacts every record (message, arguments, traceback), including the DEBUG
+  logs of httpx, httpcore and the provider SDKs, which print headers.
+
+Pure stdlib: no import of the rest of aiecs_core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "REDACTED",
+    "SECRET_ENV_SUFFIXES",
+    "RedactingFilter",
+    "forget_secrets",
+    "install_log_redaction",
+    "redact",
+    "redact_data",
+    "redact_json",
+    "register_env_secrets",
+    "register_secret",
+    "registered_secrets",
+]
+
+#: What a secret is replaced with.
+REDACTED = "[redacted]"
+#: Shorter values are never registered (they would redact ordinary words).
+MIN_SECRET_LENGTH = 8
+#: Environment variables whose names end like this hold secrets (:func:`register_env_secrets`).
+SECRET_ENV_SUFFIXES = ("_API_KEY", "_SECRET_KEY", "_SECRET", "_TOKEN", "_PASSWORD")
+
+_SHAPES = re.compile(
+    r"(?P<bearer>\b[Bb]earer\s+)[A-Za-z0-9._~+/-]{8,}=*"  # Authorization: Bearer <token>
+    r"|\b(?:sk|xai)[-_][A-Za-z0-9_-]{8,}"  # OpenAI (sk-, sk-proj-), xAI keys
+    r"|\bAIza[0-9A-Za-z_-]{8,}"  # Google API keys
+    r"|\bya29\.[0-9A-Za-z_.-]{8,}"  # Google OAuth access tokens
+)
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_secret_re: re.Pattern[str] | None = None
+
+
+def _variants(secret: str) -> set[str]:
+    """The forms a secret takes in text: as is, JSON-escaped, URL-encoded."""
+    return {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+    }
+
+
+def _compile(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    forms = {v for s in secrets for v in _variants(s) if len(v) >= MIN_SECRET_LENGTH}
+    if not forms:
+        return None
+    # longest first: a secret that contains another is removed whole
+    return re.compile("|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f))))
+
+
+def register_secret(value: str | None) -> bool:
+    """Remember ``value`` as a secret: from now on it is redacted wherever it appears.
+
+    Blank values and values shorter than :data:`MIN_SECRET_LENGTH` are ignored (returns
+    False). Safe to call often (from any thread): registering a known secret costs a set
+    lookup.
+    """
+    global _secret_re
+    if not isinstance(value, str):
+        return False
+    value = value.strip()
+    if len(value) < MIN_SECRET_LENGTH or value in REDACTED:
+        return False
+    if value in _secrets:
+        return True
+    with _lock:
+        if value not in _secrets:
+            _secrets.add(value)
+            _secret_re = _compile(_secrets)
+    return True
+
+
+def register_env_secrets(
+    names: Iterable[str] | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Register the values of the environment variables ``names`` (None: every variable
+    named like a secret, see :data:`SECRET_ENV_SUFFIXES`). Returns the names registered."""
+    env = os.environ if environ is None else environ
+    if names is None:
+        names = [n for n in env if n.upper().endswith(SECRET_ENV_SUFFIXES)]
+    return [name for name in names if register_secret(env.get(name))]
+
+
+def registered_secrets() -> frozenset[str]:
+    """The registered secrets (for tests and diagnostics; never log them)."""
+    return frozenset(_secrets)
+
+
+def forget_secrets() -> None:
+    """Forget every registered secret (tests)."""
+    global _secret_re
+    with _lock:
+        _secrets.clear()
+        _secret_re = None
+
+
+def _shape(match: re.Match[str]) -> str:
+    return (match.group("bearer") or "") + REDACTED
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` without the registered secrets, the given ``secrets`` and anything shaped
+    like an API key or bearer token."""
+    if not isinstance(text, str) or not text:
+        return text
+    extra = [s for s in secrets if isinstance(s, str) and len(s) >= 4 and s not in _secrets]
+    if extra:
+        for secret in sorted(extra, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+    pattern = _secret_re
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    return _SHAPES.sub(_shape, text)
+
+
+def _needs_redaction(text: str) -> bool:
+    pattern = _secret_re
+    return bool((pattern is not None and pattern.search(text)) or _SHAPES.search(text))
+
+
+def redact_data(value: Any) -> Any:
+    """A JSON-like value (dicts, lists, tuples, strings, scalars) with every string, keys
+    included, redacted. Other values are returned as they are."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {redact_data(k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_data(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(redact_data(v) for v in value)
+    return value
+
+
+def redact_json(text: str) -> str:
+    """JSON text with every string in it redacted, still valid JSON (compact, as pydantic
+    writes it). Text with nothing to redact is returned unchanged, without parsing."""
+    if not isinstance(text, str) or not _needs_redaction(text):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return redact(text)
+    return json.dumps(redact_data(value), ensure_ascii=False, separators=(",", ":"))
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+_STANDARD_ATTRS = frozenset(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
+) | {"message", "asctime", "taskName"}
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts a log record in place: its message (formatted with its arguments), its
+    traceback and stack text, and any extra string attribute. Never drops a record.
+
+    Install it on handlers (a filter on a logger does not see its children's records):
+    :func:`install_log_redaction`.
+    """
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken format: the handler reports it
+            return True
+        clean = redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            with contextlib.suppress(Exception):
+                record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and isinstance(value, str):
+                record.__dict__[key] = redact(value)
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_log_redaction(*loggers: logging.Logger | str) -> int:
+    """Add the redacting filter to every handler of the root logger, of ``loggers`` and of
+    every logger that exists now (handlers added later need another call). Returns how
+    many handlers got it (each gets it once)."""
+    targets: list[logging.Logger] = [logging.getLogger()]
+    targets += [logging.getLogger(x) if isinstance(x, str) else x for x in loggers]
+    targets += [
+        lg for lg in list(logging.Logger.manager.loggerDict.values())
+        if isinstance(lg, logging.Logger)
+    ]
+    added = 0
+    for logger in targets:
+        for handler in list(logger.handlers):
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(_FILTER)
+                added += 1
+    return added
