@@ -60,6 +60,7 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
         allowed_origins=origins,
         max_message_bytes=settings.aiecs_max_message_bytes,
         health_interval=settings.aiecs_health_interval,
+        limits=settings.replay_limits(),
     )
 
     @contextlib.asynccontextmanager

@@ -4,7 +4,8 @@ Every error is JSON, ``{"error": {"type": ..., "message": ...}}``, with the stat
 that says what went wrong (never a traceback):
 
 ======  ==========================================================================
-400     the body is not JSON, or a parameter is malformed
+400     the body is not JSON, is nested deeper than 64 levels (``MAX_JSON_DEPTH``),
+        or a parameter is malformed
 401     missing, malformed, wrongly signed or expired token (``WWW-Authenticate``)
 403     a browser request from an origin not in CORS_ALLOWED_ORIGINS
 404     unknown route, or no such task *for this user* (other users' tasks are
@@ -15,6 +16,10 @@ that says what went wrong (never a traceback):
         input rejected by the operation's input model
 503     Redis or the broker is unreachable
 ======  ==========================================================================
+
+A body's size is checked before it is read in full and its nesting before it is parsed
+(:mod:`aiecs_core.jsonlimits`), so no input reaches a recursive parser unbounded. Each
+400/413/422 is logged as one line (``aiecs.server``, INFO), never with a traceback.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from aiecs_core import (
     TaskRequest,
     load_plugins,
 )
+from aiecs_core import jsonlimits
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -124,9 +130,9 @@ async def read_json(request: Request, limit: int) -> Any:
     """The request body as JSON, refusing more than ``limit`` bytes before reading them."""
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise ApiError(400, "bad_request", "invalid Content-Length")
-        if int(length) > limit:
+        if len(length) > 18 or int(length) > limit:
             raise ApiError(413, "payload_too_large", f"body larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
@@ -136,7 +142,9 @@ async def read_json(request: Request, limit: int) -> Any:
     if not body:
         raise ApiError(400, "bad_request", "empty body: send a JSON object")
     try:
-        return json.loads(body)
+        return jsonlimits.loads(body, what="body")
+    except jsonlimits.JsonDepthError as exc:
+        raise ApiError(400, "bad_request", str(exc), limit=exc.limit) from None
     except ValueError as exc:
         raise ApiError(400, "bad_request", f"body is not valid JSON: {exc}") from None
 
@@ -389,6 +397,10 @@ async def cancel_task(request: Request) -> Response:
 # -- errors and middleware --------------------------------------------------------------------
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if exc.status in (400, 413, 422):
+        message = exc.message if len(exc.message) <= 300 else exc.message[:300] + "..."
+        log.info("refused %s %s: %d %s: %s", request.method, request.url.path[:200], exc.status,
+                 exc.type, message)
     return error_response(exc.status, exc.type, exc.message, exc.headers, **exc.extra)
 
 

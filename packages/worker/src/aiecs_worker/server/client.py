@@ -175,13 +175,18 @@ class TaskWatcher:
                 return
             if not ack.get("ok"):
                 err = ack.get("error", {})
-                if err.get("type") == "unavailable":
-                    await asyncio.sleep(1)
+                if err.get("type") in ("unavailable", "too_many_replays", "rate_limited"):
+                    await asyncio.sleep(min(float(err.get("retry_after") or 1), 30))
                     if sio.connected:
                         sio.start_background_task(subscribe)
                     return
                 failure.append(f"subscribe refused: {err.get('message')}")
                 done.set()
+                return
+            if ack.get("last_seq", 0) < self._seq.applied:
+                # ahead of the log (it was lost, e.g. Redis flushed): start over from it
+                self._seq = EventSequencer()
+                sio.start_background_task(subscribe)
                 return
             self._apply(self._seq.skip_gap(ack.get("replayed_to", 0)), done)
             for step, status in (ack.get("steps") or {}).items():

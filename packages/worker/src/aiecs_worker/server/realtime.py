@@ -25,10 +25,27 @@ Client contract (the page, the CLI and any other client follow it):
    when it has held events behind a hole for a second or two. Nothing published while it
    (or the listener) was away is lost: it is all in the log.
 
-Errors in a client's messages (wrong types, unknown events) never close the connection:
-the server emits ``request_error`` ``{"event", "error": {"type", "message"}}`` and, when the
-client asked for an acknowledgement, answers ``{"ok": false, "error": ...}``. Messages
-larger than ``AIECS_MAX_MESSAGE_BYTES`` close the connection (Engine.IO's limit).
+   ``last_seq`` is the log's real last seq, also when ``after_seq`` is past it: a client
+   whose ``after_seq`` is larger than ``last_seq`` is ahead of the log (the log was lost,
+   or the seq is wrong) and should subscribe again with ``after_seq: 0``.
+5. Replays are limited per connection and per user (server settings): a connection
+   streams at most AIECS_REPLAY_CONCURRENCY replays at once (its further subscribes wait
+   their turn), one user's connections at most AIECS_REPLAY_USER_CONCURRENCY; replays go
+   out in chunks of AIECS_REPLAY_CHUNK events, each sent only once the connection has
+   taken the previous one, yielding to the loop in between so other users' live events
+   are not held up. A subscribe beyond AIECS_REPLAY_BACKLOG in flight on the connection
+   (or AIECS_REPLAY_USER_BACKLOG for the user) is refused with ``too_many_replays``;
+   beyond the AIECS_SUBSCRIBE_RATE / AIECS_SUBSCRIBE_BURST token bucket with
+   ``rate_limited``; both errors carry ``retry_after`` (seconds) and the client retries
+   after it. A connection refused AIECS_SUBSCRIBE_REFUSALS_MAX times in a row is
+   disconnected (it is not honouring ``retry_after``).
+
+Errors in a client's messages (wrong types, unknown events, malformed packets, JSON
+nested deeper than ``aiecs_core.jsonlimits.MAX_JSON_DEPTH``, binary attachments) never
+close the connection: the server emits ``request_error`` ``{"event", "error": {"type",
+"message"}}`` and, when the client asked for an acknowledgement, answers ``{"ok": false,
+"error": ...}``; it logs one line, never a traceback. Messages larger than
+``AIECS_MAX_MESSAGE_BYTES`` close the connection (Engine.IO's limit).
 
 ``ping`` is answered with ``pong`` ``{"time": server_unix_time}`` (the specification's
 heartbeat), and with the same payload as acknowledgement.
@@ -39,18 +56,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
-from aiecs_core import ID_PATTERN
+from aiecs_core import ID_PATTERN, jsonlimits
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from socketio import packet as sio_packet
 
 from ..events import EVENT_NAME, TaskKeys, user_room
 from .tokens import TokenError, verify_token
 
-__all__ = ["BATCH_EVENT", "ERROR_EVENT", "ProbedRedisManager", "ProgressSocket"]
+__all__ = ["BATCH_EVENT", "ERROR_EVENT", "GuardedServer", "ProbedRedisManager",
+           "ProgressSocket", "ReplayLimits", "SafeJson"]
 
 log = logging.getLogger("aiecs.server")
 
@@ -64,6 +85,133 @@ EXPIRED_EVENT = "session_expired"
 RESYNC_EVENT = "resync"
 REPLAY_BATCH = 200
 _PROBE_PREFIX = b'{"method": "aiecs_probe", '
+#: Packets a connection may have queued (unsent) before a replay sends its next chunk.
+_QUEUED_PACKETS_MAX = 2
+#: ``<type>[<attachments>-][/<namespace>,][<ack id>]``: enough of a packet that did not
+#: decode to answer it (python-socketio's own decoder reads the same prefix).
+_PACKET_PREFIX = re.compile(r"(\d)(?:\d{1,10}-)?(/[^,]{0,200},)?(\d{1,100})?")
+
+
+class SafeJson:
+    """The JSON module python-socketio and Engine.IO decode client packets with: the
+    standard one, except that text nested deeper than ``MAX_JSON_DEPTH`` is refused with
+    a ``ValueError`` before ``json.loads`` can recurse (Engine.IO then keeps the text as
+    is, and :class:`GuardedServer` answers the Socket.IO packet with an error)."""
+
+    @staticmethod
+    def loads(text: Any, *args: Any, **kwargs: Any) -> Any:
+        return jsonlimits.loads(text, max_depth=jsonlimits.MAX_JSON_DEPTH, what="message")
+
+    @staticmethod
+    def dumps(value: Any, *args: Any, **kwargs: Any) -> str:
+        return json.dumps(value, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class ReplayLimits:
+    """Limits on ``subscribe`` (see the server settings of the same names)."""
+
+    concurrency: int = 2
+    user_concurrency: int = 4
+    backlog: int = 32
+    user_backlog: int = 64
+    chunk: int = REPLAY_BATCH
+    rate: float = 10.0
+    burst: int = 40
+    refusals_max: int = 100
+
+
+@dataclass
+class _UserSlots:
+    streaming: asyncio.Semaphore
+    in_flight: int = 0
+    connections: int = 0
+
+
+@dataclass
+class _Connection:
+    user_id: str
+    user: _UserSlots
+    streaming: asyncio.Semaphore
+    tokens: float
+    stamp: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+    refusals: int = 0
+
+
+class _Refused(Exception):
+    def __init__(self, type_: str, message: str, retry_after: float):
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+        self.retry_after = round(retry_after, 3)
+
+
+class GuardedServer(socketio.AsyncServer):
+    """An ``AsyncServer`` that answers packets it cannot use instead of raising.
+
+    python-socketio raises from its packet handler on a packet that does not decode
+    (bad type digit, invalid or too deeply nested JSON) or an event that is not a list
+    headed by a name; the exception ends up as a logged traceback per message and the
+    client's acknowledgement never comes. Here each such packet is handed to
+    ``on_bad_packet(eio_sid, namespace, ack_id, reason)`` and the connection goes on.
+    Binary packets are refused too: no handler takes binary data, and a packet may
+    announce up to 10^10 attachments that python-socketio would buffer.
+    """
+
+    on_bad_packet = None  # set by ProgressSocket
+
+    async def _handle_eio_message(self, eio_sid, data):
+        if eio_sid not in self._binary_packet:
+            reason = None
+            if not isinstance(data, str):
+                reason = "binary messages are not accepted"
+            elif data[:1] in ("5", "6"):
+                reason = "binary events are not accepted"
+            if reason is not None:
+                await self._bad_packet(eio_sid, data, reason)
+                return
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            if isinstance(exc, jsonlimits.JsonDepthError):
+                reason = str(exc)
+            elif isinstance(exc, ValueError) and "JSON" in type(exc).__name__:
+                reason = f"message is not valid JSON: {exc}"
+            else:
+                reason = f"malformed message: {exc or type(exc).__name__}"
+            await self._bad_packet(eio_sid, data, reason)
+
+    async def _handle_event(self, eio_sid, namespace, id, data):
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            await self._answer(eio_sid, namespace, id,
+                               "an event is a list starting with the event's name")
+            return
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _bad_packet(self, eio_sid: str, data: Any, reason: str) -> None:
+        namespace, ack_id, kind = None, None, None
+        if isinstance(data, str):
+            m = _PACKET_PREFIX.match(data)
+            if m:
+                kind = int(m.group(1))
+                namespace = m.group(2)[:-1] if m.group(2) else None
+                ack_id = int(m.group(3)) if m.group(3) and kind == sio_packet.EVENT else None
+        if kind == sio_packet.CONNECT:
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, namespace=namespace,
+                data={"message": reason, "data": {"type": "invalid_message",
+                                                  "message": reason}}))
+            return
+        await self._answer(eio_sid, namespace, ack_id, reason)
+
+    async def _answer(self, eio_sid: str, namespace: str | None, ack_id: int | None,
+                      reason: str) -> None:
+        error = await self.on_bad_packet(eio_sid, namespace or "/", reason)
+        if ack_id is not None:
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.ACK, namespace=namespace or "/", id=ack_id,
+                data=[{"ok": False, "error": error}]))
 
 
 class SubscribeRequest(BaseModel):
@@ -127,6 +275,7 @@ class ProgressSocket:
         allowed_origins: list[str],
         max_message_bytes: int,
         health_interval: float = 2.0,
+        limits: ReplayLimits | None = None,
     ):
         if not allowed_origins:  # an empty list turns Engine.IO's origin check off
             raise ValueError("allowed_origins must not be empty")
@@ -134,8 +283,9 @@ class ProgressSocket:
         self.redis_url = redis_url
         self.channel = channel
         self.health_interval = health_interval
+        self.limits = limits or ReplayLimits()
         self.manager = ProbedRedisManager(redis_url, channel)
-        self.sio = socketio.AsyncServer(
+        self.sio = GuardedServer(
             async_mode="asgi",
             client_manager=self.manager,
             cors_allowed_origins=list(allowed_origins),
@@ -143,7 +293,14 @@ class ProgressSocket:
             max_http_buffer_size=max_message_bytes,
             logger=False,
             engineio_logger=False,
+            json=SafeJson,  # client packets: depth-checked before json.loads recurses
         )
+        self.sio.on_bad_packet = self._on_bad_packet
+        # The manager borrowed SafeJson; what it reads is the workers' events (trusted,
+        # and a deep operation result must not be dropped), so it keeps the plain module.
+        self.manager.json = json
+        self._connections: dict[str, _Connection] = {}
+        self._users: dict[str, _UserSlots] = {}
         self.redis = None  # redis.asyncio client for the log, set by start()
         self._expiry: dict[str, asyncio.Task] = {}
         self._monitor: asyncio.Task | None = None
@@ -319,6 +476,14 @@ class ProgressSocket:
             sid, {"user_id": identity.user_id, "expires_at": identity.expires_at}
         )
         await self.sio.enter_room(sid, user_room(identity.user_id))
+        user = self._users.get(identity.user_id)
+        if user is None:
+            user = self._users[identity.user_id] = _UserSlots(
+                asyncio.Semaphore(self.limits.user_concurrency))
+        user.connections += 1
+        self._connections[sid] = _Connection(
+            identity.user_id, user, asyncio.Semaphore(self.limits.concurrency),
+            tokens=float(self.limits.burst))
         delay = identity.expires_at - time.time()
         self._expiry[sid] = asyncio.get_running_loop().create_task(self._expire(sid, delay))
 
@@ -334,6 +499,16 @@ class ProgressSocket:
         task = self._expiry.pop(sid, None)
         if task is not None:
             task.cancel()
+        conn = self._connections.pop(sid, None)
+        if conn is not None:
+            conn.user.connections -= 1
+            self._forget_user(conn)
+
+    def _forget_user(self, conn: _Connection) -> None:
+        user = conn.user
+        if (user.connections <= 0 and user.in_flight <= 0
+                and self._users.get(conn.user_id) is user):
+            del self._users[conn.user_id]
 
     async def _user(self, sid: str) -> str | None:
         try:
@@ -342,8 +517,9 @@ class ProgressSocket:
             return None
         return session.get("user_id")
 
-    async def _reject(self, sid: str, event: str, type_: str, message: str) -> dict[str, Any]:
-        error = {"type": type_, "message": message}
+    async def _reject(self, sid: str, event: str, type_: str, message: str,
+                      **extra: Any) -> dict[str, Any]:
+        error = {"type": type_, "message": message, **extra}
         await self.sio.emit(ERROR_EVENT, {"event": event, "error": error}, to=sid,
                             ignore_queue=True)
         return {"ok": False, "error": error}
@@ -352,6 +528,19 @@ class ProgressSocket:
         payload = {"time": time.time()}
         await self.sio.emit("pong", payload, to=sid, ignore_queue=True)
         return payload
+
+    async def _on_bad_packet(self, eio_sid: str, namespace: str,
+                             reason: str) -> dict[str, Any]:
+        """A packet python-socketio could not use (see :class:`GuardedServer`): one log
+        line, ``request_error`` to the connection; returns the error for the ack."""
+        reason = reason if len(reason) <= 300 else reason[:300] + "..."
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, namespace)
+        log.info("refused a malformed message from connection %s: %s", sid or eio_sid, reason)
+        error = {"type": "invalid_message", "message": reason}
+        if sid is not None:
+            await self.sio.emit(ERROR_EVENT, {"event": None, "error": error}, to=sid,
+                                ignore_queue=True)
+        return error
 
     async def on_unknown(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         name = event if len(event) <= 64 else event[:64] + "..."
@@ -362,33 +551,119 @@ class ProgressSocket:
 
     async def on_subscribe(self, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
         user_id = await self._user(sid)
-        if user_id is None:  # cannot happen for a connected client; fail closed anyway
+        conn = self._connections.get(sid)
+        if user_id is None or conn is None:  # not a connected client; fail closed anyway
             return await self._reject(sid, "subscribe", "unauthorized", "not authenticated")
+        try:
+            self._take_token(conn)
+        except _Refused as exc:
+            return await self._refuse(sid, conn, exc)
         try:
             if extra:
                 raise ValueError("subscribe takes one object argument")
             req = SubscribeRequest.model_validate(data)
         except (ValidationError, ValueError) as exc:
             return await self._reject(sid, "subscribe", "invalid_request", _describe(exc))
+        limits = self.limits
+        if conn.in_flight >= limits.backlog or conn.user.in_flight >= limits.user_backlog:
+            whose = ("this connection" if conn.in_flight >= limits.backlog
+                     else "this user's connections")
+            return await self._refuse(sid, conn, _Refused(
+                "too_many_replays",
+                f"too many subscribes in flight on {whose} (limit "
+                f"{limits.backlog if whose == 'this connection' else limits.user_backlog}); "
+                "subscribe again once earlier ones are acknowledged",
+                retry_after=1.0))
+        conn.refusals = 0
+        conn.in_flight += 1
+        conn.user.in_flight += 1
         try:
-            return await self._replay(sid, user_id, req)
+            # a connection's replays, and one user's, take turns (FIFO) beyond the limits
+            async with conn.streaming, conn.user.streaming:
+                if sid not in self._connections:  # gone while waiting
+                    return {"ok": False, "error": {"type": "disconnected",
+                                                   "message": "connection closed"}}
+                return await self._replay(sid, user_id, req)
         except Exception as exc:  # noqa: BLE001 - Redis down: say so, keep the connection
             log.warning("replay of %s for a client failed: %s", req.task_id, exc)
             return await self._reject(
                 sid, "subscribe", "unavailable",
                 "the event log is unavailable right now; subscribe again shortly",
             )
+        finally:
+            conn.in_flight -= 1
+            conn.user.in_flight -= 1
+            self._forget_user(conn)
+
+    def _take_token(self, conn: _Connection) -> None:
+        """The connection's token bucket: AIECS_SUBSCRIBE_BURST calls at once, refilled at
+        AIECS_SUBSCRIBE_RATE per second."""
+        limits = self.limits
+        now = time.monotonic()
+        conn.tokens = min(float(limits.burst), conn.tokens + (now - conn.stamp) * limits.rate)
+        conn.stamp = now
+        if conn.tokens < 1.0:
+            raise _Refused(
+                "rate_limited",
+                f"too many subscribes (limit {limits.rate:g}/s, bursts of {limits.burst})",
+                retry_after=(1.0 - conn.tokens) / limits.rate)
+        conn.tokens -= 1.0
+
+    async def _refuse(self, sid: str, conn: _Connection, exc: _Refused) -> dict[str, Any]:
+        conn.refusals += 1
+        if conn.refusals == self.limits.refusals_max:
+            log.warning("disconnecting a connection of user %s: %d subscribes in a row "
+                        "refused (%s)", conn.user_id, conn.refusals, exc.type)
+            error = {"type": exc.type, "message": exc.message, "retry_after": exc.retry_after}
+            self.sio.start_background_task(self._kick, sid)
+            return {"ok": False, "error": error}
+        return await self._reject(sid, "subscribe", exc.type, exc.message,
+                                  retry_after=exc.retry_after)
+
+    async def _kick(self, sid: str) -> None:
+        await asyncio.sleep(0)  # let the acknowledgement go out first
+        await self.sio.emit(ERROR_EVENT, {"event": "subscribe", "error": {
+            "type": "abusive", "message": "too many refused subscribes: disconnected"}},
+            to=sid, ignore_queue=True)
+        await self.sio.disconnect(sid, ignore_queue=True)
+
+    def _send_queue(self, sid: str) -> Any:
+        """The Engine.IO socket's outgoing queue of a connection (None when gone)."""
+        try:
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+            sock = self.sio.eio.sockets.get(eio_sid)
+        except Exception:  # noqa: BLE001 - internals moved: no backpressure, still chunked
+            return False
+        if sock is None or sock.closed:
+            return None
+        return getattr(sock, "queue", False)
+
+    async def _drained(self, sid: str) -> bool:
+        """Yield to the loop, then wait until the connection took what was sent (its queue
+        holds at most a couple of packets): a slow or stalled reader holds its own replay,
+        not the server's memory. False when the connection is gone."""
+        await asyncio.sleep(0)
+        while True:
+            if sid not in self._connections:
+                return False
+            queue = self._send_queue(sid)
+            if queue is None:
+                return False
+            if queue is False or queue.qsize() <= _QUEUED_PACKETS_MAX:
+                return True
+            await asyncio.sleep(0.005)
 
     async def _replay(self, sid: str, user_id: str, req: SubscribeRequest) -> dict[str, Any]:
         from ..state import steps_key
 
         keys = TaskKeys(user_id, req.task_id)
+        chunk = self.limits.chunk
         after = req.after_seq
         first: int | None = None
         replayed = 0
         while True:
             entries = await self.redis.xrange(keys.log, min=f"{after + 1}-0", max="+",
-                                              count=REPLAY_BATCH)
+                                              count=chunk)
             if not entries:
                 break
             events = [json.loads(fields[b"e"]) for _, fields in entries]
@@ -398,8 +673,11 @@ class ProgressSocket:
             replayed += len(events)
             await self.sio.emit(BATCH_EVENT, {"task_id": req.task_id, "events": events},
                                 to=sid, ignore_queue=True)
-            if len(entries) < REPLAY_BATCH:
+            if len(entries) < chunk:
                 break
+            if not await self._drained(sid):
+                return {"ok": False, "error": {"type": "disconnected",
+                                               "message": "connection closed"}}
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.seq)
             pipe.smembers(steps_key(user_id, req.task_id))
@@ -412,7 +690,8 @@ class ProgressSocket:
                     pipe.hget(keys.state(step), "status")
                 for step, status in zip(steps, await pipe.execute(), strict=True):
                     statuses[str(step)] = status.decode() if status else None
-        last_seq = max(after, int(last_seq_raw or 0))
+        # the log's real end, also when the client's after_seq is past it
+        last_seq = max(after if replayed else 0, int(last_seq_raw or 0))
         return {
             "ok": True,
             "task_id": req.task_id,

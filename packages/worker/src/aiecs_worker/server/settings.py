@@ -47,6 +47,30 @@ class ServerSettings(BaseSettings):
     """AIECS_TOKEN_TTL: default lifetime of issued tokens, seconds."""
     aiecs_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     """AIECS_MAX_MESSAGE_BYTES: largest Socket.IO message a client may send."""
+    aiecs_replay_concurrency: int = Field(default=2, ge=1)
+    """AIECS_REPLAY_CONCURRENCY: replays (``subscribe`` answers) one connection streams at
+    once; its further subscribes wait their turn."""
+    aiecs_replay_user_concurrency: int = Field(default=4, ge=1)
+    """AIECS_REPLAY_USER_CONCURRENCY: replays all connections of one user stream at once
+    (per server process)."""
+    aiecs_replay_backlog: int = Field(default=32, ge=1)
+    """AIECS_REPLAY_BACKLOG: subscribes one connection may have in flight (streaming or
+    waiting); one more is refused with ``too_many_replays``."""
+    aiecs_replay_user_backlog: int = Field(default=64, ge=1)
+    """AIECS_REPLAY_USER_BACKLOG: subscribes all connections of one user may have in flight
+    (per server process); one more is refused with ``too_many_replays``."""
+    aiecs_replay_chunk: int = Field(default=200, ge=1, le=10_000)
+    """AIECS_REPLAY_CHUNK: events per ``task_events`` batch of a replay; the next batch
+    waits until the connection took this one, yielding to other connections meanwhile."""
+    aiecs_subscribe_rate: float = Field(default=10.0, gt=0)
+    """AIECS_SUBSCRIBE_RATE: subscribes per second one connection may make, sustained
+    (token bucket); more are refused with ``rate_limited`` and a ``retry_after``."""
+    aiecs_subscribe_burst: int = Field(default=40, ge=1)
+    """AIECS_SUBSCRIBE_BURST: subscribes one connection may make at once (the bucket's
+    size: a page resubscribing to its tasks after a reconnect)."""
+    aiecs_subscribe_refusals_max: int = Field(default=100, ge=1)
+    """AIECS_SUBSCRIBE_REFUSALS_MAX: subscribes refused in a row (rate or backlog) after
+    which the connection is disconnected as abusive."""
     aiecs_health_interval: float = Field(default=2.0, gt=0)
     """AIECS_HEALTH_INTERVAL: seconds between pub/sub listener probes (see /healthz)."""
     aiecs_server_url: str | None = None
@@ -88,6 +112,21 @@ class ServerSettings(BaseSettings):
                 "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
         return self
+
+    def replay_limits(self):
+        """The subscribe/replay limits as :class:`~.realtime.ReplayLimits`."""
+        from .realtime import ReplayLimits
+
+        return ReplayLimits(
+            concurrency=self.aiecs_replay_concurrency,
+            user_concurrency=self.aiecs_replay_user_concurrency,
+            backlog=self.aiecs_replay_backlog,
+            user_backlog=self.aiecs_replay_user_backlog,
+            chunk=self.aiecs_replay_chunk,
+            rate=self.aiecs_subscribe_rate,
+            burst=self.aiecs_subscribe_burst,
+            refusals_max=self.aiecs_subscribe_refusals_max,
+        )
 
     def secret(self) -> str:
         """The signing key, or a ConfigurationError naming AIECS_SECRET_KEY."""

@@ -242,6 +242,8 @@
     socket.on("request_error", (e) => console.warn("server refused a message", e));
   }
 
+  const RETRYABLE = new Set(["unavailable", "too_many_replays", "rate_limited"]);
+
   function subscribe(task) {
     const socket = state.socket;
     if (!socket || !socket.connected) return; // the next "connect" subscribes
@@ -249,11 +251,17 @@
       "subscribe", { task_id: task.id, after_seq: task.seq.applied },
       (err, ack) => {
         if (err) return; // disconnected meanwhile: "connect" will resubscribe
-        if (ack && ack.ok) {
+        if (ack && ack.ok && ack.last_seq < task.seq.applied) {
+          // ahead of the log (it was lost, e.g. Redis flushed): start over from it
+          task.seq = new Sequencer(0);
+          subscribe(task);
+        } else if (ack && ack.ok) {
           task.skipGap(ack.replayed_to);
           if (!ack.exists) task.el.querySelector(".message").textContent = "unknown task";
-        } else if (ack && ack.error && ack.error.type === "unavailable") {
-          setTimeout(() => subscribe(task), 1000);
+        } else if (ack && ack.error && RETRYABLE.has(ack.error.type)) {
+          // Redis down, or over the replay limits: try again after the server's hint
+          const wait = Math.min(30, Number(ack.error.retry_after) || 1);
+          setTimeout(() => subscribe(task), wait * 1000);
         }
       },
     );
