@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
+from .poison import install as install_poison_guard
 from .settings import Settings, get_settings
 
 __all__ = ["FAST_QUEUE", "HEAVY_QUEUE", "app", "create_app"]
@@ -23,6 +24,7 @@ HEAVY_TASK = "aiecs.tasks.worker.execute_heavy_task"
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
+    install_poison_guard(celery_app)  # malformed broker messages are dead-lettered
     transport = {"visibility_timeout": s.celery_visibility_timeout}
     celery_app.conf.update(
         # JSON only: no pickle anywhere, in either direction.

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     """AIECS_EVENTS_TTL: seconds a task's event log and state are kept after its last event."""
     aiecs_socketio_channel: str = "socketio"
     """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
+    aiecs_deadletter_maxlen: int = Field(default=1000, gt=0)
+    """AIECS_DEADLETTER_MAXLEN: malformed broker messages kept in ``aiecs:deadletter``."""
 
     @field_validator("celery_broker_url")
     @classmethod
