@@ -66,16 +66,29 @@ def test_sync_finish_on_a_fresh_execution_appends_exactly_one_event(redis_server
     assert client.hget(state_key, "status") == b"cancelled"
 
 
-def test_redis_down_drops_the_terminal_event_without_raising(redis_server):
+def test_terminal_transition_waits_out_a_redis_outage_and_is_recorded_once(redis_server):
+    """Progress events are dropped while Redis is away; the terminal one is retried until
+    Redis answers, then recorded (with its event) exactly once, after what came before."""
+    state_key = TaskKeys("alice", "t1").state(1)
     redis_server.stop()
 
     async def main():
         pub = RedisEventPublisher(redis_server.url)
         try:
-            return await pub.publish_terminal(event(TaskStatus.COMPLETED),
-                                              TaskKeys("alice", "t1").state(1),
-                                              fields("completed"))
+            pub.publish_nowait(event(TaskStatus.RUNNING, "progress", message="lost"))
+            terminal = asyncio.ensure_future(pub.publish_terminal(
+                event(TaskStatus.COMPLETED), state_key, fields("completed", {"n": 1})))
+            # still waiting for Redis after several attempts: not dropped
+            await asyncio.sleep(1.0)
+            assert not terminal.done()
+            await asyncio.to_thread(redis_server.start)
+            return await asyncio.wait_for(terminal, 30)
         finally:
             await pub.aclose()
 
-    assert asyncio.run(main()) is None
+    seq = asyncio.run(main())
+    client = redis_server.client()
+    assert seq == 1
+    (only,) = read_events(client, "alice", "t1")
+    assert only["status"] == "completed" and only["seq"] == 1
+    assert client.hget(state_key, "status") == b"completed"

@@ -54,6 +54,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_track_started=False,
         result_expires=s.aiecs_events_ttl,
         broker_connection_retry_on_startup=True,
+        # A result store that meets a Redis restart or pause retries instead of failing.
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
         worker_send_task_events=False,
     )
     if s.celery_worker_concurrency is not None:

@@ -13,8 +13,9 @@ Every event of a task is, in one atomic Lua call:
 
 Keys are scoped by user: two users may both own a task called ``task_456``.
 
-Publishing never fails a task. When Redis is unreachable the event is dropped and the
-outage is logged once (not once per event); the next success is logged too.
+Publishing never fails a task. When Redis is unreachable a progress or stream event is
+dropped and the outage is logged once (not once per event); the next success is logged
+too. A terminal transition is never dropped: it is retried until Redis answers.
 """
 
 from __future__ import annotations
@@ -230,9 +231,28 @@ class RedisEventPublisher:
             while len(items) < self.batch and not queue.empty():
                 items.append(queue.get_nowait())
             seqs = await self._send(items)
-            for (_, fut, _), seq in zip(items, seqs, strict=True):
-                if fut is not None and not fut.done():
-                    fut.set_result(seq)
+            retry = []
+            for item, seq in zip(items, seqs, strict=True):
+                if seq is None and item[2] is not None:
+                    retry.append(item)  # a terminal transition is never dropped
+                elif item[1] is not None and not item[1].done():
+                    item[1].set_result(seq)
+            await self._until_recorded(retry)
+
+    async def _until_recorded(self, items: list[_Item]) -> None:
+        """Retry terminal transitions until Redis answers, holding later events back so
+        the log keeps its order. The finish script is idempotent: a transition Redis ran
+        although its reply was lost is not recorded twice."""
+        delay = 0.05
+        while items:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            seqs = await self._send(items)
+            if seqs[0] is not None:
+                for (_, fut, _), seq in zip(items, seqs, strict=True):
+                    if fut is not None and not fut.done():
+                        fut.set_result(seq)
+                return
 
     async def _send(self, items: Sequence[_Item]) -> list[int | None]:
         try:

@@ -59,9 +59,17 @@ from aiecs_core.llm import redact
 from pydantic import ValidationError
 
 from .events import RedisEventPublisher, TaskKeys, celery_task_id
+from .lease import (
+    HEARTBEAT_KEYS,
+    HEARTBEAT_LUA,
+    SWEEP_KEYS,
+    SWEEP_LUA,
+    holder_is_dead_here,
+    make_owner,
+)
 from .ratelimit import RateLimiter, limited_call
 from .settings import Settings, get_settings
-from .state import BEGIN_LUA, celery_index_key, steps_key
+from .state import BEGIN_LUA, OWNERS_KEY, SUSPECT_KEY, celery_index_key, owned_key, steps_key
 
 __all__ = ["CANCEL_CHANNEL", "Outcome", "Runtime", "get_runtime", "parse_request"]
 
@@ -81,6 +89,12 @@ class Outcome:
     error: AiecsError | None = None
     celery_id: str | None = None
     replayed: bool = False
+    #: another live worker holds this execution: this delivery was a duplicate, dropped
+    duplicate: bool = False
+
+
+class StateUnavailableError(Exception):
+    """Redis did not answer within AIECS_REDIS_WAIT: the execution was not started."""
 
 
 @dataclass
@@ -203,12 +217,19 @@ class Runtime:
             s.state_redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
         self._begin = self.redis.register_script(BEGIN_LUA)
+        self._heartbeat = self.redis.register_script(HEARTBEAT_LUA)
+        self._sweep = self.redis.register_script(SWEEP_LUA)
+        #: this process as the owner of the executions it runs (see aiecs_worker.lease)
+        self.owner = make_owner()
+        #: the state key of the crash suspect this process runs in isolation, if any
+        self._suspect: str | None = None
         #: Cluster-wide per-(provider, model) limits (AIECS_RATE_LIMITS); None when unset.
         self.limiter = RateLimiter.from_env(self.redis)
         self.running: dict[str, _Running] = {}
         self._state_down = False
         self._thread.start()
         self._cancel_listener = asyncio.run_coroutine_threadsafe(self._listen_cancels(), self.loop)
+        self._lease_keeper = asyncio.run_coroutine_threadsafe(self._keep_lease(), self.loop)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -222,22 +243,35 @@ class Runtime:
         *,
         celery_id: str | None,
         soft_limit: float | None = None,
+        task: str = "",
+        queue: str = "",
     ) -> Outcome:
         """Execute one task and wait for its outcome (called from a pool thread)."""
+        from celery.exceptions import SoftTimeLimitExceeded
+
         future = asyncio.run_coroutine_threadsafe(
-            self.execute(args, kwargs, celery_id=celery_id, soft_limit=soft_limit), self.loop
+            self.execute(args, kwargs, celery_id=celery_id, soft_limit=soft_limit,
+                         task=task, queue=queue),
+            self.loop,
         )
         try:
             return future.result()
+        except SoftTimeLimitExceeded:
+            # Celery's soft time limit (prefork) fired before our own deadline: the same
+            # TIMED_OUT outcome as when ours fires first, whichever wins the race.
+            self._stop_running(celery_id, "timeout")
+            return future.result(timeout=self.settings.aiecs_redis_wait + 10)
         except BaseException:
-            # Celery's soft time limit (prefork) or a shutdown interrupted the wait:
-            # stop the execution, let it record TIMED_OUT, then re-raise.
-            running = self.running.get(celery_id or "")
-            if running is not None:
-                self.loop.call_soon_threadsafe(self._cancel, running, "timeout")
+            # a shutdown interrupted the wait: stop the execution, let it record, re-raise
+            self._stop_running(celery_id, "timeout")
             with contextlib.suppress(BaseException):
                 future.result(timeout=5)
             raise
+
+    def _stop_running(self, celery_id: str | None, reason: str) -> None:
+        running = self.running.get(celery_id or "")
+        if running is not None:
+            self.loop.call_soon_threadsafe(self._cancel, running, reason)
 
     def publish_nowait(self, event: TaskEvent) -> None:
         """Queue an event from any thread."""
@@ -258,6 +292,8 @@ class Runtime:
         *,
         celery_id: str | None,
         soft_limit: float | None = None,
+        task: str = "",
+        queue: str = "",
     ) -> Outcome:
         s = self.settings
         started = time.time()
@@ -279,9 +315,11 @@ class Runtime:
         ctx = WorkerContext(request, self, deadline=deadline)
         keys = TaskKeys(request.user_id, request.task_id)
 
-        status, deliveries, cancel_requested = await self._begin_execution(
-            request, keys, celery_id
+        status, deliveries, cancel_requested, suspect = await self._begin_execution(
+            request, keys, celery_id, task, queue
         )
+        if status == "duplicate":
+            return Outcome(TaskStatus.RUNNING, celery_id=celery_id, duplicate=True)
         if status != TaskStatus.RUNNING.value:
             return await self._replay(request, keys, status, celery_id)
         if deliveries > s.aiecs_max_deliveries:
@@ -311,6 +349,8 @@ class Runtime:
         try:
             try:
                 async with asyncio.timeout_at(self._loop_deadline(deadline)):
+                    if suspect:
+                        await self._isolate(ctx, keys.state(request.step))
                     result, attempts = await self._attempts(ctx)
             except TimeoutError:
                 running.cancel_reason = running.cancel_reason or "timeout"
@@ -414,22 +454,68 @@ class Runtime:
         return exc
 
     async def _begin_execution(
-        self, request: TaskRequest, keys: TaskKeys, celery_id: str
-    ) -> tuple[str, int, bool]:
+        self, request: TaskRequest, keys: TaskKeys, celery_id: str, task: str, queue: str
+    ) -> tuple[str, int, bool, bool]:
+        """The ``begin`` transition: (status, deliveries, cancel requested, suspect).
+
+        Waits for an unreachable Redis (AIECS_REDIS_WAIT), never runs without its record.
+        Status ``duplicate``: another live worker holds the execution (see lease.py).
+        """
         s = self.settings
-        try:
-            status, deliveries, cancel = await self._begin(
-                keys=[keys.state(request.step), steps_key(request.user_id, request.task_id),
-                      celery_index_key(celery_id)],
-                args=[celery_id, s.aiecs_events_ttl, time.time(), request.user_id,
-                      request.task_name, request.step, s.aiecs_max_deliveries],
-            )
-        except Exception as exc:  # noqa: BLE001 - state is best effort; the task still runs
-            self._state_unavailable(exc)
-            return TaskStatus.RUNNING.value, 1, False
-        self._state_available()
-        status = status.decode() if isinstance(status, bytes) else status
-        return status, int(deliveries), bool(cancel)
+        keys_ = [keys.state(request.step), steps_key(request.user_id, request.task_id),
+                 celery_index_key(celery_id), OWNERS_KEY, owned_key(self.owner)]
+        args = [celery_id, s.aiecs_events_ttl, time.time(), request.user_id, request.task_name,
+                request.step, s.aiecs_max_deliveries, self.owner, s.aiecs_lease_seconds * 1000,
+                request.model_dump_json(), queue, task, ""]
+        give_up = time.monotonic() + s.aiecs_redis_wait
+        busy_until: float | None = None
+        delay = 0.05
+        while True:
+            try:
+                status, deliveries, cancel, suspect, holder = await self._begin(
+                    keys=keys_, args=args)
+            except Exception as exc:  # noqa: BLE001 - Redis away: wait for it, within a bound
+                self._state_unavailable(exc)
+                if time.monotonic() + delay > give_up:
+                    raise StateUnavailableError(
+                        f"task state store unreachable for {s.aiecs_redis_wait:g}s "
+                        f"(AIECS_REDIS_WAIT): {exc}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._state_available()
+            status = status.decode() if isinstance(status, bytes) else status
+            if status != "busy":
+                return status, int(deliveries), bool(cancel), bool(suspect)
+            holder = holder.decode() if isinstance(holder, bytes) else holder
+            if holder_is_dead_here(holder):
+                args[-1] = "1"  # its process is gone: take over now
+                continue
+            now = time.monotonic()
+            if busy_until is None:
+                busy_until = now + 2 * s.aiecs_lease_seconds
+                log.info("task %s (%s) is held by %s; waiting for it to finish or die",
+                         celery_id, request.key, holder)
+            if now > busy_until:
+                log.warning("task %s (%s) is still held by live worker %s: this delivery is a "
+                            "duplicate, dropped", celery_id, request.key, holder)
+                return "duplicate", int(deliveries), False, False
+            await asyncio.sleep(0.25)
+
+    async def _isolate(self, ctx: WorkerContext, state_key: str) -> None:
+        """Run a crash suspect alone among suspects, cluster-wide (see lease.py)."""
+        lease_ms = self.settings.aiecs_lease_seconds * 1000
+        told = False
+        while True:
+            if await self.redis.set(SUSPECT_KEY, state_key, nx=True, px=lease_ms) or (
+                await self.redis.get(SUSPECT_KEY)
+            ) == state_key.encode():
+                self._suspect = state_key
+                return
+            if not told:
+                ctx.emit("progress", message="waiting to re-run alone after a worker crash")
+                told = True
+            await asyncio.sleep(0.25)
 
     async def _replay(
         self, request: TaskRequest, keys: TaskKeys, status: str, celery_id: str
@@ -473,7 +559,7 @@ class Runtime:
         )
         # The terminal state and its event in one atomic script, queued behind the events
         # already published; a process killed around it leaves both or neither.
-        seq = await self.publisher.publish_terminal(
+        recorded = self.publisher.publish_terminal(
             event,
             keys.state(request.step),
             [
@@ -485,9 +571,21 @@ class Runtime:
                 self.settings.aiecs_events_ttl,
             ],
         )
+        # Retried until Redis answers; this task waits AIECS_REDIS_WAIT at most, then the
+        # record goes on being retried in the background (and if this process dies first,
+        # its lease ends and the execution runs again).
+        try:
+            seq = await asyncio.wait_for(asyncio.shield(recorded),
+                                         timeout=self.settings.aiecs_redis_wait)
+        except TimeoutError:
+            log.warning("task %s (%s): outcome %s not recorded yet (Redis unreachable); "
+                        "still retrying", celery_id, request.key, status.value)
+            seq = None
         if seq == 0:
             log.info("task %s (%s) was already terminal; outcome %s not recorded",
                      celery_id, request.key, status.value)
+        if self._suspect == keys.state(request.step):
+            self._suspect = None  # the finish script released the lock
         return Outcome(status, result=result, error=error, celery_id=celery_id)
 
     def _state_unavailable(self, exc: Exception) -> None:
@@ -555,9 +653,55 @@ class Runtime:
             if celery_id in worker_state.revoked:
                 self._cancel(self.running[celery_id], "cancel")
 
+    # -- leases -------------------------------------------------------------------------------
+    async def _keep_lease(self) -> None:
+        """Renew this process's lease and sweep dead owners' executions, forever."""
+        s = self.settings
+        interval = s.aiecs_lease_seconds / 3
+        while True:
+            try:
+                await self._heartbeat(keys=HEARTBEAT_KEYS, args=[
+                    self.owner, s.aiecs_lease_seconds * 1000, self._suspect or ""])
+                await self.sweep()
+                delay = interval
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis away: renew as soon as it is back
+                log.debug("lease renewal failed: %s", exc)
+                delay = 0.5
+            await asyncio.sleep(delay)
+
+    async def sweep(self) -> int:
+        """Queue again the executions of owners whose lease ended; how many were queued."""
+        out = await self._sweep(keys=SWEEP_KEYS, args=[16, time.time()])
+        out = [x.decode() if isinstance(x, bytes) else x for x in out]
+        queued = 0
+        for i in range(0, len(out), 6):
+            state_key, celery_id, task, queue, request, charged = out[i:i + 6]
+            if not (celery_id and task and request):
+                log.error("execution %s of a dead worker cannot be queued again (no arguments "
+                          "recorded); the broker redelivers it after its visibility timeout",
+                          state_key)
+                continue
+            await self.loop.run_in_executor(None, self._send_again, task, queue, request,
+                                            celery_id)
+            log.warning("execution %s (%s) of a dead worker queued again%s", celery_id,
+                        state_key, "" if charged else " (crash not charged to it: suspect)")
+            queued += 1
+        return queued
+
+    @staticmethod
+    def _send_again(task: str, queue: str, request: str, celery_id: str) -> None:
+        from .app import app
+
+        app.send_task(task, kwargs=json.loads(request), task_id=celery_id, queue=queue or None)
+
     # -- shutdown -----------------------------------------------------------------------------
     async def _aclose(self) -> None:
         self._cancel_listener.cancel()
+        self._lease_keeper.cancel()
+        with contextlib.suppress(Exception):
+            await self.redis.zrem(OWNERS_KEY, self.owner)
         for instance in self.registry.drop_instances():
             try:
                 await instance.aclose()

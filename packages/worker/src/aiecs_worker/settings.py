@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     """AIECS_MAX_PAYLOAD_BYTES: largest JSON size of input_data + context."""
     aiecs_max_deliveries: int = Field(default=3, ge=1)
     """AIECS_MAX_DELIVERIES: times a task may be delivered (worker lost) before FAILED."""
+    aiecs_lease_seconds: int = Field(default=30, ge=3)
+    """AIECS_LEASE_SECONDS: a worker process's lease on its executions, renewed every third
+    of it; an execution whose worker died is queued again about this long after."""
+    aiecs_redis_wait: float = Field(default=60.0, gt=0)
+    """AIECS_REDIS_WAIT: seconds an execution waits for an unreachable Redis to record its
+    start or its outcome (the outcome is retried beyond it while the process lives)."""
     aiecs_max_attempts: int = Field(default=4, ge=1)
     """AIECS_MAX_ATTEMPTS: provider calls per execution (1 + retries of retryable errors)."""
     aiecs_retry_backoff: float = Field(default=0.5, ge=0)

@@ -17,37 +17,72 @@ from aiecs_core import TERMINAL_STATUSES
 __all__ = [
     "BEGIN_LUA",
     "CANCEL_LUA",
+    "OWNERS_KEY",
+    "SUSPECT_KEY",
     "PENDING_LUA",
     "celery_index_key",
     "decode_state",
     "finish_lua",
+    "owned_key",
     "steps_key",
 ]
 
 _TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
 
-# KEYS: state, steps, celery index.  ARGV: celery_id, ttl, now, user_id, task_name, step,
-# max_deliveries.
-# Returns {status, deliveries, cancel_requested}; status is the stored terminal status when
-# the execution already finished (nothing changes then).
+#: Sorted set: execution owner (one worker process) -> when its lease ends (Redis ms).
+OWNERS_KEY = "aiecs:owners"
+#: The one crash suspect allowed to run at a time (see :mod:`aiecs_worker.lease`).
+SUSPECT_KEY = "aiecs:suspect"
+
+
+def owned_key(owner: str, prefix: str = "aiecs") -> str:
+    """Set of the state keys an owner (worker process) is executing."""
+    return f"{prefix}:owned:{owner}"
+
+
+NOW_MS_LUA = "local _t = redis.call('TIME'); local now_ms = _t[1] * 1000 + math.floor(_t[2] / 1000)"
+
+# KEYS: state, steps, celery index, owners, owned (this owner's).
+# ARGV: celery_id, ttl, now, user_id, task_name, step, max_deliveries, owner, lease_ms,
+#       request json, queue, celery task name, force ('1' takes over from a live holder).
+# Returns {status, deliveries, cancel_requested, suspect, holder}:
+# - status is the stored terminal status when the execution already finished (nothing
+#   changes then), 'busy' when another live owner holds it (nothing changes; holder set),
+#   else 'running';
+# - deliveries counts the deliveries charged to this execution (losses in a crash it did
+#   not cause are spared, see aiecs_worker.lease).
 BEGIN_LUA = f"""
 local terminal = {_TERMINAL}
 local st = redis.call('HGET', KEYS[1], 'status')
 if st and terminal[st] then
-  return {{st, tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'), ''}}
+  return {{st, tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'), '', '', ''}}
+end
+{NOW_MS_LUA}
+local holder = redis.call('HGET', KEYS[1], 'owner') or ''
+if st == 'running' and holder ~= '' and holder ~= ARGV[8] and ARGV[13] ~= '1' then
+  local exp = redis.call('ZSCORE', KEYS[4], holder)
+  if exp and tonumber(exp) > now_ms then
+    return {{'busy', tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'), '', '',
+            holder}}
+  end
 end
 local n = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+n = n - tonumber(redis.call('HGET', KEYS[1], 'spared') or '0')
 local cancel = redis.call('HGET', KEYS[1], 'cancel_requested') or ''
 if n <= tonumber(ARGV[7]) and cancel == '' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'celery_id', ARGV[1], 'user_id', ARGV[4], 'task_name', ARGV[5],
-           'step', ARGV[6], 'updated', ARGV[3])
+           'step', ARGV[6], 'updated', ARGV[3], 'owner', ARGV[8], 'request', ARGV[10],
+           'queue', ARGV[11], 'task', ARGV[12])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
-return {{'running', n, cancel}}
+redis.call('SADD', KEYS[5], KEYS[1])
+redis.call('EXPIRE', KEYS[5], ARGV[2])
+redis.call('ZADD', KEYS[4], now_ms + tonumber(ARGV[9]), ARGV[8])
+return {{'running', n, cancel, redis.call('HGET', KEYS[1], 'suspect') or '', ''}}
 """
 
 def finish_lua(then: str) -> str:
@@ -63,6 +98,10 @@ if st and terminal[st] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= '' then redis.call('SREM', 'aiecs:owned:' .. owner, KEYS[1]) end
+redis.call('HDEL', KEYS[1], 'request', 'owner')
+if redis.call('GET', '{SUSPECT_KEY}') == KEYS[1] then redis.call('DEL', '{SUSPECT_KEY}') end
 {then}"""
 
 
@@ -106,9 +145,11 @@ def decode_state(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:
     for k, v in raw.items():
         key = k.decode() if isinstance(k, bytes) else k
         val = v.decode() if isinstance(v, bytes) else v
+        if key == "request":
+            continue  # the task's arguments, kept only while it runs (for re-delivery)
         if key in ("result", "error", "usage"):
             val = json.loads(val) if val else None
-        elif key in ("step", "deliveries"):
+        elif key in ("step", "deliveries", "spared"):
             val = int(val)
         elif key in ("started", "finished", "submitted", "updated", "cancel_requested"):
             val = float(val) if val else None

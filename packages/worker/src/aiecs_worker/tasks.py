@@ -12,12 +12,12 @@ from typing import Any
 
 from aiecs_core import AiecsError, TaskCancelledError, TaskRequest, TaskStatus, redact_data
 from celery import Task, signals
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
 from .app import FAST_TASK, HEAVY_TASK, app
 from .events import celery_task_id
-from .runtime import close_runtime, get_runtime
+from .runtime import StateUnavailableError, close_runtime, get_runtime
 
 __all__ = ["execute_heavy_task", "execute_task"]
 
@@ -46,12 +46,21 @@ class AiecsTask(Task):
 
 def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     runtime = get_runtime()
-    outcome = runtime.run(
-        args,
-        kwargs,
-        celery_id=task.request.id,
-        soft_limit=task.request.timelimit[1] if task.request.timelimit else None,
-    )
+    delivery = task.request.delivery_info or {}
+    try:
+        outcome = runtime.run(
+            args,
+            kwargs,
+            celery_id=task.request.id,
+            soft_limit=task.request.timelimit[1] if task.request.timelimit else None,
+            task=task.name,
+            queue=delivery.get("routing_key") or "",
+        )
+    except StateUnavailableError as exc:
+        log.warning("task %s not started: %s; returned to its queue", task.request.id, exc)
+        raise Reject(str(exc), requeue=True) from None
+    if outcome.duplicate:
+        raise Ignore()  # a live worker runs this execution; it stores the result
     if outcome.status == TaskStatus.COMPLETED:
         return redact_data(outcome.result or {})  # for the result backend and Celery's log
     if outcome.status == TaskStatus.CANCELLED and task.request.id:
@@ -104,6 +113,23 @@ def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_:
                          else "task was terminated")
     except Exception:  # noqa: BLE001 - never break the worker's control loop
         log.exception("could not record the revocation of %s", request.id)
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    """A prefork child starts its runtime (lease, sweeper, plugins) before any task."""
+    get_runtime()
+
+
+@signals.worker_ready.connect
+def _on_ready(sender=None, **_: Any) -> None:
+    """In-process pools (threads, solo) start the runtime before taking tasks.
+
+    Not the prefork parent: it forks children later and must not hold a loop thread then.
+    """
+    pool = getattr(sender, "pool", None)
+    if pool is not None and "prefork" not in type(pool).__module__:
+        get_runtime()
 
 
 @signals.worker_process_shutdown.connect

@@ -1,0 +1,125 @@
+"""Execution leases: a dead worker's executions are noticed and run again within a minute.
+
+Every worker process that runs executions is an *owner* (``host:pid:token``). It holds a
+lease in the sorted set ``aiecs:owners`` (score: when the lease ends, on Redis's clock),
+renewed every ``AIECS_LEASE_SECONDS / 3`` by its event loop, and lists what it executes in
+``aiecs:owned:{owner}``. The ``begin`` transition records the owner and the task's
+arguments in the execution's state; the ``finish`` transition removes both.
+
+Every process also sweeps: an owner whose lease ended (its process was SIGKILLed, its host
+lost power, its loop is wedged) is claimed by exactly one sweeper (``ZREM``), and each of
+its executions still RUNNING under it is queued again with the same Celery id and
+arguments. The broker's own copy of the message comes back only after the visibility
+timeout (an hour by default); the ``begin`` transition makes that late copy harmless (the
+execution is terminal by then, or held by a live owner).
+
+A delivery that finds its execution RUNNING under another owner whose lease is live waits
+until that owner finishes (its outcome is returned) or its lease ends (it takes over); on
+the same host a dead PID ends the wait at once (a SIGKILLed prefork child). After
+``2 × AIECS_LEASE_SECONDS`` with the holder still alive, the delivery is a duplicate and
+is dropped: the holder's lease covers the execution.
+
+**Poison under the threads pool.** A crashing operation kills every execution of its
+process. The sweeper charges a crash only to an execution that is *certainly present at
+it*: the owner's only execution, or the one crash *suspect* running in isolation. When a
+crash takes several executions and none was isolated, none is charged: all are marked
+suspects, and suspects re-run one at a time cluster-wide (``aiecs:suspect``). A poison
+then crashes alone and is charged each time until ``AIECS_MAX_DELIVERIES``; an innocent
+co-runner is spared and completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+
+from .state import NOW_MS_LUA, OWNERS_KEY, SUSPECT_KEY
+
+__all__ = [
+    "HEARTBEAT_LUA",
+    "SWEEP_LUA",
+    "holder_is_dead_here",
+    "make_owner",
+]
+
+# KEYS: owners, suspect.  ARGV: owner, lease_ms, suspect state key held ('' if none).
+# Renews the owner's lease (and the suspect lock it holds). Returns the lease's end (ms).
+HEARTBEAT_LUA = f"""
+{NOW_MS_LUA}
+local until_ms = now_ms + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], until_ms, ARGV[1])
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return until_ms
+"""
+
+# KEYS: owners, suspect.  ARGV: how many dead owners at most, now (seconds, for records).
+# Claims owners whose lease ended and returns their orphaned executions, flat:
+# {state key, celery id, celery task name, queue, request json, charged ('1'/''), ...}.
+SWEEP_LUA = f"""
+{NOW_MS_LUA}
+local out = {{}}
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, ARGV[1])
+local lock = redis.call('GET', KEYS[2])
+for _, owner in ipairs(dead) do
+  if redis.call('ZREM', KEYS[1], owner) == 1 then
+    local set = 'aiecs:owned:' .. owner
+    local live = {{}}
+    for _, k in ipairs(redis.call('SMEMBERS', set)) do
+      if redis.call('HGET', k, 'status') == 'running'
+         and redis.call('HGET', k, 'owner') == owner then
+        live[#live + 1] = k
+      end
+    end
+    redis.call('DEL', set)
+    for _, k in ipairs(live) do
+      local charged = (#live == 1) or (lock == k)
+      if not charged then
+        redis.call('HINCRBY', k, 'spared', 1)
+        redis.call('HSET', k, 'suspect', '1')
+      end
+      if lock == k then redis.call('DEL', KEYS[2]) end
+      redis.call('HSET', k, 'owner', '', 'swept', ARGV[2])
+      local f = redis.call('HMGET', k, 'celery_id', 'task', 'queue', 'request')
+      out[#out + 1] = k
+      for i = 1, 4 do out[#out + 1] = f[i] or '' end
+      out[#out + 1] = charged and '1' or ''
+    end
+  end
+end
+return out
+"""
+
+SWEEP_KEYS = [OWNERS_KEY, SUSPECT_KEY]
+HEARTBEAT_KEYS = [OWNERS_KEY, SUSPECT_KEY]
+
+_HOST = socket.gethostname()
+
+
+def make_owner() -> str:
+    """This process's owner id: ``host:pid:token`` (the token tells PID reuse apart)."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_is_dead_here(holder: str) -> bool:
+    """True when ``holder`` is a process of this host that no longer exists."""
+    try:
+        host, pid, _token = holder.rsplit(":", 2)
+        pid_n = int(pid)
+    except ValueError:
+        return False
+    if host != _HOST or pid_n == os.getpid():
+        return False
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # a zombie (a SIGKILLed child its parent has not reaped yet) is dead too
+    with contextlib.suppress(OSError), open(f"/proc/{pid_n}/stat", "rb") as f:
+        return f.read().split(b")", 1)[1].split()[0] == b"Z"
+    return False
