@@ -384,18 +384,38 @@ def test_a_worker_started_after_one_that_met_poison_finds_nothing_requeued(
     client = aiecs_redis.client()
     sample = [k for k in KINDS if k.name in {
         "envelope not JSON", "no delivery_tag", "properties not an object", "body []",
-        "timelimit 'x'", "stamped_headers 5", "task an array", "content-type pickle"}]
+        "stamped_headers 5", "task an array", "content-type pickle"}]
     for index, kind in enumerate(sample):
         client.lpush("fast_tasks", raw_of(kind.build(fresh(template, index)[0])))
     # a well-formed message for a task nobody registered is Celery's business
     unknown, _ = fresh(template, 99)
     unknown["headers"]["task"] = "nope.unknown"
     client.lpush("fast_tasks", json.dumps(unknown))
+    # submitted the usual way (PENDING recorded), its message then damaged: FAILED
+    broken_id, intact_id = f"b-{uuid.uuid4().hex[:6]}", f"i-{uuid.uuid4().hex[:6]}"
+    execute_task.delay(**task_kwargs(broken_id))
+    [key] = [k for k in queued(client) if k != b"fast_tasks"]  # its priority's list
+    broken = json.loads(client.rpop(key))
+    broken["headers"]["timelimit"] = "x"
+    client.lpush("fast_tasks", json.dumps(broken))
+    # a damaged copy under another Celery id does not end an execution whose own
+    # message is fine
+    intact = execute_task.delay(**task_kwargs(intact_id))
+    copy_ = json.loads(client.lindex(key, 0))
+    copy_["headers"].update(id=str(uuid.uuid4()), timelimit="x")
+    client.lpush("fast_tasks", json.dumps(copy_))
+    expected = len(sample) + 2
 
     first = start_worker(pool="prefork", concurrency=1)
-    wait_until(lambda: client.llen(DEADLETTER) == len(sample) and not queued(client)
-               and client.hlen("unacked") == 0, timeout=20, message="all taken")
+    wait_until(lambda: client.llen(DEADLETTER) == expected and not queued(client)
+               and client.hlen("unacked") == 0, timeout=30, message="all taken")
     assert "Received unregistered task of type 'nope.unknown'" in first.log()
+    event, _ = wait_terminal(client, USER, broken_id, timeout=10)
+    assert event["status"] == "failed" and event["error"]["type"] == "InvalidTaskError"
+    assert "malformed broker message: header 'timelimit'" in event["error"]["message"]
+    assert intact.get(timeout=30)["status"] == "completed"
+    assert f"execution {intact_id}:1 was queued by another message" in first.log()
+    assert wait_terminal(client, USER, intact_id)[0]["status"] == "completed"
     first.stop()  # a warm shutdown restores whatever is unacknowledged
     assert not queued(client) and client.hlen("unacked") == 0
 
@@ -403,7 +423,7 @@ def test_a_worker_started_after_one_that_met_poison_finds_nothing_requeued(
     ok = execute_task.delay(**task_kwargs(f"ok-{uuid.uuid4().hex[:6]}")).get(timeout=30)
     assert ok["status"] == "completed"
     assert second.alive()
-    assert client.llen(DEADLETTER) == len(sample)
+    assert client.llen(DEADLETTER) == expected
     assert "malformed" not in second.log() and "Traceback" not in second.log()
 
 
@@ -448,3 +468,50 @@ class _Client:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_malformed_broadcast_is_dead_lettered_and_remote_control_still_works(
+        aiecs_redis, start_worker):
+    """Fanout (``celery.pidbox``: revoke, ping, ...) goes through the same screen."""
+    from aiecs_worker.app import app
+
+    client = aiecs_redis.client()
+    worker = start_worker(pool="threads", concurrency=2)
+    receivers = client.publish("/0.celery.pidbox", json.dumps({"body": "", "properties": "x"}))
+    assert receivers == 1, "the worker does not listen to /0.celery.pidbox"
+    wait_until(lambda: client.llen(DEADLETTER) >= 1, timeout=10, message="dead-lettered")
+    entry = json.loads(client.lindex(DEADLETTER, 0))
+    assert "'properties' is a JSON string" in entry["reason"] and entry["layer"] == "transport"
+    assert worker.alive()
+    assert app.control.ping(destination=[f"{worker.name}@{entry['hostname'].split('@')[1]}"],
+                            timeout=5)
+    assert "Traceback" not in worker.log()
+
+
+def test_celery_errors_past_the_checks_are_caught(aiecs_redis, template, monkeypatch):
+    """The last line: whatever Celery's handler raises on a message that passed the checks
+    dead-letters and acknowledges it (connection errors still propagate)."""
+    from aiecs_worker import poison
+    from aiecs_worker.app import app
+    from celery.worker.consumer import Consumer as CeleryConsumer
+
+    def celery_handler(self, *args, **kwargs):
+        def on_task_received(message):
+            raise ValueError("deep inside Celery")
+        return on_task_received
+
+    monkeypatch.setattr(CeleryConsumer, "create_task_handler", celery_handler)
+    consumer = object.__new__(poison.Consumer)  # no worker around it
+    consumer.app, consumer.connection_errors = app, (ConnectionError,)
+    handler = consumer.create_task_handler()
+    client = aiecs_redis.client()
+    env, _ = fresh(template, 0)
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        message = channel.Message(env, channel=channel)
+        message.accept = {"application/json"}
+        handler(message)
+        assert message.acknowledged
+    [entry] = [json.loads(e) for e in client.lrange(DEADLETTER, 0, -1)]
+    assert entry["reason"] == "Celery could not take it: ValueError: deep inside Celery"
+    assert json.loads(entry["raw"]) == env and entry["layer"] == "consumer"

@@ -302,7 +302,11 @@ def _call_of(payload: Any) -> tuple[list, dict] | None:
 
 
 def _fail_execution(payload: Any, reason: str) -> str:
-    """End the message's execution FAILED when it had not started; a note for the log."""
+    """End the message's execution FAILED if it has not started; a note for the log.
+
+    Not when its state says another message (another Celery id) queued it: a malformed
+    copy must not end an execution whose own message is fine.
+    """
     call = _call_of(payload)
     if call is None:
         return ""
@@ -322,9 +326,12 @@ def _fail_execution(payload: Any, reason: str) -> str:
         s = get_settings()
         client = _redis()
         state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
-        status = client.hget(state_key, "status")
+        status, owner = client.hmget(state_key, "status", "celery_id")
         if status not in (None, b"pending"):
             return f"; execution {request.key} is {status.decode()}, left as it is"
+        celery_id = payload["headers"].get("id")
+        if owner and isinstance(celery_id, str) and owner.decode() != celery_id:
+            return f"; execution {request.key} was queued by another message, left as it is"
         info = InvalidTaskError(f"malformed broker message: {reason}").to_info()
         event = TaskEvent(type="status", task_id=request.task_id, step=request.step,
                           user_id=request.user_id, task_name=request.task_name,
@@ -381,12 +388,15 @@ def reject(raw: bytes | str, reason: str, *, queue: str, layer: str,
 
 
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel, whose consuming commands never return a malformed message.
+    """kombu's Redis channel, which never hands kombu a malformed message.
 
     Replies of ``BRPOP`` (the worker's event loop) and ``RPOP`` (``basic_get``) are
-    screened before kombu decodes them; a malformed item is dead-lettered and the reply
-    becomes "nothing there".
+    screened before kombu decodes them: a malformed item is dead-lettered and the reply
+    becomes "nothing there". Fanout messages (``celery.pidbox``) are screened once kombu
+    has decoded them (kombu itself drops those that are not JSON).
     """
+
+    _getting: str = "?"  # the queue of the RPOP in progress (``_get``)
 
     def _create_client(self, asynchronous: bool = False):
         client = super()._create_client(asynchronous=asynchronous)
@@ -396,17 +406,35 @@ class Channel(kombu_redis.Channel):
             reply = parse(connection, command_name, **options)
             if reply and command_name == "BRPOP":
                 key, item = reply
-                return reply if self._admit(key, item) else None
+                queue = (key.decode() if isinstance(key, bytes) else str(key))
+                return reply if self._admit(queue.rsplit(self.sep, 1)[0], item) else None
             if reply and command_name == "RPOP" and isinstance(reply, (bytes, str)):
-                return reply if self._admit(options.get("keys", [b"?"])[0], reply) else None
+                return reply if self._admit(self._getting, reply) else None
             return reply
 
         client.parse_response = parse_response
         return client
 
-    def _admit(self, key: Any, item: bytes | str) -> bool:
+    def _get(self, queue):
+        self._getting = queue
         try:
-            queue = (key.decode() if isinstance(key, bytes) else str(key)).rsplit(self.sep, 1)[0]
+            return super()._get(queue)
+        finally:
+            self._getting = "?"
+
+    def _deliver_fanout_message(self, message, exchange):
+        problem = envelope_problem(message)
+        if problem is None:
+            return super()._deliver_fanout_message(message, exchange)
+        try:
+            reject(json.dumps(message), problem, queue=exchange, layer="transport",
+                   redis=self.conn_or_acquire)
+        except Exception:  # noqa: BLE001 - the guard itself must never stop the worker
+            log.exception("could not dead-letter a fanout message; dropped it")
+        return False
+
+    def _admit(self, queue: str, item: bytes | str) -> bool:
+        try:
             payload = None
             try:
                 payload = kombu_loads(item.decode() if isinstance(item, bytes) else item)
