@@ -31,6 +31,7 @@ class WorkerProcess:
     name: str = field(default_factory=lambda: f"w{uuid.uuid4().hex[:8]}")
     celery: str = CELERY
     extra_args: list[str] = field(default_factory=list)
+    loglevel: str = "INFO"
     proc: subprocess.Popen | None = None
     log_path: Path = field(
         default_factory=lambda: Path(tempfile.mkstemp(prefix="aiecs-worker-", suffix=".log")[1])
@@ -47,7 +48,7 @@ class WorkerProcess:
         cmd = [
             self.celery, "-A", "aiecs_worker", "worker",
             "--pool", self.pool, "--concurrency", str(self.concurrency),
-            "--hostname", f"{self.name}@%h", "--loglevel", "INFO",
+            "--hostname", f"{self.name}@%h", "--loglevel", self.loglevel,
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             *self.extra_args,
         ]
@@ -103,7 +104,8 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(aiecs_redis):
-    """Factory: ``start_worker(pool="threads", concurrency=8, queues=None, env={})``.
+    """Factory: ``start_worker(pool="threads", concurrency=8, queues=None, env={},
+    loglevel="INFO")``.
 
     Workers use the session's Redis (``aiecs_redis``) unless ``redis_url`` is given.
     """
