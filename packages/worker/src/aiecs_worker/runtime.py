@@ -55,7 +55,6 @@ from aiecs_core import (
     load_plugins,
     validate_input,
 )
-from aiecs_core.llm import redact
 from pydantic import ValidationError
 
 from .events import RedisEventPublisher, TaskKeys, celery_task_id
@@ -361,12 +360,12 @@ class Runtime:
         except AiecsError as exc:
             status, error = TaskStatus.FAILED, exc
         except Exception as exc:  # noqa: BLE001 - a provider bug must not kill the worker
-            # the traceback, for whoever fixes the bug, minus anything shaped like a key
+            # the traceback, for whoever fixes the bug (redacted by the log filter)
             log.error("operation %s/%s.%s raised:\n%s", request.mode, request.service,
-                      request.task_name, redact("".join(traceback.format_exception(exc))))
+                      request.task_name, "".join(traceback.format_exception(exc)))
             status = TaskStatus.FAILED
-            error = OperationError(
-                f"{type(exc).__name__}: {redact(str(exc))}", exception_type=type(exc).__name__
+            error = OperationError(  # redacted when built, as every AiecsError
+                f"{type(exc).__name__}: {exc}", exception_type=type(exc).__name__
             )
         finally:
             self.running.pop(celery_id, None)
