@@ -40,9 +40,9 @@ from aiecs_core import (
     PayloadTooLargeError,
     ServiceNotFoundError,
     TaskRequest,
+    jsonlimits,
     load_plugins,
 )
-from aiecs_core import jsonlimits
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
