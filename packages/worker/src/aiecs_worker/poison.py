@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Container
 from contextlib import AbstractContextManager
@@ -47,15 +49,12 @@ from celery.utils.time import maybe_iso8601, maybe_make_aware
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import Connection as KombuConnection
 from kombu.exceptions import ContentDisallowed
-from kombu.transport import redis as kombu_redis
 from kombu.utils.json import loads as kombu_loads
 
 __all__ = [
     "DEADLETTER_KEY",
     "RAW_LIMIT",
-    "Channel",
     "Consumer",
-    "Transport",
     "envelope_problem",
     "install",
     "task_problem",
@@ -387,74 +386,88 @@ def reject(raw: bytes | str, reason: str, *, queue: str, layer: str,
 # --- transport ------------------------------------------------------------------------
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel, which never hands kombu a malformed message.
+@functools.cache
+def _transport_classes() -> tuple[type, type]:
+    """(Channel, Transport): built on first use, as kombu's Redis transport imports
+    redis-py, which a process that never connects to the broker need not load."""
+    from kombu.transport import redis as kombu_redis
 
-    Replies of ``BRPOP`` (the worker's event loop) and ``RPOP`` (``basic_get``) are
-    screened before kombu decodes them: a malformed item is dead-lettered and the reply
-    becomes "nothing there". Fanout messages (``celery.pidbox``) are screened once kombu
-    has decoded them (kombu itself drops those that are not JSON).
-    """
+    class Channel(kombu_redis.Channel):
+        """kombu's Redis channel, which never hands kombu a malformed message.
 
-    _getting: str = "?"  # the queue of the RPOP in progress (``_get``)
+        Replies of ``BRPOP`` (the worker's event loop) and ``RPOP`` (``basic_get``) are
+        screened before kombu decodes them: a malformed item is dead-lettered and the reply
+        becomes "nothing there". Fanout messages (``celery.pidbox``) are screened once kombu
+        has decoded them (kombu itself drops those that are not JSON).
+        """
 
-    def _create_client(self, asynchronous: bool = False):
-        client = super()._create_client(asynchronous=asynchronous)
-        parse = client.parse_response
+        _getting: str = "?"  # the queue of the RPOP in progress (``_get``)
 
-        def parse_response(connection, command_name, **options):
-            reply = parse(connection, command_name, **options)
-            if reply and command_name == "BRPOP":
-                key, item = reply
-                queue = (key.decode() if isinstance(key, bytes) else str(key))
-                return reply if self._admit(queue.rsplit(self.sep, 1)[0], item) else None
-            if reply and command_name == "RPOP" and isinstance(reply, (bytes, str)):
-                return reply if self._admit(self._getting, reply) else None
-            return reply
+        def _create_client(self, asynchronous: bool = False):
+            client = super()._create_client(asynchronous=asynchronous)
+            parse = client.parse_response
 
-        client.parse_response = parse_response
-        return client
+            def parse_response(connection, command_name, **options):
+                reply = parse(connection, command_name, **options)
+                if reply and command_name == "BRPOP":
+                    key, item = reply
+                    queue = (key.decode() if isinstance(key, bytes) else str(key))
+                    return reply if self._admit(queue.rsplit(self.sep, 1)[0], item) else None
+                if reply and command_name == "RPOP" and isinstance(reply, (bytes, str)):
+                    return reply if self._admit(self._getting, reply) else None
+                return reply
 
-    def _get(self, queue):
-        self._getting = queue
-        try:
-            return super()._get(queue)
-        finally:
-            self._getting = "?"
+            client.parse_response = parse_response
+            return client
 
-    def _deliver_fanout_message(self, message, exchange):
-        problem = envelope_problem(message)
-        if problem is None:
-            return super()._deliver_fanout_message(message, exchange)
-        try:
-            reject(json.dumps(message), problem, queue=exchange, layer="transport",
-                   redis=self.conn_or_acquire)
-        except Exception:  # noqa: BLE001 - the guard itself must never stop the worker
-            log.exception("could not dead-letter a fanout message; dropped it")
-        return False
-
-    def _admit(self, queue: str, item: bytes | str) -> bool:
-        try:
-            payload = None
+        def _get(self, queue):
+            self._getting = queue
             try:
-                payload = kombu_loads(item.decode() if isinstance(item, bytes) else item)
-            except Exception as exc:  # noqa: BLE001 - not JSON (or too deep to decode)
-                reason = f"the envelope is not JSON: {type(exc).__name__}: {exc}"
-            else:
-                reason = envelope_problem(payload)
-            if reason is None:
-                return True
-            reject(item, reason, queue=queue, layer="transport", redis=self.conn_or_acquire,
-                   payload=payload)
-        except Exception:  # noqa: BLE001 - the guard itself must never stop the worker
-            log.exception("could not screen a message; dropped it")
-        return False
+                return super()._get(queue)
+            finally:
+                self._getting = "?"
+
+        def _deliver_fanout_message(self, message, exchange):
+            problem = envelope_problem(message)
+            if problem is None:
+                return super()._deliver_fanout_message(message, exchange)
+            try:
+                reject(json.dumps(message), problem, queue=exchange, layer="transport",
+                       redis=self.conn_or_acquire)
+            except Exception:  # noqa: BLE001 - the guard itself must never stop the worker
+                log.exception("could not dead-letter a fanout message; dropped it")
+            return False
+
+        def _admit(self, queue: str, item: bytes | str) -> bool:
+            try:
+                payload = None
+                try:
+                    payload = kombu_loads(item.decode() if isinstance(item, bytes) else item)
+                except Exception as exc:  # noqa: BLE001 - not JSON (or too deep to decode)
+                    reason = f"the envelope is not JSON: {type(exc).__name__}: {exc}"
+                else:
+                    reason = envelope_problem(payload)
+                if reason is None:
+                    return True
+                reject(item, reason, queue=queue, layer="transport", redis=self.conn_or_acquire,
+                       payload=payload)
+            except Exception:  # noqa: BLE001 - the guard itself must never stop the worker
+                log.exception("could not screen a message; dropped it")
+            return False
+
+    class Transport(kombu_redis.Transport):
+        """kombu's Redis transport with the screening :class:`Channel`."""
+
+    Transport.Channel = Channel
+    for cls in (Channel, Transport):
+        cls.__qualname__ = cls.__name__
+    return Channel, Transport
 
 
-class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with :class:`Channel`."""
-
-    Channel = Channel
+def __getattr__(name: str) -> Any:
+    if name in ("Channel", "Transport"):
+        return _transport_classes()[name == "Transport"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Connection(KombuConnection):
@@ -462,7 +475,10 @@ class Connection(KombuConnection):
 
     def get_transport_cls(self):
         cls = super().get_transport_cls()
-        return Transport if cls is kombu_redis.Transport else cls
+        redis_transport = sys.modules.get("kombu.transport.redis")
+        if redis_transport is not None and cls is redis_transport.Transport:
+            return _transport_classes()[1]
+        return cls
 
 
 class AMQP(CeleryAMQP):
