@@ -97,17 +97,19 @@ def chat(stream: bool = False, **extra) -> dict:
 # --- the OpenAI wire (openai-compat: the openai and xai services) ---------------------------
 
 
-@pytest.mark.parametrize("shape", ["sk-canary-{}", "plain{}"],
-                         ids=["key-shaped", "shapeless"])
-def test_openai_wire_keys_never_leave_the_worker(aiecs_redis, start_worker, shape):
+@pytest.mark.parametrize(("shape", "pool"), [("sk-canary-{}", "threads"),
+                                             ("plain{}", "threads"), ("plain{}", "prefork")],
+                         ids=["key-shaped", "shapeless", "shapeless-prefork"])
+def test_openai_wire_keys_never_leave_the_worker(aiecs_redis, start_worker, shape, pool):
     """``shapeless``: a key no pattern matches (an OpenAI-compatible gateway's), so only
-    the registry of configured secrets can catch it."""
+    the registry of configured secrets can catch it. ``prefork``: the calls and their
+    logging happen in pool children."""
     canary = shape.format(uuid.uuid4().hex)
     xai_canary = shape.format(uuid.uuid4().hex)
     secret_key = f"aiecs-secret-canary-{uuid.uuid4().hex}"
     client = aiecs_redis.client()
     with EchoingOpenAI(api_key=canary) as fake, EchoingOpenAI(api_key=xai_canary) as xai:
-        worker = start_worker(loglevel="DEBUG", env={
+        worker = start_worker(loglevel="DEBUG", pool=pool, concurrency=2, env={
             "OPENAI_API_KEY": canary, "OPENAI_BASE_URL": fake.base_url,
             "XAI_API_KEY": xai_canary, "XAI_BASE_URL": xai.base_url,
             "AIECS_SECRET_KEY": secret_key, **RETRY_ENV,
