@@ -24,7 +24,11 @@ When it names one of the aiecs tasks and its arguments identify an execution tha
 started, that execution ends FAILED (``InvalidTaskError``) so its user learns why.
 
 A message for a task this worker does not know is left to Celery (it logs and rejects it).
-:func:`install` puts both guards in place for an app; ``app.py`` calls it.
+Broadcasts (``celery.pidbox``) pass the transport's envelope check too.
+
+:func:`install` puts both guards in place for an app (``app.py`` calls it): the app's
+AMQP class makes connections whose Redis transport is :class:`Transport` (nothing is
+patched in kombu itself), and ``worker_consumer`` names :class:`Consumer`.
 """
 
 from __future__ import annotations
