@@ -62,15 +62,28 @@ MIN_SECRET_LENGTH = 8
 #: Environment variables whose names end like this hold secrets (:func:`register_env_secrets`).
 SECRET_ENV_SUFFIXES = ("_API_KEY", "_SECRET_KEY", "_SECRET", "_TOKEN", "_PASSWORD")
 
-_SHAPES = re.compile(
-    r"(?P<bearer>\b[Bb]earer\s+)[A-Za-z0-9._~+/-]{8,}=*"  # Authorization: Bearer <token>
-    r"|\b(?:sk|xai)[-_][A-Za-z0-9_-]{8,}"  # OpenAI (sk-, sk-proj-), xAI keys
-    r"|\bAIza[0-9A-Za-z_-]{8,}"  # Google API keys
-    r"|\bya29\.[0-9A-Za-z_.-]{8,}"  # Google OAuth access tokens
+def _shape(prefix: str, rest: str) -> re.Pattern[str]:
+    """A credential: the literal ``prefix`` (not preceded by a letter, digit or
+    underscore), then ``rest``. The literal comes first so that the regex engine scans for
+    it fast: most text has none."""
+    return re.compile(f"{re.escape(prefix)}(?<![A-Za-z0-9_]{re.escape(prefix)}){rest}")
+
+
+#: (substring tested first, regex, replacement) of every credential shape.
+_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    # Authorization: Bearer <token> (the scheme is kept: "Bearer [redacted]")
+    ("earer", re.compile(r"earer(?<=[Bb]earer)(?<![A-Za-z0-9_][Bb]earer)(\s+)"
+                         r"[A-Za-z0-9._~+/-]{8,}=*"), rf"earer\g<1>{REDACTED}"),
+    ("sk", _shape("sk", r"[-_][A-Za-z0-9_-]{8,}"), REDACTED),  # OpenAI: sk-, sk-proj-
+    ("xai", _shape("xai", r"[-_][A-Za-z0-9_-]{8,}"), REDACTED),  # xAI
+    ("AIza", _shape("AIza", r"[0-9A-Za-z_-]{8,}"), REDACTED),  # Google API keys
+    ("ya29.", _shape("ya29.", r"[0-9A-Za-z_.-]{8,}"), REDACTED),  # Google OAuth tokens
 )
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+#: The forms of the registered secrets (fast substring tests) and a regex removing them.
+_forms: tuple[str, ...] = ()
 _secret_re: re.Pattern[str] | None = None
 
 
@@ -84,12 +97,13 @@ def _variants(secret: str) -> set[str]:
     }
 
 
-def _compile(secrets: Iterable[str]) -> re.Pattern[str] | None:
-    forms = {v for s in secrets for v in _variants(s) if len(v) >= MIN_SECRET_LENGTH}
-    if not forms:
-        return None
+def _compile(secrets: Iterable[str]) -> tuple[tuple[str, ...], re.Pattern[str] | None]:
     # longest first: a secret that contains another is removed whole
-    return re.compile("|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f))))
+    forms = tuple(sorted({v for s in secrets for v in _variants(s)},
+                         key=lambda f: (-len(f), f)))
+    if not forms:
+        return (), None
+    return forms, re.compile("|".join(re.escape(f) for f in forms))
 
 
 def register_secret(value: str | None) -> bool:
@@ -99,7 +113,7 @@ def register_secret(value: str | None) -> bool:
     False). Safe to call often (from any thread): registering a known secret costs a set
     lookup.
     """
-    global _secret_re
+    global _forms, _secret_re
     if not isinstance(value, str):
         return False
     value = value.strip()
@@ -110,7 +124,7 @@ def register_secret(value: str | None) -> bool:
     with _lock:
         if value not in _secrets:
             _secrets.add(value)
-            _secret_re = _compile(_secrets)
+            _forms, _secret_re = _compile(_secrets)
     return True
 
 
@@ -132,14 +146,10 @@ def registered_secrets() -> frozenset[str]:
 
 def forget_secrets() -> None:
     """Forget every registered secret (tests)."""
-    global _secret_re
+    global _forms, _secret_re
     with _lock:
         _secrets.clear()
-        _secret_re = None
-
-
-def _shape(match: re.Match[str]) -> str:
-    return (match.group("bearer") or "") + REDACTED
+        _forms, _secret_re = (), None
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -151,15 +161,21 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     if extra:
         for secret in sorted(extra, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
-    pattern = _secret_re
-    if pattern is not None:
+    forms, pattern = _forms, _secret_re
+    if pattern is not None and any(f in text for f in forms):
         text = pattern.sub(REDACTED, text)
-    return _SHAPES.sub(_shape, text)
+    for hint, shape, replacement in _SHAPES:
+        if hint in text:
+            text = shape.sub(replacement, text)
+    return text
 
 
 def _needs_redaction(text: str) -> bool:
-    pattern = _secret_re
-    return bool((pattern is not None and pattern.search(text)) or _SHAPES.search(text))
+    """Whether ``text`` may hold something to redact (substring tests: fast on the hot
+    path, where almost nothing does)."""
+    if any(f in text for f in _forms):
+        return True
+    return any(hint in text and shape.search(text) for hint, shape, _ in _SHAPES)
 
 
 def redact_data(value: Any) -> Any:
