@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
+from .kombu_fix import install as install_kombu_fix
 from .poison import install as install_poison_guard
 from .settings import Settings, get_settings
 
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
     install_poison_guard(celery_app)  # malformed broker messages are dead-lettered
+    install_kombu_fix()  # a Redis restart must not stop the worker (see kombu_fix)
     transport = {"visibility_timeout": s.celery_visibility_timeout}
     celery_app.conf.update(
         # JSON only: no pickle anywhere, in either direction.
