@@ -1,0 +1,222 @@
+"""Fault runs on real processes: send N echo tasks, inject a fault, count what became of them.
+
+Counted from the durable event logs and the state hashes in Redis (not from the worker's
+word): every execution sent must end with exactly one terminal event and the outcome its
+input asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.events import TERMINAL, read_events
+from tests.support.redis_server import RedisServer
+from tests.support.worker import WorkerProcess
+
+USER = "fault"
+REPORT = Path(__file__).resolve().parents[2] / "test-output" / "faults"
+
+
+class FaultRedis(RedisServer):
+    """A private redis-server that can run with AOF and be paused or restarted in place."""
+
+    def __init__(self, aof: bool = False):
+        super().__init__()
+        self.aof = aof
+
+    def start(self, timeout: float = 10.0) -> FaultRedis:
+        import redis
+
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.aof else "no", "--appendfsync", "always",
+             "--dir", str(self.dir), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.RedisError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def pause(self, seconds: float) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)  # the fault itself: Redis does not answer for this long
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+
+@dataclass
+class Tally:
+    """What became of the executions of one fault run."""
+
+    scenario: str
+    sent: int = 0
+    completed_once: int = 0
+    failed_as_asked: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    stuck: int = 0
+    wrong: int = 0
+    reruns: int = 0
+    seconds: float = 0.0
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.stuck or self.wrong)
+
+    def row(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "details"}
+
+
+@dataclass
+class FaultRun:
+    """Sends echo tasks through the test process's Celery app to ``redis``'s workers."""
+
+    redis: FaultRedis
+    n: int
+    expect_failed: set[str] = field(default_factory=set)
+    ids: list[str] = field(default_factory=list)
+
+    def send(self, *, delay=(0.1, 0.5), chunks=4, poison: int = 0) -> None:
+        from aiecs_worker.app import create_app
+        from aiecs_worker.settings import load_settings
+
+        # Celery reads CELERY_BROKER_URL from the environment before its configuration:
+        # point it at this run's Redis while sending.
+        saved = os.environ.get("CELERY_BROKER_URL")
+        os.environ["CELERY_BROKER_URL"] = self.redis.url
+        try:
+            self._send(create_app(load_settings(celery_broker_url=self.redis.url)),
+                       delay, chunks, poison)
+        finally:
+            if saved is None:
+                os.environ.pop("CELERY_BROKER_URL", None)
+            else:
+                os.environ["CELERY_BROKER_URL"] = saved
+
+    def _send(self, app, delay, chunks, poison) -> None:
+        from aiecs_worker import celery_task_id
+        from aiecs_worker.app import FAST_TASK
+
+        rng = random.Random(7)
+        for i in range(self.n):
+            task_id = f"f{uuid.uuid4().hex[:10]}"
+            data = {"text": "one two three four", "chunks": chunks,
+                    "delay": round(rng.uniform(*delay), 3)}
+            if i < poison:
+                data = {"text": "x", "fail": "crash"}
+                self.expect_failed.add(task_id)
+            self.ids.append(task_id)
+            app.send_task(FAST_TASK, task_id=celery_task_id(USER, task_id, 1), kwargs=dict(
+                task_name="echo", user_id=USER, task_id=task_id, step=1, mode="test",
+                service="echo", input_data=data, context={}))
+        app.close()
+
+    def started(self) -> int:
+        client = self.redis.client()
+        try:
+            return sum(1 for t in self.ids
+                       if client.hget(f"aiecs:t:{USER}:{t}:1:state", "started"))
+        finally:
+            client.close()
+
+    def wait_started(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.started() < count:
+            assert time.monotonic() < deadline, f"fewer than {count} executions started"
+            time.sleep(0.05)
+
+    def settle(self, timeout: float) -> None:
+        """Wait until every execution is terminal (or the bound passes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._terminal_count() == len(self.ids):
+                return
+            time.sleep(0.25)
+
+    def _terminal_count(self) -> int:
+        client = self.redis.client()
+        try:
+            pipe = client.pipeline()
+            for t in self.ids:
+                pipe.hget(f"aiecs:t:{USER}:{t}:1:state", "status")
+            return sum(1 for s in pipe.execute() if s and s.decode() in TERMINAL)
+        except Exception:  # noqa: BLE001 - Redis restarting
+            return 0
+        finally:
+            client.close()
+
+    def tally(self, scenario: str, seconds: float) -> Tally:
+        tally = Tally(scenario, sent=len(self.ids), seconds=round(seconds, 1))
+        client = self.redis.client()
+        for t in self.ids:
+            events = read_events(client, USER, t)
+            state = client.hget(f"aiecs:t:{USER}:{t}:1:state", "status")
+            state = state.decode() if state else None
+            terminals = [e for e in events if e["type"] == "status" and e["status"] in TERMINAL]
+            runs = [e for e in events if e["type"] == "status" and e["status"] == "running"]
+            tally.reruns += max(0, len(runs) - 1)
+            if len(terminals) > 1:
+                tally.duplicated += 1
+                tally.details.append(f"{t}: {len(terminals)} terminal events")
+            elif state is None and not terminals:
+                tally.lost += 1
+                tally.details.append(f"{t}: no state, no terminal event")
+            elif state not in TERMINAL or not terminals:
+                tally.stuck += 1
+                tally.details.append(f"{t}: state {state}, {len(terminals)} terminal events")
+            else:
+                want = "failed" if t in self.expect_failed else "completed"
+                if terminals[0]["status"] == want == state:
+                    if want == "completed":
+                        tally.completed_once += 1
+                    else:
+                        tally.failed_as_asked += 1
+                else:
+                    tally.wrong += 1
+                    tally.details.append(
+                        f"{t}: ended {terminals[0]['status']} ({state}), expected {want}: "
+                        f"{(terminals[0].get('error') or {}).get('message')}")
+        client.close()
+        record(tally)
+        return tally
+
+
+def record(tally: Tally) -> None:
+    """Append the run's counts to test-output/faults/results.jsonl (for docs/reliability)."""
+    REPORT.mkdir(parents=True, exist_ok=True)
+    with open(REPORT / "results.jsonl", "a") as f:
+        f.write(json.dumps(tally.row()) + "\n")
+
+
+def counts(tallies: list[Tally]) -> Counter:
+    return Counter({k: sum(getattr(t, k) for t in tallies)
+                    for k in ("sent", "completed_once", "lost", "duplicated", "stuck")})
+
+
+def worker(redis: FaultRedis, pool: str, **env: str) -> WorkerProcess:
+    conc = 8 if pool == "threads" else 2
+    return WorkerProcess(redis_url=redis.url, pool=pool, concurrency=conc, env=dict(env))
