@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,15 @@ class TestEchoConformance(ServiceConformance):
     @pytest.fixture
     def plugin(self):
         return echo
+
+    @pytest.fixture
+    def distribution(self):
+        # echo's code is in aiecs-core; its entry point is declared by aiecs-testplugin
+        try:
+            importlib.metadata.distribution("aiecs-testplugin")
+        except importlib.metadata.PackageNotFoundError:
+            return None  # a core-only environment: nothing declares it
+        return "aiecs-testplugin"
 
     @pytest.fixture
     def examples(self):
@@ -128,6 +138,10 @@ BROKEN = textwrap.dedent(
             def examples(self):
                 return examples
 
+            @pytest.fixture
+            def distribution(self):
+                return None  # defined in this file: no entry point to check
+
         return Case
 
 
@@ -146,6 +160,7 @@ BROKEN = textwrap.dedent(
 )
 
 SUITE = {
+    "test_entry_point_resolves_to_the_plugin",
     "test_plugin_registers_services",
     "test_every_operation_has_an_example",
     "test_listing_is_json",
@@ -153,6 +168,8 @@ SUITE = {
     "test_examples_run",
     "test_invalid_input_is_rejected",
 }
+
+ENTRY_POINT_CHECK = "test_entry_point_resolves_to_the_plugin"
 
 #: Which conformance checks each broken provider must fail (all others must pass).
 EXPECTED_FAILURES = {
@@ -200,7 +217,8 @@ def test_conformance_suite_fails_broken_providers(tmp_path):
         failed = {name for name, outcome in outcomes[cls].items() if outcome.startswith("failed")}
         passed = {name for name, outcome in outcomes[cls].items() if outcome == "passed"}
         assert failed == expected, (cls, outcomes[cls])
-        assert passed == SUITE - expected, (cls, outcomes[cls])
+        assert passed == SUITE - expected - {ENTRY_POINT_CHECK}, (cls, outcomes[cls])
+        assert outcomes[cls][ENTRY_POINT_CHECK] == "skipped"
 
     reasons = {cls: outcomes[cls] for cls in outcomes}
     assert "not JSON serializable" in reasons["TestNonJsonResult"]["test_examples_run"]
@@ -210,3 +228,98 @@ def test_conformance_suite_fails_broken_providers(tmp_path):
     assert "registered no service" in reasons["TestNothingRegistered"][
         "test_plugin_registers_services"
     ]
+
+
+# --- the entry point of the distribution must load the plugin under test ---------------------
+
+_SERVICE = """
+from pydantic import BaseModel, ConfigDict
+
+from aiecs_core import OperationContext, Service, hookimpl, operation
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+
+
+class Shout(Service):
+    mode, name = "ep", "{name}"
+
+    @operation()
+    async def shout(self, ctx: OperationContext, data: In) -> str:
+        return data.text.upper()
+
+
+@hookimpl
+def register_services(register):
+    register(Shout)
+"""
+
+#: (entry-point name, what the entry point names, its group): right, wrong target, a typo
+#: in the module path, and an entry point in another group (so none in "aiecs").
+_EP_CASES = {
+    "right": (None, "aiecs"),
+    "wrong": ("aiecs_core.testing.echo", "aiecs"),
+    "typo": ("aiecs_test_eptypo.plugn", "aiecs"),
+    "elsewhere": (None, "aiecs_plugins"),
+}
+
+_EP_SUITE = """
+import importlib
+
+import pytest
+
+from aiecs_core.testing import ServiceConformance
+
+
+def case(name):
+    class Case(ServiceConformance):
+        @pytest.fixture
+        def plugin(self):
+            return importlib.import_module(f"aiecs_test_ep{name}")
+
+        @pytest.fixture
+        def examples(self):
+            return {("ep", name, "shout"): {"text": "hi"}}
+
+    return Case
+
+
+TestRight = case("right")
+TestWrong = case("wrong")
+TestTypo = case("typo")
+TestElsewhere = case("elsewhere")
+"""
+
+
+def test_conformance_suite_checks_the_entry_point(tmp_path):
+    from tests.support.plugin_dists import PluginDist, child_env, install_dists
+
+    site = install_dists(tmp_path / "dists", [
+        PluginDist(f"ep{name}", _SERVICE.replace("{name}", name), target=target, group=group)
+        for name, (target, group) in _EP_CASES.items()
+    ])
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_entry_points.py").write_text(_EP_SUITE)
+    report = tmp_path / "report.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(tmp_path / "pytest.ini"),
+         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", f"--junitxml={report}",
+         "-q", str(tmp_path / "test_entry_points.py")],
+        cwd=tmp_path, env=child_env(site), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    outcomes = _outcomes(report)
+    checks = {cls: outcomes[cls].pop(ENTRY_POINT_CHECK) for cls in outcomes}
+    assert checks["TestRight"] == "passed", proc.stdout
+    assert checks["TestWrong"].startswith("failed"), checks
+    assert "no 'aiecs' entry point of aiecs-test-epwrong loads the plugin under test" in (
+        checks["TestWrong"])
+    assert "epwrong = aiecs_core.testing.echo" in checks["TestWrong"]
+    assert "does not load" in checks["TestTypo"] and "plugn" in checks["TestTypo"]
+    assert "aiecs-test-epelsewhere declares no entry point in group 'aiecs'" in (
+        checks["TestElsewhere"])
+    # every other check passes for all four: only the packaging is wrong
+    for cls, rest in outcomes.items():
+        assert set(rest.values()) == {"passed"}, (cls, rest)

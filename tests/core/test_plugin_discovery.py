@@ -123,12 +123,51 @@ def _dup(letter: str) -> PluginDist:
     )
 
 
+def _clash(name: str, own: str) -> PluginDist:
+    """A plugin registering ``disc/clash`` (which the other clash plugin registers too)
+    and ``disc/<own>`` (which only it registers)."""
+    return PluginDist(
+        name,
+        f"""
+        from pydantic import BaseModel
+
+        from aiecs_core import Service, hookimpl, operation
+
+
+        class In(BaseModel):
+            x: int
+
+
+        class Clash(Service):
+            mode, name = "disc", "clash"
+
+            @operation()
+            async def run(self, ctx, data: In) -> str:
+                return "{name}"
+
+
+        class Own(Service):
+            mode, name = "disc", "{own}"
+
+            @operation()
+            async def run(self, ctx, data: In) -> str:
+                return "{own}"
+
+
+        @hookimpl
+        def register_services(register):
+            register(Clash)
+            register(Own)
+        """,
+    )
+
+
 DIST_NAMES = {
     "good": "aiecs-test-good",
     "importbroken": "aiecs-test-importbroken",
     "hookbroken": "aiecs-test-hookbroken",
 }
-OURS = {"good", "importbroken", "hookbroken", "dup"}
+OURS = {"good", "importbroken", "hookbroken", "dup", "clasha", "clashb"}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +175,8 @@ def site(tmp_path_factory):
     """All test plugins, built and installed once for this module."""
     return install_dists(
         tmp_path_factory.mktemp("plugin-dists"),
-        [GOOD, IMPORT_BROKEN, HOOK_BROKEN, _dup("a"), _dup("b")],
+        [GOOD, IMPORT_BROKEN, HOOK_BROKEN, _dup("a"), _dup("b"), _clash("clasha", "own_a"),
+         _clash("clashb", "own_b")],
     )
 
 
@@ -154,6 +194,8 @@ def _failures(listing) -> dict[str, list[dict]]:
 def test_installed_distributions_carry_entry_points(site):
     names = sorted(p.name for p in site.glob("*.dist-info"))
     assert names == [
+        "aiecs_test_clasha-0.1.0.dist-info",
+        "aiecs_test_clashb-0.1.0.dist-info",
         "aiecs_test_dup_a-0.1.0.dist-info",
         "aiecs_test_dup_b-0.1.0.dist-info",
         "aiecs_test_good-1.2.3.dist-info",
@@ -237,7 +279,7 @@ def test_everything_installed_loads_without_an_allow_list(site):
     failures = _failures(listing)
     assert "good" in plugins
     assert {"importbroken", "hookbroken"} <= set(failures)
-    assert "dup" in plugins and [f["name"] for f in failures["dup"]] == ["dup"]
+    assert "dup" not in plugins and [f["name"] for f in failures["dup"]] == ["dup", "dup"]
     assert out["runs"][0]["result"] == {"greeting": "hello cy"}
 
 
@@ -263,26 +305,50 @@ def test_allow_list_of_only_missing_names_loads_nothing(site):
     assert [f["name"] for f in listing["failures"]] == ["ghost"]
 
 
-def test_duplicate_entry_point_names_load_one_and_report_the_other(site):
+def test_duplicate_entry_point_names_load_neither(site):
     out = discover(
         site,
         allow="dup",
         run=[("disc", "dup_a", "run", {"x": 1}), ("disc", "dup_b", "run", {"x": 1})],
     )
     listing = out["listing"]
-    (loaded,) = listing["plugins"]
-    (failure,) = listing["failures"]
-    assert loaded["name"] == failure["name"] == "dup"
-    dists = {loaded["distribution"], failure["distribution"]}
-    assert dists == {"aiecs-test-dup-a", "aiecs-test-dup-b"}
-    assert failure["reason"] == (
-        f"duplicate plugin name 'dup': already provided by {loaded['distribution']}; not loaded"
+    assert listing["plugins"] == []
+    reasons = {f["distribution"]: f["reason"] for f in listing["failures"]}
+    assert reasons == {
+        "aiecs-test-dup-a": "duplicate plugin name 'dup': also provided by aiecs-test-dup-b; "
+                            "neither is loaded (uninstall one)",
+        "aiecs-test-dup-b": "duplicate plugin name 'dup': also provided by aiecs-test-dup-a; "
+                            "neither is loaded (uninstall one)",
+    }
+    assert [run["error"] for run in out["runs"]] == ["ServiceNotFoundError"] * 2
+
+
+def test_duplicate_service_is_refused_for_both_installed_plugins(site):
+    out = discover(
+        site,
+        allow="clasha,clashb",
+        run=[("disc", "clash", "run", {"x": 1}), ("disc", "own_a", "run", {"x": 1}),
+             ("disc", "own_b", "run", {"x": 1})],
     )
-    letter = loaded["distribution"][-1]
-    assert loaded["services"] == [f"disc/dup_{letter}"]
-    results = {run.get("result") for run in out["runs"]}
-    errors = [run["error"] for run in out["runs"] if "error" in run]
-    assert results == {letter, None} and errors == ["ServiceNotFoundError"]
+    listing = out["listing"]
+    assert {p["name"]: p["services"] for p in listing["plugins"]} == {
+        "clasha": ["disc/own_a"], "clashb": ["disc/own_b"]}
+    assert {f["name"]: f["reason"] for f in listing["failures"]} == {
+        "clasha": "service disc/clash is also registered by plugin 'clashb' "
+                  "(aiecs-test-clashb): refused for both (uninstall one, or leave one out "
+                  "with AIECS_PLUGINS)",
+        "clashb": "service disc/clash is also registered by plugin 'clasha' "
+                  "(aiecs-test-clasha): refused for both (uninstall one, or leave one out "
+                  "with AIECS_PLUGINS)",
+    }
+    assert listing["conflicts"] == [{"service": "disc/clash", "plugins": ["clasha", "clashb"]}]
+    clash, own_a, own_b = out["runs"]
+    assert clash["error"] == "ServiceNotFoundError"
+    assert "registered by more than one plugin" in clash["message"]
+    assert (own_a["result"], own_b["result"]) == ("own_a", "own_b")
+    # with one of them left out, the other serves it
+    alone = discover(site, allow="clashb", run=[("disc", "clash", "run", {"x": 1})])
+    assert alone["listing"]["failures"] == [] and alone["runs"][0]["result"] == "clashb"
 
 
 def test_echo_entry_point_loads_without_pytest(tmp_path):
@@ -307,3 +373,80 @@ def test_echo_entry_point_loads_without_pytest(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "ok\n"
+
+
+# --- what the worker and `aiecs plugins` say about them -----------------------------------
+
+ALLOW_MIXED = "good,importbroken,clasha,clashb"
+
+
+def _aiecs_plugins(site, allow: str, *args: str):
+    import subprocess
+    import sys
+
+    from tests.support.plugin_dists import child_env
+
+    return subprocess.run([sys.executable, "-m", "aiecs_worker.cli", "plugins", *args],
+                          env=child_env(site, {"AIECS_PLUGINS": allow, "COLUMNS": "250"}),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_aiecs_plugins_exits_1_on_failures_in_both_forms(site):
+    import json
+
+    as_json = _aiecs_plugins(site, ALLOW_MIXED, "--json")
+    assert as_json.returncode == 1, as_json.stderr
+    listing = json.loads(as_json.stdout)
+    assert sorted(f["name"] for f in listing["failures"]) == ["clasha", "clashb", "importbroken"]
+    assert listing["conflicts"] == [{"service": "disc/clash", "plugins": ["clasha", "clashb"]}]
+    table = _aiecs_plugins(site, ALLOW_MIXED)
+    assert table.returncode == 1, table.stderr
+    assert "Failed plugins" in table.stdout
+    assert "service disc/clash is also registered by plugin 'clashb'" in table.stdout
+    assert "No module named 'aiecs_sdk_that_is_not_installed'" in table.stdout
+    clean = _aiecs_plugins(site, "good", "--json")
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["failures"] == []
+
+
+def test_worker_start_up_log_lists_what_loaded_and_what_failed(site, aiecs_redis, start_worker):
+    import os
+    import uuid
+
+    from aiecs_worker import execute_task
+
+    from tests.support.events import wait_terminal
+
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    worker = start_worker(env={"PYTHONPATH": path, "AIECS_PLUGINS": ALLOW_MIXED})
+    log = worker.log()
+    expected = [
+        "plugins: 3 loaded, 3 failed, 3 services",
+        "plugin good (aiecs-test-good 1.2.3): disc/greeter: greet, shout",
+        "plugin clasha (aiecs-test-clasha 0.1.0): disc/own_a: run",
+        "plugin importbroken (aiecs-test-importbroken) FAILED: import failed: "
+        "ModuleNotFoundError: No module named 'aiecs_sdk_that_is_not_installed'",
+        "plugin clasha (aiecs-test-clasha) FAILED: service disc/clash is also registered by "
+        "plugin 'clashb' (aiecs-test-clashb): refused for both",
+        "plugin clashb (aiecs-test-clashb) FAILED: service disc/clash is also registered by "
+        "plugin 'clasha' (aiecs-test-clasha): refused for both",
+    ]
+    for line in expected:
+        assert line in log, f"{line!r} not in the worker's log:\n{log}"
+        assert log.index(line) < log.index(" ready."), "reported after the worker took tasks"
+    assert "ERROR" in next(x for x in log.splitlines() if "importbroken" in x)
+
+    client = aiecs_redis.client()
+    task_ids = {}
+    for service in ("nowhere", "clash"):
+        task_ids[service] = f"t{uuid.uuid4().hex[:10]}"
+        execute_task.delay(task_name="run", user_id="alice", task_id=task_ids[service], step=1,
+                           mode="disc", service=service, input_data={"x": 1}, context={})
+    terminal, _ = wait_terminal(client, "alice", task_ids["nowhere"])
+    assert terminal["status"] == "failed" and terminal["error"]["type"] == "ServiceNotFoundError"
+    message = terminal["error"]["message"]
+    assert "available: disc/greeter, disc/own_a, disc/own_b" in message
+    assert "plugins that failed to load: importbroken (import failed: ModuleNotFoundError" in (
+        message)
+    terminal, _ = wait_terminal(client, "alice", task_ids["clash"])
+    assert "registered by more than one plugin" in terminal["error"]["message"]

@@ -209,18 +209,72 @@ def test_invalid_registrations_fail_the_whole_plugin(registry, registered, reaso
     assert not registry.pm.has_plugin("bad")
 
 
-def test_duplicate_service_across_plugins_is_reported(registry):
-    class OtherUpper(Upper):
-        pass
+class OtherUpper(Upper):
+    pass
 
-    registry.register_plugin(Plugin(Upper), "first")
-    info = registry.register_plugin(Plugin(OtherUpper, Lower), "second")
-    assert info is not None and info.services == [("chat", "lower")]
+
+@pytest.mark.parametrize("order", [("first", "second"), ("second", "first")])
+def test_duplicate_service_is_refused_for_both_plugins_in_any_order(registry, order):
+    plugins = {"first": Plugin(Upper), "second": Plugin(OtherUpper, Lower)}
+    dists = {"first": "dist-one", "second": "dist-two"}
+    for name in order:
+        assert registry.register_plugin(plugins[name], name, distribution=dists[name])
     assert _reasons(registry) == {
-        "second": "service chat/upper already registered by plugin 'first'; this one ignored"
+        "first": "service chat/upper is also registered by plugin 'second' (dist-two): "
+        "refused for both (uninstall one, or leave one out with AIECS_PLUGINS)",
+        "second": "service chat/upper is also registered by plugin 'first' (dist-one): "
+        "refused for both (uninstall one, or leave one out with AIECS_PLUGINS)",
     }
+    assert registry.keys() == [("chat", "lower")]  # the plugins' other services still work
+    assert registry.conflicts() == {("chat", "upper"): ["first", "second"]}
+    with pytest.raises(ServiceNotFoundError) as info:
+        registry.instance("chat", "upper")
+    assert str(info.value) == (
+        "service chat/upper is registered by more than one plugin (plugin 'first' "
+        "(dist-one), plugin 'second' (dist-two)) and was refused for all of them: uninstall "
+        "one, or leave one out with AIECS_PLUGINS"
+    )
+    listing = json.loads(json.dumps(registry.listing()))
+    assert listing["conflicts"] == [{"service": "chat/upper", "plugins": ["first", "second"]}]
+    assert [f["name"] for f in listing["failures"]] == ["first", "second"]
+    assert {p["name"]: p["services"] for p in listing["plugins"]} == {
+        "first": [], "second": ["chat/lower"]}
+    assert [s["service"] for s in listing["services"]] == ["lower"]
+
+
+def test_unregistering_one_side_of_a_duplicate_serves_the_other(registry):
+    registry.register_plugin(Plugin(Upper), "first")
+    registry.register_plugin(Plugin(OtherUpper), "second")
+    registry.unregister_plugin("second")
+    assert registry.failures == []
     assert registry.service_class("chat", "upper") is Upper
-    assert registry.keys() == [("chat", "lower"), ("chat", "upper")]
+
+
+def test_unknown_service_names_the_plugins_that_failed(registry):
+    registry.register_plugin(Plugin(Lower), "case")
+    registry.register_plugin(RaisingPlugin(), "broken", distribution="aiecs-broken")
+    with pytest.raises(ServiceNotFoundError) as info:
+        registry.service_class("chat", "upper")
+    message = str(info.value)
+    assert message.startswith("no service 'upper' in mode 'chat'; available: chat/lower; "
+                              "plugins that failed to load: broken (RuntimeError: boom in the "
+                              "hook (")
+
+
+def test_report_lists_plugins_services_operations_and_failures(registry):
+    import logging
+
+    registry.register_plugin(Plugin(Upper, Lower), "case", distribution="aiecs-case",
+                             version="1.0")
+    registry.register_plugin(RaisingPlugin(), "broken", distribution="aiecs-broken")
+    lines = registry.report()
+    assert lines[:2] == [
+        (logging.INFO, "plugins: 1 loaded, 1 failed, 2 services"),
+        (logging.INFO, "plugin case (aiecs-case 1.0): chat/lower: lower; chat/upper: upper"),
+    ]
+    level, text = lines[2]
+    assert level == logging.ERROR
+    assert text.startswith("plugin broken (aiecs-broken) FAILED: RuntimeError: boom in the hook")
 
 
 def test_duplicate_plugin_name_is_reported(registry):
@@ -381,18 +435,18 @@ def test_empty_allow_list_means_all(registry, monkeypatch):
     assert [p.name for p in registry.plugins] == ["echo"] and registry.failures == []
 
 
-def test_duplicate_entry_point_names_are_reported(registry):
+def test_duplicate_entry_point_names_load_neither(registry):
     registry.load_entry_points(
         entry_points=[
             _ep("echo", "aiecs_core.testing.echo"),
-            _ep("echo", "aiecs_no_such_module_for_tests"),  # second one is never imported
+            _ep("echo", "aiecs_no_such_module_for_tests"),  # never imported
         ]
     )
-    assert [p.name for p in registry.plugins] == ["echo"]
-    (failure,) = registry.failures
-    assert failure.reason == (
-        "duplicate plugin name 'echo': already provided by another distribution; not loaded"
-    )
+    assert registry.plugins == [] and registry.keys() == []
+    assert [f.reason for f in registry.failures] == [
+        "duplicate plugin name 'echo': also provided by another distribution; neither is "
+        "loaded (uninstall one)"
+    ] * 2
 
 
 def test_load_plugins_runs_once_until_reset(monkeypatch):

@@ -45,6 +45,8 @@ class PluginDist:
     """Import name of the module; default the distribution name with underscores."""
     version: str = "0.1.0"
     group: str = "aiecs"
+    target: str | None = None
+    """What the entry point names; default the module (a wrong one tests the kit)."""
 
     @property
     def distribution(self) -> str:
@@ -69,7 +71,7 @@ class PluginDist:
                 dependencies = ["aiecs-core"]
 
                 [project.entry-points.{self.group}]
-                {self.entry_point} = "{self.module_name}"
+                {self.entry_point} = "{self.target or self.module_name}"
 
                 [build-system]
                 """

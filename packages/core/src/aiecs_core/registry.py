@@ -6,6 +6,18 @@ is recorded with its reason and the others keep working. ``AIECS_PLUGINS`` (comm
 entry-point names) restricts which plugins load; unset or empty means all.
 
 Services are keyed ``(mode, service)``. Only operations a service declares can be resolved.
+
+Duplicates fail loudly and never depend on load order (as in datasette, where a duplicate
+registration is a start-up error rather than a silent override):
+
+- two distributions with the same entry-point name: neither is loaded, both are reported;
+- two plugins registering the same ``(mode, service)``: that service is refused for both
+  (their other services still work), each plugin is reported with the other's name, and
+  asking for the service raises :class:`ServiceNotFoundError` saying why. Uninstall one of
+  them, or leave one out with ``AIECS_PLUGINS``.
+
+Every failure shows in :attr:`ServiceRegistry.failures`, in ``aiecs plugins`` (exit 1)
+and in the worker's start-up log (:meth:`ServiceRegistry.report`).
 """
 
 from __future__ import annotations
@@ -74,9 +86,10 @@ class ServiceRegistry:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
-        self.failures: list[PluginFailure] = []
-        self._services: dict[tuple[str, str], type[Service]] = {}
-        self._owners: dict[tuple[str, str], str] = {}
+        self._failures: list[PluginFailure] = []
+        #: every plugin's claim on a key, in registration order; a key with one claim is
+        #: served, a key with several is refused for all of them
+        self._claims: dict[tuple[str, str], list[tuple[str, str | None, type[Service]]]] = {}
         self._instances: dict[tuple[str, str], Service] = {}
         self._lock = threading.Lock()
 
@@ -90,37 +103,44 @@ class ServiceRegistry:
         allowed = _allow_list(allow)
         if entry_points is None:
             entry_points = importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)
-        seen: dict[str, str | None] = {}
+        by_name: dict[str, list[importlib.metadata.EntryPoint]] = {}
         found: set[str] = set()
         for ep in entry_points:
-            dist = ep.dist.name if ep.dist is not None else None
             found.add(ep.name)
             if allowed is not None and ep.name not in allowed:
                 continue
-            if ep.name in seen:
-                self.failures.append(
-                    PluginFailure(
-                        ep.name,
-                        dist,
-                        f"duplicate plugin name {ep.name!r}: already provided by "
-                        f"{seen[ep.name] or 'another distribution'}; not loaded",
+            by_name.setdefault(ep.name, []).append(ep)
+        for name, eps in by_name.items():
+            if len(eps) > 1:
+                # Which one Python would find first depends on sys.path order: load none.
+                dists = [_dist_name(ep) for ep in eps]
+                for dist in dists:
+                    others = ", ".join(d or "another distribution" for d in dists if d != dist)
+                    self._failures.append(
+                        PluginFailure(
+                            name,
+                            dist,
+                            f"duplicate plugin name {name!r}: also provided by "
+                            f"{others or 'another distribution'}; neither is loaded "
+                            f"(uninstall one)",
+                        )
                     )
-                )
                 continue
-            seen[ep.name] = dist
+            (ep,) = eps
+            dist = _dist_name(ep)
             try:
                 plugin = ep.load()
             except BaseException as exc:  # noqa: BLE001 - isolate anything a plugin raises
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                self.failures.append(
+                self._failures.append(
                     PluginFailure(ep.name, dist, f"import failed: {_describe(exc)}")
                 )
                 continue
             version = ep.dist.version if ep.dist is not None else None
             self.register_plugin(plugin, ep.name, distribution=dist, version=version)
         for name in sorted((allowed or set()) - found):
-            self.failures.append(
+            self._failures.append(
                 PluginFailure(name, None, f"listed in {ALLOW_ENV} but not installed")
             )
 
@@ -134,14 +154,14 @@ class ServiceRegistry:
     ) -> PluginInfo | None:
         """Register one plugin object and collect its services, isolated from the others."""
         if self.pm.has_plugin(name) or any(p.name == name for p in self.plugins):
-            self.failures.append(
+            self._failures.append(
                 PluginFailure(name, distribution, f"duplicate plugin name {name!r}; not loaded")
             )
             return None
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # noqa: BLE001
-            self.failures.append(PluginFailure(name, distribution, _describe(exc)))
+            self._failures.append(PluginFailure(name, distribution, _describe(exc)))
             return None
         unknown = [
             impl.function.__name__
@@ -152,7 +172,7 @@ class ServiceRegistry:
         ]
         if unknown:
             self.pm.unregister(name=name)
-            self.failures.append(
+            self._failures.append(
                 PluginFailure(name, distribution, f"implements unknown hooks: {unknown}")
             )
             return None
@@ -169,22 +189,16 @@ class ServiceRegistry:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             self.pm.unregister(name=name)
-            self.failures.append(PluginFailure(name, distribution, _describe(exc)))
+            self._failures.append(PluginFailure(name, distribution, _describe(exc)))
             return None
         for service_cls in staged:
             key = (service_cls.mode, service_cls.name)
-            if key in self._services:
-                self.failures.append(
-                    PluginFailure(
-                        name,
-                        distribution,
-                        f"service {key[0]}/{key[1]} already registered by plugin "
-                        f"{self._owners[key]!r}; this one ignored",
-                    )
-                )
-                continue
-            self._services[key] = service_cls
-            self._owners[key] = name
+            claims = self._claims.setdefault(key, [])
+            if any(owner == name for owner, _, _ in claims):
+                continue  # the same plugin registered the key twice: one claim
+            claims.append((name, distribution, service_cls))
+            if len(claims) > 1:  # now refused for every claimant
+                self._instances.pop(key, None)
             register_env_secrets(service_cls.secret_env)
             info.services.append(key)
         self.plugins.append(info)
@@ -192,13 +206,56 @@ class ServiceRegistry:
 
     def unregister_plugin(self, name: str) -> None:
         """Remove a plugin and its services (tests use this to clean up)."""
-        for key in [k for k, owner in self._owners.items() if owner == name]:
-            self._services.pop(key, None)
-            self._owners.pop(key, None)
-            self._instances.pop(key, None)
+        for key in list(self._claims):
+            claims = [c for c in self._claims[key] if c[0] != name]
+            if len(claims) != len(self._claims[key]):
+                self._instances.pop(key, None)
+            if claims:
+                self._claims[key] = claims
+            else:
+                del self._claims[key]
         self.plugins = [p for p in self.plugins if p.name != name]
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
+
+    # -- failures ---------------------------------------------------------------------------
+    @property
+    def _services(self) -> dict[tuple[str, str], type[Service]]:
+        return {key: claims[0][2] for key, claims in self._claims.items() if len(claims) == 1}
+
+    @property
+    def _owners(self) -> dict[tuple[str, str], str]:
+        return {key: claims[0][0] for key, claims in self._claims.items() if len(claims) == 1}
+
+    def conflicts(self) -> dict[tuple[str, str], list[str]]:
+        """``(mode, service)`` registered by more than one plugin -> those plugins' names."""
+        return {
+            key: sorted(owner for owner, _, _ in claims)
+            for key, claims in sorted(self._claims.items())
+            if len(claims) > 1
+        }
+
+    @property
+    def failures(self) -> list[PluginFailure]:
+        """Plugins that did not load, and each plugin of a refused duplicate service."""
+        result = list(self._failures)
+        for (mode, service), claims in sorted(self._claims.items()):
+            if len(claims) < 2:
+                continue
+            claims = sorted(claims, key=lambda claim: claim[0])  # not load order
+            for owner, dist, _ in claims:
+                others = ", ".join(
+                    _plugin_label(o, d) for o, d, _ in claims if o != owner
+                )
+                result.append(
+                    PluginFailure(
+                        owner,
+                        dist,
+                        f"service {mode}/{service} is also registered by {others}: refused "
+                        f"for both (uninstall one, or leave one out with {ALLOW_ENV})",
+                    )
+                )
+        return result
 
     @staticmethod
     def _check_service(service_cls: Any) -> None:
@@ -220,15 +277,25 @@ class ServiceRegistry:
         return sorted(self._services)
 
     def service_class(self, mode: str, service: str) -> type[Service]:
-        try:
-            return self._services[(mode, service)]
-        except KeyError:
+        key = (mode, service)
+        claims = self._claims.get(key, [])
+        if len(claims) == 1:
+            return claims[0][2]
+        if claims:
+            owners = ", ".join(_plugin_label(o, d) for o, d, _ in sorted(claims))
+            message = (
+                f"service {mode}/{service} is registered by more than one plugin ({owners}) "
+                f"and was refused for all of them: uninstall one, or leave one out with "
+                f"{ALLOW_ENV}"
+            )
+        else:
             available = ", ".join(f"{m}/{s}" for m, s in self.keys()) or "none"
-            raise ServiceNotFoundError(
-                f"no service {service!r} in mode {mode!r}; available: {available}",
-                mode=mode,
-                service=service,
-            ) from None
+            message = f"no service {service!r} in mode {mode!r}; available: {available}"
+            if self._failures:
+                message += "; plugins that failed to load: " + "; ".join(
+                    f"{f.name} ({f.reason})" for f in self._failures
+                )
+        raise ServiceNotFoundError(message, mode=mode, service=service)
 
     def operation(self, mode: str, service: str, name: str) -> OperationSpec:
         """The declared operation ``name`` of ``(mode, service)``, or a clear error."""
@@ -270,14 +337,20 @@ class ServiceRegistry:
 
     # -- listing ----------------------------------------------------------------------------
     def listing(self) -> dict[str, Any]:
-        """Loaded and failed plugins, services and their operations (JSON-ready)."""
+        """Loaded and failed plugins, services and their operations (JSON-ready).
+
+        A plugin whose service was refused as a duplicate appears under ``plugins`` (its
+        other services work) and under ``failures``; ``conflicts`` names the refused keys.
+        """
+        services = self._services
+        owners = self._owners
         return {
             "plugins": [
                 {
                     "name": p.name,
                     "distribution": p.distribution,
                     "version": p.version,
-                    "services": [f"{m}/{s}" for m, s in p.services],
+                    "services": [f"{m}/{s}" for m, s in p.services if owners.get((m, s)) == p.name],
                 }
                 for p in self.plugins
             ],
@@ -285,11 +358,52 @@ class ServiceRegistry:
                 {"name": f.name, "distribution": f.distribution, "reason": f.reason}
                 for f in self.failures
             ],
+            "conflicts": [
+                {"service": f"{m}/{s}", "plugins": names}
+                for (m, s), names in self.conflicts().items()
+            ],
             "services": [
-                {**self._services[key].describe(), "plugin": self._owners[key]}
-                for key in self.keys()
+                {**services[key].describe(), "plugin": owners[key]} for key in sorted(services)
             ],
         }
+
+    def report(self) -> list[tuple[int, str]]:
+        """What was loaded and what failed, as ``(logging level, line)`` pairs: the worker
+        logs them at start-up."""
+        import logging
+
+        lines: list[tuple[int, str]] = []
+        listing = self.listing()
+        by_plugin: dict[str, list[dict[str, Any]]] = {}
+        for entry in listing["services"]:
+            by_plugin.setdefault(entry["plugin"], []).append(entry)
+        lines.append(
+            (
+                logging.INFO,
+                f"plugins: {len(listing['plugins'])} loaded, {len(listing['failures'])} "
+                f"failed, {len(listing['services'])} services",
+            )
+        )
+        for p in sorted(listing["plugins"], key=lambda p: p["name"]):
+            where = " ".join(x for x in (p["distribution"], p["version"]) if x)
+            where = f" ({where})" if where else ""
+            served = "; ".join(
+                f"{e['mode']}/{e['service']}: {', '.join(sorted(e['operations']))}"
+                for e in by_plugin.get(p["name"], [])
+            )
+            lines.append((logging.INFO, f"plugin {p['name']}{where}: {served or 'no services'}"))
+        for f in listing["failures"]:
+            where = f" ({f['distribution']})" if f["distribution"] else ""
+            lines.append((logging.ERROR, f"plugin {f['name']}{where} FAILED: {f['reason']}"))
+        return lines
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str | None:
+    return ep.dist.name if ep.dist is not None else None
+
+
+def _plugin_label(name: str, distribution: str | None) -> str:
+    return f"plugin {name!r} ({distribution})" if distribution else f"plugin {name!r}"
 
 
 def _describe(exc: BaseException) -> str:

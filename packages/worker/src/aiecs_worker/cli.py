@@ -375,7 +375,11 @@ class _WatchView:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
 def plugins(as_json: bool) -> None:
-    """List loaded and failed plugins, their services and operations."""
+    """List loaded and failed plugins, their services and operations.
+
+    Exits 1 when a plugin failed to load or a service was refused as a duplicate (in both
+    forms, so a deployment check can rely on the exit status).
+    """
     from aiecs_core import load_plugins
     from rich.console import Console
     from rich.table import Table
@@ -383,7 +387,7 @@ def plugins(as_json: bool) -> None:
     listing = load_plugins().listing()
     if as_json:
         click.echo(json.dumps(listing, indent=2))
-        return
+        sys.exit(1 if listing["failures"] else 0)
     console = Console(highlight=False)
     table = Table("plugin", "distribution", "version", "services", title="Plugins")
     for p in listing["plugins"]:

@@ -18,16 +18,25 @@ Subclass :class:`ServiceConformance` in a test module and provide two fixtures::
 ``examples`` maps ``(mode, service, operation)`` to one valid ``input_data``; every declared
 operation needs one. Each example is run through the same resolve/validate/invoke path the
 worker uses, and its result, events and usage are checked against the contract.
+
+The suite also checks the packaging: the distribution that ships the plugin declares an
+entry point in the ``aiecs`` group that loads exactly the plugin under test (a typo there
+would leave the plugin undiscovered by every worker). The distribution is found from the
+plugin's module; override the ``distribution`` fixture to name it (when the entry point
+lives in another distribution than the code), or return ``None`` to skip the check.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import json
 from typing import Any
 
 import pytest
 
 from ..errors import AiecsError, OperationNotFoundError
+from ..hookspecs import ENTRY_POINT_GROUP
 from ..models import TaskEvent, Usage
 from ..registry import ServiceRegistry
 
@@ -43,6 +52,36 @@ class ServiceConformance:
         registry.register_plugin(plugin, "under-test")
         yield registry
         registry.drop_instances()
+
+    @pytest.fixture
+    def distribution(self, plugin: Any) -> str | None:
+        """The distribution whose ``aiecs`` entry point must load ``plugin`` (default: the
+        one that installed the plugin's top-level package; None skips the check)."""
+        return distribution_of(plugin)
+
+    def test_entry_point_resolves_to_the_plugin(self, plugin: Any, distribution) -> None:
+        if distribution is None:
+            pytest.skip("the plugin is not installed from a distribution: no entry point")
+        try:
+            dist = importlib.metadata.distribution(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"distribution {distribution!r} is not installed")
+        eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+        assert eps, (
+            f"{distribution} declares no entry point in group {ENTRY_POINT_GROUP!r}: add "
+            f'[project.entry-points.{ENTRY_POINT_GROUP}] <name> = "{_module_of(plugin)}" to '
+            "its pyproject.toml"
+        )
+        targets = {}
+        for ep in eps:
+            try:
+                targets[f"{ep.name} = {ep.value}"] = ep.load()
+            except Exception as exc:  # noqa: BLE001 - reported as the failure
+                pytest.fail(f"entry point {ep.name} = {ep.value!r} does not load: {exc!r}")
+        assert any(target is plugin for target in targets.values()), (
+            f"no {ENTRY_POINT_GROUP!r} entry point of {distribution} loads the plugin under "
+            f"test ({_module_of(plugin)}); it declares: {sorted(targets)}"
+        )
 
     def test_plugin_registers_services(self, registry: ServiceRegistry) -> None:
         assert not registry.failures, registry.failures
@@ -94,3 +133,16 @@ class ServiceConformance:
                 with pytest.raises(AiecsError) as info:
                     validate_input(spec, {"__not_a_field__": object()})
                 assert spec.name in str(info.value)
+
+
+def _module_of(plugin: Any) -> str:
+    if inspect.ismodule(plugin):
+        return plugin.__name__
+    return getattr(plugin, "__module__", None) or type(plugin).__module__
+
+
+def distribution_of(plugin: Any) -> str | None:
+    """The installed distribution that provides the plugin's top-level package, if any."""
+    top = _module_of(plugin).split(".")[0]
+    names = importlib.metadata.packages_distributions().get(top, [])
+    return names[0] if names else None
