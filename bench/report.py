@@ -1,0 +1,253 @@
+"""bench/REPORT.md from a results dict: one table per scenario (aiecs, anchor, ratio,
+issue 8's target, pass/fail) and PNG plots (matplotlib; skipped when it is missing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# (label, key, format, target): target is (kind, value, text) or None. Kinds: ratio_ge /
+# ratio_le (aiecs / anchor), lt / le (aiecs alone), every_lt (every aiecs run below).
+NOOP = [
+    ("tasks/s", "per_s", ".0f", ("ratio_ge", 0.85, "≥ 0.85× anchor")),
+    ("CPU ms per task, all processes", "cpu_ms", ".2f", ("ratio_le", 1.25, "≤ 1.25× anchor")),
+    ("  worker CPU ms per task", "worker_cpu_ms", ".2f", None),
+    ("  redis-server CPU ms per task", "redis_cpu_ms", ".2f", None),
+    ("  producer CPU ms per task", "client_cpu_ms", ".2f", None),
+    ("Redis commands per task", "commands", ".1f", ("ratio_le", 1.6, "≤ 1.6× anchor")),
+    ("Redis round trips per task", "round_trips", ".1f", None),
+    ("cores busy", "cores_busy", ".2f", None),
+]
+CHAT = [
+    ("tasks/s", "per_s", ".1f", None),
+    ("calls in flight, mean / max", ("in_flight_mean", "in_flight_max"), ".0f", None),
+    ("worker CPU ms per chat task", "worker_cpu_ms", ".2f", None),
+    ("CPU ms per task, all-in (worker + redis + producer)", "cpu_ms", ".2f",
+     ("le", 6.0, "≤ 6 ms")),
+    ("worker cores busy", "worker_cores_busy", ".2f", None),
+    ("Redis commands per task", "commands", ".1f", None),
+    ("failed tasks", "failed", ".0f", None),
+]
+CHAT_RECOMMENDED = [("tasks/s", "per_s", ".1f", ("chat", (300, 30), "≥ 300/s and ≥ 30× anchor")),
+                    *CHAT[1:]]
+PROGRESS = [
+    ("emit → client p50 ms", "p50_ms", ".2f", None),
+    ("emit → client p99 ms", "p99_ms", ".2f", ("every_lt", 10.0, "< 10 ms in every run")),
+    ("emit → client max ms", "max_ms", ".1f", None),
+    ("emit → Redis p50 ms", "emit_redis_p50_ms", ".3f", ("le", 0.4, "≤ 0.4 ms")),
+    ("events delivered per s", "events_per_s", ".0f", None),
+    ("server CPU µs per delivered event", "server_cpu_us_per_event", ".0f",
+     ("ratio_le", 1.0, "≤ 1× anchor")),
+]
+STREAMING = [
+    ("tokens/s delivered to clients", "tokens_per_s", ".0f", None),
+    ("token latency p50 ms (LLM server → client)", "token_p50_ms", ".1f", None),
+    ("token latency p99 ms", "token_p99_ms", ".1f", None),
+    ("tokens delivered", "tokens", ".0f", None),
+]
+SCALING = [
+    ("tasks/s", "per_s", ".0f", None),
+    ("CPU µs per task, all processes", "cpu_us", ".0f", None),
+    ("Redis commands per task", "commands", ".1f", None),
+    ("cores busy", "cores_busy", ".2f", None),
+]
+STARTUP = {
+    "worker start → first ping": [("seconds", "seconds", ".2f", ("ratio_le", 1.2,
+                                                                  "≤ 1.2× anchor"))],
+    "import aiecs_core": [("ms", "ms", ".0f", ("lt", 150, "< 150 ms"))],
+    "import aiecs_worker": [("ms", "ms", ".0f", None)],
+}
+ANCHORS = {
+    "noop": "bare Celery (`bench/anchor_app.py`), same pool and concurrency",
+    "chat": "bare Celery prefork -c2, synchronous openai SDK (one client per child)",
+    "progress": "plain python-socketio server + AsyncRedisManager emitter (`bench/plain_sio.py`)",
+    "startup": "bare Celery worker; `import pydantic, pluggy`; `import celery, "
+               "kombu.transport.redis, socketio`",
+    "streaming": "the same streams read directly with the openai SDK (the floor)",
+    "scaling": "bare Celery, same number of threads -c8 processes",
+}
+
+
+def _fmt(value, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _get(median: dict, key):
+    if isinstance(key, tuple):
+        return tuple(median.get(k) for k in key)
+    return median.get(key)
+
+
+def _verdict(target, mine, anchor, runs) -> str:
+    if target is None or mine is None:
+        return ""
+    kind, value, _ = target
+    if kind.startswith("ratio") and not anchor:
+        return ""
+    ok = {"ratio_ge": lambda: mine / anchor >= value,
+          "ratio_le": lambda: mine / anchor <= value,
+          "lt": lambda: mine < value, "le": lambda: mine <= value,
+          "every_lt": lambda: all((r or 0) < value for r in runs),
+          "chat": lambda: mine >= value[0] and anchor and mine / anchor >= value[1]}[kind]()
+    return "**pass**" if ok else "**FAIL**"
+
+
+def _table(block: dict, rows: list) -> list[str]:
+    med = block["median"]
+    mine, anchor = med.get("aiecs", {}), med.get("anchor", {})
+    lines = ["| metric | aiecs | anchor | ratio | target | result |",
+             "|---|---:|---:|---:|---|---|"]
+    for label, key, fmt, target in rows:
+        a, b = _get(mine, key), _get(anchor, key)
+        if isinstance(key, tuple):
+            cells = [" / ".join(_fmt(v, fmt) for v in a), " / ".join(_fmt(v, fmt) for v in b)]
+            ratio = ""
+        else:
+            cells = [_fmt(a, fmt), _fmt(b, fmt)]
+            ratio = f"{a / b:.2f}×" if a is not None and b else ""
+        runs = [r.get(key) for r in block["runs"].get("aiecs", [])] if not isinstance(
+            key, tuple) else []
+        verdict = _verdict(target, a, b, runs)
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} | "
+                     f"{target[2] if target else ''} | {verdict} |")
+    return lines
+
+
+def _startup_ms(block: dict) -> dict:
+    """Import blocks store seconds; the table shows ms."""
+    for runs in (block["median"], *block["runs"].values()):
+        for item in runs.values() if isinstance(runs, dict) else runs:
+            if "seconds" in item:
+                item["ms"] = 1000 * item["seconds"]
+    return block
+
+
+def _sections(results: dict) -> list[str]:
+    out: list[str] = []
+    sc = results["scenarios"]
+    titles = {"noop": "1–2. No-op drain: throughput, CPU and Redis per task",
+              "chat": "3. 200 ms chat calls through the openai SDK",
+              "progress": "4. Progress: emit → client with many sockets",
+              "startup": "5. Start-up", "streaming": "6. Streaming",
+              "scaling": "7. Scaling: worker processes (threads -c8 each)"}
+    for name, title in titles.items():
+        if name not in sc:
+            continue
+        out += [f"## {title}", "", f"Anchor: {ANCHORS[name]}.", ""]
+        for config, block in sc[name].items():
+            if name == "startup":
+                rows = STARTUP.get(config, [("seconds", "seconds", ".2f", None)])
+                if config.startswith("import"):
+                    _startup_ms(block)
+            else:
+                rows = {"noop": NOOP, "progress": PROGRESS, "streaming": STREAMING,
+                        "scaling": SCALING}.get(name)
+                if name == "chat":
+                    rows = CHAT_RECOMMENDED if config == "recommended" else CHAT
+            label = config
+            if name == "chat" and config == "recommended":
+                label = "recommended deployment: " + ", ".join(
+                    f"{k}={v}" for k, v in results.get("recommended", {}).items())
+            out += [f"### {label}", "", *_table(block, rows), ""]
+        if name == "streaming":
+            block = next(iter(sc[name].values()))["median"]
+            a, d = block.get("aiecs", {}), block.get("anchor", {})
+            if a.get("token_p50_ms") is not None and d.get("token_p50_ms") is not None:
+                out += [f"Latency aiecs adds per token (p50, over the direct reader): "
+                        f"{a['token_p50_ms'] - d['token_p50_ms']:.1f} ms; p99: "
+                        f"{a['token_p99_ms'] - d['token_p99_ms']:.1f} ms.", ""]
+        plot = {"noop": "throughput.png", "chat": "chat.png", "progress": "progress.png",
+                "scaling": "scaling.png"}.get(name)
+        if plot and results.get("_plots", {}).get(plot):
+            out += [f"![{name}](results/{plot})", ""]
+    return out
+
+
+def _plots(results: dict, folder: Path) -> dict[str, bool]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    made: dict[str, bool] = {}
+    sc = results["scenarios"]
+
+    def bars(file: str, title: str, ylabel: str, blocks: dict, key: str) -> None:
+        names = list(blocks)
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        width = 0.38
+        for j, variant in enumerate(("aiecs", "anchor")):
+            values = [blocks[n]["median"].get(variant, {}).get(key) or 0 for n in names]
+            xs = [i + (j - 0.5) * width for i in range(len(names))]
+            ax.bar(xs, values, width, label=variant)
+            for i, n in enumerate(names):  # each run as a dot
+                runs = [r.get(key) for r in blocks[n]["runs"].get(variant, []) if r.get(key)]
+                ax.plot([xs[i]] * len(runs), runs, "k.", markersize=3)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / file, dpi=110)
+        plt.close(fig)
+        made[file] = True
+
+    if "noop" in sc:
+        bars("throughput.png", "No-op drain", "tasks/s", sc["noop"], "per_s")
+    if "chat" in sc:
+        bars("chat.png", "200 ms chat calls (anchor: prefork -c2 sync SDK)", "tasks/s",
+             sc["chat"], "per_s")
+    if "progress" in sc:
+        bars("progress.png", "emit → client p99 (ms)", "ms", sc["progress"], "p99_ms")
+    if "scaling" in sc:
+        blocks = sc["scaling"]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4))
+        procs = [int(n.split()[0]) for n in blocks]
+        for variant in ("aiecs", "anchor"):
+            med = [b["median"].get(variant, {}) for b in blocks.values()]
+            left.plot(procs, [m.get("per_s") for m in med], "o-", label=variant)
+            right.plot(procs, [m.get("cpu_us") for m in med], "o-", label=variant)
+        left.set(title="tasks/s", xlabel="worker processes", xticks=procs)
+        right.set(title="CPU µs per task, all processes", xlabel="worker processes",
+                  xticks=procs)
+        left.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "scaling.png", dpi=110)
+        plt.close(fig)
+        made["scaling.png"] = True
+    return made
+
+
+def write(results: dict, out: Path, json_path: Path) -> Path:
+    folder = out / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {**results, "_plots": _plots(results, folder)}
+    m = results["machine"]
+    shared = ("The machine was **shared** with other work during the run: rates move; CPU "
+              "per task and Redis command counts are the stable figures."
+              if results.get("shared") else "")
+    load = ", ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
+    raw = json_path.relative_to(out) if json_path.is_relative_to(out) else json_path
+    flag = {"quick": " --quick", "smoke": " --smoke"}.get(results["mode"], "")
+    head = [
+        "# aiecs benchmark report", "",
+        f"Generated by `uv run python -m bench{flag}`"
+        f" on {results['date']} (commit {results['commit']}, {results['mode']} mode, "
+        f"{results['params']['repeats']} repeat(s) per variant, medians; "
+        f"{results['seconds']} s).", "",
+        f"Machine: {m['cpus']} CPUs, Python {m['python']}, Redis {m['redis']}, "
+        f"{m['platform']}; load average at start {load}. "
+        + shared, "",
+        "Method: every run starts a fresh redis-server and fresh workers; aiecs and anchor runs "
+        "alternate. CPU is user + system time from /proc of every process in each worker's "
+        "process group, of redis-server and of the producer. Redis commands are the Δ of "
+        "INFO commandstats (commands inside Lua scripts included); round trips are the Δ of "
+        "INFO stats `total_reads_processed` (request batches read: a pipeline counts once). "
+        "Targets are issue 8's. See bench/README.md.", "",
+        f"Raw data: `{raw}`.",
+        "",
+    ]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(head + _sections(results)) + "\n")
+    return path

@@ -1,0 +1,73 @@
+"""The producer of a run (a child process, so each run imports its app with that run's
+Redis URL): warms the workers up, says ``ready``, waits for ``go``, then submits ``n``
+tasks (all at once, or paced at ``rate`` per second) and waits for every result.
+
+aiecs tasks go through ``execute_task.delay`` (so the producer's own work, the PENDING
+record and event, is counted); anchor tasks through the bare app's ``.delay``.
+
+    python -m bench.submit '{"app": "aiecs", "kind": "noop", "n": 2000}'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from .procs import child_io, cpu_self
+
+MODEL = {"model": "bench-model", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def _task(app: str, kind: str):
+    """(task, mode, service, task_name, input_data) of one run."""
+    if app == "anchor":
+        from . import anchor_app
+
+        task = anchor_app.chat if kind == "chat" else anchor_app.noop
+        return task, "test", "echo", "echo", (MODEL if kind == "chat" else {"text": "hi"})
+    from aiecs_worker import execute_task
+
+    if kind == "noop":
+        return execute_task, "test", "echo", "echo", {"text": "hello world", "chunks": 1}
+    return execute_task, "llm", "openai", "chat", {**MODEL, "stream": kind == "stream"}
+
+
+def main(cfg: dict) -> None:
+    ready, wait, result = child_io()
+    task, mode, service, name, data = _task(cfg["app"], cfg.get("kind", "noop"))
+    users = cfg.get("users", 1)
+    prefix = cfg.get("prefix", "b")
+    timeout = cfg.get("timeout", 600)
+
+    def submit(i: int, tag: str):
+        return task.delay(task_name=name, user_id=f"u{i % users}", task_id=f"{prefix}{tag}{i}",
+                          step=1, mode=mode, service=service, input_data=data, context={})
+
+    for r in [submit(i, "w") for i in range(cfg.get("warm", 4))]:
+        r.get(timeout=120)
+    ready()
+    wait()
+    n, rate = cfg["n"], cfg.get("rate")
+    cpu0, t0 = cpu_self(), time.perf_counter()
+    pending = []
+    for i in range(n):
+        if rate:
+            lag = t0 + i / rate - time.perf_counter()
+            if lag > 0:
+                time.sleep(lag)
+        pending.append(submit(i, "t"))
+    t1 = time.perf_counter()
+    failed = 0
+    for r in pending:
+        try:
+            r.get(timeout=timeout)
+        except Exception:  # noqa: BLE001 - counted and reported, the run goes on
+            failed += 1
+    t2 = time.perf_counter()
+    result({"tasks": n, "failed": failed, "submit_s": t1 - t0, "seconds": t2 - t0,
+            "per_s": n / (t2 - t0), "client_cpu": cpu_self() - cpu0})
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
