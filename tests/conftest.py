@@ -20,6 +20,7 @@ import os
 
 import pytest
 
+from tests.support.examples import spec_examples_site  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer
 from tests.support.worker import start_worker, worker  # noqa: F401 - fixtures
 

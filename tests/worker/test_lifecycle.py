@@ -17,6 +17,7 @@ from aiecs_core import (
 from celery.exceptions import TaskRevokedError
 
 from tests.support.events import read_events, step_events, wait_for_event, wait_terminal
+from tests.support.examples import with_site
 
 POOLS = ["threads", "prefork"]
 
@@ -31,9 +32,10 @@ def echo_kwargs(task_id: str, user_id: str = "alice", step: int = 1, op: str = "
                 service="echo", input_data=inp, context={})
 
 
-def test_spec_example_calls_unchanged(aiecs_redis, start_worker):
-    """The specification's two example calls, run as a user would, in a separate process."""
-    start_worker()
+def test_spec_example_calls_unchanged(aiecs_redis, start_worker, spec_examples_site):
+    """The specification's two example calls, run as a user would, in a separate process,
+    against a worker with the example plugin that serves them (examples/aiecs-example-spec)."""
+    start_worker(env=with_site(spec_examples_site))
     script = textwrap.dedent(
         """
         from aiecs_worker import execute_task, execute_heavy_task
