@@ -92,6 +92,8 @@ class RedisProbe:
                 now = time.time()
                 try:
                     data = json.loads(msg["data"]).get("data")
+                    if isinstance(data, list):  # python-socketio sends emit arguments
+                        data = data[0]
                     self.lags.append(now - data["timestamp"])
                 except (ValueError, TypeError, KeyError, AttributeError):
                     pass
