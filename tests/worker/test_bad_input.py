@@ -84,7 +84,7 @@ def test_every_bad_input_fails_clearly_and_the_worker_keeps_serving(aiecs_redis,
     [
         ({"CELERY_TASK_SOFT_TIME_LIMIT": "abc"}, "CELERY_TASK_SOFT_TIME_LIMIT"),
         ({"CELERY_TASK_SOFT_TIME_LIMIT": "700"}, "must be less than CELERY_TASK_TIME_LIMIT"),
-        ({"CELERY_TASK_TIME_LIMIT": "4000"}, "must be less than CELERY_VISIBILITY_TIMEOUT"),
+        ({"AIECS_LEASE_SECONDS": "1"}, "AIECS_LEASE_SECONDS"),
         ({"CELERY_WORKER_PREFETCH_MULTIPLIER": "-1"}, "CELERY_WORKER_PREFETCH_MULTIPLIER"),
         ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
     ],

@@ -27,7 +27,11 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
     install_poison_guard(celery_app)  # malformed broker messages are dead-lettered
     install_kombu_fix()  # a Redis restart must not stop the worker (see kombu_fix)
-    transport = {"visibility_timeout": s.celery_visibility_timeout}
+    # A dead worker's received-but-unstarted messages come back after the visibility
+    # timeout (5 min by default: redelivered copies are harmless, see lease.py); kombu
+    # looks for them every 30 s instead of every 100 s.
+    transport = {"visibility_timeout": s.celery_visibility_timeout,
+                 "unacked_restore_interval": 10, "unacked_restore_throttle": 3}
     celery_app.conf.update(
         # JSON only: no pickle anywhere, in either direction.
         task_serializer="json",

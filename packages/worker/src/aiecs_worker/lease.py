@@ -9,15 +9,15 @@ arguments in the execution's state; the ``finish`` transition removes both.
 Every process also sweeps: an owner whose lease ended (its process was SIGKILLed, its host
 lost power, its loop is wedged) is claimed by exactly one sweeper (``ZREM``), and each of
 its executions still RUNNING under it is queued again with the same Celery id and
-arguments. The broker's own copy of the message comes back only after the visibility
-timeout (an hour by default); the ``begin`` transition makes that late copy harmless (the
-execution is terminal by then, or held by a live owner).
+arguments. The broker's own copy of the message comes back after the visibility timeout
+(``CELERY_VISIBILITY_TIMEOUT``, 5 min); the ``begin`` transition makes that late copy
+harmless (the execution is terminal by then, or held by a live owner).
 
-A delivery that finds its execution RUNNING under another owner whose lease is live waits
-until that owner finishes (its outcome is returned) or its lease ends (it takes over); on
-the same host a dead PID ends the wait at once (a SIGKILLed prefork child). After
-``2 × AIECS_LEASE_SECONDS`` with the holder still alive, the delivery is a duplicate and
-is dropped: the holder's lease covers the execution.
+A delivery that finds its execution RUNNING under another owner whose lease is live is a
+duplicate (the broker redelivered it after its visibility timeout, or the holder just
+died): it is dropped, since the sweeper queues the execution again should the holder be
+dead. On the same host a dead PID is seen at once and the delivery takes over (a
+SIGKILLed prefork child, whose task Celery redelivers immediately).
 
 **Poison under the threads pool.** A crashing operation kills every execution of its
 process. The sweeper charges a crash only to an execution that is *certainly present at

@@ -467,7 +467,6 @@ class Runtime:
                 request.step, s.aiecs_max_deliveries, self.owner, s.aiecs_lease_seconds * 1000,
                 request.model_dump_json(), queue, task, ""]
         give_up = time.monotonic() + s.aiecs_redis_wait
-        busy_until: float | None = None
         delay = 0.05
         while True:
             try:
@@ -490,16 +489,11 @@ class Runtime:
             if holder_is_dead_here(holder):
                 args[-1] = "1"  # its process is gone: take over now
                 continue
-            now = time.monotonic()
-            if busy_until is None:
-                busy_until = now + 2 * s.aiecs_lease_seconds
-                log.info("task %s (%s) is held by %s; waiting for it to finish or die",
-                         celery_id, request.key, holder)
-            if now > busy_until:
-                log.warning("task %s (%s) is still held by live worker %s: this delivery is a "
-                            "duplicate, dropped", celery_id, request.key, holder)
-                return "duplicate", int(deliveries), False, False
-            await asyncio.sleep(0.25)
+            # A live (or not yet swept) holder: if it dies, the sweeper queues the
+            # execution again from its record, so this copy is not needed.
+            log.info("task %s (%s) is held by %s: this delivery is a duplicate, dropped",
+                     celery_id, request.key, holder)
+            return "duplicate", int(deliveries), False, False
 
     async def _isolate(self, ctx: WorkerContext, state_key: str) -> None:
         """Run a crash suspect alone among suspects, cluster-wide (see lease.py)."""
