@@ -123,6 +123,10 @@
           const pre = this.el.querySelector(".result");
           pre.textContent = JSON.stringify(e.result, null, 2);
           pre.hidden = false;
+        } else if (e.status === "cancelled") {
+          // asked for, not a failure: say so in the card's message, never as a red error
+          const why = (e.error && e.error.message) || e.message;
+          this.el.querySelector(".message").textContent = why ? `Cancelled: ${why}` : "Cancelled";
         } else if (TERMINAL.has(e.status) && e.error) {
           const p = this.el.querySelector(".task-error");
           p.textContent = `${e.error.type}: ${e.error.message}`;
@@ -207,6 +211,7 @@
     socket.on("connect", () => {
       setConn("live", "conn-on");
       $("auth-error").textContent = "";
+      signedIn(); // the server accepted the token: only now say who we are
       for (const task of state.tasks.values()) subscribe(task);
     });
     socket.on("disconnect", (reason) => setConn(`offline (${reason})`, "conn-off"));
@@ -218,15 +223,21 @@
         return; // network trouble: Socket.IO retries by itself
       }
       setConn("refused", "conn-off");
-      if (state.config.dev && state.user) {
+      if (state.config.dev && state.user && !state.devRetried) {
+        state.devRetried = true; // once: a server that refuses its own dev tokens won't change
         await devLogin(state.user); // dev tokens are cheap: get a fresh one
       } else {
-        $("auth-error").textContent = `Connection refused: ${err.message}. Paste a new token.`;
+        signedOut();
+        $("auth-error").textContent = `Token refused: ${err.message}. Paste a new token.`;
       }
     });
     socket.on("session_expired", async () => {
-      if (state.config.dev && state.user) await devLogin(state.user);
-      else $("auth-error").textContent = "Your token expired. Paste a new one.";
+      if (state.config.dev && state.user) {
+        await devLogin(state.user);
+      } else {
+        signedOut();
+        $("auth-error").textContent = "Your token expired. Paste a new one.";
+      }
     });
     socket.on("task_event", (e) => {
       if (e && typeof e.task_id === "string") trackTask(e.task_id, e.task_name).offer(e);
@@ -277,14 +288,40 @@
     }
   }
 
+  // A token is only "signed in" once the server accepted it (the Socket.IO connection is
+  // authenticated); until then the page says it is checking, and a refused token signs out.
   async function useToken(token) {
     state.token = token;
     state.user = decodeUser(token);
-    sessionStorage.setItem(STORE_TOKEN, token);
-    $("whoami").textContent = state.user ? `Signed in as ${state.user}.` : "";
-    $("submit").hidden = false;
+    state.accepted = false;
+    $("whoami").textContent = "Checking the token...";
+    $("whoami").dataset.state = "checking";
+    $("auth-error").textContent = "";
     connect();
-    await loadServices();
+  }
+
+  function signedIn() {
+    if (state.accepted) return;
+    state.accepted = true;
+    state.devRetried = false;
+    sessionStorage.setItem(STORE_TOKEN, state.token);
+    $("whoami").textContent = state.user ? `Signed in as ${state.user}.` : "Signed in.";
+    $("whoami").dataset.state = "signed-in";
+    $("submit").hidden = false;
+    loadServices().catch((e) => {
+      $("submit-error").textContent = `Could not list the services: ${e.message}`;
+    });
+  }
+
+  function signedOut() {
+    if (state.socket) state.socket.disconnect();
+    state.socket = null;
+    state.token = null;
+    state.accepted = false;
+    sessionStorage.removeItem(STORE_TOKEN);
+    $("whoami").textContent = "Not signed in.";
+    $("whoami").dataset.state = "signed-out";
+    $("submit").hidden = true;
   }
 
   async function devLogin(user) {
@@ -391,7 +428,8 @@
   async function main() {
     window.aiecs = { state, Sequencer };
     state.config = await api("GET", "/config");
-    if (state.config.dev) $("dev-login").hidden = false;
+    // the dev sign-in form exists only on a development server ([hidden] wins in the CSS)
+    $("dev-login").hidden = !state.config.dev;
     $("dev-login").addEventListener("submit", (ev) => {
       ev.preventDefault();
       state.user = $("dev-user").value.trim();
@@ -407,6 +445,7 @@
     $("submit-form").addEventListener("submit", onSubmit);
     for (const id of JSON.parse(sessionStorage.getItem(STORE_TASKS) || "[]")) trackTask(id, "");
     if (state.token) await useToken(state.token);
+    document.body.dataset.ready = "true";
   }
 
   document.addEventListener("DOMContentLoaded", () => {
