@@ -36,8 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Settings inherited from the caller's shell (or a test session) never reach the bench's
+#: processes: each run passes its own. (Celery prefers CELERY_BROKER_URL over an app's
+#: ``broker`` argument, so one left over would point a run at another Redis.)
+_FOREIGN = ("CELERY_", "REDIS_URL", "AIECS_", "OPENAI_", "XAI_", "VERTEX_", "GOOGLE_")
+
+
 def base_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
 
@@ -85,7 +92,10 @@ def cleanup() -> None:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt, so ``finally`` blocks run)."""
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt, so ``finally`` blocks run). Also
+    drops inherited settings from this process (see ``_FOREIGN``)."""
+    for key in [k for k in os.environ if k.startswith(_FOREIGN)]:
+        del os.environ[key]
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
