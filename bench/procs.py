@@ -60,8 +60,7 @@ def spawn(cmd: list[str], *, env: dict[str, str] | None = None, log: Path | None
     """Start ``cmd`` in a new process group, registered for cleanup."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed by the OS
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env or base_env(), stdin=stdin,
-                            stdout=stdout if stdout is not None else out,
-                            stderr=out if log else subprocess.DEVNULL,
+                            stdout=stdout if stdout is not None else out, stderr=out,
                             start_new_session=True, text=stdout is not None)
     _live.append(proc)
     return proc
@@ -262,8 +261,14 @@ class Child:
     waits for ``go`` on stdin, does its work and prints one JSON line."""
 
     def __init__(self, module: str, config: dict, env: dict[str, str] | None = None):
+        self.log = tmpdir("child") / "stderr.log"
         self.proc = spawn([PY, "-m", module, json.dumps(config)], env=env or base_env(),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, log=self.log)
+
+    def _tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+        return ""
 
     def _line(self, timeout: float) -> str:
         import selectors
@@ -272,12 +277,12 @@ class Child:
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         try:
             if not sel.select(timeout):
-                raise RuntimeError(f"child timed out after {timeout:.0f} s")
+                raise RuntimeError(f"child timed out after {timeout:.0f} s:\n{self._tail()}")
         finally:
             sel.close()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"child exited with {self.proc.wait()}")
+            raise RuntimeError(f"child exited with {self.proc.wait()}:\n{self._tail()}")
         return line.strip()
 
     def ready(self, timeout: float = 120.0) -> None:
