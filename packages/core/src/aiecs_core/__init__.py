@@ -1,62 +1,150 @@
-"""aiecs-core: task and service contracts, errors, plugin hooks and the service registry."""
+"""aiecs-core: task and service contracts, errors, plugin hooks and the service registry.
 
-from .errors import *  # noqa: F403
-from .errors import __all__ as _errors_all
-from .hookspecs import ENTRY_POINT_GROUP, hookimpl
-from .models import *  # noqa: F403
-from .models import __all__ as _models_all
-from .redaction import (
-    install_log_redaction,
-    redact,
-    redact_data,
-    redact_json,
-    register_env_secrets,
-    register_secret,
+Every name of ``__all__`` is importable from here (``from aiecs_core import TaskRequest``),
+but is imported on first access (PEP 562 module ``__getattr__``): ``import aiecs_core``
+alone loads no submodule, so neither pydantic nor pluggy, and a process pays only for
+what it uses (the errors need neither; the models need pydantic; the registry, pluggy
+and the entry-point scan). Submodules (``aiecs_core.llm``, ``aiecs_core.testing``, ...)
+are reachable as attributes the same way.
+"""
+
+# ruff: noqa: F401 - the TYPE_CHECKING imports below are re-exports (listed in _WHERE)
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; resolved lazily below
+    from .errors import *  # noqa: F403
+    from .hookspecs import ENTRY_POINT_GROUP, hookimpl
+    from .models import *  # noqa: F403
+    from .redaction import (
+        install_log_redaction,
+        redact,
+        redact_data,
+        redact_json,
+        register_env_secrets,
+        register_secret,
+    )
+    from .registry import (
+        ALLOW_ENV,
+        PluginFailure,
+        PluginInfo,
+        ServiceRegistry,
+        get_registry,
+        load_plugins,
+        reset_registry,
+    )
+    from .service import (
+        OperationContext,
+        OperationSpec,
+        RateLimitKey,
+        RecordingContext,
+        Service,
+        invoke_operation,
+        operation,
+        validate_input,
+    )
+
+#: Public name -> the submodule defining it. ``errors`` and ``models`` list their
+#: ``__all__`` here (tests/core/test_lazy_imports.py keeps the lists equal).
+_ERRORS = (
+    "AiecsError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "DuplicateExecutionError",
+    "InputValidationError",
+    "InvalidRequestError",
+    "InvalidTaskError",
+    "ModelNotFoundError",
+    "OperationError",
+    "OperationNotFoundError",
+    "PayloadTooLargeError",
+    "PluginError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderServerError",
+    "ProviderTimeoutError",
+    "RateLimitError",
+    "ServiceNotFoundError",
+    "StreamInterruptedError",
+    "TaskCancelledError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+    "error_info",
 )
-from .registry import (
-    ALLOW_ENV,
-    PluginFailure,
-    PluginInfo,
-    ServiceRegistry,
-    get_registry,
-    load_plugins,
-    reset_registry,
+_MODELS = (
+    "ID_PATTERN",
+    "TERMINAL_STATUSES",
+    "ErrorInfo",
+    "EventType",
+    "TaskEvent",
+    "TaskRequest",
+    "TaskResult",
+    "TaskStatus",
+    "Usage",
 )
-from .service import (
-    OperationContext,
-    OperationSpec,
-    RateLimitKey,
-    RecordingContext,
-    Service,
-    invoke_operation,
-    operation,
-    validate_input,
+_WHERE: dict[str, str] = {
+    **dict.fromkeys(_ERRORS, "errors"),
+    **dict.fromkeys(_MODELS, "models"),
+    "ENTRY_POINT_GROUP": "hookspecs",
+    "hookimpl": "hookspecs",
+    **dict.fromkeys(
+        (
+            "install_log_redaction",
+            "redact",
+            "redact_data",
+            "redact_json",
+            "register_env_secrets",
+            "register_secret",
+        ),
+        "redaction",
+    ),
+    **dict.fromkeys(
+        (
+            "ALLOW_ENV",
+            "PluginFailure",
+            "PluginInfo",
+            "ServiceRegistry",
+            "get_registry",
+            "load_plugins",
+            "reset_registry",
+        ),
+        "registry",
+    ),
+    **dict.fromkeys(
+        (
+            "OperationContext",
+            "OperationSpec",
+            "RateLimitKey",
+            "RecordingContext",
+            "Service",
+            "invoke_operation",
+            "operation",
+            "validate_input",
+        ),
+        "service",
+    ),
+}
+_SUBMODULES = frozenset(
+    {"errors", "hookspecs", "jsonlimits", "llm", "models", "redaction", "registry", "service",
+     "testing"}
 )
 
-__all__ = [
-    *_errors_all,
-    *_models_all,
-    "ALLOW_ENV",
-    "ENTRY_POINT_GROUP",
-    "OperationContext",
-    "OperationSpec",
-    "PluginFailure",
-    "PluginInfo",
-    "RateLimitKey",
-    "RecordingContext",
-    "Service",
-    "ServiceRegistry",
-    "get_registry",
-    "hookimpl",
-    "install_log_redaction",
-    "invoke_operation",
-    "load_plugins",
-    "operation",
-    "redact",
-    "redact_data",
-    "redact_json",
-    "register_env_secrets",
-    "register_secret",
-    "reset_registry",
-    "validate_input",
-]
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})

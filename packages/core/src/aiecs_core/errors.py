@@ -15,10 +15,12 @@ Providers convert SDK errors at their boundary, by exception type and HTTP statu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .models import ErrorInfo
 from .redaction import redact, redact_data
+
+if TYPE_CHECKING:  # pragma: no cover - imported on use: the errors need no pydantic
+    from .models import ErrorInfo
 
 __all__ = [
     "AiecsError",
@@ -78,6 +80,8 @@ class AiecsError(Exception):
         return (type(self), self.args)
 
     def to_info(self) -> ErrorInfo:
+        from .models import ErrorInfo
+
         return ErrorInfo(
             type=type(self).__name__,
             message=self.message,
@@ -234,4 +238,6 @@ def error_info(exc: BaseException) -> ErrorInfo:
     """
     if isinstance(exc, AiecsError):
         return exc.to_info()
+    from .models import ErrorInfo
+
     return ErrorInfo(type=type(exc).__name__, message=str(exc) or type(exc).__name__)

@@ -27,7 +27,6 @@ clients on it. ``aclose()`` is awaited when the worker shuts down.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import threading
@@ -316,6 +315,8 @@ async def invoke_operation(
     if spec.is_async:
         result = await spec.func(instance, ctx, data)
     else:
+        import asyncio  # not at import: plugin listings and the CLI never need it
+
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
             None, functools.partial(spec.func, instance, ctx, data)
