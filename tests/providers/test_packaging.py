@@ -2,8 +2,10 @@
 example third-party provider) next to aiecs-core and aiecs-worker, listed and served by a
 worker started from that environment; and each provider package's tests run alone.
 
-Fresh environments are built with ``uv pip install`` from the local package folders,
-pinned to the workspace's lock (``uv export``), so they resolve exactly what CI resolves.
+Fresh environments are built with ``uv pip install --no-sources`` from the local package
+folders (or from wheels built with ``uv build``), pinned to the workspace's lock (``uv
+export``), so they resolve exactly what CI resolves; they are checked to be self-contained
+(no editable links into the checkout), as docs/plugins.md promises.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def make_venv(path: Path, *packages: str) -> Path:
     venv = path / "venv"
     for cmd in (
         [UV, "venv", "-q", str(venv), "--python", sys.executable],
-        [UV, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+        # --no-sources: without it, uv applies the workspace's sources to the
+        # dependencies (aiecs-core = { workspace = true }) and installs them as editable
+        # links into this checkout, so the environment would not be self-contained
+        [UV, "pip", "install", "-q", "--no-sources", "--python", str(venv / "bin" / "python"),
          "-c", str(constraints), "packages/core", "packages/worker", *packages],
     ):
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
@@ -162,3 +167,102 @@ def test_each_provider_package_tests_pass_alone(tmp_path, provider):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+# --- docs/plugins.md: the documented commands, run as written ----------------------------
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,
+         timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _plugin_names(venv: Path, cwd: Path) -> list[str]:
+    proc = subprocess.run([str(venv / "bin" / "aiecs"), "plugins", "--json"], cwd=cwd,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [p["name"] for p in json.loads(proc.stdout)["plugins"]]
+
+
+_WHERE = """
+import importlib, json, sys, sysconfig
+mods = ["aiecs_core", "aiecs_worker", "aiecs_openai_compat", "aiecs_providers_openai"]
+print(json.dumps({"site": sysconfig.get_paths()["purelib"],
+                  "files": {m: importlib.import_module(m).__file__ for m in mods}}))
+"""
+
+
+def assert_self_contained(venv: Path) -> None:
+    """Nothing in the environment points into this checkout: no .pth path entries, no
+    editable installs, every aiecs module imported from the environment itself."""
+    python = str(venv / "bin" / "python")
+    where = json.loads(_run([python, "-c", _WHERE], cwd=Path("/")).stdout)
+    site = Path(where["site"])
+    for module, file in where["files"].items():
+        assert Path(file).is_relative_to(site), (module, file)
+    for pth in site.glob("*.pth"):
+        assert str(ROOT) not in pth.read_text(), (pth, pth.read_text())
+    for direct_url in site.glob("*.dist-info/direct_url.json"):
+        info = json.loads(direct_url.read_text())
+        assert not info.get("dir_info", {}).get("editable"), direct_url
+
+
+@pytest.mark.slow
+def test_one_provider_from_built_wheels_is_self_contained(tmp_path, aiecs_redis, start_worker):
+    """docs/plugins.md, "Installing one provider outside the repository", as written."""
+    dist = tmp_path / "dist"
+    for package in ("aiecs-core", "aiecs-worker", "aiecs-openai-compat",
+                    "aiecs-providers-openai"):
+        _run([UV, "build", "-q", "--wheel", "--package", package, "-o", str(dist)], cwd=ROOT)
+    _run([UV, "export", "--frozen", "--no-hashes", "--all-packages", "--no-emit-workspace",
+          "--no-dev", "-q", "-o", str(dist / "constraints.txt")], cwd=ROOT)
+    # elsewhere (no checkout needed from here on): a venv from the wheels alone
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    venv = elsewhere / "venv"
+    _run([UV, "venv", "-q", str(venv), "--python", sys.executable], cwd=elsewhere)
+    wheels = sorted(str(p) for p in dist.glob("*.whl"))
+    assert len(wheels) == 4, wheels
+    _run([UV, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+          "-c", str(dist / "constraints.txt"), *wheels], cwd=elsewhere)
+    assert _plugin_names(venv, elsewhere) == ["openai"]
+    assert_self_contained(venv)
+    # a worker from it serves the provider
+    with FakeOpenAI() as fake:
+        start_worker(celery=str(venv / "bin" / "celery"),
+                     env={"OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url})
+        served = submit("llm", "openai", "chat", {"model": "gpt", "messages": [
+            {"role": "user", "content": "hi"}]})
+        terminal, _ = wait_terminal(aiecs_redis.client(), "alice", served)
+        assert terminal["status"] == "completed", terminal
+
+
+@pytest.mark.slow
+def test_install_from_paths_is_self_contained(tmp_path):
+    """``uv pip install --no-sources packages/...`` copies, it does not link the checkout
+    (without --no-sources, uv installs the workspace dependencies as editable links)."""
+    venv = make_venv(tmp_path, *PROVIDERS["openai"])
+    assert _plugin_names(venv, tmp_path) == ["openai"]
+    assert_self_contained(venv)
+
+
+@pytest.mark.slow
+def test_plugin_next_to_the_workspace_survives_inexact_sync(tmp_path):
+    """docs/plugins.md, "Developing a plugin next to the workspace": a plugin installed with
+    ``uv pip install`` survives ``uv run`` and ``uv sync --inexact``; a plain ``uv sync``
+    removes it (the trap the docs warn about). In an environment of its own."""
+    env = _env() | {"UV_PROJECT_ENVIRONMENT": str(tmp_path / "venv")}
+    venv = tmp_path / "venv"
+    _run([UV, "sync", "-q", "--all-packages", "--frozen"], cwd=ROOT, env=env)
+    _run([UV, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "-e",
+          str(EXAMPLE)], cwd=ROOT, env=env)
+    assert "textstats" in _plugin_names(venv, tmp_path)
+    ran = _run([UV, "run", "-q", "--frozen", "aiecs", "plugins", "--json"], cwd=ROOT, env=env)
+    assert "textstats" in [p["name"] for p in json.loads(ran.stdout)["plugins"]]
+    _run([UV, "sync", "-q", "--all-packages", "--inexact", "--frozen"], cwd=ROOT, env=env)
+    assert "textstats" in _plugin_names(venv, tmp_path)
+    _run([UV, "sync", "-q", "--all-packages", "--frozen"], cwd=ROOT, env=env)
+    assert "textstats" not in _plugin_names(venv, tmp_path)
