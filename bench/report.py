@@ -248,6 +248,9 @@ def write(results: dict, out: Path, json_path: Path) -> Path:
         f"Raw data: `{raw}`.",
         "",
     ]
+    for name, error in results.get("errors", {}).items():
+        head += [f"**Scenario `{name}` failed** in this run:", "", "```", error.strip(), "```",
+                 ""]
     path = out / "REPORT.md"
     path.write_text("\n".join(head + _sections(results)) + "\n")
     return path

@@ -139,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in (s for s in SCENARIOS if s in chosen):
             log(f"== {name}")
-            results["scenarios"][name] = runners[name]()
+            try:
+                results["scenarios"][name] = runners[name]()
+            except Exception as exc:  # noqa: BLE001 - reported; the other scenarios still run
+                log(f"   {name} failed: {exc}")
+                results.setdefault("errors", {})[name] = str(exc)[-2000:]
+            procs.cleanup()
     except KeyboardInterrupt:
         log("interrupted: stopping everything the bench started")
         return 130
