@@ -38,7 +38,7 @@ FULL = {
 # events_per_task: what the plain python-socketio anchor emits per task, as many as an aiecs
 # echo no-op makes (PENDING, RUNNING, progress, stream, COMPLETED).
 QUICK = {
-    **FULL, "repeats": 1, "noop_tasks": 400, "scaling": [1, 2, 4], "chat_tasks": 500,
+    **FULL, "repeats": 1, "noop_tasks": 300, "scaling": [1, 4], "chat_tasks": 500,
     "chat_concurrency": [200], "chat_anchor_tasks": 16, "progress_seconds": 5,
     "stream_tokens": 40, "startup_repeats": 1, "imports": 3,
 }
