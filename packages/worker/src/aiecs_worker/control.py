@@ -14,12 +14,18 @@ from aiecs_core import TaskEvent, TaskRequest, TaskStatus, load_plugins
 from celery.result import AsyncResult
 
 from .app import app
-from .events import TaskKeys, celery_task_id, finish_sync, publish_sync
+from .events import (
+    PENDING_PUBLISH_LUA,
+    TaskKeys,
+    celery_task_id,
+    finish_sync,
+    run_script,
+    script_args,
+)
 from .runtime import CANCEL_CHANNEL, _routable
 from .settings import get_settings
 from .state import (
     CANCEL_LUA,
-    PENDING_LUA,
     celery_index_key,
     decode_state,
     steps_key,
@@ -33,15 +39,6 @@ def _redis():
     import redis
 
     return redis.Redis.from_url(get_settings().state_redis_url, socket_timeout=5)
-
-
-def _publish(event: TaskEvent) -> int | None:
-    s = get_settings()
-    try:
-        return publish_sync(_redis(), event, s.aiecs_socketio_channel, s.aiecs_events_maxlen,
-                            s.aiecs_events_ttl)
-    except Exception:  # noqa: BLE001 - publishing never fails the caller
-        return None
 
 
 def submit(request: TaskRequest, *, heavy: bool | None = None) -> AsyncResult:
@@ -71,22 +68,23 @@ def record_pending(request: TaskRequest, celery_id: str) -> bool:
     """
     s = get_settings()
     keys = TaskKeys(request.user_id, request.task_id)
+    event = TaskEvent(type="status", task_id=request.task_id, step=request.step,
+                      user_id=request.user_id, task_name=request.task_name,
+                      status=TaskStatus.PENDING, message="queued")
+    ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel, s.aiecs_events_maxlen,
+                                   s.aiecs_events_ttl)
     try:
-        fresh = _redis().register_script(PENDING_LUA)(
-            keys=[keys.state(request.step), steps_key(request.user_id, request.task_id),
-                  celery_index_key(celery_id)],
-            args=[celery_id, s.aiecs_events_ttl, time.time(), request.user_id,
-                  request.task_name, request.step],
+        # the PENDING record and its event, one round trip
+        seq = run_script(
+            _redis(), PENDING_PUBLISH_LUA,
+            [keys.state(request.step), steps_key(request.user_id, request.task_id),
+             celery_index_key(celery_id), *ev_keys],
+            [celery_id, s.aiecs_events_ttl, time.time(), request.user_id, request.task_name,
+             request.step, *ev_args],
         )
     except Exception:  # noqa: BLE001
         return False
-    if fresh:
-        _publish(
-            TaskEvent(type="status", task_id=request.task_id, step=request.step,
-                      user_id=request.user_id, task_name=request.task_name,
-                      status=TaskStatus.PENDING, message="queued")
-        )
-    return bool(fresh)
+    return bool(seq)
 
 
 def cancel(user_id: str, task_id: str, step: int) -> bool:
@@ -113,9 +111,7 @@ def cancel_celery(celery_id: str) -> bool:
 def _cancel_state(state_key: str, celery_id: str) -> bool:
     s = get_settings()
     client = _redis()
-    marked = client.register_script(CANCEL_LUA)(
-        keys=[state_key], args=[time.time(), s.aiecs_events_ttl]
-    )
+    marked = run_script(client, CANCEL_LUA, [state_key], [time.time(), s.aiecs_events_ttl])
     if marked:
         client.publish(CANCEL_CHANNEL, celery_id)
         app.control.revoke(celery_id)

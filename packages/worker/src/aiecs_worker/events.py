@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from aiecs_core import TaskEvent, redact_json
 
-from .state import finish_lua
+from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
 __all__ = [
     "EVENT_NAME",
@@ -75,30 +75,53 @@ class TaskKeys:
         return f"{self._base}:{step}:state"
 
 
-def _publish_lua(seq: str, log: str, arg: int) -> str:
+def _publish_lua(seq: str, log: str, arg: int, *, event: str | None = None,
+                 always_expire: bool = False) -> str:
     """Number, log and publish one event: Lua code over the keys ``seq`` and ``log`` and
     six ARGV from index ``arg`` on: event json (no seq, starts with '{'), maxlen, ttl,
-    channel, packet prefix, packet suffix.  Returns the assigned seq."""
+    channel, packet prefix, packet suffix.  Leaves the assigned seq in the local ``seq``.
+
+    ``event`` replaces the event JSON by a Lua expression. The TTL of the task's keys is
+    set when the task's first event creates them and by terminal events
+    (``always_expire``), not by every event: a task's keys live AIECS_EVENTS_TTL after its
+    last terminal event.
+    """
     a = [f"ARGV[{arg + i}]" for i in range(6)]
+    ev = event or a[0]
+    expire = "true" if always_expire else "seq == 1"
     return f"""
 local seq = redis.call('INCR', {seq})
-redis.call('EXPIRE', {seq}, {a[2]})
-local ev = '{{"seq":' .. seq .. ',' .. string.sub({a[0]}, 2)
+local ev = '{{"seq":' .. seq .. ',' .. string.sub({ev}, 2)
 redis.call('XADD', {log}, 'MAXLEN', '~', {a[1]}, seq .. '-0', 'e', ev)
-redis.call('EXPIRE', {log}, {a[2]})
+if {expire} then
+  redis.call('EXPIRE', {seq}, {a[2]})
+  redis.call('EXPIRE', {log}, {a[2]})
+end
 redis.call('PUBLISH', {a[3]}, {a[4]} .. ev .. {a[5]})
-return seq
 """
 
 
 # KEYS: seq, log.  ARGV: event json, maxlen, ttl, channel, packet prefix, packet suffix.
-PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1)
+PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1) + "return seq\n"
 
 # KEYS: state, seq, log.  ARGV: status, result, error, usage, now, ttl (the state's), then
 # PUBLISH_LUA's.  The terminal transition and its event in one atomic step: no process
 # death between them can leave a finished execution without its terminal event, and the
 # loser of a race appends nothing.  Returns the event's seq, or 0 when already terminal.
-FINISH_PUBLISH_LUA = finish_lua(_publish_lua("KEYS[2]", "KEYS[3]", 7))
+FINISH_PUBLISH_LUA = finish_lua(
+    _publish_lua("KEYS[2]", "KEYS[3]", 7, always_expire=True) + "return seq\n")
+
+# KEYS: state, steps, celery index, seq, log.  ARGV: PENDING's six, then PUBLISH_LUA's.
+# A submission's PENDING record and event in one round trip. Returns 0 or the seq.
+PENDING_PUBLISH_LUA = pending_lua(_publish_lua("KEYS[4]", "KEYS[5]", 7) + "return seq\n")
+
+# KEYS: begin's five, seq, log.  ARGV: begin's thirteen, then PUBLISH_LUA's, whose event
+# JSON holds MESSAGE_SLOT where the RUNNING event's message goes.  The begin transition
+# and, when the execution starts, its RUNNING event, in one round trip before the
+# operation is called.
+BEGIN_PUBLISH_LUA = begin_lua(_publish_lua(
+    "KEYS[6]", "KEYS[7]", 14,
+    event=f"(string.gsub(ARGV[14], '{MESSAGE_SLOT}', msg, 1))"))
 
 
 def encode_event(event: TaskEvent) -> str:
@@ -126,10 +149,22 @@ def script_args(
     return [keys.seq, keys.log], [encode_event(event), maxlen, ttl, channel, head, tail]
 
 
+_scripts: dict[tuple[int, str], Any] = {}
+
+
+def run_script(client: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """Run a Lua script with a synchronous client: EVALSHA, loading it on first use (the
+    Script object is kept per client, so it is not rebuilt and re-hashed per call)."""
+    obj = _scripts.get((id(client), script))
+    if obj is None:
+        obj = _scripts[(id(client), script)] = client.register_script(script)
+    return obj(keys=list(keys), args=list(args))
+
+
 def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: int) -> int:
     """Publish one event with a synchronous redis client (control paths, not hot paths)."""
     keys, args = script_args(event, channel, maxlen, ttl)
-    return int(client.register_script(PUBLISH_LUA)(keys=keys, args=args))
+    return int(run_script(client, PUBLISH_LUA, keys, args))
 
 
 def finish_args(keys: list[str], args: list[Any], state_key: str,
@@ -147,7 +182,13 @@ def finish_sync(client: Any, event: TaskEvent, state_key: str, finish: Sequence[
     Returns the event's seq, or 0 when the execution was already terminal (nothing done).
     """
     keys, args = finish_args(*script_args(event, channel, maxlen, ttl), state_key, finish)
-    return int(client.register_script(FINISH_PUBLISH_LUA)(keys=keys, args=args))
+    return int(run_script(client, FINISH_PUBLISH_LUA, keys, args))
+
+
+def _is_noscript(result: Any) -> bool:
+    from redis.exceptions import NoScriptError
+
+    return isinstance(result, NoScriptError)
 
 
 #: A queued event: (event, future for its seq or None, (state key, FINISH fields) or None).
@@ -255,16 +296,21 @@ class RedisEventPublisher:
                 return
 
     async def _send(self, items: Sequence[_Item]) -> list[int | None]:
+        """One pipeline of EVALSHAs (redis-py's Script in a pipeline would send SCRIPT
+        EXISTS first, every time); scripts are loaded when Redis says NOSCRIPT (a new or
+        restarted Redis), and only the items it refused are sent again."""
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for event, _, finish in items:
-                    keys, args = self._args(event)
-                    if finish is None:
-                        await self._script(keys=keys, args=args, client=pipe)
-                    else:
-                        keys, args = finish_args(keys, args, *finish)
-                        await self._finish_script(keys=keys, args=args, client=pipe)
-                seqs = await pipe.execute()
+            seqs = await self._pipeline(items)
+            retry = [i for i, r in enumerate(seqs) if _is_noscript(r)]
+            if retry:
+                for script in (self._script, self._finish_script):
+                    await self.redis.script_load(script.script)
+                again = await self._pipeline([items[i] for i in retry])
+                for i, r in zip(retry, again, strict=True):
+                    seqs[i] = r
+            for r in seqs:
+                if isinstance(r, Exception):
+                    raise r
         except Exception as exc:  # noqa: BLE001 - publishing never fails a task
             if not self._down:
                 log.warning("event publishing failed, dropping events until Redis is back: %s",
@@ -275,6 +321,17 @@ class RedisEventPublisher:
             log.warning("event publishing recovered")
             self._down = False
         return [int(s) for s in seqs]
+
+    async def _pipeline(self, items: Sequence[_Item]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event, _, finish in items:
+                keys, args = self._args(event)
+                if finish is None:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                else:
+                    keys, args = finish_args(keys, args, *finish)
+                    pipe.evalsha(self._finish_script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def aclose(self) -> None:
         if self._consumer is not None:

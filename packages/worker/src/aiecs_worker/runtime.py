@@ -57,7 +57,7 @@ from aiecs_core import (
 )
 from pydantic import ValidationError
 
-from .events import RedisEventPublisher, TaskKeys, celery_task_id
+from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_task_id, script_args
 from .lease import (
     HEARTBEAT_KEYS,
     HEARTBEAT_LUA,
@@ -68,7 +68,7 @@ from .lease import (
 )
 from .ratelimit import RateLimiter, limited_call
 from .settings import Settings, get_settings
-from .state import BEGIN_LUA, OWNERS_KEY, SUSPECT_KEY, celery_index_key, owned_key, steps_key
+from .state import MESSAGE_SLOT, OWNERS_KEY, SUSPECT_KEY, celery_index_key, owned_key, steps_key
 
 __all__ = ["CANCEL_CHANNEL", "Outcome", "Runtime", "get_runtime", "parse_request"]
 
@@ -215,7 +215,7 @@ class Runtime:
         self.redis = aioredis.Redis.from_url(
             s.state_redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
-        self._begin = self.redis.register_script(BEGIN_LUA)
+        self._begin = self.redis.register_script(BEGIN_PUBLISH_LUA)
         self._heartbeat = self.redis.register_script(HEARTBEAT_LUA)
         self._sweep = self.redis.register_script(SWEEP_LUA)
         #: this process as the owner of the executions it runs (see aiecs_worker.lease)
@@ -315,7 +315,7 @@ class Runtime:
         keys = TaskKeys(request.user_id, request.task_id)
 
         status, deliveries, cancel_requested, suspect = await self._begin_execution(
-            request, keys, celery_id, task, queue
+            ctx, keys, celery_id, task, queue
         )
         if status == "duplicate":
             return Outcome(TaskStatus.RUNNING, celery_id=celery_id, duplicate=True)
@@ -334,13 +334,6 @@ class Runtime:
             return await self._finish_with(
                 ctx, TaskStatus.CANCELLED, error=err, celery_id=celery_id
             )
-
-        message = "started"
-        if deliveries > 1:
-            message = f"redelivered after worker loss (delivery {deliveries})"
-        # Awaited: RUNNING is in the log before the provider is called, even if this
-        # process is killed during the call.
-        await self.publisher.publish(ctx.make_event("status", message=message))
 
         running = _Running(ctx, task=asyncio.current_task())
         self.running[celery_id] = running
@@ -453,19 +446,27 @@ class Runtime:
         return exc
 
     async def _begin_execution(
-        self, request: TaskRequest, keys: TaskKeys, celery_id: str, task: str, queue: str
+        self, ctx: WorkerContext, keys: TaskKeys, celery_id: str, task: str, queue: str
     ) -> tuple[str, int, bool, bool]:
         """The ``begin`` transition: (status, deliveries, cancel requested, suspect).
 
+        When the execution starts, the same script publishes its RUNNING event ("started",
+        or "redelivered after worker loss (delivery N)"): it is in the log before the
+        provider is called, even if this process is killed during the call.
         Waits for an unreachable Redis (AIECS_REDIS_WAIT), never runs without its record.
         Status ``duplicate``: another live worker holds the execution (see lease.py).
         """
         s = self.settings
+        request = ctx.request
+        ev_keys, ev_args = script_args(ctx.make_event("status", message=MESSAGE_SLOT),
+                                       s.aiecs_socketio_channel, s.aiecs_events_maxlen,
+                                       s.aiecs_events_ttl)
         keys_ = [keys.state(request.step), steps_key(request.user_id, request.task_id),
-                 celery_index_key(celery_id), OWNERS_KEY, owned_key(self.owner)]
+                 celery_index_key(celery_id), OWNERS_KEY, owned_key(self.owner), *ev_keys]
         args = [celery_id, s.aiecs_events_ttl, time.time(), request.user_id, request.task_name,
                 request.step, s.aiecs_max_deliveries, self.owner, s.aiecs_lease_seconds * 1000,
-                request.model_dump_json(), queue, task, ""]
+                request.model_dump_json(), queue, task, "", *ev_args]
+        force = 12  # index of the force flag in args
         give_up = time.monotonic() + s.aiecs_redis_wait
         delay = 0.05
         while True:
@@ -487,7 +488,7 @@ class Runtime:
                 return status, int(deliveries), bool(cancel), bool(suspect)
             holder = holder.decode() if isinstance(holder, bytes) else holder
             if holder_is_dead_here(holder):
-                args[-1] = "1"  # its process is gone: take over now
+                args[force] = "1"  # its process is gone: take over now
                 continue
             # A live (or not yet swept) holder: if it dies, the sweeper queues the
             # execution again from its record, so this copy is not needed.

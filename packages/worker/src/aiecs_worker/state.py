@@ -15,15 +15,16 @@ from typing import Any
 from aiecs_core import TERMINAL_STATUSES
 
 __all__ = [
-    "BEGIN_LUA",
     "CANCEL_LUA",
+    "MESSAGE_SLOT",
     "OWNERS_KEY",
     "SUSPECT_KEY",
-    "PENDING_LUA",
     "celery_index_key",
     "decode_state",
+    "begin_lua",
     "finish_lua",
     "owned_key",
+    "pending_lua",
     "steps_key",
 ]
 
@@ -42,48 +43,67 @@ def owned_key(owner: str, prefix: str = "aiecs") -> str:
 
 NOW_MS_LUA = "local _t = redis.call('TIME'); local now_ms = _t[1] * 1000 + math.floor(_t[2] / 1000)"
 
-# KEYS: state, steps, celery index, owners, owned (this owner's).
-# ARGV: celery_id, ttl, now, user_id, task_name, step, max_deliveries, owner, lease_ms,
-#       request json, queue, celery task name, force ('1' takes over from a live holder).
-# Returns {status, deliveries, cancel_requested, suspect, holder}:
-# - status is the stored terminal status when the execution already finished (nothing
-#   changes then), 'busy' when another live owner holds it (nothing changes; holder set),
-#   else 'running';
-# - deliveries counts the deliveries charged to this execution (losses in a crash it did
-#   not cause are spared, see aiecs_worker.lease).
-BEGIN_LUA = f"""
+#: Where the RUNNING event's message goes in the event JSON handed to begin_lua.
+MESSAGE_SLOT = "@@AIECS_MESSAGE@@"
+
+
+def begin_lua(then: str) -> str:
+    """The ``begin`` transition, then the Lua code ``then`` when the execution starts
+    running (it publishes the RUNNING event; the Lua local ``msg`` holds its message).
+
+    KEYS: state, steps, celery index, owners, owned (this owner's).
+    ARGV: celery_id, ttl, now, user_id, task_name, step, max_deliveries, owner, lease_ms,
+    request json, queue, celery task name, force ('1' takes over from a live holder), then
+    ``then``'s.  Returns {status, deliveries, cancel_requested, suspect, holder}:
+
+    - status is the stored terminal status when the execution already finished (nothing
+      changes then), 'busy' when another live owner holds it (nothing changes; holder
+      set), else 'running';
+    - deliveries counts the deliveries charged to this execution (losses in a crash it
+      did not cause are spared, see aiecs_worker.lease).
+
+    One HMGET reads what it decides on; the keys a submission already created (steps,
+    celery index, TTL) are written only when the execution has no record yet.
+    """
+    return f"""
 local terminal = {_TERMINAL}
-local st = redis.call('HGET', KEYS[1], 'status')
-if st and terminal[st] then
-  return {{st, tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'), '', '', ''}}
-end
-{NOW_MS_LUA}
-local holder = redis.call('HGET', KEYS[1], 'owner') or ''
+local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'deliveries', 'spared',
+                     'cancel_requested', 'suspect')
+local st = f[1]
+local delivered = tonumber(f[3] or '0')
+if st and terminal[st] then return {{st, delivered, '', '', ''}} end
+local holder = f[2] or ''
 if st == 'running' and holder ~= '' and holder ~= ARGV[8] and ARGV[13] ~= '1' then
+  {NOW_MS_LUA}
   local exp = redis.call('ZSCORE', KEYS[4], holder)
-  if exp and tonumber(exp) > now_ms then
-    return {{'busy', tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0'), '', '',
-            holder}}
-  end
+  if exp and tonumber(exp) > now_ms then return {{'busy', delivered, '', '', holder}} end
 end
-local n = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-n = n - tonumber(redis.call('HGET', KEYS[1], 'spared') or '0')
-local cancel = redis.call('HGET', KEYS[1], 'cancel_requested') or ''
-if n <= tonumber(ARGV[7]) and cancel == '' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[3])
+local n = delivered + 1 - tonumber(f[4] or '0')
+local cancel = f[5] or ''
+local run = n <= tonumber(ARGV[7]) and cancel == ''
+local fields = {{'deliveries', delivered + 1, 'celery_id', ARGV[1], 'user_id', ARGV[4],
+  'task_name', ARGV[5], 'step', ARGV[6], 'updated', ARGV[3], 'owner', ARGV[8],
+  'request', ARGV[10], 'queue', ARGV[11], 'task', ARGV[12]}}
+if run then
+  fields[#fields + 1] = 'status'; fields[#fields + 1] = 'running'
+  fields[#fields + 1] = 'started'; fields[#fields + 1] = ARGV[3]
 end
-redis.call('HSET', KEYS[1], 'celery_id', ARGV[1], 'user_id', ARGV[4], 'task_name', ARGV[5],
-           'step', ARGV[6], 'updated', ARGV[3], 'owner', ARGV[8], 'request', ARGV[10],
-           'queue', ARGV[11], 'task', ARGV[12])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[1], unpack(fields))
+if not st then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[6])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
+end
 redis.call('SADD', KEYS[5], KEYS[1])
-redis.call('EXPIRE', KEYS[5], ARGV[2])
-redis.call('ZADD', KEYS[4], now_ms + tonumber(ARGV[9]), ARGV[8])
-return {{'running', n, cancel, redis.call('HGET', KEYS[1], 'suspect') or '', ''}}
+if run then
+  local msg = 'started'
+  if n > 1 then msg = 'redelivered after worker loss (delivery ' .. n .. ')' end
+  {then}
+end
+return {{'running', n, cancel, f[6] or '', ''}}
 """
+
 
 def finish_lua(then: str) -> str:
     """The terminal transition, then the Lua code ``then`` (run only by the winner).
@@ -93,21 +113,29 @@ def finish_lua(then: str) -> str:
     """
     return f"""
 local terminal = {_TERMINAL}
-local st = redis.call('HGET', KEYS[1], 'status')
-if st and terminal[st] then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'suspect')
+if f[1] and terminal[f[1]] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= '' then redis.call('SREM', 'aiecs:owned:' .. owner, KEYS[1]) end
-redis.call('HDEL', KEYS[1], 'request', 'owner')
-if redis.call('GET', '{SUSPECT_KEY}') == KEYS[1] then redis.call('DEL', '{SUSPECT_KEY}') end
+if f[2] then
+  if f[2] ~= '' then redis.call('SREM', 'aiecs:owned:' .. f[2], KEYS[1]) end
+  redis.call('HDEL', KEYS[1], 'request', 'owner')
+end
+if f[3] == '1' and redis.call('GET', '{SUSPECT_KEY}') == KEYS[1] then
+  redis.call('DEL', '{SUSPECT_KEY}')
+end
 {then}"""
 
 
-# KEYS: state, steps, celery index.  ARGV: celery_id, ttl, now, user_id, task_name, step.
-# Records a submitted execution as pending unless it already has a state.
-PENDING_LUA = """
+def pending_lua(then: str) -> str:
+    """Record a submitted execution as pending unless it already has a state, then run the
+    Lua code ``then`` (it publishes the PENDING event).
+
+    KEYS: state, steps, celery index.  ARGV: celery_id, ttl, now, user_id, task_name,
+    step, then ``then``'s.  Returns 0 when the execution already had a state.
+    """
+    return f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'pending', 'celery_id', ARGV[1], 'user_id', ARGV[4],
            'task_name', ARGV[5], 'step', ARGV[6], 'submitted', ARGV[3], 'updated', ARGV[3])
@@ -115,8 +143,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
-return 1
-"""
+{then}"""
+
 
 # KEYS: state.  ARGV: now, ttl.  Marks a cancel request unless already terminal.
 CANCEL_LUA = f"""
