@@ -220,3 +220,19 @@ def counts(tallies: list[Tally]) -> Counter:
 def worker(redis: FaultRedis, pool: str, **env: str) -> WorkerProcess:
     conc = 8 if pool == "threads" else 2
     return WorkerProcess(redis_url=redis.url, pool=pool, concurrency=conc, env=dict(env))
+
+
+def table_rows(path: Path = REPORT / "results.jsonl") -> str:
+    """The fault runs as rows of docs/reliability.md's table."""
+    rows = []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        name, _, pool = r["scenario"].rpartition(" (")
+        done = r["completed_once"] + r["failed_as_asked"]
+        rows.append(f"| {name} | {pool.rstrip(')')} | {r['sent']} | {done} | {r['lost']} | "
+                    f"{r['duplicated']} | {r['stuck']} | {r['reruns']} | {r['seconds']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table_rows())
