@@ -345,15 +345,7 @@ class ServiceRegistry:
         services = self._services
         owners = self._owners
         return {
-            "plugins": [
-                {
-                    "name": p.name,
-                    "distribution": p.distribution,
-                    "version": p.version,
-                    "services": [f"{m}/{s}" for m, s in p.services if owners.get((m, s)) == p.name],
-                }
-                for p in self.plugins
-            ],
+            "plugins": self._plugin_entries(),
             "failures": [
                 {"name": f.name, "distribution": f.distribution, "reason": f.reason}
                 for f in self.failures
@@ -367,13 +359,39 @@ class ServiceRegistry:
             ],
         }
 
+    def _plugin_entries(self) -> list[dict[str, Any]]:
+        """The ``plugins`` part of :meth:`listing`."""
+        owners = self._owners
+        return [
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "services": [f"{m}/{s}" for m, s in p.services if owners.get((m, s)) == p.name],
+            }
+            for p in self.plugins
+        ]
+
     def report(self) -> list[tuple[int, str]]:
         """What was loaded and what failed, as ``(logging level, line)`` pairs: the worker
         logs them at start-up."""
         import logging
 
         lines: list[tuple[int, str]] = []
-        listing = self.listing()
+        # The listing's parts that name things only: no JSON schema is built at start-up.
+        owners = self._owners
+        listing = {
+            "plugins": self._plugin_entries(),
+            "failures": [
+                {"name": f.name, "distribution": f.distribution, "reason": f.reason}
+                for f in self.failures
+            ],
+            "services": [
+                {"mode": m, "service": s, "plugin": owners[(m, s)],
+                 "operations": dict.fromkeys(cls.operations)}
+                for (m, s), cls in sorted(self._services.items())
+            ],
+        }
         by_plugin: dict[str, list[dict[str, Any]]] = {}
         for entry in listing["services"]:
             by_plugin.setdefault(entry["plugin"], []).append(entry)
