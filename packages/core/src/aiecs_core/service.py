@@ -172,6 +172,22 @@ class Service:
                     ops[spec.name] = spec
         cls.operations = ops
 
+    def warm(self) -> None:
+        """Do now, in a thread, what the first call would otherwise do on the event loop:
+        import the SDK, build the client, load credentials.
+
+        The worker calls it once per process, in a thread of its own, when the process
+        starts, and starts the process's first tasks once every service is warm: an SDK
+        import that takes a second never freezes the executions sharing the event loop
+        (see ``aiecs_worker.warm``). Warm only what is configured (an API key is set, ...)
+        and do no network I/O; return without doing anything otherwise. Must be
+        idempotent and thread-safe against a call arriving meanwhile (with
+        ``AIECS_WARM=0`` there is no warm-up), and such a call must not do this work on
+        the loop either: build the client with ``asyncio.to_thread`` if it is missing. An
+        exception is logged and ignored: the first call then fails or retries as usual.
+        The default does nothing.
+        """
+
     async def aclose(self) -> None:
         """Release clients. Called once when the worker process shuts down."""
 

@@ -11,7 +11,9 @@ worker cancels the call and reports TIMED_OUT, rather than racing the SDK's time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,6 +45,7 @@ from aiecs_core.llm import (
     make_usage,
     raise_converted,
     rate_limit_key,
+    refused_url,
     request_timeout,
     stream_chat,
     timeout_setting,
@@ -105,6 +108,38 @@ def _wire_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
+_dry_run_done = False
+
+
+def _dry_run() -> None:
+    """A streamed chat, a chat and an embeddings request through the SDK to a refused local
+    port, on a throwaway loop in this (warm-up) thread: the modules the SDK and httpx load
+    on a first request (anyio's backend, streaming, parsing) are loaded here rather than
+    on the worker's loop. Once per process; nothing leaves the machine."""
+    global _dry_run_done
+    if _dry_run_done:
+        return
+    from openai import APIConnectionError, AsyncOpenAI
+
+    async def requests(base_url: str) -> None:
+        client = AsyncOpenAI(api_key="warm-up", base_url=base_url, max_retries=0, timeout=2)
+        messages = [{"role": "user", "content": "warm-up"}]
+        try:
+            for call in (
+                lambda: client.chat.completions.create(model="m", messages=messages, stream=True),
+                lambda: client.chat.completions.create(model="m", messages=messages),
+                lambda: client.embeddings.create(model="m", input=["warm-up"]),
+            ):
+                with contextlib.suppress(APIConnectionError):
+                    await call()
+        finally:
+            await client.close()
+
+    with refused_url() as url:
+        asyncio.run(requests(url))
+    _dry_run_done = True
+
+
 class OpenAICompatService(Service):
     """Chat and embeddings over an OpenAI-compatible HTTP API (base class; not registered)."""
 
@@ -136,6 +171,7 @@ class OpenAICompatService(Service):
         self._client: AsyncOpenAI | None = None
         self._api_key: str | None = None
         self._timeout: float = self.default_timeout
+        self._client_lock = threading.Lock()
 
     # -- client --------------------------------------------------------------------------
     def _setting(self, name: str | None) -> str | None:
@@ -145,9 +181,35 @@ class OpenAICompatService(Service):
         return value or None
 
     def client(self) -> AsyncOpenAI:
-        """The process's client, created (and the SDK imported) on first use."""
+        """The process's client, created (and the SDK imported) on first use.
+
+        Blocking the first time (importing openai takes about a second): the operations
+        get it with :meth:`aclient`, which builds it in a thread.
+        """
         if self._client is not None:
             return self._client
+        with self._client_lock:  # warm() in its thread and a first call, at once
+            if self._client is None:
+                self._client = self._make_client()
+        return self._client
+
+    async def aclient(self) -> AsyncOpenAI:
+        """:meth:`client`, built off the event loop if it is not built yet."""
+        if self._client is not None:
+            return self._client
+        return await asyncio.to_thread(self.client)
+
+    def warm(self) -> None:
+        """Import the SDK and build the client now, in the worker's warm-up thread, when
+        the API key is set (without it, the first call fails at once anyway); then load
+        what the SDK loads on its first requests (see :func:`_dry_run`)."""
+        if self._setting(self.api_key_env) is None:
+            return
+        client = self.client()
+        client.chat.completions, client.embeddings  # noqa: B018 - resources load lazily
+        _dry_run()
+
+    def _make_client(self) -> AsyncOpenAI:
         api_key = self._setting(self.api_key_env)
         if api_key is None:
             raise ConfigurationError(
@@ -164,13 +226,12 @@ class OpenAICompatService(Service):
         register_secret(api_key)  # whatever the key's shape, it never leaves the worker
         self._api_key = api_key
         self._timeout = timeout
-        self._client = AsyncOpenAI(
+        return AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=0,  # the worker owns retries
         )
-        return self._client
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -233,7 +294,7 @@ class OpenAICompatService(Service):
 
     @operation(description="Chat completion: messages in; text, tool calls and usage out.")
     async def chat(self, ctx: OperationContext, data: ChatInput) -> ChatResult:
-        client = self.client()
+        client = await self.aclient()
         params = self._chat_params(data)
         if data.stream:
             return await stream_chat(
@@ -312,7 +373,7 @@ class OpenAICompatService(Service):
     # -- embeddings ------------------------------------------------------------------------
     @operation(description="Embed texts: one vector per text, batched to the provider limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
-        client = self.client()
+        client = await self.aclient()
         extra: dict[str, Any] = {}
         if data.dimensions is not None:
             extra["dimensions"] = data.dimensions

@@ -1,8 +1,9 @@
 """The ``vertex`` plugin: service ``llm/vertex`` (Gemini on Vertex AI) with ``chat`` and
 ``embed``, through google-genai in Vertex mode.
 
-Importing this module is cheap: google-genai and google-auth are imported when the first
-call creates the client. The client is created once per worker process and reused.
+Importing this module is cheap: google-genai and google-auth are imported when the client
+is created, in a thread (:meth:`VertexService.warm` at worker start, or the first call),
+never on the event loop. The client is created once per worker process and reused.
 
 Retries are off (google-genai retries nothing unless told to, and we give it our own
 HTTP client, so its aiohttp path and that path's implicit reconnects are never used):
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,7 @@ from aiecs_core.llm import (
     parse_json,
     raise_converted,
     rate_limit_key,
+    refused_url,
     request_timeout,
     stream_chat,
     timeout_setting,
@@ -134,7 +137,7 @@ class VertexService(Service):
         self._client: Client | None = None
         self._http: Any = None
         self._timeout = self.default_timeout
-        self._lock: asyncio.Lock | None = None
+        self._client_lock = threading.Lock()
 
     # -- client ------------------------------------------------------------------------------
     @staticmethod
@@ -143,17 +146,41 @@ class VertexService(Service):
         return value or None
 
     async def client(self) -> Client:
-        """The process's client, created (SDK imported, credentials loaded) on first use."""
+        """The process's client, created (SDK imported, credentials loaded) on first use,
+        in a thread: importing google-genai takes seconds, and must not freeze the loop."""
         if self._client is not None:
             return self._client
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
+        return await asyncio.to_thread(self._sync_client)
+
+    def warm(self) -> None:
+        """Import google-genai and build the client now, in the worker's warm-up thread,
+        when ``VERTEX_PROJECT_ID`` is set (without it, the first call fails at once); then
+        load what the first request loads: google-auth's token refresh transport (the
+        refresh itself, a network call, is left to the first request, in a thread) and
+        the HTTP client's async backend (a request to a refused local port)."""
+        if self._setting(PROJECT_ENV) is None:
+            return
+        self._sync_client()
+        import google.auth.transport.requests  # noqa: F401 - used by every token refresh
+        import httpx2
+
+        async def request(url: str) -> None:
+            async with httpx2.AsyncClient(timeout=2) as http:
+                with contextlib.suppress(httpx2.HTTPError):
+                    await http.get(url)
+
+        with refused_url() as url:
+            asyncio.run(request(url))
+
+    def _sync_client(self) -> Client:
+        with self._client_lock:  # warm() in its thread and first calls, at once
             if self._client is None:
-                self._client = await self._create_client()
+                self._client = self._create_client()
         return self._client
 
-    async def _create_client(self) -> Client:
+    def _create_client(self) -> Client:
+        """Blocking: imports the SDK, reads the credentials (files, or the metadata
+        server). Run in a thread."""
         project = self._setting(PROJECT_ENV)
         if project is None:
             raise ConfigurationError(
@@ -173,8 +200,8 @@ class VertexService(Service):
 
         try:
             # Application-default credentials: GOOGLE_APPLICATION_CREDENTIALS, gcloud's
-            # ADC file, or the metadata server. Blocking I/O: keep it off the event loop.
-            credentials, _ = await asyncio.to_thread(google.auth.default, scopes=SCOPES)
+            # ADC file, or the metadata server.
+            credentials, _ = google.auth.default(scopes=SCOPES)
         except google.auth.exceptions.DefaultCredentialsError as exc:
             raise ConfigurationError(
                 "vertex: no Google credentials found: set "
@@ -425,9 +452,8 @@ class VertexService(Service):
 
     @operation(description="Embed texts: one vector per text, batched to the Vertex limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
+        client = await self.client()  # imports the SDK off the loop, first
         from google.genai import types
-
-        client = await self.client()
 
         async def call(batch: list[str]) -> EmbedBatch:
             config = types.EmbedContentConfig(

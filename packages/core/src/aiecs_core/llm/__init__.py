@@ -24,7 +24,8 @@ One concept per module, all re-exported here (import from ``aiecs_core.llm``):
 - :mod:`.pricing`: usage records priced from ``AIECS_PRICES``;
 - :mod:`.tokens`: token estimates and rate-limit keys;
 - :mod:`.stream`: the chat lifecycle (:func:`stream_chat`, :func:`chat_result`);
-- :mod:`.embed`: embedding in batches.
+- :mod:`.embed`: embedding in batches;
+- :mod:`.warmup`: helpers for a provider's ``warm()``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from .stream import (
 )
 from .timeouts import request_timeout, timeout_setting
 from .tokens import chat_token_estimate, estimate_tokens, rate_limit_key
+from .warmup import refused_url
 
 __all__ = [
     "PRICES_ENV",
@@ -81,6 +83,7 @@ __all__ = [
     "raise_converted",
     "rate_limit_key",
     "redact",
+    "refused_url",
     "request_timeout",
     "stream_chat",
     "timeout_setting",
