@@ -104,6 +104,9 @@ class Usage(BaseModel):
     """Completion / output tokens."""
     cost: float | None = None
     """Cost in USD, only when a price is configured; never estimated."""
+    estimated: bool = False
+    """The tokens were counted here, not reported by the provider (a cancelled or cut
+    call, or a server that reports no usage). Estimated usage is never priced."""
 
     def __add__(self, other: Usage) -> Usage:
         cost = None
@@ -115,6 +118,7 @@ class Usage(BaseModel):
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cost=cost,
+            estimated=self.estimated or other.estimated,
         )
 
 

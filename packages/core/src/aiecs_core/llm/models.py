@@ -16,6 +16,7 @@ __all__ = [
     "ChatResult",
     "EmbedInput",
     "EmbedResult",
+    "NamedToolChoice",
     "ResponseFormat",
     "ToolCall",
     "ToolDefinition",
@@ -35,6 +36,10 @@ class ToolCall(BaseModel):
     """Function name (one of the request's ``tools``)."""
     arguments: str
     """The arguments as JSON text, exactly as the model produced them."""
+    signature: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The provider's opaque signature of this call (Gemini's thought signature, base64),
+    if it gave one (left out of results when it did not): send the call back unchanged in
+    the assistant turn of the next request (Gemini 3 rejects a function call without it)."""
 
 
 class ChatMessage(BaseModel):
@@ -90,6 +95,23 @@ class ResponseFormat(BaseModel):
     """Ask the provider to enforce the schema exactly (where it can)."""
 
 
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME)
+    """The function the model must call (one of the request's ``tools``)."""
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` forcing one function, in the OpenAI API's form:
+    ``{"type": "function", "function": {"name": "get_weather"}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
 class ChatInput(BaseModel):
     """Input of every provider's ``chat`` operation."""
 
@@ -107,10 +129,19 @@ class ChatInput(BaseModel):
     """Structured output: reply with JSON matching this schema (see ``ChatResult.parsed``)."""
     tools: list[ToolDefinition] = Field(default_factory=list, max_length=512)
     """Functions the model may call; calls are returned in ``ChatResult.tool_calls``."""
-    tool_choice: Literal["auto", "none", "required"] | None = None
-    """Whether the model may, must not, or must call a tool (provider default: auto)."""
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    """Whether the model may, must not, or must call a tool (provider default: auto), or
+    which one it must call (:class:`NamedToolChoice`, one of ``tools``)."""
     stream: bool = False
     """Push text to the user as stream events as it is generated."""
+
+    @model_validator(mode="after")
+    def _check_tool_choice(self) -> ChatInput:
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if name not in {tool.name for tool in self.tools}:
+                raise ValueError(f"tool_choice names {name!r}, which is not one of the tools")
+        return self
 
 
 class ChatResult(BaseModel):

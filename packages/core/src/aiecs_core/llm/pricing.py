@@ -70,7 +70,7 @@ def make_usage(
     """A Usage record, priced when ``AIECS_PRICES`` has the model (reported or requested).
 
     ``estimated`` usage (counted locally because the provider never reported it, e.g. a
-    cancelled stream) is never priced.
+    cancelled stream) is never priced, and says so (``Usage.estimated``).
     """
     cost = None
     price = None if estimated else price_for(provider, model, requested_model)
@@ -82,4 +82,5 @@ def make_usage(
         input_tokens=max(0, int(input_tokens)),
         output_tokens=max(0, int(output_tokens)),
         cost=cost,
+        estimated=estimated,
     )

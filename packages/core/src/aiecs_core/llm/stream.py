@@ -86,15 +86,16 @@ def chat_result(
 class ToolCallDelta:
     """A tool call of a streamed reply, or a fragment of one.
 
-    Fragments with the same ``index`` are joined: the last non-empty ``id`` wins, ``name``
-    and ``arguments`` are concatenated. A provider whose SDK streams whole calls sends each
-    with an index of its own.
+    Fragments with the same ``index`` are joined: the last non-empty ``id`` and
+    ``signature`` win, ``name`` and ``arguments`` are concatenated. A provider whose SDK
+    streams whole calls sends each with an index of its own.
     """
 
     index: int
     id: str | None = None
     name: str = ""
     arguments: str = ""
+    signature: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ async def stream_chat(
       ``usage(model, report)`` (an estimate when the provider reported none).
     """
     parts: list[str] = []
-    calls: dict[int, list[str]] = {}
+    calls: dict[int, list[Any]] = {}
     finish: Any = None
     reported: Any = None
     model = data.model
@@ -162,11 +163,13 @@ async def stream_chat(
                 parts.append(delta.text)
                 ctx.stream(delta.text)
             for call in delta.tool_calls:
-                acc = calls.setdefault(call.index, ["", "", ""])
+                acc = calls.setdefault(call.index, ["", "", "", None])
                 if call.id:
                     acc[0] = call.id
                 acc[1] += call.name
                 acc[2] += call.arguments
+                if call.signature:
+                    acc[3] = call.signature
             if delta.finish is not None:
                 finish = delta.finish
     except asyncio.CancelledError:
@@ -211,8 +214,8 @@ async def stream_chat(
             f"{provider}: the stream ended before any output", provider=provider
         )
     tool_calls = [
-        ToolCall(id=id_, name=name, arguments=arguments)
-        for _, (id_, name, arguments) in sorted(calls.items())
+        ToolCall(id=id_, name=name, arguments=arguments, signature=signature)
+        for _, (id_, name, arguments, signature) in sorted(calls.items())
     ]
     return chat_result(
         ctx,
