@@ -32,6 +32,7 @@ from tests.support.fake_openai import (
     Cut,
     Error,
     FakeOpenAI,
+    Generate,
     Hang,
     Text,
     ToolCalls,
@@ -89,6 +90,7 @@ class OpenAIWireCases(StreamCases):
             "input_tokens": 8,
             "output_tokens": 4,
             "cost": None,
+            "estimated": False,
         }
         assert [u.model_dump() for u in ctx.usage] == [result["usage"]]
         assert not [e for e in ctx.events if e.type == "stream"]
@@ -98,7 +100,8 @@ class OpenAIWireCases(StreamCases):
         assert req.body["model"] == "m-1"
         assert [m["role"] for m in req.body["messages"]] == ["system", "user", "assistant", "user"]
         assert req.body["temperature"] == 0.3
-        assert req.body[self.max_tokens_param] == 50
+        # a base URL other than the provider's own: the limit goes as max_tokens
+        assert req.body["max_tokens"] == 50 and "max_completion_tokens" not in req.body
         assert "stream" not in req.body and "tools" not in req.body
 
     def test_cost_only_when_a_price_is_configured(self, service, fake, monkeypatch):
@@ -208,7 +211,7 @@ class OpenAIWireCases(StreamCases):
         result, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": messages})
         )
-        assert result["text"] == "echo: hello there"
+        assert result["text"] == 'tool results: {"temp": 21}'
         sent = fake.requests[0].body["messages"]
         assert sent[1] == {
             "role": "assistant",
@@ -264,7 +267,8 @@ class OpenAIWireCases(StreamCases):
         ],
     )
     def test_http_errors_by_status_and_no_sdk_retries(self, service, fake, status, cls):
-        fake.script(Error(status, "nope"))
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        fake.script(Error(status, "nope", type=kind))
         error, _ = run(
             service, lambda: call(service, "chat", {"model": "m", "messages": USER})
         )
@@ -330,6 +334,229 @@ class OpenAIWireCases(StreamCases):
             service, lambda: call(service, "chat", {"model": "m", "messages": USER})
         )
         assert isinstance(error, ProviderConnectionError) and error.is_retryable
+
+    # -- servers that are not the provider's own -------------------------------------------------
+    def serve(self, monkeypatch, service_cls, server: FakeOpenAI, **env: str):
+        """A fresh service pointed at ``server`` (with extra settings)."""
+        monkeypatch.setenv(self.api_key_env, server.api_key)
+        monkeypatch.setenv(self.base_url_env, server.base_url)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return service_cls()
+
+    def test_limit_field_by_base_url_and_setting(self, service_cls, monkeypatch):
+        monkeypatch.setenv(self.api_key_env, "sk-test")
+        setting = service_cls.max_tokens_field_env
+        monkeypatch.delenv(setting, raising=False)
+        (host,) = service_cls.official_hosts
+        for base_url, field in [
+            (None, self.max_tokens_param),  # the default: the provider's own endpoint
+            (f"https://{host}/v1", self.max_tokens_param),
+            (f"https://{host.upper()}:443/v1/", self.max_tokens_param),
+            ("http://127.0.0.1:8000/v1", "max_tokens"),
+            (f"https://{host}.gateway.example/v1", "max_tokens"),
+        ]:
+            if base_url is None:
+                monkeypatch.delenv(self.base_url_env, raising=False)
+            else:
+                monkeypatch.setenv(self.base_url_env, base_url)
+            assert service_cls().limit_field() == field, base_url
+        for forced in ("max_tokens", "max_completion_tokens"):
+            monkeypatch.setenv(setting, forced)
+            assert service_cls().limit_field() == forced
+        monkeypatch.setenv(setting, "max_new_tokens")
+        with pytest.raises(ConfigurationError) as info:
+            service_cls().limit_field()
+        assert info.value.env_var == setting and setting in info.value.message
+
+    @pytest.mark.parametrize("stream", [False, True])
+    @pytest.mark.parametrize(
+        ("understood", "setting"),
+        [("max_tokens", None), ("max_completion_tokens", "max_completion_tokens")],
+    )
+    def test_output_limit_holds_on_a_server_knowing_one_field(
+        self, service_cls, monkeypatch, understood, setting, stream
+    ):
+        """The server ignores the field it does not know, and then runs to its context."""
+        with FakeOpenAI(limit_fields=(understood,)) as server:
+            env = {} if setting is None else {service_cls.max_tokens_field_env: setting}
+            service = self.serve(monkeypatch, service_cls, server, **env)
+            server.script(Generate(2000))
+            data = {"model": "m", "messages": USER, "max_output_tokens": 16, "stream": stream}
+            result, ctx = run(service, lambda: call(service, "chat", data))
+        assert server.limits_understood == [16]
+        assert len(result["text"].split()) == 16 and result["finish_reason"] == "length"
+        assert result["usage"]["output_tokens"] == 16
+
+    def test_a_400_naming_the_limit_field_is_retried_once_with_the_other(
+        self, service_cls, monkeypatch
+    ):
+        with FakeOpenAI(limit_fields=("max_completion_tokens",), refuse_other_limit=True) as srv:
+            service = self.serve(monkeypatch, service_cls, srv)
+            data = {"model": "m", "messages": USER, "max_output_tokens": 5}
+
+            async def scenario():
+                first, _ = await call(service, "chat", data)
+                second, _ = await call(service, "chat", data)
+                return first, second
+
+            first, second = run(service, scenario)
+        assert first["text"] == second["text"] == "echo: hello there"
+        sent = [next(f for f in ("max_tokens", "max_completion_tokens") if f in r.body)
+                for r in srv.requests]
+        # refused, retried with the other field, then that one from the start
+        assert sent == ["max_tokens", "max_completion_tokens", "max_completion_tokens"]
+
+    def test_a_forced_limit_field_is_never_swapped(self, service_cls, monkeypatch):
+        with FakeOpenAI(limit_fields=("max_completion_tokens",), refuse_other_limit=True) as srv:
+            service = self.serve(monkeypatch, service_cls, srv,
+                                 **{service_cls.max_tokens_field_env: "max_tokens"})
+            data = {"model": "m", "messages": USER, "max_output_tokens": 5}
+            error, _ = run(service, lambda: call(service, "chat", data))
+        assert isinstance(error, InvalidRequestError) and "max_tokens" in error.message
+        assert len(srv.requests) == 1
+
+    # -- streamed usage ----------------------------------------------------------------------------
+    def test_a_server_refusing_stream_options_is_asked_once_then_never(
+        self, service_cls, monkeypatch
+    ):
+        with FakeOpenAI(accepts_stream_options=False) as srv:
+            service = self.serve(monkeypatch, service_cls, srv)
+            data = {"model": "m", "messages": USER, "stream": True}
+
+            async def scenario():
+                return [await call(service, "chat", data) for _ in range(2)]
+
+            (first, ctx), (second, _) = run(service, scenario)
+        assert first["text"] == second["text"] == "echo: hello there"
+        assert ["stream_options" in r.body for r in srv.requests] == [True, False, False]
+        # no usage reported: estimated, and it says so (never priced)
+        assert first["usage"]["estimated"] is True and first["usage"]["cost"] is None
+        assert ctx.usage[0].estimated
+
+    @pytest.mark.parametrize("mode", ["off", "on"])
+    def test_stream_usage_setting(self, service_cls, monkeypatch, mode):
+        with FakeOpenAI(accepts_stream_options=False) as srv:
+            service = self.serve(monkeypatch, service_cls, srv,
+                                 **{service_cls.stream_usage_env: mode})
+            data = {"model": "m", "messages": USER, "stream": True}
+            result, _ = run(service, lambda: call(service, "chat", data))
+        if mode == "off":  # never asked: the usage is estimated
+            assert [("stream_options" in r.body) for r in srv.requests] == [False]
+            assert result["usage"]["estimated"] is True
+        else:  # always asked, never retried without
+            assert isinstance(result, InvalidRequestError)
+            assert [("stream_options" in r.body) for r in srv.requests] == [True]
+
+    def test_estimated_usage_is_not_priced_and_reported_usage_is(
+        self, service, fake, monkeypatch
+    ):
+        monkeypatch.setenv(
+            "AIECS_PRICES", json.dumps({f"{self.provider}/m": {"input": 1.0, "output": 1.0}})
+        )
+        fake.script(Text("with usage"), Text("without usage", usage=False))
+        data = {"model": "m", "messages": USER, "stream": True}
+
+        async def scenario():
+            return [(await call(service, "chat", data))[0]["usage"] for _ in range(2)]
+
+        reported, estimated = run(service, scenario)
+        assert reported["estimated"] is False and reported["cost"] == pytest.approx(4e-6)
+        assert estimated["estimated"] is True and estimated["cost"] is None
+
+    # -- named tool_choice and multi-turn tool use -------------------------------------------------
+    @pytest.mark.parametrize("stream", [False, True])
+    def test_named_tool_choice(self, service, fake, stream):
+        tools = [{"name": "get_weather"}, {"name": "get_time"}]
+        choice = {"type": "function", "function": {"name": "get_time"}}
+        data = {"model": "m", "messages": USER, "tools": tools, "tool_choice": choice,
+                "stream": stream}
+        result, _ = run(service, lambda: call(service, "chat", data))
+        assert fake.requests[0].body["tool_choice"] == choice
+        assert [c["name"] for c in result["tool_calls"]] == ["get_time"]
+        assert result["finish_reason"] == "tool_calls"
+
+    def test_multi_turn_tool_use_round_trips(self, service, fake):
+        tools = [{"name": "get_weather",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+        fake.script(ToolCalls([("get_weather", '{"city": "Paris"}'),
+                               ("get_weather", '{"city": "Oslo"}')]))
+
+        async def scenario():
+            first, _ = await call(service, "chat", {"model": "m", "messages": USER,
+                                                    "tools": tools})
+            messages = [
+                *USER,
+                {"role": "assistant", "content": first["text"] or None,
+                 "tool_calls": first["tool_calls"]},
+                *({"role": "tool", "tool_call_id": c["id"], "name": c["name"],
+                   "content": json.dumps({"temp": 20 + i})}
+                  for i, c in enumerate(first["tool_calls"])),
+            ]
+            second, _ = await call(service, "chat", {"model": "m", "messages": messages,
+                                                     "tools": tools})
+            return second
+
+        second = run(service, scenario)
+        assert second["text"] == 'tool results: {"temp": 20} {"temp": 21}'
+        sent = fake.requests[1].body["messages"]
+        assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
+        assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_0", "call_1"]
+        assert [m["tool_call_id"] for m in sent[2:]] == ["call_0", "call_1"]
+
+    def test_a_tool_result_without_its_call_is_refused_by_the_server(self, service, fake):
+        messages = [*USER, {"role": "tool", "tool_call_id": "call_9", "content": "{}"}]
+        error, _ = run(service, lambda: call(service, "chat", {"model": "m",
+                                                               "messages": messages}))
+        assert isinstance(error, InvalidRequestError)  # the fake checks like the real API
+
+    # -- 5xx that say the request is invalid ------------------------------------------------------
+    @pytest.mark.parametrize(
+        ("reply", "invalid"),
+        [
+            (Error(500, "bad schema", type="invalid_request_error"), True),
+            (Error(500, "oops", type="BadRequestError", code=400), True),
+            (Error(502, "upstream said so", type="None", code="400"), True),
+            (Error(500, "x", body={"object": "error", "message": "m",
+                                   "type": "BadRequestError", "code": 400}), True),
+            (Error(500, "1 validation error for ChatRequest", type="server_error"), True),
+            (Error(500, "Unsupported response_format", type="server_error"), True),
+            (Error(500, "boom", type="server_error"), False),
+            (Error(503, "overloaded", type="server_error", code="503"), False),
+            (Error(500, "slow", type="server_error", code=429), False),
+            (Error(500, "x", body={"detail": "Internal Server Error"}), False),
+        ],
+    )
+    def test_a_5xx_saying_the_request_is_invalid_is_not_retried(
+        self, service, fake, reply, invalid
+    ):
+        fake.script(reply)
+        error, _ = run(service, lambda: call(service, "chat", {"model": "m", "messages": USER}))
+        assert type(error) is (InvalidRequestError if invalid else ProviderServerError)
+        assert error.is_retryable is (not invalid)
+        assert error.status_code == reply.status
+
+    # -- where a connection went -------------------------------------------------------------------
+    def test_connection_errors_name_host_and_port_only(self, service_cls, monkeypatch):
+        port = free_port()
+        monkeypatch.setenv(self.api_key_env, "sk-live-KEYKEYKEY0123456789")
+        monkeypatch.setenv(self.base_url_env,
+                           f"http://user:hunter2@127.0.0.1:{port}/v1?api-key=QUERYSECRET")
+        service = service_cls()
+        error, _ = run(service, lambda: call(service, "chat", {"model": "m", "messages": USER}))
+        assert isinstance(error, ProviderConnectionError)
+        assert f"127.0.0.1:{port}" in error.message and error.details["endpoint"] == (
+            f"127.0.0.1:{port}")
+        text = json.dumps(error.to_info().model_dump()) + repr(error)
+        for secret in ("KEYKEYKEY", "QUERYSECRET", "hunter2", "api-key", "/v1"):
+            assert secret not in text, secret
+
+    def test_timeouts_name_host_and_port(self, service, fake):
+        fake.script(Hang())
+        error, _ = run(service, lambda: call(service, "chat", {"model": "m", "messages": USER},
+                                             deadline=0.3))
+        assert isinstance(error, ProviderTimeoutError)
+        assert f"127.0.0.1:{fake.port}" in error.message
 
     # -- plugin ------------------------------------------------------------------------------------
     def test_entry_point_and_service_names(self, service_cls):

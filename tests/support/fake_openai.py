@@ -10,7 +10,14 @@ either by default rules or with scripted replies, consumed in order::
         ...  # point the SDK at server.base_url with api key server.api_key
 
 Default replies: chat answers ``"echo: <last user message>"`` (word-split into stream
-chunks); embeddings are deterministic vectors. Usage counts words.
+chunks), or ``"tool results: ..."`` after tool results, or calls the function a named
+``tool_choice`` names; embeddings are deterministic vectors. Usage counts words (one word,
+one token).
+
+Servers differ, and the fake can be each kind (see :class:`FakeOpenAI`): which output-limit
+field it understands (``limit_fields``; a text reply stops at that limit with
+``finish_reason: length``, :class:`Generate` produces until it or the context is full),
+whether it refuses the other one, and whether it refuses ``stream_options``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ __all__ = [
     "BaseHandler",
     "FakeHTTPServer",
     "FakeOpenAI",
+    "Generate",
     "Hang",
     "Recorded",
     "Text",
@@ -57,6 +65,15 @@ class Text:
 
 
 @dataclass
+class Generate:
+    """Generate ``tokens`` words (``w1 w2 ...``), or fewer: until the output limit the
+    server understood (``finish_reason: length``)."""
+
+    tokens: int = 2000
+    delay: float = 0.0
+
+
+@dataclass
 class ToolCalls:
     """A chat reply that calls functions: ``[(name, arguments_json), ...]``."""
 
@@ -79,7 +96,10 @@ class Error:
     message: str = "scripted error"
     headers: dict[str, str] = field(default_factory=dict)
     type: str = "invalid_request_error"
-    code: str | None = None
+    code: str | int | None = None
+    param: str | None = None
+    body: Any = None
+    """Send this JSON body instead of the OpenAI-style one built from the fields above."""
 
 
 @dataclass
@@ -140,13 +160,47 @@ def _check_chat(body: Any) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "'messages' must be a non-empty array"
+    open_calls: set[str] = set()
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in _ROLES:
             return f"messages[{i}].role is invalid"
-        if message["role"] == "tool" and not message.get("tool_call_id"):
-            return f"messages[{i}].tool_call_id is required"
+        if message["role"] == "tool":
+            if not message.get("tool_call_id"):
+                return f"messages[{i}].tool_call_id is required"
+            # As the real API: a tool message answers a call of the assistant turn before.
+            if message["tool_call_id"] not in open_calls:
+                return (
+                    f"messages[{i}]: messages with role 'tool' must be a response to a "
+                    "preceding message with 'tool_calls'"
+                )
+            open_calls.discard(message["tool_call_id"])
+            continue
+        if open_calls:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                f"responding to each 'tool_call_id'. Missing: {sorted(open_calls)}"
+            )
+        for call in message.get("tool_calls") or []:
+            if (
+                message["role"] != "assistant"
+                or call.get("type") != "function"
+                or not call.get("id")
+                or not isinstance((call.get("function") or {}).get("arguments"), str)
+            ):
+                return f"messages[{i}].tool_calls[] must be {{id, type: function, function}}"
+            open_calls.add(call["id"])
     if "stream_options" in body and not body.get("stream"):
         return "'stream_options' is only allowed when 'stream' is true"
+    names = {(t.get("function") or {}).get("name") for t in body.get("tools") or []}
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if isinstance(choice, dict):
+            if choice.get("type") != "function" or (choice.get("function") or {}).get(
+                "name"
+            ) not in names:
+                return "tool_choice must name one of the tools: {type: function, function: {name}}"
+        elif choice not in ("auto", "none", "required"):
+            return "tool_choice must be auto, none, required or a named function"
     fmt = body.get("response_format")
     if fmt is not None and (
         fmt.get("type") != "json_schema" or "schema" not in fmt.get("json_schema", {})
@@ -358,10 +412,11 @@ class _OpenAIHandler(BaseHandler):
         status: int,
         message: str,
         type_: str = "invalid_request_error",
-        code: str | None = None,
+        code: str | int | None = None,
         headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
-        body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+        body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
         self._send_json(status, body, headers)
 
     def route(self, body: Any) -> None:
@@ -382,18 +437,49 @@ class _OpenAIHandler(BaseHandler):
 
     def _scripted_error(self, reply: Any) -> bool:
         if isinstance(reply, Error):
-            self._error(reply.status, reply.message, reply.type, reply.code, reply.headers)
+            if reply.body is not None:
+                self._send_json(reply.status, reply.body, reply.headers)
+                return True
+            self._error(
+                reply.status, reply.message, reply.type, reply.code, reply.headers, reply.param
+            )
             return True
         if isinstance(reply, Hang) and reply.after_chunks is None:
             self._hang()
             return True
         return False
 
+    def _limit(self, body: dict) -> tuple[int | None, str | None]:
+        """(the output limit this server understood, why it refuses the request)."""
+        fake = self.server_fake
+        limit = None
+        for name in ("max_tokens", "max_completion_tokens"):
+            if name not in body:
+                continue
+            if name in fake.limit_fields:
+                limit = int(body[name])
+            elif fake.refuse_other_limit:
+                other = next(iter(fake.limit_fields), "another field")
+                return None, (
+                    f"Unsupported parameter: '{name}' is not supported with this model. "
+                    f"Use '{other}' instead."
+                )
+        return limit, None
+
     def _chat(self, body: Any) -> None:
         problem = _check_chat(body)
         if problem is not None:
             return self._error(400, problem)
-        reply = self.server_fake._next()
+        fake = self.server_fake
+        limit, refused = self._limit(body)
+        if refused is not None:
+            param = next(f for f in ("max_tokens", "max_completion_tokens")
+                         if f in body and f not in fake.limit_fields)
+            return self._error(400, refused, code="unsupported_parameter", param=param)
+        if "stream_options" in body and not fake.accepts_stream_options:
+            return self._error(400, "Unrecognized request argument supplied: stream_options")
+        fake.limits_understood.append(limit)
+        reply = fake._next()
         if self._scripted_error(reply):
             return None
         model = body["model"]
@@ -401,11 +487,9 @@ class _OpenAIHandler(BaseHandler):
             _words(m.get("content")) for m in body["messages"] if isinstance(m.get("content"), str)
         )
         if reply is None:
-            last_user = next(
-                (m.get("content") for m in reversed(body["messages"]) if m.get("role") == "user"),
-                "",
-            )
-            reply = Text(f"echo: {last_user}")
+            reply = self._default_reply(body)
+        if isinstance(reply, Generate | Text):
+            reply = self._limited(reply, limit)
         if body.get("stream"):
             return self._chat_stream(body, reply, model, prompt_tokens)
         if isinstance(reply, ToolCalls):
@@ -444,6 +528,42 @@ class _OpenAIHandler(BaseHandler):
                 "total_tokens": prompt_tokens + completion,
             }
         self._send_json(200, payload)
+
+    def _default_reply(self, body: dict) -> Any:
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict):  # a named function: call it (as servers honouring it do)
+            return ToolCalls([(choice["function"]["name"], "{}")])
+        last = body["messages"][-1]
+        if last.get("role") == "tool":
+            results = [m["content"] for m in body["messages"] if m.get("role") == "tool"
+                       and m["tool_call_id"] in self._answered(body)]
+            return Text("tool results: " + " ".join(results))
+        last_user = next(
+            (m.get("content") for m in reversed(body["messages"]) if m.get("role") == "user"),
+            "",
+        )
+        return Text(f"echo: {last_user}")
+
+    @staticmethod
+    def _answered(body: dict) -> set[str]:
+        """Ids of the calls of the last assistant turn with tool calls."""
+        turn = next(m for m in reversed(body["messages"]) if m.get("tool_calls"))
+        return {call["id"] for call in turn["tool_calls"]}
+
+    def _limited(self, reply: Generate | Text, limit: int | None) -> Text:
+        """The reply as text, stopped at the output limit understood (else the context)."""
+        if isinstance(reply, Generate):
+            words = [f"w{i + 1}" for i in range(reply.tokens)]
+            finish, delay = "stop", reply.delay
+        else:
+            words, finish, delay = reply.text.split(" ") if reply.text else [], None, reply.delay
+        cap = self.server_fake.context_tokens if limit is None else limit
+        if len(words) > cap:
+            words, finish = words[:cap], "length"
+        if isinstance(reply, Text):
+            return Text(" ".join(words), finish or reply.finish_reason, reply.model, reply.usage,
+                        delay)
+        return Text(" ".join(words), "length" if finish == "length" else "stop", delay=delay)
 
     def _chat_stream(self, body: dict, reply: Any, model: str, prompt_tokens: int) -> None:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -559,11 +679,33 @@ class _OpenAIHandler(BaseHandler):
 
 
 class FakeOpenAI(FakeHTTPServer):
-    """The OpenAI (and xAI) wire protocol under ``/v1``, with bearer-key auth."""
+    """The OpenAI (and xAI) wire protocol under ``/v1``, with bearer-key auth.
+
+    ``limit_fields``: the output-limit fields this server understands (both, by default);
+    another one is ignored, as many servers do, or refused with a 400 naming it
+    (``error.param``, as OpenAI does) with ``refuse_other_limit``. Without a limit it
+    understood, a reply runs to ``context_tokens``. ``accepts_stream_options=False``:
+    a request carrying ``stream_options`` is refused with a 400 (as some gateways do).
+    """
 
     handler = _OpenAIHandler
 
-    def __init__(self, api_key: str = "sk-test-0123456789abcdef", *, prefix: str = "/v1"):
+    def __init__(
+        self,
+        api_key: str = "sk-test-0123456789abcdef",
+        *,
+        prefix: str = "/v1",
+        limit_fields: tuple[str, ...] = ("max_tokens", "max_completion_tokens"),
+        refuse_other_limit: bool = False,
+        accepts_stream_options: bool = True,
+        context_tokens: int = 4096,
+    ):
         super().__init__()
         self.api_key = api_key
         self.prefix = prefix
+        self.limit_fields = tuple(limit_fields)
+        self.refuse_other_limit = refuse_other_limit
+        self.accepts_stream_options = accepts_stream_options
+        self.context_tokens = context_tokens
+        #: The output limit understood of each chat request served (None: none).
+        self.limits_understood: list[int | None] = []

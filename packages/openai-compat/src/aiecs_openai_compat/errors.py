@@ -1,4 +1,19 @@
-"""openai SDK exceptions -> aiecs errors, by exception type and HTTP status code."""
+"""openai SDK exceptions -> aiecs errors, by exception type and HTTP status code.
+
+One refinement of the status rule, for servers that answer an invalid request with a 5xx
+(a request that is not worth retrying): a 5xx is an :class:`InvalidRequestError` (not
+retried) when the error body says the request is invalid, decided in this order:
+
+1. by structured fields of the body's ``error`` object (or the body itself): ``type`` is
+   one of :data:`INVALID_TYPES`, or ``code`` is an HTTP 4xx status other than 408/429
+   (as a number or a numeric string, the way some gateways pass the upstream status on);
+2. failing those, by the message containing one of :data:`INVALID_PHRASES` (a short,
+   fixed list, matched case-insensitively) for servers that put nothing structured in
+   the body.
+
+Connection errors and timeouts name the server's host and port (never the path, query
+string, user info or key).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +22,7 @@ from typing import Any
 
 from aiecs_core import (
     AiecsError,
+    InvalidRequestError,
     ProviderConnectionError,
     ProviderServerError,
     ProviderTimeoutError,
@@ -14,17 +30,68 @@ from aiecs_core import (
 )
 from aiecs_core.llm import error_for_status, parse_retry_after
 
-__all__ = ["convert_error"]
+__all__ = ["INVALID_PHRASES", "INVALID_TYPES", "convert_error", "endpoint", "invalid_reason"]
+
+#: ``error.type`` values saying the request itself is invalid (OpenAI, llama.cpp; vLLM's
+#: exception names; pydantic-style validation).
+INVALID_TYPES = frozenset(
+    {"invalid_request_error", "BadRequestError", "validation_error", "ValidationError"}
+)
+#: Message phrases saying so, for a 5xx body with no structured field (kept short).
+INVALID_PHRASES = ("validation error", "response_format")
+
+
+def _body_error(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return inner
+        if isinstance(inner, str):
+            return {"message": inner}
+    return {}
 
 
 def _body_message(body: Any) -> str | None:
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"]
-        if isinstance(inner, str):
-            return inner
-    return None
+    message = _body_error(body).get("message")
+    return message if isinstance(message, str) else None
+
+
+def invalid_reason(status: int | None, body: Any) -> str | None:
+    """Why a 5xx answer is really an invalid request (see the module doc), or None."""
+    if status is None or status < 500:
+        return None
+    error = _body_error(body)
+    kind = error.get("type")
+    if isinstance(kind, str) and kind in INVALID_TYPES:
+        return f"error.type={kind}"
+    code = error.get("code")
+    if isinstance(code, str) and code.strip().isdigit():
+        code = int(code)
+    is_status = isinstance(code, int) and not isinstance(code, bool)
+    if is_status and 400 <= code < 500 and code not in (408, 429):
+        return f"error.code={code}"
+    message = (_body_message(body) or "").lower()
+    phrase = next((p for p in INVALID_PHRASES if p in message), None)
+    return None if phrase is None else f"message contains {phrase!r}"
+
+
+def endpoint(request: Any) -> str | None:
+    """``host:port`` of an httpx request (the port implied by the scheme when absent)."""
+    url = getattr(request, "url", None)
+    host = getattr(url, "host", None)
+    if not host:
+        return None
+    default_port = {"https": 443, "http": 80}.get(getattr(url, "scheme", ""))
+    port = getattr(url, "port", None) or default_port
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
+
+
+def _request_endpoint(exc: Any) -> str | None:
+    try:
+        return endpoint(exc.request)
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when unset
+        return None
 
 
 def convert_error(
@@ -42,15 +109,30 @@ def convert_error(
         return exc
     for secret in secrets:
         register_secret(secret)
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderTimeoutError(f"{provider}: request timed out", provider=provider)
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
+        where = _request_endpoint(exc)
+        to = f" to {where}" if where else ""
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderTimeoutError(
+                f"{provider}: request{to} timed out", provider=provider, endpoint=where
+            )
         cause = exc.__cause__ or exc.__context__
         why = f" ({type(cause).__name__})" if cause is not None else ""
-        return ProviderConnectionError(f"{provider}: connection failed{why}", provider=provider)
+        return ProviderConnectionError(
+            f"{provider}: connection{to} failed{why}", provider=provider, endpoint=where
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         message = _body_message(exc.body) or exc.response.reason_phrase or "error"
+        reason = invalid_reason(status, exc.body)
+        if reason is not None:
+            return InvalidRequestError(
+                f"{provider}: HTTP {status}: {message} (not retried: the server says the "
+                f"request is invalid, {reason})",
+                provider=provider,
+                status_code=status,
+                request_id=exc.request_id,
+            )
         return error_for_status(
             status,
             f"{provider}: HTTP {status}: {message}",

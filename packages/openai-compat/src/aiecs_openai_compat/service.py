@@ -6,6 +6,19 @@ limits); :class:`OpenAICompatService` does the rest. Retries are off in the SDK
 explicit timeout: the smaller of the provider's configured timeout and the time left
 until the task's deadline plus :data:`DEADLINE_GRACE` (so that at the deadline the
 worker cancels the call and reports TIMED_OUT, rather than racing the SDK's timeout).
+
+Servers that are not the provider's own (``OPENAI_BASE_URL`` pointed at vLLM, llama.cpp,
+Ollama, LM Studio or a gateway) differ in two request fields, each with a setting:
+
+- the output limit: ``max_completion_tokens`` on the official OpenAI endpoint,
+  ``max_tokens`` on any other base URL (``<PREFIX>_MAX_TOKENS_FIELD`` overrides: ``auto``,
+  ``max_tokens`` or ``max_completion_tokens``). In ``auto``, a 400 whose body names the
+  field sent (``error.param``) is retried once with the other one, which is then kept
+  for the process;
+- streamed usage: ``stream_options.include_usage`` is sent with every stream
+  (``<PREFIX>_STREAM_USAGE``: ``auto``, ``on`` or ``off``). In ``auto``, a stream request
+  refused with 400 is retried once without it, which is then kept for the process.
+  Without a usage report the usage is estimated (``estimated: true``, never priced).
 """
 
 from __future__ import annotations
@@ -57,7 +70,11 @@ from .errors import convert_error
 if TYPE_CHECKING:  # pragma: no cover
     from openai import AsyncOpenAI
 
-__all__ = ["DEADLINE_GRACE", "OpenAICompatService"]
+__all__ = ["DEADLINE_GRACE", "LIMIT_FIELDS", "OpenAICompatService"]
+
+#: The request fields that can carry ``max_output_tokens``.
+LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+_AUTO = "auto"
 
 #: Seconds a request may outlive the task's deadline (the worker cancels it first).
 DEADLINE_GRACE = 1.0
@@ -155,8 +172,14 @@ class OpenAICompatService(Service):
     #: Environment variable with the per-request timeout in seconds.
     timeout_env: ClassVar[str | None] = None
     default_timeout: ClassVar[float] = 120.0
-    #: Request parameter carrying ``max_output_tokens``.
+    #: Request field carrying ``max_output_tokens`` on the provider's own endpoint.
     max_tokens_param: ClassVar[str] = "max_completion_tokens"
+    #: Hosts of the provider's own endpoint (any other base URL gets ``max_tokens``).
+    official_hosts: ClassVar[frozenset[str]] = frozenset()
+    #: Environment variable choosing the limit field (``auto``, or one of LIMIT_FIELDS).
+    max_tokens_field_env: ClassVar[str | None] = None
+    #: Environment variable: ask for usage in streams (``auto``, ``on``, ``off``).
+    stream_usage_env: ClassVar[str | None] = None
     #: Most texts, and most estimated tokens, sent in one embeddings request.
     embed_batch_size: ClassVar[int] = 2048
     embed_batch_tokens: ClassVar[int] = 250_000
@@ -172,6 +195,10 @@ class OpenAICompatService(Service):
         self._api_key: str | None = None
         self._timeout: float = self.default_timeout
         self._client_lock = threading.Lock()
+        self._base_url: str | None = None
+        #: What this process learned from 400s in ``auto`` mode (see the module doc).
+        self._learned_limit_field: str | None = None
+        self._stream_options_refused = False
 
     # -- client --------------------------------------------------------------------------
     def _setting(self, name: str | None) -> str | None:
@@ -226,6 +253,7 @@ class OpenAICompatService(Service):
         register_secret(api_key)  # whatever the key's shape, it never leaves the worker
         self._api_key = api_key
         self._timeout = timeout
+        self._base_url = base_url
         return AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
@@ -248,6 +276,88 @@ class OpenAICompatService(Service):
     def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
         return rate_limit_key(self.provider, data)
 
+    # -- server differences ------------------------------------------------------------------
+    def _choice(self, env: str | None, allowed: tuple[str, ...]) -> str:
+        value = (self._setting(env) or _AUTO).lower()
+        if value not in (_AUTO, *allowed):
+            raise ConfigurationError(
+                f"{self.provider}: {env} must be one of {', '.join((_AUTO, *allowed))}, "
+                f"got {value!r}",
+                env_var=env,
+                provider=self.provider,
+            )
+        return value
+
+    def is_official_endpoint(self) -> bool:
+        """Whether the base URL is the provider's own endpoint (unset: the default one)."""
+        base_url = self._base_url or self._setting(self.base_url_env) or self.default_base_url
+        if base_url is None:
+            return True  # the SDK's default, api.openai.com
+        from urllib.parse import urlsplit
+
+        return (urlsplit(base_url).hostname or "").lower() in self.official_hosts
+
+    def limit_field(self) -> str:
+        """The request field carrying ``max_output_tokens``: the setting, else
+        ``max_tokens_param`` on the provider's own endpoint and ``max_tokens`` elsewhere
+        (or what a 400 taught this process, in ``auto``)."""
+        chosen = self._choice(self.max_tokens_field_env, LIMIT_FIELDS)
+        if chosen != _AUTO:
+            return chosen
+        if self._learned_limit_field is not None:
+            return self._learned_limit_field
+        return self.max_tokens_param if self.is_official_endpoint() else "max_tokens"
+
+    def stream_usage(self) -> str:
+        """``on``, ``off`` or ``auto`` (ask; a 400 means: not again, in this process)."""
+        return self._choice(self.stream_usage_env, ("on", "off"))
+
+    def _retry_params(self, params: dict[str, Any], exc: BaseException) -> dict[str, Any] | None:
+        """The request to send instead after a 400 (``exc``) that a server difference
+        explains, in ``auto`` mode; None: no retry. Decided by the body's ``error.param``
+        for the limit field; any 400 to a stream that asked for usage is retried without."""
+        import openai
+
+        if not isinstance(exc, openai.BadRequestError):
+            return None
+        body = exc.body if isinstance(exc.body, dict) else {}
+        inner = body.get("error", body)
+        param = inner.get("param") if isinstance(inner, dict) else None
+        sent = next((f for f in LIMIT_FIELDS if f in params), None)
+        if (
+            sent is not None
+            and param == sent
+            and self._choice(self.max_tokens_field_env, LIMIT_FIELDS) == _AUTO
+        ):
+            other = next(f for f in LIMIT_FIELDS if f != sent)
+            retry = {k: v for k, v in params.items() if k != sent}
+            retry[other] = params[sent]
+            return retry
+        if "stream_options" in params and self.stream_usage() == _AUTO:
+            return {k: v for k, v in params.items() if k != "stream_options"}
+        return None
+
+    def _learn(self, sent: dict[str, Any], retried: dict[str, Any]) -> None:
+        """A retry of ``sent`` as ``retried`` succeeded: keep the difference."""
+        if "stream_options" in sent and "stream_options" not in retried:
+            self._stream_options_refused = True
+        field = next((f for f in LIMIT_FIELDS if f in retried and f not in sent), None)
+        if field is not None:
+            self._learned_limit_field = field
+
+    async def _create(self, client: AsyncOpenAI, params: dict[str, Any], **kw: Any) -> Any:
+        """``chat.completions.create``, retried once when a 400 is explained by a server
+        difference (:meth:`_retry_params`)."""
+        try:
+            return await client.chat.completions.create(**params, **kw)
+        except Exception as exc:
+            retry = self._retry_params(params, exc)
+            if retry is None:
+                raise
+        response = await client.chat.completions.create(**retry, **kw)
+        self._learn(params, retry)
+        return response
+
     # -- chat ------------------------------------------------------------------------------
     def _chat_params(self, data: ChatInput) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -257,7 +367,7 @@ class OpenAICompatService(Service):
         if data.temperature is not None:
             params["temperature"] = data.temperature
         if data.max_output_tokens is not None:
-            params[self.max_tokens_param] = data.max_output_tokens
+            params[self.limit_field()] = data.max_output_tokens
         if data.response_format is not None:
             params["response_format"] = {
                 "type": "json_schema",
@@ -279,8 +389,14 @@ class OpenAICompatService(Service):
                 }
                 for tool in data.tools
             ]
-        if data.tool_choice is not None:
+        if isinstance(data.tool_choice, BaseModel):  # {"type": "function", "function": ...}
+            params["tool_choice"] = data.tool_choice.model_dump()
+        elif data.tool_choice is not None:
             params["tool_choice"] = data.tool_choice
+        if data.stream and self.stream_usage() != "off" and not (
+            self._stream_options_refused and self.stream_usage() == _AUTO
+        ):
+            params["stream_options"] = {"include_usage": True}  # usage in a last chunk
         return params
 
     def _usage(self, data: ChatInput, model: str, usage: Any) -> Usage:
@@ -307,9 +423,7 @@ class OpenAICompatService(Service):
                 finish_reason=_finish_reason,
             )
         try:
-            response = await client.chat.completions.create(
-                **params, timeout=self._request_timeout(ctx)
-            )
+            response = await self._create(client, params, timeout=self._request_timeout(ctx))
         except asyncio.CancelledError:
             ctx.record_usage(estimated_chat_usage(self.provider, data, ""))
             raise
@@ -344,11 +458,8 @@ class OpenAICompatService(Service):
     ) -> AsyncIterator[ChatDelta]:
         """The streamed reply's chunks, for :func:`aiecs_core.llm.stream_chat` (which owns
         the rest: stream events, usage, cancellation, cut streams). Closes the stream."""
-        stream = await client.chat.completions.create(
-            **params,
-            stream=True,
-            stream_options={"include_usage": True},  # usage comes in a last, choiceless chunk
-            timeout=self._request_timeout(ctx),
+        stream = await self._create(
+            client, params, stream=True, timeout=self._request_timeout(ctx)
         )
         try:
             async for chunk in stream:

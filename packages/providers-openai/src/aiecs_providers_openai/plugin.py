@@ -20,7 +20,10 @@ class OpenAIService(OpenAICompatService):
     api_key_env = "OPENAI_API_KEY"
     base_url_env = "OPENAI_BASE_URL"
     timeout_env = "OPENAI_TIMEOUT"
-    max_tokens_param = "max_completion_tokens"
+    max_tokens_param = "max_completion_tokens"  # on api.openai.com; max_tokens elsewhere
+    official_hosts = frozenset({"api.openai.com"})
+    max_tokens_field_env = "OPENAI_MAX_TOKENS_FIELD"
+    stream_usage_env = "OPENAI_STREAM_USAGE"
     embed_batch_size = 2048  # OpenAI's per-request input limit
     embed_batch_tokens = 250_000  # below its 300k tokens-per-request limit
 

@@ -22,6 +22,9 @@ class XAIService(OpenAICompatService):
     default_base_url = "https://api.x.ai/v1"
     timeout_env = "XAI_TIMEOUT"
     max_tokens_param = "max_tokens"
+    official_hosts = frozenset({"api.x.ai"})
+    max_tokens_field_env = "XAI_MAX_TOKENS_FIELD"
+    stream_usage_env = "XAI_STREAM_USAGE"
     embed_batch_size = 128
     embed_batch_tokens = 100_000
 
