@@ -16,11 +16,18 @@ here for the bearer token that API calls must carry).
 
 Replies are scripted with the same objects as :mod:`tests.support.fake_openai`
 (``Text``, ``ToolCalls``, ``Vectors``, ``Hang``, ``Cut``) plus :class:`GoogleError`.
+
+As Gemini 3 does, the first function call of a reply carries a ``thoughtSignature``, and a
+later request that sends that call back (in a ``model`` turn) without the same signature is
+refused with a 400 (``require_signatures``). Function responses must answer the calls of
+the model turn before them, all in one ``user`` turn. ``toolConfig`` is checked;
+``mode: ANY`` with ``allowedFunctionNames`` makes the default reply call the first of them.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
@@ -67,6 +74,8 @@ class GoogleError:
     headers: dict[str, str] = field(default_factory=dict)
     retry_delay: str | None = None
     """Adds a google.rpc.RetryInfo detail with this ``retryDelay`` (e.g. ``"2s"``)."""
+    google_status: str | None = None
+    """The body's ``status`` (default: the usual one for ``status``)."""
 
 
 def _words(text: str | None) -> int:
@@ -77,13 +86,34 @@ def _b64url_json(segment: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
 
 
-def _check_generate(body: Any) -> str | None:
-    """Why Vertex would reject this generateContent body (None: fine)."""
+def _field(message: dict, name: str) -> Any:
+    """A field of a proto-JSON message, which Vertex accepts in lowerCamel or snake_case
+    (google-genai 3.x sends some fields in snake_case)."""
+    if name in message:
+        return message[name]
+    return message.get("".join("_" + c.lower() if c.isupper() else c for c in name))
+
+
+def _b64(value: Any) -> bytes | None:
+    """A proto-JSON bytes field (base64, standard or URL-safe alphabet) decoded."""
+    if not isinstance(value, str):
+        return None
+    return base64.urlsafe_b64decode(value.replace("+", "-").replace("/", "_"))
+
+
+def _call_key(call: dict) -> str:
+    return json.dumps([call.get("name"), call.get("args") or {}], sort_keys=True)
+
+
+def _check_generate(body: Any, signatures: dict[str, str] | None = None) -> str | None:
+    """Why Vertex would reject this generateContent body (None: fine). ``signatures``: the
+    thought signature issued with each function call (by :func:`_call_key`)."""
     if not isinstance(body, dict):
         return "body must be a JSON object"
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         return "contents is required"
+    open_calls = 0  # function calls of the last model turn, still to be answered
     for i, content in enumerate(contents):
         if content.get("role") not in ("user", "model"):
             return f"contents[{i}].role must be user or model"
@@ -94,6 +124,23 @@ def _check_generate(body: Any) -> str | None:
             kinds = {"text", "functionCall", "functionResponse"} & set(part)
             if len(kinds) != 1:
                 return f"contents[{i}] has a part with {sorted(kinds) or 'no data'}"
+            call = part.get("functionCall")
+            if call is not None and signatures is not None:
+                expected = signatures.get(_call_key(call))
+                if expected is not None and _b64(_field(part, "thoughtSignature")) != _b64(
+                    expected
+                ):
+                    return (
+                        "Function call is missing a thought_signature in functionCall parts. "
+                        f"Additional data, function call `{call.get('name')}` , position {i}."
+                    )
+        responses = sum("functionResponse" in p for p in parts)
+        if responses and responses != open_calls:
+            return (
+                "Please ensure that the number of function response parts is equal to the "
+                "number of function call parts of the function call turn."
+            )
+        open_calls = sum("functionCall" in p for p in parts) if content["role"] == "model" else 0
     allowed = {"temperature", "maxOutputTokens", "responseMimeType", "responseJsonSchema"}
     unknown = set(body.get("generationConfig") or {}) - allowed
     if unknown:
@@ -101,10 +148,21 @@ def _check_generate(body: Any) -> str | None:
     config = body.get("generationConfig") or {}
     if "responseJsonSchema" in config and config.get("responseMimeType") != "application/json":
         return "responseJsonSchema needs responseMimeType application/json"
+    names = set()
     for tool in body.get("tools") or []:
         for decl in tool.get("functionDeclarations") or []:
             if "name" not in decl:
                 return "functionDeclarations[].name is required"
+            names.add(decl["name"])
+    calling = _field(body.get("toolConfig") or {}, "functionCallingConfig")
+    if calling is not None:
+        if calling.get("mode") not in ("AUTO", "ANY", "NONE", "VALIDATED"):
+            return "functionCallingConfig.mode is invalid"
+        allowed = _field(calling, "allowedFunctionNames")
+        if allowed is not None and (
+            calling["mode"] not in ("ANY", "VALIDATED") or not set(allowed) <= names
+        ):
+            return "allowedFunctionNames needs mode ANY and names of declared functions"
     return None
 
 
@@ -118,11 +176,12 @@ class _VertexHandler(BaseHandler):
         message: str,
         headers: dict[str, str] | None = None,
         details: list | None = None,
+        google_status: str | None = None,
     ) -> None:
         error: dict[str, Any] = {
             "code": status,
             "message": message,
-            "status": _STATUS.get(status, "UNKNOWN"),
+            "status": google_status or _STATUS.get(status, "UNKNOWN"),
         }
         if details:
             error["details"] = details
@@ -179,7 +238,8 @@ class _VertexHandler(BaseHandler):
                         "retryDelay": reply.retry_delay,
                     }
                 ]
-            self._error(reply.status, reply.message, reply.headers, details)
+            self._error(reply.status, reply.message, reply.headers, details,
+                        reply.google_status)
             return True
         if isinstance(reply, Hang) and reply.after_chunks is None:
             self._hang()
@@ -201,8 +261,46 @@ class _VertexHandler(BaseHandler):
             out["usageMetadata"] = usage
         return out
 
+    def _calls(self, calls: list[tuple[str, str]]) -> list[dict]:
+        """functionCall parts, the first signed (and its signature remembered)."""
+        fake = self.server_fake
+        parts: list[dict] = []
+        for i, (name, args) in enumerate(calls):
+            part: dict[str, Any] = {"functionCall": {"name": name, "args": json.loads(args)}}
+            if i == 0:
+                with fake._lock:
+                    fake.signatures_issued += 1
+                    raw = hashlib.sha256(f"sig-{fake.signatures_issued}".encode()).digest()
+                    signature = base64.b64encode(raw).decode()
+                    fake.signatures[_call_key(part["functionCall"])] = signature
+                part["thoughtSignature"] = signature
+            parts.append(part)
+        return parts
+
+    def _default_reply(self, body: dict) -> Any:
+        calling = _field(body.get("toolConfig") or {}, "functionCallingConfig") or {}
+        allowed = _field(calling, "allowedFunctionNames")
+        if calling.get("mode") == "ANY" and allowed:
+            return ToolCalls([(allowed[0], "{}")])
+        last = body["contents"][-1]["parts"]
+        if any("functionResponse" in p for p in last):
+            return Text("tool results: " + " ".join(
+                json.dumps(p["functionResponse"]["response"], sort_keys=True)
+                for p in last if "functionResponse" in p))
+        text = next(
+            p.get("text")
+            for c in reversed(body["contents"])
+            if c["role"] == "user"
+            for p in c["parts"]
+            if "text" in p
+        )
+        return Text(f"echo: {text}")
+
     def _generate(self, body: Any, model: str, *, stream: bool) -> None:
-        problem = _check_generate(body)
+        fake = self.server_fake
+        with fake._lock:
+            signatures = dict(fake.signatures) if fake.require_signatures else None
+        problem = _check_generate(body, signatures)
         if problem is not None:
             return self._error(400, problem)
         reply = self.server_fake._next()
@@ -213,14 +311,7 @@ class _VertexHandler(BaseHandler):
             _words(p.get("text")) for p in (body.get("systemInstruction") or {}).get("parts", [])
         )
         if reply is None:
-            last = next(
-                p.get("text")
-                for c in reversed(body["contents"])
-                if c["role"] == "user"
-                for p in c["parts"]
-                if "text" in p
-            )
-            reply = Text(f"echo: {last}")
+            reply = self._default_reply(body)
 
         def usage(output: int) -> dict:
             return {
@@ -230,7 +321,7 @@ class _VertexHandler(BaseHandler):
             }
 
         if isinstance(reply, ToolCalls):
-            parts = [{"functionCall": {"name": n, "args": json.loads(a)}} for n, a in reply.calls]
+            parts = self._calls(reply.calls)
             if reply.text:
                 parts.insert(0, {"text": reply.text})
             output = sum(_words(a) for _, a in reply.calls)
@@ -355,6 +446,11 @@ class FakeVertex(FakeHTTPServer):
         self.client_email = "aiecs-test@test-project.iam.gserviceaccount.com"
         #: Access tokens issued by /token.
         self.token_grants = 0
+        #: Refuse a function call sent back without the thought signature it came with.
+        self.require_signatures = True
+        #: The signature issued with each function call, by name and arguments.
+        self.signatures: dict[str, str] = {}
+        self.signatures_issued = 0
 
     @property
     def base_url(self) -> str:

@@ -3,6 +3,7 @@ a local server speaking Vertex AI's Gemini wire protocol and Google's token endp
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import json
 import subprocess
@@ -89,6 +90,7 @@ def test_chat_request_shape_auth_and_result(service, fake):
         "input_tokens": 8,
         "output_tokens": 4,
         "cost": None,
+        "estimated": False,
     }
     assert [u.model_dump() for u in ctx.usage] == [result["usage"]]
     # google-auth exchanged a signed JWT for a token at the fake's /token, once.
@@ -174,9 +176,9 @@ def test_tool_calls_are_returned_not_executed(service, fake, stream):
     }
     result, _ = chat(service, data)
     assert result["finish_reason"] == "tool_calls"
-    assert result["tool_calls"] == [
-        {"id": "call_0", "name": "get_weather", "arguments": '{"city": "Paris"}'}
-    ]
+    (signed,) = result["tool_calls"]
+    assert signed.pop("signature") == fake.signatures['["get_weather", {"city": "Paris"}]']
+    assert signed == {"id": "call_0", "name": "get_weather", "arguments": '{"city": "Paris"}'}
     body = fake.api_requests()[0].body
     (tool,) = body["tools"]
     (decl,) = tool["functionDeclarations"]
@@ -200,7 +202,7 @@ def test_tool_results_are_sent_back(service, fake):
         {"role": "tool", "tool_call_id": "call_0", "content": '{"temp": 21}'},
     ]
     result, _ = chat(service, {"model": MODEL, "messages": messages})
-    assert result["text"] == "echo: hello there"
+    assert result["text"] == 'tool results: {"temp": 21}'
     contents = fake.api_requests()[0].body["contents"]
     assert contents[1] == {
         "role": "model",
@@ -210,6 +212,100 @@ def test_tool_results_are_sent_back(service, fake):
         "role": "user",
         "parts": [{"functionResponse": {"name": "get_weather", "response": {"temp": 21}}}],
     }
+
+
+TOOLS = [
+    {"name": "get_weather",
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    {"name": "get_time"},
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_named_tool_choice_is_any_with_that_function_allowed(service, fake, stream):
+    choice = {"type": "function", "function": {"name": "get_time"}}
+    data = {"model": MODEL, "messages": USER, "tools": TOOLS, "tool_choice": choice,
+            "stream": stream}
+    result, _ = chat(service, data)
+    calling = fake.api_requests()[0].body["toolConfig"]["functionCallingConfig"]
+    names = calling.pop("allowedFunctionNames", None) or calling.pop("allowed_function_names")
+    assert (calling, names) == ({"mode": "ANY"}, ["get_time"])
+    assert [c["name"] for c in result["tool_calls"]] == ["get_time"]
+
+
+async def _two_turns(service, stream: bool, keep_signatures: bool = True):
+    first, _ = await call(service, "chat", {"model": MODEL, "messages": USER, "tools": TOOLS,
+                                            "stream": stream})
+    calls = [dict(c) for c in first["tool_calls"]]
+    if not keep_signatures:
+        for c in calls:
+            c.pop("signature", None)
+    messages = [
+        *USER,
+        {"role": "assistant", "tool_calls": calls},
+        *({"role": "tool", "tool_call_id": c["id"], "content": json.dumps({"temp": 20 + i})}
+          for i, c in enumerate(calls)),
+    ]
+    second, _ = await call(service, "chat", {"model": MODEL, "messages": messages,
+                                             "tools": TOOLS, "stream": stream})
+    return first, second
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_multi_turn_tool_use_carries_thought_signatures(service, fake, stream):
+    fake.script(ToolCalls([("get_weather", '{"city": "Paris"}'),
+                           ("get_weather", '{"city": "Oslo"}')]))
+    first, second = run(service, lambda: _two_turns(service, stream))
+    signature = first["tool_calls"][0]["signature"]
+    assert signature and "signature" not in first["tool_calls"][1]  # the first call only
+    assert second["text"] == 'tool results: {"temp": 20} {"temp": 21}'
+    contents = fake.api_requests()[1].body["contents"]
+    assert [c["role"] for c in contents] == ["user", "model", "user"]
+    model_turn, results = contents[1]["parts"], contents[2]["parts"]
+    sent = [p.get("thoughtSignature", p.get("thought_signature")) for p in model_turn]
+    # the bytes Gemini gave, back (google-genai writes them in base64's URL-safe alphabet)
+    assert [s and base64.urlsafe_b64decode(s) for s in sent] == [
+        base64.b64decode(signature), None]
+    # both results in one turn, answering the calls by name
+    assert [p["functionResponse"]["name"] for p in results] == ["get_weather"] * 2
+
+
+def test_a_second_turn_without_the_signature_is_refused(service, fake):
+    """The fake refuses it as Gemini 3 does: the check the test above passes is real."""
+    fake.script(ToolCalls([("get_weather", '{"city": "Paris"}')]))
+    _, second = run(service, lambda: _two_turns(service, False, keep_signatures=False))
+    assert isinstance(second, InvalidRequestError)
+    assert "thought_signature" in second.message
+
+
+@pytest.mark.parametrize(
+    ("reply", "invalid"),
+    [
+        (GoogleError(500, "Request contains an invalid argument.",
+                     google_status="INVALID_ARGUMENT"), True),
+        (GoogleError(503, "precondition", google_status="FAILED_PRECONDITION"), True),
+        (GoogleError(500, "Internal error encountered."), False),
+        (GoogleError(503, "The service is currently unavailable."), False),
+    ],
+)
+def test_a_5xx_whose_status_says_the_request_is_invalid_is_not_retried(
+    service, fake, reply, invalid
+):
+    fake.script(reply)
+    error, _ = chat(service, {"model": MODEL, "messages": USER})
+    assert type(error) is (InvalidRequestError if invalid else ProviderServerError)
+    assert error.is_retryable is (not invalid) and error.status_code == reply.status
+
+
+def test_connection_errors_name_host_and_port(vertex_env, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("VERTEX_BASE_URL", f"http://127.0.0.1:{port}/?key=QUERYSECRET")
+    service = VertexService()
+    error, _ = chat(service, {"model": MODEL, "messages": USER})
+    assert isinstance(error, ProviderConnectionError)
+    assert f"127.0.0.1:{port}" in error.message
+    assert error.details["endpoint"] == f"127.0.0.1:{port}"
+    assert "QUERYSECRET" not in json.dumps(error.to_info().model_dump())
 
 
 # --- embeddings --------------------------------------------------------------------------------

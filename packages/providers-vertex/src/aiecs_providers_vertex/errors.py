@@ -1,5 +1,9 @@
 """google-genai / google-auth / httpx2 exceptions -> aiecs errors, by type and status code.
 
+A 5xx whose google.rpc ``status`` says the request itself is invalid
+(:data:`INVALID_STATUSES`) is an :class:`InvalidRequestError`, not retried. Connection
+errors and timeouts name the server's ``host:port`` only.
+
 The errors redact their messages and details when they are built (aiecs_core.redaction).
 """
 
@@ -12,13 +16,17 @@ from aiecs_core import (
     AiecsError,
     AuthenticationError,
     ConfigurationError,
+    InvalidRequestError,
     ProviderConnectionError,
     ProviderServerError,
     ProviderTimeoutError,
 )
 from aiecs_core.llm import error_for_status, parse_retry_after
 
-__all__ = ["convert_error", "retry_delay"]
+__all__ = ["INVALID_STATUSES", "convert_error", "retry_delay"]
+
+#: google.rpc codes saying the request itself is invalid: a 5xx carrying one is not retried.
+INVALID_STATUSES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE"})
 
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
@@ -38,6 +46,20 @@ def retry_delay(details: Any) -> float | None:
     return None
 
 
+def _endpoint(exc: Any) -> str | None:
+    """``host:port`` of the request an httpx2 error belongs to (None when unknown)."""
+    try:
+        url = exc.request.url
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when unset
+        return None
+    host = getattr(url, "host", None)
+    if not host:
+        return None
+    port = getattr(url, "port", None) or {"https": 443, "http": 80}.get(url.scheme)
+    host = f"[{host}]" if ":" in host else host
+    return host if port is None else f"{host}:{port}"
+
+
 def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError | None:
     """The aiecs error for an exception raised while calling Vertex AI, or None."""
     import google.auth.exceptions as auth_errors
@@ -53,6 +75,14 @@ def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError
         if retry_after is None:
             retry_after = retry_delay(exc.details)
         message = exc.message or exc.status or "error"
+        if status is not None and status >= 500 and exc.status in INVALID_STATUSES:
+            return InvalidRequestError(
+                f"{provider}: HTTP {status}: {message} (not retried: the server says the "
+                f"request is invalid, status {exc.status})",
+                provider=provider,
+                status_code=status,
+                google_status=exc.status,
+            )
         return error_for_status(
             status,
             f"{provider}: HTTP {status}: {message}",
@@ -62,11 +92,17 @@ def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError
         )
     if isinstance(exc, genai_errors.UnknownApiResponseError):
         return ProviderServerError(f"{provider}: unreadable response", provider=provider)
-    if isinstance(exc, httpx2.TimeoutException):
-        return ProviderTimeoutError(f"{provider}: request timed out", provider=provider)
-    if isinstance(exc, httpx2.TransportError):
+    if isinstance(exc, httpx2.TransportError):  # TimeoutException included
+        where = _endpoint(exc)
+        to = f" to {where}" if where else ""
+        if isinstance(exc, httpx2.TimeoutException):
+            return ProviderTimeoutError(
+                f"{provider}: request{to} timed out", provider=provider, endpoint=where
+            )
         return ProviderConnectionError(
-            f"{provider}: connection failed ({type(exc).__name__})", provider=provider
+            f"{provider}: connection{to} failed ({type(exc).__name__})",
+            provider=provider,
+            endpoint=where,
         )
     if isinstance(exc, auth_errors.DefaultCredentialsError):
         return ConfigurationError(

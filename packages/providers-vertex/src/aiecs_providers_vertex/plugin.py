@@ -16,6 +16,8 @@ reports TIMED_OUT, rather than racing the SDK's timeout).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import os
@@ -101,6 +103,21 @@ def _finish_reason(raw: Any, tool_calls: list[ToolCall]) -> str:
 def _args(arguments: str) -> dict[str, Any]:
     value = parse_json(arguments)
     return value if isinstance(value, dict) else {"arguments": arguments}
+
+
+def _signature_out(raw: bytes | None) -> str | None:
+    """A thought signature (bytes in google-genai) as ``ToolCall.signature`` (base64)."""
+    return base64.b64encode(raw).decode() if raw else None
+
+
+def _signature_in(signature: str | None) -> bytes | None:
+    """``ToolCall.signature`` back to the bytes Gemini gave (None: none, or not base64)."""
+    if not signature:
+        return None
+    try:
+        return base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _register_tokens(credentials: Any) -> None:
@@ -255,7 +272,10 @@ class VertexService(Service):
         system: list[str] = []
         contents: list[types.Content] = []
         names: dict[str, str] = {}
+        results: types.Content | None = None  # the function responses of the open turn
         for message in data.messages:
+            if message.role != "tool":
+                results = None
             if message.role == "system":
                 system.append(message.content or "")
             elif message.role == "user":
@@ -270,7 +290,10 @@ class VertexService(Service):
                         types.Part(
                             function_call=types.FunctionCall(
                                 name=call.name, args=_args(call.arguments)
-                            )
+                            ),
+                            # Gemini 3 refuses a function call of an earlier turn without
+                            # the thought signature it came with.
+                            thought_signature=_signature_in(call.signature),
                         )
                     )
                 contents.append(types.Content(role="model", parts=parts))
@@ -279,18 +302,14 @@ class VertexService(Service):
                 response = parse_json(message.content or "")
                 if not isinstance(response, dict):
                     response = {"result": message.content}
-                contents.append(
-                    types.Content(
-                        role="user",
-                        parts=[
-                            types.Part(
-                                function_response=types.FunctionResponse(
-                                    name=name, response=response
-                                )
-                            )
-                        ],
-                    )
+                part = types.Part(
+                    function_response=types.FunctionResponse(name=name, response=response)
                 )
+                if results is None:  # the results of one turn's calls go in one content
+                    results = types.Content(role="user", parts=[part])
+                    contents.append(results)
+                else:
+                    results.parts = [*(results.parts or []), part]
         config: dict[str, Any] = {"http_options": self._http_options(ctx)}
         if system:
             config["system_instruction"] = "\n\n".join(system)
@@ -318,10 +337,16 @@ class VertexService(Service):
             config["automatic_function_calling"] = types.AutomaticFunctionCallingConfig(
                 disable=True
             )
-        if data.tool_choice is not None:
+        if isinstance(data.tool_choice, str):
             config["tool_config"] = types.ToolConfig(
                 function_calling_config=types.FunctionCallingConfig(
                     mode=_TOOL_CHOICE[data.tool_choice]
+                )
+            )
+        elif data.tool_choice is not None:  # a named function: ANY, restricted to it
+            config["tool_config"] = types.ToolConfig(
+                function_calling_config=types.FunctionCallingConfig(
+                    mode="ANY", allowed_function_names=[data.tool_choice.function.name]
                 )
             )
         return contents, types.GenerateContentConfig(**config)
@@ -356,6 +381,7 @@ class VertexService(Service):
             id=call.id or f"call_{number}",
             name=call.name or "",
             arguments=json.dumps(call.args or {}),
+            signature=_signature_out(part.thought_signature),
         )
 
     @staticmethod
@@ -432,7 +458,11 @@ class VertexService(Service):
                         call = self._tool_call(part, calls)
                         yield ChatDelta(
                             text=self._text(part),
-                            tool_calls=[ToolCallDelta(calls, call.id, call.name, call.arguments)],
+                            tool_calls=[
+                                ToolCallDelta(
+                                    calls, call.id, call.name, call.arguments, call.signature
+                                )
+                            ],
                         )
                         calls += 1
                     else:
