@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -101,27 +102,9 @@ class FaultRun:
     ids: list[str] = field(default_factory=list)
 
     def send(self, *, delay=(0.1, 0.5), chunks=4, poison: int = 0) -> None:
-        from aiecs_worker.app import create_app
-        from aiecs_worker.settings import load_settings
-
-        # Celery reads CELERY_BROKER_URL from the environment before its configuration:
-        # point it at this run's Redis while sending.
-        saved = os.environ.get("CELERY_BROKER_URL")
-        os.environ["CELERY_BROKER_URL"] = self.redis.url
-        try:
-            self._send(create_app(load_settings(celery_broker_url=self.redis.url)),
-                       delay, chunks, poison)
-        finally:
-            if saved is None:
-                os.environ.pop("CELERY_BROKER_URL", None)
-            else:
-                os.environ["CELERY_BROKER_URL"] = saved
-
-    def _send(self, app, delay, chunks, poison) -> None:
-        from aiecs_worker import celery_task_id
-        from aiecs_worker.app import FAST_TASK
-
+        """Submit the run's executions from a client process, through the public API."""
         rng = random.Random(7)
+        calls = []
         for i in range(self.n):
             task_id = f"f{uuid.uuid4().hex[:10]}"
             data = {"text": "one two three four", "chunks": chunks,
@@ -130,10 +113,12 @@ class FaultRun:
                 data = {"text": "x", "fail": "crash"}
                 self.expect_failed.add(task_id)
             self.ids.append(task_id)
-            app.send_task(FAST_TASK, task_id=celery_task_id(USER, task_id, 1), kwargs=dict(
-                task_name="echo", user_id=USER, task_id=task_id, step=1, mode="test",
-                service="echo", input_data=data, context={}))
-        app.close()
+            calls.append(dict(task_name="echo", user_id=USER, task_id=task_id, step=1,
+                              mode="test", service="echo", input_data=data, context={}))
+        env = dict(os.environ, CELERY_BROKER_URL=self.redis.url, REDIS_URL=self.redis.url)
+        subprocess.run([sys.executable, "-m", "tests.faults.sender"], input=json.dumps(calls),
+                       text=True, env=env, check=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2])
 
     def started(self) -> int:
         client = self.redis.client()

@@ -67,3 +67,28 @@ def test_task_that_always_kills_its_worker_stops_after_the_bound(aiecs_redis, st
     wait_until(lambda: sum(client.llen(k) for k in client.keys("fast_tasks*")) == 0
                and client.hlen("unacked") == 0, message="acknowledgement of the refused delivery")
     assert worker.alive()
+
+
+def test_message_lost_in_transit_is_queued_again_from_the_pending_record(aiecs_redis,
+                                                                         start_worker):
+    """kombu pops a message before it records it as unacknowledged: a worker killed in
+    between loses it. Here the message is removed from the queue by hand (the same loss);
+    the PENDING record brings the execution back after 2 x CELERY_VISIBILITY_TIMEOUT."""
+    from aiecs_worker import execute_task
+
+    client = aiecs_redis.client()
+    task_id = f"t{uuid.uuid4().hex[:8]}"
+    res = execute_task.delay(**kwargs(task_id))
+    queues = [k for k in client.keys("fast_tasks*") if client.llen(k)]
+    assert len(queues) == 1 and client.llen(queues[0]) == 1
+    client.delete(queues[0])  # the message is gone; only the PENDING record is left
+    assert client.hget(f"aiecs:t:alice:{task_id}:1:state", "status") == b"pending"
+
+    worker = start_worker(env={"CELERY_VISIBILITY_TIMEOUT": "3", "AIECS_LEASE_SECONDS": "3"})
+    assert res.get(timeout=60)["status"] == "completed"
+    terminal, events = wait_terminal(client, "alice", task_id)
+    assert terminal["status"] == "completed"
+    assert [e["status"] for e in events if e["type"] == "status"] == [
+        "pending", "running", "completed"]
+    assert "its message was lost in transit; queued again" in worker.log()
+    assert client.zcard("aiecs:pending") == 0

@@ -26,6 +26,7 @@ from .runtime import CANCEL_CHANNEL, _routable
 from .settings import get_settings
 from .state import (
     CANCEL_LUA,
+    PENDING_KEY,
     celery_index_key,
     decode_state,
     steps_key,
@@ -60,11 +61,14 @@ def submit(request: TaskRequest, *, heavy: bool | None = None) -> AsyncResult:
     return task.apply_async(kwargs=request.model_dump(mode="json"), task_id=celery_id)
 
 
-def record_pending(request: TaskRequest, celery_id: str) -> bool:
+def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
+                   task: str = "") -> bool:
     """Record a queued execution as PENDING (and publish it) unless it already has a state.
 
     Called for every submission (``.delay()``, ``apply_async``, :func:`submit`). Best
-    effort: when Redis is unreachable the task is still queued.
+    effort: when Redis is unreachable the task is still queued. The record keeps the
+    task's arguments, ``queue`` and Celery ``task`` name until it starts, so the sweeper
+    can queue it again if the broker loses its message (see aiecs_worker.lease).
     """
     s = get_settings()
     keys = TaskKeys(request.user_id, request.task_id)
@@ -78,9 +82,9 @@ def record_pending(request: TaskRequest, celery_id: str) -> bool:
         seq = run_script(
             _redis(), PENDING_PUBLISH_LUA,
             [keys.state(request.step), steps_key(request.user_id, request.task_id),
-             celery_index_key(celery_id), *ev_keys],
+             celery_index_key(celery_id), PENDING_KEY, *ev_keys],
             [celery_id, s.aiecs_events_ttl, time.time(), request.user_id, request.task_name,
-             request.step, *ev_args],
+             request.step, request.model_dump_json(), queue, task, *ev_args],
         )
     except Exception:  # noqa: BLE001
         return False

@@ -111,9 +111,10 @@ PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1) + "return seq\n"
 FINISH_PUBLISH_LUA = finish_lua(
     _publish_lua("KEYS[2]", "KEYS[3]", 7, always_expire=True) + "return seq\n")
 
-# KEYS: state, steps, celery index, seq, log.  ARGV: PENDING's six, then PUBLISH_LUA's.
-# A submission's PENDING record and event in one round trip. Returns 0 or the seq.
-PENDING_PUBLISH_LUA = pending_lua(_publish_lua("KEYS[4]", "KEYS[5]", 7) + "return seq\n")
+# KEYS: state, steps, celery index, pending, seq, log.  ARGV: PENDING's nine, then
+# PUBLISH_LUA's.  A submission's PENDING record and event in one round trip. Returns 0 or
+# the seq.
+PENDING_PUBLISH_LUA = pending_lua(_publish_lua("KEYS[5]", "KEYS[6]", 10) + "return seq\n")
 
 # KEYS: begin's five, seq, log.  ARGV: begin's thirteen, then PUBLISH_LUA's, whose event
 # JSON holds MESSAGE_SLOT where the RUNNING event's message goes.  The begin transition

@@ -19,6 +19,14 @@ died): it is dropped, since the sweeper queues the execution again should the ho
 dead. On the same host a dead PID is seen at once and the delivery takes over (a
 SIGKILLed prefork child, whose task Celery redelivers immediately).
 
+**Messages lost in transit.** kombu's Redis transport pops a message (BRPOP) before it
+records it as unacknowledged; a worker killed between the two loses it (the broker has
+no copy). A submission through aiecs leaves a PENDING record with the task's arguments:
+the sweeper queues again an execution still PENDING ``2 × CELERY_VISIBILITY_TIMEOUT``
+after submission whose queue is empty (a message waiting in a backlog, or received and
+not yet restored, is not lost: the queue is not empty, or kombu restores it within the
+visibility timeout). A copy sent while the original was only late is harmless.
+
 **Poison under the threads pool.** A crashing operation kills every execution of its
 process. The sweeper charges a crash only to an execution that is *certainly present at
 it*: the owner's only execution, or the one crash *suspect* running in isolation. When a
@@ -35,10 +43,11 @@ import os
 import socket
 import uuid
 
-from .state import NOW_MS_LUA, OWNERS_KEY, SUSPECT_KEY
+from .state import NOW_MS_LUA, OWNERS_KEY, PENDING_KEY, SUSPECT_KEY
 
 __all__ = [
     "HEARTBEAT_LUA",
+    "REAP_LUA",
     "SWEEP_LUA",
     "holder_is_dead_here",
     "make_owner",
@@ -93,8 +102,40 @@ end
 return out
 """
 
+# KEYS: pending.  ARGV: age (ms), how many at most, the queue-name separator of kombu's
+# priority queues.  PENDING executions older than ``age`` whose queue is empty (so their
+# message is nowhere: kombu's Redis transport pops a message before it records it as
+# unacknowledged, and a worker killed in between loses it) are returned, flat:
+# {state key, celery id, celery task name, queue, request json, ...}; each is stamped
+# anew so it is sent again at most once per ``age``. Stale entries are dropped.
+REAP_LUA = f"""
+{NOW_MS_LUA}
+local out = {{}}
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms - tonumber(ARGV[1]),
+                       'LIMIT', 0, ARGV[2])
+for _, k in ipairs(old) do
+  local f = redis.call('HMGET', k, 'status', 'celery_id', 'task', 'queue', 'request')
+  if f[1] ~= 'pending' or not f[5] then
+    redis.call('ZREM', KEYS[1], k)
+  else
+    local q = f[4] or ''
+    local n = 0
+    for _, name in ipairs({{q, q .. ARGV[3] .. '3', q .. ARGV[3] .. '6', q .. ARGV[3] .. '9'}}) do
+      n = n + redis.call('LLEN', name)
+    end
+    if n == 0 then
+      redis.call('ZADD', KEYS[1], now_ms, k)
+      out[#out + 1] = k
+      for i = 2, 5 do out[#out + 1] = f[i] or '' end
+    end
+  end
+end
+return out
+"""
+
 SWEEP_KEYS = [OWNERS_KEY, SUSPECT_KEY]
 HEARTBEAT_KEYS = [OWNERS_KEY, SUSPECT_KEY]
+REAP_KEYS = [PENDING_KEY]
 
 _HOST = socket.gethostname()
 

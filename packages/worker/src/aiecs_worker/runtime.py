@@ -61,6 +61,8 @@ from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_tas
 from .lease import (
     HEARTBEAT_KEYS,
     HEARTBEAT_LUA,
+    REAP_KEYS,
+    REAP_LUA,
     SWEEP_KEYS,
     SWEEP_LUA,
     holder_is_dead_here,
@@ -218,6 +220,7 @@ class Runtime:
         self._begin = self.redis.register_script(BEGIN_PUBLISH_LUA)
         self._heartbeat = self.redis.register_script(HEARTBEAT_LUA)
         self._sweep = self.redis.register_script(SWEEP_LUA)
+        self._reap = self.redis.register_script(REAP_LUA)
         #: this process as the owner of the executions it runs (see aiecs_worker.lease)
         self.owner = make_owner()
         #: the state key of the crash suspect this process runs in isolation, if any
@@ -666,7 +669,22 @@ class Runtime:
             await asyncio.sleep(delay)
 
     async def sweep(self) -> int:
-        """Queue again the executions of owners whose lease ended; how many were queued."""
+        """Queue again the executions of owners whose lease ended, and PENDING executions
+        whose message the broker lost; how many were queued."""
+        queued = await self._sweep_dead_owners()
+        lost = await self._reap(keys=REAP_KEYS, args=[
+            2 * self.settings.celery_visibility_timeout * 1000, 16, "\x06\x16"])
+        lost = [x.decode() if isinstance(x, bytes) else x for x in lost]
+        for i in range(0, len(lost), 5):
+            state_key, celery_id, task, queue, request = lost[i:i + 5]
+            await self.loop.run_in_executor(None, self._send_again, task, queue, request,
+                                            celery_id)
+            log.warning("execution %s (%s) still PENDING with an empty queue: its message "
+                        "was lost in transit; queued again", celery_id, state_key)
+            queued += 1
+        return queued
+
+    async def _sweep_dead_owners(self) -> int:
         out = await self._sweep(keys=SWEEP_KEYS, args=[16, time.time()])
         out = [x.decode() if isinstance(x, bytes) else x for x in out]
         queued = 0

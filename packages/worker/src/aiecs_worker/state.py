@@ -18,6 +18,7 @@ __all__ = [
     "CANCEL_LUA",
     "MESSAGE_SLOT",
     "OWNERS_KEY",
+    "PENDING_KEY",
     "SUSPECT_KEY",
     "celery_index_key",
     "decode_state",
@@ -32,6 +33,9 @@ _TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "
 
 #: Sorted set: execution owner (one worker process) -> when its lease ends (Redis ms).
 OWNERS_KEY = "aiecs:owners"
+#: Sorted set: PENDING executions -> when they were submitted (Redis ms); the sweeper
+#: queues again one whose message the broker lost (see :mod:`aiecs_worker.lease`).
+PENDING_KEY = "aiecs:pending"
 #: The one crash suspect allowed to run at a time (see :mod:`aiecs_worker.lease`).
 SUSPECT_KEY = "aiecs:suspect"
 
@@ -89,6 +93,7 @@ if run then
   fields[#fields + 1] = 'started'; fields[#fields + 1] = ARGV[3]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
+if st == 'pending' then redis.call('ZREM', '{PENDING_KEY}', KEYS[1]) end
 if not st then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('SADD', KEYS[2], ARGV[6])
@@ -118,9 +123,12 @@ if f[1] and terminal[f[1]] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+if f[1] == 'pending' then redis.call('ZREM', '{PENDING_KEY}', KEYS[1]) end
 if f[2] then
   if f[2] ~= '' then redis.call('SREM', 'aiecs:owned:' .. f[2], KEYS[1]) end
   redis.call('HDEL', KEYS[1], 'request', 'owner')
+elseif f[1] == 'pending' then
+  redis.call('HDEL', KEYS[1], 'request')
 end
 if f[3] == '1' and redis.call('GET', '{SUSPECT_KEY}') == KEYS[1] then
   redis.call('DEL', '{SUSPECT_KEY}')
@@ -132,13 +140,17 @@ def pending_lua(then: str) -> str:
     """Record a submitted execution as pending unless it already has a state, then run the
     Lua code ``then`` (it publishes the PENDING event).
 
-    KEYS: state, steps, celery index.  ARGV: celery_id, ttl, now, user_id, task_name,
-    step, then ``then``'s.  Returns 0 when the execution already had a state.
+    KEYS: state, steps, celery index, pending.  ARGV: celery_id, ttl, now, user_id,
+    task_name, step, request json, queue, celery task name, then ``then``'s.  Returns 0
+    when the execution already had a state.
     """
     return f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'pending', 'celery_id', ARGV[1], 'user_id', ARGV[4],
-           'task_name', ARGV[5], 'step', ARGV[6], 'submitted', ARGV[3], 'updated', ARGV[3])
+           'task_name', ARGV[5], 'step', ARGV[6], 'submitted', ARGV[3], 'updated', ARGV[3],
+           'request', ARGV[7], 'queue', ARGV[8], 'task', ARGV[9])
+{NOW_MS_LUA}
+redis.call('ZADD', KEYS[4], now_ms, KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[2])

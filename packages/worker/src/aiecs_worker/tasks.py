@@ -15,7 +15,7 @@ from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
-from .app import FAST_TASK, HEAVY_TASK, app
+from .app import FAST_QUEUE, FAST_TASK, HEAVY_QUEUE, HEAVY_TASK, app
 from .events import celery_task_id
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 
@@ -40,7 +40,10 @@ class AiecsTask(Task):
             task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
             from .control import record_pending
 
-            record_pending(request, task_id)
+            queue = options.get("queue") or (HEAVY_QUEUE if self.name == HEAVY_TASK
+                                              else FAST_QUEUE)
+            record_pending(request, task_id, queue=getattr(queue, "name", queue),
+                           task=self.name)
         return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)
 
 

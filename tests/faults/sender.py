@@ -1,0 +1,13 @@
+"""A client process: submits the executions given as JSON on stdin with the public API
+(``execute_task.delay``), against the Redis named by CELERY_BROKER_URL / REDIS_URL."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+if __name__ == "__main__":
+    from aiecs_worker import execute_task
+
+    for kwargs in json.load(sys.stdin):
+        execute_task.delay(**kwargs)
