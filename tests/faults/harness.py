@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,50 +20,9 @@ from pathlib import Path
 
 from tests.support.events import TERMINAL, read_events
 from tests.support.redis_server import RedisServer
-from tests.support.worker import WorkerProcess
 
 USER = "fault"
 REPORT = Path(__file__).resolve().parents[2] / "test-output" / "faults"
-
-
-class FaultRedis(RedisServer):
-    """A private redis-server that can run with AOF and be paused or restarted in place."""
-
-    def __init__(self, aof: bool = False):
-        super().__init__()
-        self.aof = aof
-
-    def start(self, timeout: float = 10.0) -> FaultRedis:
-        import redis
-
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.aof else "no", "--appendfsync", "always",
-             "--dir", str(self.dir), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.RedisError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
-        return self
-
-    def pause(self, seconds: float) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        try:
-            time.sleep(seconds)  # the fault itself: Redis does not answer for this long
-        finally:
-            os.kill(self.proc.pid, signal.SIGCONT)
 
 
 @dataclass
@@ -96,7 +53,7 @@ class Tally:
 class FaultRun:
     """Sends echo tasks through the test process's Celery app to ``redis``'s workers."""
 
-    redis: FaultRedis
+    redis: RedisServer
     n: int
     expect_failed: set[str] = field(default_factory=set)
     ids: list[str] = field(default_factory=list)
@@ -138,11 +95,11 @@ class FaultRun:
         """Wait until every execution is terminal (or the bound passes)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._terminal_count() == len(self.ids):
+            if self.terminal_count() == len(self.ids):
                 return
             time.sleep(0.25)
 
-    def _terminal_count(self) -> int:
+    def terminal_count(self) -> int:
         client = self.redis.client()
         try:
             pipe = client.pipeline()
@@ -200,11 +157,6 @@ def record(tally: Tally) -> None:
 def counts(tallies: list[Tally]) -> Counter:
     return Counter({k: sum(getattr(t, k) for t in tallies)
                     for k in ("sent", "completed_once", "lost", "duplicated", "stuck")})
-
-
-def worker(redis: FaultRedis, pool: str, **env: str) -> WorkerProcess:
-    conc = 8 if pool == "threads" else 2
-    return WorkerProcess(redis_url=redis.url, pool=pool, concurrency=conc, env=dict(env))
 
 
 def table_rows(path: Path = REPORT / "results.jsonl") -> str:

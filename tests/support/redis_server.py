@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -22,6 +24,8 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="aiecs-redis-")))
+    #: append-only file with fsync on every write: a restart keeps everything
+    aof: bool = False
 
     @property
     def url(self) -> str:
@@ -37,7 +41,8 @@ class RedisServer:
             raise RuntimeError("the redis package is not installed") from exc
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "no"],
+             "--appendonly", "yes" if self.aof else "no", "--appendfsync", "always",
+             "--dir", str(self.dir), "--protected-mode", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -60,6 +65,15 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def pause(self, seconds: float) -> None:
+        """Stop answering for ``seconds`` (SIGSTOP, then SIGCONT)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)  # the fault itself: Redis does not answer for this long
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()
