@@ -434,6 +434,25 @@ class OpenAIWireCases(StreamCases):
         assert first["usage"]["estimated"] is True and first["usage"]["cost"] is None
         assert ctx.usage[0].estimated
 
+    def test_another_400_to_a_stream_is_not_retried(self, service, fake):
+        fake.script(Error(400, "messages[0] is too long", param="messages"),
+                    Error(400, "bad request"))
+        data = {"model": "m", "messages": USER, "stream": True}
+
+        async def scenario():
+            return [(await call(service, "chat", data))[0] for _ in range(2)]
+
+        errors = run(service, scenario)
+        assert all(isinstance(e, InvalidRequestError) for e in errors)
+        assert ["stream_options" in r.body for r in fake.requests] == [True, True]
+
+    def test_stream_options_named_in_error_param_is_dropped(self, service, fake):
+        fake.script(Error(400, "Unknown parameter.", param="stream_options"))
+        data = {"model": "m", "messages": USER, "stream": True}
+        result, _ = run(service, lambda: call(service, "chat", data))
+        assert result["text"] == "echo: hello there" and result["usage"]["estimated"]
+        assert ["stream_options" in r.body for r in fake.requests] == [True, False]
+
     @pytest.mark.parametrize("mode", ["off", "on"])
     def test_stream_usage_setting(self, service_cls, monkeypatch, mode):
         with FakeOpenAI(accepts_stream_options=False) as srv:

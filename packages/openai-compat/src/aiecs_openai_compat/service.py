@@ -17,7 +17,8 @@ Ollama, LM Studio or a gateway) differ in two request fields, each with a settin
   for the process;
 - streamed usage: ``stream_options.include_usage`` is sent with every stream
   (``<PREFIX>_STREAM_USAGE``: ``auto``, ``on`` or ``off``). In ``auto``, a stream request
-  refused with 400 is retried once without it, which is then kept for the process.
+  refused with a 400 that names ``stream_options`` (in ``error.param``, or failing that
+  in its message) is retried once without it, which is then kept for the process.
   Without a usage report the usage is estimated (``estimated: true``, never priced).
 """
 
@@ -315,7 +316,8 @@ class OpenAICompatService(Service):
     def _retry_params(self, params: dict[str, Any], exc: BaseException) -> dict[str, Any] | None:
         """The request to send instead after a 400 (``exc``) that a server difference
         explains, in ``auto`` mode; None: no retry. Decided by the body's ``error.param``
-        for the limit field; any 400 to a stream that asked for usage is retried without."""
+        naming the field sent (for ``stream_options``, servers that put no ``param``
+        are recognised by the name in the message: the one text match here)."""
         import openai
 
         if not isinstance(exc, openai.BadRequestError):
@@ -333,7 +335,11 @@ class OpenAICompatService(Service):
             retry = {k: v for k, v in params.items() if k != sent}
             retry[other] = params[sent]
             return retry
-        if "stream_options" in params and self.stream_usage() == _AUTO:
+        message = inner.get("message") if isinstance(inner, dict) else None
+        names_it = param == "stream_options" or (
+            param is None and isinstance(message, str) and "stream_options" in message
+        )
+        if "stream_options" in params and names_it and self.stream_usage() == _AUTO:
             return {k: v for k, v in params.items() if k != "stream_options"}
         return None
 
