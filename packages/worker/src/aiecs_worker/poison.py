@@ -316,8 +316,8 @@ def _fail_execution(payload: Any, reason: str) -> str:
     try:
         from aiecs_core import InvalidTaskError, TaskEvent, TaskStatus
 
-        from .control import _redis
         from .events import TaskKeys, finish_sync
+        from .records import state_redis as _redis
         from .runtime import _routable
         from .settings import get_settings
 

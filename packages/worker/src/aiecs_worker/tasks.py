@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from .app import FAST_QUEUE, FAST_TASK, HEAVY_QUEUE, HEAVY_TASK, app
 from .events import celery_task_id
+from .records import record_cancelled, record_pending
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 
 __all__ = ["execute_heavy_task", "execute_task"]
@@ -38,8 +39,6 @@ class AiecsTask(Task):
                 request = None  # invalid: the runner reports exactly what is wrong
         if request is not None:
             task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
-            from .control import record_pending
-
             queue = options.get("queue") or (HEAVY_QUEUE if self.name == HEAVY_TASK
                                               else FAST_QUEUE)
             record_pending(request, task_id, queue=getattr(queue, "name", queue),
@@ -108,8 +107,6 @@ def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_:
     """A task revoked before it ran (or terminated): record and publish CANCELLED."""
     if request is None or getattr(sender, "name", None) not in (FAST_TASK, HEAVY_TASK):
         return
-    from .control import record_cancelled
-
     try:
         record_cancelled(tuple(request.args or ()), dict(request.kwargs or {}),
                          reason="task was cancelled before it ran" if not terminated
