@@ -225,6 +225,7 @@ class Runtime:
         self.owner = make_owner()
         #: the state key of the crash suspect this process runs in isolation, if any
         self._suspect: str | None = None
+        self._soft_limit_hooked = False
         #: Cluster-wide per-(provider, model) limits (AIECS_RATE_LIMITS); None when unset.
         self.limiter = RateLimiter.from_env(self.redis)
         self.running: dict[str, _Running] = {}
@@ -251,6 +252,8 @@ class Runtime:
         """Execute one task and wait for its outcome (called from a pool thread)."""
         from celery.exceptions import SoftTimeLimitExceeded
 
+        if not self._soft_limit_hooked:
+            self._hook_soft_limit()
         future = asyncio.run_coroutine_threadsafe(
             self.execute(args, kwargs, celery_id=celery_id, soft_limit=soft_limit,
                          task=task, queue=queue),
@@ -269,6 +272,28 @@ class Runtime:
             with contextlib.suppress(BaseException):
                 future.result(timeout=5)
             raise
+
+    def _hook_soft_limit(self) -> None:
+        """Under prefork, Celery's soft time limit is a signal (SIGUSR1) whose handler
+        raises SoftTimeLimitExceeded wherever the child happens to be, even in Celery's
+        own code after the task returned. In the child's main thread, replace it by one
+        that stops this process's running execution, so the runner records TIMED_OUT
+        whichever limit fires first."""
+        self._soft_limit_hooked = True
+        if threading.current_thread() is not threading.main_thread():
+            return
+        import signal
+
+        try:
+            from billiard.pool import SIG_SOFT_TIMEOUT, soft_timeout_sighandler
+        except ImportError:  # pragma: no cover
+            return
+        if SIG_SOFT_TIMEOUT and signal.getsignal(SIG_SOFT_TIMEOUT) is soft_timeout_sighandler:
+            signal.signal(SIG_SOFT_TIMEOUT, self._on_soft_limit)
+
+    def _on_soft_limit(self, signum: int, frame: Any) -> None:
+        for celery_id in list(self.running):
+            self._stop_running(celery_id, "timeout")
 
     def _stop_running(self, celery_id: str | None, reason: str) -> None:
         running = self.running.get(celery_id or "")
@@ -297,6 +322,7 @@ class Runtime:
         task: str = "",
         queue: str = "",
     ) -> Outcome:
+        """One execution, the five steps of the module's docstring."""
         s = self.settings
         started = time.time()
         # The worker's limit caps the one in the message (set by the sender's config).
@@ -305,18 +331,11 @@ class Runtime:
         try:
             request = parse_request(args, kwargs, s.aiecs_max_payload_bytes)
         except InvalidTaskError as exc:
-            values = dict(zip(_FIELDS, args, strict=False)) | dict(kwargs)
-            routable = _routable(values)
-            log.warning("rejected task %s: %s", celery_id, exc)
-            if routable is not None:
-                ctx = WorkerContext(routable, self, deadline=None)
-                await self._finish_with(ctx, TaskStatus.FAILED, error=exc)
-            return Outcome(TaskStatus.FAILED, error=exc, celery_id=celery_id)
+            return await self._rejected(args, kwargs, exc, celery_id)
 
         celery_id = celery_id or celery_task_id(request.user_id, request.task_id, request.step)
         ctx = WorkerContext(request, self, deadline=deadline)
         keys = TaskKeys(request.user_id, request.task_id)
-
         status, deliveries, cancel_requested, suspect = await self._begin_execution(
             ctx, keys, celery_id, task, queue
         )
@@ -324,6 +343,39 @@ class Runtime:
             return Outcome(TaskStatus.RUNNING, celery_id=celery_id, duplicate=True)
         if status != TaskStatus.RUNNING.value:
             return await self._replay(request, keys, status, celery_id)
+        refused = self._refusal(request, celery_id, deliveries, cancel_requested)
+        if refused is not None:
+            return await self._finish_with(ctx, refused[0], error=refused[1],
+                                           celery_id=celery_id)
+
+        status, error, result, attempts = await self._operate(
+            ctx, celery_id, keys.state(request.step) if suspect else None, deadline, limit)
+        if error is not None:
+            return await self._finish_with(ctx, status, error=error, celery_id=celery_id)
+        outcome = TaskResult(
+            task_id=request.task_id, step=request.step, user_id=request.user_id,
+            task_name=request.task_name, mode=request.mode, service=request.service,
+            status=TaskStatus.COMPLETED, result=result, usage=ctx.usage, attempts=attempts,
+            started_at=started, finished_at=time.time(),
+        ).model_dump(mode="json")
+        return await self._finish_with(
+            ctx, TaskStatus.COMPLETED, result=outcome, celery_id=celery_id
+        )
+
+    async def _rejected(self, args: tuple | list, kwargs: dict[str, Any],
+                        exc: InvalidTaskError, celery_id: str | None) -> Outcome:
+        """Invalid arguments: FAILED with the reason, told to the user when routable."""
+        log.warning("rejected task %s: %s", celery_id, exc)
+        routable = _routable(dict(zip(_FIELDS, args, strict=False)) | dict(kwargs))
+        if routable is not None:
+            await self._finish_with(WorkerContext(routable, self, deadline=None),
+                                    TaskStatus.FAILED, error=exc)
+        return Outcome(TaskStatus.FAILED, error=exc, celery_id=celery_id)
+
+    def _refusal(self, request: TaskRequest, celery_id: str, deliveries: int,
+                 cancel_requested: bool) -> tuple[TaskStatus, AiecsError] | None:
+        """Why a begun execution must not run: out of deliveries, or cancelled."""
+        s = self.settings
         if deliveries > s.aiecs_max_deliveries:
             err = WorkerLostError(
                 f"the worker executing this task was lost {deliveries - 1} times "
@@ -331,21 +383,26 @@ class Runtime:
                 deliveries=deliveries - 1,
             )
             log.error("task %s (%s): %s", celery_id, request.key, err)
-            return await self._finish_with(ctx, TaskStatus.FAILED, error=err, celery_id=celery_id)
+            return TaskStatus.FAILED, err
         if cancel_requested:
-            err = TaskCancelledError("task was cancelled before it started")
-            return await self._finish_with(
-                ctx, TaskStatus.CANCELLED, error=err, celery_id=celery_id
-            )
+            return TaskStatus.CANCELLED, TaskCancelledError("task was cancelled before it started")
+        return None
 
+    async def _operate(
+        self, ctx: WorkerContext, celery_id: str, suspect_key: str | None, deadline: float,
+        limit: float,
+    ) -> tuple[TaskStatus, AiecsError | None, Any, int]:
+        """Run the operation under the deadline, cancellable: (status, error, result,
+        attempts). A suspect first waits for its turn to run alone (see lease.py)."""
+        request = ctx.request
         running = _Running(ctx, task=asyncio.current_task())
         self.running[celery_id] = running
-        status, error = TaskStatus.COMPLETED, None
+        status, error, result, attempts = TaskStatus.COMPLETED, None, None, 0
         try:
             try:
                 async with asyncio.timeout_at(self._loop_deadline(deadline)):
-                    if suspect:
-                        await self._isolate(ctx, keys.state(request.step))
+                    if suspect_key is not None:
+                        await self._isolate(ctx, suspect_key)
                     result, attempts = await self._attempts(ctx)
             except TimeoutError:
                 running.cancel_reason = running.cancel_reason or "timeout"
@@ -368,34 +425,14 @@ class Runtime:
 
         if running.cancel_reason == "timeout":
             ctx.cancel()
-            status = TaskStatus.TIMED_OUT
-            error = TaskTimeoutError(
+            return TaskStatus.TIMED_OUT, TaskTimeoutError(
                 f"deadline of {limit:g}s passed (CELERY_TASK_SOFT_TIME_LIMIT); "
                 "the provider call was cancelled",
                 limit=limit,
-            )
-        elif running.cancel_reason is not None:
-            status, error = TaskStatus.CANCELLED, TaskCancelledError("task was cancelled")
-        if error is not None:
-            return await self._finish_with(ctx, status, error=error, celery_id=celery_id)
-
-        outcome = TaskResult(
-            task_id=request.task_id,
-            step=request.step,
-            user_id=request.user_id,
-            task_name=request.task_name,
-            mode=request.mode,
-            service=request.service,
-            status=TaskStatus.COMPLETED,
-            result=result,
-            usage=ctx.usage,
-            attempts=attempts,
-            started_at=started,
-            finished_at=time.time(),
-        ).model_dump(mode="json")
-        return await self._finish_with(
-            ctx, TaskStatus.COMPLETED, result=outcome, celery_id=celery_id
-        )
+            ), None, attempts
+        if running.cancel_reason is not None:
+            return TaskStatus.CANCELLED, TaskCancelledError("task was cancelled"), None, attempts
+        return status, error, result, attempts
 
     def _loop_deadline(self, monotonic_deadline: float) -> float:
         return self.loop.time() + max(0.0, monotonic_deadline - time.monotonic())
