@@ -121,6 +121,9 @@ class FaultRun:
             terminals = [e for e in events if e["type"] == "status" and e["status"] in TERMINAL]
             runs = [e for e in events if e["type"] == "status" and e["status"] == "running"]
             tally.reruns += max(0, len(runs) - 1)
+            if terminals and terminals[0]["status"] == "completed" and not runs:
+                tally.wrong += 1  # ran without its RUNNING event
+                tally.details.append(f"{t}: completed without a RUNNING event")
             if len(terminals) > 1:
                 tally.duplicated += 1
                 tally.details.append(f"{t}: {len(terminals)} terminal events")
