@@ -148,7 +148,7 @@ def test_redis_restarted_without_persistence(fault_redis, fault_worker, pool):
     started = FaultRun(redis, 0, ids=running)
     started.settle(timeout=120)
     tally = started.tally(f"Redis restarted empty, started executions ({pool})",
-                          time.monotonic() - t0)
+                          time.monotonic() - t0, require_running=False)
     assert running
     assert tally.ok, f"{tally.row()}\n" + "\n".join(tally.details[:20])
     assert worker.alive()
