@@ -150,8 +150,9 @@ def test_openai_wire_keys_never_leave_the_worker(aiecs_redis, start_worker, shap
         fake.script(StreamError(["partial", f" {canary}", " answer"]))
         terminal, events = check(chat(stream=True), "failed", "StreamInterruptedError")
         assert terminal["partial_output"] == "partial [redacted] answer"
-        assert [e["delta"] for e in events if e["type"] == "stream"] == [
-            "partial", " [redacted]", " answer"]
+        # (deltas that waited together may leave as one event: compare the text)
+        assert "".join(e["delta"] for e in events if e["type"] == "stream") == (
+            "partial [redacted] answer")
         # a stream cut after the canary was streamed
         fake.script(Cut(after_chunks=3, text=f"cut {canary} here and more"))
         terminal, _ = check(chat(stream=True), "failed", "StreamInterruptedError")

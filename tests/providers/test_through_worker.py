@@ -51,7 +51,8 @@ def test_streamed_chat_completes_with_events_and_usage(aiecs_redis, start_worker
     terminal, events = wait_terminal(aiecs_redis.client(), "alice", task_id)
     assert terminal["status"] == "completed", terminal
     deltas = [e["delta"] for e in events if e["type"] == "stream"]
-    assert "".join(deltas) == "streamed through the worker" and len(deltas) == 4
+    # the server's 4 chunks; those that reached the publisher together leave as one event
+    assert "".join(deltas) == "streamed through the worker" and 1 <= len(deltas) <= 4
     assert terminal["result"]["text"] == "streamed through the worker"
     assert terminal["usage"] == [{"provider": "openai", "model": "gpt-x", "input_tokens": 2,
                                   "output_tokens": 4, "cost": None, "estimated": False}]
@@ -190,7 +191,7 @@ def test_vertex_streamed_chat_through_the_worker(aiecs_redis, start_worker, vert
                                            "stream": True})
     terminal, events = wait_terminal(aiecs_redis.client(), "alice", task_id)
     assert terminal["status"] == "completed", terminal
-    assert [e["delta"] for e in events if e["type"] == "stream"] == ["gemini", " says", " hi"]
+    assert "".join(e["delta"] for e in events if e["type"] == "stream") == "gemini says hi"
     assert terminal["usage"][0]["provider"] == "vertex"
 
 
