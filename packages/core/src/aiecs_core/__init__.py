@@ -13,8 +13,10 @@ are reachable as attributes the same way.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+#: ``typing.TYPE_CHECKING`` without importing typing (13 ms from source): type checkers
+#: treat a module-level ``TYPE_CHECKING = False`` the same way.
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; resolved lazily below
     from .errors import *  # noqa: F403
     from .hookspecs import ENTRY_POINT_GROUP, hookimpl
@@ -135,7 +137,7 @@ _SUBMODULES = frozenset(
 __all__ = list(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is not None:
         value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
