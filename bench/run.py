@@ -26,7 +26,7 @@ from . import procs, progress, report, startup, throughput
 
 #: The README's recommended deployment of the fast queue (section "Worker pools"): one
 #: threads worker, concurrency 200. Override with --recommended when the README changes.
-RECOMMENDED = {"processes": 1, "pool": "threads", "concurrency": 200}
+RECOMMENDED = {"processes": 2, "pool": "threads", "concurrency": 200}
 
 FULL = {
     "repeats": 3, "noop_tasks": 2000, "noop_pools": ["threads", "prefork"],

@@ -467,5 +467,24 @@ def dev(host: str, port: int, user: str, concurrency: int) -> None:
         _fail(str(exc), 1)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--processes", "-p", type=int, default=None,
+              help="Worker processes (default: one per CPU core).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(processes: int | None, celery_args: tuple[str, ...]) -> None:
+    """Run N Celery workers, one event loop each (the recommended deployment for AI calls).
+
+    Arguments after the options go to each ``celery worker``, e.g.
+    ``aiecs worker -p 2 -- -Q fast_tasks --pool threads --concurrency 200``.
+    A worker that exits is started again; SIGTERM / Ctrl-C stops them all.
+    """
+    from .supervise import Supervisor, default_processes
+
+    n = processes or default_processes()
+    if n < 1:
+        _fail("--processes must be at least 1", 2)
+    raise SystemExit(Supervisor(n, celery_args, echo=click.echo).run())
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

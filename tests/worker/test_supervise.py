@@ -1,0 +1,79 @@
+"""``aiecs worker --processes N``: N workers as one command, kept running, stopped together."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from tests.support.events import wait_terminal, wait_until
+from tests.support.worker import WorkerProcess
+
+AIECS = str(Path(sys.executable).with_name("aiecs"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_one_command_restarted_and_stopped_together(aiecs_redis):
+    from aiecs_worker import execute_task
+
+    log = Path(tempfile.mkstemp(prefix="aiecs-supervise-", suffix=".log")[1])
+    env = WorkerProcess(redis_url=aiecs_redis.url).environ()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [AIECS, "worker", "--processes", "2", "--", "--pool", "threads",
+             "--concurrency", "4", "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_until(lambda: log.read_text().count(" ready.") == 2, timeout=60,
+                   message="two workers ready")
+        text = log.read_text()
+        assert "aiecs1@" in text and "aiecs2@" in text
+        children = [int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(children) == 2
+
+        # both take work
+        ids = [f"t{uuid.uuid4().hex[:8]}" for _ in range(8)]
+        for task_id in ids:
+            execute_task.delay(task_name="echo", user_id="alice", task_id=task_id, step=1,
+                               mode="test", service="echo", input_data={"text": "a b"},
+                               context={})
+        client = aiecs_redis.client()
+        for task_id in ids:
+            terminal, _ = wait_terminal(client, "alice", task_id)
+            assert terminal["status"] == "completed"
+
+        # a worker that dies is started again
+        os.kill(children[0], signal.SIGKILL)
+        wait_until(lambda: "worker 1 exited" in log.read_text()
+                   or "worker 2 exited" in log.read_text(), timeout=30,
+                   message="the supervisor noticing the dead worker")
+        wait_until(lambda: log.read_text().count(" ready.") == 3, timeout=60,
+                   message="the dead worker started again")
+        now = [int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(now) == 2 and children[0] not in now
+
+        # SIGTERM stops them all, and the command exits
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not any(_alive(pid) for pid in now)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        print(log.read_text()[-3000:])
+        log.unlink(missing_ok=True)
