@@ -24,8 +24,8 @@ from pathlib import Path
 
 from . import procs, progress, report, startup, throughput
 
-#: The README's recommended deployment of the fast queue (section "Worker pools"): one
-#: threads worker, concurrency 200. Override with --recommended when the README changes.
+#: The README's recommended deployment of the fast queue (section "Worker pools"): two
+#: threads workers (aiecs worker -p 2), concurrency 200. Override with --recommended.
 RECOMMENDED = {"processes": 2, "pool": "threads", "concurrency": 200}
 
 FULL = {
