@@ -103,6 +103,9 @@ class _Running:
     ctx: WorkerContext
     task: asyncio.Task | None = None
     cancel_reason: str | None = None
+    #: the operation is over: a cancel scheduled before it ended must not reach the task
+    #: (it would interrupt the recording of the outcome)
+    over: bool = False
 
 
 def check_payload_size(values: dict[str, Any], max_bytes: int) -> None:
@@ -409,7 +412,9 @@ class Runtime:
         except asyncio.CancelledError:
             if running.cancel_reason is None:  # not ours: the loop itself is going away
                 raise
-            asyncio.current_task().uncancel()
+            task = asyncio.current_task()
+            while task.cancelling():  # every request was ours: the execution goes on
+                task.uncancel()
         except AiecsError as exc:
             status, error = TaskStatus.FAILED, exc
         except Exception as exc:  # noqa: BLE001 - a provider bug must not kill the worker
@@ -421,6 +426,7 @@ class Runtime:
                 f"{type(exc).__name__}: {exc}", exception_type=type(exc).__name__
             )
         finally:
+            running.over = True
             self.running.pop(celery_id, None)
 
         if running.cancel_reason == "timeout":
@@ -634,11 +640,19 @@ class Runtime:
 
     # -- cancellation ----------------------------------------------------------------------------
     def _cancel(self, running: _Running, reason: str) -> None:
+        """Stop a running execution, once: the first reason wins, and a task already being
+        cancelled (our deadline, an earlier request) is not cancelled again — a second
+        request would be delivered at a later await, past the handler, and end the
+        execution with a bare CancelledError (seen when Celery's soft limit and our
+        deadline fire together)."""
+        if running.over:
+            return
         if running.cancel_reason is None:
             running.cancel_reason = reason
         running.ctx.cancel()
-        if running.task is not None and not running.task.done():
-            running.task.cancel()
+        task = running.task
+        if task is not None and not task.done() and not task.cancelling():
+            task.cancel()
 
     def cancel_local(self, celery_id: str, reason: str = "cancel") -> bool:
         """Cancel a running execution of this process (thread-safe)."""
