@@ -165,9 +165,10 @@ class TaskWatcher:
                 self._apply(self._seq.offer(event), done)
 
         async def subscribe() -> None:
+            sent = self._seq.applied
             try:
                 ack = await sio.call("subscribe", {"task_id": self.task_id,
-                                                   "after_seq": self._seq.applied}, timeout=30)
+                                                   "after_seq": sent}, timeout=30)
             except Exception as exc:  # noqa: BLE001 - disconnected meanwhile: reconnect resubscribes
                 if sio.connected:
                     failure.append(f"subscribe failed: {exc}")
@@ -183,8 +184,10 @@ class TaskWatcher:
                 failure.append(f"subscribe refused: {err.get('message')}")
                 done.set()
                 return
-            if ack.get("last_seq", 0) < self._seq.applied:
-                # ahead of the log (it was lost, e.g. Redis flushed): start over from it
+            if ack.get("last_seq", 0) < sent:
+                # ahead of the log (it was lost, e.g. Redis flushed): start over from it.
+                # Compared with what was sent: live events applied while the subscribe
+                # was answered are newer than the server's reading, not a lost log.
                 self._seq = EventSequencer()
                 sio.start_background_task(subscribe)
                 return

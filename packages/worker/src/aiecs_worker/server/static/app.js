@@ -258,12 +258,15 @@
   function subscribe(task) {
     const socket = state.socket;
     if (!socket || !socket.connected) return; // the next "connect" subscribes
+    const sent = task.seq.applied;
     socket.timeout(30000).emit(
-      "subscribe", { task_id: task.id, after_seq: task.seq.applied },
+      "subscribe", { task_id: task.id, after_seq: sent },
       (err, ack) => {
         if (err) return; // disconnected meanwhile: "connect" will resubscribe
-        if (ack && ack.ok && ack.last_seq < task.seq.applied) {
-          // ahead of the log (it was lost, e.g. Redis flushed): start over from it
+        if (ack && ack.ok && ack.last_seq < sent) {
+          // ahead of the log (it was lost, e.g. Redis flushed): start over from it.
+          // Compared with what was sent: live events applied while the subscribe was
+          // answered are newer than the server's reading, not a lost log.
           task.seq = new Sequencer(0);
           subscribe(task);
         } else if (ack && ack.ok) {
