@@ -9,10 +9,12 @@ under the threads pool, and a prefork child never calls ``asyncio.run`` per task
 One execution:
 
 1. the raw task arguments are validated into a :class:`TaskRequest` (size limit first);
-2. the ``begin`` transition: an execution already terminal is not run again (its stored
-   outcome is returned); deliveries are counted, and past ``AIECS_MAX_DELIVERIES`` the
-   execution FAILS instead of running; a pending cancel request ends it CANCELLED;
-3. RUNNING is published, the declared operation resolved and its input validated;
+2. the ``begin`` transition, which publishes RUNNING in the same Lua call: an execution
+   already terminal is not run again (its stored outcome is returned), one held by a
+   live worker is a duplicate delivery (dropped, see :mod:`aiecs_worker.lease`);
+   deliveries are counted, and past ``AIECS_MAX_DELIVERIES`` the execution FAILS
+   instead of running; a pending cancel request ends it CANCELLED;
+3. the declared operation is resolved and its input validated;
 4. the operation runs under the deadline (``CELERY_TASK_SOFT_TIME_LIMIT``), retrying
    retryable provider errors with backoff and Retry-After while time remains and nothing
    has been streamed yet; a cancel request cancels it;

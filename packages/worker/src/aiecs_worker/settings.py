@@ -67,7 +67,8 @@ class Settings(BaseModel):
     aiecs_events_maxlen: int = Field(default=10_000, gt=0)
     """AIECS_EVENTS_MAXLEN: events kept per task in the durable log (approximate)."""
     aiecs_events_ttl: int = Field(default=86_400, gt=0)
-    """AIECS_EVENTS_TTL: seconds a task's event log and state are kept after its last event."""
+    """AIECS_EVENTS_TTL: seconds a task's event log and state are kept after its last
+    terminal event (set by its first event and by each terminal event)."""
     aiecs_socketio_channel: str = "socketio"
     """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
     aiecs_deadletter_maxlen: int = Field(default=1000, gt=0)
