@@ -14,5 +14,18 @@ from .tasks import execute_heavy_task, execute_task
 
 celery = app
 
-__all__ = ["FAST_QUEUE", "HEAVY_QUEUE", "app", "celery", "celery_task_id", "execute_heavy_task",
-           "execute_task"]
+_LAZY = {"submit_batch": "batch", "cancel_batch": "batch", "get_batch": "batch",
+         "submit_workflow": "flow", "get_workflow": "flow", "cancel_workflow": "flow"}
+
+
+def __getattr__(name: str):
+    """Batches and workflows, imported on first use (see aiecs_worker.workflows)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".workflows.{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
+__all__ = ["FAST_QUEUE", "HEAVY_QUEUE", "app", "cancel_batch", "cancel_workflow", "celery",
+           "celery_task_id", "execute_heavy_task", "execute_task", "get_batch", "get_workflow",
+           "submit_batch", "submit_workflow"]

@@ -20,6 +20,9 @@ FAST_QUEUE = "fast_tasks"
 HEAVY_QUEUE = "heavy_tasks"
 FAST_TASK = "aiecs.tasks.worker.execute_task"
 HEAVY_TASK = "aiecs.tasks.worker.execute_heavy_task"
+#: A workflow step: execute_task / execute_heavy_task, then the workflow advances.
+FLOW_TASK = "aiecs.tasks.worker.execute_flow_step"
+FLOW_HEAVY_TASK = "aiecs.tasks.worker.execute_heavy_flow_step"
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -56,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_routes={
             FAST_TASK: {"queue": FAST_QUEUE, "priority": 10},
             HEAVY_TASK: {"queue": HEAVY_QUEUE, "priority": 5},
+            FLOW_TASK: {"queue": FAST_QUEUE, "priority": 10},
+            FLOW_HEAVY_TASK: {"queue": HEAVY_QUEUE, "priority": 5},
         },
         task_track_started=False,
         result_expires=s.aiecs_events_ttl,

@@ -14,6 +14,8 @@ from typing import Any
 
 from aiecs_core import TERMINAL_STATUSES
 
+from .workflows.hook import GROUP_HOOK_LUA
+
 __all__ = [
     "CANCEL_LUA",
     "MESSAGE_SLOT",
@@ -115,10 +117,12 @@ def finish_lua(then: str) -> str:
 
     KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl.  Returns 0 when
     the execution was already terminal (nothing changes), else what ``then`` returns.
+    A batch item or workflow step (field ``group``) tells its group in the same script
+    (see aiecs_worker.workflows.hook).
     """
     return f"""
 local terminal = {_TERMINAL}
-local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'suspect')
+local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'suspect', 'group')
 if f[1] and terminal[f[1]] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
@@ -133,6 +137,7 @@ end
 if f[3] == '1' and redis.call('GET', '{SUSPECT_KEY}') == KEYS[1] then
   redis.call('DEL', '{SUSPECT_KEY}')
 end
+{GROUP_HOOK_LUA}
 {then}"""
 
 

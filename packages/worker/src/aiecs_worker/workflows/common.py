@@ -1,0 +1,73 @@
+"""What batches and workflows share: their errors, group hashes and message sending."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiecs_core import InvalidTaskError, TaskRequest, load_plugins, validate_input
+
+from ..events import TaskKeys, packet_parts
+from ..settings import get_settings
+
+__all__ = ["GroupError", "group_fields", "send_execution", "task_for"]
+
+
+class GroupError(InvalidTaskError):
+    """A batch or workflow refused at submission; the message names the item or step.
+
+    Nothing was recorded or queued."""
+
+
+def task_for(request: TaskRequest, heavy: bool | None, *, flow: bool = False
+             ) -> tuple[str, str, int]:
+    """(Celery task name, queue, priority) of an execution: the operation's declared
+    queue unless ``heavy`` overrides it. Raises ServiceNotFoundError /
+    OperationNotFoundError when this process's plugins do not know the operation."""
+    from ..app import FAST_QUEUE, FAST_TASK, FLOW_HEAVY_TASK, FLOW_TASK, HEAVY_QUEUE, HEAVY_TASK
+
+    spec = load_plugins().operation(request.mode, request.service, request.task_name)
+    if heavy is None:
+        heavy = spec.heavy
+    if heavy:
+        return (FLOW_HEAVY_TASK if flow else HEAVY_TASK), HEAVY_QUEUE, 5
+    return (FLOW_TASK if flow else FAST_TASK), FAST_QUEUE, 10
+
+
+def check_item(request: TaskRequest, where: str) -> None:
+    """Refuse an execution whose operation is unknown or whose input fails its model."""
+    from ..runtime import check_payload_size
+
+    try:
+        check_payload_size({"input_data": request.input_data, "context": request.context},
+                           get_settings().aiecs_max_payload_bytes)
+        spec = load_plugins().operation(request.mode, request.service, request.task_name)
+        validate_input(spec, request.input_data)
+    except InvalidTaskError as exc:
+        raise GroupError(f"{where}: {exc.message}", where=where) from None
+    except Exception as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise GroupError(f"{where}: {type(exc).__name__}: {message}", where=where) from None
+
+
+def group_fields(kind: str, user_id: str, log_id: str) -> list[Any]:
+    """HSET fields of a group hash: how to append and publish its own events (on the log
+    of ``log_id``, numbered like a task's, in the owner's room)."""
+    s = get_settings()
+    keys = TaskKeys(user_id, log_id)
+    head, tail = packet_parts(user_id)
+    event_head = json.dumps({"task_id": log_id, "step": 0, "user_id": user_id,
+                             "task_name": kind, "delta": None, "error": None, "usage": [],
+                             "partial_output": None}, separators=(",", ":"))[:-1]
+    return ["kind", kind, "user", user_id, "seq", keys.seq, "log", keys.log,
+            "channel", s.aiecs_socketio_channel, "phead", head, "ptail", tail,
+            "maxlen", s.aiecs_events_maxlen, "ttl", s.aiecs_events_ttl, "head", event_head]
+
+
+def send_execution(producer: Any, task: str, queue: str, priority: int,
+                   kwargs: dict[str, Any], celery_id: str) -> None:
+    """Queue one execution's message (its PENDING record is already written)."""
+    from ..app import app
+
+    app.send_task(task, kwargs=kwargs, task_id=celery_id, queue=queue, priority=priority,
+                  producer=producer)

@@ -1,0 +1,88 @@
+"""The Lua run inside an execution's terminal transition when it belongs to a group.
+
+A batch item's or workflow step's state hash carries ``group``: the key of its batch or
+workflow hash. :func:`aiecs_worker.state.finish_lua` runs :data:`GROUP_HOOK_LUA` in the
+same script as the terminal record, so the group learns of every terminal state exactly
+once, whatever process dies afterwards:
+
+- a **batch** counts it (``completed`` / ``failed`` / ``timed_out`` / ``cancelled``,
+  ``done``) and publishes the batch's progress event to the owner's room and to the
+  batch's own replayable log; the last item publishes the batch's terminal event;
+- a **workflow** bumps ``ver`` and stamps itself in ``aiecs:flows:due``: the process that
+  ran the step advances the workflow right after (releases or cancels dependents, see
+  :mod:`aiecs_worker.workflows.flow`); when that process died first, any worker's sweeper
+  does it.
+
+This module imports nothing from aiecs_worker: :mod:`aiecs_worker.state` imports it.
+Lua locals it may use: ``f[4]`` (the group key), ``ARGV[1]`` (the terminal status) and
+``ARGV[5]`` (now, seconds).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FLOWS_DUE_KEY", "GROUP_HOOK_LUA", "PUBLISH_GROUP_EVENT_LUA"]
+
+#: Sorted set: workflow key -> when one of its steps last ended (ms) and was not yet
+#: followed by an advance.
+FLOWS_DUE_KEY = "aiecs:flows:due"
+
+#: Lua: append and publish the event body ``body`` (JSON without seq, starting with '{')
+#: on the group ``g``'s log (fields seq, log, channel, phead, ptail, maxlen, ttl of g).
+PUBLISH_GROUP_EVENT_LUA = """
+local p = redis.call('HMGET', g, 'seq', 'log', 'channel', 'phead', 'ptail', 'maxlen', 'ttl')
+local gseq = redis.call('INCR', p[1])
+local gev = '{"seq":' .. gseq .. ',' .. string.sub(body, 2)
+redis.call('XADD', p[2], 'MAXLEN', '~', p[6], gseq .. '-0', 'e', gev)
+redis.call('EXPIRE', p[1], p[7])
+redis.call('EXPIRE', p[2], p[7])
+redis.call('EXPIRE', g, p[7])
+redis.call('PUBLISH', p[3], p[4] .. gev .. p[5])
+"""
+
+#: Lua: the body of a batch event from g's counters (locals: g, now).
+BATCH_EVENT_LUA = """
+local c = redis.call('HMGET', g, 'total', 'completed', 'failed', 'timed_out', 'cancelled',
+                     'done', 'head', 'cancel_requested')
+local total = tonumber(c[1] or '0')
+local done = tonumber(c[6] or '0')
+local counts = '{"total":' .. total .. ',"completed":' .. (c[2] or '0') .. ',"failed":'
+  .. (c[3] or '0') .. ',"timed_out":' .. (c[4] or '0') .. ',"cancelled":' .. (c[5] or '0')
+  .. ',"done":' .. done .. '}'
+local kind, st, msg = 'progress', 'running', done .. ' of ' .. total .. ' items ended'
+if done >= total then
+  kind = 'status'
+  local ok = tonumber(c[2] or '0')
+  if ok == total then
+    st, msg = 'completed', 'all ' .. total .. ' items completed'
+  else
+    if c[8] and tonumber(c[3] or '0') + tonumber(c[4] or '0') == 0 then st = 'cancelled'
+    else st = 'failed' end
+    msg = 'partial failure: ' .. ok .. ' of ' .. total .. ' items completed, ' .. (c[3] or '0')
+      .. ' failed, ' .. (c[4] or '0') .. ' timed out, ' .. (c[5] or '0') .. ' cancelled'
+  end
+  redis.call('HSET', g, 'status', st, 'finished', now)
+end
+local progress = 1
+if total > 0 then progress = done / total end
+local body = c[7] .. ',"type":"' .. kind .. '","status":"' .. st .. '","progress":'
+  .. string.format('%.6f', progress) .. ',"message":"' .. msg .. '","result":' .. counts
+  .. ',"timestamp":' .. now .. '}'
+"""
+
+GROUP_HOOK_LUA = f"""
+if f[4] and f[4] ~= '' then
+  local g = f[4]
+  local now = ARGV[5]
+  local kind = redis.call('HGET', g, 'kind')
+  if kind == 'batch' then
+    redis.call('HINCRBY', g, ARGV[1], 1)
+    redis.call('HINCRBY', g, 'done', 1)
+    {BATCH_EVENT_LUA}
+    {PUBLISH_GROUP_EVENT_LUA}
+  elseif kind == 'flow' then
+    redis.call('HINCRBY', g, 'ver', 1)
+    local _t = redis.call('TIME')
+    redis.call('ZADD', '{FLOWS_DUE_KEY}', _t[1] * 1000 + math.floor(_t[2] / 1000), g)
+  end
+end
+"""
