@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from aiecs_core import TaskEvent
-
-from tests.support.events import read_events, wait_until
 from aiecs_worker.workflows.batch import cancel_batch, get_batch, submit_batch
 from aiecs_worker.workflows.common import GroupError
+
+from tests.support.events import read_events, wait_until
 
 
 def echo(text: str, **extra) -> dict:
@@ -69,15 +69,14 @@ def test_bad_item_refuses_whole_batch_before_anything_runs(aiecs_redis):
         submit_batch("alice", [echo("x")], batch_id="b4")
 
 
-def test_cancel_batch(aiecs_redis, start_worker):
-    start_worker(concurrency=2)
-    items = [echo("quick")] + [echo("slow", chunks=20, delay=0.5) for _ in range(9)]
+def test_cancel_batch(aiecs_redis, worker):
+    items = [echo("quick")] + [echo("slow", chunks=20, delay=0.1) for _ in range(9)]
     submit_batch("alice", items, batch_id="b5")
     client = aiecs_redis.client()
-    # the quick item finished and two slow ones run (concurrency 2); the rest is queued
+    # the quick item finished and the slow ones run (concurrency 8); one is still queued
     wait_until(lambda: get_batch("alice", "b5")["counts"]["completed"] == 1, timeout=30)
     wait_until(lambda: sum(1 for i in get_batch("alice", "b5")["items"]
-                           if i["status"] == "running") == 2, timeout=30)
+                           if i["status"] == "running") >= 7, timeout=30)
     out = cancel_batch("alice", "b5")
     assert out["cancelling"] == 9
     batch = finished("alice", "b5")
@@ -86,6 +85,6 @@ def test_cancel_batch(aiecs_redis, start_worker):
     assert batch["items"][0]["result"]["text"] == "quick"  # finished items keep results
     ran = [i for i in range(1, 10) if any(
         e["status"] == "running" for e in read_events(client, "alice", f"b5.{i}"))]
-    assert len(ran) == 2  # queued items never ran
+    assert 7 <= len(ran) <= 8  # the queued ones never ran
     with pytest.raises(KeyError):
         cancel_batch("alice", "nope")

@@ -68,6 +68,9 @@ def _cancel_state(state_key: str, celery_id: str) -> bool:
     if marked:
         client.publish(CANCEL_CHANNEL, celery_id)
         app.control.revoke(celery_id)
+        from .workflows.flow import after_cancel
+
+        after_cancel(client, state_key)  # a waiting workflow step ends now
     return bool(marked)
 
 

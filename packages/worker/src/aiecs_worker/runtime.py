@@ -723,7 +723,8 @@ class Runtime:
 
     async def sweep(self) -> int:
         """Queue again the executions of owners whose lease ended, and PENDING executions
-        whose message the broker lost; how many were queued."""
+        whose message the broker lost, and advance workflows whose advance was missed;
+        how many were queued (or released or ended)."""
         queued = await self._sweep_dead_owners()
         lost = await self._reap(keys=REAP_KEYS, args=[
             2 * self.settings.celery_visibility_timeout * 1000, 16, "\x06\x16"])
@@ -735,7 +736,9 @@ class Runtime:
             log.warning("execution %s (%s) still PENDING with an empty queue: its message "
                         "was lost in transit; queued again", celery_id, state_key)
             queued += 1
-        return queued
+        from .workflows.flow import sweep_due  # advances a dead process did not make
+
+        return queued + await self.loop.run_in_executor(None, sweep_due)
 
     async def _sweep_dead_owners(self) -> int:
         out = await self._sweep(keys=SWEEP_KEYS, args=[16, time.time()])

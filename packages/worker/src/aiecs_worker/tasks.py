@@ -15,12 +15,21 @@ from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
-from .app import FAST_QUEUE, FAST_TASK, HEAVY_QUEUE, HEAVY_TASK, app
+from .app import (
+    FAST_QUEUE,
+    FAST_TASK,
+    FLOW_HEAVY_TASK,
+    FLOW_TASK,
+    HEAVY_QUEUE,
+    HEAVY_TASK,
+    app,
+)
 from .events import celery_task_id
 from .records import record_cancelled, record_pending
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 
-__all__ = ["execute_heavy_task", "execute_task"]
+__all__ = ["execute_flow_step", "execute_heavy_flow_step", "execute_heavy_task",
+           "execute_task"]
 
 log = logging.getLogger("aiecs.worker")
 
@@ -102,10 +111,36 @@ def execute_heavy_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _run(self, args, kwargs)
 
 
+def _advance_flow(kwargs: dict[str, Any]) -> None:
+    from .workflows.flow import after_step
+
+    after_step(kwargs)
+
+
+@app.task(bind=True, base=AiecsTask, name=FLOW_TASK, throws=(AiecsError,))
+def execute_flow_step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A workflow step (see aiecs_worker.workflows.flow): run it, then release or cancel
+    the steps that depend on it."""
+    try:
+        return _run(self, args, kwargs)
+    finally:
+        _advance_flow(kwargs)
+
+
+@app.task(bind=True, base=AiecsTask, name=FLOW_HEAVY_TASK, throws=(AiecsError,))
+def execute_heavy_flow_step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A heavy workflow step (``heavy_tasks`` queue)."""
+    try:
+        return _run(self, args, kwargs)
+    finally:
+        _advance_flow(kwargs)
+
+
 @signals.task_revoked.connect
 def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_: Any) -> None:
     """A task revoked before it ran (or terminated): record and publish CANCELLED."""
-    if request is None or getattr(sender, "name", None) not in (FAST_TASK, HEAVY_TASK):
+    name = getattr(sender, "name", None)
+    if request is None or name not in (FAST_TASK, HEAVY_TASK, FLOW_TASK, FLOW_HEAVY_TASK):
         return
     try:
         record_cancelled(tuple(request.args or ()), dict(request.kwargs or {}),
@@ -113,6 +148,8 @@ def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_:
                          else "task was terminated")
     except Exception:  # noqa: BLE001 - never break the worker's control loop
         log.exception("could not record the revocation of %s", request.id)
+    if name in (FLOW_TASK, FLOW_HEAVY_TASK):
+        _advance_flow(dict(request.kwargs or {}))
 
 
 @signals.worker_process_init.connect

@@ -23,7 +23,7 @@ from typing import Any
 from aiecs_core import TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..events import TaskKeys, _publish_lua, celery_task_id, encode_event, script_args
+from ..events import TaskKeys, _publish_lua, celery_task_id, script_args
 from ..records import state_redis
 from ..settings import get_settings
 from ..state import CANCEL_LUA, PENDING_KEY, celery_index_key, decode_state, pending_lua, steps_key
