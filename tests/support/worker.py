@@ -32,6 +32,8 @@ class WorkerProcess:
     celery: str = CELERY
     extra_args: list[str] = field(default_factory=list)
     loglevel: str = "INFO"
+    #: Celery worker features turned off; keep "heartbeat" for a monitor (Flower, health)
+    without: tuple[str, ...] = ("gossip", "mingle", "heartbeat")
     proc: subprocess.Popen | None = None
     log_path: Path = field(
         default_factory=lambda: Path(tempfile.mkstemp(prefix="aiecs-worker-", suffix=".log")[1])
@@ -49,7 +51,7 @@ class WorkerProcess:
             self.celery, "-A", "aiecs_worker", "worker",
             "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--hostname", f"{self.name}@%h", "--loglevel", self.loglevel,
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            *(f"--without-{feature}" for feature in self.without),
             *self.extra_args,
         ]
         if self.queues:

@@ -68,7 +68,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         # A result store that meets a Redis restart or pause retries instead of failing.
         result_backend_always_retry=True,
         result_backend_max_retries=20,
-        worker_send_task_events=False,
+        # Celery's task events (Flower, `celery events`): AIECS_TASK_EVENTS, or `-E`.
+        worker_send_task_events=s.aiecs_task_events,
+        task_send_sent_event=s.aiecs_task_events,
     )
     if s.celery_worker_concurrency is not None:
         celery_app.conf.worker_concurrency = s.celery_worker_concurrency

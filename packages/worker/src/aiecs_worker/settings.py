@@ -40,6 +40,10 @@ class Settings(BaseModel):
     """CELERY_WORKER_CONCURRENCY: pool size (default: Celery's, the number of CPUs)."""
     celery_worker_prefetch_multiplier: int = Field(default=1, ge=0)
     """CELERY_WORKER_PREFETCH_MULTIPLIER: messages reserved per pool slot."""
+    aiecs_task_events: bool = False
+    """AIECS_TASK_EVENTS: Celery task events (``worker_send_task_events`` and
+    ``task_send_sent_event``) for Flower and ``celery events``; off: only worker heartbeats
+    until a monitor enables them (Flower does, as does ``celery control enable_events``)."""
     celery_visibility_timeout: int = Field(default=300, gt=0)
     """CELERY_VISIBILITY_TIMEOUT: seconds before Redis redelivers an unacknowledged task
     (one a dead worker had received but not started; a redelivered copy of a running or

@@ -27,6 +27,7 @@ from .app import (
 from .events import celery_task_id
 from .records import record_cancelled, record_pending
 from .runtime import StateUnavailableError, close_runtime, get_runtime
+from .taskevents import ExecutionCancelled
 
 __all__ = ["execute_flow_step", "execute_heavy_flow_step", "execute_heavy_task",
            "execute_task"]
@@ -38,6 +39,8 @@ class AiecsTask(Task):
     """Derives the Celery id from the execution's identity, so it is stable."""
 
     typing = False  # arguments are validated by the runner, which reports what is wrong
+    #: sends the Celery events Flower needs for cancelled executions (see taskevents)
+    Request = "aiecs_worker.taskevents:AiecsRequest"
 
     def apply_async(self, args=None, kwargs=None, task_id=None, **options):
         request = None
@@ -78,7 +81,7 @@ def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         task.backend.mark_as_revoked(
             task.request.id, reason=str(outcome.error or "cancelled"), request=task.request
         )
-        raise Ignore()
+        raise ExecutionCancelled()  # an Ignore, reported to monitors as task-revoked
     raise _detached(outcome.error or TaskCancelledError("task did not complete"))
 
 

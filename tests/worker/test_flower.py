@@ -1,0 +1,108 @@
+"""Flower against a real worker: every outcome shows with its task name and the Celery
+state that matches the aiecs state (aiecs_worker.taskevents, docs/operations.md)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.support.events import wait_for_event, wait_terminal, wait_until
+from tests.support.flower import FlowerProcess
+
+FAST = "aiecs.tasks.worker.execute_task"
+#: an echo of 100 chunks 0.2 s apart: 20 s, past the worker's 3 s limit
+LONG = {"text": "word " * 100, "chunks": 100, "delay": 0.2}
+
+
+def uid(prefix: str = "fl") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def echo(task_id: str, **inp) -> dict:
+    inp.setdefault("text", "one two")
+    return dict(task_name="echo", user_id="alice", task_id=task_id, step=1, mode="test",
+                service="echo", input_data=inp, context={})
+
+
+@pytest.fixture
+def flower(aiecs_redis):
+    proc = FlowerProcess(aiecs_redis.url).start()
+    yield proc
+    print(proc.log()[-4000:])  # shown only when the test failed
+    proc.stop()
+
+
+def flower_task(flower: FlowerProcess, celery_id: str, state: str,
+                timeout: float = 30) -> dict:
+    """Flower's view of a task once it reached ``state`` (polled, with a deadline)."""
+    def seen():
+        tasks = flower.get("/api/tasks")
+        task = tasks.get(celery_id)
+        return task if task and task.get("state") == state else None
+
+    try:
+        return wait_until(seen, timeout=timeout, interval=0.2,
+                          message=f"flower to show {celery_id} as {state}")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}; it shows {flower.get('/api/tasks').get(celery_id)}") from None
+
+
+@pytest.mark.parametrize("pool", ["prefork"])
+def test_flower_shows_every_outcome_with_its_name_and_state(aiecs_redis, start_worker, flower,
+                                                             pool):
+    from aiecs_worker import control, execute_task
+
+    # task events are off by default: Flower switches them on (enable_events; the worker
+    # needs its heartbeat, on by default, for that)
+    start_worker(pool=pool, concurrency=1, queues="fast_tasks", without=("gossip", "mingle"),
+                 env={"CELERY_TASK_SOFT_TIME_LIMIT": "3", "CELERY_TASK_TIME_LIMIT": "20"})
+    client = aiecs_redis.client()
+
+    def completed_once_events_are_on():
+        res = execute_task.delay(**echo(uid("warm")))
+        res.get(timeout=30)
+        try:
+            return flower_task(flower, res.id, "SUCCESS", timeout=2)
+        except AssertionError:
+            return None
+
+    warm = wait_until(completed_once_events_are_on, timeout=60, interval=0)
+    assert warm["name"] == FAST
+
+    # completed, failed, timed out
+    done = execute_task.delay(**echo(uid()))
+    failed = execute_task.delay(**echo(uid(), fail="invalid"))
+    slow_id = uid()
+    slow = execute_task.delay(**echo(slow_id, **LONG))  # > the 3 s limit
+    done.get(timeout=30)
+    wait_terminal(client, "alice", slow_id)
+
+    # cancelled while running, and cancelled while queued behind it (one slot)
+    running_id, queued_id = uid(), uid()
+    running = execute_task.delay(**echo(running_id, **LONG))
+    wait_for_event(client, "alice", running_id, lambda e: e["type"] == "stream")
+    queued = execute_task.delay(**echo(queued_id))
+    assert control.cancel("alice", queued_id, 1)
+    assert control.cancel("alice", running_id, 1)
+    assert wait_terminal(client, "alice", running_id)[0]["status"] == "cancelled"
+    assert wait_terminal(client, "alice", queued_id)[0]["status"] == "cancelled"
+
+    expected = {done.id: "SUCCESS", failed.id: "FAILURE", slow.id: "FAILURE",
+                running.id: "REVOKED", queued.id: "REVOKED"}
+    for celery_id, state in expected.items():
+        seen = flower_task(flower, celery_id, state)
+        assert seen["name"] == FAST, (celery_id, seen)
+        info = flower.get(f"/api/task/info/{celery_id}")
+        assert (info["name"], info["state"]) == (FAST, state)
+    assert "InvalidRequestError" in flower.get(f"/api/task/info/{failed.id}")["exception"]
+    assert "TaskTimeoutError" in flower.get(f"/api/task/info/{slow.id}")["exception"]
+    # the running one had started; the queued one never did
+    assert flower.get(f"/api/task/info/{running.id}")["started"]
+    assert not flower.get(f"/api/task/info/{queued.id}")["started"]
+
+
+def test_flower_api_needs_its_credentials(flower):
+    assert flower.status("/api/tasks", auth=False) == 401
+    assert flower.status("/api/tasks") == 200
