@@ -448,6 +448,30 @@ def plugins(as_json: bool) -> None:
         sys.exit(1)
 
 
+# -- health -----------------------------------------------------------------------------------
+@main.command()
+@click.option("--worker", "worker_", is_flag=True,
+              help="Also check this host's worker: its Celery node answers a ping and its "
+                   "processes' event loops renew their leases.")
+@click.option("--node", "nodes", multiple=True, default=["celery@%h"], show_default=True,
+              help="Celery node name(s) of the worker (as given to --hostname; %h is this "
+                   "host's name). Repeatable.")
+@click.option("--server", "server_url", default=None, metavar="URL",
+              help="Also check a progress server's /healthz.")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds each check may take.")
+def health(worker_: bool, nodes: tuple[str, ...], server_url: str | None,
+           timeout: float) -> None:
+    """Check the broker and the state Redis (and the worker, the server): exit 0 when
+    healthy, 1 otherwise. For liveness and readiness probes."""
+    from .health import check_all
+
+    checks = check_all(worker=worker_, nodes=list(nodes), server=server_url, timeout=timeout)
+    for check in checks:
+        click.echo(check.line())
+    sys.exit(0 if all(c.ok for c in checks) else 1)
+
+
 # -- dev --------------------------------------------------------------------------------------
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)

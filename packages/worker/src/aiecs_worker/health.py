@@ -1,0 +1,155 @@
+"""``aiecs health``: the checks behind liveness and readiness probes.
+
+- **broker**: a connection to ``CELERY_BROKER_URL`` opens (kombu's Redis channel PINGs
+  as it opens);
+- **state**: the state Redis (``REDIS_URL``) answers a PING;
+- with ``--worker``, this host's worker:
+  - **node**: each Celery node named by ``--node`` (``%h`` is this host's name, as in
+    ``celery worker --hostname``) answers a control ``ping`` through the broker: its
+    consumer loop is alive (a stopped or wedged main process does not answer);
+  - **loop**: every aiecs worker process of this host (the lease owners
+    ``host:pid:token`` of ``aiecs:owners`` whose process exists here, see
+    :mod:`aiecs_worker.lease`) renewed its lease within two renewal intervals
+    (``AIECS_LEASE_SECONDS`` × 2/3): its event loop runs. There must be at least one: a
+    worker whose processes have not started their loop yet is not ready;
+- with ``--server URL``: the progress server's ``/healthz`` answers 200.
+
+Every check is bounded by ``--timeout``; the command exits 0 when all pass, 1 otherwise,
+printing one line per check. The probe runs beside the worker (``kubectl exec``-style
+probes, compose ``healthcheck``): same host name, same process namespace, same settings.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from .lease import holder_is_dead_here
+from .state import OWNERS_KEY
+
+__all__ = ["Check", "check_all"]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok' if self.ok else 'FAIL':4s} {self.name}: {self.detail}"
+
+
+def _guard(name: str, func) -> Check:
+    try:
+        return func()
+    except Exception as exc:  # noqa: BLE001 - any failure is the check's answer
+        return Check(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def check_broker(app, timeout: float) -> Check:
+    def run() -> Check:
+        conn = app.connection_for_write(connect_timeout=timeout)
+        conn.transport_options = {**conn.transport_options, "socket_timeout": timeout,
+                                  "socket_connect_timeout": timeout}
+        try:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+            conn.default_channel  # noqa: B018 - opening the channel PINGs a Redis broker
+            return Check("broker", True, conn.as_uri())
+        finally:
+            conn.release()
+
+    return _guard("broker", run)
+
+
+def check_state(client) -> Check:
+    return _guard("state", lambda: Check("state", bool(client.ping()), "Redis PING"))
+
+
+def node_names(patterns: list[str]) -> list[str]:
+    host = socket.gethostname()
+    return [p.replace("%h", host) for p in patterns]
+
+
+def check_nodes(app, nodes: list[str], timeout: float) -> Check:
+    def run() -> Check:
+        replies = app.control.ping(destination=nodes, timeout=timeout, limit=len(nodes))
+        answered = {name for reply in replies or [] for name in reply}
+        missing = [n for n in nodes if n not in answered]
+        if missing:
+            return Check("node", False, f"no ping reply within {timeout:g}s from "
+                                        + ", ".join(missing))
+        return Check("node", True, "ping answered by " + ", ".join(nodes))
+
+    return _guard("node", run)
+
+
+def check_loops(client, lease_seconds: int) -> Check:
+    """Every live aiecs process of this host renewed its lease within 2/3 of it."""
+    def run() -> Check:
+        seconds, micros = client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        lease_ms = lease_seconds * 1000
+        max_age_ms = lease_ms * 2 // 3
+        host = socket.gethostname()
+        live, stale = [], []
+        for raw, until in client.zrange(OWNERS_KEY, 0, -1, withscores=True):
+            owner = raw.decode()
+            if owner.rsplit(":", 2)[0] != host or holder_is_dead_here(owner):
+                continue
+            age_ms = now_ms - (until - lease_ms)
+            (stale if age_ms > max_age_ms else live).append(f"{owner} ({age_ms / 1000:.1f}s)")
+        if stale:
+            return Check("loop", False, "lease not renewed for over "
+                         f"{max_age_ms / 1000:g}s: " + ", ".join(stale))
+        if not live:
+            return Check("loop", False, f"no aiecs worker process of {host} holds a lease "
+                                        "(not started yet, or not on this host)")
+        return Check("loop", True, "leases renewed: " + ", ".join(live))
+
+    return _guard("loop", run)
+
+
+def check_server(url: str, timeout: float) -> Check:
+    def run() -> Check:
+        import json
+        import urllib.error
+        import urllib.request
+
+        target = url.rstrip("/") + "/healthz"
+        try:
+            with urllib.request.urlopen(target, timeout=timeout) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return Check("server", False, f"{target}: HTTP {exc.code}")
+        return Check("server", body.get("status") == "ok", f"{target}: {body}")
+
+    return _guard("server", run)
+
+
+def check_all(*, worker: bool, nodes: list[str], server: str | None, timeout: float,
+              lease_seconds: int | None = None) -> list[Check]:
+    """The checks asked for, each bounded by ``timeout`` seconds, with the environment's
+    settings (``lease_seconds`` overrides AIECS_LEASE_SECONDS)."""
+    import redis
+
+    from .app import app
+    from .settings import get_settings
+
+    s = get_settings()
+    client = redis.Redis.from_url(s.state_redis_url, socket_timeout=timeout,
+                                  socket_connect_timeout=timeout)
+    try:
+        checks = [check_broker(app, timeout), check_state(client)]
+        if worker:
+            # the ping needs the broker, the leases the state Redis
+            checks.append(check_nodes(app, node_names(nodes), timeout) if checks[0].ok
+                          else Check("node", False, "not checked: broker unreachable"))
+            checks.append(check_loops(client, lease_seconds or s.aiecs_lease_seconds)
+                          if checks[1].ok
+                          else Check("loop", False, "not checked: state Redis unreachable"))
+    finally:
+        client.close()
+    if server:
+        checks.append(check_server(server, timeout))
+    return checks
