@@ -14,15 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.events import wait_until
 
 AIECS = str(Path(sys.executable).with_name("aiecs"))
 LEASE = 3  # seconds (the smallest allowed): a loop is stale after 2 s without renewal
 
 
-def command(worker) -> subprocess.CompletedProcess:
+def command(worker, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([AIECS, "health", "--worker", "--node", f"{worker.name}@%h",
-                           "--timeout", "2"], env=worker.environ(), capture_output=True,
+                           "--timeout", "2", *args], env=worker.environ(), capture_output=True,
                           text=True, timeout=60)
 
 
@@ -42,6 +44,7 @@ def wait_health(worker, healthy: bool, timeout: float = 40) -> str:
                       message=f"health to report {'healthy' if healthy else 'unhealthy'}")
 
 
+@pytest.mark.faults  # stops processes and waits for leases to go stale
 def test_health_follows_the_main_process_and_each_loop(aiecs_redis, start_worker):
     """prefork: the main process answers the node ping, the children hold the leases."""
     worker = start_worker(pool="prefork", concurrency=1,
@@ -63,13 +66,14 @@ def test_health_follows_the_main_process_and_each_loop(aiecs_redis, start_worker
     os.kill(worker.proc.pid, signal.SIGSTOP)  # the main process (the consumer) stops
     try:
         assert "FAIL node" in wait_health(worker, False)
-        out = command(worker)
+        out = command(worker, "--live")  # stuck while Redis answers: liveness fails too
         assert out.returncode == 1 and "FAIL node" in out.stdout
     finally:
         os.kill(worker.proc.pid, signal.SIGCONT)
     wait_health(worker, True)
 
 
+@pytest.mark.faults  # stops a Redis under a running worker
 def test_health_fails_when_the_broker_is_down(redis_server, start_worker):
     worker = start_worker(redis_url=redis_server.url, env={"AIECS_LEASE_SECONDS": str(LEASE)})
     wait_until(lambda: command(worker).returncode == 0, timeout=40, interval=0.2,
@@ -78,6 +82,10 @@ def test_health_fails_when_the_broker_is_down(redis_server, start_worker):
     out = command(worker)  # bounded: each check has its --timeout
     assert out.returncode == 1, out.stdout
     assert "FAIL broker" in out.stdout and "FAIL state" in out.stdout
+    # liveness: a Redis outage is no reason to restart the worker
+    out = command(worker, "--live")
+    assert out.returncode == 0, out.stdout
+    assert "not counted (--live)" in out.stdout
 
 
 def test_health_without_a_worker_is_not_ready(aiecs_redis):

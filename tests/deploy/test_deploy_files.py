@@ -1,0 +1,288 @@
+"""deploy/: the Dockerfile, the compose file and the Kubernetes manifests, checked
+statically (Docker does not run here): they parse, have the shape README "Deployment"
+promises, and every command and environment variable in them is one the code really has
+and the README documents."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+README = (ROOT / "README.md").read_text()
+UV = shutil.which("uv") or "uv"
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def k8s_docs() -> list[dict]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def containers() -> list[tuple[str, dict]]:
+    return [(d["metadata"]["name"], c) for d in k8s_docs() if d["kind"] == "Deployment"
+            for c in d["spec"]["template"]["spec"]["containers"]]
+
+
+def dockerfile() -> str:
+    return (DEPLOY / "Dockerfile").read_text()
+
+
+# -- commands -----------------------------------------------------------------------------------
+def commands() -> list[list[str]]:
+    """Every command line in deploy/: compose commands and healthchecks, Kubernetes
+    commands and exec probes, the Dockerfile's CMD."""
+    out = []
+    for svc in compose()["services"].values():
+        if svc.get("image", "").startswith("redis"):
+            continue
+        out.append(svc["command"])
+        test = svc.get("healthcheck", {}).get("test")
+        if test:
+            assert test[0] == "CMD", test
+            out.append(test[1:])
+    for _, c in containers():
+        out.append(c["command"] + c.get("args", []))
+        for probe in ("readinessProbe", "livenessProbe"):
+            if "exec" in c.get(probe, {}):
+                out.append(c[probe]["exec"]["command"])
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile(), re.M)
+    out.append(json.loads(cmd.group(1)))
+    return out
+
+
+def check_aiecs(args: list[str]) -> None:
+    from aiecs_worker.cli import main
+
+    command = main.commands[args[0]]  # KeyError: no such subcommand
+    command.make_context(args[0], list(args[1:]))  # raises on an unknown option
+
+
+@functools.cache
+def _celery_help(sub: str) -> str:
+    from celery.bin.celery import celery
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(celery, ["-A", "aiecs_worker", sub, "--help"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def check_celery(args: list[str]) -> None:
+    assert args[:2] == ["-A", "aiecs_worker"], args
+    sub, rest = args[2], args[3:]
+    if sub == "flower":  # Flower's own (tornado) options
+        from flower.options import options
+
+        for arg in rest:
+            name = arg.removeprefix("--").split("=", 1)[0]
+            assert name.replace("_", "-") in options._options, f"flower has no --{name}"
+        return
+    help_text = _celery_help(sub)
+    for arg in rest:
+        if arg.startswith("-"):
+            assert re.search(rf"(^|[\s,]){re.escape(arg)}([\s,=]|$)", help_text, re.M), (
+                f"celery {sub} has no option {arg}")
+
+
+def test_every_command_is_a_real_one():
+    seen = set()
+    for cmd in commands():
+        assert cmd[0] in ("aiecs", "celery"), cmd
+        (check_aiecs if cmd[0] == "aiecs" else check_celery)(cmd[1:])
+        seen.add(cmd[1] if cmd[0] == "aiecs" else cmd[3])
+    assert {"serve", "health", "worker", "flower", "beat"} <= seen
+
+
+def test_every_command_is_documented():
+    for cmd in commands():
+        words = [w for w in cmd if not w.startswith("--timeout") and not w.isdigit()]
+        head = " ".join(words[:4] if cmd[0] == "celery" else words[:2])
+        assert head in README, f"README does not show `{head}`"
+        for option in (w.split("=")[0] for w in cmd if w.startswith("--")):
+            assert option in README, f"README does not document {option} (of {cmd})"
+
+
+# -- environment variables ----------------------------------------------------------------------
+def env_names() -> set[str]:
+    names = set()
+    text = (DEPLOY / "compose.yaml").read_text()
+    names |= set(re.findall(r"\$\{([A-Z0-9_]+)", text))
+    for svc in compose()["services"].values():
+        names |= set(svc.get("environment") or {})
+    for doc in k8s_docs():
+        if doc["kind"] == "ConfigMap":
+            names |= set(doc["data"])
+    for _, c in containers():
+        names |= {e["name"] for e in c.get("env", [])}
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["key"])
+    return names
+
+
+def _read_by_code(name: str) -> bool:
+    from aiecs_worker.server.settings import ServerSettings
+    from aiecs_worker.settings import Settings
+
+    if name.lower() in Settings.model_fields or name.lower() in ServerSettings.model_fields:
+        return True
+    if name.startswith("FLOWER_"):  # Flower reads FLOWER_<OPTION> for each of its options
+        from flower.options import options
+
+        return name.removeprefix("FLOWER_").lower().replace("_", "-") in options._options
+    sources = (ROOT / "packages").glob("*/src/**/*.py")
+    return any(f'"{name}"' in p.read_text() for p in sources)
+
+
+def test_every_env_var_is_read_by_the_code_and_documented():
+    names = env_names()
+    assert {"CELERY_BROKER_URL", "REDIS_URL", "AIECS_SECRET_KEY", "FLOWER_BASIC_AUTH"} <= names
+    for name in sorted(names):
+        assert _read_by_code(name), f"{name} is read by no code"
+        assert f"`{name}`" in README, f"README does not document {name}"
+
+
+# -- shapes -------------------------------------------------------------------------------------
+def test_compose_services():
+    services = compose()["services"]
+    assert {"redis", "worker-fast", "worker-heavy", "server", "flower", "beat"} <= set(services)
+    fast, heavy = services["worker-fast"]["command"], services["worker-heavy"]["command"]
+    assert fast[fast.index("-Q") + 1] == "fast_tasks" and "threads" in fast
+    assert heavy[heavy.index("-Q") + 1] == "heavy_tasks" and "prefork" in heavy
+    for name in ("server", "flower"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${")
+    for name in ("worker-fast", "worker-heavy"):  # the probe asks the worker's own node
+        assert probe_node(services[name]["healthcheck"]["test"]) == hostname(
+            services[name]["command"])
+    images = {svc.get("image") for n, svc in services.items() if n != "redis"}
+    assert images == {"aiecs:latest"}  # one image for every role
+
+
+def hostname(command: list[str]) -> str:
+    return command[command.index("--hostname") + 1]
+
+
+def probe_node(command: list[str]) -> str:
+    return command[command.index("--node") + 1]
+
+
+def test_k8s_one_deployment_per_queue_with_resources_and_probes():
+    deployments = {d["metadata"]["name"]: d for d in k8s_docs() if d["kind"] == "Deployment"}
+    queues = {}
+    for name, c in containers():
+        resources = c["resources"]
+        assert resources["requests"]["cpu"] and resources["limits"]["memory"], name
+        assert "readinessProbe" in c and "livenessProbe" in c, name
+        if c["command"][:4] == ["celery", "-A", "aiecs_worker", "worker"]:
+            queues[c["command"][c["command"].index("-Q") + 1]] = name
+            for probe in ("readinessProbe", "livenessProbe"):
+                cmd = c[probe]["exec"]["command"]
+                assert cmd[:3] == ["aiecs", "health", "--worker"], (name, cmd)
+                assert probe_node(cmd) == hostname(c["command"]), name
+            assert "--live" in c["livenessProbe"]["exec"]["command"]
+    assert sorted(queues) == ["fast_tasks", "heavy_tasks"]
+    assert len(set(queues.values())) == 2  # one Deployment each
+
+    server = deployments["aiecs-server"]
+    labels = server["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"] for c in server["spec"]["template"]["spec"]["containers"]
+             for p in c.get("ports", [])}
+    services = [d for d in k8s_docs() if d["kind"] == "Service"]
+    assert any(set(s["spec"]["selector"].items()) <= set(labels.items())
+               and all(p["targetPort"] in ports for p in s["spec"]["ports"])
+               for s in services), "no Service in front of the server"
+    for d in deployments.values():
+        assert d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_kustomization_lists_every_manifest():
+    listed = set(yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["resources"])
+    present = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+# -- Dockerfile -----------------------------------------------------------------------------------
+def test_dockerfile_multi_stage_non_root_uv():
+    text = dockerfile()
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", text, re.M)
+    assert stages == ["build", "runtime"]
+    runtime = text.split("AS runtime", 1)[1]
+    user = re.search(r"^USER (\S+)$", runtime, re.M).group(1)
+    assert user.split(":")[0] not in ("0", "root")
+    assert "COPY --from=build /app/.venv /app/.venv" in runtime
+    # the files the build copies exist
+    for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for source in sources.split():
+            assert (ROOT / source).exists(), source
+
+
+def uv_sync_args() -> list[str]:
+    """The options of the Dockerfile's ``uv sync`` (its lines joined)."""
+    lines = dockerfile().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("uv sync"))
+    text = ""
+    for line in lines[start:]:
+        text += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            break
+    return shlex.split(text)[2:]
+
+
+def test_dockerfile_uv_sync_is_valid():
+    """The build's ``uv sync`` takes these options and names real packages and extras."""
+    args = uv_sync_args()
+    help_text = subprocess.run([UV, "sync", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    for arg in args:
+        if arg.startswith("--"):
+            assert arg in help_text, f"uv sync has no {arg}"
+    members = {tomllib.loads(p.read_text())["project"]["name"]: p
+               for p in (ROOT / "packages").glob("*/pyproject.toml")}
+    packages = [args[i + 1] for i, a in enumerate(args) if a == "--package"]
+    assert set(packages) <= set(members)
+    extras = [args[i + 1] for i, a in enumerate(args) if a == "--extra"]
+    worker = tomllib.loads(members["aiecs-worker"].read_text())
+    assert set(extras) <= set(worker["project"]["optional-dependencies"])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the image is Linux")
+def test_dockerfile_uv_sync_resolves_from_the_lock(tmp_path):
+    """A dry run in a copy of exactly what the build copies: the lock has everything."""
+    args = uv_sync_args()
+    files = subprocess.run(["git", "ls-files", "pyproject.toml", "uv.lock", "README.md",
+                            "packages"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    out = subprocess.run([UV, "sync", *args, "--dry-run", "--offline"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                              "UV_PYTHON": sys.executable})
+    assert out.returncode == 0, out.stderr
+    plan = out.stdout + out.stderr
+    for name in ("aiecs-worker", "aiecs-providers-openai", "aiecs-providers-vertex",
+                 "aiecs-providers-xai", "flower"):
+        assert f" {name}" in plan, name
+    for name in ("aiecs-testplugin", "pytest", "matplotlib"):
+        assert f" {name}" not in plan, name
