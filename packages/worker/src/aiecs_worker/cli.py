@@ -460,13 +460,17 @@ def plugins(as_json: bool) -> None:
               help="Also check a progress server's /healthz.")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
               help="Seconds each check may take.")
+@click.option("--live", is_flag=True,
+              help="Liveness: an unreachable broker or state Redis is not counted (only a "
+                   "worker seen stuck while they answer fails).")
 def health(worker_: bool, nodes: tuple[str, ...], server_url: str | None,
-           timeout: float) -> None:
+           timeout: float, live: bool) -> None:
     """Check the broker and the state Redis (and the worker, the server): exit 0 when
     healthy, 1 otherwise. For liveness and readiness probes."""
     from .health import check_all
 
-    checks = check_all(worker=worker_, nodes=list(nodes), server=server_url, timeout=timeout)
+    checks = check_all(worker=worker_, nodes=list(nodes), server=server_url, timeout=timeout,
+                       live=live)
     for check in checks:
         click.echo(check.line())
     sys.exit(0 if all(c.ok for c in checks) else 1)
