@@ -286,3 +286,32 @@ def test_dockerfile_uv_sync_resolves_from_the_lock(tmp_path):
         assert f" {name}" in plan, name
     for name in ("aiecs-testplugin", "pytest", "matplotlib"):
         assert f" {name}" not in plan, name
+
+
+def test_beat_command_starts(aiecs_redis, tmp_path):
+    """The compose file's beat command, run: it starts and stops cleanly (the others run
+    in tests/worker, tests/server and test_flower)."""
+    import os
+    import signal
+
+    from tests.support.events import wait_until
+
+    command = compose()["services"]["beat"]["command"]
+    # --schedule: a private file; INFO: the start is logged
+    command = [*command[:-1], str(tmp_path / "schedule"), "--loglevel", "INFO"]
+    celery = str(Path(sys.executable).with_name("celery"))
+    log = tmp_path / "beat.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([celery, *command[1:]], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "CELERY_BROKER_URL": aiecs_redis.url},
+                                start_new_session=True)
+    try:
+        try:
+            wait_until(lambda: b"beat: Starting" in log.read_bytes() or proc.poll() is not None,
+                       timeout=60, interval=0.1)
+        except AssertionError:
+            raise AssertionError(log.read_text()) from None
+        assert proc.poll() is None, log.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
