@@ -103,3 +103,37 @@ def test_flower_shows_every_outcome_with_its_name_and_state(aiecs_redis, start_w
     assert not flower.get(f"/api/task/info/{queued.id}")["started"]
     # the API wants Flower's credentials
     assert flower.status("/api/tasks", auth=False) == 401
+
+
+def test_aiecs_task_events_turns_celery_task_events_on(aiecs_redis, start_worker):
+    """AIECS_TASK_EVENTS=1: the worker sends task events from the start (no monitor asked),
+    what `celery events` shows."""
+    import threading
+
+    from aiecs_worker import execute_task
+    from aiecs_worker.app import app
+
+    seen: list[dict] = []
+    conn = app.connection_for_read()
+    receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+    thread = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+    thread.start()
+    try:
+        worker = start_worker(env={"AIECS_TASK_EVENTS": "1"}, without=("gossip", "mingle"))
+        # its worker-online or heartbeat event: the receiver listens (Redis fan-out is
+        # at-most-once)
+        wait_until(lambda: any(e["type"].startswith("worker-")
+                               and e["hostname"].startswith(worker.name) for e in seen),
+                   timeout=30, message="an event of the worker")
+        res = execute_task.delay(**echo(uid()))
+        res.get(timeout=30)
+        wanted = {"task-received", "task-started", "task-succeeded"}
+        wait_until(lambda: wanted <= {e["type"] for e in seen if e.get("uuid") == res.id},
+                   timeout=30, message="the task's events")
+        received = next(e for e in seen if e["type"] == "task-received" and
+                        e.get("uuid") == res.id)
+        assert received["name"] == FAST
+    finally:
+        receiver.should_stop = True
+        thread.join(10)
+        conn.release()
