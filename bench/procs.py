@@ -169,6 +169,7 @@ class Redis:
         commands = self.client.info("commandstats")
         return {
             "commands": sum(v["calls"] for v in commands.values()),
+            "by_command": {k.removeprefix("cmdstat_"): v["calls"] for k, v in commands.items()},
             "reads": stats["total_reads_processed"],
             "processed": stats["total_commands_processed"],
             "cpu": group_cpu(self.proc.pid),
@@ -183,8 +184,15 @@ class Redis:
 COUNTER_OVERHEAD = {"commands": 2, "reads": 2, "processed": 2}
 
 
-def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before[k] - COUNTER_OVERHEAD.get(k, 0) for k in before}
+def delta(before: dict, after: dict) -> dict:
+    out = {k: after[k] - before[k] - COUNTER_OVERHEAD.get(k, 0)
+           for k in before if k != "by_command"}
+    if "by_command" in after:
+        was = before.get("by_command", {})
+        out["by_command"] = {k: n - was.get(k, 0) for k, n in after["by_command"].items()
+                             if n - was.get(k, 0) > 0}
+        out["by_command"]["info"] = out["by_command"].get("info", 0) - 2
+    return out
 
 
 # -- Celery workers ------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ CHAT_LATENCY = 0.2
 
 
 def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
-          processes: int = 1, kind: str = "noop", warm: int = 8) -> dict:
+          processes: int = 1, kind: str = "noop", warm: int = 8,
+          extra_env: dict[str, str] | None = None) -> dict:
     redis = Redis().start()
     llm = workers = child = None
     env: dict[str, str] = {}
@@ -43,6 +44,7 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
         if kind != "noop":
             llm, llm_port, base_url = fake_llm.start(latency=CHAT_LATENCY)
             env = {"OPENAI_API_KEY": "sk-bench-0123456789", "OPENAI_BASE_URL": base_url}
+        env.update(extra_env or {})
         workers = [Worker(app, redis.url, pool, concurrency, env).start()
                    for _ in range(processes)]
         wait_ready(redis.url, workers)
@@ -64,6 +66,8 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
             "client_cpu_ms": 1000 * res["client_cpu"] / n,
             "commands": counts["commands"] / n,
             "round_trips": counts["reads"] / n,
+            "by_command": {k: round(v / n, 3) for k, v in sorted(
+                counts["by_command"].items(), key=lambda kv: -kv[1]) if v / n >= 0.01},
         }
         out["cpu_ms"] = out["worker_cpu_ms"] + out["redis_cpu_ms"] + out["client_cpu_ms"]
         out["cpu_us"] = 1000 * out["cpu_ms"]
@@ -113,6 +117,9 @@ def chat(p: dict, alternate, recommended: dict) -> dict:
     out = {}
     configs = {f"threads -c{c}": {"concurrency": c} for c in p["chat_concurrency"]}
     configs["recommended"] = recommended
+    # the openai SDK's other HTTP backend, same deployment (issue 8: pick by measurement)
+    configs["recommended, aiohttp"] = {**recommended,
+                                       "extra_env": {"AIECS_OPENAI_HTTP": "aiohttp"}}
     anchor_n = p["chat_anchor_tasks"]
     for name, cfg in configs.items():
         out[name] = alternate({

@@ -97,13 +97,16 @@ def chat(stream: bool = False, **extra) -> dict:
 # --- the OpenAI wire (openai-compat: the openai and xai services) ---------------------------
 
 
-@pytest.mark.parametrize(("shape", "pool"), [("sk-canary-{}", "threads"),
-                                             ("plain{}", "threads"), ("plain{}", "prefork")],
-                         ids=["key-shaped", "shapeless", "shapeless-prefork"])
-def test_openai_wire_keys_never_leave_the_worker(aiecs_redis, start_worker, shape, pool):
+@pytest.mark.parametrize(("shape", "pool", "http"),
+                         [("sk-canary-{}", "threads", "aiohttp"),
+                          ("plain{}", "threads", "httpx"), ("plain{}", "prefork", "aiohttp")],
+                         ids=["key-shaped", "shapeless-httpx", "shapeless-prefork"])
+def test_openai_wire_keys_never_leave_the_worker(aiecs_redis, start_worker, shape, pool, http):
     """``shapeless``: a key no pattern matches (an OpenAI-compatible gateway's), so only
     the registry of configured secrets can catch it. ``prefork``: the calls and their
-    logging happen in pool children."""
+    logging happen in pool children. ``http``: the SDK's HTTP backend (AIECS_OPENAI_HTTP);
+    httpx's transport (httpcore) logs every response header at DEBUG, aiohttp's does not,
+    and the SDK logs the echoed ``x-request-id`` as ``request_id`` under both."""
     canary = shape.format(uuid.uuid4().hex)
     xai_canary = shape.format(uuid.uuid4().hex)
     secret_key = f"aiecs-secret-canary-{uuid.uuid4().hex}"
@@ -112,7 +115,7 @@ def test_openai_wire_keys_never_leave_the_worker(aiecs_redis, start_worker, shap
         worker = start_worker(loglevel="DEBUG", pool=pool, concurrency=2, env={
             "OPENAI_API_KEY": canary, "OPENAI_BASE_URL": fake.base_url,
             "XAI_API_KEY": xai_canary, "XAI_BASE_URL": xai.base_url,
-            "AIECS_SECRET_KEY": secret_key, **RETRY_ENV,
+            "AIECS_SECRET_KEY": secret_key, "AIECS_OPENAI_HTTP": http, **RETRY_ENV,
         })
         pubsub = PubSubCapture(client)
         results: list[str] = []
@@ -183,7 +186,9 @@ def test_openai_wire_keys_never_leave_the_worker(aiecs_redis, start_worker, shap
     socketio_packets = [d for c, d in pubsub.messages if c == b"socketio"]
     assert len(socketio_packets) > 40, "the Socket.IO packets were captured"
     # DEBUG logging was on and printed the requests and the echoed headers
-    assert "HTTP Request: POST" in log and "x-request-id" in log, log[-3000:]
+    assert "HTTP Request: POST" in log and "request_id: [redacted]" in log, log[-3000:]
+    if http == "httpx":
+        assert "x-request-id" in log, log[-3000:]
     assert "[redacted]" in log
     assert_nowhere([canary, xai_canary, secret_key], client=client, pubsub=captured,
                    results="\n".join(results), log=log)

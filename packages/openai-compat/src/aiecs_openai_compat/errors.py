@@ -94,6 +94,28 @@ def _request_endpoint(exc: Any) -> str | None:
         return None
 
 
+def _aiohttp_connection_error(exc: BaseException) -> BaseException | None:
+    """The aiohttp connection error (refused, reset, disconnected: not a timeout) behind
+    an SDK error, or None.
+
+    The SDK's aiohttp transport (openai._vendor.httpx_aiohttp) maps every
+    ``aiohttp.ClientConnectionError`` to ``httpx.ConnectTimeout``, so a refused connection
+    would surface as a timeout; the original exception is still its cause.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if (type(cause).__module__.startswith("aiohttp")
+                and not isinstance(cause, TimeoutError)):
+            import aiohttp
+
+            if isinstance(cause, aiohttp.ClientConnectionError):
+                return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def convert_error(
     exc: BaseException, *, provider: str, secrets: Iterable[str | None] = ()
 ) -> AiecsError | None:
@@ -112,6 +134,12 @@ def convert_error(
     if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
         where = _request_endpoint(exc)
         to = f" to {where}" if where else ""
+        refused = _aiohttp_connection_error(exc)
+        if refused is not None:
+            return ProviderConnectionError(
+                f"{provider}: connection{to} failed ({type(refused).__name__})",
+                provider=provider, endpoint=where,
+            )
         if isinstance(exc, openai.APITimeoutError):
             return ProviderTimeoutError(
                 f"{provider}: request{to} timed out", provider=provider, endpoint=where

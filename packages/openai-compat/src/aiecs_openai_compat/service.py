@@ -67,6 +67,7 @@ from aiecs_core.llm import (
 from pydantic import BaseModel
 
 from .errors import convert_error
+from .http import http_client
 
 if TYPE_CHECKING:  # pragma: no cover
     from openai import AsyncOpenAI
@@ -260,6 +261,7 @@ class OpenAICompatService(Service):
             base_url=base_url,
             timeout=timeout,
             max_retries=0,  # the worker owns retries
+            http_client=http_client(timeout, base_url),
         )
 
     async def aclose(self) -> None:
