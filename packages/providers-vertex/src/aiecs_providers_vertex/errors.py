@@ -23,7 +23,13 @@ from aiecs_core import (
 )
 from aiecs_core.llm import error_for_status, parse_retry_after
 
-__all__ = ["INVALID_STATUSES", "convert_error", "retry_delay"]
+__all__ = [
+    "INVALID_STATUSES",
+    "convert_endpoint_error",
+    "convert_error",
+    "error_for_response",
+    "retry_delay",
+]
 
 #: google.rpc codes saying the request itself is invalid: a 5xx carrying one is not retried.
 INVALID_STATUSES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE"})
@@ -62,8 +68,6 @@ def _endpoint(exc: Any) -> str | None:
 
 def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError | None:
     """The aiecs error for an exception raised while calling Vertex AI, or None."""
-    import google.auth.exceptions as auth_errors
-    import httpx2
     from google.genai import errors as genai_errors
 
     if isinstance(exc, AiecsError):
@@ -92,6 +96,14 @@ def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError
         )
     if isinstance(exc, genai_errors.UnknownApiResponseError):
         return ProviderServerError(f"{provider}: unreadable response", provider=provider)
+    return _transport_or_auth_error(exc, provider)
+
+
+def _transport_or_auth_error(exc: BaseException, provider: str) -> AiecsError | None:
+    """httpx2 transport errors and google-auth errors, shared by both Vertex services."""
+    import google.auth.exceptions as auth_errors
+    import httpx2
+
     if isinstance(exc, httpx2.TransportError):  # TimeoutException included
         where = _endpoint(exc)
         to = f" to {where}" if where else ""
@@ -121,3 +133,113 @@ def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError
             f"{provider}: could not reach the Google token endpoint", provider=provider
         )
     return None
+
+
+def _message(body: Any) -> tuple[str | None, str | None]:
+    """``(message, google.rpc status)`` of an error body: Google's ``{"error": {"message",
+    "status"}}``, an OpenAI-style ``{"error": {"message"}}`` or a ``{"detail": ...}``."""
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    if not isinstance(body, dict):
+        return None, None
+    error = body.get("error", body)
+    if isinstance(error, str):
+        return error, None
+    if not isinstance(error, dict):
+        return None, None
+    message = error.get("message") or error.get("detail")
+    status = error.get("status")
+    return (
+        message if isinstance(message, str) else None,
+        status if isinstance(status, str) else None,
+    )
+
+
+def error_for_response(
+    status: int, headers: Any, body: bytes, *, provider: str
+) -> AiecsError:
+    """The aiecs error for an HTTP error response (``status`` >= 400) of a Vertex AI
+    endpoint, by its status code: a 5xx whose google.rpc ``status`` is one of
+    :data:`INVALID_STATUSES` is not retried; a 429's ``retry_after`` comes from
+    ``Retry-After`` or the body's google.rpc.RetryInfo."""
+    import json
+
+    try:
+        parsed: Any = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    message, google_status = _message(parsed)
+    if message is None:
+        message = body[:500].decode("utf-8", "replace").strip() or "error"
+    retry_after = parse_retry_after(dict(headers) if headers is not None else None)
+    if retry_after is None:
+        retry_after = retry_delay(parsed)
+    if status >= 500 and google_status in INVALID_STATUSES:
+        return InvalidRequestError(
+            f"{provider}: HTTP {status}: {message} (not retried: the server says the "
+            f"request is invalid, status {google_status})",
+            provider=provider,
+            status_code=status,
+            google_status=google_status,
+        )
+    return error_for_status(
+        status,
+        f"{provider}: HTTP {status}: {message}",
+        provider=provider,
+        retry_after=retry_after,
+        google_status=google_status,
+    )
+
+
+def _requests_endpoint(exc: Any) -> str | None:
+    """``host:port`` of the request a requests error belongs to (None when unknown)."""
+    from urllib.parse import urlsplit
+
+    url = getattr(getattr(exc, "request", None), "url", None)
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return host if port is None else f"{host}:{port}"
+
+
+def convert_endpoint_error(exc: BaseException, *, provider: str) -> AiecsError | None:
+    """The aiecs error for an exception raised while calling a Vertex AI endpoint
+    (google-cloud-aiplatform's REST transport: google.api_core and requests errors; our
+    own requests: httpx2 and google-auth errors), or None.
+
+    Only modules already imported are consulted: converting an error never imports
+    google-cloud-aiplatform."""
+    import sys
+
+    if isinstance(exc, AiecsError):
+        return exc
+    api_errors = sys.modules.get("google.api_core.exceptions")
+    if api_errors is not None and isinstance(exc, api_errors.GoogleAPICallError):
+        response = getattr(exc, "response", None)
+        status = exc.code if isinstance(exc.code, int) else None
+        if status is not None and hasattr(response, "headers"):
+            return error_for_response(
+                status, response.headers, getattr(response, "content", b"") or b"",
+                provider=provider,
+            )
+        return error_for_status(
+            status, f"{provider}: HTTP {status}: {exc.message}", provider=provider
+        )
+    requests_errors = sys.modules.get("requests.exceptions")
+    if requests_errors is not None and isinstance(exc, requests_errors.RequestException):
+        where = _requests_endpoint(exc)
+        to = f" to {where}" if where else ""
+        if isinstance(exc, requests_errors.Timeout):
+            return ProviderTimeoutError(
+                f"{provider}: request{to} timed out", provider=provider, endpoint=where
+            )
+        return ProviderConnectionError(
+            f"{provider}: connection{to} failed ({type(exc).__name__})",
+            provider=provider,
+            endpoint=where,
+        )
+    return _transport_or_auth_error(exc, provider)

@@ -1,5 +1,7 @@
 """The ``vertex`` plugin: service ``llm/vertex`` (Gemini on Vertex AI) with ``chat`` and
-``embed``, through google-genai in Vertex mode.
+``embed``, through google-genai in Vertex mode; and service ``vertex/endpoint`` (models
+deployed on Vertex AI endpoints, google-cloud-aiplatform, the ``endpoints`` extra: see
+:mod:`aiecs_providers_vertex.endpoint`).
 
 Importing this module is cheap: google-genai and google-auth are imported when the client
 is created, in a thread (:meth:`VertexService.warm` at worker start, or the first call),
@@ -34,7 +36,6 @@ from aiecs_core import (
     Usage,
     hookimpl,
     operation,
-    register_secret,
 )
 from aiecs_core.llm import (
     ChatDelta,
@@ -60,20 +61,20 @@ from aiecs_core.llm import (
 )
 from pydantic import BaseModel
 
+from .auth import load_credentials
+from .endpoint import EndpointService
 from .errors import convert_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from google.genai import Client
 
-__all__ = ["VertexService", "register_services"]
+__all__ = ["EndpointService", "VertexService", "register_services"]
 
 PROJECT_ENV = "VERTEX_PROJECT_ID"
 LOCATION_ENV = "VERTEX_LOCATION"
 BASE_URL_ENV = "VERTEX_BASE_URL"
 TIMEOUT_ENV = "VERTEX_TIMEOUT"
-CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 DEFAULT_LOCATION = "us-central1"
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 #: Seconds a request may outlive the task's deadline (the worker cancels it first).
 DEADLINE_GRACE = 1.0
 
@@ -118,22 +119,6 @@ def _signature_in(signature: str | None) -> bytes | None:
         return base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
         return None
-
-
-def _register_tokens(credentials: Any) -> None:
-    """Register every access token ``credentials`` obtain (google-genai refreshes them
-    itself, hourly) as a secret, so it is redacted wherever a server echoes it."""
-    register_secret(getattr(credentials, "token", None))
-    refresh = getattr(credentials, "refresh", None)
-    if refresh is None:
-        return
-
-    def refresh_and_register(request: Any) -> None:
-        refresh(request)
-        register_secret(getattr(credentials, "token", None))
-
-    with contextlib.suppress(AttributeError, TypeError):
-        credentials.refresh = refresh_and_register
 
 
 class VertexService(Service):
@@ -209,25 +194,11 @@ class VertexService(Service):
         timeout = timeout_setting(self.provider, TIMEOUT_ENV, self.default_timeout)
 
         # Lazy imports: only processes that call Vertex pay for them.
-        import google.auth
-        import google.auth.exceptions
         import httpx2
         from google import genai
         from google.genai import types
 
-        try:
-            # Application-default credentials: GOOGLE_APPLICATION_CREDENTIALS, gcloud's
-            # ADC file, or the metadata server.
-            credentials, _ = google.auth.default(scopes=SCOPES)
-        except google.auth.exceptions.DefaultCredentialsError as exc:
-            raise ConfigurationError(
-                "vertex: no Google credentials found: set "
-                f"{CREDENTIALS_ENV} to a service-account key file, or run "
-                f"'gcloud auth application-default login' ({exc})",
-                env_var=CREDENTIALS_ENV,
-                provider=self.provider,
-            ) from None
-        _register_tokens(credentials)
+        credentials = load_credentials(self.provider)
         self._timeout = timeout
         # Our own HTTP client: explicit timeout, closed in aclose(), and google-genai's
         # aiohttp path (which reconnects on its own) is never taken.
@@ -513,3 +484,4 @@ class VertexService(Service):
 @hookimpl
 def register_services(register):
     register(VertexService)
+    register(EndpointService)

@@ -1,0 +1,387 @@
+"""Service ``vertex/endpoint``: models deployed on Vertex AI endpoints (fine-tuned models,
+Model Garden deployments), through google-cloud-aiplatform, installed with the optional
+extra ``endpoints`` (``pip install 'aiecs-providers-vertex[endpoints]'``).
+
+- ``predict``: ``aiplatform.Endpoint.predict`` (REST transport): instances and
+  parameters in, predictions and the deployed model's ID out;
+- ``raw_predict``: ``POST .../endpoints/{id}:rawPredict``, any JSON body in, the
+  container's JSON out;
+- ``chat``: ``POST .../v1beta1/.../endpoints/{id}/chat/completions``, the OpenAI-compatible
+  chat route of Model Garden and vLLM deployments (:class:`aiecs_core.llm.ChatInput` in,
+  :class:`aiecs_core.llm.ChatResult` out, streamed or not).
+
+``raw_predict`` and ``chat`` are sent with httpx2 and the same Google credentials, not
+with ``Endpoint.raw_predict``: that method always posts to
+``https://{location}-aiplatform.googleapis.com`` (it ignores ``api_endpoint``, so it
+could reach neither a Private Service Connect / dedicated endpoint nor a local test
+server) and blocks a thread; aiplatform has no chat method.
+
+Importing google-cloud-aiplatform takes seconds (13 s from source, measured on the
+project's 2-core machine): this module never imports it at module level. It is imported,
+and ``aiplatform.init`` called, in a thread: by :meth:`EndpointService.warm` when the
+worker starts and ``VERTEX_ENDPOINT_ID`` is set, else by the first call. Without the extra
+the service is still registered (so ``aiecs plugins`` shows it) and every call fails at
+once with a :class:`ConfigurationError` naming the ``pip install`` command.
+
+``aiplatform.init`` is process-wide: this service sets the project, location,
+credentials, ``api_endpoint`` (when ``VERTEX_ENDPOINT_BASE_URL`` / ``VERTEX_BASE_URL`` is
+set) and ``api_transport="rest"`` of the worker process's aiplatform configuration.
+Blocking SDK calls run in this service's own thread pool (:attr:`EndpointService.threads`);
+a cancelled ``predict`` stops waiting at once, its thread at the request's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiecs_core import (
+    AiecsError,
+    ConfigurationError,
+    OperationContext,
+    ProviderError,
+    ProviderServerError,
+    RateLimitKey,
+    Service,
+    Usage,
+    operation,
+)
+from aiecs_core.llm import (
+    ChatResult,
+    chat_result,
+    chat_token_estimate,
+    estimated_chat_usage,
+    make_usage,
+    raise_converted,
+    refused_url,
+    request_timeout,
+    stream_chat,
+    timeout_setting,
+)
+from pydantic import BaseModel
+
+from . import endpoint_chat
+from .auth import authorization, load_credentials
+from .endpoint_models import (
+    EndpointChatInput,
+    PredictInput,
+    PredictResult,
+    RawPredictInput,
+    RawPredictResult,
+)
+from .errors import convert_endpoint_error, error_for_response
+
+__all__ = ["EXTRA_HINT", "EndpointService"]
+
+PROJECT_ENV = "VERTEX_PROJECT_ID"
+LOCATION_ENV = "VERTEX_LOCATION"
+ENDPOINT_ENV = "VERTEX_ENDPOINT_ID"
+ENDPOINT_BASE_URL_ENV = "VERTEX_ENDPOINT_BASE_URL"
+BASE_URL_ENV = "VERTEX_BASE_URL"
+TIMEOUT_ENV = "VERTEX_TIMEOUT"
+DEFAULT_LOCATION = "us-central1"
+DEADLINE_GRACE = 1.0
+EXTRA_HINT = "pip install 'aiecs-providers-vertex[endpoints]'"
+_HEADERS = {"deployed_model_id": "x-vertex-ai-deployed-model-id",
+            "model": "x-vertex-ai-model", "model_version_id": "x-vertex-ai-model-version-id"}
+
+T = TypeVar("T")
+
+
+def _setting(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None
+
+
+def _import_aiplatform() -> Any:
+    """``google.cloud.aiplatform`` (seconds: call in a thread), or a ConfigurationError
+    saying how to install it."""
+    try:
+        from google.cloud import aiplatform
+    except ImportError as exc:
+        raise ConfigurationError(
+            "vertex-endpoint: google-cloud-aiplatform is not installed; the vertex/endpoint "
+            f"service needs the 'endpoints' extra: {EXTRA_HINT} ({exc})",
+            provider="vertex-endpoint",
+        ) from None
+    return aiplatform
+
+
+@dataclass
+class _Setup:
+    """What every call of a process uses: built once, in a thread."""
+
+    project: str
+    location: str
+    base_url: str
+    timeout: float
+    credentials: Any
+    http: Any  # httpx2.AsyncClient
+    aiplatform: Any
+
+    def url(self, endpoint: str, suffix: str, version: str = "v1") -> str:
+        return (f"{self.base_url}/{version}/projects/{self.project}/locations/"
+                f"{self.location}/endpoints/{endpoint}{suffix}")
+
+
+class EndpointService(Service):
+    """Models deployed on Vertex AI endpoints (VERTEX_PROJECT_ID, VERTEX_LOCATION,
+    VERTEX_ENDPOINT_ID, ADC), through google-cloud-aiplatform: predict, raw_predict and
+    the OpenAI-compatible chat route. Needs the 'endpoints' extra."""
+
+    mode = "vertex"
+    name = "endpoint"
+    provider = "vertex-endpoint"
+    default_timeout = 120.0
+    #: Threads running blocking SDK calls (``predict``, token refreshes) at once.
+    threads = 32
+
+    def __init__(self) -> None:
+        self._setup: _Setup | None = None
+        self._lock = threading.Lock()
+        self._endpoints: dict[str, Any] = {}
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="vertex-endpoint")
+
+    # -- set-up ----------------------------------------------------------------------------
+    def warm(self) -> None:
+        """Import google-cloud-aiplatform, load the credentials and call
+        ``aiplatform.init`` now, in the worker's warm-up thread, when ``VERTEX_ENDPOINT_ID``
+        and ``VERTEX_PROJECT_ID`` are set and the extra is installed; then load what the
+        first requests load (the prediction client's REST transport, httpx2's async
+        backend). Nothing leaves the machine."""
+        if _setting(ENDPOINT_ENV) is None or _setting(PROJECT_ENV) is None:
+            return
+        import importlib.util
+
+        if importlib.util.find_spec("google.cloud.aiplatform") is None:
+            return  # not installed: the first call says how to install it
+        setup = self._sync_setup()
+        self._endpoint(setup, _setting(ENDPOINT_ENV) or "")
+        import google.auth.transport.requests  # noqa: F401 - every token refresh
+        import google.cloud.aiplatform_v1.services.prediction_service.transports.rest  # noqa: F401
+        import httpx2
+
+        async def request(url: str) -> None:
+            async with httpx2.AsyncClient(timeout=2) as http:
+                with contextlib.suppress(httpx2.HTTPError):
+                    async with http.stream("POST", url, json={}) as response:
+                        async for _ in response.aiter_lines():
+                            pass
+
+        with refused_url() as url:
+            asyncio.run(request(url))
+
+    def _sync_setup(self) -> _Setup:
+        with self._lock:  # warm() in its thread and first calls, at once
+            if self._setup is None:
+                self._setup = self._create()
+        return self._setup
+
+    def _create(self) -> _Setup:
+        """Blocking: imports aiplatform, reads the credentials. Run in a thread."""
+        project = _setting(PROJECT_ENV)
+        if project is None:
+            raise ConfigurationError(
+                f"{self.provider}: {PROJECT_ENV} is not set; set it to your Google Cloud "
+                "project id", env_var=PROJECT_ENV, provider=self.provider)
+        location = _setting(LOCATION_ENV) or DEFAULT_LOCATION
+        timeout = timeout_setting(self.provider, TIMEOUT_ENV, self.default_timeout)
+        base_url = _setting(ENDPOINT_BASE_URL_ENV) or _setting(BASE_URL_ENV)
+        aiplatform = _import_aiplatform()
+        import httpx2
+
+        credentials = load_credentials(self.provider)
+        # REST, not gRPC: one transport for every call, and api_endpoint may be an
+        # http(s) URL (a proxy, a dedicated endpoint's DNS name, a local test server).
+        aiplatform.init(project=project, location=location, credentials=credentials,
+                        api_endpoint=base_url.rstrip("/") if base_url else None,
+                        api_transport="rest")
+        host = "aiplatform.googleapis.com"
+        default = f"https://{host}" if location == "global" else f"https://{location}-{host}"
+        return _Setup(project=project, location=location,
+                      base_url=(base_url or default).rstrip("/"), timeout=timeout,
+                      credentials=credentials, http=httpx2.AsyncClient(timeout=timeout),
+                      aiplatform=aiplatform)
+
+    async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def setup(self) -> _Setup:
+        """The process's set-up, built off the event loop on first use."""
+        if self._setup is not None:
+            return self._setup
+        return await self._in_thread(self._sync_setup)
+
+    def _endpoint_id(self, given: str | None) -> str:
+        endpoint = given or _setting(ENDPOINT_ENV)
+        if endpoint is None:
+            raise ConfigurationError(
+                f"{self.provider}: no endpoint: give 'endpoint' in the input or set "
+                f"{ENDPOINT_ENV}", env_var=ENDPOINT_ENV, provider=self.provider)
+        return endpoint
+
+    def _endpoint(self, setup: _Setup, endpoint_id: str) -> Any:
+        """The ``aiplatform.Endpoint`` of an ID (cached; creating one sends nothing)."""
+        with self._lock:
+            endpoint = self._endpoints.get(endpoint_id)
+            if endpoint is None:
+                endpoint = setup.aiplatform.Endpoint(
+                    endpoint_id, project=setup.project, location=setup.location,
+                    credentials=setup.credentials)
+                self._endpoints[endpoint_id] = endpoint
+        return endpoint
+
+    async def aclose(self) -> None:
+        setup, self._setup = self._setup, None
+        if setup is not None:
+            await setup.http.aclose()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _error(self, exc: BaseException) -> AiecsError | None:
+        return convert_endpoint_error(exc, provider=self.provider)
+
+    def _timeout(self, setup: _Setup, ctx: OperationContext) -> float:
+        return request_timeout(setup.timeout, ctx.time_remaining(), DEADLINE_GRACE)
+
+    def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
+        """``vertex-endpoint/<endpoint id>``: an endpoint's quota is per endpoint."""
+        endpoint = getattr(data, "endpoint", None) or _setting(ENDPOINT_ENV)
+        if endpoint is None:
+            return None
+        tokens = chat_token_estimate(data) if isinstance(data, EndpointChatInput) else 0
+        return RateLimitKey(provider=self.provider, model=endpoint, tokens=tokens)
+
+    # -- HTTP (raw_predict, chat) ----------------------------------------------------------
+    async def _headers(self, setup: _Setup) -> dict[str, str]:
+        """The credentials' ``Authorization`` header; a refresh (network) in a thread."""
+        credentials = setup.credentials
+        if getattr(credentials, "valid", False):
+            headers: dict[str, str] = {}
+            credentials.apply(headers)
+            return headers
+        return await self._in_thread(authorization, credentials)
+
+    async def _post(self, ctx: OperationContext, setup: _Setup, url: str, body: Any) -> Any:
+        """POST ``body`` as JSON; the response (an error status raised as an aiecs error)."""
+        headers = await self._headers(setup)
+        response = await setup.http.post(url, content=json.dumps(body).encode(),
+                                         headers={**headers,
+                                                  "content-type": "application/json"},
+                                         timeout=self._timeout(setup, ctx))
+        if response.status_code >= 400:
+            raise error_for_response(response.status_code, response.headers,
+                                     response.content, provider=self.provider)
+        return response
+
+    # -- operations ------------------------------------------------------------------------
+    @operation(description="Endpoint.predict: instances (and parameters) in; predictions "
+                           "and the deployed model's ID out.")
+    async def predict(self, ctx: OperationContext, data: PredictInput) -> PredictResult:
+        endpoint_id = self._endpoint_id(data.endpoint)
+        try:
+            setup = await self.setup()
+            timeout = self._timeout(setup, ctx)
+
+            def call() -> Any:  # in a thread: the SDK blocks (requests)
+                endpoint = self._endpoint(setup, endpoint_id)
+                return endpoint.resource_name, endpoint.predict(
+                    instances=data.instances, parameters=data.parameters, timeout=timeout)
+
+            resource_name, prediction = await self._in_thread(call)
+        except Exception as exc:  # noqa: BLE001 - converted or re-raised
+            raise_converted(exc, self._error(exc))
+        return PredictResult(
+            endpoint=resource_name,
+            predictions=list(prediction.predictions),
+            deployed_model_id=prediction.deployed_model_id,
+            model=prediction.model_resource_name or None,
+            model_version_id=prediction.model_version_id or None,
+            metadata=prediction.metadata,
+        )
+
+    @operation(description=":rawPredict: any JSON body in; the deployed container's JSON "
+                           "response out.")
+    async def raw_predict(self, ctx: OperationContext, data: RawPredictInput) -> RawPredictResult:
+        endpoint_id = self._endpoint_id(data.endpoint)
+        try:
+            setup = await self.setup()
+            response = await self._post(ctx, setup, setup.url(endpoint_id, ":rawPredict"),
+                                        data.body)
+        except Exception as exc:  # noqa: BLE001 - converted or re-raised
+            raise_converted(exc, self._error(exc))
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            raise ProviderError(
+                f"{self.provider}: the rawPredict response is not JSON "
+                f"({response.headers.get('content-type') or 'no content type'})",
+                provider=self.provider, status_code=response.status_code) from None
+        return RawPredictResult(
+            endpoint=f"projects/{setup.project}/locations/{setup.location}/endpoints/"
+                     f"{endpoint_id}",
+            response=body,
+            **{key: response.headers.get(header) for key, header in _HEADERS.items()},
+        )
+
+    def _usage(self, data: EndpointChatInput, model: str, usage: Any) -> Usage:
+        prompt, completion = endpoint_chat.usage_counts(usage) or (0, 0)
+        return make_usage(self.provider, model, prompt, completion, requested_model=data.model)
+
+    @operation(description="Chat through the endpoint's OpenAI-compatible route (Model "
+                           "Garden, vLLM): messages in; text, tool calls and usage out.")
+    async def chat(self, ctx: OperationContext, data: EndpointChatInput) -> ChatResult:
+        endpoint_id = self._endpoint_id(data.endpoint)
+        try:
+            setup = await self.setup()
+        except Exception as exc:  # noqa: BLE001 - converted or re-raised
+            raise_converted(exc, self._error(exc))
+        url = setup.url(endpoint_id, "/chat/completions", version="v1beta1")
+        body = endpoint_chat.chat_body(data)
+        if data.stream:
+            return await stream_chat(
+                ctx, data, self._stream(ctx, setup, url, body), provider=self.provider,
+                convert_error=self._error, usage=lambda m, u: self._usage(data, m, u),
+                finish_reason=endpoint_chat.finish_reason)
+        try:
+            response = await self._post(ctx, setup, url, body)
+        except asyncio.CancelledError:
+            ctx.record_usage(estimated_chat_usage(self.provider, data, ""))
+            raise
+        except Exception as exc:  # noqa: BLE001 - converted or re-raised
+            raise_converted(exc, self._error(exc))
+        try:
+            parsed = endpoint_chat.reply(json.loads(response.content))
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise ProviderServerError(
+                f"{self.provider}: the chat response has no choices", provider=self.provider)
+        text, calls, finish, model, usage = parsed
+        model = model or data.model
+        return chat_result(
+            ctx, data, provider=self.provider, text=text,
+            finish_reason=endpoint_chat.finish_reason(finish, calls), tool_calls=calls,
+            model=model,
+            usage=None if endpoint_chat.usage_counts(usage) is None
+            else self._usage(data, model, usage))
+
+    async def _stream(self, ctx: OperationContext, setup: _Setup, url: str,
+                      body: dict) -> AsyncIterator[Any]:
+        headers = await self._headers(setup)
+        async with setup.http.stream(
+            "POST", url, content=json.dumps(body).encode(),
+            headers={**headers, "content-type": "application/json",
+                     "accept": "text/event-stream"},
+            timeout=self._timeout(setup, ctx),
+        ) as response:
+            if response.status_code >= 400:
+                raise error_for_response(response.status_code, response.headers,
+                                         await response.aread(), provider=self.provider)
+            async for delta in endpoint_chat.sse_deltas(response.aiter_lines()):
+                yield delta
