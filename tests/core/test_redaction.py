@@ -89,6 +89,7 @@ def test_env_secrets_by_name_and_by_suffix():
 @pytest.mark.parametrize("text", [
     "sk-proj-abcdefghijklmnop", "sk-canary-0123456789", "sk_live_0123456789",
     "xai-ABCDEFGH1234", "AIzaSyA1234567890abcdefghijklmnopqrstuv", "ya29.a0AfH6SMBx-token",
+    "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ",
 ])
 def test_key_shapes_are_removed(text):
     assert redact(f"key {text} here") == f"key {REDACTED} here"

@@ -451,6 +451,8 @@ class FakeVertex(FakeHTTPServer):
         #: The signature issued with each function call, by name and arguments.
         self.signatures: dict[str, str] = {}
         self.signatures_issued = 0
+        #: The public key of the last service-account key file written.
+        self.public_key: Any = None
 
     @property
     def base_url(self) -> str:
@@ -470,6 +472,7 @@ class FakeVertex(FakeHTTPServer):
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.public_key = key.public_key()  # checks self-signed JWTs (fake_vertex_endpoints)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,

@@ -12,7 +12,9 @@ values) or :func:`redact_json` (JSON text). Each removes
   whatever a provider hands to :func:`register_secret` (a key it was given, an OAuth
   token it obtained);
 - anything **shaped like a credential**: ``sk-...``/``xai-...`` API keys, Google
-  ``AIza...`` keys and ``ya29....`` access tokens, and the token after ``Bearer``.
+  ``AIza...`` keys and ``ya29....`` access tokens, signed JWTs (``eyJ....eyJ....``: the
+  self-signed tokens Google's SDKs send for service accounts), and the token after
+  ``Bearer``.
 
 Where it is applied (so that call sites need not remember to):
 
@@ -78,6 +80,10 @@ _SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("xai", _shape("xai", r"[-_][A-Za-z0-9_-]{8,}"), REDACTED),  # xAI
     ("AIza", _shape("AIza", r"[0-9A-Za-z_-]{8,}"), REDACTED),  # Google API keys
     ("ya29.", _shape("ya29.", r"[0-9A-Za-z_.-]{8,}"), REDACTED),  # Google OAuth tokens
+    # JWTs (header.payload.signature, both JSON objects: "eyJ"): bearer credentials, e.g.
+    # the self-signed tokens google-auth makes for service accounts
+    ("eyJ", _shape("eyJ", r"[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}"),
+     REDACTED),
 )
 
 _lock = threading.Lock()

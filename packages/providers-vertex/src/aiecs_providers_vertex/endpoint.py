@@ -125,9 +125,12 @@ class _Setup:
     http: Any  # httpx2.AsyncClient
     aiplatform: Any
 
+    def name(self, endpoint: str) -> str:
+        """The endpoint's resource name."""
+        return f"projects/{self.project}/locations/{self.location}/endpoints/{endpoint}"
+
     def url(self, endpoint: str, suffix: str, version: str = "v1") -> str:
-        return (f"{self.base_url}/{version}/projects/{self.project}/locations/"
-                f"{self.location}/endpoints/{endpoint}{suffix}")
+        return f"{self.base_url}/{version}/{self.name(endpoint)}{suffix}"
 
 
 class EndpointService(Service):
@@ -238,10 +241,14 @@ class EndpointService(Service):
         return endpoint
 
     async def aclose(self) -> None:
-        setup, self._setup = self._setup, None
+        with self._lock:
+            setup, self._setup = self._setup, None
+            self._endpoints.clear()
+            executor, self._executor = self._executor, ThreadPoolExecutor(
+                self.threads, thread_name_prefix="vertex-endpoint")
+        executor.shutdown(wait=False, cancel_futures=True)
         if setup is not None:
             await setup.http.aclose()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _error(self, exc: BaseException) -> AiecsError | None:
         return convert_endpoint_error(exc, provider=self.provider)
@@ -289,15 +296,15 @@ class EndpointService(Service):
             timeout = self._timeout(setup, ctx)
 
             def call() -> Any:  # in a thread: the SDK blocks (requests)
-                endpoint = self._endpoint(setup, endpoint_id)
-                return endpoint.resource_name, endpoint.predict(
+                # (not Endpoint.resource_name: it would GET the endpoint resource first)
+                return self._endpoint(setup, endpoint_id).predict(
                     instances=data.instances, parameters=data.parameters, timeout=timeout)
 
-            resource_name, prediction = await self._in_thread(call)
+            prediction = await self._in_thread(call)
         except Exception as exc:  # noqa: BLE001 - converted or re-raised
             raise_converted(exc, self._error(exc))
         return PredictResult(
-            endpoint=resource_name,
+            endpoint=setup.name(endpoint_id),
             predictions=list(prediction.predictions),
             deployed_model_id=prediction.deployed_model_id,
             model=prediction.model_resource_name or None,
@@ -323,8 +330,7 @@ class EndpointService(Service):
                 f"({response.headers.get('content-type') or 'no content type'})",
                 provider=self.provider, status_code=response.status_code) from None
         return RawPredictResult(
-            endpoint=f"projects/{setup.project}/locations/{setup.location}/endpoints/"
-                     f"{endpoint_id}",
+            endpoint=setup.name(endpoint_id),
             response=body,
             **{key: response.headers.get(header) for key, header in _HEADERS.items()},
         )
