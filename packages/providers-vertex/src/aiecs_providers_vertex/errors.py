@@ -220,7 +220,7 @@ def convert_endpoint_error(exc: BaseException, *, provider: str) -> AiecsError |
     api_errors = sys.modules.get("google.api_core.exceptions")
     if api_errors is not None and isinstance(exc, api_errors.GoogleAPICallError):
         response = getattr(exc, "response", None)
-        status = exc.code if isinstance(exc.code, int) else None
+        status = int(exc.code) if isinstance(exc.code, int) else None  # an HTTPStatus
         if status is not None and hasattr(response, "headers"):
             return error_for_response(
                 status, response.headers, getattr(response, "content", b"") or b"",
