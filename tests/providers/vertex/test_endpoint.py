@@ -5,10 +5,13 @@ server) against a server speaking the REST protocol of Vertex AI endpoints
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from aiecs_core import (
@@ -28,11 +31,19 @@ from tests.support.fake_vertex_endpoints import GoogleError
 from tests.support.redis_server import free_port
 
 BASE = "/v1/projects/test-project/locations/us-central1/endpoints"
+
+#: Most tests run the real google-cloud-aiplatform (the 'endpoints' extra); the import
+#: tests at the end run with or without it.
+needs_aiplatform = pytest.mark.skipif(
+    importlib.util.find_spec("google.cloud.aiplatform") is None,
+    reason="the 'endpoints' extra (google-cloud-aiplatform) is not installed")
 USER = [{"role": "user", "content": "hello there"}]
 
 
 @pytest.fixture
 def service(endpoints_env):
+    if importlib.util.find_spec("google.cloud.aiplatform") is None:
+        pytest.skip("the 'endpoints' extra (google-cloud-aiplatform) is not installed")
     return EndpointService()
 
 
@@ -183,6 +194,7 @@ def test_chat_errors_are_mapped_too(service, endpoints):
     assert "slow down" in str(error) and streamed(ctx) == ""
 
 
+@needs_aiplatform
 def test_connection_refused_names_host_and_port(service, monkeypatch):
     port = free_port()
     monkeypatch.setenv("VERTEX_ENDPOINT_BASE_URL", f"http://127.0.0.1:{port}")
@@ -192,6 +204,7 @@ def test_connection_refused_names_host_and_port(service, monkeypatch):
         assert f"127.0.0.1:{port}" in str(error)
 
 
+@needs_aiplatform
 def test_missing_configuration_names_the_variable(endpoints_env, monkeypatch):
     monkeypatch.delenv("VERTEX_ENDPOINT_ID")
     error, _ = op(EndpointService(), "predict", {"instances": [1]})
@@ -209,6 +222,51 @@ def test_bad_input_is_refused_before_any_request():
                 {"instances": [1], "extra": 1}):
         with pytest.raises(ValueError):
             spec.input_model.model_validate(bad)
+
+
+# --- warm-up and first use ----------------------------------------------------------------
+
+
+@needs_aiplatform
+def test_warm_sets_up_only_when_an_endpoint_is_configured(endpoints_env, endpoints,
+                                                           monkeypatch):
+    service = EndpointService()
+    monkeypatch.delenv("VERTEX_ENDPOINT_ID")
+    service.warm()
+    assert service._setup is None  # not configured: nothing imported, nothing built
+    monkeypatch.setenv("VERTEX_ENDPOINT_ID", "1234567890")
+    service.warm()
+    setup = service._setup
+    assert setup is not None and endpoints.requests == []  # nothing left the machine
+
+    async def scenario():
+        result, _ = await call(service, "predict", {"instances": [1]})
+        assert result["deployed_model_id"] == "dm-111"
+        return service._setup
+
+    assert run(service, scenario) is setup  # the first call used what warm() built
+
+
+@needs_aiplatform
+def test_a_first_call_without_warm_up_sets_up_off_the_loop(service, monkeypatch):
+    threads = []
+    create = service._create
+
+    def recording():
+        threads.append(threading.get_ident())
+        return create()
+
+    monkeypatch.setattr(service, "_create", recording)
+
+    async def scenario():
+        loop_thread = threading.get_ident()
+        results = await asyncio.gather(*(call(service, "raw_predict", {"body": {"n": i}})
+                                         for i in range(3)))
+        assert all(r["response"] == {"echo": {"n": i}} for i, (r, _) in enumerate(results))
+        return loop_thread
+
+    loop_thread = run(service, scenario)
+    assert len(threads) == 1 and threads[0] != loop_thread  # once, in a thread
 
 
 # --- imports ---------------------------------------------------------------------------------

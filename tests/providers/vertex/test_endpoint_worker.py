@@ -9,13 +9,19 @@ CPU (about 13 s from source), once per process."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import uuid
 
+import pytest
 from aiecs_worker import execute_task
 
 from tests.support.events import dump_redis, wait_terminal
 from tests.support.fake_vertex_endpoints import GoogleError
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("google.cloud.aiplatform") is None,
+    reason="the 'endpoints' extra (google-cloud-aiplatform) is not installed")
 
 #: The worker imports aiplatform before its first task (at most 30 s, then the first
 #: call does it): a loaded machine needs the margin.
