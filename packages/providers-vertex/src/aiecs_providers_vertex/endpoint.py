@@ -33,7 +33,6 @@ a cancelled ``predict`` stops waiting at once, its thread at the request's timeo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import threading
@@ -60,7 +59,6 @@ from aiecs_core.llm import (
     estimated_chat_usage,
     make_usage,
     raise_converted,
-    refused_url,
     request_timeout,
     stream_chat,
     timeout_setting,
@@ -77,6 +75,7 @@ from .endpoint_models import (
     RawPredictResult,
 )
 from .errors import convert_endpoint_error, error_for_response
+from .warmup import load_http_stack
 
 __all__ = ["EXTRA_HINT", "EndpointService"]
 
@@ -166,19 +165,9 @@ class EndpointService(Service):
             return  # not installed: the first call says how to install it
         setup = self._sync_setup()
         self._endpoint(setup, _setting(ENDPOINT_ENV) or "")
-        import google.auth.transport.requests  # noqa: F401 - every token refresh
         import google.cloud.aiplatform_v1.services.prediction_service.transports.rest  # noqa: F401
-        import httpx2
 
-        async def request(url: str) -> None:
-            async with httpx2.AsyncClient(timeout=2) as http:
-                with contextlib.suppress(httpx2.HTTPError):
-                    async with http.stream("POST", url, json={}) as response:
-                        async for _ in response.aiter_lines():
-                            pass
-
-        with refused_url() as url:
-            asyncio.run(request(url))
+        load_http_stack()
 
     def _sync_setup(self) -> _Setup:
         with self._lock:  # warm() in its thread and first calls, at once

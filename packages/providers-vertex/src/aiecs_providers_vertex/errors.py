@@ -1,4 +1,5 @@
-"""google-genai / google-auth / httpx2 exceptions -> aiecs errors, by type and status code.
+"""google-genai, google-cloud-aiplatform (google.api_core, requests), google-auth and httpx2
+exceptions, and error responses -> aiecs errors, by type and status code.
 
 A 5xx whose google.rpc ``status`` says the request itself is invalid
 (:data:`INVALID_STATUSES`) is an :class:`InvalidRequestError`, not retried. Connection
@@ -66,6 +67,39 @@ def _endpoint(exc: Any) -> str | None:
     return host if port is None else f"{host}:{port}"
 
 
+def _status_error(status: int | None, message: str, google_status: str | None,
+                  retry_after: float | None, provider: str) -> AiecsError:
+    """The error for an HTTP status; a 5xx whose google.rpc ``status`` is one of
+    :data:`INVALID_STATUSES` is not retried."""
+    if status is not None and status >= 500 and google_status in INVALID_STATUSES:
+        return InvalidRequestError(
+            f"{provider}: HTTP {status}: {message} (not retried: the server says the "
+            f"request is invalid, status {google_status})",
+            provider=provider,
+            status_code=status,
+            google_status=google_status,
+        )
+    return error_for_status(
+        status,
+        f"{provider}: HTTP {status}: {message}",
+        provider=provider,
+        retry_after=retry_after,
+        google_status=google_status,
+    )
+
+
+def _unreachable(provider: str, where: str | None, timed_out: bool, name: str) -> AiecsError:
+    """A timeout or connection error, naming the server's ``host:port`` only."""
+    to = f" to {where}" if where else ""
+    if timed_out:
+        return ProviderTimeoutError(
+            f"{provider}: request{to} timed out", provider=provider, endpoint=where
+        )
+    return ProviderConnectionError(
+        f"{provider}: connection{to} failed ({name})", provider=provider, endpoint=where
+    )
+
+
 def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError | None:
     """The aiecs error for an exception raised while calling Vertex AI, or None."""
     from google.genai import errors as genai_errors
@@ -78,22 +112,8 @@ def convert_error(exc: BaseException, *, provider: str = "vertex") -> AiecsError
         retry_after = parse_retry_after(dict(headers) if headers is not None else None)
         if retry_after is None:
             retry_after = retry_delay(exc.details)
-        message = exc.message or exc.status or "error"
-        if status is not None and status >= 500 and exc.status in INVALID_STATUSES:
-            return InvalidRequestError(
-                f"{provider}: HTTP {status}: {message} (not retried: the server says the "
-                f"request is invalid, status {exc.status})",
-                provider=provider,
-                status_code=status,
-                google_status=exc.status,
-            )
-        return error_for_status(
-            status,
-            f"{provider}: HTTP {status}: {message}",
-            provider=provider,
-            retry_after=retry_after,
-            google_status=exc.status,
-        )
+        return _status_error(status, exc.message or exc.status or "error", exc.status,
+                             retry_after, provider)
     if isinstance(exc, genai_errors.UnknownApiResponseError):
         return ProviderServerError(f"{provider}: unreadable response", provider=provider)
     return _transport_or_auth_error(exc, provider)
@@ -105,17 +125,8 @@ def _transport_or_auth_error(exc: BaseException, provider: str) -> AiecsError | 
     import httpx2
 
     if isinstance(exc, httpx2.TransportError):  # TimeoutException included
-        where = _endpoint(exc)
-        to = f" to {where}" if where else ""
-        if isinstance(exc, httpx2.TimeoutException):
-            return ProviderTimeoutError(
-                f"{provider}: request{to} timed out", provider=provider, endpoint=where
-            )
-        return ProviderConnectionError(
-            f"{provider}: connection{to} failed ({type(exc).__name__})",
-            provider=provider,
-            endpoint=where,
-        )
+        return _unreachable(provider, _endpoint(exc), isinstance(exc, httpx2.TimeoutException),
+                            type(exc).__name__)
     if isinstance(exc, auth_errors.DefaultCredentialsError):
         return ConfigurationError(
             f"{provider}: no usable Google credentials ({exc})",
@@ -174,21 +185,7 @@ def error_for_response(
     retry_after = parse_retry_after(dict(headers) if headers is not None else None)
     if retry_after is None:
         retry_after = retry_delay(parsed)
-    if status >= 500 and google_status in INVALID_STATUSES:
-        return InvalidRequestError(
-            f"{provider}: HTTP {status}: {message} (not retried: the server says the "
-            f"request is invalid, status {google_status})",
-            provider=provider,
-            status_code=status,
-            google_status=google_status,
-        )
-    return error_for_status(
-        status,
-        f"{provider}: HTTP {status}: {message}",
-        provider=provider,
-        retry_after=retry_after,
-        google_status=google_status,
-    )
+    return _status_error(status, message, google_status, retry_after, provider)
 
 
 def _requests_endpoint(exc: Any) -> str | None:
@@ -231,15 +228,6 @@ def convert_endpoint_error(exc: BaseException, *, provider: str) -> AiecsError |
         )
     requests_errors = sys.modules.get("requests.exceptions")
     if requests_errors is not None and isinstance(exc, requests_errors.RequestException):
-        where = _requests_endpoint(exc)
-        to = f" to {where}" if where else ""
-        if isinstance(exc, requests_errors.Timeout):
-            return ProviderTimeoutError(
-                f"{provider}: request{to} timed out", provider=provider, endpoint=where
-            )
-        return ProviderConnectionError(
-            f"{provider}: connection{to} failed ({type(exc).__name__})",
-            provider=provider,
-            endpoint=where,
-        )
+        return _unreachable(provider, _requests_endpoint(exc),
+                            isinstance(exc, requests_errors.Timeout), type(exc).__name__)
     return _transport_or_auth_error(exc, provider)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import os
 import threading
@@ -54,7 +53,6 @@ from aiecs_core.llm import (
     parse_json,
     raise_converted,
     rate_limit_key,
-    refused_url,
     request_timeout,
     stream_chat,
     timeout_setting,
@@ -64,6 +62,7 @@ from pydantic import BaseModel
 from .auth import load_credentials
 from .endpoint import EndpointService
 from .errors import convert_error
+from .warmup import load_http_stack
 
 if TYPE_CHECKING:  # pragma: no cover
     from google.genai import Client
@@ -163,16 +162,7 @@ class VertexService(Service):
         if self._setting(PROJECT_ENV) is None:
             return
         self._sync_client()
-        import google.auth.transport.requests  # noqa: F401 - used by every token refresh
-        import httpx2
-
-        async def request(url: str) -> None:
-            async with httpx2.AsyncClient(timeout=2) as http:
-                with contextlib.suppress(httpx2.HTTPError):
-                    await http.get(url)
-
-        with refused_url() as url:
-            asyncio.run(request(url))
+        load_http_stack()
 
     def _sync_client(self) -> Client:
         with self._client_lock:  # warm() in its thread and first calls, at once
