@@ -283,18 +283,19 @@ def _run(code: str, **env: str) -> str:
 
 def test_the_plugin_started_without_the_endpoint_service_does_not_import_aiplatform(
         tmp_path, endpoints):
-    """Load the plugin as a worker does and warm its services (Gemini configured, no
-    VERTEX_ENDPOINT_ID): google.cloud.aiplatform is never imported."""
+    """Load the plugin as a worker does and warm its services as the worker's warm-up
+    does (Gemini configured, no VERTEX_ENDPOINT_ID): google.cloud.aiplatform is never
+    imported."""
     env = endpoints.env(endpoints.write_credentials(tmp_path))
     del env["VERTEX_ENDPOINT_ID"]
     out = _run("""
         import sys
         from aiecs_core import ServiceRegistry
         from aiecs_providers_vertex import plugin
-        from aiecs_worker.warm import warm_services
         registry = ServiceRegistry()
         registry.register_plugin(plugin, "vertex")
-        warm_services(registry)
+        for mode, service in registry.keys():  # as aiecs_worker.warm.warm_services
+            registry.instance(mode, service).warm()
         assert "google.genai" in sys.modules  # the Gemini service did warm
         print(sorted(m for m in sys.modules if m.startswith("google.cloud.aiplatform")))
     """, **env)
