@@ -55,6 +55,8 @@ class FaultRun:
 
     redis: RedisServer
     n: int
+    #: the broker, when it is not ``redis`` (RabbitMQ)
+    broker_url: str | None = None
     expect_failed: set[str] = field(default_factory=set)
     ids: list[str] = field(default_factory=list)
 
@@ -72,10 +74,8 @@ class FaultRun:
             self.ids.append(task_id)
             calls.append(dict(task_name="echo", user_id=USER, task_id=task_id, step=1,
                               mode="test", service="echo", input_data=data, context={}))
-        env = dict(os.environ, CELERY_BROKER_URL=self.redis.url, REDIS_URL=self.redis.url)
-        subprocess.run([sys.executable, "-m", "tests.faults.sender"], input=json.dumps(calls),
-                       text=True, env=env, check=True, timeout=120,
-                       cwd=Path(__file__).resolve().parents[2])
+        send_from_client(calls, broker_url=self.broker_url or self.redis.url,
+                         redis_url=self.redis.url)
 
     def started(self) -> int:
         client = self.redis.client()
@@ -151,6 +151,15 @@ class FaultRun:
         client.close()
         record(tally)
         return tally
+
+
+def send_from_client(calls: list[dict], *, broker_url: str, redis_url: str) -> None:
+    """Submit ``calls`` (``execute_task`` keyword arguments, each optionally with an
+    ``"__options__"`` dict for ``apply_async``, e.g. a priority) from a client process."""
+    env = dict(os.environ, CELERY_BROKER_URL=broker_url, REDIS_URL=redis_url)
+    subprocess.run([sys.executable, "-m", "tests.faults.sender"], input=json.dumps(calls),
+                   text=True, env=env, check=True, timeout=120,
+                   cwd=Path(__file__).resolve().parents[2])
 
 
 def record(tally: Tally) -> None:

@@ -23,6 +23,9 @@ HEAVY_TASK = "aiecs.tasks.worker.execute_heavy_task"
 #: A workflow step: execute_task / execute_heavy_task, then the workflow advances.
 FLOW_TASK = "aiecs.tasks.worker.execute_flow_step"
 FLOW_HEAVY_TASK = "aiecs.tasks.worker.execute_heavy_flow_step"
+#: Highest message priority of the queues (RabbitMQ's ``x-max-priority``; higher runs
+#: first there). kombu's Redis transport ignores it and keeps its own 0 (first) .. 9.
+MAX_PRIORITY = 10
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -35,6 +38,13 @@ def create_app(settings: Settings | None = None) -> Celery:
     # looks for them every 30 s instead of every 100 s.
     transport = {"visibility_timeout": s.celery_visibility_timeout,
                  "unacked_restore_interval": 10, "unacked_restore_throttle": 3}
+    broker_options = transport
+    if s.broker_is_amqp:
+        # RabbitMQ has no visibility timeout: an unacknowledged message returns to its
+        # queue when its consumer's connection closes. Publisher confirms: a submission
+        # returns once the broker has taken the message (durable queue, persistent
+        # message), so a message is never lost in transit (see aiecs_worker.lease).
+        broker_options = {"confirm_publish": True}
     celery_app.conf.update(
         # JSON only: no pickle anywhere, in either direction.
         task_serializer="json",
@@ -48,12 +58,14 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_soft_time_limit=s.celery_task_soft_time_limit,
         task_time_limit=s.celery_task_time_limit,
-        broker_transport_options=transport,
+        broker_transport_options=broker_options,
         result_backend_transport_options=transport,
         worker_prefetch_multiplier=s.celery_worker_prefetch_multiplier,
         task_queues=(
-            Queue(FAST_QUEUE, Exchange(FAST_QUEUE), routing_key=FAST_QUEUE),
-            Queue(HEAVY_QUEUE, Exchange(HEAVY_QUEUE), routing_key=HEAVY_QUEUE),
+            Queue(FAST_QUEUE, Exchange(FAST_QUEUE), routing_key=FAST_QUEUE,
+                  max_priority=MAX_PRIORITY),
+            Queue(HEAVY_QUEUE, Exchange(HEAVY_QUEUE), routing_key=HEAVY_QUEUE,
+                  max_priority=MAX_PRIORITY),
         ),
         task_default_queue=FAST_QUEUE,
         task_routes={

@@ -27,6 +27,17 @@ after submission whose queue is empty (a message waiting in a backlog, or receiv
 not yet restored, is not lost: the queue is not empty, or kombu restores it within the
 visibility timeout). A copy sent while the original was only late is harmless.
 
+**With RabbitMQ as broker** (``amqp://``) no message is lost in transit: the broker
+confirms each submission once its (durable) queue holds the (persistent) message, keeps a
+delivered message until it is acknowledged, and returns it to the queue at once when its
+consumer's connection closes (there is no visibility timeout). So the sweeper does not
+re-send PENDING executions there (it only drops stale entries); a PENDING execution's
+message is in its queue or held unacknowledged by a live worker. The leases work as on
+Redis: the immediate redelivery of a dead worker's message finds its execution RUNNING
+under the dead owner and takes it over at once on the same host (dead PID); on another
+host it is dropped as a duplicate, and the sweeper queues the execution again when the
+lease ends. Either way the execution runs once more and ends once.
+
 **Poison under the threads pool.** A crashing operation kills every execution of its
 process. The sweeper charges a crash only to an execution that is *certainly present at
 it*: the owner's only execution, or the one crash *suspect* running in isolation. When a
@@ -103,8 +114,9 @@ return out
 """
 
 # KEYS: pending.  ARGV: age (ms), how many at most, the queue-name separator of kombu's
-# priority queues.  PENDING executions older than ``age`` whose queue is empty (so their
-# message is nowhere: kombu's Redis transport pops a message before it records it as
+# priority queues, '1' to only drop stale entries (RabbitMQ: nothing is lost in transit).
+# PENDING executions older than ``age`` whose queue is empty (so their message is
+# nowhere: kombu's Redis transport pops a message before it records it as
 # unacknowledged, and a worker killed in between loses it) are returned, flat:
 # {state key, celery id, celery task name, queue, request json, ...}; each is stamped
 # anew so it is sent again at most once per ``age``. Stale entries are dropped.
@@ -117,7 +129,7 @@ for _, k in ipairs(old) do
   local f = redis.call('HMGET', k, 'status', 'celery_id', 'task', 'queue', 'request')
   if f[1] ~= 'pending' or not f[5] then
     redis.call('ZREM', KEYS[1], k)
-  else
+  elseif ARGV[4] ~= '1' then
     local q = f[4] or ''
     local n = 0
     for _, name in ipairs({{q, q .. ARGV[3] .. '3', q .. ARGV[3] .. '6', q .. ARGV[3] .. '9'}}) do

@@ -3,7 +3,8 @@
 Left alone, a message kombu or Celery cannot take apart raises out of the worker's event
 loop ("Unrecoverable error") and stops the worker; restored to the queue at shutdown, it
 stops the next worker too. Two guards check every message a worker takes from a Redis
-queue, each where the failure would otherwise happen:
+queue, each where the failure would otherwise happen (from RabbitMQ, whose client
+library parses the frames itself, the second):
 
 1. **transport** (:class:`Channel`): the raw list item popped by ``BRPOP``/``RPOP`` must
    be an envelope kombu can build a message from and acknowledge: a JSON object whose
@@ -18,9 +19,9 @@ queue, each where the failure would otherwise happen:
    message (strategy, ``Request``, the pool's apply) is caught there as well.
 
 A rejected message is pushed, with its reason, onto the Redis list :data:`DEADLETTER_KEY`
-of the broker (capped at ``AIECS_DEADLETTER_MAXLEN`` entries), logged in one WARNING
-line, and acknowledged: it is never redelivered, and the worker serves the next message.
-When it names one of the aiecs tasks and its arguments identify an execution that has not
+of the broker (of the state Redis, ``REDIS_URL``, when the broker is RabbitMQ; capped at
+``AIECS_DEADLETTER_MAXLEN`` entries), logged in one WARNING line, and acknowledged: it is
+never redelivered, and the worker serves the next message. When it names one of the aiecs tasks and its arguments identify an execution that has not
 started, that execution ends FAILED (``InvalidTaskError``) so its user learns why.
 
 A message for a task this worker does not know is left to Celery (it logs and rejects it).
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import json
@@ -494,15 +496,45 @@ class AMQP(CeleryAMQP):
 # --- consumer -------------------------------------------------------------------------
 
 
-def _raw_of(message: Any) -> bytes:
+def _envelope_of(message: Any) -> Any:
+    """The message as kombu's Redis transport stores it: the popped envelope itself, or,
+    for a message of another transport (RabbitMQ), the same shape built from its parts
+    (body in base64, values JSON cannot hold as text)."""
     raw = getattr(message, "_raw", None)
     if raw is not None:
-        try:
-            return json.dumps(raw).encode()
-        except (TypeError, ValueError):
-            pass
+        return raw
     body = message.body
-    return body if isinstance(body, bytes) else repr(body).encode()
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogateescape")
+    props = {k: v for k, v in (message.properties or {}).items()
+             if k != "application_headers"}
+    info = {k: message.delivery_info.get(k) for k in ("exchange", "routing_key")} \
+        if isinstance(message.delivery_info, dict) else {}
+    envelope = {
+        "body": base64.b64encode(body or b"").decode(),
+        "content-type": message.content_type,
+        "content-encoding": message.content_encoding,
+        "headers": message.headers,
+        "properties": {**props, "body_encoding": "base64", "delivery_info": info},
+    }
+    return json.loads(json.dumps(envelope, default=str))
+
+
+def _raw_of(message: Any) -> bytes:
+    try:
+        return json.dumps(_envelope_of(message)).encode()
+    except (TypeError, ValueError):
+        body = message.body
+        return body if isinstance(body, bytes) else repr(body).encode()
+
+
+@contextlib.contextmanager
+def _state_redis():
+    """A client of the state Redis: the dead-letter list's home when the broker is not
+    Redis (RabbitMQ)."""
+    from .records import state_redis
+
+    yield state_redis()
 
 
 class Consumer(CeleryConsumer):
@@ -546,10 +578,14 @@ class Consumer(CeleryConsumer):
     def reject_message(self, message: Any, reason: str) -> None:
         """Dead-letter ``message`` with ``reason``, log it once, acknowledge it."""
         channel = message.channel
-        redis = getattr(channel, "conn_or_acquire", None)
+        redis = getattr(channel, "conn_or_acquire", None) or _state_redis
         info = message.delivery_info or {}
+        try:
+            payload = _envelope_of(message)
+        except Exception:  # noqa: BLE001 - then nothing routable is in it
+            payload = None
         reject(_raw_of(message), reason, queue=str(info.get("routing_key")), layer="consumer",
-               redis=redis, payload=getattr(message, "_raw", None))
+               redis=redis, payload=payload)
         if not message.acknowledged:
             message.ack()
 

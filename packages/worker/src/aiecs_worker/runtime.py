@@ -727,7 +727,8 @@ class Runtime:
         how many were queued (or released or ended)."""
         queued = await self._sweep_dead_owners()
         lost = await self._reap(keys=REAP_KEYS, args=[
-            2 * self.settings.celery_visibility_timeout * 1000, 16, "\x06\x16"])
+            2 * self.settings.celery_visibility_timeout * 1000, 16, "\x06\x16",
+            "1" if self.settings.broker_is_amqp else ""])
         lost = [x.decode() if isinstance(x, bytes) else x for x in lost]
         for i in range(0, len(lost), 5):
             state_key, celery_id, task, queue, request = lost[i:i + 5]

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = ["Settings", "get_settings", "load_settings"]
 
 MIB = 1024 * 1024
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
 class Settings(BaseModel):
@@ -29,9 +31,12 @@ class Settings(BaseModel):
 
     # --- Celery -------------------------------------------------------------------------
     celery_broker_url: str = "redis://localhost:6379/0"
-    """CELERY_BROKER_URL: the Celery broker (Redis)."""
+    """CELERY_BROKER_URL: the Celery broker: Redis (``redis://``, ``rediss://``,
+    ``unix://``) or RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``; then ``REDIS_URL``
+    is required, for state and events)."""
     celery_result_backend: str | None = None
-    """CELERY_RESULT_BACKEND: where results are stored (default: the broker's Redis)."""
+    """CELERY_RESULT_BACKEND: where results are stored (default: the broker's
+    Redis; with RabbitMQ, ``REDIS_URL``)."""
     celery_task_soft_time_limit: int = Field(default=300, gt=0)
     """CELERY_TASK_SOFT_TIME_LIMIT: seconds; the task's deadline (then TIMED_OUT)."""
     celery_task_time_limit: int = Field(default=600, gt=0)
@@ -80,8 +85,16 @@ class Settings(BaseModel):
 
     @field_validator("celery_broker_url")
     @classmethod
-    def _redis_only(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
+    def _known_broker(cls, v: str) -> str:
+        if not v.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
+            raise ValueError("must be a redis://, rediss:// (Redis) or amqp://, amqps:// "
+                             "(RabbitMQ) URL")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_state(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(REDIS_SCHEMES):
             raise ValueError("must be a redis:// or rediss:// URL")
         return v
 
@@ -93,11 +106,21 @@ class Settings(BaseModel):
                 f"CELERY_TASK_SOFT_TIME_LIMIT ({soft}) must be less than "
                 f"CELERY_TASK_TIME_LIMIT ({hard})"
             )
+        if self.broker_is_amqp and self.redis_url is None:
+            raise ValueError("REDIS_URL is required when CELERY_BROKER_URL is a RabbitMQ "
+                             "(amqp://) URL: execution state and events live in Redis")
         return self
 
     @property
+    def broker_is_amqp(self) -> bool:
+        """True when the broker is RabbitMQ (no visibility timeout, real priorities)."""
+        return self.celery_broker_url.startswith(AMQP_SCHEMES)
+
+    @property
     def result_backend(self) -> str:
-        return self.celery_result_backend or self.celery_broker_url
+        if self.celery_result_backend:
+            return self.celery_result_backend
+        return self.state_redis_url if self.broker_is_amqp else self.celery_broker_url
 
     @property
     def state_redis_url(self) -> str:
