@@ -18,6 +18,7 @@ import pytest
 
 from tests.faults.harness import FaultRun
 from tests.support.events import wait_until
+from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
@@ -53,11 +54,11 @@ def fault_worker(start_worker):
     return start
 
 
-def _scenario(name, redis, fault, *, n=N, settle=180.0, **send):
+def _scenario(name, redis, fault, *, n=N, settle=180.0, broker_url=None, **send):
     """Submit ``n`` executions, wait until some run, inject ``fault()``, let all settle,
     and return the tally: the run passes when every execution ended exactly once, as
-    its input asked."""
-    run = FaultRun(redis, n)
+    its input asked. ``broker_url``: a broker other than ``redis`` (RabbitMQ)."""
+    run = FaultRun(redis, n, broker_url=broker_url)
     t0 = time.monotonic()
     run.send(delay=(0.25, 1.0), chunks=2, **send)
     run.wait_started(4)
@@ -181,3 +182,25 @@ def test_crashing_operation_spares_innocent_executions(fault_redis, fault_worker
     (poison,) = run.expect_failed
     state = redis.client().hgetall(f"aiecs:t:fault:{poison}:1:state")
     assert b"WorkerLostError" in state[b"error"]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_worker_main_process_sigkilled_on_rabbitmq(fault_redis, fault_worker, rabbit_vhost,
+                                                   pool):
+    """The same kill with RabbitMQ as broker (a private vhost of the machine's server;
+    state and events in Redis). RabbitMQ has no visibility timeout: the dead worker's
+    unacknowledged messages return to the queue as its connection closes, and the
+    replacement takes their executions over at once (their holder is dead on this host)
+    or the lease sweeper queues them again; each ends exactly once."""
+    redis = fault_redis()
+    amqp = {"CELERY_BROKER_URL": rabbit_vhost.url}
+    first = fault_worker(redis, pool, **amqp)
+
+    def kill_and_replace():
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        fault_worker(redis, pool, **amqp)
+
+    tally = _scenario(f"worker main SIGKILL, RabbitMQ ({pool})", redis, kill_and_replace,
+                      broker_url=rabbit_vhost.url)
+    assert tally.reruns >= 1

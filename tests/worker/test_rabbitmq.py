@@ -3,6 +3,8 @@
 Against the machine's RabbitMQ, in a private vhost per test (``tests/support/rabbitmq``);
 the state Redis is the session's. Submissions come from a client process through the
 public API (``execute_task.delay`` / ``apply_async``), as an application would make them.
+A worker's main process SIGKILLed mid-run, under both pools, is a fault run
+(``tests/faults/test_rabbitmq_faults.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uuid
 import pytest
 from aiecs_core import ConfigurationError
 
-from tests.faults.harness import FaultRun, send_from_client
+from tests.faults.harness import send_from_client
 from tests.support.events import read_events, wait_terminal, wait_until
 from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 
@@ -114,24 +116,6 @@ def test_sigkilled_prefork_child_is_redelivered_and_completes_once(
     assert len(running) == 2
     assert "redelivered after worker loss (delivery 2)" in running[1]["message"]
     assert sum(e["type"] == "status" and e["status"] == "completed" for e in events) == 1
-
-
-def test_sigkilled_threads_worker_its_tasks_end_exactly_once(
-        aiecs_redis, start_worker, rabbit_vhost):
-    """RabbitMQ returns a dead worker's unacknowledged messages at once (no visibility
-    timeout): its replacement takes them over without waiting for the lease."""
-    first = on_rabbit(start_worker, rabbit_vhost, pool="threads", concurrency=4)
-    run = FaultRun(aiecs_redis, 8, broker_url=rabbit_vhost.url)
-    run.send(delay=(0.3, 0.6), chunks=3)
-    run.wait_started(2)
-    os.kill(first.proc.pid, signal.SIGKILL)
-    first.proc.wait(10)
-    on_rabbit(start_worker, rabbit_vhost, pool="threads", concurrency=4)
-    run.settle(timeout=60)
-    tally = run.tally("worker main SIGKILL, RabbitMQ (threads)", 0)
-    assert tally.ok, f"{tally.row()}\n" + "\n".join(tally.details)
-    assert tally.completed_once == tally.sent
-    assert tally.reruns >= 1  # the killed worker's executions ran again
 
 
 def _publish_raw(vhost, body: bytes, headers: dict, content_type="application/json") -> None:
