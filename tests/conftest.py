@@ -12,6 +12,9 @@ Redis, two ways:
 
 Workers: ``start_worker(pool=..., concurrency=..., queues=..., env={...})`` starts a real
 ``celery -A aiecs_worker worker`` against ``aiecs_redis`` and stops it after the test.
+
+RabbitMQ: ``rabbit_vhost`` is a private vhost of the machine's RabbitMQ for one test
+(``.url``: an amqp:// broker URL), skipped when there is none (tests/support/rabbitmq.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import pytest
 
 from tests.support.examples import spec_examples_site  # noqa: F401 - fixture
+from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer
 from tests.support.worker import start_worker, worker  # noqa: F401 - fixtures
 

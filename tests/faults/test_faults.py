@@ -18,7 +18,6 @@ import pytest
 
 from tests.faults.harness import FaultRun
 from tests.support.events import wait_until
-from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]

@@ -25,7 +25,6 @@ import pytest
 
 from tests.server.serverproc import Recorder, async_wait_until, uid
 from tests.support.events import TERMINAL, read_events, wait_until
-from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 

@@ -20,7 +20,6 @@ from aiecs_core import ConfigurationError
 
 from tests.faults.harness import send_from_client
 from tests.support.events import read_events, wait_terminal, wait_until
-from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 
 USER = "rabbit"
 FAST = "aiecs.tasks.worker.execute_task"

@@ -21,8 +21,9 @@ library parses the frames itself, the second):
 A rejected message is pushed, with its reason, onto the Redis list :data:`DEADLETTER_KEY`
 of the broker (of the state Redis, ``REDIS_URL``, when the broker is RabbitMQ; capped at
 ``AIECS_DEADLETTER_MAXLEN`` entries), logged in one WARNING line, and acknowledged: it is
-never redelivered, and the worker serves the next message. When it names one of the aiecs tasks and its arguments identify an execution that has not
-started, that execution ends FAILED (``InvalidTaskError``) so its user learns why.
+never redelivered, and the worker serves the next message. When it names one of the aiecs
+tasks and its arguments identify an execution that has not started, that execution ends
+FAILED (``InvalidTaskError``) so its user learns why.
 
 A message for a task this worker does not know is left to Celery (it logs and rejects it).
 Broadcasts (``celery.pidbox``) pass the transport's envelope check too.
