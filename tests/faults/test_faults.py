@@ -203,3 +203,17 @@ def test_worker_main_process_sigkilled_on_rabbitmq(fault_redis, fault_worker, ra
     tally = _scenario(f"worker main SIGKILL, RabbitMQ ({pool})", redis, kill_and_replace,
                       broker_url=rabbit_vhost.url)
     assert tally.reruns >= 1
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_rabbitmq_connections_closed(fault_redis, fault_worker, rabbit_vhost, pool):
+    """RabbitMQ closes every connection of the workers while executions run (what a
+    RabbitMQ restart looks like to them): the running executions' messages go back to the
+    queue; their redeliveries find them held by a live worker and are dropped, the workers
+    reconnect by themselves, and every execution ends exactly once."""
+    redis = fault_redis()
+    worker = fault_worker(redis, pool, CELERY_BROKER_URL=rabbit_vhost.url)
+    _scenario(f"RabbitMQ connections closed ({pool})", redis, rabbit_vhost.close_connections,
+              broker_url=rabbit_vhost.url)
+    assert worker.alive()
+

@@ -128,6 +128,20 @@ def test_dev_uses_celery_broker_url_when_set(redis_server):
         dev.kill()
 
 
+def test_dev_refuses_a_rabbitmq_broker_with_one_line():
+    dev = DevProcess(_env(CELERY_BROKER_URL="amqp://guest:secretpw@127.0.0.1:1//",
+                          REDIS_URL="redis://127.0.0.1:1/0"), free_port())
+    try:
+        assert dev.proc.wait(timeout=60) == 1
+        dev._reader.join(timeout=10)
+        assert dev.lines[-1] == ("error: CELERY_BROKER_URL is not a Redis URL (amqp://): "
+                                 "aiecs dev runs the broker, state and events on one Redis "
+                                 "(unset it for a private one)")
+        assert "secretpw" not in "\n".join(dev.lines)
+    finally:
+        dev.kill()
+
+
 def test_dev_refuses_a_busy_port_with_one_line_before_anything_starts():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

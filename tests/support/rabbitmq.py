@@ -42,6 +42,13 @@ class RabbitVhost:
                 return 0
 
 
+    def close_connections(self) -> None:
+        """Close every client connection of this vhost (a broker restart, as its clients
+        see it), on a shared server that must not restart."""
+        done = _ctl("close_all_connections", "--vhost", self.name, "aiecs fault test")
+        assert done.returncode == 0, done.stderr
+
+
 def _ctl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
                           timeout=60, check=False)

@@ -180,6 +180,12 @@ class DevStack:
     def _check_redis(self, url: str) -> None:
         import redis
 
+        from .settings import REDIS_SCHEMES
+
+        if not url.startswith(REDIS_SCHEMES):
+            raise DevStackError(
+                f"CELERY_BROKER_URL is not a Redis URL ({url.split(':', 1)[0]}://): aiecs dev "
+                "runs the broker, state and events on one Redis (unset it for a private one)")
         try:
             redis.Redis.from_url(url, socket_connect_timeout=2).ping()
         except redis.RedisError as exc:
