@@ -47,6 +47,8 @@ from typing import Any, TypeVar
 from aiecs_core import ConfigurationError, RateLimitError, RateLimitKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import metrics
+
 __all__ = [
     "RATE_LIMITS_ENV",
     "Limit",
@@ -284,7 +286,9 @@ class RateLimiter:
                 on_wait(wait)
             # Sleep until capacity frees up (re-checking at least every 5 s, as a 429 may
             # have paused the key meanwhile); jitter spreads workers that wait together.
-            await asyncio.sleep(min(wait, 5.0) + random.uniform(0.0, 0.02))
+            pause = min(wait, 5.0) + random.uniform(0.0, 0.02)
+            metrics.rate_limit_wait(key.provider, pause)
+            await asyncio.sleep(pause)
 
     async def settle(self, reservation: Reservation | None, tokens: int) -> None:
         """Replace a reservation's estimated tokens with what the call actually used."""

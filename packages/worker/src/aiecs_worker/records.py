@@ -13,6 +13,7 @@ from typing import Any
 
 from aiecs_core import TaskEvent, TaskRequest, TaskStatus
 
+from . import metrics
 from .events import PENDING_PUBLISH_LUA, TaskKeys, finish_sync, run_script, script_args
 from .runtime import _routable
 from .settings import get_settings
@@ -56,6 +57,8 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
         )
     except Exception:  # noqa: BLE001
         return False
+    if seq:
+        metrics.submitted(request.task_name)
     return bool(seq)
 
 

@@ -59,6 +59,7 @@ from aiecs_core import (
 )
 from pydantic import ValidationError
 
+from . import metrics
 from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_task_id, script_args
 from .lease import (
     HEARTBEAT_KEYS,
@@ -190,6 +191,7 @@ class WorkerContext(OperationContext):
     def __init__(self, request: TaskRequest, runtime: Runtime, *, deadline: float | None):
         super().__init__(request, deadline=deadline)
         self._runtime = runtime
+        self.began = time.monotonic()  # for the duration metric and log
 
     def emit(self, type_: str, **fields: Any) -> None:
         event = self.make_event(type_, **fields)
@@ -402,6 +404,7 @@ class Runtime:
         request = ctx.request
         running = _Running(ctx, task=asyncio.current_task())
         self.running[celery_id] = running
+        metrics.started(request.task_name)
         status, error, result, attempts = TaskStatus.COMPLETED, None, None, 0
         try:
             try:
@@ -430,6 +433,7 @@ class Runtime:
         finally:
             running.over = True
             self.running.pop(celery_id, None)
+            metrics.stopped()
 
         if running.cancel_reason == "timeout":
             ctx.cancel()
@@ -457,7 +461,8 @@ class Runtime:
             try:
                 result = await limited_call(
                     self.limiter, instance, spec.name, data, ctx,
-                    lambda: invoke_operation(instance, spec, ctx, data),
+                    lambda: metrics.provider_call(instance, spec.name, ctx,
+                                                  invoke_operation(instance, spec, ctx, data)),
                 )
                 return result, attempt
             except AiecsError as exc:
@@ -626,6 +631,8 @@ class Runtime:
         if seq == 0:
             log.info("task %s (%s) was already terminal; outcome %s not recorded",
                      celery_id, request.key, status.value)
+        else:
+            metrics.finished(request.task_name, status.value, getattr(ctx, "began", None))
         if self._suspect == keys.state(request.step):
             self._suspect = None  # the finish script released the lock
         return Outcome(status, result=result, error=error, celery_id=celery_id)

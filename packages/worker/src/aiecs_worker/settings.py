@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Literal
 
 from aiecs_core import ConfigurationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -82,6 +83,25 @@ class Settings(BaseModel):
     """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
     aiecs_deadletter_maxlen: int = Field(default=1000, gt=0)
     """AIECS_DEADLETTER_MAXLEN: malformed broker messages kept in ``aiecs:deadletter``."""
+
+    # --- operations: metrics and logs --------------------------------------------------------
+    aiecs_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """AIECS_METRICS_PORT: the worker serves Prometheus metrics on this port (unset: off;
+    0: any free port, logged)."""
+    aiecs_metrics_host: str = "0.0.0.0"
+    """AIECS_METRICS_HOST: interface of the worker's metrics endpoint."""
+    aiecs_log_format: Literal["text", "json"] = "text"
+    """AIECS_LOG_FORMAT: ``json`` writes one JSON object per log line (worker and server)."""
+
+    @field_validator("aiecs_metrics_port", mode="before")
+    @classmethod
+    def _blank_is_off(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("aiecs_log_format", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("celery_broker_url")
     @classmethod

@@ -6,6 +6,10 @@ worker per core (bench: 2 processes on 2 cores, 192 chat tasks/s against 128 for
 This starts them as one command and keeps them running: a worker that exits is started
 again (after a back-off when it keeps dying); SIGTERM or SIGINT stops them all (warm
 shutdown: running tasks finish) and the command exits when they have.
+
+With ``AIECS_METRICS_PORT`` set, the workers write their metrics to one shared
+``PROMETHEUS_MULTIPROC_DIR`` and this command serves their sum on that port (see
+:mod:`aiecs_worker.metrics_http`).
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ class Supervisor:
         self.procs: list[subprocess.Popen | None] = [None] * processes
         self.started_at = [0.0] * processes
         self._stopping = False
+        self.env: dict[str, str] | None = None  # the workers' environment (None: ours)
 
     def command(self, index: int) -> list[str]:
         return [CELERY, "-A", "aiecs_worker", "worker", *self.celery_args,
                 "--hostname", f"{self.name}{index + 1}@%h"]
 
     def _start(self, index: int) -> None:
-        self.procs[index] = subprocess.Popen(self.command(index))
+        self.procs[index] = subprocess.Popen(self.command(index), env=self.env)
         self.started_at[index] = time.monotonic()
         self.echo(f"aiecs worker: started worker {index + 1} (pid {self.procs[index].pid})")
 
@@ -51,9 +56,36 @@ class Supervisor:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM if signum != signal.SIGINT else signal.SIGINT)
 
+    def _serve_metrics(self) -> Callable[[], None]:
+        """Serve the workers' summed metrics here; returns the clean-up."""
+        import shutil
+
+        from .metrics_http import prepare_dir, serve
+        from .settings import get_settings
+
+        s = get_settings()
+        if s.aiecs_metrics_port is None:
+            return lambda: None
+        path, made = prepare_dir()
+        self.env = {k: v for k, v in os.environ.items() if k.upper() != "AIECS_METRICS_PORT"}
+        try:
+            port = serve(s.aiecs_metrics_port, s.aiecs_metrics_host, path)
+        except OSError as exc:
+            raise SystemExit(f"aiecs worker: cannot serve metrics on {s.aiecs_metrics_host}:"
+                             f"{s.aiecs_metrics_port} (AIECS_METRICS_PORT): {exc}") from None
+        self.echo(f"aiecs worker: metrics on http://{s.aiecs_metrics_host}:{port}/metrics")
+        return (lambda: shutil.rmtree(path, ignore_errors=True)) if made else (lambda: None)
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        cleanup = self._serve_metrics()
+        try:
+            return self._run()
+        finally:
+            cleanup()
+
+    def _run(self) -> int:
         for i in range(self.processes):
             self._start(i)
         while True:

@@ -6,6 +6,7 @@ One ASGI application, served by ``aiecs serve`` or ``uvicorn aiecs_worker.server
     /                  the web page (static files under /static)
     /tasks, /tasks/ID  the task API          /services  the registry listing
     /healthz           Redis and pub/sub listener health      /config  page settings
+    /metrics           Prometheus metrics (aiecs_worker.metrics)
     /dev/token         dev mode only: a token for any user id
 
 ``app`` is built on first access from the environment (see :mod:`.settings`), so importing
@@ -45,12 +46,14 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
     import socketio
     from aiecs_core import load_plugins, register_secret
 
+    from .. import metrics
     from ..settings import get_settings
     from .api import create_http_app
     from .realtime import ProgressSocket
 
     settings = settings or get_server_settings()
     worker_settings = worker_settings or get_settings()
+    metrics.load()  # now, not on the event loop at the first count
     secret = settings.secret()
     origins = settings.allowed_origins(port)
     socket = ProgressSocket(

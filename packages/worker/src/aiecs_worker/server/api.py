@@ -55,6 +55,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..events import TaskKeys
+from ..metrics_http import metrics_endpoint
 from ..runtime import check_payload_size
 from .tokens import TokenError, issue_token, verify_token
 
@@ -467,6 +468,7 @@ def create_http_app(*, allowed_origins: list[str], dev: bool, lifespan=None) -> 
         Route("/", index, methods=["GET"]),
         Route("/config", config, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/services", services, methods=["GET"]),
         Route("/tasks", submit_task, methods=["POST"]),
         Route("/tasks/{task_id}", get_task, methods=["GET"]),

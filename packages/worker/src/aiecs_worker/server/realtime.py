@@ -67,6 +67,7 @@ from aiecs_core import ID_PATTERN, jsonlimits
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from socketio import packet as sio_packet
 
+from .. import metrics
 from ..events import EVENT_NAME, TaskKeys, user_room
 from .tokens import TokenError, verify_token
 
@@ -258,6 +259,11 @@ class ProbedRedisManager(socketio.AsyncRedisManager):
                 continue
             yield data
 
+    async def _handle_emit(self, message):
+        room = self.rooms.get(message.get("namespace") or "/", {}).get(message.get("room"))
+        metrics.delivered(len(room) if room else 0)
+        await super()._handle_emit(message)
+
     @staticmethod
     def probe_packet(nonce: str) -> bytes:
         return _PROBE_PREFIX + f'"nonce": {json.dumps(nonce)}}}'.encode()
@@ -444,6 +450,7 @@ class ProgressSocket:
         self.manager.connected = False
         self.manager.thread = self.sio.start_background_task(self.manager._thread)
         self._listener_restarts += 1
+        metrics.listener_restarted()
 
     # -- handlers ---------------------------------------------------------------------------
     def _register(self) -> None:
@@ -486,6 +493,7 @@ class ProgressSocket:
             tokens=float(self.limits.burst))
         delay = identity.expires_at - time.time()
         self._expiry[sid] = asyncio.get_running_loop().create_task(self._expire(sid, delay))
+        metrics.socket_connected(1)
 
     async def _expire(self, sid: str, delay: float) -> None:
         await asyncio.sleep(max(0.0, delay))
@@ -503,6 +511,7 @@ class ProgressSocket:
         if conn is not None:
             conn.user.connections -= 1
             self._forget_user(conn)
+            metrics.socket_connected(-1)
 
     def _forget_user(self, conn: _Connection) -> None:
         user = conn.user
@@ -690,6 +699,7 @@ class ProgressSocket:
                     pipe.hget(keys.state(step), "status")
                 for step, status in zip(steps, await pipe.execute(), strict=True):
                     statuses[str(step)] = status.decode() if status else None
+        metrics.replayed(replayed)
         # the log's real end, also when the client's after_seq is past it
         last_seq = max(after if replayed else 0, int(last_seq_raw or 0))
         return {

@@ -1,0 +1,192 @@
+"""Serving the metrics of :mod:`aiecs_worker.metrics`: every process of a worker, one page.
+
+- A worker serves ``/metrics`` on ``AIECS_METRICS_PORT`` (unset: off) and
+  ``AIECS_METRICS_HOST``. Its processes (the prefork pool's children, or the one process of
+  an in-process pool) write their values to files in ``PROMETHEUS_MULTIPROC_DIR``
+  (prometheus_client's multi-process mode); the main process serves their sum. Without
+  the variable the worker makes a private directory and removes it when it stops.
+- ``aiecs worker --processes N`` with ``AIECS_METRICS_PORT``: the N workers share one
+  directory and the supervising command serves it, so a host (a pod) is one scrape target.
+- The progress server serves ``/metrics`` on its own port (:func:`metrics_endpoint`).
+
+A process that died (a prefork child replaced, a worker restarted) leaves its counters in
+the sum (they do not go back) and its gauges out of it: its files are marked dead when
+the child exits and, for one killed outright, when the next scrape finds it gone.
+``aiecs_process_resident_memory_bytes{pid}`` reports each live process's memory (Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+from celery import signals
+
+from . import metrics
+
+__all__ = ["exposition", "metrics_endpoint", "prepare_dir", "serve"]
+
+log = logging.getLogger("aiecs.metrics")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+#: the directory this process made (and removes at shutdown)
+_private_dir: str | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pids(path: str) -> set[int]:
+    return {int(m.group(1)) for f in os.listdir(path) if (m := _PID_FILE.search(f))}
+
+
+class _ProcessCollector:
+    """Marks dead processes' gauges dead, then reports each live process's memory."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.multiprocess import mark_process_dead
+
+        pids = {os.getpid()}
+        if self.path:
+            pids = set()
+            for pid in _pids(self.path):
+                if _alive(pid):
+                    pids.add(pid)
+                else:
+                    mark_process_dead(pid, self.path)
+        family = GaugeMetricFamily("aiecs_process_resident_memory_bytes",
+                                   "Resident memory of each live process", labels=["pid"])
+        page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        for pid in sorted(pids):
+            with contextlib.suppress(OSError, ValueError, IndexError), \
+                    open(f"/proc/{pid}/statm") as f:
+                family.add_metric([str(pid)], int(f.read().split()[1]) * page)
+        yield family
+
+
+def exposition(path: str | None = None) -> tuple[bytes, str]:
+    """The metrics page (body, content type): the sum over ``path`` (default
+    ``PROMETHEUS_MULTIPROC_DIR``), or this process's own values when there is none."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    path = path or os.environ.get(MULTIPROC_ENV)
+    registry = CollectorRegistry()
+    registry.register(_ProcessCollector(path))  # first: sweeps the dead before the sum
+    if path:
+        MultiProcessCollector(registry, path=path)
+    else:
+        for metric in metrics.load().objects.values():
+            registry.register(metric)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def serve(port: int, host: str, path: str | None = None) -> int:
+    """Serve :func:`exposition` on ``http://host:port/metrics`` from a daemon thread;
+    returns the port (``0`` picks a free one)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404)
+                return
+            try:
+                body, ctype = exposition(path)
+            except Exception:  # noqa: BLE001 - a scrape must not kill the thread
+                log.exception("metrics exposition failed")
+                self.send_error(500)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # scrapes are not worth a log line
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="aiecs-metrics", daemon=True).start()
+    return server.server_address[1]
+
+
+def prepare_dir() -> tuple[str, bool]:
+    """``PROMETHEUS_MULTIPROC_DIR``, made (private, empty) and exported when unset:
+    (path, made here)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        return path, False
+    path = tempfile.mkdtemp(prefix="aiecs-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    return path, True
+
+
+async def metrics_endpoint(request: Any) -> Any:
+    """The progress server's ``GET /metrics`` (Starlette)."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import Response
+
+    body, ctype = await run_in_threadpool(exposition)
+    return Response(body, media_type=ctype.split(";")[0],
+                    headers={"Content-Type": ctype})
+
+
+# -- the worker -------------------------------------------------------------------------------
+@signals.celeryd_after_setup.connect
+def _on_worker_setup(**_: Any) -> None:
+    """Before the pool starts (and once logging is set up): load the metrics (the pool's
+    children inherit them) and serve."""
+    global _private_dir
+    from .settings import get_settings
+
+    s = get_settings()
+    if s.aiecs_metrics_port is None:
+        if os.environ.get(MULTIPROC_ENV):  # a process of `aiecs worker -p N`: record only
+            metrics.load()
+        return
+    path, made = prepare_dir()
+    _private_dir = path if made else None
+    metrics.load()
+    try:
+        port = serve(s.aiecs_metrics_port, s.aiecs_metrics_host, path)
+    except OSError as exc:
+        log.error("metrics not served: cannot listen on %s:%s (AIECS_METRICS_PORT): %s",
+                  s.aiecs_metrics_host, s.aiecs_metrics_port, exc)
+        return
+    log.info("metrics served on http://%s:%d/metrics", s.aiecs_metrics_host, port)
+
+
+@signals.worker_process_shutdown.connect
+def _on_child_exit(**_: Any) -> None:
+    """A prefork child leaves: its gauges leave the sum."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path and metrics.loaded():
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(os.getpid(), path)
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    if _private_dir is not None:
+        shutil.rmtree(_private_dir, ignore_errors=True)

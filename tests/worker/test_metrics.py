@@ -1,0 +1,75 @@
+"""A real worker's /metrics after real tasks: the specification's three Grafana queries
+(section 7.1) have their series, under the threads pool and under prefork (where the
+tasks run in pool children and the main process serves their sum)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiecs_worker import execute_task
+
+from tests.support.events import wait_for_event, wait_terminal, wait_until
+from tests.support.metrics import by, histogram_quantile, metrics_url, scrape, total
+
+ENV = {"AIECS_METRICS_PORT": "0", "AIECS_METRICS_HOST": "127.0.0.1"}
+
+
+def submit(**input_data) -> str:
+    task_id = f"t{uuid.uuid4().hex[:10]}"
+    execute_task.delay(task_name="echo", user_id="alice", task_id=task_id, step=1,
+                       mode="test", service="echo", input_data=input_data, context={})
+    return task_id
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_the_specification_queries_have_their_series(aiecs_redis, start_worker, pool):
+    worker = start_worker(pool=pool, concurrency=2, env=ENV)
+    url = metrics_url(worker.log)
+    client = aiecs_redis.client()
+
+    # a slow one first: it is an active task while it runs
+    slow = submit(text="slow one", chunks=4, delay=0.5)
+    wait_for_event(client, "alice", slow, lambda e: e["type"] == "stream")
+    wait_until(lambda: total(scrape(url), "celery_active_tasks") == 1, timeout=10,
+               message="celery_active_tasks == 1 while the slow task runs")
+
+    done = [submit(text="one two three") for _ in range(2)]
+    failed = [submit(text="x", fail="auth") for _ in range(2)]
+    for task_id in [slow, *done]:
+        assert wait_terminal(client, "alice", task_id)[0]["status"] == "completed"
+    for task_id in failed:
+        assert wait_terminal(client, "alice", task_id)[0]["status"] == "failed"
+
+    def counted() -> bool:
+        s = scrape(url)
+        return total(s, "celery_task_executions_total", status="completed") == 3 and \
+            total(s, "celery_task_executions_total", status="failed") == 2
+    wait_until(counted, timeout=10, message="3 completed and 2 failed executions counted")
+    s = scrape(url)
+
+    # sum(rate(celery_task_executions_total[5m])) by (status)
+    statuses = by(s, "celery_task_executions_total", "status")
+    assert statuses == {"running": 5.0, "completed": 3.0, "failed": 2.0}, statuses
+    assert {lab["task_name"] for lab, _ in s["celery_task_executions_total"]} == {"echo"}
+
+    # histogram_quantile(0.95, rate(celery_task_duration_seconds_bucket[5m]))
+    assert total(s, "celery_task_duration_seconds_count", task_name="echo") == 5
+    p95 = histogram_quantile(0.95, s, "celery_task_duration_seconds")
+    assert 0.5 <= p95 <= 5.0, p95  # the slow task took about 2 s of the five
+    assert total(s, "celery_task_duration_seconds_sum") >= 2.0
+
+    # celery_active_tasks
+    assert "celery_active_tasks" in s and total(s, "celery_active_tasks") == 0
+
+    # the provider's: every attempt, its errors by type, its latency, its tokens
+    assert total(s, "aiecs_provider_requests_total", provider="echo", operation="echo") == 5
+    assert by(s, "aiecs_provider_errors_total", "error_type") == {"AuthenticationError": 2.0}
+    assert total(s, "aiecs_provider_call_duration_seconds_count", provider="echo") == 5
+    assert total(s, "aiecs_provider_tokens_total", model="echo-1", direction="input") == 8
+    assert total(s, "aiecs_provider_calls_in_flight") == 0
+    # each process that ran tasks reports its memory
+    assert total(s, "aiecs_process_resident_memory_bytes") > 10_000_000
+    if pool == "prefork":
+        pids = {lab["pid"] for lab, _ in s["aiecs_process_resident_memory_bytes"]}
+        assert pids & set(map(str, worker.children())), (pids, worker.children())
