@@ -1,0 +1,51 @@
+"""The progress server's /metrics: connected sockets, events delivered, replays served
+(scraped over HTTP from a real ``aiecs serve``, events from the worker's publisher)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiecs_core import TaskEvent, TaskStatus
+
+from tests.server.serverproc import Recorder, async_wait_until, uid
+from tests.support.metrics import scrape, total
+
+
+def test_sockets_deliveries_and_replays_are_counted(start_server, aiecs_redis):
+    from aiecs_worker.events import RedisEventPublisher
+
+    server = start_server(aiecs_redis.url)
+    url = server.url + "/metrics"
+    assert total(scrape(url), "aiecs_server_connected_sockets") == 0
+
+    async def main():
+        user, task = uid(), uid("t")
+        pub = RedisEventPublisher(aiecs_redis.url)
+        ev = {"task_id": task, "step": 1, "user_id": user, "task_name": "echo"}
+        for i in range(3):
+            await pub.publish(TaskEvent(type="stream", status=TaskStatus.RUNNING,
+                                        delta=str(i), **ev))
+        tabs = [Recorder(server, server.token(user)) for _ in range(2)]
+        for tab in tabs:
+            await tab.connect()
+        ack = await tabs[0].subscribe(task)
+        assert ack["replayed"] == 3
+        s = scrape(url)
+        assert total(s, "aiecs_server_connected_sockets") == 2
+        assert total(s, "aiecs_server_replays_total") == 1
+        assert total(s, "aiecs_server_replayed_events_total") == 3
+        # one live event to the user's room: one packet per connection
+        await pub.publish(TaskEvent(type="status", status=TaskStatus.COMPLETED, **ev))
+        await async_wait_until(lambda: all(tab.live() for tab in tabs))
+        assert total(scrape(url), "aiecs_server_events_delivered_total") == 2
+        for tab in tabs:
+            await tab.close()
+        await pub.aclose()
+        await async_wait_until(
+            lambda: total(scrape(url), "aiecs_server_connected_sockets") == 0,
+            message="connected sockets back to 0")
+
+    asyncio.run(main())
+    s = scrape(url)
+    assert "aiecs_server_listener_restarts_total" in s
+    assert total(s, "aiecs_process_resident_memory_bytes") > 10_000_000
