@@ -5,6 +5,7 @@
 specification's tasks.
 """
 
+from . import logs as _logs  # noqa: F401 - JSON logs (AIECS_LOG_FORMAT)
 from . import metrics_http as _metrics_http  # noqa: F401 - metrics served by the worker
 from . import redaction as _redaction  # noqa: F401 - logging signal hooks
 from . import startup as _startup  # noqa: F401 - the start-up report of plugins

@@ -76,8 +76,12 @@ def serve(host: str | None, port: int | None, dev: bool, log_level: str) -> None
     if settings.aiecs_dev:
         click.echo("aiecs: DEVELOPMENT MODE: anyone who can reach this server can get a token",
                    err=True)
+    from .logs import json_mode
+
+    # JSON logs: uvicorn's loggers write through the root logger's JSON handler
+    extra: dict[str, Any] = {"log_config": None} if json_mode() else {}
     uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False,
-                ws_max_size=max(settings.aiecs_max_message_bytes, 64 * 1024))
+                ws_max_size=max(settings.aiecs_max_message_bytes, 64 * 1024), **extra)
 
 
 class _Formatter:
@@ -98,8 +102,10 @@ class _Formatter:
 def _configure_logging(level: str) -> None:
     import logging
 
+    from .logs import json_formatter, json_mode
+
     handler = logging.StreamHandler()
-    handler.setFormatter(_Formatter())  # type: ignore[arg-type]
+    handler.setFormatter(json_formatter() if json_mode() else _Formatter())  # type: ignore[arg-type]
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 

@@ -59,7 +59,7 @@ from aiecs_core import (
 )
 from pydantic import ValidationError
 
-from . import metrics
+from . import logs, metrics
 from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_task_id, script_args
 from .lease import (
     HEARTBEAT_KEYS,
@@ -633,6 +633,7 @@ class Runtime:
                      celery_id, request.key, status.value)
         else:
             metrics.finished(request.task_name, status.value, getattr(ctx, "began", None))
+            logs.finished(celery_id, status.value, getattr(ctx, "began", None))
         if self._suspect == keys.state(request.step):
             self._suspect = None  # the finish script released the lock
         return Outcome(status, result=result, error=error, celery_id=celery_id)

@@ -70,10 +70,12 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
     async def lifespan(app):
         from starlette.concurrency import run_in_threadpool
 
+        from ..logs import install as install_json_logs
         from ..redaction import install as install_redaction
 
         register_secret(secret)  # also a dev mode's generated one
         install_redaction()  # now that uvicorn has set up its loggers
+        install_json_logs()  # AIECS_LOG_FORMAT=json
         await socket.start()
         registry = await run_in_threadpool(load_plugins)
         for failure in registry.failures:
