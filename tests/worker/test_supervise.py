@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from tests.support.events import wait_terminal, wait_until
+from tests.support.metrics import metrics_url, scrape, total
 from tests.support.worker import WorkerProcess
 
 AIECS = str(Path(sys.executable).with_name("aiecs"))
@@ -29,7 +30,8 @@ def test_two_workers_one_command_restarted_and_stopped_together(aiecs_redis):
     from aiecs_worker import execute_task
 
     log = Path(tempfile.mkstemp(prefix="aiecs-supervise-", suffix=".log")[1])
-    env = WorkerProcess(redis_url=aiecs_redis.url).environ()
+    env = WorkerProcess(redis_url=aiecs_redis.url, env={
+        "AIECS_METRICS_PORT": "0", "AIECS_METRICS_HOST": "127.0.0.1"}).environ()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [AIECS, "worker", "--processes", "2", "--", "--pool", "threads",
@@ -55,6 +57,13 @@ def test_two_workers_one_command_restarted_and_stopped_together(aiecs_redis):
         for task_id in ids:
             terminal, _ = wait_terminal(client, "alice", task_id)
             assert terminal["status"] == "completed"
+        # one metrics page for both workers (one shared directory), summed
+        url = metrics_url(log.read_text)
+        wait_until(lambda: total(scrape(url), "celery_task_executions_total",
+                                 status="completed") == 8, timeout=10,
+                   message="8 completed executions on the command's metrics page")
+        pids = {lab["pid"] for lab, _ in scrape(url)["aiecs_process_resident_memory_bytes"]}
+        assert set(map(str, children)) <= pids
 
         # a worker that dies is started again
         os.kill(children[0], signal.SIGKILL)
@@ -66,6 +75,12 @@ def test_two_workers_one_command_restarted_and_stopped_together(aiecs_redis):
         now = [int(p) for p in subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
         assert len(now) == 2 and children[0] not in now
+        # the dead worker's counts stay in the sum, its gauges and memory leave it
+        s = scrape(url)
+        assert total(s, "celery_task_executions_total", status="completed") == 8
+        assert total(s, "celery_active_tasks") == 0
+        assert str(children[0]) not in {
+            lab["pid"] for lab, _ in s["aiecs_process_resident_memory_bytes"]}
 
         # SIGTERM stops them all, and the command exits
         os.kill(proc.pid, signal.SIGTERM)

@@ -512,12 +512,15 @@ def worker(processes: int | None, celery_args: tuple[str, ...]) -> None:
     ``aiecs worker -p 2 -- -Q fast_tasks --pool threads --concurrency 200``.
     A worker that exits is started again; SIGTERM / Ctrl-C stops them all.
     """
+    from .logs import json_line, json_mode
     from .supervise import Supervisor, default_processes
 
     n = processes or default_processes()
     if n < 1:
         _fail("--processes must be at least 1", 2)
-    raise SystemExit(Supervisor(n, celery_args, echo=click.echo).run())
+    echo = (lambda text: click.echo(json_line(text, "aiecs.supervise"))) if json_mode() \
+        else click.echo
+    raise SystemExit(Supervisor(n, celery_args, echo=echo).run())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,7 +33,7 @@ from typing import Any
 from aiecs_core import redact
 from celery import signals
 
-__all__ = ["bind", "finished", "install", "json_formatter", "json_mode"]
+__all__ = ["bind", "finished", "install", "json_formatter", "json_line", "json_mode"]
 
 log = logging.getLogger("aiecs.worker")
 _identity: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -61,6 +61,7 @@ def json_formatter() -> logging.Formatter:
                 record.created, tz=datetime.UTC).isoformat(timespec="milliseconds")
             log_data["level"] = record.levelname
             log_data["logger"] = record.name
+            log_data["message"] = record.message
             log_data["pid"] = record.process
             identity = _identity.get()
             if identity:
@@ -77,6 +78,12 @@ def json_formatter() -> logging.Formatter:
                 record.exc_info = exc_info
 
     return Formatter(reserved_attrs=[*RESERVED_ATTRS, *_SKIP], json_ensure_ascii=False)
+
+
+def json_line(message: str, logger: str = "aiecs", level: int = logging.INFO) -> str:
+    """``message`` as a JSON log line (for what a command prints, e.g. ``aiecs worker``)."""
+    record = logging.LogRecord(logger, level, "", 0, message, None, None)
+    return json_formatter().format(record)
 
 
 def install(*loggers: Any) -> int:
