@@ -159,14 +159,13 @@ def _on_init(instance: Any = None, **_: Any) -> None:
         root.addHandler(handler)
 
 
-@signals.after_setup_logger.connect
-def _on_setup_logger(logger: Any = None, **_: Any) -> None:
+def _on_logger_set_up(logger: Any = None, **_: Any) -> None:
+    """Celery set up its logger's (or its task logger's) handlers: JSON them."""
     install(*([logger] if logger is not None else []))
 
 
-@signals.after_setup_task_logger.connect
-def _on_setup_task_logger(logger: Any = None, **_: Any) -> None:
-    install(*([logger] if logger is not None else []))
+signals.after_setup_logger.connect(_on_logger_set_up, weak=False)
+signals.after_setup_task_logger.connect(_on_logger_set_up, weak=False)
 
 
 @signals.task_prerun.connect
