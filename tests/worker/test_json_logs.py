@@ -54,8 +54,9 @@ def test_json_lines_with_identity_and_no_secret(aiecs_redis, start_worker):
         return [r for r in records if r.get("task_id") == task_id]
 
     # the HTTP client's DEBUG lines (the headers echo the key) carry the execution
-    http = [r for r in lines(ok) if r["logger"].startswith(("httpx", "httpcore", "openai"))]
-    assert http and any("x-request-id" in r["message"] for r in lines(ok)), lines(ok)
+    http = [r for r in lines(ok)
+            if r["logger"].startswith(("httpx", "httpcore", "aiohttp", "openai"))]
+    assert http and any("request_id" in r["message"] for r in http), lines(ok)
     for task_id, status in ((ok, "completed"), (denied, "failed"), (streamed, "completed"),
                             (buggy, "failed")):
         end = [r for r in lines(task_id) if "duration" in r]
