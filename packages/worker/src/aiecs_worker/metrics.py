@@ -53,6 +53,7 @@ CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _m: Any = None  # the metric objects (a namespace), once loaded
 _lock = threading.Lock()
 _labels: dict[str, set[str]] = {"task_name": set(), "model": set()}
+_children: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
 def _define(prom: Any) -> dict[str, Any]:
@@ -139,6 +140,16 @@ def loaded() -> bool:
     return _m is not None
 
 
+def _child(metric: str, *labels: str) -> Any:
+    """``metric.labels(*labels)``, cached (prometheus_client validates and locks on each
+    call: this is a dict lookup)."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = getattr(_m, metric).labels(*labels)
+    return child
+
+
 def _bounded(kind: str, value: str) -> str:
     seen = _labels[kind]
     if value in seen:
@@ -154,13 +165,13 @@ def _bounded(kind: str, value: str) -> str:
 def submitted(task_name: str) -> None:
     """An execution was queued (counted where it was submitted)."""
     if _m is not None:
-        _m.executions.labels(_bounded("task_name", task_name), "pending").inc()
+        _child("executions", _bounded("task_name", task_name), "pending").inc()
 
 
 def started(task_name: str) -> None:
     """An operation starts running."""
     if _m is not None:
-        _m.executions.labels(_bounded("task_name", task_name), "running").inc()
+        _child("executions", _bounded("task_name", task_name), "running").inc()
         _m.active.inc()
 
 
@@ -174,9 +185,9 @@ def finished(task_name: str, status: str, began: float | None) -> None:
     """An execution's outcome was recorded; ``began`` is its ``time.monotonic()`` start."""
     if _m is not None:
         name = _bounded("task_name", task_name)
-        _m.executions.labels(name, status).inc()
+        _child("executions", name, status).inc()
         if began is not None:
-            _m.duration.labels(name).observe(time.monotonic() - began)
+            _child("duration", name).observe(time.monotonic() - began)
 
 
 # -- provider calls (aiecs_worker.runtime, aiecs_worker.ratelimit) ----------------------------
@@ -189,7 +200,7 @@ async def provider_call(instance: Any, operation: str, ctx: Any, call: Any) -> A
     cls = type(instance)
     provider = cls.provider or cls.name
     recorded = len(ctx.usage)
-    in_flight = m.in_flight.labels(provider)
+    in_flight = _child("in_flight", provider)
     in_flight.inc()
     t0 = time.monotonic()
     try:
@@ -198,31 +209,31 @@ async def provider_call(instance: Any, operation: str, ctx: Any, call: Any) -> A
         from aiecs_core import AiecsError
 
         kind = type(exc).__name__ if isinstance(exc, AiecsError) else "OperationError"
-        m.errors.labels(provider, kind).inc()
+        _child("errors", provider, kind).inc()
         raise
     finally:
         in_flight.dec()
-        m.requests.labels(provider, operation).inc()
-        m.latency.labels(provider, operation).observe(time.monotonic() - t0)
+        _child("requests", provider, operation).inc()
+        _child("latency", provider, operation).observe(time.monotonic() - t0)
         for usage in ctx.usage[recorded:]:
-            _usage(m, usage)
+            _usage(usage)
 
 
-def _usage(m: Any, usage: Any) -> None:
+def _usage(usage: Any) -> None:
     model = _bounded("model", usage.model)
     if usage.input_tokens:
-        m.tokens.labels(usage.provider, model, "input").inc(usage.input_tokens)
+        _child("tokens", usage.provider, model, "input").inc(usage.input_tokens)
     if usage.output_tokens:
-        m.tokens.labels(usage.provider, model, "output").inc(usage.output_tokens)
+        _child("tokens", usage.provider, model, "output").inc(usage.output_tokens)
     if usage.cost:
-        m.cost.labels(usage.provider, model).inc(usage.cost)
+        _child("cost", usage.provider, model).inc(usage.cost)
 
 
 def rate_limit_wait(provider: str, seconds: float) -> None:
     """A call sleeps ``seconds`` waiting for rate-limit capacity."""
     if _m is not None:
-        _m.rl_waits.labels(provider).inc()
-        _m.rl_seconds.labels(provider).inc(seconds)
+        _child("rl_waits", provider).inc()
+        _child("rl_seconds", provider).inc(seconds)
 
 
 # -- progress server (aiecs_worker.server.realtime) -----------------------------------------
