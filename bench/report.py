@@ -50,6 +50,7 @@ SCALING = [
     ("Redis commands per task", "commands", ".1f", None),
     ("cores busy", "cores_busy", ".2f", None),
 ]
+EVENTS = [(label, key, fmt, None) for label, key, fmt, _ in NOOP]
 STARTUP = {
     "worker start → first ping": [("seconds", "seconds", ".2f", ("ratio_le", 1.2,
                                                                   "≤ 1.2× anchor"))],
@@ -65,6 +66,8 @@ ANCHORS = {
     "streaming": "the same streams read directly with the openai SDK (the floor)",
     "scaling": "bare Celery, same number of threads -c8 processes",
 }
+#: scenarios comparing two aiecs variants instead of aiecs and an anchor
+VARIANTS = {"events": ("on", "off")}
 
 
 def _fmt(value, fmt: str) -> str:
@@ -91,10 +94,10 @@ def _verdict(target, mine, anchor, runs) -> str:
     return "**pass**" if ok else "**FAIL**"
 
 
-def _table(block: dict, rows: list) -> list[str]:
+def _table(block: dict, rows: list, names: tuple[str, str] = ("aiecs", "anchor")) -> list[str]:
     med = block["median"]
-    mine, anchor = med.get("aiecs", {}), med.get("anchor", {})
-    lines = ["| metric | aiecs | anchor | ratio | target | result |",
+    mine, anchor = med.get(names[0], {}), med.get(names[1], {})
+    lines = [f"| metric | {names[0]} | {names[1]} | ratio | target | result |",
              "|---|---:|---:|---:|---|---|"]
     for label, key, fmt, target in rows:
         a, b = _get(mine, key), _get(anchor, key)
@@ -104,7 +107,7 @@ def _table(block: dict, rows: list) -> list[str]:
         else:
             cells = [_fmt(a, fmt), _fmt(b, fmt)]
             ratio = f"{a / b:.2f}×" if a is not None and b else ""
-        runs = [r.get(key) for r in block["runs"].get("aiecs", [])] if not isinstance(
+        runs = [r.get(key) for r in block["runs"].get(names[0], [])] if not isinstance(
             key, tuple) else []
         verdict = _verdict(target, a, b, runs)
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} | "
@@ -128,11 +131,14 @@ def _sections(results: dict) -> list[str]:
               "chat": "3. 200 ms chat calls through the openai SDK",
               "progress": "4. Progress: emit → client with many sockets",
               "startup": "5. Start-up", "streaming": "6. Streaming",
-              "scaling": "7. Scaling: worker processes (threads -c8 each)"}
+              "scaling": "7. Scaling: worker processes (threads -c8 each)",
+              "events": "Celery task events: off (default) vs on (AIECS_TASK_EVENTS=1)"}
     for name, title in titles.items():
         if name not in sc:
             continue
-        out += [f"## {title}", "", f"Anchor: {ANCHORS[name]}.", ""]
+        out += [f"## {title}", ""]
+        if name in ANCHORS:
+            out += [f"Anchor: {ANCHORS[name]}.", ""]
         for config, block in sc[name].items():
             if name == "startup":
                 rows = STARTUP.get(config, [("seconds", "seconds", ".2f", None)])
@@ -140,14 +146,15 @@ def _sections(results: dict) -> list[str]:
                     _startup_ms(block)
             else:
                 rows = {"noop": NOOP, "progress": PROGRESS, "streaming": STREAMING,
-                        "scaling": SCALING}.get(name)
+                        "scaling": SCALING, "events": EVENTS}.get(name)
                 if name == "chat":
                     rows = CHAT_RECOMMENDED if config == "recommended" else CHAT
             label = config
             if name == "chat" and config == "recommended":
                 label = "recommended deployment: " + ", ".join(
                     f"{k}={v}" for k, v in results.get("recommended", {}).items())
-            out += [f"### {label}", "", *_table(block, rows), ""]
+            out += [f"### {label}", "",
+                    *_table(block, rows, VARIANTS.get(name, ("aiecs", "anchor"))), ""]
         if name == "streaming":
             block = next(iter(sc[name].values()))["median"]
             a, d = block.get("aiecs", {}), block.get("anchor", {})

@@ -45,7 +45,7 @@ QUICK = {
 #: For the test suite's smoke test: seconds, one scenario, only to keep the harness working.
 SMOKE = {**QUICK, "noop_tasks": 20, "noop_pools": ["threads"]}
 
-SCENARIOS = ["noop", "chat", "progress", "startup", "streaming", "scaling"]
+SCENARIOS = ["noop", "chat", "progress", "startup", "streaming", "scaling", "events"]
 
 
 def _median(runs: list[dict]) -> dict:
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup": lambda: startup.startup(params, alternate),
         "streaming": lambda: progress.streaming(params, alternate),
         "scaling": lambda: throughput.scaling(params, alternate),
+        "events": lambda: throughput.events(params, alternate),
     }
     started = dt.datetime.now(dt.UTC)
     results = {"date": started.isoformat(timespec="seconds"), "mode": mode_name,

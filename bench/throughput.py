@@ -101,6 +101,21 @@ def noop(p: dict, alternate) -> dict:
     return out
 
 
+def events(p: dict, alternate) -> dict:
+    """Celery's task events off (the default) and on (``AIECS_TASK_EVENTS=1``, worker and
+    producer): the no-op drain, threads -c8 and prefork -c2, nobody consuming the events."""
+    out = {}
+    for pool, conc in (("threads", 8), ("prefork", 2)):
+        out[f"{pool} -c{conc}"] = alternate({
+            "off": lambda pool=pool, conc=conc: drain(AIECS_APP, n=p["noop_tasks"],
+                                                      pool=pool, concurrency=conc),
+            "on": lambda pool=pool, conc=conc: drain(
+                AIECS_APP, n=p["noop_tasks"], pool=pool, concurrency=conc,
+                extra_env={"AIECS_TASK_EVENTS": "1"}),
+        })
+    return out
+
+
 def scaling(p: dict, alternate) -> dict:
     """Scenario 7: 1, 2, 4 threads worker processes (-c8 each) draining no-ops."""
     out = {}
