@@ -83,6 +83,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         # Celery's task events (Flower, `celery events`): AIECS_TASK_EVENTS, or `-E`.
         worker_send_task_events=s.aiecs_task_events,
         task_send_sent_event=s.aiecs_task_events,
+        # Beat: celery-redbeat's scheduler, entries (users' schedules) in the state Redis,
+        # looked at every 5 s at most; see aiecs_worker.beat.
+        beat_scheduler="aiecs_worker.beat:Scheduler",
+        beat_max_loop_interval=5,
+        redbeat_redis_url=s.state_redis_url,
+        redbeat_redis_options={},
+        redbeat_key_prefix="aiecs:beat:",
     )
     if s.celery_worker_concurrency is not None:
         celery_app.conf.worker_concurrency = s.celery_worker_concurrency
