@@ -244,10 +244,14 @@ def _json_arg(value: str | None, name: str) -> dict[str, Any]:
 @click.option("--step", type=int, default=None, help="Step (default: the task's next step).")
 @click.option("--heavy/--fast", default=None,
               help="Override the queue the operation declares.")
+@click.option("--countdown", type=float, default=None, metavar="SECONDS",
+              help="Run no earlier than this many seconds from now (PENDING until then).")
+@click.option("--eta", default=None, metavar="TIME",
+              help="Run no earlier than this ISO 8601 time (with a timezone, e.g. ...Z).")
 @click.option("--watch", "watch_", is_flag=True, help="Follow progress until the end.")
 @client_options
-def submit(service, operation, mode, input_json, context_json, task_id, step, heavy, watch_,
-           server_url, token_opt, user):
+def submit(service, operation, mode, input_json, context_json, task_id, step, heavy, countdown,
+           eta, watch_, server_url, token_opt, user):
     """Submit OPERATION of SERVICE as a task (and optionally watch it)."""
     from .server.client import ApiClient, ApiClientError
 
@@ -262,6 +266,7 @@ def submit(service, operation, mode, input_json, context_json, task_id, step, he
         body["step"] = step
     if heavy is not None:
         body["heavy"] = heavy
+    body.update({k: v for k, v in (("countdown", countdown), ("eta", eta)) if v is not None})
     url = _server_url(server_url)
     tok = _client_token(token_opt, user, url)
     try:
@@ -417,6 +422,80 @@ class _WatchView:
         return EXIT_CODES.get(status, 1)
 
 
+# -- schedule ---------------------------------------------------------------------------------
+@main.group()
+def schedule() -> None:
+    """Periodic executions of a task: add, list, rm (run by `celery -A aiecs_worker beat`)."""
+
+
+@schedule.command("add")
+@click.argument("service")
+@click.argument("operation")
+@click.option("--mode", required=True, help="Registry mode of the service (e.g. chat).")
+@click.option("--every", type=float, default=None, metavar="SECONDS",
+              help="Run every SECONDS (at least 1).")
+@click.option("--cron", default=None, metavar="EXPR",
+              help="Run on a cron expression: 'minute hour day month weekday', UTC.")
+@click.option("--input", "input_json", default=None, metavar="JSON",
+              help="input_data as JSON, @FILE or - for stdin.")
+@click.option("--context", "context_json", default=None, metavar="JSON",
+              help="context as JSON, @FILE or -.")
+@click.option("--task-id", default=None, help="Task id of the runs (default: generated).")
+@click.option("--heavy/--fast", default=None, help="Override the queue the operation declares.")
+@client_options
+def schedule_add(service, operation, mode, every, cron, input_json, context_json, task_id,
+                 heavy, server_url, token_opt, user):
+    """Run OPERATION of SERVICE periodically; prints the task id (each run is a step)."""
+    from . import cli_schedule
+    from .server.client import ApiClientError
+
+    body: dict[str, Any] = {
+        "mode": mode, "service": service, "task_name": operation, "every": every,
+        "cron": cron, "input_data": _json_arg(input_json, "--input"),
+        "context": _json_arg(context_json, "--context"),
+    }
+    body.update({k: v for k, v in (("task_id", task_id), ("heavy", heavy)) if v is not None})
+    url = _server_url(server_url)
+    try:
+        out = cli_schedule.add(url, _client_token(token_opt, user, url), body)
+    except ApiClientError as exc:
+        _fail(f"schedule refused: {exc.message} ({exc.status} {exc.type})", EXIT_WATCH_ERROR)
+    click.echo(cli_schedule.describe(out), err=True)
+    click.echo(out["task_id"])
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the schedules as JSON.")
+@client_options
+def schedule_list(as_json, server_url, token_opt, user):
+    """List your schedules."""
+    from . import cli_schedule
+    from .server.client import ApiClientError
+
+    url = _server_url(server_url)
+    try:
+        items = cli_schedule.list_(url, _client_token(token_opt, user, url))
+    except ApiClientError as exc:
+        _fail(f"{exc.message} ({exc.status} {exc.type})", EXIT_WATCH_ERROR)
+    cli_schedule.print_list(items, as_json, click.echo)
+
+
+@schedule.command("rm")
+@click.argument("task_id")
+@client_options
+def schedule_rm(task_id, server_url, token_opt, user):
+    """Delete the schedule of TASK_ID (runs already submitted go on)."""
+    from . import cli_schedule
+    from .server.client import ApiClientError
+
+    url = _server_url(server_url)
+    try:
+        cli_schedule.remove(url, _client_token(token_opt, user, url), task_id)
+    except ApiClientError as exc:
+        _fail(f"{exc.message} ({exc.status} {exc.type})", EXIT_WATCH_ERROR)
+    click.echo(f"deleted the schedule of {task_id}", err=True)
+
+
 # -- plugins ----------------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
@@ -490,7 +569,7 @@ def health(worker_: bool, nodes: tuple[str, ...], server_url: str | None,
 @click.option("--concurrency", type=int, default=2, show_default=True,
               help="Worker pool size.")
 def dev(host: str, port: int, user: str, concurrency: int) -> None:
-    """Start Redis (embedded if needed), a worker and the server with the page; Ctrl-C
+    """Start Redis (embedded if needed), a worker, beat and the server with the page; Ctrl-C
     stops everything."""
     from .dev import DevStack, DevStackError
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 from aiecs_core import TaskRequest, load_plugins, validate_input
@@ -25,8 +26,12 @@ __all__ = ["cancel", "cancel_celery", "get_state", "record_cancelled", "record_p
 
 
 
-def submit(request: TaskRequest, *, heavy: bool | None = None) -> AsyncResult:
+def submit(request: TaskRequest, *, heavy: bool | None = None,
+           eta: datetime | None = None, countdown: float | None = None) -> AsyncResult:
     """Queue one execution; the queue follows the operation's declaration unless overridden.
+
+    With ``eta`` (an aware datetime; naive is UTC) or ``countdown`` (seconds) it runs no
+    earlier than then, PENDING until; :func:`cancel` ends it CANCELLED at once.
 
     Raises ServiceNotFoundError / OperationNotFoundError / InputValidationError before
     anything is queued when this process knows the service (it loads the same plugins).
@@ -37,7 +42,9 @@ def submit(request: TaskRequest, *, heavy: bool | None = None) -> AsyncResult:
         heavy = spec.heavy
     task = execute_heavy_task if heavy else execute_task
     celery_id = celery_task_id(request.user_id, request.task_id, request.step)
-    return task.apply_async(kwargs=request.model_dump(mode="json"), task_id=celery_id)
+    timing = {k: v for k, v in (("eta", eta), ("countdown", countdown)) if v is not None}
+    return task.apply_async(kwargs=request.model_dump(mode="json"), task_id=celery_id,
+                            **timing)
 
 
 def cancel(user_id: str, task_id: str, step: int) -> bool:
@@ -71,7 +78,17 @@ def _cancel_state(state_key: str, celery_id: str) -> bool:
         from .workflows.flow import after_cancel
 
         after_cancel(client, state_key)  # a waiting workflow step ends now
+        _end_if_not_due(client, state_key)
     return bool(marked)
+
+
+def _end_if_not_due(client: Any, state_key: str) -> None:
+    """A PENDING execution whose eta is still ahead ends CANCELLED now, not at its eta
+    (when a worker would see the revocation): the message that comes then finds it
+    terminal and does not run it."""
+    status, eta, request = client.hmget(state_key, "status", "eta", "request")
+    if status == b"pending" and eta and request and float(eta) > time.time() + 1:
+        record_cancelled((), json.loads(request), "cancelled before its scheduled time")
 
 
 def get_state(user_id: str, task_id: str, step: int | None = None) -> dict[str, Any]:

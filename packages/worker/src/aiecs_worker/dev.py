@@ -1,4 +1,5 @@
-"""``aiecs dev``: Redis, a worker and the progress server with its page, in one command.
+"""``aiecs dev``: Redis, a worker, beat and the progress server with its page, in one
+command.
 
 Redis is, in order of preference: the one ``CELERY_BROKER_URL`` points to; a private
 ``redis-server`` of the system (found on PATH, skipping the Python environment's own bin
@@ -10,7 +11,7 @@ says which one was chosen.
 The port is checked before anything starts: a port in use fails with one line.
 
 The children run in their own sessions, so Ctrl-C reaches only this supervisor, which
-stops them in order (server, worker, Redis), escalating to SIGKILL when one does not
+stops them in order (server, beat, worker, Redis), escalating to SIGKILL when one does not
 stop in time. On Linux they are also told to die with the supervisor, so not even a
 SIGKILLed ``aiecs dev`` leaves orphans.
 """
@@ -156,17 +157,23 @@ class DevStack:
              "INFO", "--concurrency", str(self.concurrency), "--hostname", "aiecs-dev@%h"],
             env, marker=b" ready.",
         )
+        # beat runs users' schedules (a second beat on a shared Redis waits for the lock)
+        beat = self._spawn(
+            "beat",
+            [sys.executable, "-m", "celery", "-A", "aiecs_worker", "beat", "--loglevel", "INFO"],
+            env, marker=b"beat: Starting...",
+        )
         server = self._spawn(
             "server",
             [sys.executable, "-m", "aiecs_worker.cli", "serve", "--host", self.host, "--port",
              str(self.port), "--dev"],
             env, marker=b"Application startup complete",
         )
-        for child in (worker, server):
+        for child in (worker, beat, server):
             threading.Thread(target=self._pump, args=(child,), daemon=True,
                              name=f"aiecs-dev-{child.name}").start()
         deadline = time.monotonic() + timeout
-        for child in (worker, server):
+        for child in (worker, beat, server):
             while not child.ready.wait(0.1):
                 if child.proc.poll() is not None:
                     raise DevStackError(self._died(child))
@@ -354,8 +361,9 @@ class DevStack:
         return ("; last output:\n" + "\n".join(child.tail)) if child.tail else ""
 
     def stop(self) -> None:
-        """Server, then worker (warm shutdown, then cold), then Redis; SIGKILL stragglers."""
-        order = {"server": 0, "worker": 1, "redis": 2}
+        """Server, beat, then worker (warm shutdown, then cold), then Redis; SIGKILL
+        stragglers."""
+        order = {"server": 0, "beat": 1, "worker": 2, "redis": 3}
         for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
             self._stop_child(child, 15 if child.name == "worker" else 10)
         self.children.clear()

@@ -31,19 +31,24 @@ def state_redis():
 
 
 def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
-                   task: str = "") -> bool:
+                   task: str = "", eta: float | None = None) -> bool:
     """Record a queued execution as PENDING (and publish it) unless it already has a state.
 
     Called for every submission (``.delay()``, ``apply_async``, :func:`submit`). Best
     effort: when Redis is unreachable the task is still queued. The record keeps the
     task's arguments, ``queue`` and Celery ``task`` name until it starts, so the sweeper
     can queue it again if the broker loses its message (see aiecs_worker.lease).
+
+    ``eta`` (a timestamp) marks an execution that must not run before then (``eta`` /
+    ``countdown``): its state keeps it, its PENDING event says it, and the sweeper counts
+    its wait from then, not from the submission.
     """
     s = get_settings()
     keys = TaskKeys(request.user_id, request.task_id)
     event = TaskEvent(type="status", task_id=request.task_id, step=request.step,
                       user_id=request.user_id, task_name=request.task_name,
-                      status=TaskStatus.PENDING, message="queued")
+                      status=TaskStatus.PENDING,
+                      message="queued" if eta is None else f"scheduled for {_iso(eta)}")
     ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel, s.aiecs_events_maxlen,
                                    s.aiecs_events_ttl)
     try:
@@ -55,11 +60,23 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
             [celery_id, s.aiecs_events_ttl, time.time(), request.user_id, request.task_name,
              request.step, request.model_dump_json(), queue, task, *ev_args],
         )
+        if seq and eta is not None:
+            state_key = keys.state(request.step)
+            with state_redis().pipeline(transaction=False) as pipe:
+                pipe.hset(state_key, "eta", eta)
+                pipe.zadd(PENDING_KEY, {state_key: int(eta * 1000)}, xx=True)
+                pipe.execute()
     except Exception:  # noqa: BLE001
         return False
     if seq:
         metrics.submitted(request.task_name)
     return bool(seq)
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def record_cancelled(args: tuple, kwargs: dict[str, Any], reason: str) -> bool:

@@ -196,7 +196,7 @@ def decode_state(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:
             val = json.loads(val) if val else None
         elif key in ("step", "deliveries", "spared"):
             val = int(val)
-        elif key in ("started", "finished", "submitted", "updated", "cancel_requested"):
+        elif key in ("started", "finished", "submitted", "updated", "cancel_requested", "eta"):
             val = float(val) if val else None
         out[key] = val
     return out

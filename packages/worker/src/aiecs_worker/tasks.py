@@ -8,6 +8,8 @@ mode, service, input_data, context``). Their Celery task id is derived from
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from aiecs_core import AiecsError, TaskCancelledError, TaskRequest, TaskStatus, redact_data
@@ -54,8 +56,21 @@ class AiecsTask(Task):
             queue = options.get("queue") or (HEAVY_QUEUE if self.name == HEAVY_TASK
                                               else FAST_QUEUE)
             record_pending(request, task_id, queue=getattr(queue, "name", queue),
-                           task=self.name)
+                           task=self.name, eta=eta_timestamp(options))
         return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)
+
+
+def eta_timestamp(options: dict[str, Any]) -> float | None:
+    """When a submission's ``countdown`` / ``eta`` option lets it run (Celery's meaning:
+    a naive ``eta`` is UTC), or None."""
+    countdown, eta = options.get("countdown"), options.get("eta")
+    if countdown is not None:
+        return time.time() + float(countdown)
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if isinstance(eta, datetime):
+        return (eta if eta.tzinfo else eta.replace(tzinfo=UTC)).timestamp()
+    return None
 
 
 def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:

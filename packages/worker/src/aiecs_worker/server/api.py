@@ -10,7 +10,8 @@ that says what went wrong (never a traceback):
 403     a browser request from an origin not in CORS_ALLOWED_ORIGINS
 404     unknown route, or no such task *for this user* (other users' tasks are
         indistinguishable from missing ones)
-409     the execution already exists (submit) or already finished (cancel)
+409     the execution already exists (submit) or already finished (cancel), or the
+        task already has a schedule
 413     the body is larger than AIECS_MAX_PAYLOAD_BYTES allows
 422     the body does not validate: request model, unknown service or operation, or
         input rejected by the operation's input model
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,16 +36,12 @@ from aiecs_core import (
     ID_PATTERN,
     TERMINAL_STATUSES,
     AiecsError,
-    InputValidationError,
-    InvalidTaskError,
-    OperationNotFoundError,
     PayloadTooLargeError,
-    ServiceNotFoundError,
     TaskRequest,
     jsonlimits,
     load_plugins,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -65,6 +63,7 @@ log = logging.getLogger("aiecs.server")
 STATIC_DIR = Path(__file__).parent / "static"
 _TERMINAL = {s.value for s in TERMINAL_STATUSES}
 _ENVELOPE_BYTES = 64 * 1024  # room for the body's own fields around input_data + context
+MAX_DELAY = 30 * 86400  # seconds: the furthest ahead a submission's countdown / eta may be
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -111,6 +110,10 @@ class SubmitBody(BaseModel):
     task_id: str | None = None
     step: int | None = None
     heavy: bool | None = None
+    countdown: float | None = Field(default=None, ge=0, le=MAX_DELAY)
+    """Run no earlier than this many seconds from now (PENDING until then)."""
+    eta: AwareDatetime | None = None
+    """Run no earlier than this time (ISO 8601 with a timezone)."""
 
 
 class DevTokenBody(BaseModel):
@@ -254,6 +257,10 @@ async def submit_task(request: Request) -> Response:
         data = SubmitBody.model_validate(body)
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", _validation_message(exc)) from None
+    if data.eta is not None and (data.countdown is not None
+                                 or data.eta.timestamp() > time.time() + MAX_DELAY):
+        raise ApiError(422, "invalid_request", "give eta or countdown, not both, at most "
+                       f"{MAX_DELAY // 86400} days ahead")
     task_id = data.task_id or uuid.uuid4().hex
     try:
         request_model = TaskRequest(
@@ -280,27 +287,33 @@ async def submit_task(request: Request) -> Response:
                            s.max_payload_bytes)
         spec = load_plugins().operation(req.mode, req.service, req.task_name)
         heavy = spec.heavy if data.heavy is None else data.heavy
-        control.submit(req, heavy=heavy)
-        return {"task_id": task_id, "step": step, "status": "pending",
-                "queue": "heavy_tasks" if heavy else "fast_tasks"}
+        control.submit(req, heavy=heavy, eta=data.eta, countdown=data.countdown)
+        out = {"task_id": task_id, "step": step, "status": "pending",
+               "queue": "heavy_tasks" if heavy else "fast_tasks"}
+        if data.eta is not None or data.countdown is not None:
+            out["eta"] = (data.eta.timestamp() if data.eta is not None
+                          else time.time() + data.countdown)
+        return out
 
+    return JSONResponse(await run_checked(work), status_code=202)
+
+
+async def run_checked(work: Any) -> Any:
+    """``work()`` in a thread: an aiecs error becomes a 422 (413 for a payload too large:
+    unknown service or operation, input refused by its model, ...), a Redis or broker
+    outage a 503."""
     try:
-        out = await run_in_threadpool(work)
+        return await run_in_threadpool(work)
     except ApiError:
         raise
-    except (ServiceNotFoundError, OperationNotFoundError, InputValidationError) as exc:
-        raise ApiError(422, type(exc).__name__, exc.message) from None
     except PayloadTooLargeError as exc:
         raise ApiError(413, "payload_too_large", exc.message) from None
-    except InvalidTaskError as exc:
-        raise ApiError(422, type(exc).__name__, exc.message) from None
-    except AiecsError as exc:
+    except AiecsError as exc:  # ServiceNotFoundError, InputValidationError, ...
         raise ApiError(422, type(exc).__name__, exc.message) from None
     except Exception as exc:
         if _is_backend_error(exc):
             raise _unavailable(exc) from None
         raise
-    return JSONResponse(out, status_code=202)
 
 
 async def _task_view(request: Request, user_id: str, task_id: str, step: int | None,
@@ -344,6 +357,7 @@ def _step_view(step: int, state: dict[str, Any]) -> dict[str, Any]:
         "usage": state.get("usage") or [],
         "attempts": attempts,
         **{k: state.get(k) for k in ("submitted", "started", "finished", "updated")},
+        **({"eta": state["eta"]} if state.get("eta") else {}),
     }
 
 
@@ -464,6 +478,8 @@ class SecurityHeaders:
 
 
 def create_http_app(*, allowed_origins: list[str], dev: bool, lifespan=None) -> Starlette:
+    from .schedules_api import ROUTES as schedule_routes
+
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/config", config, methods=["GET"]),
@@ -473,6 +489,7 @@ def create_http_app(*, allowed_origins: list[str], dev: bool, lifespan=None) -> 
         Route("/tasks", submit_task, methods=["POST"]),
         Route("/tasks/{task_id}", get_task, methods=["GET"]),
         Route("/tasks/{task_id}", cancel_task, methods=["DELETE"]),
+        *schedule_routes,
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     if dev:

@@ -1,0 +1,104 @@
+"""The schedule routes of the task API: ``POST/GET /schedules``, ``GET/DELETE
+/schedules/{task_id}``. The owner is the token's user; a user sees only their own
+schedules (another user's is indistinguishable from a missing one: 404).
+
+A schedule is refused at creation with a 422 naming what is wrong: a bad cron expression,
+both or neither of ``every`` / ``cron``, an interval under 1 s, an unknown service or
+operation, input its operation's model refuses; 409 when the task already has a schedule.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import schedules
+from .api import (
+    _ENVELOPE_BYTES,
+    ApiError,
+    _task_id,
+    _validation_message,
+    authenticate,
+    read_json,
+    run_checked,
+)
+
+__all__ = ["ROUTES"]
+
+
+class ScheduleBody(BaseModel):
+    """``POST /schedules``: what to run (as ``POST /tasks``, without ``step``) and when."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    service: str
+    task_name: str
+    input_data: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    task_id: str | None = None
+    every: float | None = None
+    cron: str | None = None
+    heavy: bool | None = None
+
+
+async def create_schedule(request: Request) -> Response:
+    user_id = authenticate(request)
+    body = await read_json(request, request.app.state.max_payload_bytes + _ENVELOPE_BYTES)
+    if isinstance(body, dict) and "user_id" in body:
+        raise ApiError(422, "invalid_request",
+                       "user_id is taken from the token; remove it from the body")
+    try:
+        data = ScheduleBody.model_validate(body)
+        schedule = schedules.Schedule(
+            user_id=user_id, task_id=data.task_id or uuid.uuid4().hex,
+            **data.model_dump(exclude={"task_id", "heavy"}),
+        )
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", _validation_message(exc)) from None
+
+    def work() -> dict[str, Any]:
+        try:
+            return schedules.create(schedule, heavy=data.heavy)
+        except schedules.ScheduleExistsError as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        except ValueError as exc:  # too many schedules
+            raise ApiError(422, "too_many_schedules", str(exc)) from None
+
+    return JSONResponse(await run_checked(work), status_code=201)
+
+
+async def list_schedules(request: Request) -> Response:
+    user_id = authenticate(request)
+    out = await run_checked(lambda: schedules.list_schedules(user_id))
+    return JSONResponse({"schedules": out})
+
+
+async def get_schedule(request: Request) -> Response:
+    user_id = authenticate(request)
+    task_id = _task_id(request.path_params["task_id"])
+    out = await run_checked(lambda: schedules.get(user_id, task_id))
+    if out is None:
+        raise ApiError(404, "not_found", f"no schedule on task {task_id!r}")
+    return JSONResponse(out)
+
+
+async def delete_schedule(request: Request) -> Response:
+    user_id = authenticate(request)
+    task_id = _task_id(request.path_params["task_id"])
+    if not await run_checked(lambda: schedules.delete(user_id, task_id)):
+        raise ApiError(404, "not_found", f"no schedule on task {task_id!r}")
+    return JSONResponse({"task_id": task_id, "deleted": True})
+
+
+ROUTES = [
+    Route("/schedules", create_schedule, methods=["POST"]),
+    Route("/schedules", list_schedules, methods=["GET"]),
+    Route("/schedules/{task_id}", get_schedule, methods=["GET"]),
+    Route("/schedules/{task_id}", delete_schedule, methods=["DELETE"]),
+]
