@@ -11,7 +11,8 @@ Redis, two ways:
   components configured by URL).
 
 Workers: ``start_worker(pool=..., concurrency=..., queues=..., env={...})`` starts a real
-``celery -A aiecs_worker worker`` against ``aiecs_redis`` and stops it after the test.
+``celery -A aiecs_worker worker`` against ``aiecs_redis`` and stops it after the test;
+``start_beat()`` a ``celery -A aiecs_worker beat`` (tests/support/beat.py).
 
 RabbitMQ: ``rabbit_vhost`` is a private vhost of the machine's RabbitMQ for one test
 (``.url``: an amqp:// broker URL), skipped when there is none (tests/support/rabbitmq.py).
@@ -23,6 +24,7 @@ import os
 
 import pytest
 
+from tests.support.beat import start_beat  # noqa: F401 - fixture
 from tests.support.examples import spec_examples_site  # noqa: F401 - fixture
 from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer
