@@ -22,7 +22,7 @@ class BeatProcess:
 
     redis_url: str
     #: beat's longest sleep; its lock expires 5 times this after it stopped renewing it
-    max_interval: float = 1.0
+    max_interval: int = 1
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     log_path: Path = field(
@@ -79,7 +79,7 @@ class BeatProcess:
 
 @pytest.fixture
 def start_beat(aiecs_redis):
-    """Factory: ``start_beat(max_interval=1.0, env={})`` starts a beat on the session's
+    """Factory: ``start_beat(max_interval=1, env={})`` starts a beat on the session's
     Redis (not waiting for its lock: ``.wait_lock()``); all are stopped after the test."""
     started: list[BeatProcess] = []
 

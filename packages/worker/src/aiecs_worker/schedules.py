@@ -81,12 +81,13 @@ class Schedule(BaseModel):
             return v
         from celery.schedules import crontab
 
+        v = " ".join(v.split())
         try:
             crontab.from_string(v)
         except (ValueError, TypeError, IndexError) as exc:
             raise ValueError(f"invalid cron expression {v!r} (minute hour day-of-month "
                              f"month day-of-week): {exc}") from None
-        return " ".join(v.split())
+        return v
 
     @model_validator(mode="after")
     def _one_clock(self) -> Schedule:
@@ -190,7 +191,7 @@ def create(schedule: Schedule, *, heavy: bool | None = None) -> dict[str, Any]:
     if heavy is None:
         heavy = load_plugins().operation(schedule.mode, schedule.service,
                                          schedule.task_name).heavy
-    schedule = schedule.model_copy(update={"heavy": heavy})
+    schedule = schedule.model_copy(update={"heavy": heavy, "created": time.time()})
     client = state_redis()
     made = run_script(client, _CREATE_LUA,
                       [_key(schedule.user_id, schedule.task_id), _user_key(schedule.user_id)],
@@ -201,7 +202,7 @@ def create(schedule: Schedule, *, heavy: bool | None = None) -> dict[str, Any]:
         raise ValueError(f"at most {MAX_SCHEDULES} schedules per user: delete one first")
     entry = _entry(schedule.user_id, schedule.task_id, schedule.celery_schedule())
     # the first run is one period after now (never at once, which a new cron entry would)
-    entry.last_run_at = datetime.now(UTC)
+    entry.last_run_at = datetime.fromtimestamp(schedule.created, UTC)
     try:
         entry.save()
     except Exception:
@@ -257,10 +258,12 @@ def _view(schedule: Schedule, raw: dict[bytes, bytes]) -> dict[str, Any]:
     try:
         entry = RedBeatSchedulerEntry.from_key(_entry(schedule.user_id, schedule.task_id).key,
                                                app=app)
-        due = entry.due_at
-        next_run = due.timestamp() if due is not None else None
     except KeyError:
         pass
+    else:  # (redbeat's due_at adds the time left from *now* to the last run)
+        left = (entry.schedule.remaining_estimate(entry.last_run_at).total_seconds()
+                if entry.last_run_at is not None else 0.0)
+        next_run = round(time.time() + max(left, 0.0), 3)
     body = schedule.model_dump(mode="json", exclude={"user_id"})
     return {**body, "queue": "heavy_tasks" if schedule.heavy else "fast_tasks",
             "runs": int(raw.get(b"runs") or 0), "last_run": last, "next_run_at": next_run}
