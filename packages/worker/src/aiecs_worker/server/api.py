@@ -29,6 +29,7 @@ import json
 import logging
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -287,12 +288,14 @@ async def submit_task(request: Request) -> Response:
                            s.max_payload_bytes)
         spec = load_plugins().operation(req.mode, req.service, req.task_name)
         heavy = spec.heavy if data.heavy is None else data.heavy
-        control.submit(req, heavy=heavy, eta=data.eta, countdown=data.countdown)
+        eta = data.eta
+        if data.countdown is not None:
+            eta = datetime.now(UTC) + timedelta(seconds=data.countdown)
+        control.submit(req, heavy=heavy, eta=eta)
         out = {"task_id": task_id, "step": step, "status": "pending",
                "queue": "heavy_tasks" if heavy else "fast_tasks"}
-        if data.eta is not None or data.countdown is not None:
-            out["eta"] = (data.eta.timestamp() if data.eta is not None
-                          else time.time() + data.countdown)
+        if eta is not None:
+            out["eta"] = eta.timestamp()
         return out
 
     return JSONResponse(await run_checked(work), status_code=202)
