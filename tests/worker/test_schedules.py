@@ -117,6 +117,21 @@ def test_a_tick_fired_twice_makes_one_execution(aiecs_redis):
     assert schedules.list_schedules(user) == []
 
 
+def test_a_user_has_at_most_max_schedules(aiecs_redis, monkeypatch):
+    monkeypatch.setattr(schedules, "MAX_SCHEDULES", 2)
+    user, _ = _ids()
+    _schedule(user, "a", every=60)
+    _schedule(user, "b", every=60)
+    with pytest.raises(schedules.ScheduleLimitError, match="at most 2 schedules"):
+        _schedule(user, "c", every=60)
+    with pytest.raises(schedules.ScheduleExistsError):
+        _schedule(user, "a", every=60)
+    schedules.delete(user, "a")
+    _schedule(user, "c", every=60)  # room again
+    assert [s["task_id"] for s in schedules.list_schedules(user)] == ["b", "c"]
+    assert _schedule(_ids()[0], "a", every=60)["task_id"] == "a"  # another user's own
+
+
 def test_runs_missed_while_beat_was_down_run_once_then_the_cadence_resumes(
         aiecs_redis, start_beat):
     client = aiecs_redis.client()

@@ -20,12 +20,13 @@ dead. On the same host a dead PID is seen at once and the delivery takes over (a
 SIGKILLed prefork child, whose task Celery redelivers immediately).
 
 **Messages lost in transit.** kombu's Redis transport pops a message (BRPOP) before it
-records it as unacknowledged; a worker killed between the two loses it (the broker has
-no copy). A submission through aiecs leaves a PENDING record with the task's arguments:
-the sweeper queues again an execution still PENDING ``2 × CELERY_VISIBILITY_TIMEOUT``
-after submission (after its eta, for one given ``countdown`` / ``eta``) whose queue is empty (a message waiting in a backlog, or received and
-not yet restored, is not lost: the queue is not empty, or kombu restores it within the
-visibility timeout). A copy sent while the original was only late is harmless.
+records it as unacknowledged; a worker killed between the two loses it (the broker has no
+copy). A submission through aiecs leaves a PENDING record with the task's arguments: the
+sweeper queues again an execution still PENDING ``2 × CELERY_VISIBILITY_TIMEOUT`` after
+submission (after its eta, for one given ``countdown`` / ``eta``) whose queue is empty (a
+message waiting in a backlog, or received and not yet restored, is not lost: the queue is
+not empty, or kombu restores it within the visibility timeout). A copy sent while the
+original was only late is harmless.
 
 **With RabbitMQ as broker** (``amqp://``) no message is lost in transit: the broker
 confirms each submission once its (durable) queue holds the (persistent) message, keeps a

@@ -35,7 +35,8 @@ from .records import state_redis
 from .settings import get_settings
 from .state import steps_key
 
-__all__ = ["FIRE_TASK", "MAX_SCHEDULES", "Schedule", "ScheduleExistsError", "create",
+__all__ = ["FIRE_TASK", "MAX_SCHEDULES", "Schedule", "ScheduleExistsError",
+           "ScheduleLimitError", "create",
            "delete", "fire", "get", "list_schedules", "tick_id"]
 
 #: The task name of the beat entries of schedules (run by :mod:`aiecs_worker.beat`).
@@ -52,6 +53,10 @@ MIN_EVERY = 1.0
 
 class ScheduleExistsError(Exception):
     """The user already has a schedule on this task id."""
+
+
+class ScheduleLimitError(Exception):
+    """The user has :data:`MAX_SCHEDULES` schedules already."""
 
 
 class Schedule(BaseModel):
@@ -184,8 +189,8 @@ def validate(schedule: Schedule) -> Schedule:
 def create(schedule: Schedule, *, heavy: bool | None = None) -> dict[str, Any]:
     """Validate and store a schedule; beat runs it from its next tick on.
 
-    Raises what :func:`validate` raises, :class:`ScheduleExistsError`, or ValueError when
-    the user has :data:`MAX_SCHEDULES` already.
+    Raises what :func:`validate` raises, :class:`ScheduleExistsError` or
+    :class:`ScheduleLimitError`.
     """
     validate(schedule)
     if heavy is None:
@@ -199,7 +204,8 @@ def create(schedule: Schedule, *, heavy: bool | None = None) -> dict[str, Any]:
     if made == 0:
         raise ScheduleExistsError(f"a schedule on task {schedule.task_id!r} already exists")
     if made == -1:
-        raise ValueError(f"at most {MAX_SCHEDULES} schedules per user: delete one first")
+        raise ScheduleLimitError(f"at most {MAX_SCHEDULES} schedules per user: delete one "
+                                 "first")
     entry = _entry(schedule.user_id, schedule.task_id, schedule.celery_schedule())
     # the first run is one period after now (never at once, which a new cron entry would)
     entry.last_run_at = datetime.fromtimestamp(schedule.created, UTC)

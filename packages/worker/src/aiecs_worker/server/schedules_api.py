@@ -67,7 +67,7 @@ async def create_schedule(request: Request) -> Response:
             return schedules.create(schedule, heavy=data.heavy)
         except schedules.ScheduleExistsError as exc:
             raise ApiError(409, "conflict", str(exc)) from None
-        except ValueError as exc:  # too many schedules
+        except schedules.ScheduleLimitError as exc:
             raise ApiError(422, "too_many_schedules", str(exc)) from None
 
     return JSONResponse(await run_checked(work), status_code=201)
