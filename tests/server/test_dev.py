@@ -21,6 +21,7 @@ import psutil
 import pytest
 from aiecs_worker.server.client import ApiClient, TaskWatcher
 
+from tests.support.events import wait_until
 from tests.support.redis_server import free_port
 
 
@@ -202,6 +203,19 @@ def test_dev_prefers_the_system_redis_and_submit_watch_need_no_token():
         watch = _aiecs("watch", "devtask", "--server", url, "--user", "tester", env=env)
         assert watch.returncode == 0, watch.stdout + watch.stderr
         assert watch.stdout.splitlines()[-1] == "COMPLETED task devtask step 1"
+        # The stack runs beat too: a schedule added now runs within seconds.
+        add = _aiecs("schedule", "add", "echo", "echo", "--mode", "test", "--every", "1",
+                     "--input", '{"text": "tick"}', "--task-id", "devsched", "--server", url,
+                     "--user", "tester", env=env)
+        assert add.returncode == 0 and add.stdout.strip() == "devsched", add.stderr
+        api = ApiClient(url, asyncio.run(ApiClient(url, "").request(
+            "POST", "/dev/token", {"user_id": "tester"}))["token"])
+
+        def ran():
+            got = asyncio.run(api.request("GET", "/schedules/devsched"))
+            return (got["last_run"] or {}).get("status") == "completed"
+
+        wait_until(ran, timeout=60, message="a scheduled run in the dev stack")
         # The dev server also allows front-end dev servers' origins (CORS), unlike a
         # production server's default.
         req = urllib.request.Request(url + "/config", headers={"Origin": "http://localhost:3000"})

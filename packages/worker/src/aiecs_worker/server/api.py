@@ -97,9 +97,9 @@ def error_response(status: int, type_: str, message: str, headers: dict | None =
 
 
 # -- request bodies -------------------------------------------------------------------------
-class SubmitBody(BaseModel):
-    """``POST /tasks``: a TaskRequest without ``user_id`` (the token says who), plus
-    ``heavy`` to override the operation's queue."""
+class OperationBody(BaseModel):
+    """What to run: a TaskRequest without ``user_id`` (the token says who) and ``step``,
+    plus ``heavy`` to override the operation's queue."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -109,8 +109,13 @@ class SubmitBody(BaseModel):
     input_data: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     task_id: str | None = None
-    step: int | None = None
     heavy: bool | None = None
+
+
+class SubmitBody(OperationBody):
+    """``POST /tasks``: what to run, which step, and not before when."""
+
+    step: int | None = None
     countdown: float | None = Field(default=None, ge=0, le=MAX_DELAY)
     """Run no earlier than this many seconds from now (PENDING until then)."""
     eta: AwareDatetime | None = None

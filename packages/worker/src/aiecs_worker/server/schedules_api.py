@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,6 +21,7 @@ from .. import schedules
 from .api import (
     _ENVELOPE_BYTES,
     ApiError,
+    OperationBody,
     _task_id,
     _validation_message,
     authenticate,
@@ -31,20 +32,11 @@ from .api import (
 __all__ = ["ROUTES"]
 
 
-class ScheduleBody(BaseModel):
+class ScheduleBody(OperationBody):
     """``POST /schedules``: what to run (as ``POST /tasks``, without ``step``) and when."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    mode: str
-    service: str
-    task_name: str
-    input_data: dict[str, Any] = Field(default_factory=dict)
-    context: dict[str, Any] = Field(default_factory=dict)
-    task_id: str | None = None
     every: float | None = None
     cron: str | None = None
-    heavy: bool | None = None
 
 
 async def create_schedule(request: Request) -> Response:
