@@ -1,9 +1,12 @@
-"""The progress server's /metrics: connected sockets, events delivered, replays served
-(scraped over HTTP from a real ``aiecs serve``, events from the worker's publisher)."""
+"""The progress server's /metrics: connected sockets, events delivered, replays served,
+submissions (scraped over HTTP from a real ``aiecs serve``, events from the worker's
+publisher); and, the same server running with ``AIECS_LOG_FORMAT=json``, its log: one JSON
+object a line (uvicorn's lines included), the signing key on none."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from aiecs_core import TaskEvent, TaskStatus
 
@@ -14,7 +17,7 @@ from tests.support.metrics import scrape, total
 def test_sockets_deliveries_and_replays_are_counted(start_server, aiecs_redis):
     from aiecs_worker.events import RedisEventPublisher
 
-    server = start_server(aiecs_redis.url)
+    server = start_server(aiecs_redis.url, env={"AIECS_LOG_FORMAT": "json"})
     url = server.url + "/metrics"
     assert total(scrape(url), "aiecs_server_connected_sockets") == 0
 
@@ -55,3 +58,14 @@ def test_sockets_deliveries_and_replays_are_counted(start_server, aiecs_redis):
     assert total(s, "celery_task_executions_total", task_name="echo", status="pending") == 1
     assert "aiecs_server_listener_restarts_total" in s
     assert total(s, "aiecs_process_resident_memory_bytes") > 10_000_000
+
+    # the JSON log: a refused token and a malformed body are logged too
+    assert server.http("GET", "/tasks/tnothere", token="garbage")[0] == 401
+    assert server.http("POST", "/tasks", raw=b"{not json", token=server.token(uid()),
+                       headers={"Content-Type": "application/json"})[0] == 400
+    text = server.log()
+    assert server.secret not in text
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert {"uvicorn.error", "aiecs.server"} <= {r["logger"] for r in records}
+    for r in records:
+        assert {"time", "level", "logger", "message", "pid"} <= r.keys(), r
