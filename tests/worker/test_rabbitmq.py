@@ -98,6 +98,35 @@ def test_priorities_are_honoured(aiecs_redis, start_worker, rabbit_vhost):
     assert started == sorted(priorities, reverse=True)
 
 
+def test_waiting_executions_are_not_sent_again(aiecs_redis, start_worker, rabbit_vhost):
+    """With Redis as broker the sweeper re-sends an execution still PENDING after
+    2 x CELERY_VISIBILITY_TIMEOUT whose queue is empty (its message was lost in transit).
+    RabbitMQ cannot lose it, and its queues are not Redis lists: nothing is re-sent, however
+    long the executions wait."""
+    ids = [new_id() for _ in range(3)]
+    send_from_client([call(t) for t in ids], broker_url=rabbit_vhost.url,
+                     redis_url=aiecs_redis.url)
+    assert rabbit_vhost.queue_depth("fast_tasks") == 3
+    # a worker that sweeps every second but does not consume fast_tasks
+    on_rabbit(start_worker, rabbit_vhost, queues="heavy_tasks",
+              env={"CELERY_VISIBILITY_TIMEOUT": "1", "AIECS_LEASE_SECONDS": "3"})
+    client = aiecs_redis.client()
+    due = max(float(state(client, t)["submitted"]) for t in ids) + 2  # 2 x the timeout
+
+    def renewal() -> float:
+        """When the worker last renewed its lease (ZADD: renewal time + 3 s), which it
+        does right before each sweep."""
+        owners = client.zrange("aiecs:owners", 0, -1, withscores=True)
+        return max((score / 1000 - 3 for _, score in owners), default=0.0)
+
+    first = wait_until(lambda: (r := renewal()) > due and r, timeout=60,
+                       message="a lease renewal past the due time")
+    # the next renewal comes after the sweep that followed ``first`` has ended
+    wait_until(lambda: renewal() > first + 0.5, timeout=30, message="the next renewal")
+    assert rabbit_vhost.queue_depth("fast_tasks") == 3
+    assert [state(client, t)["status"] for t in ids] == ["pending"] * 3
+
+
 def test_sigkilled_prefork_child_is_redelivered_and_completes_once(
         aiecs_redis, start_worker, rabbit_vhost):
     worker = on_rabbit(start_worker, rabbit_vhost, pool="prefork", concurrency=1)
