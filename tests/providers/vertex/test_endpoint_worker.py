@@ -15,10 +15,10 @@ import uuid
 
 import pytest
 
-from tests.support.events import dump_redis, wait_terminal
-from tests.support.fake_vertex_endpoints import GoogleError
-
 execute_task = pytest.importorskip("aiecs_worker").execute_task  # not in per-package runs
+
+from tests.support.events import dump_redis, wait_terminal  # noqa: E402 - needs aiecs_worker
+from tests.support.fake_vertex_endpoints import GoogleError  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("google.cloud.aiplatform") is None,
