@@ -73,3 +73,35 @@ def test_the_specification_queries_have_their_series(aiecs_redis, start_worker, 
     if pool == "prefork":
         pids = {lab["pid"] for lab, _ in s["aiecs_process_resident_memory_bytes"]}
         assert pids & set(map(str, worker.children())), (pids, worker.children())
+
+
+@pytest.mark.faults
+def test_a_killed_child_leaves_the_gauges_and_keeps_its_counts(aiecs_redis, start_worker):
+    """A prefork child SIGKILLed mid-task never runs its exit hook: the next scrape finds
+    it gone and drops its gauges (active tasks, calls in flight) from the sum."""
+    import os
+    import signal
+
+    # its redelivery then ends FAILED at once, without running again
+    worker = start_worker(pool="prefork", concurrency=1,
+                          env={**ENV, "AIECS_MAX_DELIVERIES": "1"})
+    url = metrics_url(worker.log)
+    client = aiecs_redis.client()
+    slow = submit(text="a b c d", chunks=4, delay=30)
+    wait_for_event(client, "alice", slow, lambda e: e["type"] == "status"
+                   and e["status"] == "running")
+    wait_until(lambda: total(scrape(url), "celery_active_tasks") == 1, timeout=10,
+               message="the slow task active")
+    assert total(scrape(url), "aiecs_provider_calls_in_flight") == 1
+    [child] = worker.children()
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: child not in worker.children(), timeout=20, message="child gone")
+    s = scrape(url)
+    assert total(s, "celery_active_tasks") == 0
+    assert total(s, "aiecs_provider_calls_in_flight") == 0
+    assert total(s, "celery_task_executions_total", status="running") == 1
+    assert str(child) not in {lab["pid"] for lab, _ in s["aiecs_process_resident_memory_bytes"]}
+    assert wait_terminal(client, "alice", slow)[0]["status"] == "failed"
+    wait_until(lambda: total(scrape(url), "celery_task_executions_total", status="failed")
+               == 1, timeout=10, message="the redelivery counted failed")
+    assert total(scrape(url), "celery_active_tasks") == 0
