@@ -131,7 +131,7 @@ def test_sigkilled_prefork_child_is_redelivered_and_completes_once(
         aiecs_redis, start_worker, rabbit_vhost):
     worker = on_rabbit(start_worker, rabbit_vhost, pool="prefork", concurrency=1)
     task_id = new_id()
-    send_from_client([call(task_id, text="x" * 40, chunks=40, delay=0.25)],
+    send_from_client([call(task_id, text="x" * 24, chunks=24, delay=0.2)],
                      broker_url=rabbit_vhost.url, redis_url=aiecs_redis.url)
     client = aiecs_redis.client()
     wait_until(lambda: any(e["type"] == "stream" for e in read_events(client, USER, task_id)),
