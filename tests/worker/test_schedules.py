@@ -2,7 +2,8 @@
 where runs must execute, a real worker.
 
 Runs are counted from Redis: each run is a step of the schedule's task with its own
-PENDING event in the task's log, and each tick's step is recorded under the tick.
+PENDING event in the task's log, and each tick's step is recorded under the tick. The two
+runs that stop or kill beat are in the fault suite (``uv run pytest -m faults``).
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def test_a_user_has_at_most_max_schedules(aiecs_redis, monkeypatch):
     assert _schedule(_ids()[0], "a", every=60)["task_id"] == "a"  # another user's own
 
 
+@pytest.mark.faults  # beat stopped / killed: in the fault suite
 def test_runs_missed_while_beat_was_down_run_once_then_the_cadence_resumes(
         aiecs_redis, start_beat):
     client = aiecs_redis.client()
@@ -158,6 +160,7 @@ def test_runs_missed_while_beat_was_down_run_once_then_the_cadence_resumes(
     assert len(steps) <= n_before + 3  # at most one more arrived while we looked
 
 
+@pytest.mark.faults  # beat stopped / killed: in the fault suite
 def test_two_beats_run_each_tick_once_and_the_second_takes_over(aiecs_redis, start_beat):
     client = aiecs_redis.client()
     user, task = _ids()
