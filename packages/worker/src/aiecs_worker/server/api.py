@@ -486,6 +486,7 @@ class SecurityHeaders:
 
 
 def create_http_app(*, allowed_origins: list[str], dev: bool, lifespan=None) -> Starlette:
+    from . import groups
     from .schedules_api import ROUTES as schedule_routes
 
     routes = [
@@ -498,6 +499,7 @@ def create_http_app(*, allowed_origins: list[str], dev: bool, lifespan=None) -> 
         Route("/tasks/{task_id}", get_task, methods=["GET"]),
         Route("/tasks/{task_id}", cancel_task, methods=["DELETE"]),
         *schedule_routes,
+        *groups.routes,  # /batches, /workflows
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     if dev:
