@@ -211,7 +211,8 @@ def client_options(func):
     return func
 
 
-def _json_arg(value: str | None, name: str) -> dict[str, Any]:
+def _json_arg(value: str | None, name: str, *, lists: bool = False) -> Any:
+    """A JSON object (or, with ``lists``, an array) given inline, as @FILE or - (stdin)."""
     if value is None:
         return {}
     text = value
@@ -226,8 +227,9 @@ def _json_arg(value: str | None, name: str) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
-    if not isinstance(data, dict):
-        raise click.BadParameter("must be a JSON object", param_hint=name)
+    if not (isinstance(data, dict) or lists and isinstance(data, list)):
+        raise click.BadParameter("must be a JSON object" + " or array" * lists,
+                                 param_hint=name)
     return data
 
 
@@ -290,21 +292,31 @@ def submit(service, operation, mode, input_json, context_json, task_id, step, he
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 @client_options
 def watch(task_id, step, after_seq, timeout, server_url, token_opt, user):
-    """Follow TASK_ID's progress live until it finishes; exit with its status."""
+    """Follow TASK_ID's progress live until it finishes; exit with its status.
+
+    A workflow's task is followed until every step ended, and its steps are listed."""
+    from .cli_groups import workflow_steps
+
     url = _server_url(server_url)
-    sys.exit(_watch(url, _client_token(token_opt, user, url), task_id, step, after_seq,
-                    timeout))
+    tok = _client_token(token_opt, user, url)
+    steps = workflow_steps(url, tok, task_id) if step is None else None
+    if steps:
+        from .cli_groups import watch_workflow
+
+        sys.exit(watch_workflow(url, tok, task_id, steps, after_seq, timeout))
+    sys.exit(_watch(url, tok, task_id, step, after_seq, timeout))
 
 
 def _watch(url: str, tok: str, task_id: str, step: int | None, after_seq: int,
-           timeout: float | None) -> int:
+           timeout: float | None, all_steps: frozenset[int] | None = None) -> int:
     from rich.console import Console
 
     from .server.client import TaskWatcher, WatchError
 
     console = Console(highlight=False)
     view = _WatchView(console, task_id)
-    watcher = TaskWatcher(url, tok, task_id, view.on_event, step=step, after_seq=after_seq)
+    watcher = TaskWatcher(url, tok, task_id, view.on_event, step=step, after_seq=after_seq,
+                          all_steps=all_steps)
     try:
         with view:
             final = asyncio.run(watcher.run(timeout))
@@ -314,6 +326,9 @@ def _watch(url: str, tok: str, task_id: str, step: int | None, after_seq: int,
     except KeyboardInterrupt:
         console.print("interrupted (the task goes on)")
         return 130
+    if all_steps:
+        view.finish_quietly()
+        return 0
     return view.finish(final)
 
 
@@ -398,6 +413,11 @@ class _WatchView:
             self.console.print(text, markup=False, highlight=False)
         else:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def finish_quietly(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
     def finish(self, final: dict[str, Any]) -> int:
         if self.live is not None:
@@ -603,4 +623,11 @@ def worker(processes: int | None, celery_args: tuple[str, ...]) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    from aiecs_worker.cli import main as _main  # the module proper, with its subcommands
+
+    _main()
+else:
+    from .cli_groups import batch, workflow  # they use the helpers above
+
+    main.add_command(batch)
+    main.add_command(workflow)

@@ -116,6 +116,8 @@ class TaskWatcher:
     on_event: Callable[[dict[str, Any]], None]
     step: int | None = None
     after_seq: int = 0
+    #: follow until every one of these steps ended (a workflow), not one step
+    all_steps: frozenset[int] | None = None
     reconnect_delay: float = 0.5
     final: dict[str, Any] | None = None
     reconnects: int = 0
@@ -144,6 +146,9 @@ class TaskWatcher:
         return max(self._statuses) if self._statuses else None
 
     def _finished(self, event: dict[str, Any]) -> bool:
+        if self.all_steps:
+            return event.get("type") == "status" and all(
+                self._statuses.get(n) in TERMINAL for n in self.all_steps)
         return (
             event.get("type") == "status"
             and event.get("status") in TERMINAL
@@ -196,6 +201,12 @@ class TaskWatcher:
                 self._statuses.setdefault(int(step), status or "pending")
             if not ack.get("exists"):
                 failure.append(f"no task {self.task_id!r} for this user")
+                done.set()
+                return
+            if self.all_steps and self.final is None and all(
+                    self._statuses.get(n) in TERMINAL for n in self.all_steps):
+                self.final = {"type": "status", "task_id": self.task_id, "seq": self._seq.applied,
+                              "status": "ended"}
                 done.set()
                 return
             target = self._target_step()
