@@ -51,6 +51,15 @@ SCALING = [
     ("cores busy", "cores_busy", ".2f", None),
 ]
 EVENTS = [(label, key, fmt, None) for label, key, fmt, _ in NOOP]
+BATCH = [
+    ("tasks/s (first submit → last result)", "per_s", ".0f", ("ratio_ge", 0.85,
+                                                              "≥ 0.85× single submissions")),
+    ("seconds to submit (accept)", "submit_s", ".2f", None),
+    ("CPU ms per task, all processes", "cpu_ms", ".2f", None),
+    ("  producer CPU ms per task", "client_cpu_ms", ".2f", None),
+    ("Redis commands per task", "commands", ".1f", None),
+    ("Redis round trips per task", "round_trips", ".1f", None),
+]
 STARTUP = {
     "worker start → first ping": [("seconds", "seconds", ".2f", ("ratio_le", 1.2,
                                                                   "≤ 1.2× anchor"))],
@@ -65,6 +74,8 @@ ANCHORS = {
                "kombu.transport.redis, socketio`",
     "streaming": "the same streams read directly with the openai SDK (the floor)",
     "scaling": "bare Celery, same number of threads -c8 processes",
+    "batch": "the same echo no-ops submitted one by one (`execute_task.delay`); the "
+             "aiecs column is one `submit_batch` call",
 }
 #: scenarios comparing two aiecs variants instead of aiecs and an anchor
 VARIANTS = {"events": ("on", "off")}
@@ -132,7 +143,8 @@ def _sections(results: dict) -> list[str]:
               "progress": "4. Progress: emit → client with many sockets",
               "startup": "5. Start-up", "streaming": "6. Streaming",
               "scaling": "7. Scaling: worker processes (threads -c8 each)",
-              "events": "Celery task events: off (default) vs on (AIECS_TASK_EVENTS=1)"}
+              "events": "Celery task events: off (default) vs on (AIECS_TASK_EVENTS=1)",
+              "batch": "8. A batch against as many single submissions (threads -c8)"}
     for name, title in titles.items():
         if name not in sc:
             continue
@@ -146,7 +158,8 @@ def _sections(results: dict) -> list[str]:
                     _startup_ms(block)
             else:
                 rows = {"noop": NOOP, "progress": PROGRESS, "streaming": STREAMING,
-                        "scaling": SCALING, "events": EVENTS}.get(name)
+                        "scaling": SCALING, "events": EVENTS,
+                        "batch": BATCH}.get(name)
                 if name == "chat":
                     rows = CHAT_RECOMMENDED if config == "recommended" else CHAT
             label = config

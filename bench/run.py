@@ -33,19 +33,20 @@ FULL = {
     "scaling": [1, 2, 4], "chat_tasks": 2000, "chat_concurrency": [200, 500],
     "chat_anchor_tasks": 60, "sockets": 500, "progress_rate": 100, "progress_seconds": 20,
     "events_per_task": 5, "streams": 50, "stream_tokens": 100, "stream_interval": 0.02,
-    "startup_repeats": 5, "imports": 7,
+    "startup_repeats": 5, "imports": 7, "batch_tasks": 10_000,
 }
 # events_per_task: what the plain python-socketio anchor emits per task, as many as an aiecs
 # echo no-op makes (PENDING, RUNNING, progress, stream, COMPLETED).
 QUICK = {
     **FULL, "repeats": 1, "noop_tasks": 300, "scaling": [1, 4], "chat_tasks": 500,
     "chat_concurrency": [200], "chat_anchor_tasks": 16, "progress_seconds": 5,
-    "stream_tokens": 40, "startup_repeats": 1, "imports": 3,
+    "stream_tokens": 40, "startup_repeats": 1, "imports": 3, "batch_tasks": 300,
 }
 #: For the test suite's smoke test: seconds, one scenario, only to keep the harness working.
 SMOKE = {**QUICK, "noop_tasks": 20, "noop_pools": ["threads"]}
 
-SCENARIOS = ["noop", "chat", "progress", "startup", "streaming", "scaling", "events"]
+SCENARIOS = ["noop", "chat", "progress", "startup", "streaming", "scaling", "events",
+             "batch"]
 
 
 def _median(runs: list[dict]) -> dict:
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "streaming": lambda: progress.streaming(params, alternate),
         "scaling": lambda: throughput.scaling(params, alternate),
         "events": lambda: throughput.events(params, alternate),
+        "batch": lambda: throughput.batch(params, alternate),
     }
     started = dt.datetime.now(dt.UTC)
     results = {"date": started.isoformat(timespec="seconds"), "mode": mode_name,

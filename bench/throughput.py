@@ -41,7 +41,7 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
     llm = workers = child = None
     env: dict[str, str] = {}
     try:
-        if kind != "noop":
+        if kind not in ("noop", "batch"):
             llm, llm_port, base_url = fake_llm.start(latency=CHAT_LATENCY)
             env = {"OPENAI_API_KEY": "sk-bench-0123456789", "OPENAI_BASE_URL": base_url}
         env.update(extra_env or {})
@@ -60,6 +60,7 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
         used, counts = cpu_of(procs) - cpu0, delta(before, redis.counters())
         out = {
             "tasks": n, "failed": res["failed"], "seconds": res["seconds"],
+            "submit_s": res["submit_s"],
             "per_s": res["per_s"],
             "worker_cpu_ms": 1000 * used / n,
             "redis_cpu_ms": 1000 * counts["cpu"] / n,
@@ -125,6 +126,17 @@ def scaling(p: dict, alternate) -> dict:
             "anchor": lambda k=procs: drain(ANCHOR_APP, n=p["noop_tasks"], processes=k),
         })
     return out
+
+
+def batch(p: dict, alternate) -> dict:
+    """Scenario 8: ``batch_tasks`` echo no-ops as one batch (``submit_batch``: records
+    pipelined, one producer) against as many ``execute_task.delay`` calls; the "anchor"
+    column is the single submissions."""
+    n = p["batch_tasks"]
+    return {f"{n} tasks, threads -c8": alternate({
+        "aiecs": lambda: drain(AIECS_APP, n=n, kind="batch"),
+        "anchor": lambda: drain(AIECS_APP, n=n, kind="noop"),
+    })}
 
 
 def chat(p: dict, alternate, recommended: dict) -> dict:
