@@ -66,6 +66,7 @@
       this.step = null;
       this.status = "pending";
       this.text = "";
+      this.steps = new Map(); // step -> its latest status event (a workflow's steps)
       this.el = $("task-template").content.firstElementChild.cloneNode(true);
       this.el.dataset.taskId = taskId;
       this.el.querySelector(".task-id").textContent = taskId;
@@ -103,7 +104,23 @@
       this.el.querySelector("progress").value = 0;
       this.el.querySelector(".message").textContent = "";
     }
+    // every step's state, listed when the task has several (a workflow)
+    noteStep(e) {
+      this.steps.set(e.step, e);
+      const list = this.el.querySelector(".steps");
+      list.hidden = this.steps.size < 2;
+      list.replaceChildren(...[...this.steps.keys()].sort((a, b) => a - b).map((n) => {
+        const ev = this.steps.get(n);
+        const li = document.createElement("li");
+        li.dataset.status = ev.status;
+        const why = TERMINAL.has(ev.status) && ev.status !== "completed"
+          ? ` (${(ev.error && ev.error.message) || ev.message || ""})` : "";
+        li.textContent = `step ${n}: ${ev.status}${why}`;
+        return li;
+      }));
+    }
     apply(e) {
+      if (e.type === "status" && e.step > 0) this.noteStep(e);
       if (this.step === null || e.step > this.step) this.reset(e.step);
       else if (e.step < this.step) return; // an older step's event, already superseded
       this.el.querySelector(".task-name").textContent = `${e.task_name} · step ${e.step}`;
@@ -446,6 +463,11 @@
     $("service").addEventListener("change", onServiceChange);
     $("operation").addEventListener("change", onOperationChange);
     $("submit-form").addEventListener("submit", onSubmit);
+    $("follow-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const id = $("follow-id").value.trim();
+      if (id) trackTask(id, "");
+    });
     for (const id of JSON.parse(sessionStorage.getItem(STORE_TASKS) || "[]")) trackTask(id, "");
     if (state.token) await useToken(state.token);
     document.body.dataset.ready = "true";
