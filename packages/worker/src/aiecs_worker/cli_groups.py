@@ -42,6 +42,16 @@ def _conn(server_url: str | None, token_opt: str | None, user: str | None) -> tu
     return url, _client_token(token_opt, user, url)
 
 
+def _show(path: str, as_json: bool, render, server_url, token_opt, user) -> None:
+    """GET ``path`` and print it (as JSON, or rendered); exit with the render's code."""
+    url, tok = _conn(server_url, token_opt, user)
+    view = _api(url, tok, "GET", path)
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        sys.exit(0)
+    sys.exit(render(view))
+
+
 # -- batches ---------------------------------------------------------------------------------
 @click.group()
 def batch() -> None:
@@ -98,12 +108,7 @@ def _watch_batch(url: str, tok: str, batch_id: str, timeout: float | None) -> in
 @client_options
 def batch_show(batch_id, as_json, server_url, token_opt, user):
     """Counts, status and the items that did not complete."""
-    url, tok = _conn(server_url, token_opt, user)
-    view = _api(url, tok, "GET", f"/batches/{batch_id}")
-    if as_json:
-        click.echo(json.dumps(view, indent=2))
-        sys.exit(0)
-    sys.exit(_show_batch(view))
+    _show(f"/batches/{batch_id}", as_json, _show_batch, server_url, token_opt, user)
 
 
 @batch.command("watch")
@@ -171,12 +176,7 @@ def _show_workflow(view: dict[str, Any]) -> int:
 @client_options
 def workflow_show(task_id, as_json, server_url, token_opt, user):
     """The workflow's steps, their dependencies and states."""
-    url, tok = _conn(server_url, token_opt, user)
-    view = _api(url, tok, "GET", f"/workflows/{task_id}")
-    if as_json:
-        click.echo(json.dumps(view, indent=2))
-        sys.exit(0)
-    sys.exit(_show_workflow(view))
+    _show(f"/workflows/{task_id}", as_json, _show_workflow, server_url, token_opt, user)
 
 
 @workflow.command("cancel")
