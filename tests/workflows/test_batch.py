@@ -88,3 +88,4 @@ def test_cancel_batch(aiecs_redis, worker):
     assert 7 <= len(ran) <= 8  # the queued ones never ran
     with pytest.raises(KeyError):
         cancel_batch("alice", "nope")
+

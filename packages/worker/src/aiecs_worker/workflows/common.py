@@ -66,8 +66,15 @@ def group_fields(kind: str, user_id: str, log_id: str) -> list[Any]:
 
 def send_execution(producer: Any, task: str, queue: str, priority: int,
                    kwargs: dict[str, Any], celery_id: str) -> None:
-    """Queue one execution's message (its PENDING record is already written)."""
+    """Queue one execution's message (its PENDING record is already written).
+
+    Celery's own message, sent as ``app.send_task`` sends it, minus the result
+    subscription ``send_task`` opens for the caller's AsyncResult: one round trip per
+    message instead of three (``AsyncResult(id).get()`` still works, subscribing then)."""
     from ..app import app
 
-    app.send_task(task, kwargs=kwargs, task_id=celery_id, queue=queue, priority=priority,
-                  producer=producer)
+    conf = app.conf
+    message = app.amqp.create_task_message(
+        celery_id, task, (), kwargs, time_limit=conf.task_time_limit,
+        soft_time_limit=conf.task_soft_time_limit)
+    app.amqp.send_task_message(producer, task, message, queue=queue, priority=priority)

@@ -1,0 +1,37 @@
+"""A big batch is accepted in one call, its records pipelined (no worker runs here, so
+Redis counts only this process's requests)."""
+
+from __future__ import annotations
+
+from aiecs_worker.workflows.batch import get_batch, submit_batch
+
+from tests.workflows.test_batch import echo
+
+
+def test_big_batch_is_one_call_with_pipelined_records(aiecs_redis):
+    """2,000 items in one call: every item PENDING with its group, and Redis read about one
+    request per item (its Celery message) plus one per 500 records, where single
+    submissions cost two each (the PENDING script, then the message)."""
+    from aiecs_worker import execute_task
+
+    client = aiecs_redis.client()
+
+    def reads() -> int:
+        return int(client.info("stats")["total_reads_processed"])
+
+    n = 2000
+    before = reads()
+    submit_batch("alice", [echo(f"doc {i}") for i in range(n)], batch_id="big")
+    batch_reads = reads() - before - 1  # the INFO itself
+    pipe = client.pipeline()
+    for i in range(n):
+        pipe.hmget(f"aiecs:t:alice:big.{i}:1:state", "status", "group")
+    assert set(map(tuple, pipe.execute())) == {(b"pending", b"aiecs:batch:alice:big")}
+    assert get_batch("alice", "big", limit=0)["counts"]["total"] == n
+
+    before = reads()
+    for i in range(200):
+        execute_task.delay(task_name="echo", user_id="alice", task_id=f"single{i}", step=1,
+                           mode="test", service="echo", input_data={"text": "x"})
+    single_reads = (reads() - before - 1) / 200
+    assert batch_reads < 1.1 * n < single_reads * n / 1.8, (batch_reads, single_reads)
