@@ -291,10 +291,10 @@ def _maxlen() -> int:
 
 def _call_of(payload: Any) -> tuple[list, dict] | None:
     """The args and kwargs of an aiecs task in an envelope, if they can be read at all."""
-    from .app import FAST_TASK, HEAVY_TASK
+    from .app import FAST_TASK, FLOW_HEAVY_TASK, FLOW_TASK, HEAVY_TASK
 
     try:
-        if payload["headers"]["task"] not in (FAST_TASK, HEAVY_TASK):
+        if payload["headers"]["task"] not in (FAST_TASK, HEAVY_TASK, FLOW_TASK, FLOW_HEAVY_TASK):
             return None
         body = payload["body"]
         if payload["properties"].get("body_encoding") == "base64":
