@@ -9,9 +9,9 @@ from tests.workflows.test_batch import echo
 
 
 def test_big_batch_is_one_call_with_pipelined_records(aiecs_redis):
-    """2,000 items in one call: every item PENDING with its group, and Redis read about one
-    request per item (its Celery message) plus one per 500 records, where single
-    submissions cost two each (the PENDING script, then the message)."""
+    """2,000 items in one call: every item PENDING with its group, in a few round trips
+    per 500 items (records, then messages, each pipelined), where single submissions
+    cost several each (the PENDING script, the message, the result subscription)."""
     from aiecs_worker import execute_task
 
     client = aiecs_redis.client()
@@ -34,4 +34,5 @@ def test_big_batch_is_one_call_with_pipelined_records(aiecs_redis):
         execute_task.delay(task_name="echo", user_id="alice", task_id=f"single{i}", step=1,
                            mode="test", service="echo", input_data={"text": "x"})
     single_reads = (reads() - before - 1) / 200
-    assert batch_reads < 1.1 * n < single_reads * n / 1.8, (batch_reads, single_reads)
+    # Redis counts reads of its socket: a pipeline of 500 messages (~700 kB) takes dozens
+    assert batch_reads < n / 4 and single_reads >= 2, (batch_reads, single_reads)

@@ -27,7 +27,14 @@ from ..events import TaskKeys, _publish_lua, celery_task_id, script_args
 from ..records import state_redis
 from ..settings import get_settings
 from ..state import CANCEL_LUA, PENDING_KEY, celery_index_key, decode_state, pending_lua, steps_key
-from .common import GroupError, check_item, group_fields, send_execution, task_for
+from .common import (
+    GroupError,
+    check_item,
+    group_fields,
+    pipelined_sends,
+    send_execution,
+    task_for,
+)
 from .hook import PUBLISH_GROUP_EVENT_LUA
 
 __all__ = ["BatchItem", "batch_key", "cancel_batch", "get_batch", "submit_batch"]
@@ -118,6 +125,8 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
     Every item is validated first (operation known, input valid): one bad item refuses
     the whole batch with a :class:`GroupError` naming it, before anything is queued.
     """
+    from ..app import app
+
     batch_id = batch_id or f"batch-{uuid.uuid4().hex[:16]}"
     checked = _validate(user_id, batch_id, items)
     s = get_settings()
@@ -135,39 +144,47 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
                           *fields)
     if not created:
         raise GroupError(f"batch {batch_id!r} already exists", status=409)
-
     sha = client.script_load(ITEM_PENDING_LUA)
-    sends = []
-    for start in range(0, total, _CHUNK):
-        chunk = checked[start:start + _CHUNK]
-        pipe = client.pipeline(transaction=False)
-        pipe.rpush(f"{key}:items", *[r.task_id for r, _ in chunk])
-        pipe.expire(f"{key}:items", s.aiecs_events_ttl)
-        for request, item in chunk:
-            celery_id = celery_task_id(user_id, request.task_id, 1)
-            task, queue, priority = task_for(request, item.heavy if item.heavy is not None
-                                             else heavy)
-            event = TaskEvent(type="status", task_id=request.task_id, step=1,
-                              user_id=user_id, task_name=request.task_name,
-                              status=TaskStatus.PENDING, message=f"queued (batch {batch_id})")
-            ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel,
-                                           s.aiecs_events_maxlen, s.aiecs_events_ttl)
-            kwargs = request.model_dump(mode="json")
-            pipe.evalsha(sha, 6, TaskKeys(user_id, request.task_id).state(1),
-                         steps_key(user_id, request.task_id), celery_index_key(celery_id),
-                         PENDING_KEY, *ev_keys, celery_id, s.aiecs_events_ttl, time.time(),
-                         user_id, request.task_name, 1, json.dumps(kwargs), queue, task, key,
-                         *ev_args)
-            sends.append((task, queue, priority, kwargs, celery_id))
-        pipe.execute()
-
-    from ..app import app
-
     with app.producer_or_acquire() as producer:
-        for task, queue, priority, kwargs, celery_id in sends:
-            send_execution(producer, task, queue, priority, kwargs, celery_id)
+        for start in range(0, total, _CHUNK):
+            chunk = checked[start:start + _CHUNK]
+            sends = _record_chunk(client, sha, key, batch_id, chunk, heavy)
+            # this chunk's messages now (one round trip): workers start while the next
+            # records are written
+            with pipelined_sends(producer):
+                for args in sends:
+                    send_execution(producer, *args)
     return {"batch_id": batch_id, "total": total,
             "items": [{"task_id": r.task_id, "step": 1} for r, _ in checked]}
+
+
+def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
+                  chunk: list[tuple[TaskRequest, BatchItem]], heavy: bool | None) -> list:
+    """The PENDING records of ``chunk`` in one round trip; the messages to send."""
+    s = get_settings()
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(f"{key}:items", *[r.task_id for r, _ in chunk])
+    pipe.expire(f"{key}:items", s.aiecs_events_ttl)
+    sends = []
+    for request, item in chunk:
+        user_id = request.user_id
+        celery_id = celery_task_id(user_id, request.task_id, 1)
+        task, queue, priority = task_for(request, item.heavy if item.heavy is not None
+                                         else heavy)
+        event = TaskEvent(type="status", task_id=request.task_id, step=1,
+                          user_id=user_id, task_name=request.task_name,
+                          status=TaskStatus.PENDING, message=f"queued (batch {batch_id})")
+        ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel,
+                                       s.aiecs_events_maxlen, s.aiecs_events_ttl)
+        kwargs = request.model_dump(mode="json")
+        pipe.evalsha(sha, 6, TaskKeys(user_id, request.task_id).state(1),
+                     steps_key(user_id, request.task_id), celery_index_key(celery_id),
+                     PENDING_KEY, *ev_keys, celery_id, s.aiecs_events_ttl, time.time(),
+                     user_id, request.task_name, 1, json.dumps(kwargs), queue, task, key,
+                     *ev_args)
+        sends.append((task, queue, priority, kwargs, celery_id))
+    pipe.execute()
+    return sends
 
 
 def _item_ids(client: Any, key: str) -> list[str]:
