@@ -238,3 +238,26 @@ def test_the_filter_keeps_a_record_whose_format_is_broken(captured):
     handler.addFilter(RedactingFilter())
     record = logging.LogRecord("x", logging.INFO, "f", 1, "%d", ("not a number",), None)
     assert handler.filters[0].filter(record) is True
+
+
+def _access_record(path: str) -> logging.LogRecord:
+    # what uvicorn's access logger emits: a format string and five arguments
+    return logging.LogRecord("uvicorn.access", logging.INFO, "h11_impl.py", 1,
+                             '%s - "%s %s HTTP/%s" %d',
+                             ("127.0.0.1:5000", "GET", path, "1.1", 200), None)
+
+
+def test_formatters_that_unpack_args_still_work_after_redaction():
+    # uvicorn's AccessFormatter unpacks record.args: the filter keeps them a tuple
+    from uvicorn.logging import AccessFormatter
+
+    formatter = AccessFormatter('%(client_addr)s "%(request_line)s" %(status_code)s',
+                                use_colors=False)
+    clean = _access_record("/config")
+    assert RedactingFilter().filter(clean) and clean.args[2] == "/config"
+    assert formatter.format(clean) == '127.0.0.1:5000 "GET /config HTTP/1.1" 200 OK'
+    register_secret(SECRET)
+    leaky = _access_record(f"/tasks?key={SECRET}")
+    assert RedactingFilter().filter(leaky) and isinstance(leaky.args, tuple)
+    line = formatter.format(leaky)
+    assert SECRET not in line and f"/tasks?key={REDACTED}" in line

@@ -233,8 +233,18 @@ class RedactingFilter(logging.Filter):
         except Exception:  # noqa: BLE001 - a broken format: the handler reports it
             return True
         clean = redact(message)
-        if clean != message or record.args:
-            record.msg, record.args = clean, None
+        if clean != message:
+            # Keep the record's (msg, args) shape when redacting the arguments one by one
+            # is enough: formatters such as uvicorn's access-log one unpack record.args.
+            args = record.args
+            if isinstance(args, tuple) and isinstance(record.msg, str):
+                record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+                record.msg = redact(record.msg)
+                with contextlib.suppress(Exception):
+                    if record.getMessage() == clean:
+                        args = None
+            if args is not None or record.getMessage() != clean:
+                record.msg, record.args = clean, None
         if record.exc_info and not record.exc_text:
             with contextlib.suppress(Exception):
                 record.exc_text = self._formatter.formatException(record.exc_info)
