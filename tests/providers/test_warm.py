@@ -64,7 +64,8 @@ def service(request):
 
 
 def test_warm_does_nothing_without_configuration(monkeypatch):
-    for service, var in ((OpenAIService(), "OPENAI_API_KEY"), (VertexService(), "VERTEX_PROJECT_ID")):
+    for service, var in ((OpenAIService(), "OPENAI_API_KEY"),
+                         (VertexService(), "VERTEX_PROJECT_ID")):
         monkeypatch.delenv(var, raising=False)
         service.warm()
         assert service._client is None

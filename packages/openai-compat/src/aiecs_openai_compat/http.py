@@ -9,8 +9,9 @@
 Measured on this project's 2-core machine with ``uv run python -m bench.sdk_backends``
 (2,000 non-streamed chat calls, 100 in flight, one reused client, against
 bench/fake_llm.py): the client's CPU per call is 2.6-3.3 ms with aiohttp against
-4.5-6.0 ms with httpx (3 runs each, asyncio and uvloop alike). CPU per call is what bounds a worker process's calls per
-second (one loop, one core), so aiohttp is the default.
+4.5-6.0 ms with httpx (3 runs each, asyncio and uvloop alike). CPU per call is what
+bounds a worker process's calls per second (one loop, one core), so aiohttp is the
+default.
 
 A base URL carrying credentials (``https://user:pass@gateway/v1``) always goes through
 httpx: aiohttp refuses to send them along with the SDK's ``Authorization`` header.
