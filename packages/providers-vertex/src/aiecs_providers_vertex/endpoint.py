@@ -18,8 +18,9 @@ server) and blocks a thread; aiplatform has no chat method.
 
 Importing google-cloud-aiplatform takes seconds (12.5 s of CPU from source, 4.4 s with
 compiled bytecode, on the project's 2-core machine): this module never imports it at
-module level. It is imported, and ``aiplatform.init`` called, in a thread: by :meth:`EndpointService.warm` when the
-worker starts and ``VERTEX_ENDPOINT_ID`` is set, else by the first call. Without the extra
+module level. It is imported, and ``aiplatform.init`` called, in a thread: by
+:meth:`EndpointService.warm` when the worker starts and ``VERTEX_ENDPOINT_ID`` is set,
+else by the first call. Without the extra
 the service is still registered (so ``aiecs plugins`` shows it) and every call fails at
 once with a :class:`ConfigurationError` naming the ``pip install`` command.
 
