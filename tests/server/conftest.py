@@ -7,6 +7,7 @@ import os
 import pytest
 
 from tests.server.serverproc import ServerProcess
+from tests.support.factory import process_factory
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +27,6 @@ def progress_server():
 @pytest.fixture
 def start_server():
     """Factory for servers of a test's own (``start_server(redis_url, env={...})``)."""
-    started: list[ServerProcess] = []
-
-    def start(redis_url: str, **kwargs) -> ServerProcess:
-        server = ServerProcess(redis_url=redis_url, **kwargs)
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.stop()
-        print(f"--- log of server on port {server.port} (last 80 lines) ---")
-        print("\n".join(server.log().splitlines()[-80:]))
-        server.close()
+    yield from process_factory(
+        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs),
+        lambda server: f"server on port {server.port}", 80, lambda server: server.close())

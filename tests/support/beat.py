@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.factory import process_factory
 from tests.support.worker import CELERY
 
 
@@ -81,17 +82,7 @@ class BeatProcess:
 def start_beat(aiecs_redis):
     """Factory: ``start_beat(max_interval=1, env={})`` starts a beat on the session's
     Redis (not waiting for its lock: ``.wait_lock()``); all are stopped after the test."""
-    started: list[BeatProcess] = []
-
-    def start(**kwargs) -> BeatProcess:
-        kwargs.setdefault("redis_url", aiecs_redis.url)
-        beat = BeatProcess(**kwargs)
-        started.append(beat)
-        return beat.start()
-
-    yield start
-    for beat in started:
-        beat.stop()
-        print(f"--- log of beat {beat.proc and beat.proc.pid} (last 40 lines) ---")
-        print("\n".join(beat.log().splitlines()[-40:]))
-        beat.log_path.unlink(missing_ok=True)
+    yield from process_factory(
+        lambda **kwargs: BeatProcess(**{"redis_url": aiecs_redis.url, **kwargs}),
+        lambda beat: f"beat {beat.proc and beat.proc.pid}", 40,
+        lambda beat: beat.log_path.unlink(missing_ok=True))

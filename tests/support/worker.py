@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.factory import process_factory
+
 #: The celery executable of the environment running the tests.
 CELERY = str(Path(sys.executable).with_name("celery"))
 
@@ -111,21 +113,10 @@ def start_worker(aiecs_redis):
 
     Workers use the session's Redis (``aiecs_redis``) unless ``redis_url`` is given.
     """
-    started: list[WorkerProcess] = []
-
-    def start(**kwargs) -> WorkerProcess:
-        kwargs.setdefault("redis_url", aiecs_redis.url)
-        worker = WorkerProcess(**kwargs)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
-        # shown by pytest only when the test failed
-        print(f"--- log of worker {worker.name} (last 60 lines) ---")
-        print("\n".join(worker.log().splitlines()[-60:]))
-        worker.log_path.unlink(missing_ok=True)
+    yield from process_factory(
+        lambda **kwargs: WorkerProcess(**{"redis_url": aiecs_redis.url, **kwargs}),
+        lambda worker: f"worker {worker.name}", 60,
+        lambda worker: worker.log_path.unlink(missing_ok=True))
 
 
 @pytest.fixture
