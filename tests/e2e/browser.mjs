@@ -6,24 +6,10 @@
 // 3. submit a slow one, take the network away for a while mid-task, give it back: the page
 //    catches up from the log and shows the whole streamed text and COMPLETED.
 // Prints one JSON line per step; exits non-zero on the first failure.
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import puppeteer from "puppeteer-core";
+import { devSignIn, opts, run, say } from "./chromium.mjs";
 
-const opts = JSON.parse(process.argv[2]);
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), "aiecs-chromium-"));
-
-const browser = await puppeteer.launch({
-  executablePath: opts.chromium,
-  headless: true,
-  userDataDir: profile,
-  args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--no-first-run"],
-});
-const errors = [];
-try {
+await run(async (browser, errors) => {
   const page = await browser.newPage();
   await page.setViewport({ width: 1100, height: 1300 });
   page.on("pageerror", (err) => errors.push(String(err)));
@@ -36,12 +22,7 @@ try {
   await page.goto(opts.url, { waitUntil: "networkidle0" });
 
   // sign in
-  await page.waitForSelector("#dev-login:not([hidden])");
-  await page.$eval("#dev-user", (el, user) => { el.value = user; }, opts.user);
-  await page.click("#dev-login-btn");
-  await page.waitForSelector("#conn[data-state='on']", { timeout: 20000 });
-  await page.waitForFunction(
-    () => [...document.querySelectorAll("#service option")].some((o) => o.value === "test/echo"));
+  await devSignIn(page, opts.user);
   say({ step: "signed_in", whoami: await page.$eval("#whoami", (el) => el.textContent) });
 
   async function submit(input, op = "echo") {
@@ -120,10 +101,4 @@ try {
   const file = path.join(opts.screenshot_dir, "aiecs-page.png");
   await page.screenshot({ path: file, fullPage: true });
   say({ step: "screenshot", file, errors });
-} catch (err) {
-  say({ step: "error", message: String(err && err.stack || err), errors });
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  fs.rmSync(profile, { recursive: true, force: true });
-}
+});

@@ -11,23 +11,10 @@
 // 4. the cancelled card has no red in its screenshot; the failed card (control) has.
 // Prints one JSON line per step; exits non-zero on the first failure.
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import puppeteer from "puppeteer-core";
+import { devSignIn, opts, run, say } from "./chromium.mjs";
 
-const opts = JSON.parse(process.argv[2]);
-const say = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), "aiecs-chromium-"));
 const shot = (name) => path.join(opts.screenshot_dir, name);
-
-const browser = await puppeteer.launch({
-  executablePath: opts.chromium,
-  headless: true,
-  userDataDir: profile,
-  args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--no-first-run"],
-});
-const errors = [];
 
 // width and height of a PNG, from its IHDR chunk
 function pngSize(file) {
@@ -37,7 +24,7 @@ function pngSize(file) {
 
 // pixels of a screenshot that are clearly the page's red (--bad: #c0262d), counted in a
 // blank page (no CSP there to refuse the data: image)
-async function redPixels(file) {
+async function redPixels(browser, file) {
   const scratch = await browser.newPage();
   try {
     const b64 = fs.readFileSync(file).toString("base64");
@@ -62,7 +49,7 @@ async function redPixels(file) {
   }
 }
 
-async function newPage(width, height) {
+async function newPage(browser, errors, width, height) {
   const page = await browser.newPage();
   await page.setViewport({ width, height });
   page.on("pageerror", (err) => errors.push(String(err)));
@@ -85,9 +72,9 @@ const overflow = (page) => page.evaluate(() => ({
   clientWidth: document.documentElement.clientWidth,
 }));
 
-try {
+await run(async (browser, errors) => {
   // 1. a production server's page: no dev sign-in form
-  const prod = await newPage(1100, 900);
+  const prod = await newPage(browser, errors, 1100, 900);
   await ready(prod, opts.prod_url);
   const devForm = await prod.$eval("#dev-login", (el) => ({
     hidden: el.hidden, rendered: el.getClientRects().length > 0,
@@ -131,15 +118,11 @@ try {
   await prod.close();
 
   // 3. a phone: 390 px wide, on the dev server
-  const phone = await newPage(390, 844);
+  const phone = await newPage(browser, errors, 390, 844);
   const widths = {};
   await ready(phone, opts.dev_url);
   widths.start = await overflow(phone);
-  await phone.$eval("#dev-user", (el, user) => { el.value = user; }, opts.user);
-  await phone.click("#dev-login-btn");
-  await phone.waitForSelector("#conn[data-state='on']", { timeout: 20000 });
-  await phone.waitForFunction(
-    () => [...document.querySelectorAll("#service option")].some((o) => o.value === "test/echo"));
+  await devSignIn(phone, opts.user);
   widths.signedIn = await overflow(phone);
 
   async function submit(input) {
@@ -193,15 +176,9 @@ try {
   for (const [name, id] of [["cancelled", slow], ["failed", failed]]) {
     const el = await phone.$(`.task[data-task-id="${id}"]`);
     await el.screenshot({ path: shot(`${name}-card.png`) });
-    cards[name] = { ...(await card(id)), red: await redPixels(shot(`${name}-card.png`)),
-                    file: shot(`${name}-card.png`) };
+    const file = shot(`${name}-card.png`);
+    cards[name] = { ...(await card(id)), red: await redPixels(browser, file), file };
   }
   say({ step: "cards", ...cards });
   say({ step: "done", errors });
-} catch (err) {
-  say({ step: "error", message: String(err && err.stack || err), errors });
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  fs.rmSync(profile, { recursive: true, force: true });
-}
+});

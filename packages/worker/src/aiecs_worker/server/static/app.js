@@ -112,6 +112,7 @@
       list.replaceChildren(...[...this.steps.keys()].sort((a, b) => a - b).map((n) => {
         const ev = this.steps.get(n);
         const li = document.createElement("li");
+        li.dataset.step = String(n);
         li.dataset.status = ev.status;
         const why = TERMINAL.has(ev.status) && ev.status !== "completed"
           ? ` (${(ev.error && ev.error.message) || ev.message || ""})` : "";
