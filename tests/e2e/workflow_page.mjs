@@ -25,14 +25,7 @@ await run(async (browser, errors) => {
   await page.waitForSelector(card, { timeout: 10000 });
   say({ step: "following", task_id: opts.task_id });
 
-  // every step listed, each in a terminal state (polled in the page, with a deadline)
-  await page.waitForFunction(
-    (sel, count, terminal) => {
-      const items = [...document.querySelectorAll(`${sel} .steps li`)];
-      return items.length === count && items.every((li) => terminal.includes(li.dataset.status));
-    },
-    { timeout: 20000, polling: 100 }, card, opts.steps, TERMINAL);
-  const shown = await page.$eval(card, (el) => {
+  const snapshot = () => page.$eval(card, (el) => {
     const list = el.querySelector(".steps");
     return {
       listHidden: list.hidden,
@@ -45,7 +38,19 @@ await run(async (browser, errors) => {
       name: el.querySelector(".task-name").textContent,
     };
   });
-  say({ step: "steps", ...shown });
+
+  // every step listed, each in a terminal state (polled in the page, with a deadline)
+  await page.waitForFunction(
+    (sel, count, terminal) => {
+      const items = [...document.querySelectorAll(`${sel} .steps li`)];
+      return items.length === count && items.every((li) => terminal.includes(li.dataset.status));
+    },
+    { timeout: 20000, polling: 100 }, card, opts.steps, TERMINAL,
+  ).catch(async (err) => {
+    say({ step: "not_all_ended", ...(await snapshot()) }); // what the card showed instead
+    throw err;
+  });
+  say({ step: "steps", ...(await snapshot()) });
 
   const file = path.join(opts.screenshot_dir, "workflow-steps.png");
   await page.screenshot({ path: file, fullPage: true });
