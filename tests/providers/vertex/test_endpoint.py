@@ -6,7 +6,6 @@ server) against a server speaking the REST protocol of Vertex AI endpoints
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import subprocess
 import sys
@@ -26,23 +25,26 @@ from aiecs_core import (
 from aiecs_providers_vertex.endpoint import EXTRA_HINT, EndpointService
 
 from tests.providers._common import call, run, streamed
+from tests.support.extras import installed
 from tests.support.fake_openai import Error, Text, ToolCalls
 from tests.support.fake_vertex_endpoints import GoogleError
 from tests.support.redis_server import free_port
 
 BASE = "/v1/projects/test-project/locations/us-central1/endpoints"
 
+
+
 #: Most tests run the real google-cloud-aiplatform (the 'endpoints' extra); the import
 #: tests at the end run with or without it.
 needs_aiplatform = pytest.mark.skipif(
-    importlib.util.find_spec("google.cloud.aiplatform") is None,
+    not installed("google.cloud.aiplatform"),
     reason="the 'endpoints' extra (google-cloud-aiplatform) is not installed")
 USER = [{"role": "user", "content": "hello there"}]
 
 
 @pytest.fixture
 def service(endpoints_env):
-    if importlib.util.find_spec("google.cloud.aiplatform") is None:
+    if not installed("google.cloud.aiplatform"):
         pytest.skip("the 'endpoints' extra (google-cloud-aiplatform) is not installed")
     return EndpointService()
 

@@ -9,7 +9,6 @@ CPU (about 13 s from source), once per process."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import uuid
 
@@ -18,10 +17,11 @@ import pytest
 execute_task = pytest.importorskip("aiecs_worker").execute_task  # not in per-package runs
 
 from tests.support.events import dump_redis, wait_terminal  # noqa: E402 - needs aiecs_worker
+from tests.support.extras import installed  # noqa: E402
 from tests.support.fake_vertex_endpoints import GoogleError  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("google.cloud.aiplatform") is None,
+    not installed("google.cloud.aiplatform"),
     reason="the 'endpoints' extra (google-cloud-aiplatform) is not installed")
 
 #: The worker imports aiplatform before its first task (at most 30 s, then the first

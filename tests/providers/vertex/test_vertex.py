@@ -27,6 +27,7 @@ from aiecs_providers_vertex import plugin
 from aiecs_providers_vertex.plugin import VertexService
 
 from tests.providers._common import StreamCases, call, run
+from tests.support.extras import installed
 from tests.support.fake_openai import vector_for
 from tests.support.fake_vertex import (
     Cut,
@@ -468,7 +469,7 @@ class TestVertexConformance(ServiceConformance):
 
     @pytest.fixture
     def examples(self, vertex_env, fake, endpoints, monkeypatch):
-        if importlib.util.find_spec("google.cloud.aiplatform") is None:
+        if not installed("google.cloud.aiplatform"):
             pytest.skip("vertex/endpoint's examples need the 'endpoints' extra "
                         "(uv run --package aiecs-providers-vertex --extra endpoints ...)")
         # seconds of import, not inside run_operation's 60 s timeout
