@@ -86,7 +86,7 @@ def test_every_bad_input_fails_clearly_and_the_worker_keeps_serving(aiecs_redis,
         ({"CELERY_TASK_SOFT_TIME_LIMIT": "700"}, "must be less than CELERY_TASK_TIME_LIMIT"),
         ({"AIECS_LEASE_SECONDS": "1"}, "AIECS_LEASE_SECONDS"),
         ({"CELERY_WORKER_PREFETCH_MULTIPLIER": "-1"}, "CELERY_WORKER_PREFETCH_MULTIPLIER"),
-        ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
+        ({"CELERY_BROKER_URL": "sqs://localhost//"}, "CELERY_BROKER_URL"),
     ],
 )
 def test_invalid_settings_stop_the_worker_at_start(aiecs_redis, env, names):
