@@ -144,9 +144,9 @@ def chat(p: dict, alternate, recommended: dict) -> dict:
     out = {}
     configs = {f"threads -c{c}": {"concurrency": c} for c in p["chat_concurrency"]}
     configs["recommended"] = recommended
-    # the openai SDK's other HTTP backend, same deployment (issue 8: pick by measurement)
-    configs["recommended, aiohttp"] = {**recommended,
-                                       "extra_env": {"AIECS_OPENAI_HTTP": "aiohttp"}}
+    # the openai SDK's other HTTP backend (the default is aiohttp), same deployment
+    configs["recommended, httpx"] = {**recommended,
+                                     "extra_env": {"AIECS_OPENAI_HTTP": "httpx"}}
     anchor_n = p["chat_anchor_tasks"]
     for name, cfg in configs.items():
         out[name] = alternate({
