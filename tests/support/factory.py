@@ -1,10 +1,14 @@
 """The body of the tests' process-factory fixtures (``start_worker``, ``start_beat``,
 ``start_server``): start processes on demand, stop every one after the test and print
-the tail of its log (pytest shows it only when the test failed)."""
+the tail of its log (pytest shows it only when the test failed). With
+``AIECS_TEST_LOG_DIR`` set, every process's whole log is kept there."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -23,5 +27,11 @@ def process_factory(make: Callable[..., Any], describe: Callable[[Any], str], li
     for proc in started:
         proc.stop()
         print(f"--- log of {describe(proc)} (last {lines} lines) ---")
-        print("\n".join(proc.log().splitlines()[-lines:]))
+        text = proc.log()
+        print("\n".join(text.splitlines()[-lines:]))
+        keep = os.environ.get("AIECS_TEST_LOG_DIR")  # the whole log, for a post-mortem
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", describe(proc))
+            Path(keep, f"{os.getpid()}-{len(started)}-{name}.log").write_text(text)
         cleanup(proc)

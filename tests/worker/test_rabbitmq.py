@@ -146,6 +146,38 @@ def test_sigkilled_prefork_child_is_redelivered_and_completes_once(
     assert sum(e["type"] == "status" and e["status"] == "completed" for e in events) == 1
 
 
+def test_threads_worker_consumes_again_after_its_connections_close(
+        aiecs_redis, start_worker, rabbit_vhost):
+    """RabbitMQ closes the connection while eight executions run (a broker restart, as the
+    worker sees it). Their messages go back to the queue; the copies the worker gets back
+    are dropped because this process is still executing them (each runs once: one RUNNING
+    event, one delivery); then, as the executions received after the reconnect are
+    acknowledged, Celery raises its prefetch count again from the consumer's thread (see
+    aiecs_worker.prefetch_fix: from pool threads it deadlocked the AMQP connection and the
+    worker took no message again), and the rest of the queue drains."""
+    worker = on_rabbit(start_worker, rabbit_vhost, pool="threads", concurrency=8)
+    first = [new_id() for _ in range(8)]
+    rest = [new_id() for _ in range(32)]
+    # the last of the eight ends first: its pool thread takes the returned copy of the
+    # first while that one still runs here
+    send_from_client([call(t, chunks=4, delay=1.0) for t in first[:-1]]
+                     + [call(first[-1], chunks=4, delay=0.3)]
+                     + [call(t, chunks=1, delay=0.02) for t in rest],
+                     broker_url=rabbit_vhost.url, redis_url=aiecs_redis.url)
+    client = aiecs_redis.client()
+    wait_until(lambda: all(state(client, t).get("status") == "running" for t in first),
+               timeout=60, message="the first eight executions running")
+    rabbit_vhost.close_connections()
+    for t in first + rest:
+        terminal, events = wait_terminal(client, USER, t, timeout=60)
+        assert terminal["status"] == "completed", (t, terminal)
+        running = [e for e in events if e["type"] == "status" and e["status"] == "running"]
+        assert len(running) == 1, (t, [e["message"] for e in running])
+        assert state(client, t)["deliveries"] == "1"
+    assert "this delivery is a duplicate, dropped" in worker.log()
+    assert worker.alive()
+
+
 def _publish_raw(vhost, body: bytes, headers: dict, content_type="application/json") -> None:
     """Put one message on ``fast_tasks`` as any AMQP client could, bypassing Celery."""
     from aiecs_worker.app import app

@@ -12,6 +12,7 @@ from kombu import Exchange, Queue
 
 from .kombu_fix import install as install_kombu_fix
 from .poison import install as install_poison_guard
+from .prefetch_fix import install as install_prefetch_fix
 from .settings import Settings, get_settings
 
 __all__ = ["FAST_QUEUE", "HEAVY_QUEUE", "app", "create_app"]
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
     install_poison_guard(celery_app)  # malformed broker messages are dead-lettered
     install_kombu_fix()  # a Redis restart must not stop the worker (see kombu_fix)
+    install_prefetch_fix()  # a reconnect must not deadlock a threads worker (prefetch_fix)
     # A dead worker's received-but-unstarted messages come back after the visibility
     # timeout (5 min by default: redelivered copies are harmless, see lease.py); kombu
     # looks for them every 30 s instead of every 100 s.

@@ -236,6 +236,10 @@ class Runtime:
         #: Cluster-wide per-(provider, model) limits (AIECS_RATE_LIMITS); None when unset.
         self.limiter = RateLimiter.from_env(self.redis)
         self.running: dict[str, _Running] = {}
+        #: state keys of the executions this process has begun and not yet finished: a
+        #: second delivery of one of them (the broker requeued a message whose ack was
+        #: lost with its connection) is a duplicate, whatever Redis says of the holder
+        self._executing: set[str] = set()
         self._state_down = False
         self._thread.start()
         self._cancel_listener = asyncio.run_coroutine_threadsafe(self._listen_cancels(), self.loop)
@@ -341,8 +345,23 @@ class Runtime:
             return await self._rejected(args, kwargs, exc, celery_id)
 
         celery_id = celery_id or celery_task_id(request.user_id, request.task_id, request.step)
-        ctx = WorkerContext(request, self, deadline=deadline)
         keys = TaskKeys(request.user_id, request.task_id)
+        state_key = keys.state(request.step)
+        if state_key in self._executing:
+            log.info("task %s (%s) is being executed by this process: this delivery is a "
+                     "duplicate, dropped", celery_id, request.key)
+            return Outcome(TaskStatus.RUNNING, celery_id=celery_id, duplicate=True)
+        self._executing.add(state_key)
+        try:
+            return await self._execute(request, keys, celery_id, started, deadline, limit,
+                                       task, queue)
+        finally:
+            self._executing.discard(state_key)
+
+    async def _execute(self, request: TaskRequest, keys: TaskKeys, celery_id: str,
+                       started: float, deadline: float, limit: float, task: str,
+                       queue: str) -> Outcome:
+        ctx = WorkerContext(request, self, deadline=deadline)
         status, deliveries, cancel_requested, suspect = await self._begin_execution(
             ctx, keys, celery_id, task, queue
         )
