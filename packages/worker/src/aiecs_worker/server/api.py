@@ -56,6 +56,7 @@ from starlette.staticfiles import StaticFiles
 from ..events import TaskKeys
 from ..metrics_http import metrics_endpoint
 from ..runtime import check_payload_size
+from ..workflows.batch import BatchItem
 from .tokens import TokenError, issue_token, verify_token
 
 __all__ = ["ApiError", "create_http_app"]
@@ -97,19 +98,11 @@ def error_response(status: int, type_: str, message: str, headers: dict | None =
 
 
 # -- request bodies -------------------------------------------------------------------------
-class OperationBody(BaseModel):
+class OperationBody(BatchItem):
     """What to run: a TaskRequest without ``user_id`` (the token says who) and ``step``,
-    plus ``heavy`` to override the operation's queue."""
+    plus ``heavy`` to override the operation's queue (a batch item), and the task id."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    mode: str
-    service: str
-    task_name: str
-    input_data: dict[str, Any] = Field(default_factory=dict)
-    context: dict[str, Any] = Field(default_factory=dict)
     task_id: str | None = None
-    heavy: bool | None = None
 
 
 class SubmitBody(OperationBody):
