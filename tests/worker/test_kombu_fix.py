@@ -1,6 +1,6 @@
 """kombu's Redis channel that outlives its connection fails as a lost connection.
 
-Without aiecs_worker.kombu_fix this raises AttributeError ("'NoneType' object has no
+Without aiecs_worker.upstream_fixes this raises AttributeError ("'NoneType' object has no
 attribute 'hostname'"), which stopped threads-pool workers on a Redis restart.
 """
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from .kombu_fix import install as install_kombu_fix
 from .poison import install as install_poison_guard
-from .prefetch_fix import install as install_prefetch_fix
 from .settings import Settings, get_settings
+from .upstream_fixes import install as install_upstream_fixes
 
 __all__ = ["FAST_QUEUE", "HEAVY_QUEUE", "app", "create_app"]
 
@@ -33,8 +32,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
     install_poison_guard(celery_app)  # malformed broker messages are dead-lettered
-    install_kombu_fix()  # a Redis restart must not stop the worker (see kombu_fix)
-    install_prefetch_fix()  # a reconnect must not deadlock a threads worker (prefetch_fix)
+    # a Redis restart must not stop the worker, nor a reconnect deadlock a threads worker
+    install_upstream_fixes()
     # A dead worker's received-but-unstarted messages come back after the visibility
     # timeout (5 min by default: redelivered copies are harmless, see lease.py); kombu
     # looks for them every 30 s instead of every 100 s.
