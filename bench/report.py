@@ -63,6 +63,8 @@ BATCH = [
 STARTUP = {
     "worker start → first ping": [("seconds", "seconds", ".2f", ("ratio_le", 1.2,
                                                                   "≤ 1.2× anchor"))],
+    "worker start → first task done": [("seconds", "seconds", ".2f",
+                                        ("ratio_le", 1.2, "≤ 1.2× anchor"))],
     "import aiecs_core": [("ms", "ms", ".0f", ("lt", 150, "< 150 ms"))],
     "import aiecs_worker": [("ms", "ms", ".0f", None)],
 }
