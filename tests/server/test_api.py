@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -348,8 +349,11 @@ def test_backend_down_is_503(start_server, redis_server):
     server = start_server(redis_server.url)
     token = server.token(uid())
     redis_server.stop()
+    t0 = time.monotonic()
     status, err = server.http("POST", "/tasks", echo_body(), token=token)
     assert status == 503 and err["error"]["type"] == "unavailable"
+    # within the result subscription's bound (5 s), not Celery's default 19 s of retries
+    assert time.monotonic() - t0 < 10
     assert server.http("GET", "/tasks/abc", token=token)[0] == 503
     wait_until(lambda: server.health()[0] == 503, timeout=20, message="healthz 503")
     # Redis is back: the same server accepts tasks again, without a restart

@@ -60,7 +60,14 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=s.celery_task_soft_time_limit,
         task_time_limit=s.celery_task_time_limit,
         broker_transport_options=broker_options,
-        result_backend_transport_options=transport,
+        # A submission subscribes to its result (Celery's Redis result consumer) before
+        # it publishes; with Redis away that subscription retried for 19 s (20 tries,
+        # 1 s apart) before the caller heard of it. Bounded at 5 s: a Redis restart is
+        # ridden out, an outage is an error (a 503 from the server) within seconds. The
+        # worker's own result writes still retry (result_backend_always_retry below).
+        result_backend_transport_options={**transport, "retry_policy": {
+            "max_retries": 20, "interval_start": 0, "interval_step": 0.5,
+            "interval_max": 1, "timeout": 5}},
         worker_prefetch_multiplier=s.celery_worker_prefetch_multiplier,
         task_queues=(
             Queue(FAST_QUEUE, Exchange(FAST_QUEUE), routing_key=FAST_QUEUE,
