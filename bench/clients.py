@@ -120,6 +120,27 @@ async def direct(cfg: dict) -> None:
     await client.close()
 
 
+def _like_aiecs(task_id: str, user_id: str, k: int) -> dict:
+    """The ``k``-th event of an aiecs echo task, as its worker publishes it (PENDING,
+    RUNNING, the streamed chunk, progress, COMPLETED with result and usage), so that the
+    anchor server relays payloads of the same size and shape as the aiecs server does."""
+    from aiecs_core import TaskEvent, Usage
+
+    base = {"task_id": task_id, "step": 1, "user_id": user_id, "task_name": "echo",
+            "seq": k + 1}
+    kinds = [
+        {"type": "status", "status": "pending", "message": "queued"},
+        {"type": "status", "status": "running", "message": "started"},
+        {"type": "stream", "status": "running", "delta": "hello world"},
+        {"type": "progress", "status": "running", "progress": 1.0, "message": "chunk 1/1"},
+        {"type": "status", "status": "completed", "message": "completed", "progress": 1.0,
+         "result": {"text": "hello world", "chunks": 1},
+         "usage": [Usage(provider="echo", model="echo-1", input_tokens=2,
+                         output_tokens=2)]},
+    ]
+    return TaskEvent(**base, **kinds[k % len(kinds)]).model_dump(mode="json")
+
+
 async def emitter(cfg: dict) -> None:
     import socketio
 
@@ -133,10 +154,11 @@ async def emitter(cfg: dict) -> None:
         lag = t0 + i / cfg["rate"] - time.perf_counter()
         if lag > 0:
             await asyncio.sleep(lag)
+        user = f"u{i % cfg['users']}"
         for k in range(cfg["events"]):
-            await manager.emit("task_event", {"type": "status", "task_id": f"t{i}", "seq": k,
-                                              "timestamp": time.time()},
-                               room=f"user:u{i % cfg['users']}")
+            event = _like_aiecs(f"b{i}", user, k)
+            event["timestamp"] = time.time()
+            await manager.emit("task_event", event, room=f"user:{user}")
             sent += 1
     result({"tasks": cfg["n"], "events": sent, "seconds": time.perf_counter() - t0})
 

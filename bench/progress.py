@@ -5,8 +5,9 @@ per second for ``seconds``, round-robin over the users. aiecs: echo no-op tasks 
 threads worker and the progress server (``aiecs serve``); each task's events (PENDING from
 the producer, then the worker's) go to its user's room. Anchor: plain python-socketio
 (``bench.plain_sio``) fed by ``AsyncRedisManager(write_only=True)`` emitting as many
-events per task. Latency is the client's receive time minus the event's ``timestamp``
-(emit → client); a Redis subscriber on the manager channel in this process times
+events per task, of the same shape and size as an aiecs echo task's
+(``bench.clients._like_aiecs``). Latency is the client's receive time minus the event's
+``timestamp`` (emit → client); a Redis subscriber on the manager channel in this process times
 emit → Redis the same way.
 
 Scenario 6 (``streaming``): ``streams`` concurrent streamed chats through aiecs, each
