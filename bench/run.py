@@ -49,6 +49,19 @@ SCENARIOS = ["noop", "chat", "progress", "startup", "streaming", "scaling", "eve
              "batch"]
 
 
+def _compile_workspace(log) -> None:
+    """Compile the workspace packages' bytecode, as a deployment has it (the Docker image
+    installs them non-editable with UV_COMPILE_BYTECODE). In this editable checkout, with
+    PYTHONDONTWRITEBYTECODE set, every worker and server the bench starts would otherwise
+    compile aiecs's modules from source: about 32 ms more per process start, measured."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [str(p) for p in sorted((root / "packages").glob("*/src"))]
+    done = subprocess.run([sys.executable, "-m", "compileall", "-q", *sources],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        log(f"compileall failed (start-up figures include compiling): {done.stderr[-500:]}")
+
+
 def _median(runs: list[dict]) -> dict:
     keys = {k for r in runs for k, v in r.items() if isinstance(v, int | float)}
     return {k: statistics.median(v for r in runs if isinstance(v := r.get(k), int | float))
@@ -138,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                "commit": _git(), "machine": _machine(), "shared": args.shared,
                "params": params, "recommended": recommended, "scenarios": {}}
     procs.install_signal_handlers()
+    _compile_workspace(log)
     t0 = time.monotonic()
     try:
         for name in (s for s in SCENARIOS if s in chosen):
