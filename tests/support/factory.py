@@ -24,7 +24,7 @@ def process_factory(make: Callable[..., Any], describe: Callable[[Any], str], li
         return proc.start()
 
     yield start
-    for proc in started:
+    for index, proc in enumerate(started):
         proc.stop()
         print(f"--- log of {describe(proc)} (last {lines} lines) ---")
         text = proc.log()
@@ -33,5 +33,5 @@ def process_factory(make: Callable[..., Any], describe: Callable[[Any], str], li
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", describe(proc))
-            Path(keep, f"{os.getpid()}-{len(started)}-{name}.log").write_text(text)
+            Path(keep, f"{os.getpid()}-{index}-{name}.log").write_text(text)
         cleanup(proc)

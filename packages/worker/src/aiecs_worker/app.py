@@ -32,7 +32,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
     install_poison_guard(celery_app)  # malformed broker messages are dead-lettered
-    # a Redis restart must not stop the worker, nor a reconnect deadlock a threads worker
+    # a Redis restart must not stop the worker, nor a reconnect deadlock a threads worker;
+    # one Redis client per broker channel (see upstream_fixes)
     install_upstream_fixes()
     # A dead worker's received-but-unstarted messages come back after the visibility
     # timeout (5 min by default: redelivered copies are harmless, see lease.py); kombu

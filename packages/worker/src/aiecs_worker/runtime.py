@@ -11,7 +11,8 @@ One execution:
 1. the raw task arguments are validated into a :class:`TaskRequest` (size limit first);
 2. the ``begin`` transition, which publishes RUNNING in the same Lua call: an execution
    already terminal is not run again (its stored outcome is returned), one held by a
-   live worker is a duplicate delivery (dropped, see :mod:`aiecs_worker.lease`);
+   live worker, or being executed by this very process, is a duplicate delivery
+   (dropped, see :mod:`aiecs_worker.lease`);
    deliveries are counted, and past ``AIECS_MAX_DELIVERIES`` the execution FAILS
    instead of running; a pending cancel request ends it CANCELLED;
 3. the declared operation is resolved and its input validated;

@@ -41,8 +41,8 @@ every task a tenth of a millisecond.
    ``Channel.conn_or_acquire`` builds a ``redis.Redis`` over the channel's pool each time
    it is called without a client: at every delivery (the unacked record) and every
    acknowledgement. Building one costs about 47 µs with redis-py 8 (its response
-   callbacks are copied per instance), 12 % of a threads worker's CPU in a no-op drain
-   (py-spy). The fix keeps one client per channel, over the same pool (a ``redis.Redis``
+   callbacks are copied per instance), 12 % of a threads worker's GIL time in a no-op
+   drain (py-spy). The fix keeps one client per channel, over the same pool (a ``redis.Redis``
    is thread-safe; pipelines are still one per call), and builds it again if the channel
    gets a new pool.
 """
@@ -58,7 +58,7 @@ _installed = False
 
 
 def install() -> None:
-    """Apply both fixes once (idempotent)."""
+    """Apply the three fixes once (idempotent)."""
     global _installed
     if _installed:
         return
