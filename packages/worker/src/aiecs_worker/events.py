@@ -232,10 +232,13 @@ class EventPublisher(Protocol):
     async def publish(self, event: TaskEvent) -> int | None:
         """Publish after everything queued before it; return its seq (None if dropped)."""
 
-    async def publish_terminal(self, event: TaskEvent, state_key: str,
-                               finish: Sequence[Any]) -> int | None:
-        """Make the execution terminal and publish ``event`` in one atomic step, after
-        everything queued before it: its seq, 0 if already terminal, None if dropped."""
+    def publish_terminal(self, event: TaskEvent, state_key: str,
+                         finish: Sequence[Any]) -> asyncio.Future[int | None]:
+        """Queue, now, the step that makes the execution terminal and publishes ``event``
+        atomically, after everything queued before it; the future resolves to its seq, 0
+        if it was already terminal. Queued at the call, not when the future is awaited:
+        the events an operation emitted just before it ended go out in the same pipeline.
+        """
 
     async def aclose(self) -> None: ...
 
@@ -283,11 +286,11 @@ class RedisEventPublisher:
         self._ensure().put_nowait((event, fut, None))
         return await fut
 
-    async def publish_terminal(self, event: TaskEvent, state_key: str,
-                               finish: Sequence[Any]) -> int | None:
+    def publish_terminal(self, event: TaskEvent, state_key: str,
+                         finish: Sequence[Any]) -> asyncio.Future[int | None]:
         fut = asyncio.get_running_loop().create_future()
         self._ensure().put_nowait((event, fut, (state_key, list(finish))))
-        return await fut
+        return fut
 
     def _args(self, event: TaskEvent) -> tuple[list[str], list[Any]]:
         return script_args(event, self.channel, self.maxlen, self.ttl, self.prefix)

@@ -625,7 +625,8 @@ class Runtime:
             progress=1.0 if status == TaskStatus.COMPLETED else None,
         )
         # The terminal state and its event in one atomic script, queued behind the events
-        # already published; a process killed around it leaves both or neither.
+        # already published; a process killed around it leaves both or neither. Queued by
+        # this call, before any await: the operation's last events leave in its pipeline.
         recorded = self.publisher.publish_terminal(
             event,
             keys.state(request.step),
