@@ -71,8 +71,8 @@ STARTUP = {
                                                                   "≤ 1.2× anchor"))],
     "worker start → first task done": [("seconds", "seconds", ".2f",
                                         ("ratio_le", 1.2, "≤ 1.2× anchor"))],
-    "import aiecs_core": [("ms", "ms", ".0f", ("lt", 150, "< 150 ms"))],
-    "import aiecs_worker": [("ms", "ms", ".0f", None)],
+    "import aiecs_core": [("ms", "ms", ".1f", ("lt", 150, "< 150 ms"))],
+    "import aiecs_worker": [("ms", "ms", ".1f", None)],
 }
 ANCHORS = {
     "noop": "bare Celery (`bench/anchor_app.py`), same pool and concurrency",
