@@ -1,4 +1,4 @@
-"""The READMEs document every setting the code reads, with its real default."""
+"""The READMEs (and docs/security.md, for the limits) document every setting the code reads, with its real default."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from aiecs_worker.server.settings import ServerSettings
 from aiecs_worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = (REPO / "README.md").read_text() + (REPO / "packages/worker/README.md").read_text()
+DOCS = "".join((REPO / p).read_text()
+               for p in ("README.md", "packages/worker/README.md", "docs/security.md"))
 
 
 def _settings():
