@@ -29,6 +29,7 @@ RETRYABLE = {
     "ProviderServerError",
     "ProviderTimeoutError",
     "ProviderConnectionError",
+    "QuotaExceededError",
 }
 
 #: Structured fields every error in a test carries (the properties read some of them).

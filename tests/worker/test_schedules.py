@@ -19,6 +19,17 @@ from aiecs_worker.control import get_state
 from tests.support.events import TERMINAL, read_events, wait_until
 
 
+@pytest.fixture(autouse=True)
+def _one_second_schedules(monkeypatch):
+    """These tests run schedules every second: below the default minimum period."""
+    from aiecs_worker.settings import get_settings
+
+    monkeypatch.setenv("AIECS_SCHEDULE_MIN_PERIOD", "1")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 def _ids() -> tuple[str, str]:
     return f"u{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
 
@@ -119,12 +130,19 @@ def test_a_tick_fired_twice_makes_one_execution(aiecs_redis):
 
 
 def test_a_user_has_at_most_max_schedules(aiecs_redis, monkeypatch):
-    monkeypatch.setattr(schedules, "MAX_SCHEDULES", 2)
+    from aiecs_core import QuotaExceededError
+    from aiecs_worker.settings import get_settings
+
+    monkeypatch.setenv("AIECS_MAX_SCHEDULES", "2")
+    get_settings.cache_clear()
     user, _ = _ids()
     _schedule(user, "a", every=60)
     _schedule(user, "b", every=60)
-    with pytest.raises(schedules.ScheduleLimitError, match="at most 2 schedules"):
+    with pytest.raises(schedules.ScheduleLimitError, match="at most 2 schedules") as refused:
         _schedule(user, "c", every=60)
+    assert isinstance(refused.value, QuotaExceededError)
+    assert (refused.value.limit, refused.value.setting) == (2, "AIECS_MAX_SCHEDULES")
+    assert refused.value.retry_after == schedules.LIMIT_RETRY_AFTER
     with pytest.raises(schedules.ScheduleExistsError):
         _schedule(user, "a", every=60)
     schedules.delete(user, "a")
@@ -225,3 +243,26 @@ def test_a_cron_schedule_runs_through_beat(aiecs_redis, start_beat):
     listed = wait_until(recorded, timeout=10, message="the run recorded")
     assert listed["runs"] == 1 and _steps(client, user, task) == [1]
     assert datetime.fromtimestamp(listed["next_run_at"], UTC).minute % 5 == 0
+
+
+@pytest.mark.parametrize(("kw", "period"), [
+    ({"every": 9.5}, "9.5"), ({"every": None, "cron": "*/5 * * * *"}, "300"),
+    ({"every": None, "cron": "0,1 * * * *"}, "60")])
+def test_a_schedule_faster_than_the_minimum_period_is_refused(aiecs_redis, monkeypatch, kw,
+                                                              period):
+    """AIECS_SCHEDULE_MIN_PERIOD bounds `every` and the gap between two cron minutes (the
+    issue's 100 schedules every second fired 67-80 runs a second, forever)."""
+    from aiecs_core import QuotaExceededError
+    from aiecs_worker.settings import get_settings
+
+    monkeypatch.setenv("AIECS_SCHEDULE_MIN_PERIOD", "10" if "every" in kw and kw["every"]
+                       else "301")
+    get_settings.cache_clear()
+    user, task = _ids()
+    with pytest.raises(QuotaExceededError, match="AIECS_SCHEDULE_MIN_PERIOD") as refused:
+        _schedule(user, task, **kw)
+    assert f"every {period} s" in refused.value.message and not refused.value.is_retryable
+    assert schedules.list_schedules(user) == []
+    monkeypatch.setenv("AIECS_SCHEDULE_MIN_PERIOD", period)
+    get_settings.cache_clear()
+    assert _schedule(user, task, **kw)["task_id"] == task  # at the minimum: accepted

@@ -68,6 +68,7 @@ _ERRORS = (
     "ProviderError",
     "ProviderServerError",
     "ProviderTimeoutError",
+    "QuotaExceededError",
     "RateLimitError",
     "ServiceNotFoundError",
     "StreamInterruptedError",

@@ -39,6 +39,7 @@ __all__ = [
     "ProviderError",
     "ProviderServerError",
     "ProviderTimeoutError",
+    "QuotaExceededError",
     "RateLimitError",
     "ServiceNotFoundError",
     "StreamInterruptedError",
@@ -111,6 +112,32 @@ class PayloadTooLargeError(InvalidTaskError):
     @property
     def size(self) -> int | None:
         return self.details.get("size")
+
+
+class QuotaExceededError(AiecsError):
+    """A per-user quota set by the operator refused a submission before anything was
+    recorded or queued.
+
+    ``limit`` is the quota, ``setting`` the environment variable that sets it, and
+    ``retry_after`` the seconds after which the same request may pass (the HTTP API's
+    ``429`` with ``Retry-After``). A limit the request can never meet has no
+    ``retry_after`` and ``retryable=False`` in ``details`` (HTTP ``422``).
+    """
+
+    retryable = True
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.details.get("retry_after")
+        return float(value) if value is not None else None
+
+    @property
+    def limit(self) -> int | float | None:
+        return self.details.get("limit")
+
+    @property
+    def setting(self) -> str | None:
+        return self.details.get("setting")
 
 
 class ServiceNotFoundError(AiecsError):

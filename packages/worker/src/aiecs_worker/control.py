@@ -13,6 +13,7 @@ from typing import Any
 from aiecs_core import TaskRequest, load_plugins, validate_input
 from celery.result import AsyncResult
 
+from . import quotas
 from .app import app
 from .events import TaskKeys, celery_task_id, run_script
 from .records import record_cancelled, record_pending, state_redis
@@ -22,7 +23,7 @@ from .state import CANCEL_LUA, celery_index_key, decode_state, steps_key
 from .tasks import execute_heavy_task, execute_task
 
 __all__ = ["cancel", "cancel_celery", "get_state", "record_cancelled", "record_pending",
-           "submit"]
+           "submit", "task_steps"]
 
 
 
@@ -34,10 +35,15 @@ def submit(request: TaskRequest, *, heavy: bool | None = None,
     earlier than then, PENDING until; :func:`cancel` ends it CANCELLED at once.
 
     Raises ServiceNotFoundError / OperationNotFoundError / InputValidationError before
-    anything is queued when this process knows the service (it loads the same plugins).
+    anything is queued when this process knows the service (it loads the same plugins),
+    and QuotaExceededError when a quota of the user refuses it (:mod:`.quotas`).
     """
     spec = load_plugins().operation(request.mode, request.service, request.task_name)
     validate_input(spec, request.input_data)
+    client = state_redis()
+    quotas.check_steps(client, request.user_id, request.task_id, request.step)
+    quotas.admit(request.user_id, [TaskKeys(request.user_id, request.task_id)
+                                   .state(request.step)], client=client)
     if heavy is None:
         heavy = spec.heavy
     task = execute_heavy_task if heavy else execute_task
@@ -91,23 +97,38 @@ def _end_if_not_due(client: Any, state_key: str) -> None:
         record_cancelled((), json.loads(request), "cancelled before its scheduled time")
 
 
-def get_state(user_id: str, task_id: str, step: int | None = None) -> dict[str, Any]:
-    """Status, result or error of a task's steps (all of them when ``step`` is None).
+def get_state(user_id: str, task_id: str, step: int | None = None, *,
+              newest: int | None = None) -> dict[str, Any]:
+    """Status, result or error of a task's steps (all of them when ``step`` is None, or
+    the ``newest`` ones), read in one round trip.
 
-    Returns ``{"task_id", "user_id", "steps": {step: state}}``; ``steps`` is empty for an
-    unknown task.
+    Returns ``{"task_id", "user_id", "steps": {step: state}, "steps_total"}``; ``steps``
+    is empty for an unknown task; ``steps_total`` counts the steps the task lists.
     """
     client = state_redis()
     keys = TaskKeys(user_id, task_id)
-    steps = [step] if step is not None else sorted(
-        int(x) for x in client.smembers(steps_key(user_id, task_id))
-    )
-    out: dict[str, Any] = {"task_id": task_id, "user_id": user_id, "steps": {}}
+    if step is not None:
+        steps, total = [step], None
+    else:
+        steps = task_steps(user_id, task_id, client=client)
+        total = len(steps)
+        if newest is not None:
+            steps = steps[-newest:] if newest > 0 else []
+    pipe = client.pipeline(transaction=False)
     for st in steps:
-        raw = client.hgetall(keys.state(st))
+        pipe.hgetall(keys.state(st))
+    out: dict[str, Any] = {"task_id": task_id, "user_id": user_id, "steps": {}}
+    for st, raw in zip(steps, pipe.execute() if steps else [], strict=True):
         if raw:
             out["steps"][st] = decode_state(raw)
+    out["steps_total"] = total if total is not None else len(out["steps"])
     return out
+
+
+def task_steps(user_id: str, task_id: str, *, client: Any = None) -> list[int]:
+    """The steps a task lists (queued or run), in order."""
+    client = client or state_redis()
+    return sorted(int(x) for x in client.smembers(steps_key(user_id, task_id)))
 
 
 def last_events(user_id: str, task_id: str, count: int = 50) -> list[dict[str, Any]]:

@@ -27,22 +27,24 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiecs_core import ID_PATTERN, TaskRequest, load_plugins, validate_input
+from aiecs_core import ID_PATTERN, QuotaExceededError, TaskRequest, load_plugins, validate_input
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import quotas
 from .events import TaskKeys, run_script
 from .records import state_redis
 from .settings import get_settings
 from .state import steps_key
 
-__all__ = ["FIRE_TASK", "MAX_SCHEDULES", "Schedule", "ScheduleExistsError",
+__all__ = ["FIRE_TASK", "Schedule", "ScheduleExistsError",
            "ScheduleLimitError", "create",
            "delete", "fire", "get", "list_schedules", "tick_id"]
 
 #: The task name of the beat entries of schedules (run by :mod:`aiecs_worker.beat`).
 FIRE_TASK = "aiecs.schedule.fire"
-#: Schedules one user may have.
-MAX_SCHEDULES = 100
+#: Seconds a refusal for the number of schedules tells the user to wait (the count frees
+#: only when the user deletes one).
+LIMIT_RETRY_AFTER = 60
 #: Steps of a scheduled task listed in its ``steps`` set (older runs stay readable by
 #: step until their state expires): a task's view reads each listed step.
 KEEP_STEPS = 100
@@ -55,8 +57,8 @@ class ScheduleExistsError(Exception):
     """The user already has a schedule on this task id."""
 
 
-class ScheduleLimitError(Exception):
-    """The user has :data:`MAX_SCHEDULES` schedules already."""
+class ScheduleLimitError(QuotaExceededError):
+    """The user has AIECS_MAX_SCHEDULES schedules already (HTTP 429)."""
 
 
 class Schedule(BaseModel):
@@ -173,24 +175,44 @@ def _entry(user_id: str, task_id: str, schedule=None):
 
 
 def validate(schedule: Schedule) -> Schedule:
-    """Check the operation exists and the input fits its model (this process's plugins);
-    the queue follows the operation's declaration unless ``heavy`` was given. Raises
-    ServiceNotFoundError / OperationNotFoundError / InputValidationError /
-    PayloadTooLargeError."""
+    """Check the operation exists and the input fits its model (this process's plugins),
+    and the period is at least AIECS_SCHEDULE_MIN_PERIOD; the queue follows the
+    operation's declaration unless ``heavy`` was given. Raises ServiceNotFoundError /
+    OperationNotFoundError / InputValidationError / PayloadTooLargeError /
+    QuotaExceededError (the period; never retryable)."""
     from .runtime import check_payload_size
 
+    settings = get_settings()
+    least = settings.aiecs_schedule_min_period
+    period = schedule.every if schedule.every is not None else _cron_period(schedule)
+    if period < least:
+        raise quotas.never(
+            f"a schedule runs at most once every {least:g} s (limit set by "
+            f"AIECS_SCHEDULE_MIN_PERIOD); this one every {period:g} s", least,
+            "AIECS_SCHEDULE_MIN_PERIOD")
     check_payload_size({"input_data": schedule.input_data, "context": schedule.context},
-                       get_settings().aiecs_max_payload_bytes)
+                       settings.aiecs_max_payload_bytes)
     spec = load_plugins().operation(schedule.mode, schedule.service, schedule.task_name)
     validate_input(spec, schedule.input_data)
     return schedule
 
 
+def _cron_period(schedule: Schedule) -> float:
+    """The shortest gap, in seconds, between two runs of a cron schedule: between two of
+    its minutes in an hour (or across the hour), else an hour or more."""
+    minutes = sorted(schedule.celery_schedule().minute)
+    if len(minutes) < 2:
+        return 3600.0
+    gaps = [b - a for a, b in zip(minutes, minutes[1:], strict=False)]
+    return 60.0 * min([*gaps, 60 - minutes[-1] + minutes[0]])
+
+
 def create(schedule: Schedule, *, heavy: bool | None = None) -> dict[str, Any]:
     """Validate and store a schedule; beat runs it from its next tick on.
 
-    Raises what :func:`validate` raises, :class:`ScheduleExistsError` or
-    :class:`ScheduleLimitError`.
+    Raises what :func:`validate` raises, :class:`ScheduleExistsError`,
+    :class:`ScheduleLimitError` or, for the user's submissions per second,
+    :class:`~aiecs_core.QuotaExceededError`.
     """
     validate(schedule)
     if heavy is None:
@@ -198,14 +220,18 @@ def create(schedule: Schedule, *, heavy: bool | None = None) -> dict[str, Any]:
                                          schedule.task_name).heavy
     schedule = schedule.model_copy(update={"heavy": heavy, "created": time.time()})
     client = state_redis()
+    quotas.admit(schedule.user_id, client=client)
+    limit = get_settings().aiecs_max_schedules
     made = run_script(client, _CREATE_LUA,
                       [_key(schedule.user_id, schedule.task_id), _user_key(schedule.user_id)],
-                      [schedule.model_dump_json(), schedule.task_id, MAX_SCHEDULES])
+                      [schedule.model_dump_json(), schedule.task_id, limit])
     if made == 0:
         raise ScheduleExistsError(f"a schedule on task {schedule.task_id!r} already exists")
     if made == -1:
-        raise ScheduleLimitError(f"at most {MAX_SCHEDULES} schedules per user: delete one "
-                                 "first")
+        raise ScheduleLimitError(f"at most {limit} schedules per user (limit set by "
+                                 "AIECS_MAX_SCHEDULES): delete one first", limit=limit,
+                                 setting="AIECS_MAX_SCHEDULES",
+                                 retry_after=LIMIT_RETRY_AFTER)
     entry = _entry(schedule.user_id, schedule.task_id, schedule.celery_schedule())
     # the first run is one period after now (never at once, which a new cron entry would)
     entry.last_run_at = datetime.fromtimestamp(schedule.created, UTC)

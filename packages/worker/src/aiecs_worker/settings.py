@@ -84,6 +84,34 @@ class Settings(BaseModel):
     aiecs_deadletter_maxlen: int = Field(default=1000, gt=0)
     """AIECS_DEADLETTER_MAXLEN: malformed broker messages kept in ``aiecs:deadletter``."""
 
+    # --- quotas per user (see docs/security.md, "Quotas per user") ---------------------------
+    aiecs_user_submit_rate: float = Field(default=100.0, gt=0)
+    """AIECS_USER_SUBMIT_RATE: submissions (a task, a batch, a workflow, a schedule) per
+    second one user may make, sustained (a token bucket in Redis); more are refused (429)."""
+    aiecs_user_submit_burst: int = Field(default=1000, ge=1)
+    """AIECS_USER_SUBMIT_BURST: submissions one user may make at once (the bucket's size)."""
+    aiecs_user_max_active: int = Field(default=20_000, ge=1)
+    """AIECS_USER_MAX_ACTIVE: one user's executions queued, scheduled or running at once
+    (each batch item and workflow step counts); a submission beyond it is refused (429)."""
+    aiecs_user_max_batches: int = Field(default=10, ge=1)
+    """AIECS_USER_MAX_BATCHES: one user's batches not yet finished; one more is refused
+    (429)."""
+    aiecs_max_batch_items: int = Field(default=10_000, ge=1)
+    """AIECS_MAX_BATCH_ITEMS: most items one batch may hold (more: 413)."""
+    aiecs_max_group_body_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
+    """AIECS_MAX_GROUP_BODY_BYTES: largest body of ``POST /batches`` and ``POST
+    /workflows`` (each item's or step's input_data + context is also held to
+    AIECS_MAX_PAYLOAD_BYTES); more: 413."""
+    aiecs_max_steps_per_task: int = Field(default=1000, ge=1)
+    """AIECS_MAX_STEPS_PER_TASK: steps one task id may have; a submission of one more is
+    refused (422). A schedule's task keeps only its newest 100 steps listed, so a schedule
+    never meets it."""
+    aiecs_max_schedules: int = Field(default=100, ge=0)
+    """AIECS_MAX_SCHEDULES: schedules one user may have; one more is refused (429)."""
+    aiecs_schedule_min_period: float = Field(default=10.0, ge=1.0)
+    """AIECS_SCHEDULE_MIN_PERIOD: seconds; the shortest ``every`` of a schedule, and the
+    shortest gap between two minutes of a ``cron`` schedule (less: 422)."""
+
     # --- operations: metrics and logs --------------------------------------------------------
     aiecs_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """AIECS_METRICS_PORT: the worker serves Prometheus metrics on this port (unset: off;

@@ -14,7 +14,11 @@ that says what went wrong (never a traceback):
         task already has a schedule
 413     the body is larger than AIECS_MAX_PAYLOAD_BYTES allows
 422     the body does not validate: request model, unknown service or operation, or
-        input rejected by the operation's input model
+        input rejected by the operation's input model; or a per-user limit the request
+        can never meet (``QuotaExceededError``, e.g. AIECS_MAX_STEPS_PER_TASK)
+429     a per-user quota (``QuotaExceededError``: submissions per second, executions or
+        batches in flight, schedules), with ``Retry-After`` in seconds; the message
+        names the limit and its setting (docs/security.md, "Quotas per user")
 503     Redis or the broker is unreachable
 ======  ==========================================================================
 
@@ -38,6 +42,7 @@ from aiecs_core import (
     TERMINAL_STATUSES,
     AiecsError,
     PayloadTooLargeError,
+    QuotaExceededError,
     TaskRequest,
     jsonlimits,
     load_plugins,
@@ -55,6 +60,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..events import TaskKeys
 from ..metrics_http import metrics_endpoint
+from ..quotas import retry_after_header
 from ..runtime import check_payload_size
 from ..workflows.batch import BatchItem
 from .tokens import TokenError, issue_token, verify_token
@@ -66,6 +72,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 _TERMINAL = {s.value for s in TERMINAL_STATUSES}
 _ENVELOPE_BYTES = 64 * 1024  # room for the body's own fields around input_data + context
 MAX_DELAY = 30 * 86400  # seconds: the furthest ahead a submission's countdown / eta may be
+#: Steps ``GET /tasks/{id}`` lists by default (the newest; ``?steps=`` up to
+#: :data:`MAX_VIEW_STEPS`, ``?step=`` for one older step).
+VIEW_STEPS = 100
+MAX_VIEW_STEPS = 1000
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -273,11 +283,11 @@ async def submit_task(request: Request) -> Response:
 
     def work() -> dict[str, Any]:
         step = data.step
-        existing = control.get_state(user_id, task_id)["steps"] if data.task_id else {}
+        existing = control.task_steps(user_id, task_id) if data.task_id else []
         if step is None:
-            step = max((int(k) for k in existing), default=0) + 1
-        elif step in existing or str(step) in existing:
-            prior = existing.get(step) or existing.get(str(step)) or {}
+            step = max(existing, default=0) + 1
+        elif step in existing:
+            prior = control.get_state(user_id, task_id, step)["steps"].get(step) or {}
             raise ApiError(409, "conflict",
                            f"task {task_id!r} step {step} was already submitted "
                            f"(status {prior.get('status')})")
@@ -309,6 +319,8 @@ async def run_checked(work: Any) -> Any:
         raise
     except PayloadTooLargeError as exc:
         raise ApiError(413, "payload_too_large", exc.message) from None
+    except QuotaExceededError as exc:
+        raise quota_error(exc) from None
     except AiecsError as exc:  # ServiceNotFoundError, InputValidationError, ...
         raise ApiError(422, type(exc).__name__, exc.message) from None
     except Exception as exc:
@@ -317,11 +329,23 @@ async def run_checked(work: Any) -> Any:
         raise
 
 
+def quota_error(exc: QuotaExceededError) -> ApiError:
+    """429 with ``Retry-After`` for a quota that frees up, else 422; the body names the
+    limit and its setting."""
+    extra = {"limit": exc.limit, "setting": exc.setting}
+    if exc.retry_after is None:
+        return ApiError(422, "QuotaExceededError", exc.message, **extra)
+    header = retry_after_header(exc.retry_after)
+    return ApiError(429, "QuotaExceededError", exc.message, {"Retry-After": header},
+                    retry_after=int(header), **extra)
+
+
 async def _task_view(request: Request, user_id: str, task_id: str, step: int | None,
-                     n_events: int) -> dict[str, Any]:
+                     n_events: int, n_steps: int = VIEW_STEPS) -> dict[str, Any]:
     from .. import control
 
-    state = await run_in_threadpool(control.get_state, user_id, task_id, step)
+    state = await run_in_threadpool(
+        lambda: control.get_state(user_id, task_id, step, newest=n_steps))
     raw = await request.app.state.socket.redis.xrevrange(
         TaskKeys(user_id, task_id).log, count=n_events
     ) if n_events else []
@@ -339,6 +363,7 @@ async def _task_view(request: Request, user_id: str, task_id: str, step: int | N
         "error": latest.get("error"),
         "usage": latest.get("usage") or [],
         "steps": steps,
+        "steps_total": state["steps_total"],
         "events": events,
         "last_seq": events[-1]["seq"] if events else 0,
     }
@@ -367,8 +392,9 @@ async def get_task(request: Request) -> Response:
     task_id = _task_id(request.path_params["task_id"])
     step = _int_param(request, "step", None, 0, 2**31)
     n_events = _int_param(request, "events", 20, 0, 1000)
+    n_steps = _int_param(request, "steps", VIEW_STEPS, 1, MAX_VIEW_STEPS)
     try:
-        view = await _task_view(request, user_id, task_id, step, n_events)
+        view = await _task_view(request, user_id, task_id, step, n_events, n_steps)
     except ApiError:
         raise
     except Exception as exc:
@@ -413,7 +439,7 @@ async def cancel_task(request: Request) -> Response:
 # -- errors and middleware --------------------------------------------------------------------
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    if exc.status in (400, 413, 422):
+    if exc.status in (400, 413, 422, 429):
         message = exc.message if len(exc.message) <= 300 else exc.message[:300] + "..."
         log.info("refused %s %s: %d %s: %s", request.method, request.url.path[:200], exc.status,
                  exc.type, message)

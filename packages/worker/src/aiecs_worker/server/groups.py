@@ -11,7 +11,9 @@
 
 A batch or workflow that is refused (a bad item or step, a cycle, an unknown reference,
 service or operation) is answered 422 naming the item or step, before anything runs;
-an id already in use is 409.
+an id already in use is 409; a body over AIECS_MAX_GROUP_BODY_BYTES or a batch over
+AIECS_MAX_BATCH_ITEMS is 413; a per-user quota is 429 with ``Retry-After``
+(:mod:`aiecs_worker.quotas`).
 """
 
 from __future__ import annotations
@@ -33,13 +35,11 @@ from .api import (
     _unavailable,
     _validation_message,
     authenticate,
+    quota_error,
     read_json,
 )
 
 __all__ = ["routes"]
-
-#: Largest body of POST /batches (10,000 small items are about 1.5 MB).
-BATCH_BODY_LIMIT = 32 * 2**20
 
 
 class BatchBody(BaseModel):
@@ -56,17 +56,23 @@ class WorkflowBody(BaseModel):
 
 
 async def _call(work: Callable[[], Any]) -> Any:
-    """Run ``work`` in a thread: GroupError -> 422/409, KeyError -> 404, outage -> 503."""
+    """Run ``work`` in a thread: GroupError -> 422/409/413, a quota -> 429 (422),
+    KeyError -> 404, outage -> 503."""
+    from aiecs_core import QuotaExceededError
+
     from ..workflows.common import GroupError
 
+    names = {409: "conflict", 413: "payload_too_large"}
     try:
         return await run_in_threadpool(work)
     except ApiError:
         raise
+    except QuotaExceededError as exc:
+        raise quota_error(exc) from None
     except GroupError as exc:
-        status = 409 if exc.details.get("status") == 409 else 422
-        raise ApiError(status, "conflict" if status == 409 else "invalid_request",
-                       exc.message) from None
+        status = exc.details.get("status")
+        status = status if status in names else 422
+        raise ApiError(status, names.get(status, "invalid_request"), exc.message) from None
     except KeyError as exc:
         raise ApiError(404, "not_found", f"no such batch or workflow: {exc.args[0]!r}") from None
     except Exception as exc:
@@ -90,7 +96,7 @@ async def submit_batch(request: Request) -> Response:
     from ..workflows.batch import submit_batch as submit
 
     user_id = authenticate(request)
-    data = await _body(request, BatchBody, BATCH_BODY_LIMIT)
+    data = await _body(request, BatchBody, request.app.state.max_group_body_bytes)
     out = await _call(lambda: submit(user_id, data.items, batch_id=data.batch_id,
                                      heavy=data.heavy))
     return JSONResponse(out, status_code=202)
@@ -121,8 +127,7 @@ async def submit_workflow(request: Request) -> Response:
     from ..workflows.flow import submit_workflow as submit
 
     user_id = authenticate(request)
-    s = request.app.state
-    data = await _body(request, WorkflowBody, 8 * s.max_payload_bytes)
+    data = await _body(request, WorkflowBody, request.app.state.max_group_body_bytes)
     out = await _call(lambda: submit(user_id, data.steps, task_id=data.task_id))
     return JSONResponse(out, status_code=202)
 

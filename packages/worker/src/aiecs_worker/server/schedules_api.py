@@ -3,8 +3,10 @@
 schedules (another user's is indistinguishable from a missing one: 404).
 
 A schedule is refused at creation with a 422 naming what is wrong: a bad cron expression,
-both or neither of ``every`` / ``cron``, an interval under 1 s, an unknown service or
-operation, input its operation's model refuses; 409 when the task already has a schedule.
+both or neither of ``every`` / ``cron``, a period under AIECS_SCHEDULE_MIN_PERIOD, an
+unknown service or operation, input its operation's model refuses; 409 when the task
+already has a schedule; 429 with ``Retry-After`` when the user has AIECS_MAX_SCHEDULES
+schedules already or submits too fast (:mod:`aiecs_worker.quotas`).
 """
 
 from __future__ import annotations
@@ -59,8 +61,6 @@ async def create_schedule(request: Request) -> Response:
             return schedules.create(schedule, heavy=data.heavy)
         except schedules.ScheduleExistsError as exc:
             raise ApiError(409, "conflict", str(exc)) from None
-        except schedules.ScheduleLimitError as exc:
-            raise ApiError(422, "too_many_schedules", str(exc)) from None
 
     return JSONResponse(await run_checked(work), status_code=201)
 

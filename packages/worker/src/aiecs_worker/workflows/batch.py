@@ -24,6 +24,7 @@ from aiecs_core import TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..events import TaskKeys, _publish_lua, celery_task_id, script_args
+from ..quotas import admit
 from ..records import state_redis
 from ..settings import get_settings
 from ..state import CANCEL_LUA, PENDING_KEY, celery_index_key, decode_state, pending_lua, steps_key
@@ -39,8 +40,6 @@ from .hook import PUBLISH_GROUP_EVENT_LUA
 
 __all__ = ["BatchItem", "batch_key", "cancel_batch", "get_batch", "submit_batch"]
 
-#: Most items one batch may hold.
-MAX_BATCH_ITEMS = 50_000
 _CHUNK = 500
 _BATCH_ID = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
 
@@ -91,8 +90,10 @@ def _validate(user_id: str, batch_id: str, items: list[Any]) -> list[tuple[TaskR
         raise GroupError(f"invalid batch_id (must match {_BATCH_ID})")
     if not items:
         raise GroupError("a batch needs at least one item")
-    if len(items) > MAX_BATCH_ITEMS:
-        raise GroupError(f"{len(items)} items: a batch holds at most {MAX_BATCH_ITEMS}")
+    limit = get_settings().aiecs_max_batch_items
+    if len(items) > limit:
+        raise GroupError(f"{len(items)} items: a batch holds at most {limit} (limit set by "
+                         "AIECS_MAX_BATCH_ITEMS)", status=413, limit=limit)
     out = []
     for i, raw in enumerate(items):
         where = f"item {i}"
@@ -123,7 +124,8 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
     "total", "items": [{"task_id", "step"}, ...]}``.
 
     Every item is validated first (operation known, input valid): one bad item refuses
-    the whole batch with a :class:`GroupError` naming it, before anything is queued.
+    the whole batch with a :class:`GroupError` naming it, before anything is queued; so
+    does a quota of the user (:class:`~aiecs_core.QuotaExceededError`, :mod:`..quotas`).
     """
     from ..app import app
 
@@ -133,6 +135,8 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
     client = state_redis()
     key = batch_key(user_id, batch_id)
     total = len(checked)
+    admit(user_id, [TaskKeys(user_id, r.task_id).state(1) for r, _ in checked], batch=key,
+          client=client)
     fields = group_fields("batch", user_id, batch_id)
     head = fields[fields.index("head") + 1]
     counts = {"total": total, "completed": 0, "failed": 0, "timed_out": 0, "cancelled": 0,

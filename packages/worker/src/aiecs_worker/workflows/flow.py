@@ -44,6 +44,7 @@ from aiecs_core import (
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from ..events import TaskKeys, celery_task_id, encode_event, finish_sync, packet_parts
+from ..quotas import admit
 from ..records import state_redis
 from ..settings import get_settings
 from ..state import NOW_MS_LUA, PENDING_KEY, celery_index_key, decode_state, steps_key
@@ -256,8 +257,10 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
 
     Raises :class:`GroupError` (naming the step) before anything is recorded when the
     graph, a reference, a service, an operation or an input is wrong, or the task_id
-    already has steps.
+    already has steps; :class:`~aiecs_core.QuotaExceededError` when a quota of the user
+    refuses it (:mod:`..quotas`).
     """
+
     task_id = task_id or uuid.uuid4().hex
     parsed, order, requests = validate_workflow(user_id, task_id, steps)
     s = get_settings()
@@ -282,6 +285,7 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
     head, tail = packet_parts(user_id)
     client = state_redis()
     key = flow_key(user_id, task_id)
+    admit(user_id, [keys.state(n) for n in order], client=client)
     created = client.eval(
         CREATE_FLOW_LUA, 4, key, steps_key(user_id, task_id), keys.seq, keys.log,
         json.dumps(spec), s.aiecs_events_ttl, time.time(), user_id, task_id,
