@@ -15,6 +15,18 @@ from tests.server.serverproc import SECRET, ServerProcess, uid, wait_until
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 
 
+@pytest.fixture(scope="module")
+def progress_server():
+    """This module's server: schedules every second allowed (AIECS_SCHEDULE_MIN_PERIOD is
+    10 s by default; tests/server/test_quotas.py covers the default)."""
+    server = ServerProcess(redis_url=os.environ["REDIS_URL"],
+                           env={"AIECS_SCHEDULE_MIN_PERIOD": "1"}).start()
+    yield server
+    server.stop()
+    print("\n".join(server.log().splitlines()[-80:]))
+    server.close()
+
+
 def echo(**extra):
     return {"mode": "test", "service": "echo", "task_name": "echo",
             "input_data": {"text": "later", "chunks": 1}, **extra}
