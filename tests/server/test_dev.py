@@ -203,8 +203,9 @@ def test_dev_prefers_the_system_redis_and_submit_watch_need_no_token():
         watch = _aiecs("watch", "devtask", "--server", url, "--user", "tester", env=env)
         assert watch.returncode == 0, watch.stdout + watch.stderr
         assert watch.stdout.splitlines()[-1] == "COMPLETED task devtask step 1"
-        # The stack runs beat too: a schedule added now runs within seconds.
-        add = _aiecs("schedule", "add", "echo", "echo", "--mode", "test", "--every", "1",
+        # The stack runs beat too: a schedule added now runs once its period (10 s, the
+        # least AIECS_SCHEDULE_MIN_PERIOD allows by default) has passed.
+        add = _aiecs("schedule", "add", "echo", "echo", "--mode", "test", "--every", "10",
                      "--input", '{"text": "tick"}', "--task-id", "devsched", "--server", url,
                      "--user", "tester", env=env)
         assert add.returncode == 0 and add.stdout.strip() == "devsched", add.stderr
