@@ -98,10 +98,6 @@ class Settings(BaseModel):
     (429)."""
     aiecs_max_batch_items: int = Field(default=10_000, ge=1)
     """AIECS_MAX_BATCH_ITEMS: most items one batch may hold (more: 413)."""
-    aiecs_max_group_body_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
-    """AIECS_MAX_GROUP_BODY_BYTES: largest body of ``POST /batches`` and ``POST
-    /workflows`` (each item's or step's input_data + context is also held to
-    AIECS_MAX_PAYLOAD_BYTES); more: 413."""
     aiecs_max_steps_per_task: int = Field(default=1000, ge=1)
     """AIECS_MAX_STEPS_PER_TASK: steps one task id may have; a submission of one more is
     refused (422). A schedule's task keeps only its newest 100 steps listed, so a schedule

@@ -93,7 +93,7 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
     http.state.dev = settings.aiecs_dev
     http.state.token_ttl = settings.aiecs_token_ttl
     http.state.max_payload_bytes = worker_settings.aiecs_max_payload_bytes
-    http.state.max_group_body_bytes = worker_settings.aiecs_max_group_body_bytes
+    http.state.max_group_body_bytes = settings.aiecs_max_group_body_bytes
     asgi = socketio.ASGIApp(socket.sio, other_asgi_app=http)
     asgi.progress_socket = socket  # for tests and embedding
     return asgi

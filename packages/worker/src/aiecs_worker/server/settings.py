@@ -74,6 +74,10 @@ class ServerSettings(BaseSettings):
     aiecs_subscribe_refusals_max: int = Field(default=100, ge=1)
     """AIECS_SUBSCRIBE_REFUSALS_MAX: subscribes refused in a row (rate or backlog) after
     which the connection is disconnected as abusive."""
+    aiecs_max_group_body_bytes: int = Field(default=16 * 2**20, ge=64 * 1024)
+    """AIECS_MAX_GROUP_BODY_BYTES: largest body of ``POST /batches`` and ``POST
+    /workflows``, refused before it is read in full (413); each item's or step's
+    input_data + context is also held to AIECS_MAX_PAYLOAD_BYTES."""
     aiecs_health_interval: float = Field(default=2.0, gt=0)
     """AIECS_HEALTH_INTERVAL: seconds between pub/sub listener probes (see /healthz)."""
     aiecs_server_url: str | None = None
