@@ -6,6 +6,7 @@ a bounded number of them."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -81,6 +82,11 @@ def test_submissions_per_second(start_server, aiecs_redis):
                message="a token back")
     assert time.monotonic() - t0 > 0.5  # the window had to pass
     assert "refused POST /tasks: 429 QuotaExceededError" in server.log()
+    status, text = server.http("GET", "/metrics")
+    assert status == 200
+    count = re.search(r'^aiecs_quota_refusals_total\{setting="AIECS_USER_SUBMIT_RATE"\} '
+                      r'(\S+)$', text, flags=re.M)
+    assert count and float(count.group(1)) >= 4, text[-2000:]
 
 
 def test_executions_in_flight(start_server, aiecs_redis):

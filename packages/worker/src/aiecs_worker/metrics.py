@@ -26,6 +26,9 @@ a ``pid`` label under multi-process aggregation), ``aiecs_provider_tokens_total{
 ``aiecs_provider_rate_limit_waits_total`` and ``..._wait_seconds_total`` (each sleep
 waiting for cluster-wide capacity, ``AIECS_RATE_LIMITS``).
 
+Quotas (:mod:`aiecs_worker.quotas`): ``aiecs_quota_refusals_total{setting}``, submissions
+refused, labelled by the environment variable of the quota (a fixed set).
+
 Progress server: ``aiecs_server_connected_sockets``, ``aiecs_server_events_delivered_total``
 (packets of live events sent to sockets), ``aiecs_server_replays_total`` and
 ``aiecs_server_replayed_events_total``, ``aiecs_server_listener_restarts_total``.
@@ -82,6 +85,9 @@ def _define(prom: Any) -> dict[str, Any]:
         "rl_seconds": c("aiecs_provider_rate_limit_wait_seconds_total",
                         "Seconds slept waiting for rate-limit capacity", ["provider"],
                         registry=None),
+        "quota_refusals": c("aiecs_quota_refusals_total",
+                            "Submissions refused by a per-user quota, by its setting",
+                            ["setting"], registry=None),
         "sockets": g("aiecs_server_connected_sockets", "Authenticated Socket.IO connections",
                      multiprocess_mode="livesum", registry=None),
         "delivered": c("aiecs_server_events_delivered_total",
@@ -102,6 +108,7 @@ METRIC_NAMES = (
     "aiecs_provider_call_duration_seconds", "aiecs_provider_calls_in_flight",
     "aiecs_provider_tokens_total", "aiecs_provider_cost_usd_total",
     "aiecs_provider_rate_limit_waits_total", "aiecs_provider_rate_limit_wait_seconds_total",
+    "aiecs_quota_refusals_total",
     "aiecs_server_connected_sockets", "aiecs_server_events_delivered_total",
     "aiecs_server_replays_total", "aiecs_server_replayed_events_total",
     "aiecs_server_listener_restarts_total",
@@ -237,6 +244,12 @@ def rate_limit_wait(provider: str, seconds: float) -> None:
 
 
 # -- progress server (aiecs_worker.server.realtime) -----------------------------------------
+def quota_refused(setting: str) -> None:
+    """A per-user quota refused a submission (``setting`` names it: a fixed set)."""
+    if _m is not None:
+        _child("quota_refusals", setting).inc()
+
+
 def socket_connected(delta: int) -> None:
     if _m is not None:
         _m.sockets.inc(delta)

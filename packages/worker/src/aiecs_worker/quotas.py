@@ -28,11 +28,12 @@ from typing import Any
 
 from aiecs_core import TERMINAL_STATUSES, QuotaExceededError
 
+from . import metrics
 from .events import run_script
 from .records import state_redis
 from .settings import get_settings
 
-__all__ = ["admit", "check_steps", "never", "retry_after_header"]
+__all__ = ["admit", "check_steps", "never", "refused", "retry_after_header"]
 
 #: Seconds a refused count (executions, batches) tells the user to wait: they free up when
 #: executions end, which nothing here can predict.
@@ -89,8 +90,18 @@ def _key(user_id: str, what: str) -> str:
     return f"aiecs:quota:{user_id}:{what}"
 
 
+def refused(message: str, limit: int | float, setting: str, retry_after: float
+            ) -> QuotaExceededError:
+    """A refusal that frees up after ``retry_after`` seconds (HTTP 429), counted in
+    ``aiecs_quota_refusals_total``."""
+    metrics.quota_refused(setting)
+    return QuotaExceededError(message, limit=limit, setting=setting, retry_after=retry_after)
+
+
 def never(message: str, limit: int | float, setting: str) -> QuotaExceededError:
-    """A refusal the same request can never pass (HTTP 422): no ``retry_after``."""
+    """A refusal the same request can never pass (HTTP 422): no ``retry_after``; counted
+    in ``aiecs_quota_refusals_total``."""
+    metrics.quota_refused(setting)
     return QuotaExceededError(message, limit=limit, setting=setting, retryable=False)
 
 
@@ -119,22 +130,21 @@ def admit(user_id: str, executions: Sequence[str] = (), *, batch: str | None = N
             break
     if code == 1:
         rate, burst = s.aiecs_user_submit_rate, s.aiecs_user_submit_burst
-        raise QuotaExceededError(
+        raise refused(
             f"too many submissions: limit {rate:g} per second (burst {burst}) per user, "
             "set by AIECS_USER_SUBMIT_RATE and AIECS_USER_SUBMIT_BURST",
-            limit=rate, setting="AIECS_USER_SUBMIT_RATE",
-            retry_after=max(0.001, float(wait)))
+            rate, "AIECS_USER_SUBMIT_RATE", max(0.001, float(wait)))
     if code == 2:
         limit = s.aiecs_user_max_active
-        raise QuotaExceededError(
+        raise refused(
             f"too many executions queued or running: limit {limit} per user, set by "
             f"AIECS_USER_MAX_ACTIVE ({len(executions)} more asked); retry when some end",
-            limit=limit, setting="AIECS_USER_MAX_ACTIVE", retry_after=COUNT_RETRY_AFTER)
+            limit, "AIECS_USER_MAX_ACTIVE", COUNT_RETRY_AFTER)
     limit = s.aiecs_user_max_batches
-    raise QuotaExceededError(
+    raise refused(
         f"too many batches in flight: limit {limit} per user, set by "
         "AIECS_USER_MAX_BATCHES; retry when one finishes (or cancel one)",
-        limit=limit, setting="AIECS_USER_MAX_BATCHES", retry_after=COUNT_RETRY_AFTER)
+        limit, "AIECS_USER_MAX_BATCHES", COUNT_RETRY_AFTER)
 
 
 def _prune(client: Any, user_id: str) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 from aiecs_core import ID_PATTERN, QuotaExceededError, TaskRequest, load_plugins, validate_input
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import quotas
+from . import metrics, quotas
 from .events import TaskKeys, run_script
 from .records import state_redis
 from .settings import get_settings
@@ -228,6 +228,7 @@ def create(schedule: Schedule, *, heavy: bool | None = None) -> dict[str, Any]:
     if made == 0:
         raise ScheduleExistsError(f"a schedule on task {schedule.task_id!r} already exists")
     if made == -1:
+        metrics.quota_refused("AIECS_MAX_SCHEDULES")
         raise ScheduleLimitError(f"at most {limit} schedules per user (limit set by "
                                  "AIECS_MAX_SCHEDULES): delete one first", limit=limit,
                                  setting="AIECS_MAX_SCHEDULES",

@@ -23,6 +23,7 @@ from typing import Any
 from aiecs_core import TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .. import metrics
 from ..events import TaskKeys, _publish_lua, celery_task_id, script_args
 from ..quotas import admit
 from ..records import state_redis
@@ -92,6 +93,7 @@ def _validate(user_id: str, batch_id: str, items: list[Any]) -> list[tuple[TaskR
         raise GroupError("a batch needs at least one item")
     limit = get_settings().aiecs_max_batch_items
     if len(items) > limit:
+        metrics.quota_refused("AIECS_MAX_BATCH_ITEMS")
         raise GroupError(f"{len(items)} items: a batch holds at most {limit} (limit set by "
                          "AIECS_MAX_BATCH_ITEMS)", status=413, limit=limit)
     out = []
