@@ -256,6 +256,13 @@ def test_python_entry_points_raise_quota_exceeded(aiecs_redis, quota_env):
     with pytest.raises(QuotaExceededError):
         submit_workflow(user, [{"step": 1, **item()}])
     assert queued(client) == before and user_keys(client, user) == keys
+    # a batch counts each of its items (by state key, pruned when each ends)
+    quota_env(AIECS_USER_MAX_ACTIVE=5, AIECS_USER_SUBMIT_BURST=100)
+    submit_batch(user, [item()] * 3, batch_id="b")
+    assert {m.decode() for m in client.zrange(f"aiecs:quota:{user}:active", 0, -1)} == {
+        f"aiecs:t:{user}:{t}:1:state" for t in ("a", "b", "b.0", "b.1", "b.2")}
+    assert all(client.hget(f"aiecs:t:{user}:b.{i}:1:state", "status") == b"pending"
+               for i in range(3))
     # round-trips like every aiecs error (Celery's JSON backend rebuilds cls(*args))
     again = type(refused.value)(*json.loads(json.dumps(refused.value.args)))
     assert again.retry_after == 5 and again.setting == "AIECS_USER_MAX_ACTIVE"

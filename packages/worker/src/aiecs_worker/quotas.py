@@ -45,7 +45,9 @@ _TERMINAL = {s.value.encode() for s in TERMINAL_STATUSES}
 _CHUNK = 1000
 
 # KEYS: bucket, active, batches.  ARGV: rate, burst, max active, max batches, ttl,
-# batch member ('' for none), then the execution members.
+# batch member ('' for none), then numbered members (prefix, count, suffix: members
+# prefix..i..suffix for i in 0..count-1, a batch's items, sent as three strings), then
+# the execution members.
 # Returns {0, ''} admitted, or {1, wait seconds} rate, {2, ''} executions, {3, ''} batches.
 _ADMIT_LUA = """
 local t = redis.call('TIME')
@@ -57,11 +59,16 @@ if b[1] then
   tokens = math.min(burst, tonumber(b[1]) + math.max(0, now - tonumber(b[2])) * rate)
 end
 if tokens < 1 then return {1, tostring((1 - tokens) / rate)} end
-local n = #ARGV - 6
+local gen = tonumber(ARGV[8])
+local n = gen + #ARGV - 9
+local function member(i)
+  if i <= gen then return ARGV[7] .. (i - 1) .. ARGV[9] end
+  return ARGV[9 + i - gen]
+end
 if n > 0 and redis.call('ZCARD', KEYS[2]) + n > tonumber(ARGV[3]) then
   local fresh = 0
-  for i = 7, #ARGV do
-    if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then fresh = fresh + 1 end
+  for i = 1, n do
+    if not redis.call('ZSCORE', KEYS[2], member(i)) then fresh = fresh + 1 end
   end
   if redis.call('ZCARD', KEYS[2]) + fresh > tonumber(ARGV[3]) then return {2, ''} end
 end
@@ -69,11 +76,11 @@ if ARGV[6] ~= '' and not redis.call('ZSCORE', KEYS[3], ARGV[6])
    and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then return {3, ''} end
 redis.call('HSET', KEYS[1], 't', tostring(tokens - 1), 'ts', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
-for i = 7, #ARGV, 1000 do
+for i = 1, n, 1000 do
   local args = {}
-  for j = i, math.min(i + 999, #ARGV) do
+  for j = i, math.min(i + 999, n) do
     args[#args + 1] = now
-    args[#args + 1] = ARGV[j]
+    args[#args + 1] = member(j)
   end
   redis.call('ZADD', KEYS[2], unpack(args))
 end
@@ -106,12 +113,15 @@ def never(message: str, limit: int | float, setting: str) -> QuotaExceededError:
 
 
 def admit(user_id: str, executions: Sequence[str] = (), *, batch: str | None = None,
-          client: Any = None) -> None:
-    """Count one submission of ``user_id`` with the state keys of its ``executions`` (and
-    the key of its ``batch``), or raise :class:`QuotaExceededError` with nothing counted."""
+          numbered: tuple[str, int, str] = ("", 0, ""), client: Any = None) -> None:
+    """Count one submission of ``user_id`` with the state keys of its ``executions`` and
+    the ``numbered`` ones (``(prefix, count, suffix)``: ``f"{prefix}{i}{suffix}"`` for
+    ``i`` in ``range(count)``, a batch's items in a few bytes), and the key of its
+    ``batch``; or raise :class:`QuotaExceededError` with nothing counted."""
     s = get_settings()
-    if len(executions) > s.aiecs_user_max_active:
-        raise never(f"{len(executions)} executions in one submission: a user may have at "
+    asked = len(executions) + numbered[1]
+    if asked > s.aiecs_user_max_active:
+        raise never(f"{asked} executions in one submission: a user may have at "
                     f"most {s.aiecs_user_max_active} queued or running "
                     "(limit set by AIECS_USER_MAX_ACTIVE)",
                     s.aiecs_user_max_active, "AIECS_USER_MAX_ACTIVE")
@@ -120,7 +130,7 @@ def admit(user_id: str, executions: Sequence[str] = (), *, batch: str | None = N
     ttl = s.aiecs_events_ttl + 3600  # members outlive their states' ttl by an hour at most
     args = [repr(s.aiecs_user_submit_rate), s.aiecs_user_submit_burst,
             s.aiecs_user_max_active, s.aiecs_user_max_batches, ttl, batch or "",
-            *executions]
+            *numbered, *executions]
     for attempt in (0, 1):
         code, wait = run_script(client, _ADMIT_LUA, keys, args)
         code = int(code)
@@ -138,7 +148,7 @@ def admit(user_id: str, executions: Sequence[str] = (), *, batch: str | None = N
         limit = s.aiecs_user_max_active
         raise refused(
             f"too many executions queued or running: limit {limit} per user, set by "
-            f"AIECS_USER_MAX_ACTIVE ({len(executions)} more asked); retry when some end",
+            f"AIECS_USER_MAX_ACTIVE ({asked} more asked); retry when some end",
             limit, "AIECS_USER_MAX_ACTIVE", COUNT_RETRY_AFTER)
     limit = s.aiecs_user_max_batches
     raise refused(

@@ -137,7 +137,10 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
     client = state_redis()
     key = batch_key(user_id, batch_id)
     total = len(checked)
-    admit(user_id, [TaskKeys(user_id, r.task_id).state(1) for r, _ in checked], batch=key,
+    # the items' state keys, TaskKeys(user_id, item_task_id(batch_id, i)).state(1)
+    first = TaskKeys(user_id, item_task_id(batch_id, 0)).state(1)
+    prefix, suffix = first.split(f"{batch_id}.0:", 1)
+    admit(user_id, batch=key, numbered=(f"{prefix}{batch_id}.", total, f":{suffix}"),
           client=client)
     fields = group_fields("batch", user_id, batch_id)
     head = fields[fields.index("head") + 1]
