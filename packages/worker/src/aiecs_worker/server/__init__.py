@@ -64,6 +64,9 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
         max_message_bytes=settings.aiecs_max_message_bytes,
         health_interval=settings.aiecs_health_interval,
         limits=settings.replay_limits(),
+        socket_limits=settings.socket_limits(),
+        max_token_lifetime=settings.aiecs_token_max_lifetime,
+        revocation_poll=settings.aiecs_revocation_poll,
     )
 
     @contextlib.asynccontextmanager
@@ -92,6 +95,7 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
     http.state.socket = socket
     http.state.dev = settings.aiecs_dev
     http.state.token_ttl = settings.aiecs_token_ttl
+    http.state.token_max_lifetime = settings.aiecs_token_max_lifetime
     http.state.max_payload_bytes = worker_settings.aiecs_max_payload_bytes
     http.state.max_group_body_bytes = settings.aiecs_max_group_body_bytes
     asgi = socketio.ASGIApp(socket.sio, other_asgi_app=http)

@@ -63,6 +63,7 @@ from ..metrics_http import metrics_endpoint
 from ..quotas import retry_after_header
 from ..runtime import check_payload_size
 from ..workflows.batch import BatchItem
+from .revocation import RevocationGate
 from .tokens import TokenError, issue_token, verify_token
 
 __all__ = ["ApiError", "create_http_app"]
@@ -170,7 +171,8 @@ def authenticate(request: Request) -> str:
         raise ApiError(401, "unauthorized", "missing token: send Authorization: Bearer TOKEN",
                        headers={"WWW-Authenticate": 'Bearer realm="aiecs"'})
     try:
-        return verify_token(token.strip(), request.app.state.secret).user_id
+        return verify_token(token.strip(), request.app.state.secret,
+                            max_lifetime=request.app.state.token_max_lifetime).user_id
     except TokenError as exc:
         raise ApiError(401, "unauthorized", str(exc),
                        headers={"WWW-Authenticate": 'Bearer realm="aiecs", error="invalid_token"'}
@@ -180,7 +182,7 @@ def authenticate(request: Request) -> str:
 def _task_id(raw: str) -> str:
     import re
 
-    if not re.match(ID_PATTERN, raw):
+    if not re.fullmatch(ID_PATTERN, raw):
         raise ApiError(400, "bad_request", f"invalid task_id (must match {ID_PATTERN})")
     return raw
 
@@ -249,6 +251,9 @@ async def dev_token(request: Request) -> Response:
         raise ApiError(422, "invalid_request", _validation_message(exc)) from None
     s = request.app.state
     ttl = data.ttl or s.token_ttl
+    if ttl > s.token_max_lifetime:
+        raise ApiError(422, "invalid_request",
+                       f"ttl: longer than AIECS_TOKEN_MAX_LIFETIME ({s.token_max_lifetime} s)")
     token = issue_token(data.user_id, s.secret, ttl)
     return JSONResponse({"user_id": data.user_id, "token": token, "ttl": ttl})
 
@@ -534,6 +539,7 @@ def create_http_app(*, allowed_origins: list[str], dev: bool, lifespan=None) -> 
             max_age=600,
         ),
         Middleware(SecurityHeaders),
+        Middleware(RevocationGate),  # revoked tokens: 401 before any route
     ]
     return Starlette(
         routes=routes,

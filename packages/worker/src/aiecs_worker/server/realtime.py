@@ -69,7 +69,9 @@ from socketio import packet as sio_packet
 
 from .. import metrics
 from ..events import EVENT_NAME, TaskKeys, user_room
-from .tokens import TokenError, verify_token
+from .admission import TOO_MANY_CONNECTIONS, SocketAdmission, SocketLimits
+from .revocation import GEN_KEY, revoked, revoked_many
+from .tokens import DEFAULT_MAX_LIFETIME, Identity, TokenError, verify_token
 
 __all__ = ["BATCH_EVENT", "ERROR_EVENT", "GuardedServer", "ProbedRedisManager",
            "ProgressSocket", "ReplayLimits", "SafeJson"]
@@ -133,6 +135,8 @@ class _UserSlots:
 class _Connection:
     user_id: str
     user: _UserSlots
+    identity: Identity
+    eio_sid: str | None
     streaming: asyncio.Semaphore
     tokens: float
     stamp: float = field(default_factory=time.monotonic)
@@ -161,6 +165,28 @@ class GuardedServer(socketio.AsyncServer):
     """
 
     on_bad_packet = None  # set by ProgressSocket
+    admission: SocketAdmission | None = None  # set by ProgressSocket
+
+    async def _handle_eio_connect(self, eio_sid, environ):
+        if self.admission is not None:
+            refusal = self.admission.open(
+                eio_sid, environ, lambda: self._close_unauthenticated(eio_sid))
+            if refusal is not None:
+                return refusal  # Engine.IO refuses the handshake with this reason
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid, reason):
+        if self.admission is not None:
+            self.admission.close(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def _close_unauthenticated(self, eio_sid: str) -> None:
+        """The session's deadline passed: close it unless it carries a connection."""
+        if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
+            return
+        if eio_sid in self.eio.sockets:
+            log.info("closing an Engine.IO session that did not authenticate in time")
+            await self.eio.disconnect(eio_sid)
 
     async def _handle_eio_message(self, eio_sid, data):
         if eio_sid not in self._binary_packet:
@@ -282,6 +308,9 @@ class ProgressSocket:
         max_message_bytes: int,
         health_interval: float = 2.0,
         limits: ReplayLimits | None = None,
+        socket_limits: SocketLimits | None = None,
+        max_token_lifetime: float = DEFAULT_MAX_LIFETIME,
+        revocation_poll: float = 1.0,
     ):
         if not allowed_origins:  # an empty list turns Engine.IO's origin check off
             raise ValueError("allowed_origins must not be empty")
@@ -290,6 +319,10 @@ class ProgressSocket:
         self.channel = channel
         self.health_interval = health_interval
         self.limits = limits or ReplayLimits()
+        self.socket_limits = socket_limits or SocketLimits()
+        self.max_token_lifetime = max_token_lifetime
+        self.revocation_poll = revocation_poll
+        self.admission = SocketAdmission(self.socket_limits)
         self.manager = ProbedRedisManager(redis_url, channel)
         self.sio = GuardedServer(
             async_mode="asgi",
@@ -302,6 +335,7 @@ class ProgressSocket:
             json=SafeJson,  # client packets: depth-checked before json.loads recurses
         )
         self.sio.on_bad_packet = self._on_bad_packet
+        self.sio.admission = self.admission
         # The manager borrowed SafeJson; what it reads is the workers' events (trusted,
         # and a deep operation result must not be dropped), so it keeps the plain module.
         self.manager.json = json
@@ -310,6 +344,7 @@ class ProgressSocket:
         self.redis = None  # redis.asyncio client for the log, set by start()
         self._expiry: dict[str, asyncio.Task] = {}
         self._monitor: asyncio.Task | None = None
+        self._revocations: asyncio.Task | None = None
         self._run_id: str | None = None
         self._listener_ok = False
         #: how long a probe may take to come back before the listener counts as deaf
@@ -335,11 +370,14 @@ class ProgressSocket:
             self.sio.manager_initialized = True
             self.manager.initialize()
         self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
+        self._revocations = asyncio.get_running_loop().create_task(self._revocation_loop())
 
     async def stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+        self.admission.stop()
+        for loop_task in (self._monitor, self._revocations):
+            if loop_task is not None:
+                loop_task.cancel()
+                await asyncio.gather(loop_task, return_exceptions=True)
         for task in self._expiry.values():
             task.cancel()
         thread = getattr(self.manager, "thread", None)
@@ -443,6 +481,34 @@ class ProgressSocket:
         self._listener_ok = True
         return not restarted
 
+    async def _revocation_loop(self) -> None:
+        """Disconnect the sockets whose token (or user) was revoked: poll the revocation
+        list's generation every AIECS_REVOCATION_POLL seconds; when it changed, check
+        every connection of this process (one pipelined round trip)."""
+        seen: bytes | None = None
+        while True:
+            await asyncio.sleep(self.revocation_poll)
+            try:
+                gen = await self.redis.get(GEN_KEY)
+                if gen is None or gen == seen:
+                    continue
+                conns = list(self._connections.items())
+                reasons = await revoked_many(self.redis, [c.identity for _, c in conns])
+                for (sid, conn), reason in zip(conns, reasons, strict=True):
+                    if reason is not None:
+                        log.info("disconnecting a connection of user %s: %s",
+                                 conn.user_id, reason)
+                        self.sio.start_background_task(self._end_session, sid, reason)
+                seen = gen
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis away: try again next time
+                log.warning("revocation check failed: %s", exc)
+
+    async def _end_session(self, sid: str, reason: str) -> None:
+        await self.sio.emit(EXPIRED_EVENT, {"message": reason}, to=sid, ignore_queue=True)
+        await self.sio.disconnect(sid, ignore_queue=True)
+
     def _restart_listener(self) -> None:
         thread = getattr(self.manager, "thread", None)
         if thread is not None and not thread.done():
@@ -472,25 +538,47 @@ class ProgressSocket:
             if header[:7].lower() == "bearer ":
                 token = header[7:].strip()
         try:
-            identity = verify_token(token, self.secret)
+            identity = verify_token(token, self.secret, max_lifetime=self.max_token_lifetime)
         except TokenError as exc:
             # Raising (not returning) refuses the connection: python-socketio accepts a
             # connection whose handler returns None.
             raise socketio.exceptions.ConnectionRefusedError(
                 str(exc), {"type": "unauthorized", "message": str(exc)}
             ) from None
-        await self.sio.save_session(
-            sid, {"user_id": identity.user_id, "expires_at": identity.expires_at}
-        )
-        await self.sio.enter_room(sid, user_room(identity.user_id))
+        try:
+            reason = await revoked(self.redis, identity)
+        except Exception as exc:  # noqa: BLE001 - fail closed: the list cannot be read
+            log.warning("revocation list unreadable, refusing a connection: %s", exc)
+            message = "the server cannot check tokens right now; connect again shortly"
+            raise socketio.exceptions.ConnectionRefusedError(
+                message, {"type": "unavailable", "message": message}) from None
+        if reason is not None:
+            raise socketio.exceptions.ConnectionRefusedError(
+                reason, {"type": "unauthorized", "message": reason})
+        # no await from the cap check to the count: concurrent connects cannot both pass
         user = self._users.get(identity.user_id)
+        cap = self.socket_limits.per_user
+        if user is not None and user.connections >= cap:
+            message = (f"too many connections for this user (limit {cap} per server "
+                       "process); close one and connect again")
+            log.warning("refused a connection of user %s: %d open (limit %d)",
+                        identity.user_id, user.connections, cap)
+            raise socketio.exceptions.ConnectionRefusedError(
+                message, {"type": TOO_MANY_CONNECTIONS, "message": message})
         if user is None:
             user = self._users[identity.user_id] = _UserSlots(
                 asyncio.Semaphore(self.limits.user_concurrency))
         user.connections += 1
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         self._connections[sid] = _Connection(
-            identity.user_id, user, asyncio.Semaphore(self.limits.concurrency),
-            tokens=float(self.limits.burst))
+            identity.user_id, user, identity, eio_sid,
+            asyncio.Semaphore(self.limits.concurrency), tokens=float(self.limits.burst))
+        if eio_sid is not None:
+            self.admission.authenticated(eio_sid)
+        await self.sio.save_session(
+            sid, {"user_id": identity.user_id, "expires_at": identity.expires_at}
+        )
+        await self.sio.enter_room(sid, user_room(identity.user_id))
         delay = identity.expires_at - time.time()
         self._expiry[sid] = asyncio.get_running_loop().create_task(self._expire(sid, delay))
         metrics.socket_connected(1)
@@ -512,6 +600,10 @@ class ProgressSocket:
             conn.user.connections -= 1
             self._forget_user(conn)
             metrics.socket_connected(-1)
+            if conn.eio_sid is not None:  # the session stays: it must authenticate again
+                eio_sid = conn.eio_sid
+                self.admission.rearm(
+                    eio_sid, lambda: self.sio._close_unauthenticated(eio_sid))
 
     def _forget_user(self, conn: _Connection) -> None:
         user = conn.user

@@ -48,6 +48,23 @@ class ServerSettings(BaseSettings):
     a token to anyone who asks). Never set it on a server others can reach."""
     aiecs_token_ttl: int = Field(default=3600, gt=0)
     """AIECS_TOKEN_TTL: default lifetime of issued tokens, seconds."""
+    aiecs_token_max_lifetime: int = Field(default=86400, gt=0)
+    """AIECS_TOKEN_MAX_LIFETIME: longest lifetime (``exp - iat``, seconds) a token may have;
+    a token claiming more, or without ``iat`` or ``exp``, is refused."""
+    aiecs_revocation_poll: float = Field(default=1.0, gt=0, le=60)
+    """AIECS_REVOCATION_POLL: seconds between checks of the revocation list for connected
+    sockets (a socket whose token or user was revoked is disconnected within this)."""
+    aiecs_socket_auth_timeout: float = Field(default=5.0, gt=0, le=300)
+    """AIECS_SOCKET_AUTH_TIMEOUT: seconds an Engine.IO session may stay open without a
+    Socket.IO connection authenticated by a token; then the server closes it."""
+    aiecs_max_sockets_per_user: int = Field(default=50, ge=1)
+    """AIECS_MAX_SOCKETS_PER_USER: authenticated Socket.IO connections one user may hold
+    on one server process; one more is refused (``too_many_connections``)."""
+    aiecs_max_sockets_per_address: int = Field(default=200, ge=1)
+    """AIECS_MAX_SOCKETS_PER_ADDRESS: Engine.IO sessions (authenticated or not) one client
+    address may hold on one server process; one more is refused at the handshake. The
+    address is the peer the server sees (behind a proxy: the proxy's, unless the ASGI
+    server is told to trust its forwarded headers)."""
     aiecs_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     """AIECS_MAX_MESSAGE_BYTES: largest Socket.IO message a client may send."""
     aiecs_replay_concurrency: int = Field(default=2, ge=1)
@@ -119,6 +136,24 @@ class ServerSettings(BaseSettings):
                 "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
         return self
+
+    @model_validator(mode="after")
+    def _ttl_within_max(self) -> ServerSettings:
+        if self.aiecs_token_ttl > self.aiecs_token_max_lifetime:
+            raise ValueError(
+                f"AIECS_TOKEN_TTL ({self.aiecs_token_ttl}) is longer than "
+                f"AIECS_TOKEN_MAX_LIFETIME ({self.aiecs_token_max_lifetime})")
+        return self
+
+    def socket_limits(self):
+        """The socket admission limits as :class:`~.admission.SocketLimits`."""
+        from .admission import SocketLimits
+
+        return SocketLimits(
+            auth_timeout=self.aiecs_socket_auth_timeout,
+            per_user=self.aiecs_max_sockets_per_user,
+            per_address=self.aiecs_max_sockets_per_address,
+        )
 
     def replay_limits(self):
         """The subscribe/replay limits as :class:`~.realtime.ReplayLimits`."""

@@ -2,18 +2,22 @@
 
 A token is a JSON Web Token signed with HMAC-SHA256 and ``AIECS_SECRET_KEY``::
 
-    {"sub": "<user_id>", "aud": "aiecs", "iat": <issued>, "exp": <expiry>}
+    {"sub": "<user_id>", "aud": "aiecs", "iat": <issued>, "exp": <expiry>, "jti": "<id>"}
 
 JWT rather than a home-made format so that the API layer in front of aiecs, in whatever
 language it is written, can mint tokens with its own JWT library and the shared secret.
 Verification pins the algorithm to HS256 (no ``alg: none``, no key confusion), compares
-signatures in constant time and requires ``sub``, ``exp`` and ``aud``.
+signatures in constant time and requires ``sub``, ``iat``, ``exp`` and ``aud``; a token
+whose lifetime (``exp - iat``) is longer than AIECS_TOKEN_MAX_LIFETIME is refused, so a
+leaked token is useful for a bounded time. ``jti`` (optional for tokens minted elsewhere;
+at most 128 characters) names the token for revocation (:mod:`.revocation`).
 """
 
 from __future__ import annotations
 
 import re
 import time
+import uuid
 from dataclasses import dataclass
 
 import jwt
@@ -24,6 +28,8 @@ __all__ = ["ALGORITHM", "AUDIENCE", "TokenError", "Identity", "issue_token", "ve
 ALGORITHM = "HS256"
 AUDIENCE = "aiecs"
 _ID = re.compile(ID_PATTERN)
+#: AIECS_TOKEN_MAX_LIFETIME's default: verification without settings uses it.
+DEFAULT_MAX_LIFETIME = 86400
 
 
 class TokenError(Exception):
@@ -36,21 +42,27 @@ class Identity:
 
     user_id: str
     expires_at: float
+    issued_at: float = 0.0
+    jti: str | None = None
 
 
 def issue_token(user_id: str, secret: str, ttl: float = 3600, *, now: float | None = None) -> str:
     """A token for ``user_id`` valid for ``ttl`` seconds: what an API layer hands a client."""
-    if not isinstance(user_id, str) or not _ID.match(user_id):
+    if not isinstance(user_id, str) or not _ID.fullmatch(user_id):
         raise ValueError(f"user_id {user_id!r} does not match {ID_PATTERN}")
     if ttl <= 0:
         raise ValueError("ttl must be positive")
     issued = int(now if now is not None else time.time())
-    claims = {"sub": user_id, "aud": AUDIENCE, "iat": issued, "exp": issued + int(ttl)}
+    claims = {"sub": user_id, "aud": AUDIENCE, "iat": issued, "exp": issued + int(ttl),
+              "jti": uuid.uuid4().hex}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify_token(token: object, secret: str) -> Identity:
-    """The identity a token proves, or :class:`TokenError` (fails closed on anything odd)."""
+def verify_token(token: object, secret: str, *,
+                 max_lifetime: float = DEFAULT_MAX_LIFETIME) -> Identity:
+    """The identity a token proves, or :class:`TokenError` (fails closed on anything odd).
+
+    Revocation is not checked here (it needs Redis): see :mod:`.revocation`."""
     if not token:
         raise TokenError("missing token")
     if not isinstance(token, str) or len(token) > 4096:
@@ -61,7 +73,7 @@ def verify_token(token: object, secret: str) -> Identity:
             secret,
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
-            options={"require": ["sub", "exp", "aud"]},
+            options={"require": ["sub", "exp", "aud", "iat"]},
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("token expired") from None
@@ -72,6 +84,16 @@ def verify_token(token: object, secret: str) -> Identity:
     except jwt.InvalidTokenError as exc:  # audience, missing claims, bad iat, ...
         raise TokenError(f"invalid token: {exc}") from None
     user_id = claims.get("sub")
-    if not isinstance(user_id, str) or not _ID.match(user_id):
+    if not isinstance(user_id, str) or not _ID.fullmatch(user_id):
         raise TokenError("invalid token: bad subject")
-    return Identity(user_id=user_id, expires_at=float(claims["exp"]))
+    issued, expires = claims["iat"], claims["exp"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool)
+               for v in (issued, expires)):
+        raise TokenError("invalid token: iat and exp must be numbers")
+    if expires - issued > max_lifetime:
+        raise TokenError(f"invalid token: lifetime (exp - iat) longer than {max_lifetime:g} s")
+    jti = claims.get("jti")
+    if jti is not None and not (isinstance(jti, str) and 0 < len(jti) <= 128):
+        raise TokenError("invalid token: bad jti")
+    return Identity(user_id=user_id, expires_at=float(expires), issued_at=float(issued),
+                    jti=jti)

@@ -1,0 +1,155 @@
+"""The token revocation list, in Redis: by ``jti``, or every token of a user issued before
+a time.
+
+``aiecs:revoked:jti:<jti>``   a revoked token id
+``aiecs:revoked:user:<user>`` unix time T: the user's tokens issued (``iat``) before T
+``aiecs:revoked:gen``         changes at every revocation (servers poll it)
+
+Every key expires once no token it refuses can still be valid: a token lives at most
+AIECS_TOKEN_MAX_LIFETIME after its ``iat``, so a revoked ``jti`` needs remembering for that
+long and a user's cut-off for that long after T. The progress server checks the list on
+every authenticated HTTP request and on every Socket.IO connect, and polls ``gen`` every
+AIECS_REVOCATION_POLL seconds to disconnect the sockets whose token was revoked.
+
+Operators revoke with ``aiecs token revoke --jti ID`` / ``--user USER`` or
+:func:`revoke_jti` / :func:`revoke_user`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import uuid
+from typing import Any
+
+from aiecs_core import ID_PATTERN
+from starlette.responses import JSONResponse
+
+from .tokens import Identity, TokenError, verify_token
+
+__all__ = ["GEN_KEY", "RevocationGate", "revoke_jti", "revoke_user", "revoked", "revoked_many"]
+
+log = logging.getLogger("aiecs.server")
+PREFIX = "aiecs:revoked:"
+GEN_KEY = PREFIX + "gen"
+_SLACK = 60  # seconds of clock skew between the revoking host and the servers
+
+# Keep the later cut-off (a revocation never un-revokes) and the longer expiry.
+_RAISE_CUTOFF = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('GET', KEYS[1])
+"""
+
+
+def jti_key(jti: str) -> str:
+    return f"{PREFIX}jti:{jti}"
+
+
+def user_key(user_id: str) -> str:
+    return f"{PREFIX}user:{user_id}"
+
+
+def _bump(client: Any, ttl: int) -> None:
+    client.set(GEN_KEY, uuid.uuid4().hex, ex=ttl)
+
+
+def revoke_jti(client: Any, jti: str, *, max_lifetime: float) -> None:
+    """Revoke the token ``jti`` (``client``: a synchronous ``redis.Redis``)."""
+    if not isinstance(jti, str) or not 0 < len(jti) <= 128:
+        raise ValueError("jti must be a non-empty string of at most 128 characters")
+    ttl = int(math.ceil(max_lifetime)) + _SLACK
+    client.set(jti_key(jti), "1", ex=ttl)
+    _bump(client, ttl)
+
+
+def revoke_user(client: Any, user_id: str, *, max_lifetime: float,
+                before: float | None = None) -> float:
+    """Revoke every token of ``user_id`` issued before ``before`` (default: now, including
+    tokens issued within the current second). Returns the cut-off."""
+    if not isinstance(user_id, str) or not re.fullmatch(ID_PATTERN, user_id):
+        raise ValueError(f"user_id {user_id!r} does not match {ID_PATTERN}")
+    now = time.time()
+    cutoff = float(before) if before is not None else float(math.floor(now) + 1)
+    ttl = int(math.ceil(max(0.0, cutoff - now) + max_lifetime)) + _SLACK
+    client.eval(_RAISE_CUTOFF, 1, user_key(user_id), repr(cutoff), ttl)
+    _bump(client, ttl)
+    return cutoff
+
+
+def _reason(identity: Identity, jti_revoked: Any, cutoff: Any) -> str | None:
+    if jti_revoked:
+        return "token revoked"
+    if cutoff is not None and identity.issued_at < float(cutoff):
+        return ("token revoked (all of the user's tokens issued before "
+                f"{float(cutoff):.0f} were revoked)")
+    return None
+
+
+async def revoked_many(client: Any, identities: list[Identity]) -> list[str | None]:
+    """For each identity, why its token is revoked (None: it is not). ``client``: a
+    ``redis.asyncio`` client; Redis errors propagate (callers fail closed)."""
+    if not identities:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for identity in identities:
+            if identity.jti is not None:
+                pipe.exists(jti_key(identity.jti))
+            else:
+                pipe.echo("")  # keep the answers in step
+            pipe.get(user_key(identity.user_id))
+        answers = await pipe.execute()
+    return [_reason(identity, answers[2 * i] if identity.jti is not None else 0,
+                    answers[2 * i + 1]) for i, identity in enumerate(identities)]
+
+
+async def revoked(client: Any, identity: Identity) -> str | None:
+    return (await revoked_many(client, [identity]))[0]
+
+
+class RevocationGate:
+    """ASGI middleware of the HTTP API: a request whose bearer token verifies but is
+    revoked is answered 401 before any route runs (routes verify the token themselves; a
+    request without one, or with one that does not verify, passes to them). Reads the
+    secret, the maximum lifetime and the Redis client from the app's state. Fails closed:
+    when the list cannot be read the request is answered 503."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = await self._check(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _check(self, scope: Any) -> Any:
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        state = scope["app"].state
+        try:
+            identity = verify_token(token.strip(), state.secret,
+                                    max_lifetime=state.token_max_lifetime)
+        except TokenError:
+            return None  # the route answers 401 with the reason
+        try:
+            reason = await revoked(state.socket.redis, identity)
+        except Exception as exc:  # noqa: BLE001 - fail closed
+            log.warning("revocation list unreadable: %s", exc)
+            return JSONResponse({"error": {
+                "type": "unavailable",
+                "message": "the server cannot check tokens right now; retry shortly"}},
+                status_code=503)
+        if reason is None:
+            return None
+        return JSONResponse(
+            {"error": {"type": "unauthorized", "message": reason}}, status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="aiecs", error="invalid_token"'})
