@@ -184,9 +184,17 @@ class GuardedServer(socketio.AsyncServer):
         """The session's deadline passed: close it unless it carries a connection."""
         if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
             return
-        if eio_sid in self.eio.sockets:
-            log.info("closing an Engine.IO session that did not authenticate in time")
-            await self.eio.disconnect(eio_sid)
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None:
+            return
+        log.info("closing an Engine.IO session that did not authenticate in time")
+        await self.eio.disconnect(eio_sid)
+        # Engine.IO only sends its CLOSE packet and leaves the websocket to the client
+        # (closed by the server after pingInterval + pingTimeout otherwise); ending the
+        # writer closes it now, whatever the client does.
+        queue = getattr(sock, "queue", None)
+        if getattr(sock, "upgraded", False) and queue is not None:
+            queue.put_nowait(None)
 
     async def _handle_eio_message(self, eio_sid, data):
         if eio_sid not in self._binary_packet:
