@@ -95,17 +95,71 @@ def test_no_capacity_before_the_deadline_fails_without_retry(redis_server):
     assert "gpt-test" in error.message and RATE_LIMITS_ENV in error.message
 
 
-def test_keys_and_wildcards_count_separately(redis_server):
+def test_exact_keys_count_separately_and_the_wildcard_is_one_shared_budget(redis_server):
     async def scenario(limiter):
         a = RateLimitKey(provider="vertex", model="a")
         b = RateLimitKey(provider="vertex", model="b")
-        assert await limiter.acquire(a) and await limiter.acquire(b)
+        pinned = RateLimitKey(provider="vertex", model="pinned")
+        assert await limiter.acquire(a) and await limiter.acquire(pinned)
+        # b has no entry of its own: it shares a's budget (vertex/*)
         with pytest.raises(RateLimitError):
-            await limiter.acquire(a, deadline=time.monotonic() + 0.5)
+            await limiter.acquire(b, deadline=time.monotonic() + 0.5)
+        with pytest.raises(RateLimitError):
+            await limiter.acquire(pinned, deadline=time.monotonic() + 0.5)
         other = RateLimitKey(provider="openai", model="a")
         return await limiter.acquire(other)
 
-    assert run(redis_server.url, {"vertex/*": {"rpm": 1, "window": 30}}, scenario) is None
+    assert run(redis_server.url, {"vertex/*": {"rpm": 1, "window": 30},
+                                  "vertex/pinned": {"rpm": 1, "window": 30}}, scenario) is None
+
+
+SPELLINGS = ["gpt-4o-mini", "gpt-4o-mini ", "\tgpt-4o-mini", "GPT-4o-Mini",
+             "gpt-4o-mini-2024-07-18", "gpt-4o-mini\n"]
+
+
+@pytest.mark.parametrize("limits", [
+    {"openai/*": {"rpm": 2, "window": 60}},
+    {"openai/*": {"rpm": 2, "window": 60}, "OpenAI/GPT-4o-mini ": {"rpm": 2, "window": 60}},
+], ids=["wildcard", "exact-and-wildcard"])
+def test_spellings_of_one_model_share_one_budget(redis_server, limits):
+    """Issue 16 row 8: six spellings of one model let 5 of 6 calls through 2 rpm."""
+    async def scenario(limiter):
+        admitted = []
+        for model in SPELLINGS:
+            key = RateLimitKey(provider="openai", model=model, tokens=1)
+            try:
+                await limiter.acquire(key, deadline=time.monotonic() + 0.3)
+            except RateLimitError:
+                continue
+            admitted.append(model)
+        return admitted
+
+    admitted = run(redis_server.url, limits, scenario)
+    if len(limits) == 1:
+        assert admitted == SPELLINGS[:2]
+    else:  # the listed model's spellings share its entry; the dated one falls under *
+        assert admitted == ["gpt-4o-mini", "gpt-4o-mini ", "gpt-4o-mini-2024-07-18"]
+
+
+def test_every_rate_limit_key_expires(redis_server):
+    """Settle used to delete and re-add the log without a TTL: keys that never expire."""
+    import redis as sync_redis
+
+    async def scenario(limiter):
+        key = RateLimitKey(provider="openai", model="ttl-model", tokens=50)
+        first = await limiter.acquire(key)
+        await limiter.settle(first, 10)  # the only member: ZREM drops the log, ZADD re-adds
+        second = await limiter.acquire(key)  # waits out the window, sweeping the first
+        await limiter.settle(second, 70)
+        await limiter.penalize(key, 0.5)
+
+    run(redis_server.url, {"openai/*": {"rpm": 1, "tpm": 1000, "window": 1}}, scenario)
+    client = sync_redis.Redis.from_url(redis_server.url)
+    keys = list(client.scan_iter("aiecs:rl:*"))
+    ttls = {k: client.pttl(k) for k in keys}
+    client.close()
+    assert len(keys) == 3, keys
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
 
 
 # --- tokens per window ------------------------------------------------------------------------
@@ -148,7 +202,8 @@ def test_penalize_pauses_the_key_for_everyone_until_retry_after(redis_server):
             await limiter.acquire(KEY, deadline=time.monotonic() + 2)
         return info.value, other
 
-    error, other = run(redis_server.url, {"openai/*": {}}, scenario)
+    # gpt-test has an entry of its own; "other" falls under openai/* (a separate budget)
+    error, other = run(redis_server.url, {"openai/gpt-test": {}, "openai/*": {}}, scenario)
     assert 25 < error.retry_after <= 30
     assert other is not None
 

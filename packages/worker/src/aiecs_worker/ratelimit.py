@@ -11,8 +11,12 @@ Configuration, ``AIECS_RATE_LIMITS`` (JSON)::
      "xai/*":              {}}
 
 - Keys are ``provider/model`` as a service's :meth:`~aiecs_core.Service.rate_limit_key`
-  returns them; ``provider/*`` applies to every model of that provider without an entry
-  of its own (each model still counts separately).
+  returns them. The model comes from the user's request, so it is normalised (surrounding
+  whitespace stripped, case folded) before it is looked up, and a model without an entry
+  of its own falls under ``provider/*``, which is **one budget shared** by all those
+  models: another spelling of a model (a trailing space, a dated suffix, an alias)
+  cannot open a fresh budget. To bound a provider, give it a ``provider/*`` entry; a
+  model without an entry and without a ``provider/*`` entry is not limited.
 - ``rpm``: requests per window; ``tpm``: tokens per window (the call's estimate, settled
   to the usage it actually recorded); either may be omitted. ``window`` is the window in
   seconds (default 60; shorter windows are for tests).
@@ -101,6 +105,12 @@ def parse_limits(raw: str | None) -> dict[str, Limit]:
         ) from None
 
 
+def _normalise(key: str) -> str:
+    """``provider/model`` as looked up: each part stripped and case-folded."""
+    provider, _, model = key.partition("/")
+    return f"{provider.strip().casefold()}/{model.strip().casefold()}"
+
+
 # KEYS: log (zset), sum (string), block (string).
 # ARGV: window ms, rpm (0: none), tpm (0: none), tokens, member id.
 # Returns 0 when admitted (the member was added), else milliseconds to wait.
@@ -123,6 +133,8 @@ if #expired > 0 then
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
   redis.call('DECRBY', KEYS[2], freed)
+  redis.call('PEXPIRE', KEYS[1], window + 1000)
+  redis.call('PEXPIRE', KEYS[2], window + 1000)
 end
 local count = redis.call('ZCARD', KEYS[1])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -160,7 +172,9 @@ redis.call('PEXPIRE', KEYS[2], window + 1000)
 return 0
 """
 
-# KEYS: log, sum.  ARGV: member id, old tokens, new tokens.
+# KEYS: log, sum.  ARGV: member id, old tokens, new tokens, window ms.
+# (ZREM of the last member deletes the log and ZADD makes it again: every key written
+# gets its expiry back.)
 SETTLE_LUA = """
 local old = ARGV[1] .. ':' .. ARGV[2]
 local score = redis.call('ZSCORE', KEYS[1], old)
@@ -170,6 +184,8 @@ end
 redis.call('ZREM', KEYS[1], old)
 redis.call('ZADD', KEYS[1], score, ARGV[1] .. ':' .. ARGV[3])
 redis.call('INCRBY', KEYS[2], tonumber(ARGV[3]) - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + 1000)
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) + 1000)
 return 1
 """
 
@@ -202,7 +218,7 @@ class RateLimiter:
 
     def __init__(self, redis: Any, limits: dict[str, Limit], *, prefix: str = "aiecs"):
         self.redis = redis
-        self.limits = dict(limits)
+        self.limits = {_normalise(k): v for k, v in limits.items()}
         self.prefix = prefix
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._settle = redis.register_script(SETTLE_LUA)
@@ -215,14 +231,23 @@ class RateLimiter:
         limits = parse_limits(os.environ.get(RATE_LIMITS_ENV))
         return cls(redis, limits, prefix=prefix) if limits else None
 
+    def bucket(self, key: RateLimitKey) -> str | None:
+        """The entry ``key`` counts against: ``provider/model`` (normalised) when it has
+        one, else ``provider/*`` (shared by every model without an entry), else None."""
+        exact = _normalise(f"{key.provider}/{key.model}")
+        if exact in self.limits:
+            return exact
+        wildcard = _normalise(f"{key.provider}/*")
+        return wildcard if wildcard in self.limits else None
+
     def limit_for(self, key: RateLimitKey) -> Limit | None:
-        return self.limits.get(f"{key.provider}/{key.model}") or self.limits.get(
-            f"{key.provider}/*"
-        )
+        bucket = self.bucket(key)
+        return None if bucket is None else self.limits[bucket]
 
     def _keys(self, key: RateLimitKey) -> list[str]:
-        # The hash tag keeps a key's three entries in one Redis Cluster slot.
-        base = f"{self.prefix}:rl:{{{key.provider}/{key.model}}}"
+        # The hash tag keeps a key's three entries in one Redis Cluster slot. The bucket
+        # is a configured entry (never the user's spelling): keys are bounded in number.
+        base = f"{self.prefix}:rl:{{{self.bucket(key)}}}"
         return [f"{base}:log", f"{base}:tokens", f"{base}:pause"]
 
     def _failed(self, what: str, exc: Exception) -> None:
@@ -294,10 +319,14 @@ class RateLimiter:
         """Replace a reservation's estimated tokens with what the call actually used."""
         if reservation is None or tokens == reservation.tokens:
             return
+        limit = self.limit_for(reservation.key)
+        if limit is None:
+            return
         keys = self._keys(reservation.key)[:2]
         try:
             await self._settle(
-                keys=keys, args=[reservation.member, reservation.tokens, max(0, int(tokens))]
+                keys=keys, args=[reservation.member, reservation.tokens, max(0, int(tokens)),
+                                 int(limit.window * 1000)]
             )
         except Exception as exc:  # noqa: BLE001
             self._failed("settle", exc)
