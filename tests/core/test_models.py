@@ -270,3 +270,23 @@ def test_usage_rejects_unknown_fields():
     with pytest.raises(ValidationError) as info:
         Usage(provider="p", model="m", tokens=3)
     assert _errors(info.value) == {"tokens": "extra_forbidden"}
+
+
+# --- identifiers: the whole string, never a prefix (issue 16, row 9) -------------------------
+
+
+@pytest.mark.parametrize("field", ["user_id", "task_id", "mode", "service", "task_name"])
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", "\n\n", " "])
+def test_ids_with_a_trailing_newline_are_refused(field, suffix):
+    """pydantic's ``pattern=`` (Rust regex) anchors ``$`` at the very end, unlike ``re``'s
+    ``$`` which also matches before a final newline."""
+    with pytest.raises(ValidationError) as info:
+        TaskRequest.model_validate({**VALID, field: VALID[field] + suffix})
+    assert _errors(info.value) == {field: "string_pattern_mismatch"}
+
+
+def test_id_pattern_is_for_fullmatch():
+    # why every check in the code uses re.fullmatch: re.match lets a trailing newline by
+    assert re.match(ID_PATTERN, "alice\n") is not None
+    assert re.fullmatch(ID_PATTERN, "alice\n") is None
+    assert re.fullmatch(ID_PATTERN, "alice") is not None

@@ -87,7 +87,7 @@ def item_task_id(batch_id: str, index: int) -> str:
 def _validate(user_id: str, batch_id: str, items: list[Any]) -> list[tuple[TaskRequest, Any]]:
     import re
 
-    if not re.match(_BATCH_ID, batch_id):
+    if not re.fullmatch(_BATCH_ID, batch_id):
         raise GroupError(f"invalid batch_id (must match {_BATCH_ID})")
     if not items:
         raise GroupError("a batch needs at least one item")

@@ -219,7 +219,7 @@ def validate_workflow(user_id: str, task_id: str, raw_steps: list[Any]
                       ) -> tuple[dict[int, FlowStep], list[int], dict[int, TaskRequest]]:
     import re
 
-    if not re.match(ID_PATTERN, task_id):
+    if not re.fullmatch(ID_PATTERN, task_id):
         raise GroupError(f"invalid task_id (must match {ID_PATTERN})")
     if not raw_steps:
         raise GroupError("a workflow needs at least one step")

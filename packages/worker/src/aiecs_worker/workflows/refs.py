@@ -24,7 +24,7 @@ def parse_ref(ref: Any) -> tuple[int, list[str]]:
     """``steps.2.result.a.0`` -> ``(2, ["a", "0"])``."""
     if not isinstance(ref, str):
         raise RefError(f"$ref must be a string like 'steps.1.result.text', not {ref!r}")
-    m = _REF.match(ref)
+    m = _REF.fullmatch(ref)
     if m is None:
         raise RefError(f"$ref {ref!r} is not of the form 'steps.<step>.result[.<key>...]'")
     return int(m.group(1)), [p for p in m.group(2).split(".") if p]
