@@ -36,6 +36,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     secret: str = SECRET
+    log_level: str = "info"
     proc: subprocess.Popen | None = None
     log_path: Path = field(
         default_factory=lambda: Path(tempfile.mkstemp(prefix="aiecs-server-", suffix=".log")[1])
@@ -65,7 +66,7 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aiecs_worker.cli", "serve", "--port", str(self.port),
-             "--log-level", "info"],
+             "--log-level", self.log_level],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.environ(),
             start_new_session=True,
         )

@@ -217,9 +217,39 @@ _STANDARD_ATTRS = frozenset(
 ) | {"message", "asctime", "taskName"}
 
 
+#: Characters of a websocket frame's payload a log line shows (as websockets does).
+_FRAME_LOG_SIZE = 75
+
+
+def _is_frame(value: Any) -> bool:
+    """A websocket frame object (``websockets.frames.Frame``), duck-typed."""
+    return hasattr(value, "opcode") and isinstance(getattr(value, "data", None),
+                                                   bytes | bytearray | memoryview)
+
+
+def _frame_text(frame: Any) -> str:
+    """A websocket frame as websockets logs it at DEBUG (``< TEXT '...' [N bytes]``), but
+    with its whole payload redacted *before* it is elided: websockets' own rendering
+    elides first, keeping a token's start and the end of its signature, which no
+    pattern recognises any more."""
+    data = bytes(frame.data)
+    name = getattr(frame.opcode, "name", str(frame.opcode))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{name} <{len(data)} bytes of binary data> [{len(data)} bytes]"
+    text = redact(text)
+    if len(text) > _FRAME_LOG_SIZE:
+        head = _FRAME_LOG_SIZE * 2 // 3
+        text = text[:head] + "..." + text[head - _FRAME_LOG_SIZE:]
+    return f"{name} {text!r} [{len(data)} bytes]"
+
+
 class RedactingFilter(logging.Filter):
     """Redacts a log record in place: its message (formatted with its arguments), its
     traceback and stack text, and any extra string attribute. Never drops a record.
+    Websocket frames among the arguments (websockets' and uvicorn's DEBUG frame log) are
+    rendered with their payload redacted whole, then elided.
 
     Install it on handlers (a filter on a logger does not see its children's records):
     :func:`install_log_redaction`.
@@ -228,6 +258,10 @@ class RedactingFilter(logging.Filter):
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_is_frame(a) for a in record.args):
+            with contextlib.suppress(Exception):
+                record.args = tuple(_frame_text(a) if _is_frame(a) else a
+                                    for a in record.args)
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken format: the handler reports it
