@@ -315,3 +315,20 @@ def test_beat_command_starts(aiecs_redis, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_scraped_workers_bind_metrics_explicitly():
+    """The metrics endpoint defaults to 127.0.0.1 (no authentication); a deployment whose
+    Prometheus scrapes workers over the network says AIECS_METRICS_HOST=0.0.0.0 itself."""
+    from aiecs_worker.settings import Settings
+
+    assert Settings.model_fields["aiecs_metrics_host"].default == "127.0.0.1"
+    for name, svc in compose()["services"].items():
+        env = svc.get("environment") or {}
+        if "AIECS_METRICS_PORT" in env:
+            assert env.get("AIECS_METRICS_HOST") == "0.0.0.0", name
+    config = next(d["data"] for d in k8s_docs() if d["kind"] == "ConfigMap")
+    scraped = [d for d in k8s_docs() if d["kind"] == "Deployment" and d["spec"]["template"][
+        "metadata"].get("annotations", {}).get("prometheus.io/port") == config.get(
+        "AIECS_METRICS_PORT")]
+    assert scraped and config.get("AIECS_METRICS_HOST") == "0.0.0.0"

@@ -105,3 +105,26 @@ def test_a_killed_child_leaves_the_gauges_and_keeps_its_counts(aiecs_redis, star
     wait_until(lambda: total(scrape(url), "celery_task_executions_total", status="failed")
                == 1, timeout=10, message="the redelivery counted failed")
     assert total(scrape(url), "celery_active_tasks") == 0
+
+
+def test_metrics_listen_on_loopback_unless_configured(aiecs_redis, start_worker):
+    """Issue 16 row 11: the unauthenticated metrics endpoint listened on 0.0.0.0."""
+    import socket
+
+    worker = start_worker(pool="threads", concurrency=1, env={"AIECS_METRICS_PORT": "0"})
+    url = metrics_url(worker.log)
+    assert url.startswith("http://127.0.0.1:"), url
+    assert total(scrape(url), "celery_active_tasks") == 0  # served, on loopback
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    # from another interface of this machine, nothing listens
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: picks the outgoing interface
+        address = probe.getsockname()[0]
+    except OSError:
+        address = None
+    finally:
+        probe.close()
+    if address and not address.startswith("127."):
+        with pytest.raises(OSError):
+            socket.create_connection((address, port), timeout=2).close()

@@ -112,8 +112,9 @@ class Settings(BaseModel):
     aiecs_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """AIECS_METRICS_PORT: the worker serves Prometheus metrics on this port (unset: off;
     0: any free port, logged)."""
-    aiecs_metrics_host: str = "0.0.0.0"
-    """AIECS_METRICS_HOST: interface of the worker's metrics endpoint."""
+    aiecs_metrics_host: str = "127.0.0.1"
+    """AIECS_METRICS_HOST: interface of the worker's metrics endpoint (no authentication:
+    loopback unless set; a deployment scraped over the network sets ``0.0.0.0``)."""
     aiecs_log_format: Literal["text", "json"] = "text"
     """AIECS_LOG_FORMAT: ``json`` writes one JSON object per log line (worker and server)."""
 
