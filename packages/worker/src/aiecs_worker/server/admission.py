@@ -14,9 +14,9 @@
 Counts are per server process (kept in memory, freed when a session ends, nothing to
 leak when a process dies): with N server processes behind a load balancer, a user or an
 address may hold up to N times the caps. The address is the peer address the ASGI server
-reports (``REMOTE_ADDR``): behind a reverse proxy that is the proxy's unless the ASGI
-server is configured to trust the proxy's ``X-Forwarded-For`` (uvicorn's
-``--forwarded-allow-ips``), in which case it is the client's.
+reports (``REMOTE_ADDR``): ``aiecs serve`` ignores forwarded headers, so behind a reverse
+proxy it is the proxy's; under uvicorn told to trust the proxy (``--proxy-headers
+--forwarded-allow-ips=PROXY_IP``) it is the client's.
 """
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ class ServerSettings(BaseSettings):
     aiecs_max_sockets_per_address: int = Field(default=200, ge=1)
     """AIECS_MAX_SOCKETS_PER_ADDRESS: Engine.IO sessions (authenticated or not) one client
     address may hold on one server process; one more is refused at the handshake. The
-    address is the peer the server sees (behind a proxy: the proxy's, unless the ASGI
-    server is told to trust its forwarded headers)."""
+    address is the peer the server sees (behind a proxy: the proxy's; ``aiecs serve``
+    ignores forwarded headers)."""
     aiecs_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
     """AIECS_MAX_MESSAGE_BYTES: largest Socket.IO message a client may send."""
     aiecs_replay_concurrency: int = Field(default=2, ge=1)
