@@ -70,7 +70,7 @@ from socketio import packet as sio_packet
 from .. import metrics
 from ..events import EVENT_NAME, TaskKeys, user_room
 from .admission import TOO_MANY_CONNECTIONS, SocketAdmission, SocketLimits
-from .revocation import GEN_KEY, revoked, revoked_many
+from .revocation import GEN_KEY, revoked_many
 from .tokens import DEFAULT_MAX_LIFETIME, Identity, TokenError, verify_token
 
 __all__ = ["BATCH_EVENT", "ERROR_EVENT", "GuardedServer", "ProbedRedisManager",
@@ -137,6 +137,7 @@ class _Connection:
     user: _UserSlots
     identity: Identity
     eio_sid: str | None
+    checked_gen: bytes | None  # revocation list generation it was last checked against
     streaming: asyncio.Semaphore
     tokens: float
     stamp: float = field(default_factory=time.monotonic)
@@ -493,21 +494,22 @@ class ProgressSocket:
         """Disconnect the sockets whose token (or user) was revoked: poll the revocation
         list's generation every AIECS_REVOCATION_POLL seconds; when it changed, check
         every connection of this process (one pipelined round trip)."""
-        seen: bytes | None = None
         while True:
             await asyncio.sleep(self.revocation_poll)
             try:
                 gen = await self.redis.get(GEN_KEY)
-                if gen is None or gen == seen:
+                conns = [(sid, c) for sid, c in self._connections.items()
+                         if gen is not None and c.checked_gen != gen]
+                if not conns:
                     continue
-                conns = list(self._connections.items())
-                reasons = await revoked_many(self.redis, [c.identity for _, c in conns])
+                gen, reasons = await revoked_many(self.redis,
+                                                  [c.identity for _, c in conns])
                 for (sid, conn), reason in zip(conns, reasons, strict=True):
+                    conn.checked_gen = gen
                     if reason is not None:
                         log.info("disconnecting a connection of user %s: %s",
                                  conn.user_id, reason)
                         self.sio.start_background_task(self._end_session, sid, reason)
-                seen = gen
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: try again next time
@@ -554,7 +556,7 @@ class ProgressSocket:
                 str(exc), {"type": "unauthorized", "message": str(exc)}
             ) from None
         try:
-            reason = await revoked(self.redis, identity)
+            gen, (reason,) = await revoked_many(self.redis, [identity])
         except Exception as exc:  # noqa: BLE001 - fail closed: the list cannot be read
             log.warning("revocation list unreadable, refusing a connection: %s", exc)
             message = "the server cannot check tokens right now; connect again shortly"
@@ -579,7 +581,7 @@ class ProgressSocket:
         user.connections += 1
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         self._connections[sid] = _Connection(
-            identity.user_id, user, identity, eio_sid,
+            identity.user_id, user, identity, eio_sid, gen,
             asyncio.Semaphore(self.limits.concurrency), tokens=float(self.limits.burst))
         if eio_sid is not None:
             self.admission.authenticated(eio_sid)

@@ -90,25 +90,28 @@ def _reason(identity: Identity, jti_revoked: Any, cutoff: Any) -> str | None:
     return None
 
 
-async def revoked_many(client: Any, identities: list[Identity]) -> list[str | None]:
-    """For each identity, why its token is revoked (None: it is not). ``client``: a
-    ``redis.asyncio`` client; Redis errors propagate (callers fail closed)."""
-    if not identities:
-        return []
+async def revoked_many(client: Any, identities: list[Identity]
+                       ) -> tuple[bytes | None, list[str | None]]:
+    """The list's generation, and for each identity why its token is revoked (None: it
+    is not). ``client``: a ``redis.asyncio`` client; Redis errors propagate (callers fail
+    closed). The generation is read first: a revocation written after it changes it
+    again, so a holder of this answer that polls the generation misses none."""
     async with client.pipeline(transaction=False) as pipe:
+        pipe.get(GEN_KEY)
         for identity in identities:
             if identity.jti is not None:
                 pipe.exists(jti_key(identity.jti))
             else:
                 pipe.echo("")  # keep the answers in step
             pipe.get(user_key(identity.user_id))
-        answers = await pipe.execute()
-    return [_reason(identity, answers[2 * i] if identity.jti is not None else 0,
-                    answers[2 * i + 1]) for i, identity in enumerate(identities)]
+        gen, *answers = await pipe.execute()
+    return gen, [_reason(identity, answers[2 * i] if identity.jti is not None else 0,
+                         answers[2 * i + 1]) for i, identity in enumerate(identities)]
 
 
 async def revoked(client: Any, identity: Identity) -> str | None:
-    return (await revoked_many(client, [identity]))[0]
+    """Why ``identity``'s token is revoked, or None."""
+    return (await revoked_many(client, [identity]))[1][0]
 
 
 class RevocationGate:
