@@ -134,18 +134,27 @@ def test_address_cap_counts_unauthenticated_sessions(start_server):
         assert body["data"]["type"] == "too_many_connections"
         assert "too many connections from this address (limit 4" in body["message"]
         # so does python-socketio's client, with a valid token
+        # (python-engineio's client closes its HTTP session before it reads the refusal's
+        # body: when the body was not buffered yet it raises RuntimeError, an upstream race
+        # that says nothing about the server; such attempts are tried again)
         client = Recorder(server, server.token(uid()))
         client.sio.reconnection = False
-        with pytest.raises(socketio.exceptions.ConnectionError):
-            await client.connect(transports=["polling"])
+        for _ in range(20):
+            try:
+                await client.connect(transports=["polling"])
+            except socketio.exceptions.ConnectionError:
+                break
+            except RuntimeError:
+                continue
         assert client.connect_errors[-1]["data"]["type"] == "too_many_connections"
+        assert not client.sio.connected
         # closing a session frees its slot
         await held.pop().close()
 
         async def try_connect():
             try:
                 await client.connect(transports=["polling", "websocket"])
-            except socketio.exceptions.ConnectionError:
+            except (socketio.exceptions.ConnectionError, RuntimeError):
                 await asyncio.sleep(0.05)
             return client.sio.connected
 
