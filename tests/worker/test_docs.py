@@ -1,4 +1,5 @@
-"""The READMEs (and docs/security.md, for the limits) document every setting the code reads, with its real default."""
+"""The READMEs (and docs/security.md, for the limits) document every setting the code
+reads, with its real default."""
 
 from __future__ import annotations
 
