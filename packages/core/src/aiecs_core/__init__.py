@@ -20,6 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; resolved lazily below
     from .errors import *  # noqa: F403
     from .hookspecs import ENTRY_POINT_GROUP, hookimpl
+    from .modelpolicy import ModelPolicy, current_model_policy, install_model_policy
     from .models import *  # noqa: F403
     from .redaction import (
         install_log_redaction,
@@ -92,6 +93,8 @@ _WHERE: dict[str, str] = {
     **dict.fromkeys(_ERRORS, "errors"),
     **dict.fromkeys(_MODELS, "models"),
     "ENTRY_POINT_GROUP": "hookspecs",
+    **dict.fromkeys(("ModelPolicy", "current_model_policy", "install_model_policy"),
+                    "modelpolicy"),
     "hookimpl": "hookspecs",
     **dict.fromkeys(
         (
@@ -131,8 +134,8 @@ _WHERE: dict[str, str] = {
     ),
 }
 _SUBMODULES = frozenset(
-    {"errors", "hookspecs", "jsonlimits", "llm", "models", "redaction", "registry", "service",
-     "testing"}
+    {"errors", "hookspecs", "jsonlimits", "llm", "modelpolicy", "models", "redaction",
+     "registry", "service", "testing"}
 )
 
 __all__ = list(_WHERE)

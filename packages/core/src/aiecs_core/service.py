@@ -27,6 +27,7 @@ clients on it. ``aclose()`` is awaited when the worker shuts down.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import threading
@@ -39,6 +40,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InputValidationError, TaskCancelledError
+from .modelpolicy import current_model_policy
 from .models import TaskEvent, TaskRequest, TaskStatus, Usage
 
 __all__ = [
@@ -64,6 +66,9 @@ class OperationSpec:
     heavy: bool = False
     """Default queue: ``heavy_tasks`` when true, ``fast_tasks`` otherwise."""
     is_async: bool = field(default=False)
+    service: type[Service] | None = field(default=None, compare=False, repr=False)
+    """The service class whose operation this is (bound when the class is defined): its
+    :meth:`Service.check_input` runs in :func:`validate_input`."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -169,8 +174,20 @@ class Service:
             for attr in vars(klass).values():
                 spec = getattr(attr, "_aiecs_operation", None)
                 if isinstance(spec, OperationSpec):
-                    ops[spec.name] = spec
+                    ops[spec.name] = dataclasses.replace(spec, service=cls)
         cls.operations = ops
+
+    @classmethod
+    def check_input(cls, operation: str, data: BaseModel) -> None:
+        """Refuse an operation's validated input with :class:`InputValidationError`
+        (:func:`validate_input` calls it: at submission and in the worker, before the
+        call). The default applies the operator's model policy (model allow-list,
+        ``max_output_tokens`` ceiling: :mod:`aiecs_core.modelpolicy`) under this service's
+        provider name. Override to add checks a field's own validation cannot make (call
+        ``super().check_input`` too)."""
+        policy = current_model_policy()
+        if policy is not None:
+            policy.check(cls.provider or getattr(cls, "name", ""), data)
 
     def warm(self) -> None:
         """Do now, in a thread, what the first call would otherwise do on the event loop:
@@ -306,9 +323,10 @@ class RecordingContext(OperationContext):
 
 
 def validate_input(spec: OperationSpec, input_data: dict[str, Any]) -> BaseModel:
-    """Validate ``input_data`` against the operation's model, or raise a clear error."""
+    """Validate ``input_data`` against the operation's model, then its service's
+    :meth:`Service.check_input` (the operator's model policy), or raise a clear error."""
     try:
-        return spec.input_model.model_validate(input_data)
+        data = spec.input_model.model_validate(input_data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
@@ -319,6 +337,9 @@ def validate_input(spec: OperationSpec, input_data: dict[str, Any]) -> BaseModel
             f"{problems}",
             operation=spec.name,
         ) from None
+    if spec.service is not None:
+        spec.service.check_input(spec.name, data)
+    return data
 
 
 async def invoke_operation(

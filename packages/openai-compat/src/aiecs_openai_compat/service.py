@@ -53,6 +53,7 @@ from aiecs_core.llm import (
     ToolCall,
     ToolCallDelta,
     chat_result,
+    check_model_id,
     embed_batched,
     embed_batches,
     estimated_chat_usage,
@@ -418,6 +419,10 @@ class OpenAICompatService(Service):
 
     @operation(description="Chat completion: messages in; text, tool calls and usage out.")
     async def chat(self, ctx: OperationContext, data: ChatInput) -> ChatResult:
+        # Again here (validated at submission and by the worker): a model id, never
+        # anything else, leaves this process. It travels in the JSON body, so a
+        # namespaced id (``org/model``, on OpenAI-compatible servers) is one.
+        check_model_id(data.model)
         client = await self.aclient()
         params = self._chat_params(data)
         if data.stream:
@@ -492,6 +497,7 @@ class OpenAICompatService(Service):
     # -- embeddings ------------------------------------------------------------------------
     @operation(description="Embed texts: one vector per text, batched to the provider limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
+        check_model_id(data.model)
         client = await self.aclient()
         extra: dict[str, Any] = {}
         if data.dimensions is not None:

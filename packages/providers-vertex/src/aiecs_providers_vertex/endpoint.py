@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from typing import Any, TypeVar
 from aiecs_core import (
     AiecsError,
     ConfigurationError,
+    InputValidationError,
     OperationContext,
     ProviderError,
     ProviderServerError,
@@ -57,6 +59,7 @@ from aiecs_core.llm import (
     ChatResult,
     chat_result,
     chat_token_estimate,
+    check_model_id,
     estimated_chat_usage,
     make_usage,
     raise_converted,
@@ -69,6 +72,7 @@ from pydantic import BaseModel
 from . import endpoint_chat
 from .auth import authorization, load_credentials
 from .endpoint_models import (
+    ENDPOINT_ID_PATTERN,
     EndpointChatInput,
     PredictInput,
     PredictResult,
@@ -93,6 +97,7 @@ _HEADERS = {"deployed_model_id": "x-vertex-ai-deployed-model-id",
             "model": "x-vertex-ai-model", "model_version_id": "x-vertex-ai-model-version-id"}
 
 T = TypeVar("T")
+_ENDPOINT_ID = re.compile(ENDPOINT_ID_PATTERN.strip("^$"))
 
 
 def _setting(name: str) -> str | None:
@@ -217,6 +222,14 @@ class EndpointService(Service):
             raise ConfigurationError(
                 f"{self.provider}: no endpoint: give 'endpoint' in the input or set "
                 f"{ENDPOINT_ENV}", env_var=ENDPOINT_ENV, provider=self.provider)
+        # Again here (the input model checks it at submission and in the worker): the
+        # endpoint goes into the URL path under the operator's project and location, so
+        # an ID, never a path, a '#' or a '?'.
+        if not _ENDPOINT_ID.fullmatch(endpoint):
+            raise InputValidationError(
+                f"endpoint: {endpoint!r} is not a Vertex AI endpoint ID (letters, digits, "
+                "_ and -, up to 128, e.g. 1234567890); the project and location come from "
+                f"{PROJECT_ENV} and {LOCATION_ENV}", field="endpoint")
         return endpoint
 
     def _endpoint(self, setup: _Setup, endpoint_id: str) -> Any:
@@ -333,6 +346,7 @@ class EndpointService(Service):
                            "Garden, vLLM): messages in; text, tool calls and usage out.")
     async def chat(self, ctx: OperationContext, data: EndpointChatInput) -> ChatResult:
         endpoint_id = self._endpoint_id(data.endpoint)
+        check_model_id(data.model)  # sent in the JSON body: a (namespaced) model id
         try:
             setup = await self.setup()
         except Exception as exc:  # noqa: BLE001 - converted or re-raised

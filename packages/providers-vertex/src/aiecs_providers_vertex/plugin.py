@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiecs_core import (
     AiecsError,
     ConfigurationError,
+    InputValidationError,
     OperationContext,
     RateLimitKey,
     Service,
@@ -46,6 +47,7 @@ from aiecs_core.llm import (
     ToolCall,
     ToolCallDelta,
     chat_result,
+    check_model_id,
     embed_batched,
     embed_batches,
     estimated_chat_usage,
@@ -67,7 +69,7 @@ from .warmup import load_http_stack
 if TYPE_CHECKING:  # pragma: no cover
     from google.genai import Client
 
-__all__ = ["EndpointService", "VertexService", "register_services"]
+__all__ = ["EndpointService", "VertexService", "register_services", "vertex_model_id"]
 
 PROJECT_ENV = "VERTEX_PROJECT_ID"
 LOCATION_ENV = "VERTEX_LOCATION"
@@ -89,6 +91,25 @@ _FINISH = {
     "MODEL_ARMOR": "content_filter",
 }
 _TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+
+
+def vertex_model_id(model: str) -> str:
+    """``model`` if it is a Gemini model id fit for the request path, else an
+    :class:`InputValidationError`.
+
+    google-genai puts ``model`` into the URL path: an id becomes
+    ``projects/{VERTEX_PROJECT_ID}/locations/{VERTEX_LOCATION}/publishers/google/models/{id}``,
+    but a name with a ``/`` is used as a resource path (``projects/other/.../endpoints/9``
+    would carry the operator's token to another project's endpoint) and a ``#`` or ``?``
+    would cut off the method suffix. So: one segment of the shared rule
+    (:mod:`aiecs_core.llm.modelid`), and no ``:`` either (the separator of Google's
+    method suffixes; no Gemini or embedding model id has one)."""
+    check_model_id(model, namespaced=False)
+    if ":" in model:
+        raise InputValidationError(
+            f"model: {model!r} is not a Vertex AI model id: ':' is refused (a Gemini model "
+            "id is letters, digits and . _ @ -, e.g. gemini-2.0-flash-001)", field="model")
+    return model
 
 
 def _finish_reason(raw: Any, tool_calls: list[ToolCall]) -> str:
@@ -222,6 +243,15 @@ class VertexService(Service):
     def _error(self, exc: BaseException) -> AiecsError | None:
         return convert_error(exc, provider=self.provider)
 
+    @classmethod
+    def check_input(cls, operation: str, data: BaseModel) -> None:
+        """A model id, not a resource path (:func:`vertex_model_id`), then the operator's
+        policy."""
+        model = getattr(data, "model", None)
+        if isinstance(model, str):
+            vertex_model_id(model)
+        super().check_input(operation, data)
+
     # -- rate limits -------------------------------------------------------------------------
     def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
         return rate_limit_key(self.provider, data)
@@ -352,6 +382,7 @@ class VertexService(Service):
 
     @operation(description="Gemini chat: messages in; text, tool calls and usage out.")
     async def chat(self, ctx: OperationContext, data: ChatInput) -> ChatResult:
+        vertex_model_id(data.model)  # again: a raw broker message skips submission
         client = await self.client()
         contents, config = self._contents_and_config(data, ctx)
         if data.stream:
@@ -443,6 +474,7 @@ class VertexService(Service):
 
     @operation(description="Embed texts: one vector per text, batched to the Vertex limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
+        vertex_model_id(data.model)  # again: a raw broker message skips submission
         client = await self.client()  # imports the SDK off the loop, first
         from google.genai import types
 

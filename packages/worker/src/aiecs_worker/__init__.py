@@ -7,6 +7,7 @@ specification's tasks.
 
 from . import logs as _logs  # noqa: F401 - JSON logs (AIECS_LOG_FORMAT)
 from . import metrics_http as _metrics_http  # noqa: F401 - metrics served by the worker
+from . import modelpolicy as _modelpolicy  # noqa: F401 - AIECS_MODELS, output ceilings
 from . import redaction as _redaction  # noqa: F401 - logging signal hooks
 from . import startup as _startup  # noqa: F401 - the start-up report of plugins
 from . import warm as _warm  # noqa: F401 - providers warmed off the loop at start

@@ -12,6 +12,7 @@ settings still use pydantic-settings.)
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Literal
 
@@ -107,6 +108,49 @@ class Settings(BaseModel):
     aiecs_schedule_min_period: float = Field(default=10.0, ge=1.0)
     """AIECS_SCHEDULE_MIN_PERIOD: seconds; the shortest ``every`` of a schedule, and the
     shortest gap between two minutes of a ``cron`` schedule (less: 422)."""
+
+    # --- provider inputs: the operator's model policy (aiecs_worker.modelpolicy) -------------
+    aiecs_models: dict[str, list[str]] | None = None
+    """AIECS_MODELS: JSON object, provider name -> the model ids its services accept
+    (``{"openai": ["gpt-4o-mini"], "vertex": ["gemini-2.0-flash-001"]}``); a provider
+    absent accepts any model id, an empty list none. Unset: every provider any id."""
+    aiecs_max_output_tokens: int | dict[str, int] = 131_072
+    """AIECS_MAX_OUTPUT_TOKENS: the largest ``max_output_tokens`` a chat may ask for: a
+    number for every provider, or a JSON object provider name -> ceiling (``"*"``: every
+    other provider; a provider absent and no ``"*"``: no ceiling)."""
+
+    @field_validator("aiecs_models", mode="before")
+    @classmethod
+    def _models_json(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip() else None  # a JSON error is a ValueError
+        return v
+
+    @field_validator("aiecs_models")
+    @classmethod
+    def _model_ids(cls, v: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        from aiecs_core.llm import model_id_problem  # core's llm contracts: pydantic only
+
+        for provider, ids in (v or {}).items():
+            for model in ids:
+                problem = model_id_problem(model)
+                if problem is not None:
+                    raise ValueError(f"{provider}: {model!r} is not a model id: {problem}")
+        return v
+
+    @field_validator("aiecs_max_output_tokens", mode="before")
+    @classmethod
+    def _ceiling_json(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().startswith("{"):
+            return json.loads(v)
+        return v
+
+    @field_validator("aiecs_max_output_tokens")
+    @classmethod
+    def _ceiling_positive(cls, v: int | dict[str, int]) -> int | dict[str, int]:
+        if any(n < 1 for n in (v.values() if isinstance(v, dict) else [v])):
+            raise ValueError("a ceiling must be at least 1")
+        return v
 
     # --- operations: metrics and logs --------------------------------------------------------
     aiecs_metrics_port: int | None = Field(default=None, ge=0, le=65535)

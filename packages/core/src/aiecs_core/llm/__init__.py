@@ -19,6 +19,7 @@ SDK's chunks normalised to :class:`ChatDelta`, and a function converting its SDK
 One concept per module, all re-exported here (import from ``aiecs_core.llm``):
 
 - :mod:`.models`: the chat and embedding inputs and results;
+- :mod:`.modelid`: the one rule for model ids (never resource paths);
 - :mod:`.status`: HTTP status -> error class, ``Retry-After``, raising converted errors;
 - :mod:`.timeouts`: per-request timeouts under the task's deadline;
 - :mod:`.pricing`: usage records priced from ``AIECS_PRICES``;
@@ -32,12 +33,19 @@ from __future__ import annotations
 
 from ..redaction import redact  # kept importable from here
 from .embed import EmbedBatch, embed_batched, embed_batches
+from .modelid import (
+    MODEL_ID_PATTERN,
+    NAMESPACED_MODEL_ID_PATTERN,
+    check_model_id,
+    model_id_problem,
+)
 from .models import (
     ChatInput,
     ChatMessage,
     ChatResult,
     EmbedInput,
     EmbedResult,
+    ModelId,
     NamedToolChoice,
     ResponseFormat,
     ToolCall,
@@ -58,6 +66,8 @@ from .tokens import chat_token_estimate, estimate_tokens, rate_limit_key
 from .warmup import refused_url
 
 __all__ = [
+    "MODEL_ID_PATTERN",
+    "NAMESPACED_MODEL_ID_PATTERN",
     "PRICES_ENV",
     "ChatDelta",
     "ChatInput",
@@ -66,6 +76,7 @@ __all__ = [
     "EmbedBatch",
     "EmbedInput",
     "EmbedResult",
+    "ModelId",
     "NamedToolChoice",
     "ResponseFormat",
     "ToolCall",
@@ -73,12 +84,14 @@ __all__ = [
     "ToolDefinition",
     "chat_result",
     "chat_token_estimate",
+    "check_model_id",
     "embed_batched",
     "embed_batches",
     "error_for_status",
     "estimate_tokens",
     "estimated_chat_usage",
     "make_usage",
+    "model_id_problem",
     "parse_json",
     "parse_retry_after",
     "price_for",

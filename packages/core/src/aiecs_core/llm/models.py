@@ -4,11 +4,12 @@ and an :class:`EmbedResult`."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ..models import Usage
+from .modelid import model_id_problem
 
 __all__ = [
     "ChatInput",
@@ -16,6 +17,7 @@ __all__ = [
     "ChatResult",
     "EmbedInput",
     "EmbedResult",
+    "ModelId",
     "NamedToolChoice",
     "ResponseFormat",
     "ToolCall",
@@ -23,6 +25,17 @@ __all__ = [
 ]
 
 _NAME = r"^[A-Za-z0-9_\-]{1,64}$"
+
+
+def _model_id(value: str) -> str:
+    problem = model_id_problem(value)
+    if problem is not None:
+        raise ValueError(f"not a model id: {problem}")
+    return value
+
+
+#: A (namespaced) model id, never a resource path or URL: see :mod:`aiecs_core.llm.modelid`.
+ModelId = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_model_id)]
 
 
 class ToolCall(BaseModel):
@@ -117,14 +130,17 @@ class ChatInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=256)
-    """Model identifier, as the provider names it (``gpt-4o-mini``, ``gemini-2.5-flash``)."""
+    model: ModelId
+    """Model id, as the provider names it (``gpt-4o-mini``, ``gemini-2.5-flash``): an id,
+    never a resource path (see :mod:`aiecs_core.llm.modelid`); the operator may limit the
+    ids each provider accepts (``AIECS_MODELS``)."""
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     """The conversation, oldest first."""
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     """Sampling temperature; provider default when unset."""
     max_output_tokens: int | None = Field(default=None, ge=1)
-    """Upper bound on generated tokens; provider default when unset."""
+    """Upper bound on generated tokens; provider default when unset. At most the operator's
+    ceiling (``AIECS_MAX_OUTPUT_TOKENS``)."""
     response_format: ResponseFormat | None = None
     """Structured output: reply with JSON matching this schema (see ``ChatResult.parsed``)."""
     tools: list[ToolDefinition] = Field(default_factory=list, max_length=512)
@@ -167,8 +183,8 @@ class EmbedInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=256)
-    """Embedding model identifier."""
+    model: ModelId
+    """Embedding model id (see :mod:`aiecs_core.llm.modelid`)."""
     texts: list[str] = Field(min_length=1, max_length=100_000)
     """Texts to embed; sent in batches of the provider's per-request limit."""
     dimensions: int | None = Field(default=None, ge=1, le=65_536)
