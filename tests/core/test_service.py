@@ -180,7 +180,10 @@ def test_operations_are_inherited_and_overridable():
     assert set(ops) == {"explicit", "inferred", "renamed", "extra"}
     assert ops["explicit"].func is ExtendedCalculator.__dict__["explicit"]
     assert ops["explicit"].description == "overridden"
-    assert ops["inferred"] is Calculator.operations["inferred"]
+    # The same declaration, bound to the subclass (whose check_input and provider apply).
+    assert ops["inferred"] == Calculator.operations["inferred"]
+    assert ops["inferred"].service is ExtendedCalculator
+    assert Calculator.operations["inferred"].service is Calculator
     # the base class is not affected by its subclass
     assert set(Calculator.operations) == {"explicit", "inferred", "renamed"}
     assert Calculator.operations["explicit"].description == "Explicit model"
