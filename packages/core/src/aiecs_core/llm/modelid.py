@@ -49,6 +49,9 @@ def model_id_problem(value: object, *, namespaced: bool = True) -> str | None:
         return (f"contains {bad!r}: a model id is {_ALLOWED}; the project, location and "
                 "endpoint come from the operator's settings")
     segments = value.split("/")
+    dots = next((s for s in segments if s in (".", "..")), None)
+    if dots is not None:
+        return f"contains a {dots!r} path segment"
     if len(segments) > 1 and not namespaced:
         return (f"contains '/': this provider takes a model id ({_ALLOWED}), not a "
                 "resource path; the project, location and endpoint come from the "
@@ -56,8 +59,6 @@ def model_id_problem(value: object, *, namespaced: bool = True) -> str | None:
     if len(segments) > _MAX_SEGMENTS:
         return f"has more than {_MAX_SEGMENTS} '/'-separated parts"
     for segment in segments:
-        if segment in (".", ".."):
-            return f"contains a {segment!r} path segment"
         if not _ONE.fullmatch(segment):
             what = "an empty part" if not segment else repr(segment)
             return f"has {what}: each part of a model id is {_ALLOWED}"
