@@ -34,6 +34,7 @@ from typing import Any
 
 from aiecs_core import (
     ID_PATTERN,
+    AiecsError,
     InvalidTaskError,
     TaskCancelledError,
     TaskEvent,
@@ -202,7 +203,7 @@ def _check_step(user_id: str, task_id: str, s: FlowStep, ancestors: set[int]) ->
         message = getattr(exc, "message", None) or str(exc)
         raise GroupError(f"{where}: {type(exc).__name__}: {message}", step=s.step) from None
     try:
-        spec.input_model.model_validate(s.input_data)
+        data = spec.input_model.model_validate(s.input_data)
     except ValidationError as exc:
         # a reference's value is known only when its step completed: checked then
         problems = [e for e in exc.errors(include_url=False, include_input=False)
@@ -212,6 +213,14 @@ def _check_step(user_id: str, task_id: str, s: FlowStep, ancestors: set[int]) ->
                              for e in problems)
             raise GroupError(f"{where}: input_data does not match {spec.name}'s input "
                              f"({spec.input_model.__name__}): {text}", step=s.step) from None
+    else:  # the service's own checks and the operator's model policy (with references:
+        # at release, where the worker validates the resolved input before any call)
+        if spec.service is not None:
+            try:
+                spec.service.check_input(spec.name, data)
+            except AiecsError as exc:
+                raise GroupError(f"{where}: {type(exc).__name__}: {exc.message}",
+                                 step=s.step) from None
     return request
 
 
