@@ -83,14 +83,13 @@ class Shouter(Service):
 
 @pytest.fixture
 def policy():
-    def install(policy):
-        install_model_policy(policy)
-    yield install
-    install_model_policy(None)
+    """Install a policy for one test; the process's own (aiecs_worker's) is put back."""
+    previous = install_model_policy(None)
+    yield install_model_policy
+    install_model_policy(previous)
 
 
-def test_without_a_policy_any_model_id_passes():
-    install_model_policy(None)
+def test_without_a_policy_any_model_id_passes(policy):
     spec = Shouter.operations["chat"]
     data = validate_input(spec, {"model": "anything", "messages": USER,
                                  "max_output_tokens": 10**9})

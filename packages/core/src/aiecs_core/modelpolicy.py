@@ -69,19 +69,23 @@ class ModelPolicy:
                 field="max_output_tokens", provider=provider, ceiling=ceiling)
 
 
-_source: Callable[[], ModelPolicy | None] | None = None
+#: A function returning the current policy (None: none).
+PolicySource = Callable[[], "ModelPolicy | None"]
+_source: PolicySource | None = None
 
 
-def install_model_policy(source: ModelPolicy | Callable[[], ModelPolicy | None] | None) -> None:
+def install_model_policy(source: ModelPolicy | PolicySource | None) -> PolicySource | None:
     """Install the process's policy: a :class:`ModelPolicy`, or a function returning the
     current one (called on each check, so it may follow reloaded settings); None removes
-    it."""
+    it. Returns the source it replaced (to put it back)."""
     global _source
+    previous = _source
     if isinstance(source, ModelPolicy):
         policy = source
         _source = lambda: policy  # noqa: E731
     else:
         _source = source
+    return previous
 
 
 def current_model_policy() -> ModelPolicy | None:
