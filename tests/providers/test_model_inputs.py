@@ -226,3 +226,35 @@ def test_openai_through_the_worker_keeps_namespaced_ids_in_the_body(
         (req,) = fake.requests
         assert req.path.endswith("/chat/completions")
         assert req.body["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_a_model_that_a_workflow_reference_resolves_to_is_checked_at_release(
+        aiecs_redis, start_worker, tmp_path):
+    """A step's ``model`` given by reference is known only when the step it names has
+    completed: the resolved input is checked by the worker, and the step ends FAILED with
+    nothing sent to Vertex."""
+    from aiecs_worker.workflows.flow import get_workflow, submit_workflow
+
+    from tests.support.events import wait_until
+
+    hostile = "projects/victim-project/locations/us-central1/endpoints/999"
+    with FakeVertex() as fake:
+        start_worker(env=_vertex_env(fake, tmp_path))
+        task_id = f"wf{uuid.uuid4().hex[:10]}"
+        submit_workflow("alice", [
+            {"step": 1, "mode": "test", "service": "echo", "task_name": "echo",
+             "input_data": {"text": hostile}},
+            {"step": 2, "mode": "llm", "service": "vertex", "task_name": "chat",
+             "depends_on": [1],
+             "input_data": {"model": {"$ref": "steps.1.result.text"}, "messages": USER}},
+        ], task_id=task_id)
+        view = wait_until(lambda: (w := get_workflow("alice", task_id))
+                          and w["status"] != "running" and w, timeout=40,
+                          message=f"workflow {task_id} to end")
+        first, second = view["steps"]
+        assert first["status"] == "completed" and first["result"]["text"] == hostile
+        assert second["status"] == "failed", second
+        assert second["error"]["type"] == "InputValidationError", second
+        assert f"model: {hostile!r} is not a model id: contains '/'" in \
+            second["error"]["message"]
+        assert fake.requests == []
