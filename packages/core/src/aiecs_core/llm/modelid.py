@@ -36,12 +36,17 @@ MODEL_ID_PATTERN = rf"^{_SEGMENT}$"
 #: Up to 8 segments joined by ``/``: what a provider sending the model in a body accepts.
 NAMESPACED_MODEL_ID_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,7}}$"
 _ONE = re.compile(_SEGMENT)
+_PATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,7}}")
 _MAX_SEGMENTS = 8
 _ALLOWED = "letters, digits and . _ : @ - (1-128 characters, starting with a letter or digit)"
 
 
 def model_id_problem(value: object, *, namespaced: bool = True) -> str | None:
     """Why ``value`` is not a model id (None when it is one)."""
+    # The common case, one match (a segment starts with a letter or digit, so no '.' or
+    # '..' segment matches); the rest only says what is wrong.
+    if isinstance(value, str) and _PATH.fullmatch(value) and (namespaced or "/" not in value):
+        return None
     if not isinstance(value, str):
         return "must be a string"
     bad = next((c for c in value if c in "#%?\\" or c.isspace() or not c.isprintable()), None)
