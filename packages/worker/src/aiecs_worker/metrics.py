@@ -33,6 +33,12 @@ Progress server: ``aiecs_server_connected_sockets``, ``aiecs_server_events_deliv
 (packets of live events sent to sockets), ``aiecs_server_replays_total`` and
 ``aiecs_server_replayed_events_total``, ``aiecs_server_listener_restarts_total``.
 
+Background work (:mod:`aiecs_worker.background`): ``aiecs_background_failures_total{kind}``,
+each failure of a loop that runs unattended and retries (``lease``: the lease renewal and
+sweep loop; ``workflow_sweep``: advancing one workflow a process left behind;
+``workflow_advance``: advancing a workflow after its step; ``workflow_release``: releasing
+a step whose inputs are ready).
+
 Label values users choose (``task_name``, ``model``) are bounded: past
 :data:`MAX_LABEL_VALUES` distinct values per label in one process, new ones count as
 ``other``, so a client sending random names cannot blow up Prometheus.
@@ -98,6 +104,9 @@ def _define(prom: Any) -> dict[str, Any]:
                       registry=None),
         "restarts": c("aiecs_server_listener_restarts_total",
                       "Pub/sub listener restarts", registry=None),
+        "background": c("aiecs_background_failures_total",
+                        "Failures of background loops that retry, by kind", ["kind"],
+                        registry=None),
     }
 
 
@@ -111,7 +120,7 @@ METRIC_NAMES = (
     "aiecs_quota_refusals_total",
     "aiecs_server_connected_sockets", "aiecs_server_events_delivered_total",
     "aiecs_server_replays_total", "aiecs_server_replayed_events_total",
-    "aiecs_server_listener_restarts_total",
+    "aiecs_server_listener_restarts_total", "aiecs_background_failures_total",
 )
 
 
@@ -269,3 +278,10 @@ def replayed(events: int) -> None:
 def listener_restarted() -> None:
     if _m is not None:
         _m.restarts.inc()
+
+
+# -- background loops (aiecs_worker.background) ------------------------------------------------
+def background_failure(kind: str) -> None:
+    """A background loop failed once (``kind`` is one of a fixed few, not user-chosen)."""
+    if _m is not None:
+        _child("background", kind).inc()

@@ -60,7 +60,7 @@ from aiecs_core import (
 )
 from pydantic import ValidationError
 
-from . import logs, metrics
+from . import background, logs, metrics
 from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_task_id, script_args
 from .lease import (
     HEARTBEAT_KEYS,
@@ -768,7 +768,7 @@ class Runtime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: renew as soon as it is back
-                log.debug("lease renewal failed: %s", exc)
+                background.failed("lease", "renewing this process's lease and sweeping", exc)
                 delay = 0.5
             await asyncio.sleep(delay)
 

@@ -84,6 +84,13 @@ class Settings(BaseModel):
     """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
     aiecs_deadletter_maxlen: int = Field(default=1000, gt=0)
     """AIECS_DEADLETTER_MAXLEN: malformed broker messages kept in ``aiecs:deadletter``."""
+    aiecs_max_refs_per_step: int = Field(default=100, ge=0)
+    """AIECS_MAX_REFS_PER_STEP: most ``$ref`` references one workflow step's input_data +
+    context may hold (each is replaced by a whole result: references multiply sizes)."""
+    aiecs_test_services: bool = False
+    """AIECS_TEST_SERVICES: serve the test plugin's services (mode ``test``: ``test/echo``,
+    ``test/buggy``, which can crash a worker on request); the test suite, the benchmark
+    and ``aiecs dev`` set it. Read by aiecs_core's plugin loader."""
 
     # --- quotas per user (see docs/security.md, "Quotas per user") ---------------------------
     aiecs_user_submit_rate: float = Field(default=100.0, gt=0)

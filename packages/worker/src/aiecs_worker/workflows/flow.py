@@ -11,9 +11,15 @@ that ran the step then calls :func:`advance`, which looks at every waiting step:
 
 - a dependency FAILED, TIMED_OUT or CANCELLED: the step ends CANCELLED, naming it (and so,
   in the same pass, its own dependents);
-- every dependency COMPLETED: its ``$ref`` inputs are resolved from their results and it
-  is released (one Lua script writes its arguments into its PENDING record, so the
-  sweeper can queue it again should its message be lost) and its message is sent;
+- every dependency COMPLETED: its ``$ref`` inputs are resolved from their results, its
+  input is size-checked again (``AIECS_MAX_PAYLOAD_BYTES``: references multiply sizes, so
+  at most ``AIECS_MAX_REFS_PER_STEP`` of them per step, checked at submission) and it is
+  released (one Lua script writes its arguments into its PENDING record, so the sweeper
+  can queue it again should its message be lost) and its message is sent. A step that
+  cannot be released ends FAILED with the reason: at once when the reason is its input
+  (too large once resolved, a reference not in the result, ...), after
+  :data:`MAX_RELEASE_FAILURES` failed releases otherwise (a Redis outage, during which
+  nothing can be counted, is waited out);
 - a cancel request on a waiting step ends it CANCELLED.
 
 :func:`advance` is idempotent (the release and the terminal transitions are guarded
@@ -36,6 +42,7 @@ from aiecs_core import (
     ID_PATTERN,
     AiecsError,
     InvalidTaskError,
+    PayloadTooLargeError,
     TaskCancelledError,
     TaskEvent,
     TaskRequest,
@@ -44,6 +51,7 @@ from aiecs_core import (
 )
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
+from .. import background
 from ..events import TaskKeys, celery_task_id, encode_event, finish_sync, packet_parts
 from ..quotas import admit
 from ..records import state_redis
@@ -51,7 +59,7 @@ from ..settings import get_settings
 from ..state import NOW_MS_LUA, PENDING_KEY, celery_index_key, decode_state, steps_key
 from .common import GroupError, send_execution, task_for
 from .hook import FLOWS_DUE_KEY
-from .refs import RefError, find_refs, parse_ref, resolve
+from .refs import RefError, find_refs, parse_ref, resolve, resolved_size
 
 __all__ = ["FlowStep", "advance", "cancel_workflow", "flow_key", "get_workflow",
            "submit_workflow", "sweep_due"]
@@ -62,6 +70,9 @@ log = logging.getLogger("aiecs.workflows")
 MAX_FLOW_STEPS = 200
 #: Seconds a workflow stays in aiecs:flows:due before a sweeper advances it.
 DUE_AFTER = 5.0
+#: Failed releases of one step (Redis answered, the release did not go through) before
+#: it ends FAILED.
+MAX_RELEASE_FAILURES = 5
 _TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 
 # KEYS: workflow, steps, seq, log.  ARGV: spec json, ttl, now, user, task, channel, maxlen,
@@ -175,8 +186,14 @@ def _check_step(user_id: str, task_id: str, s: FlowStep, ancestors: set[int]) ->
 
     where = f"step {s.step}"
     ref_locs = []
+    max_refs = get_settings().aiecs_max_refs_per_step
     for field in ("input_data", "context"):
         for loc, ref in find_refs(getattr(s, field)):
+            max_refs -= 1
+            if max_refs < 0:
+                limit = get_settings().aiecs_max_refs_per_step
+                raise GroupError(f"{where}: input_data + context hold more than {limit} "
+                                 "$ref references (AIECS_MAX_REFS_PER_STEP)", step=s.step)
             try:
                 ref_step, _ = parse_ref(ref)
             except RefError as exc:
@@ -319,9 +336,47 @@ def _end_step(client: Any, user_id: str, task_id: str, n: int, task_name: str,
                 s.aiecs_socketio_channel, s.aiecs_events_maxlen, s.aiecs_events_ttl)
 
 
+def _request(user_id: str, task_id: str, n: int, step: dict[str, Any],
+             results: dict[int, Any]) -> TaskRequest:
+    """The step's request, its references resolved; InvalidTaskError (or whatever its
+    input raises) when it cannot be released, whatever the number of tries."""
+    from ..runtime import check_payload_size
+
+    limit = get_settings().aiecs_max_payload_bytes
+    # measured before it is built: a 0.16 MB input may resolve to hundreds of MB
+    size = sum(resolved_size(step[f], results) for f in ("input_data", "context"))
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"step {n}: input_data + context is {size} bytes once its references are "
+            f"resolved, over the limit of {limit} (AIECS_MAX_PAYLOAD_BYTES)",
+            step=n, size=size, limit=limit)
+    input_data = resolve(step["input_data"], results)
+    context = resolve(step["context"], results)
+    check_payload_size({"input_data": input_data, "context": context}, limit)  # depth too
+    return TaskRequest(task_name=step["task_name"], user_id=user_id, task_id=task_id,
+                       step=n, mode=step["mode"], service=step["service"],
+                       input_data=input_data, context=context)
+
+
+def _cannot_release(exc: Exception, n: int) -> InvalidTaskError:
+    if isinstance(exc, InvalidTaskError):
+        return exc if exc.message.startswith(f"step {n}:") else InvalidTaskError(
+            f"step {n}: {exc.message}", step=n)
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False))
+        return InvalidTaskError(f"step {n}: its resolved input is invalid: {problems}", step=n)
+    return InvalidTaskError(f"step {n} cannot be released: {type(exc).__name__}: {exc}",
+                            step=n)
+
+
 def _release(client: Any, user_id: str, task_id: str, n: int, step: dict[str, Any],
              sends: list) -> str:
-    """Resolve the step's references and release it; the status it is left in."""
+    """Resolve the step's references and release it; the status it is left in.
+
+    A step whose input cannot be released ends FAILED at once; a release that Redis
+    refused is retried (by the next advance or the sweeper) and the step ends FAILED after
+    MAX_RELEASE_FAILURES of them. Redis unreachable raises: nothing is counted then."""
     keys = TaskKeys(user_id, task_id)
     wanted = {parse_ref(ref)[0] for field in ("input_data", "context")
               for _, ref in find_refs(step[field])}
@@ -331,18 +386,26 @@ def _release(client: Any, user_id: str, task_id: str, n: int, step: dict[str, An
         outcome = json.loads(raw) if raw else None
         results[d] = outcome.get("result") if isinstance(outcome, dict) else None
     try:
-        input_data = resolve(step["input_data"], results)
-        context = resolve(step["context"], results)
-    except RefError as exc:
+        kwargs = _request(user_id, task_id, n, step, results).model_dump(mode="json")
+    except Exception as exc:  # noqa: BLE001 - its input: the same on every try
+        log.info("workflow %s of %s: step %d cannot be released: %s", task_id, user_id, n,
+                 exc)
         _end_step(client, user_id, task_id, n, step["task_name"], TaskStatus.FAILED,
-                  InvalidTaskError(f"step {n}: {exc}", step=n))
+                  _cannot_release(exc, n))
         return "failed"
-    request = TaskRequest(task_name=step["task_name"], user_id=user_id, task_id=task_id,
-                          step=n, mode=step["mode"], service=step["service"],
-                          input_data=input_data, context=context)
-    kwargs = request.model_dump(mode="json")
-    if client.eval(RELEASE_LUA, 2, keys.state(n), PENDING_KEY, json.dumps(kwargs),
-                   step["queue"], step["task"]):
+    try:
+        released = client.eval(RELEASE_LUA, 2, keys.state(n), PENDING_KEY,
+                               json.dumps(kwargs), step["queue"], step["task"])
+    except Exception as exc:  # noqa: BLE001 - counted where Redis answers, else raised
+        background.failed("workflow_release", f"releasing step {n} of {keys.state(n)}", exc)
+        failures = client.hincrby(keys.state(n), "release_failures", 1)  # raises if away
+        if failures < MAX_RELEASE_FAILURES:
+            raise
+        _end_step(client, user_id, task_id, n, step["task_name"], TaskStatus.FAILED,
+                  InvalidTaskError(f"step {n} could not be released ({failures} tries): "
+                                   f"{type(exc).__name__}: {exc}", step=n))
+        return "failed"
+    if released:
         sends.append((step["task"], step["queue"], step["priority"], kwargs,
                       celery_task_id(user_id, task_id, n)))
     return "pending"
@@ -420,9 +483,9 @@ def after_step(kwargs: dict[str, Any]) -> None:
     try:
         user_id, task_id = kwargs["user_id"], kwargs["task_id"]
         advance(state_redis(), flow_key(user_id, task_id))
-    except Exception:  # noqa: BLE001 - the sweeper advances it (aiecs:flows:due)
-        log.exception("advancing the workflow of %s failed; the sweeper will",
-                      kwargs.get("task_id"))
+    except Exception as exc:  # noqa: BLE001 - the sweeper advances it (aiecs:flows:due)
+        background.failed("workflow_advance", f"advancing the workflow of task "
+                          f"{kwargs.get('task_id')} (the sweeper will)", exc)
 
 
 def after_cancel(client: Any, state_key: str) -> None:
@@ -443,7 +506,11 @@ def sweep_due() -> int:
     acted = 0
     for key in keys:
         key = key.decode()
-        n = advance(client, key)
+        try:
+            n = advance(client, key)
+        except Exception as exc:  # noqa: BLE001 - the others still advance; retried later
+            background.failed("workflow_sweep", f"advancing workflow {key}", exc)
+            continue
         if n:
             log.warning("workflow %s advanced by the sweeper (%d steps)", key, n)
         acted += n

@@ -3,15 +3,20 @@
 A reference is an object with the single key ``$ref``; its path names a step and walks
 that step's result: object keys, or list indexes written as integers. Nothing is
 evaluated: a reference is replaced by the value found, whatever its type.
+
+References multiply: a 40-byte reference to a 500 KB result is 500 KB once resolved. So
+a step holds at most ``AIECS_MAX_REFS_PER_STEP`` of them (checked at submission) and its
+input is size-checked again once resolved (:func:`resolved_size`, before it is built).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["RefError", "find_refs", "parse_ref", "resolve"]
+__all__ = ["RefError", "find_refs", "parse_ref", "resolve", "resolved_size"]
 
 _REF = re.compile(r"^steps\.(\d+)\.result((?:\.[^.]+)*)$")
 
@@ -59,14 +64,38 @@ def _walk(result: Any, path: list[str], ref: str) -> Any:
     return value
 
 
+def _lookup(ref: Any, results: dict[int, Any]) -> Any:
+    step, path = parse_ref(ref)
+    if step not in results:
+        raise RefError(f"{ref}: step {step} has no result")
+    return _walk(results[step], path, ref)
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON (the measure of AIECS_MAX_PAYLOAD_BYTES)."""
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def resolved_size(value: Any, results: dict[int, Any]) -> int:
+    """The compact JSON size of ``resolve(value, results)``, without building it.
+
+    Compact JSON is the concatenation of its parts' JSON, so replacing a reference changes
+    the size by exactly the difference of the two values' sizes; each distinct reference
+    is measured once, however many times it appears."""
+    size = _json_size(value)
+    measured: dict[str, int] = {}
+    for _, ref in find_refs(value):
+        if ref not in measured:
+            measured[ref] = _json_size(_lookup(ref, results)) - _json_size({"$ref": ref})
+        size += measured[ref]
+    return size
+
+
 def resolve(value: Any, results: dict[int, Any]) -> Any:
     """``value`` with each reference replaced by the value in ``results`` (step -> the
     step's operation result)."""
     if _is_ref(value):
-        step, path = parse_ref(value["$ref"])
-        if step not in results:
-            raise RefError(f"{value['$ref']}: step {step} has no result")
-        return _walk(results[step], path, value["$ref"])
+        return _lookup(value["$ref"], results)
     if isinstance(value, dict):
         return {k: resolve(v, results) for k, v in value.items()}
     if isinstance(value, list):
