@@ -1,0 +1,135 @@
+"""References multiply sizes: a step holds at most AIECS_MAX_REFS_PER_STEP of them, its
+input is size-checked again once they are resolved, and a step that cannot be released
+ends FAILED (its dependents CANCELLED) instead of being retried forever. Repeated
+background failures show at WARNING, once a minute per kind, and in a counter."""
+
+from __future__ import annotations
+
+import pytest
+from aiecs_core import TaskStatus
+from aiecs_worker.events import TaskKeys
+from aiecs_worker.records import state_redis
+from aiecs_worker.workflows.common import GroupError
+from aiecs_worker.workflows.flow import get_workflow, submit_workflow
+from aiecs_worker.workflows.hook import FLOWS_DUE_KEY
+
+from tests.support.events import read_events, wait_until
+from tests.support.metrics import metrics_url, scrape, total
+from tests.workflows.test_flow import ended, statuses
+from tests.workflows.test_flow_recovery import _queued_kwargs, _record, _steps
+
+ECHO = {"mode": "test", "service": "echo", "task_name": "echo"}
+RESULT = {"$ref": "steps.1.result"}
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_step_with_thousands_of_references_is_refused_naming_it(aiecs_redis):
+    """The issue's request: 2,000 copies of one reference (52 KB, under the payload
+    limit) would resolve to 2,000 copies of the result. Refused before anything is
+    recorded."""
+    client = aiecs_redis.client()
+    before = client.info("memory")["used_memory"]
+    with pytest.raises(GroupError) as refused:
+        submit_workflow("mallory", [
+            {**ECHO, "step": 1, "input_data": {"text": "x" * 1000}},
+            {**ECHO, "step": 2, "depends_on": [1], "input_data": {"text": "y"},
+             "context": {"copies": [RESULT] * 2000}},
+        ], task_id="amp1")
+    assert refused.value.message == (
+        "step 2: input_data + context hold more than 100 $ref references "
+        "(AIECS_MAX_REFS_PER_STEP)")
+    assert refused.value.details.get("step") == 2
+    assert get_workflow("mallory", "amp1") is None
+    assert client.dbsize() == 0
+    assert client.info("memory")["used_memory"] - before < 1_000_000
+
+
+def test_a_step_too_large_once_resolved_fails_and_its_dependents_are_cancelled(
+        aiecs_redis, worker):
+    """100 references (allowed) to a 100 KB result: 10 MB once resolved, over the 1 MiB
+    payload limit. The step ends FAILED saying so, at once; its dependent CANCELLED;
+    neither Redis nor the worker holds the resolved input."""
+    client = aiecs_redis.client()
+    submit_workflow("mallory", [
+        {**ECHO, "step": 1, "input_data": {"text": "a" * 100_000, "chunks": 2}},
+        {**ECHO, "step": 2, "depends_on": [1], "input_data": {"text": "y"},
+         "context": {"copies": [RESULT] * 100}},
+        {**ECHO, "step": 3, "depends_on": [2], "input_data": {"text": "z"}},
+        {**ECHO, "step": 4, "input_data": {"text": "independent"}},
+    ], task_id="amp2")
+    view = ended("mallory", "amp2", timeout=30)
+    assert statuses(view) == {1: "completed", 2: "failed", 3: "cancelled", 4: "completed"}
+    error = view["steps"][1]["error"]
+    assert error["type"] == "PayloadTooLargeError"
+    assert error["message"].startswith("step 2: input_data + context is ")
+    assert error["message"].endswith(" bytes once its references are resolved, over the "
+                                     "limit of 1048576 (AIECS_MAX_PAYLOAD_BYTES)")
+    size = int(error["message"].split(" is ")[1].split()[0])
+    assert 100 * 100_000 < size < 100 * 100_100
+    assert view["steps"][2]["error"]["message"] == "dependency step 2 ended FAILED"
+    events = read_events(client, "mallory", "amp2")
+    assert [e["status"] for e in events if e["step"] == 2] == ["pending", "failed"]
+    # nothing of the resolved 10 MB anywhere: not in the step's record, not queued
+    assert client.hget(TaskKeys("mallory", "amp2").state(2), "request") is None
+    assert 2 not in _queued_kwargs(client)
+    assert client.info("memory")["used_memory"] < 20_000_000  # the whole (flushed) db
+
+
+def test_the_resolved_input_is_not_built_in_the_worker(aiecs_redis, worker):
+    """Ten workflows of 100 references each to a 100 KB result (1 GB resolved in all, as
+    the issue's worker went 226 -> 1,427 MB): the worker's memory stays flat."""
+    client = aiecs_redis.client()
+    pid = worker.proc.pid
+    submit_workflow("mallory", [{**ECHO, "step": 1, "input_data": {"text": "warm"}}],
+                    task_id="warm")
+    ended("mallory", "warm")
+    rss0, mem0 = _rss_kb(pid), client.info("memory")["used_memory"]
+    for i in range(10):
+        submit_workflow("mallory", [
+            {**ECHO, "step": 1, "input_data": {"text": "b" * 100_000, "chunks": 1}},
+            {**ECHO, "step": 2, "depends_on": [1], "input_data": {"text": "y"},
+             "context": {"copies": [RESULT] * 100}},
+        ], task_id=f"amp3-{i}")
+    for i in range(10):
+        assert statuses(ended("mallory", f"amp3-{i}", timeout=60)) == {
+            1: "completed", 2: "failed"}
+    grew_rss_mb = (_rss_kb(pid) - rss0) / 1024
+    grew_redis_mb = (client.info("memory")["used_memory"] - mem0) / 1e6
+    print(f"worker RSS +{grew_rss_mb:.1f} MB, Redis +{grew_redis_mb:.1f} MB")
+    assert grew_rss_mb < 60
+    assert grew_redis_mb < 50
+
+
+def test_repeated_sweeper_failures_warn_once_count_each_and_spare_other_workflows(
+        aiecs_redis, start_worker):
+    """A workflow the sweeper cannot advance (its record is corrupt) fails on every
+    sweep (each second here): one WARNING line, a counter that counts every failure, and
+    the other workflows due still advance (they used to wait behind it forever)."""
+    worker = start_worker(queues="nothing_here", env={
+        "AIECS_LEASE_SECONDS": "3", "AIECS_METRICS_PORT": "0",
+        "AIECS_METRICS_HOST": "127.0.0.1"})
+    url = metrics_url(worker.log)
+    client = aiecs_redis.client()
+    bad = "aiecs:flow:mallory:corrupt"
+    client.hset(bad, mapping={"spec": "{not json", "ver": 0, "user": "mallory",
+                              "task": "corrupt"})
+    client.zadd(FLOWS_DUE_KEY, {bad: 0})  # first in line
+    submit_workflow("alice", _steps("ignored"), task_id="r1")
+    _record("r1", 1, TaskStatus.COMPLETED, {"text": "from step 1"})
+
+    step2 = TaskKeys("alice", "r1").state(2)  # released (this module's other worker may run it)
+    wait_until(lambda: state_redis().hget(step2, "released")
+               or state_redis().hget(step2, "status") != b"pending",
+               timeout=30, message="the sweeper to release step 2 of r1")
+    wait_until(lambda: total(scrape(url), "aiecs_background_failures_total",
+                             kind="workflow_sweep") >= 4,
+               timeout=30, message="four counted sweeper failures")
+    lines = [line for line in worker.log().splitlines()
+             if "background workflow_sweep failed" in line]
+    assert len(lines) == 1, lines
+    assert "WARNING" in lines[0]
+    assert f"advancing workflow {bad}: JSONDecodeError" in lines[0]
