@@ -44,7 +44,8 @@ _FOREIGN = ("CELERY_", "REDIS_URL", "AIECS_", "OPENAI_", "XAI_", "VERTEX_", "GOO
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
-    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    # the benchmark runs test/echo: the test services load only when asked for
+    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", AIECS_TEST_SERVICES="1")
     env.update(extra)
     return env
 

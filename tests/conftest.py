@@ -40,6 +40,10 @@ _STRIP = (
     "XAI_MAX_TOKENS_FIELD", "XAI_STREAM_USAGE", "AIECS_MODELS", "AIECS_MAX_OUTPUT_TOKENS",
 )
 
+#: The test plugin's services (mode ``test``: test/echo, test/buggy) load only with this;
+#: every process the suite starts inherits it (tests of its absence remove it).
+os.environ["AIECS_TEST_SERVICES"] = "1"
+
 _session_redis: RedisServer | None = None
 _session_redis_error: str | None = None
 

@@ -18,6 +18,13 @@ registration is a start-up error rather than a silent override):
 
 Every failure shows in :attr:`ServiceRegistry.failures`, in ``aiecs plugins`` (exit 1)
 and in the worker's start-up log (:meth:`ServiceRegistry.report`).
+
+**Test services.** Mode ``test`` is reserved for services that exist for tests
+(``test/echo``, ``test/buggy``: told to, they fail, sleep, or SIGKILL their worker). They
+are served only when ``AIECS_TEST_SERVICES=1`` (the test suite, the benchmark and ``aiecs
+dev`` set it); without it a plugin's ``test`` services are left out, and a plugin that
+registers nothing else is listed as *disabled* with the reason (not a failure). Asking
+for one raises :class:`ServiceNotFoundError` saying how to enable it.
 """
 
 from __future__ import annotations
@@ -39,16 +46,29 @@ from .service import OperationSpec, Service
 
 __all__ = [
     "ALLOW_ENV",
+    "TEST_MODE",
+    "TEST_SERVICES_ENV",
     "PluginFailure",
     "PluginInfo",
     "ServiceRegistry",
     "get_registry",
     "load_plugins",
     "reset_registry",
+    "test_services_enabled",
 ]
 
 #: Environment variable holding the plugin allow-list.
 ALLOW_ENV = "AIECS_PLUGINS"
+#: Environment variable that enables the services of mode TEST_MODE.
+TEST_SERVICES_ENV = "AIECS_TEST_SERVICES"
+#: The mode reserved for services that exist only for tests.
+TEST_MODE = "test"
+_TRUE = {"1", "true", "yes", "on", "t", "y"}  # what the worker's settings read as true
+
+
+def test_services_enabled() -> bool:
+    """Whether ``AIECS_TEST_SERVICES`` enables the services of mode ``test``."""
+    return os.environ.get(TEST_SERVICES_ENV, "").strip().lower() in _TRUE
 
 
 @dataclass
@@ -87,6 +107,10 @@ class ServiceRegistry:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
         self._failures: list[PluginFailure] = []
+        #: plugins not loaded on purpose (only test services, not enabled): not failures
+        self.disabled: list[PluginFailure] = []
+        #: (mode, service) of test services left out, and the plugin that registered them
+        self._test_only: dict[tuple[str, str], str] = {}
         #: every plugin's claim on a key, in registration order; a key with one claim is
         #: served, a key with several is refused for all of them
         self._claims: dict[tuple[str, str], list[tuple[str, str | None, type[Service]]]] = {}
@@ -191,6 +215,18 @@ class ServiceRegistry:
             self.pm.unregister(name=name)
             self._failures.append(PluginFailure(name, distribution, _describe(exc)))
             return None
+        if not test_services_enabled():
+            left_out = [cls for cls in staged if cls.mode == TEST_MODE]
+            staged = [cls for cls in staged if cls.mode != TEST_MODE]
+            for cls in left_out:
+                self._test_only[(cls.mode, cls.name)] = name
+            if left_out and not staged:
+                self.pm.unregister(name=name)
+                names = ", ".join(sorted(f"{c.mode}/{c.name}" for c in left_out))
+                self.disabled.append(PluginFailure(
+                    name, distribution, f"test services only ({names}): enabled by "
+                    f"{TEST_SERVICES_ENV}=1"))
+                return None
         for service_cls in staged:
             key = (service_cls.mode, service_cls.name)
             claims = self._claims.setdefault(key, [])
@@ -215,6 +251,8 @@ class ServiceRegistry:
             else:
                 del self._claims[key]
         self.plugins = [p for p in self.plugins if p.name != name]
+        self.disabled = [p for p in self.disabled if p.name != name]
+        self._test_only = {k: o for k, o in self._test_only.items() if o != name}
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
 
@@ -288,6 +326,9 @@ class ServiceRegistry:
                 f"and was refused for all of them: uninstall one, or leave one out with "
                 f"{ALLOW_ENV}"
             )
+        elif key in self._test_only:
+            message = (f"service {mode}/{service} is a test service, not enabled here (it "
+                       f"loads only with {TEST_SERVICES_ENV}=1)")
         else:
             available = ", ".join(f"{m}/{s}" for m, s in self.keys()) or "none"
             message = f"no service {service!r} in mode {mode!r}; available: {available}"
@@ -350,6 +391,10 @@ class ServiceRegistry:
                 {"name": f.name, "distribution": f.distribution, "reason": f.reason}
                 for f in self.failures
             ],
+            "disabled": [
+                {"name": f.name, "distribution": f.distribution, "reason": f.reason}
+                for f in self.disabled
+            ],
             "conflicts": [
                 {"service": f"{m}/{s}", "plugins": names}
                 for (m, s), names in self.conflicts().items()
@@ -410,6 +455,9 @@ class ServiceRegistry:
                 for e in by_plugin.get(p["name"], [])
             )
             lines.append((logging.INFO, f"plugin {p['name']}{where}: {served or 'no services'}"))
+        for f in self.disabled:
+            where = f" ({f.distribution})" if f.distribution else ""
+            lines.append((logging.INFO, f"plugin {f.name}{where} disabled: {f.reason}"))
         for f in listing["failures"]:
             where = f" ({f['distribution']})" if f["distribution"] else ""
             lines.append((logging.ERROR, f"plugin {f['name']}{where} FAILED: {f['reason']}"))

@@ -599,6 +599,11 @@ def plugins(as_json: bool) -> None:
             services.add_row(f"{s['mode']}/{s['service']}", name,
                              "heavy" if op["heavy"] else "fast", op.get("description") or "")
     console.print(services)
+    if listing["disabled"]:
+        disabled = Table("plugin", "distribution", "reason", title="Disabled plugins")
+        for d in listing["disabled"]:
+            disabled.add_row(d["name"], d["distribution"] or "", d["reason"])
+        console.print(disabled)
     if listing["failures"]:
         failed = Table("plugin", "distribution", "reason", title="Failed plugins")
         for f in listing["failures"]:
@@ -642,12 +647,16 @@ def health(worker_: bool, nodes: tuple[str, ...], server_url: str | None,
 @click.option("--user", default="dev", show_default=True, help="User id of the printed token.")
 @click.option("--concurrency", type=int, default=2, show_default=True,
               help="Worker pool size.")
-def dev(host: str, port: int, user: str, concurrency: int) -> None:
+@click.option("--test-services/--no-test-services", default=True, show_default=True,
+              help="Serve the test services (test/echo, test/buggy) in this stack "
+                   "(AIECS_TEST_SERVICES=1 for its processes only).")
+def dev(host: str, port: int, user: str, concurrency: int, test_services: bool) -> None:
     """Start Redis (embedded if needed), a worker, beat and the server with the page; Ctrl-C
     stops everything."""
     from .dev import DevStack, DevStackError
 
-    stack = DevStack(host=host, port=port, user=user, concurrency=concurrency)
+    stack = DevStack(host=host, port=port, user=user, concurrency=concurrency,
+                     test_services=test_services)
     try:
         stack.run(echo=click.echo)
     except DevStackError as exc:

@@ -121,6 +121,9 @@ class DevStack:
     echo: Callable[[str], None] = print
     redis_url: str | None = None
     token: str | None = None
+    #: serve the test services (test/echo, test/buggy: AIECS_TEST_SERVICES=1) in this
+    #: stack only; the README's quickstart submits test/echo
+    test_services: bool = True
     children: list[_Child] = field(default_factory=list)
     _dir: Path | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -151,6 +154,10 @@ class DevStack:
             AIECS_PORT=str(self.port),
             PYTHONUNBUFFERED="1",
         )
+        if self.test_services:
+            env["AIECS_TEST_SERVICES"] = "1"
+        else:
+            env.pop("AIECS_TEST_SERVICES", None)
         worker = self._spawn(
             "worker",
             [sys.executable, "-m", "celery", "-A", "aiecs_worker", "worker", "--loglevel",
@@ -309,14 +316,20 @@ class DevStack:
             f"  user:   {self.user}",
             f"  token:  {self.token}",
             f"  redis:  {self.redis_url} ({redis_note})",
-            "  try:    uv run aiecs submit echo echo --mode test --input "
-            "'{\"text\": \"hello from aiecs\", \"chunks\": 5, \"delay\": 0.3}' --watch"
-            + server_opt,
-            f"          (submit and watch get a token for user {self.user!r} from this dev "
-            "server by themselves; echo comes with aiecs-testplugin)",
-            "Press Ctrl-C to stop everything.",
-            "",
         ]
+        if self.test_services:
+            lines += [
+                "  tests:  test services ON (test/echo, test/buggy: AIECS_TEST_SERVICES=1, "
+                "this stack only; --no-test-services to leave them out)",
+                "  try:    uv run aiecs submit echo echo --mode test --input "
+                "'{\"text\": \"hello from aiecs\", \"chunks\": 5, \"delay\": 0.3}' --watch"
+                + server_opt,
+                f"          (submit and watch get a token for user {self.user!r} from this "
+                "dev server by themselves; echo comes with aiecs-testplugin)",
+            ]
+        else:
+            lines.append("  tests:  test services off (--no-test-services)")
+        lines += ["Press Ctrl-C to stop everything.", ""]
         return "\n".join(lines)
 
     # -- supervise and stop -------------------------------------------------------------------
