@@ -4,7 +4,9 @@ It streams its input back in chunks with progress, and can be told to sleep, to 
 to raise a retryable error a given number of times before succeeding. It is what the
 worker's own tests, the demo page and the no-op benchmark run against. It is *not*
 registered by installing aiecs-core: enable it with ``registry.register_plugin(echo_plugin,
-"echo")`` or through an entry point of your own (``echo = "aiecs_core.testing.echo"``).
+"echo")`` or through an entry point of your own (``echo = "aiecs_core.testing.echo"``),
+and served only with ``AIECS_TEST_SERVICES=1`` (its ``fail="crash"`` SIGKILLs the process:
+see :mod:`aiecs_core.registry`).
 """
 
 from __future__ import annotations

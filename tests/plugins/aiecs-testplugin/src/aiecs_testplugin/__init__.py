@@ -3,7 +3,8 @@
 ``test/buggy`` has an operation that raises a plain exception, as a provider with a bug
 would. Every service here is in mode ``test``: this distribution is installed in every
 development environment, so it must not take a name a real plugin could serve (the
-specification's example services are in ``examples/aiecs-example-spec``).
+specification's example services are in ``examples/aiecs-example-spec``). Being installed
+enables nothing: the registry serves mode ``test`` only with ``AIECS_TEST_SERVICES=1``.
 """
 
 from __future__ import annotations
