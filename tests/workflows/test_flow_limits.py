@@ -133,3 +133,26 @@ def test_repeated_sweeper_failures_warn_once_count_each_and_spare_other_workflow
     assert len(lines) == 1, lines
     assert "WARNING" in lines[0]
     assert f"advancing workflow {bad}: JSONDecodeError" in lines[0]
+
+
+def test_a_workflow_whose_submitter_died_before_releasing_it_is_swept(
+        aiecs_redis, worker, monkeypatch):
+    """The submitter records the workflow and dies before its first advance (played here
+    by an advance that raises): its steps used to stay PENDING forever (it was in no due
+    set); a sweeper releases them now."""
+    import aiecs_worker.workflows.flow as flow
+
+    def died(client, key):
+        raise ConnectionError("the submitting process died here")
+
+    monkeypatch.setattr(flow, "advance", died)
+    with pytest.raises(ConnectionError):
+        submit_workflow("alice", [{**ECHO, "step": 1, "input_data": {"text": "one"}},
+                                  {**ECHO, "step": 2, "depends_on": [1],
+                                   "input_data": {"text": {"$ref": "steps.1.result.text"}}}],
+                        task_id="orphan")
+    monkeypatch.undo()
+    assert state_redis().zscore(FLOWS_DUE_KEY, "aiecs:flow:alice:orphan") is not None
+    view = ended("alice", "orphan", timeout=60)  # the module worker sweeps every 10 s
+    assert statuses(view) == {1: "completed", 2: "completed"}
+    assert view["steps"][1]["result"] == {"text": "one", "chunks": 3}

@@ -26,7 +26,8 @@ that ran the step then calls :func:`advance`, which looks at every waiting step:
 scripts), so two processes may run it at once. A process that dies after a step's
 terminal record and before advancing leaves the workflow in ``aiecs:flows:due``: every
 worker's sweeper advances workflows left there for more than 5 s
-(:func:`sweep_due`). A process killed after a release and before its send leaves a
+(:func:`sweep_due`); a new workflow starts there too, until its submitter's first advance
+settles it. A process killed after a release and before its send leaves a
 PENDING record with its arguments, which the sweeper queues again (see lease.py).
 """
 
@@ -75,11 +76,13 @@ DUE_AFTER = 5.0
 MAX_RELEASE_FAILURES = 5
 _TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 
-# KEYS: workflow, steps, seq, log.  ARGV: spec json, ttl, now, user, task, channel, maxlen,
-# packet head, packet tail, n steps, then per step: state key, celery id, task name,
-# step, celery index key, PENDING event json (no seq).  Creates the workflow and every
-# step's PENDING record with its event, unless the task exists (returns 0).
-CREATE_FLOW_LUA = """
+# KEYS: workflow, steps, seq, log, due.  ARGV: spec json, ttl, now, user, task, channel,
+# maxlen, packet head, packet tail, n steps, then per step: state key, celery id, task
+# name, step, celery index key, PENDING event json (no seq).  Creates the workflow and
+# every step's PENDING record with its event, unless the task exists (returns 0). The
+# workflow starts in the due set: should the submitter fail before its first advance
+# settles it, a sweeper releases its first steps.
+CREATE_FLOW_LUA = NOW_MS_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
@@ -101,6 +104,7 @@ for i = 0, tonumber(ARGV[10]) - 1 do
   redis.call('PUBLISH', ARGV[6], ARGV[8] .. ev .. ARGV[9])
 end
 for i = 2, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+redis.call('ZADD', KEYS[5], now_ms, KEYS[1])
 return 1
 """
 
@@ -313,7 +317,8 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
     key = flow_key(user_id, task_id)
     admit(user_id, [keys.state(n) for n in order], client=client)
     created = client.eval(
-        CREATE_FLOW_LUA, 4, key, steps_key(user_id, task_id), keys.seq, keys.log,
+        CREATE_FLOW_LUA, 5, key, steps_key(user_id, task_id), keys.seq, keys.log,
+        FLOWS_DUE_KEY,
         json.dumps(spec), s.aiecs_events_ttl, time.time(), user_id, task_id,
         s.aiecs_socketio_channel, s.aiecs_events_maxlen, head, tail, len(order), *per_step)
     if not created:
