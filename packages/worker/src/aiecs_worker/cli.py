@@ -574,7 +574,9 @@ def schedule_rm(task_id, server_url, token_opt, user):
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
 def plugins(as_json: bool) -> None:
-    """List loaded and failed plugins, their services and operations.
+    """List loaded, disabled and failed plugins, their services and operations.
+
+    A plugin of test services only is disabled (not failed) without AIECS_TEST_SERVICES=1.
 
     Exits 1 when a plugin failed to load or a service was refused as a duplicate (in both
     forms, so a deployment check can rely on the exit status).
