@@ -190,25 +190,24 @@ def _check_step(user_id: str, task_id: str, s: FlowStep, ancestors: set[int]) ->
 
     where = f"step {s.step}"
     ref_locs = []
+    refs = [(field, loc, ref) for field in ("input_data", "context")
+            for loc, ref in find_refs(getattr(s, field))]
     max_refs = get_settings().aiecs_max_refs_per_step
-    for field in ("input_data", "context"):
-        for loc, ref in find_refs(getattr(s, field)):
-            max_refs -= 1
-            if max_refs < 0:
-                limit = get_settings().aiecs_max_refs_per_step
-                raise GroupError(f"{where}: input_data + context hold more than {limit} "
-                                 "$ref references (AIECS_MAX_REFS_PER_STEP)", step=s.step)
-            try:
-                ref_step, _ = parse_ref(ref)
-            except RefError as exc:
-                raise GroupError(f"{where}: {field}.{'.'.join(map(str, loc))}: {exc}",
-                                 step=s.step) from None
-            if ref_step not in ancestors:
-                raise GroupError(
-                    f"{where}: {field}.{'.'.join(map(str, loc))}: {ref} refers to step "
-                    f"{ref_step}, which is not among the steps it depends on", step=s.step)
-            if field == "input_data":
-                ref_locs.append(loc)
+    if len(refs) > max_refs:  # each is replaced by a whole result: they multiply sizes
+        raise GroupError(f"{where}: input_data + context hold more than {max_refs} $ref "
+                         "references (AIECS_MAX_REFS_PER_STEP)", step=s.step)
+    for field, loc, ref in refs:
+        try:
+            ref_step, _ = parse_ref(ref)
+        except RefError as exc:
+            raise GroupError(f"{where}: {field}.{'.'.join(map(str, loc))}: {exc}",
+                             step=s.step) from None
+        if ref_step not in ancestors:
+            raise GroupError(
+                f"{where}: {field}.{'.'.join(map(str, loc))}: {ref} refers to step "
+                f"{ref_step}, which is not among the steps it depends on", step=s.step)
+        if field == "input_data":
+            ref_locs.append(loc)
     try:
         request = TaskRequest(task_name=s.task_name, user_id=user_id, task_id=task_id,
                               step=s.step, mode=s.mode, service=s.service,
@@ -364,6 +363,8 @@ def _request(user_id: str, task_id: str, n: int, step: dict[str, Any],
 
 
 def _cannot_release(exc: Exception, n: int) -> InvalidTaskError:
+    if isinstance(exc, RefError):
+        return InvalidTaskError(f"step {n}: {exc}", step=n)
     if isinstance(exc, InvalidTaskError):
         return exc if exc.message.startswith(f"step {n}:") else InvalidTaskError(
             f"step {n}: {exc.message}", step=n)
