@@ -1,22 +1,19 @@
 """References multiply sizes: a step holds at most AIECS_MAX_REFS_PER_STEP of them, its
 input is size-checked again once they are resolved, and a step that cannot be released
-ends FAILED (its dependents CANCELLED) instead of being retried forever. Repeated
-background failures show at WARNING, once a minute per kind, and in a counter."""
+ends FAILED (its dependents CANCELLED) instead of being retried forever."""
 
 from __future__ import annotations
 
 import pytest
-from aiecs_core import TaskStatus
 from aiecs_worker.events import TaskKeys
 from aiecs_worker.records import state_redis
 from aiecs_worker.workflows.common import GroupError
 from aiecs_worker.workflows.flow import get_workflow, submit_workflow
 from aiecs_worker.workflows.hook import FLOWS_DUE_KEY
 
-from tests.support.events import read_events, wait_until
-from tests.support.metrics import metrics_url, scrape, total
+from tests.support.events import read_events
 from tests.workflows.test_flow import ended, statuses
-from tests.workflows.test_flow_recovery import _queued_kwargs, _record, _steps
+from tests.workflows.test_flow_recovery import _queued_kwargs
 
 ECHO = {"mode": "test", "service": "echo", "task_name": "echo"}
 RESULT = {"$ref": "steps.1.result"}
@@ -105,37 +102,6 @@ def test_the_resolved_input_is_not_built_in_the_worker(aiecs_redis, worker):
     assert grew_redis_mb < 50
 
 
-def test_repeated_sweeper_failures_warn_once_count_each_and_spare_other_workflows(
-        aiecs_redis, start_worker):
-    """A workflow the sweeper cannot advance (its record is corrupt) fails on every
-    sweep (each second here): one WARNING line, a counter that counts every failure, and
-    the other workflows due still advance (they used to wait behind it forever)."""
-    worker = start_worker(queues="nothing_here", env={
-        "AIECS_LEASE_SECONDS": "3", "AIECS_METRICS_PORT": "0",
-        "AIECS_METRICS_HOST": "127.0.0.1"})
-    url = metrics_url(worker.log)
-    client = aiecs_redis.client()
-    bad = "aiecs:flow:mallory:corrupt"
-    client.hset(bad, mapping={"spec": "{not json", "ver": 0, "user": "mallory",
-                              "task": "corrupt"})
-    client.zadd(FLOWS_DUE_KEY, {bad: 0})  # first in line
-    submit_workflow("alice", _steps("ignored"), task_id="r1")
-    _record("r1", 1, TaskStatus.COMPLETED, {"text": "from step 1"})
-
-    step2 = TaskKeys("alice", "r1").state(2)  # released (this module's other worker may run it)
-    wait_until(lambda: state_redis().hget(step2, "released")
-               or state_redis().hget(step2, "status") != b"pending",
-               timeout=30, message="the sweeper to release step 2 of r1")
-    wait_until(lambda: total(scrape(url), "aiecs_background_failures_total",
-                             kind="workflow_sweep") >= 4,
-               timeout=30, message="four counted sweeper failures")
-    lines = [line for line in worker.log().splitlines()
-             if "background workflow_sweep failed" in line]
-    assert len(lines) == 1, lines
-    assert "WARNING" in lines[0]
-    assert f"advancing workflow {bad}: JSONDecodeError" in lines[0]
-
-
 def test_a_workflow_whose_submitter_died_before_releasing_it_is_swept(
         aiecs_redis, worker, monkeypatch):
     """The submitter records the workflow and dies before its first advance (played here
@@ -157,25 +123,3 @@ def test_a_workflow_whose_submitter_died_before_releasing_it_is_swept(
     view = ended("alice", "orphan", timeout=60)  # the module worker sweeps every 10 s
     assert statuses(view) == {1: "completed", 2: "completed"}
     assert view["steps"][1]["result"] == {"text": "one", "chunks": 3}
-
-
-def test_a_lease_loop_failing_every_half_second_warns_once_and_counts(redis_server):
-    """Redis away: the lease loop fails every 0.5 s (it used to log each at DEBUG only)."""
-    from tests.support.worker import WorkerProcess
-
-    worker = WorkerProcess(redis_url=redis_server.url, env={
-        "AIECS_METRICS_PORT": "0", "AIECS_METRICS_HOST": "127.0.0.1"}).start()
-    try:
-        url = metrics_url(worker.log)
-        redis_server.stop()
-        wait_until(lambda: total(scrape(url), "aiecs_background_failures_total",
-                                 kind="lease") >= 5,
-                   timeout=60, message="five counted lease failures")
-        lines = [line for line in worker.log().splitlines()
-                 if "background lease failed" in line]
-        assert len(lines) == 1, lines
-        assert "WARNING" in lines[0] and "renewing this process's lease" in lines[0]
-        assert worker.alive()
-    finally:
-        worker.stop()
-        worker.log_path.unlink(missing_ok=True)
