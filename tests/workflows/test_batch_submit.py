@@ -34,5 +34,8 @@ def test_big_batch_is_one_call_with_pipelined_records(aiecs_redis):
         execute_task.delay(task_name="echo", user_id="alice", task_id=f"single{i}", step=1,
                            mode="test", service="echo", input_data={"text": "x"})
     single_reads = (reads() - before - 1) / 200
-    # Redis counts reads of its socket: a pipeline of 500 messages (~700 kB) takes dozens
-    assert batch_reads < n / 4 and single_reads >= 2, (batch_reads, single_reads)
+    # Redis counts reads of its socket: a pipeline of 500 messages (~700 kB) takes dozens,
+    # more on a loaded machine (the kernel hands the server smaller chunks: 255-550 reads
+    # per batch measured); unpipelined, each item would cost as many as a single's.
+    assert single_reads >= 2, single_reads
+    assert batch_reads * 4 < single_reads * n, (batch_reads, single_reads)
