@@ -89,12 +89,15 @@ def _cancel_state(state_key: str, celery_id: str) -> bool:
 
 
 def _end_if_not_due(client: Any, state_key: str) -> None:
-    """A PENDING execution whose eta is still ahead ends CANCELLED now, not at its eta
-    (when a worker would see the revocation): the message that comes then finds it
-    terminal and does not run it."""
-    status, eta, request = client.hmget(state_key, "status", "eta", "request")
-    if status == b"pending" and eta and request and float(eta) > time.time() + 1:
-        record_cancelled((), json.loads(request), "cancelled before its scheduled time")
+    """A PENDING execution held in Redis (see aiecs_worker.hold), or whose eta is still
+    ahead, ends CANCELLED now, not when it would have been sent or run: the terminal
+    transition removes what it held (index entry, request, window entry), and a message
+    that comes later finds it terminal and does not run it."""
+    status, eta, request, held = client.hmget(state_key, "status", "eta", "request", "held")
+    if status == b"pending" and request and (held or (eta and float(eta) > time.time() + 1)):
+        reason = ("cancelled before its scheduled time" if held != b"fair"
+                  else "cancelled before it started")
+        record_cancelled((), json.loads(request), reason)
 
 
 def get_state(user_id: str, task_id: str, step: int | None = None, *,

@@ -62,6 +62,16 @@ from pydantic import ValidationError
 
 from . import background, logs, metrics
 from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_task_id, script_args
+from .hold import (
+    ADMIT_LUA,
+    BACKLOG_KEY,
+    CLAIM_DUE_LUA,
+    RELEASE_LUA,
+    admit_args,
+    decode,
+    release_args,
+    send_released,
+)
 from .lease import (
     HEARTBEAT_KEYS,
     HEARTBEAT_LUA,
@@ -74,7 +84,16 @@ from .lease import (
 )
 from .ratelimit import RateLimiter, limited_call
 from .settings import Settings, get_settings
-from .state import MESSAGE_SLOT, OWNERS_KEY, SUSPECT_KEY, celery_index_key, owned_key, steps_key
+from .state import (
+    DUE_KEY,
+    MESSAGE_SLOT,
+    OWNERS_KEY,
+    PENDING_KEY,
+    SUSPECT_KEY,
+    celery_index_key,
+    owned_key,
+    steps_key,
+)
 
 __all__ = ["CANCEL_CHANNEL", "Outcome", "Runtime", "get_runtime", "parse_request"]
 
@@ -251,6 +270,9 @@ class Runtime:
         self._heartbeat = self.redis.register_script(HEARTBEAT_LUA)
         self._sweep = self.redis.register_script(SWEEP_LUA)
         self._reap = self.redis.register_script(REAP_LUA)
+        self._admit = self.redis.register_script(ADMIT_LUA)
+        self._claim_due = self.redis.register_script(CLAIM_DUE_LUA)
+        self._release = self.redis.register_script(RELEASE_LUA)
         #: this process as the owner of the executions it runs (see aiecs_worker.lease)
         self.owner = make_owner()
         #: the state key of the crash suspect this process runs in isolation, if any
@@ -679,7 +701,44 @@ class Runtime:
             logs.finished(celery_id, status.value, getattr(ctx, "began", None))
         if self._suspect == keys.state(request.step):
             self._suspect = None  # the finish script released the lock
+        if seq:
+            await self._release_next(keys.state(request.step))
         return Outcome(status, result=result, error=error, celery_id=celery_id)
+
+    async def _release_next(self, state_key: str) -> None:
+        """An execution ended: its slot in its user's fair-share window is free, so send
+        that user's next held executions now (see aiecs_worker.hold). On failure the
+        periodic sweep sends them."""
+        s = self.settings
+        if not (s.aiecs_fair_window_fast or s.aiecs_fair_window_heavy):
+            return
+        try:
+            keys_, args_ = release_args(s, state_key=state_key)
+            released = decode(await self._release(keys=keys_, args=args_))
+            if released:
+                await self.loop.run_in_executor(None, send_released, released)
+        except Exception as exc:  # noqa: BLE001 - the sweep releases them
+            log.warning("could not release the executions held behind %s: %s", state_key, exc)
+
+    async def _release_held(self) -> int:
+        """Send the held executions that may run: those due within AIECS_SCHEDULE_HORIZON
+        (each claimed by one process, then admitted to its window) and those a window
+        with a backlog has room for (dropping the window's ended entries first)."""
+        s = self.settings
+        sends: list[str] = []
+        due = decode(await self._claim_due(keys=[DUE_KEY, PENDING_KEY],
+                                           args=[int(s.schedule_horizon * 1000), 200]))
+        for i in range(0, len(due), 8):
+            state_key, user_id, queue, celery_id, task, request, eta, _ = due[i:i + 8]
+            keys_, args_ = admit_args(s, state_key, user_id, queue, None)
+            if decode([await self._admit(keys=keys_, args=args_)]) == ["send"]:
+                sends += [celery_id, task, queue, request, eta]
+        for window in await self.redis.smembers(BACKLOG_KEY):
+            keys_, args_ = release_args(s, window=decode([window])[0], clean=True)
+            sends += decode(await self._release(keys=keys_, args=args_))
+        if not sends:
+            return 0
+        return await self.loop.run_in_executor(None, send_released, sends)
 
     def _state_unavailable(self, exc: Exception) -> None:
         if not self._state_down:
@@ -758,7 +817,8 @@ class Runtime:
     async def _keep_lease(self) -> None:
         """Renew this process's lease and sweep dead owners' executions, forever."""
         s = self.settings
-        interval = s.aiecs_lease_seconds / 3
+        # often enough to release a held execution within its horizon (aiecs_worker.hold)
+        interval = min(s.aiecs_lease_seconds / 3, max(0.5, s.schedule_horizon / 2))
         while True:
             try:
                 await self._heartbeat(keys=HEARTBEAT_KEYS, args=[
@@ -777,6 +837,7 @@ class Runtime:
         whose message the broker lost, and advance workflows whose advance was missed;
         how many were queued (or released or ended)."""
         queued = await self._sweep_dead_owners()
+        queued += await self._release_held()
         lost = await self._reap(keys=REAP_KEYS, args=[
             2 * self.settings.celery_visibility_timeout * 1000, 16, "\x06\x16",
             "1" if self.settings.broker_is_amqp else ""])

@@ -82,6 +82,16 @@ class Settings(BaseModel):
     terminal event (set by its first event and by each terminal event)."""
     aiecs_socketio_channel: str = "socketio"
     """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
+    aiecs_schedule_horizon: float = Field(default=60.0, gt=0)
+    """AIECS_SCHEDULE_HORIZON: seconds; a submission due later than this (``countdown`` /
+    ``eta``) is held in Redis, not sent to the broker, and sent by the workers' sweep once
+    due within it (see aiecs_worker.hold). Must be less than CELERY_VISIBILITY_TIMEOUT
+    (left unset, half of it at most)."""
+    aiecs_fair_window_fast: int = Field(default=400, ge=0)
+    """AIECS_FAIR_WINDOW_FAST: most executions of one user in the fast queue at once
+    (queued or running); more wait in Redis in order (0: no limit)."""
+    aiecs_fair_window_heavy: int = Field(default=4, ge=0)
+    """AIECS_FAIR_WINDOW_HEAVY: the same for the heavy queue."""
     aiecs_deadletter_maxlen: int = Field(default=1000, gt=0)
     """AIECS_DEADLETTER_MAXLEN: malformed broker messages kept in ``aiecs:deadletter``."""
     aiecs_max_refs_per_step: int = Field(default=100, ge=0)
@@ -202,10 +212,23 @@ class Settings(BaseModel):
                 f"CELERY_TASK_SOFT_TIME_LIMIT ({soft}) must be less than "
                 f"CELERY_TASK_TIME_LIMIT ({hard})"
             )
+        if ("aiecs_schedule_horizon" in self.model_fields_set
+                and self.aiecs_schedule_horizon >= self.celery_visibility_timeout):
+            raise ValueError(
+                f"AIECS_SCHEDULE_HORIZON ({self.aiecs_schedule_horizon:g}) must be less than "
+                f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout}): a message "
+                "sent with a longer countdown is handed out again meanwhile")
         if self.broker_is_amqp and self.redis_url is None:
             raise ValueError("REDIS_URL is required when CELERY_BROKER_URL is a RabbitMQ "
                              "(amqp://) URL: execution state and events live in Redis")
         return self
+
+    @property
+    def schedule_horizon(self) -> float:
+        """AIECS_SCHEDULE_HORIZON, below the visibility timeout when left unset."""
+        if "aiecs_schedule_horizon" in self.model_fields_set:
+            return self.aiecs_schedule_horizon
+        return min(self.aiecs_schedule_horizon, self.celery_visibility_timeout / 2)
 
     @property
     def broker_is_amqp(self) -> bool:

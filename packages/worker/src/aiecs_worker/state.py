@@ -18,6 +18,7 @@ from .workflows.hook import GROUP_HOOK_LUA
 
 __all__ = [
     "CANCEL_LUA",
+    "DUE_KEY",
     "MESSAGE_SLOT",
     "OWNERS_KEY",
     "PENDING_KEY",
@@ -38,6 +39,9 @@ OWNERS_KEY = "aiecs:owners"
 #: Sorted set: PENDING executions -> when they were submitted (Redis ms); the sweeper
 #: queues again one whose message the broker lost (see :mod:`aiecs_worker.lease`).
 PENDING_KEY = "aiecs:pending"
+#: Sorted set: executions held in Redis until they are due (state key -> due time, ms;
+#: see :mod:`aiecs_worker.hold`).
+DUE_KEY = "aiecs:held:due"
 #: The one crash suspect allowed to run at a time (see :mod:`aiecs_worker.lease`).
 SUSPECT_KEY = "aiecs:suspect"
 
@@ -118,12 +122,17 @@ def finish_lua(then: str) -> str:
     KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl.  Returns 0 when
     the execution was already terminal (nothing changes), else what ``then`` returns.
     A batch item or workflow step (field ``group``) tells its group in the same script
-    (see aiecs_worker.workflows.hook).
+    (see aiecs_worker.workflows.hook). The execution leaves its fair-share window and
+    the index of held executions (see aiecs_worker.hold).
     """
     return f"""
 local terminal = {_TERMINAL}
-local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'suspect', 'group')
+local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'suspect', 'group', 'window',
+                     'held')
 if f[1] and terminal[f[1]] then return 0 end
+if f[5] then redis.call('ZREM', f[5], KEYS[1]) end
+if f[6] == 'due' then redis.call('ZREM', '{DUE_KEY}', KEYS[1]) end
+if f[6] then redis.call('HDEL', KEYS[1], 'held') end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[6])

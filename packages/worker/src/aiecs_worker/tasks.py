@@ -55,8 +55,10 @@ class AiecsTask(Task):
             task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
             queue = options.get("queue") or (HEAVY_QUEUE if self.name == HEAVY_TASK
                                               else FAST_QUEUE)
-            record_pending(request, task_id, queue=getattr(queue, "name", queue),
-                           task=self.name, eta=eta_timestamp(options))
+            admitted = record_pending(request, task_id, queue=getattr(queue, "name", queue),
+                                      task=self.name, eta=eta_timestamp(options))
+            if admitted == "held":  # kept in Redis; sent when it may run (aiecs_worker.hold)
+                return self.AsyncResult(task_id)
         return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)
 
 

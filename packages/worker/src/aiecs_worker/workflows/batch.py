@@ -7,8 +7,10 @@ bumped by each item's terminal transition in the same Lua script (see
 the batch's own log (task id ``batch_id``, step 0): replayable like a task's, in the
 owner's room. The item list is ``aiecs:batch:{user}:{batch_id}:items``.
 
-Submission is pipelined: the batch hash, then every item's PENDING record (one Lua call
-each, sent 500 per round trip), then the Celery messages through one producer. A process
+Submission is pipelined: the batch hash, then every item's PENDING record and admission
+(two Lua calls each, sent 500 per round trip), then the Celery messages of the items
+admitted now through one producer; the others are held behind the user's fair-share
+window (see :mod:`aiecs_worker.hold`). A process
 killed half-way leaves PENDING records whose message was never sent: the sweeper queues
 them from the record (as for any submission whose message was lost, see lease.py).
 """
@@ -171,6 +173,9 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
                   chunk: list[tuple[TaskRequest, BatchItem]], heavy: bool | None) -> list:
     """The PENDING records of ``chunk`` in one round trip; the messages to send."""
     s = get_settings()
+    from ..hold import ADMIT_LUA, admit_args
+
+    admit = client.script_load(ADMIT_LUA)
     pipe = client.pipeline(transaction=False)
     pipe.rpush(f"{key}:items", *[r.task_id for r, _ in chunk])
     pipe.expire(f"{key}:items", s.aiecs_events_ttl)
@@ -191,9 +196,13 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
                      PENDING_KEY, *ev_keys, celery_id, s.aiecs_events_ttl, time.time(),
                      user_id, request.task_name, 1, json.dumps(kwargs), queue, task, key,
                      *ev_args)
+        # sent now, or held behind the user's fair-share window (see aiecs_worker.hold)
+        a_keys, a_args = admit_args(s, TaskKeys(user_id, request.task_id).state(1), user_id,
+                                    queue, None)
+        pipe.evalsha(admit, len(a_keys), *a_keys, *a_args)
         sends.append((task, queue, priority, kwargs, celery_id))
-    pipe.execute()
-    return sends
+    decisions = pipe.execute()[3::2]
+    return [args for args, d in zip(sends, decisions, strict=True) if d != b"held"]
 
 
 def _item_ids(client: Any, key: str) -> list[str]:

@@ -12,7 +12,8 @@ from aiecs_core import InvalidTaskError, TaskRequest, load_plugins, validate_inp
 from ..events import TaskKeys, packet_parts
 from ..settings import get_settings
 
-__all__ = ["GroupError", "group_fields", "pipelined_sends", "send_execution", "task_for"]
+__all__ = ["GroupError", "admitted", "group_fields", "pipelined_sends", "send_execution",
+           "task_for"]
 
 
 class GroupError(InvalidTaskError):
@@ -107,3 +108,22 @@ def send_execution(producer: Any, task: str, queue: str, priority: int,
         celery_id, task, (), kwargs, time_limit=conf.task_time_limit,
         soft_time_limit=conf.task_soft_time_limit)
     app.amqp.send_task_message(producer, task, message, queue=queue, priority=priority)
+
+
+def admitted(client: Any, sends: list[tuple]) -> list[tuple]:
+    """Of ``sends`` (``send_execution``'s arguments, PENDING records written), those to
+    send now; the others are held behind their user's fair-share window and sent when a
+    slot frees (see aiecs_worker.hold). One round trip."""
+    if not sends:
+        return sends
+    from ..hold import ADMIT_LUA, admit_args
+
+    s = get_settings()
+    sha = client.script_load(ADMIT_LUA)
+    pipe = client.pipeline(transaction=False)
+    for _task, queue, _priority, kwargs, _celery_id in sends:
+        state_key = TaskKeys(kwargs["user_id"], kwargs["task_id"]).state(kwargs["step"])
+        keys, args = admit_args(s, state_key, kwargs["user_id"], queue, None)
+        pipe.evalsha(sha, len(keys), *keys, *args)
+    decisions = pipe.execute()
+    return [a for a, d in zip(sends, decisions, strict=True) if d != b"held"]

@@ -58,7 +58,7 @@ from ..quotas import admit
 from ..records import state_redis
 from ..settings import get_settings
 from ..state import NOW_MS_LUA, PENDING_KEY, celery_index_key, decode_state, steps_key
-from .common import GroupError, send_execution, task_for
+from .common import GroupError, admitted, send_execution, task_for
 from .hook import FLOWS_DUE_KEY
 from .refs import RefError, find_refs, parse_ref, resolve, resolved_size
 
@@ -455,6 +455,7 @@ def _advance_once(client: Any, key: str) -> tuple[int, bytes | None, bool]:
         elif all(status[d] == "completed" for d in step["deps"]):
             status[n] = _release(client, user_id, task_id, n, step, sends)
             acted += 1
+    sends = admitted(client, sends)  # or held behind the user's fair-share window
     if sends:
         from ..app import app
 

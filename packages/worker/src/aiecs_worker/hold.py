@@ -1,0 +1,248 @@
+"""Held executions: an admitted execution is sent to the broker now, or held in Redis and
+sent by a releaser when it may run.
+
+Every aiecs submission (``apply_async`` / ``.delay()``, :func:`aiecs_worker.control.submit`,
+``POST /tasks``, batches, workflow steps, schedule runs) records its execution PENDING
+with its arguments, then *admits* it (:data:`ADMIT_LUA`, one Lua call):
+
+- **Due later than the horizon** (``AIECS_SCHEDULE_HORIZON``; a ``countdown`` / ``eta``
+  further ahead): held in the sorted set ``aiecs:held:due`` (state key → due time, ms).
+  No broker message exists, so no worker holds it in memory and the Redis broker does not
+  hand out copies of it every visibility timeout. Every worker process's periodic sweep
+  claims (``ZREM``, so exactly one sends each) those due within the horizon and admits
+  them again, now with their remaining countdown.
+- **Beyond its user's fair-share window**: each (queue, user) has a window
+  ``aiecs:fair:{queue}:{user}`` (sorted set of the state keys of its executions sent to
+  the broker and not yet ended: queued, reserved or running), at most
+  ``AIECS_FAIR_WINDOW_FAST`` / ``AIECS_FAIR_WINDOW_HEAVY`` wide. An execution admitted
+  while the window is full (or while older ones wait) is appended to the user's FIFO
+  ``aiecs:fair:{queue}:{user}:held`` and the window is listed in ``aiecs:fair:backlog``.
+  The terminal transition removes an execution from its window; the worker that ended
+  it then releases that user's next held executions (:data:`RELEASE_LUA`), and the
+  periodic sweep does the same for every window with a backlog (crash safety), dropping
+  entries whose execution ended or expired.
+
+So the broker's FIFO queue holds at most W messages of any one user: another user's
+execution waits behind at most ``W × (users with work on that queue)`` messages.
+
+A held execution is not in ``aiecs:pending`` (the reaper of lost messages, see
+:mod:`aiecs_worker.lease`, must not send it); a released one is put back there, so one
+whose send was lost (a process killed between the claim and the send) is sent again by
+the reaper. Cancelling a held execution ends it CANCELLED at once (its entries go with
+the terminal transition, or are skipped when popped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from .state import _TERMINAL, DUE_KEY, NOW_MS_LUA, PENDING_KEY
+
+__all__ = [
+    "ADMIT_LUA",
+    "BACKLOG_KEY",
+    "DUE_KEY",
+    "RELEASE_LUA",
+    "admit_args",
+    "send_released",
+    "window_key",
+]
+
+log = logging.getLogger("aiecs.worker")
+
+#: Set of the fair-share windows whose user has held executions.
+BACKLOG_KEY = "aiecs:fair:backlog"
+
+
+def window_key(queue: str, user_id: str) -> str:
+    """The fair-share window of one user on one queue (its held FIFO: ``+ ':held'``)."""
+    return f"aiecs:fair:{queue}:{user_id}"
+
+
+# KEYS: state, pending, due, backlog.  ARGV: window key, window width (0: no window),
+# due time ms ('' if none), horizon ms, ttl.  Returns 'send' (send the message now:
+# counted in the window, or not aiecs's to hold: not pending, or already admitted) or
+# 'held' (no message: the releaser sends it).
+ADMIT_LUA = f"""
+local f = redis.call('HMGET', KEYS[1], 'status', 'held', 'window')
+if f[1] ~= 'pending' then return 'send' end
+if f[2] then return 'held' end
+if f[3] then return 'send' end
+{NOW_MS_LUA}
+if ARGV[3] ~= '' and tonumber(ARGV[3]) > now_ms + tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'held', 'due')
+  redis.call('ZADD', KEYS[3], ARGV[3], KEYS[1])
+  redis.call('ZREM', KEYS[2], KEYS[1])
+  return 'held'
+end
+local w = tonumber(ARGV[2])
+if w <= 0 then return 'send' end
+local win = ARGV[1]
+local fifo = win .. ':held'
+redis.call('HSET', KEYS[1], 'window', win)
+if redis.call('LLEN', fifo) == 0 and redis.call('ZCARD', win) < w then
+  redis.call('ZADD', win, now_ms, KEYS[1])
+  redis.call('EXPIRE', win, ARGV[5])
+  return 'send'
+end
+redis.call('RPUSH', fifo, KEYS[1])
+redis.call('EXPIRE', fifo, ARGV[5])
+redis.call('EXPIRE', win, ARGV[5])
+redis.call('SADD', KEYS[4], win)
+redis.call('HSET', KEYS[1], 'held', 'fair')
+redis.call('ZREM', KEYS[2], KEYS[1])
+return 'held'
+"""
+
+# KEYS: due, pending.  ARGV: horizon ms, how many at most.  Claims the executions held
+# until a time now within the horizon (ZREM: one sweeper gets each), puts them back in
+# the pending index (scored by their due time), and returns them flat:
+# {state key, user id, queue, due ms, celery id, task, request, eta, ...}; the caller
+# admits each again (:data:`ADMIT_LUA`) and sends those it may.
+CLAIM_DUE_LUA = f"""
+{NOW_MS_LUA}
+local out = {{}}
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms + tonumber(ARGV[1]),
+                       'LIMIT', 0, ARGV[2])
+for _, k in ipairs(due) do
+  local score = redis.call('ZSCORE', KEYS[1], k)
+  if redis.call('ZREM', KEYS[1], k) == 1 then
+    local f = redis.call('HMGET', k, 'status', 'held', 'user_id', 'queue', 'celery_id',
+                         'task', 'request', 'eta')
+    if f[1] == 'pending' and f[2] == 'due' and f[7] then
+      redis.call('HDEL', k, 'held')
+      redis.call('ZADD', KEYS[2], score, k)
+      out[#out + 1] = k
+      for i = 3, 8 do out[#out + 1] = f[i] or '' end
+      out[#out + 1] = score
+    end
+  end
+end
+return out
+"""
+
+# KEYS: backlog, pending, state (any key when ARGV[1] names the window).  ARGV: window
+# key ('': the window of the state's execution), fast width, how many at most, '1' to
+# drop window entries whose execution ended or expired, heavy width, the heavy windows'
+# key prefix.  Fills the window from the user's FIFO; returns the released executions
+# flat: {celery id, task, queue, request, eta, ...}.
+RELEASE_LUA = f"""
+local terminal = {_TERMINAL}
+local win = ARGV[1]
+if win == '' then
+  win = redis.call('HGET', KEYS[3], 'window')
+  if not win then return {{}} end
+end
+local fifo = win .. ':held'
+local w = tonumber(ARGV[2])
+if string.sub(win, 1, #ARGV[6]) == ARGV[6] then w = tonumber(ARGV[5]) end
+if ARGV[4] == '1' then
+  for _, k in ipairs(redis.call('ZRANGE', win, 0, -1)) do
+    local st = redis.call('HGET', k, 'status')
+    if not st or terminal[st] then redis.call('ZREM', win, k) end
+  end
+end
+local out = {{}}
+local free = w - redis.call('ZCARD', win)
+if free <= 0 then return out end
+{NOW_MS_LUA}
+local popped = 0
+while free > 0 and popped < tonumber(ARGV[3]) do
+  local k = redis.call('LPOP', fifo)
+  if not k then break end
+  popped = popped + 1
+  local f = redis.call('HMGET', k, 'status', 'held', 'celery_id', 'task', 'queue', 'request',
+                       'eta')
+  if f[1] == 'pending' and f[2] == 'fair' and f[6] then
+    redis.call('HDEL', k, 'held')
+    redis.call('ZADD', win, now_ms, k)
+    local since = now_ms
+    if f[7] and tonumber(f[7]) * 1000 > now_ms then since = math.floor(tonumber(f[7]) * 1000) end
+    redis.call('ZADD', KEYS[2], since, k)
+    out[#out + 1] = f[3] or ''
+    out[#out + 1] = f[4] or ''
+    out[#out + 1] = f[5] or ''
+    out[#out + 1] = f[6]
+    out[#out + 1] = f[7] or ''
+    free = free - 1
+  end
+end
+if redis.call('LLEN', fifo) == 0 then redis.call('SREM', KEYS[1], win) end
+return out
+"""
+
+
+def width(settings: Any, queue: str) -> int:
+    """The fair-share window of ``queue`` (0: none)."""
+    from .app import HEAVY_QUEUE
+
+    return (settings.aiecs_fair_window_heavy if queue == HEAVY_QUEUE
+            else settings.aiecs_fair_window_fast)
+
+
+def admit_args(settings: Any, state_key: str, user_id: str, queue: str,
+               eta: float | None) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of :data:`ADMIT_LUA` for one execution."""
+    return ([state_key, PENDING_KEY, DUE_KEY, BACKLOG_KEY],
+            [window_key(queue, user_id), width(settings, queue),
+             "" if eta is None else int(eta * 1000),
+             int(settings.schedule_horizon * 1000), settings.aiecs_events_ttl])
+
+
+def held_ttl(settings: Any, eta: float | None) -> int:
+    """TTL of a submission's state and log: until its eta, then AIECS_EVENTS_TTL."""
+    ahead = 0 if eta is None else max(0, int(eta - time.time()) + 1)
+    return settings.aiecs_events_ttl + ahead
+
+
+def decode(values: list[Any]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def send_released(released: list[str]) -> int:
+    """Send the messages of executions :data:`RELEASE_LUA` released (flat list); how many.
+
+    A failed send leaves them PENDING in the pending index: the reaper sends them again."""
+    if not released:
+        return 0
+    from .app import app
+
+    routes = app.conf.task_routes or {}
+    conf = app.conf
+    with app.producer_or_acquire() as producer:
+        for i in range(0, len(released), 5):
+            celery_id, task, queue, request, eta = released[i:i + 5]
+            when = None
+            if eta and float(eta) > time.time():
+                when = datetime.fromtimestamp(float(eta), UTC)
+            message = app.amqp.create_task_message(
+                celery_id, task, (), json.loads(request), eta=when,
+                time_limit=conf.task_time_limit, soft_time_limit=conf.task_soft_time_limit)
+            priority = (routes.get(task) or {}).get("priority")
+            app.amqp.send_task_message(producer, task, message, queue=queue or None,
+                                       priority=priority)
+    return len(released) // 5
+
+
+def release_args(settings: Any, *, state_key: str = "", window: str = "",
+                 clean: bool = False) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of :data:`RELEASE_LUA`: fill ``window``, or the window of the
+    execution ``state_key`` (one that just ended)."""
+    from .app import HEAVY_QUEUE
+
+    return ([BACKLOG_KEY, PENDING_KEY, state_key or BACKLOG_KEY],
+            [window, settings.aiecs_fair_window_fast, 1000, "1" if clean else "",
+             settings.aiecs_fair_window_heavy, window_key(HEAVY_QUEUE, "")])
+
+
+def release_window(client: Any, settings: Any, *, state_key: str = "", window: str = "",
+                   clean: bool = False) -> int:
+    """Fill one window from its user's FIFO (synchronous client); how many were sent."""
+    from .events import run_script
+
+    keys, args = release_args(settings, state_key=state_key, window=window, clean=clean)
+    return send_released(decode(run_script(client, RELEASE_LUA, keys, args)))
