@@ -166,3 +166,30 @@ def test_another_users_task_starts_within_seconds_behind_1000_heavy_items(
         assert [e["status"] for e in _status_events(client, user_a, t)] == [
             "pending", "running", "completed"]
     assert client.zcard(window_key("heavy_tasks", user_a)) == 0
+
+
+def test_cancelling_a_batch_ends_its_held_items_at_once(aiecs_redis, start_worker,
+                                                        submitter_env):
+    from aiecs_worker.workflows.batch import cancel_batch
+
+    client = aiecs_redis.client()
+    env = {"AIECS_FAIR_WINDOW_HEAVY": "1"}
+    submitter_env(**env)
+    start_worker(concurrency=4, env=env)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    out = submit_batch(user, [_item(5.0) for _ in range(6)])
+    ids = [i["task_id"] for i in out["items"]]
+    wait_until(lambda: get_state(user, ids[0], 1)["steps"][1]["status"] == "running",
+               timeout=20, message="the first item running")
+    cancel_batch(user, out["batch_id"])
+    held_states = [get_state(user, t, 1)["steps"][1] for t in ids[1:]]
+    assert [st["status"] for st in held_states] == ["cancelled"] * 5  # no message to wait for
+    states = _wait_all_ended(user, ids, 20)
+    assert states[ids[0]]["status"] == "cancelled"  # the running one, stopped
+    for t in ids[1:]:
+        assert [e["status"] for e in _status_events(client, user, t)] == [
+            "pending", "cancelled"]
+    win = window_key("heavy_tasks", user)
+    wait_until(lambda: client.zcard(win) == 0 and client.llen(win + ":held") == 0
+               and not client.sismember(BACKLOG_KEY, win), timeout=10,
+               message="the window and its FIFO emptied")

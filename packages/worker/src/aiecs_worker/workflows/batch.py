@@ -231,17 +231,32 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
         for task_id in chunk:
             pipe.evalsha(sha, 1, TaskKeys(user_id, task_id).state(1), time.time(),
                          s.aiecs_events_ttl)
+        marks = pipe.execute()
         now_marked = [celery_task_id(user_id, task_id, 1)
-                      for task_id, ok in zip(chunk, pipe.execute(), strict=True) if ok]
+                      for task_id, ok in zip(chunk, marks, strict=True) if ok]
         pipe = client.pipeline(transaction=False)
         for celery_id in now_marked:  # running items stop now
             pipe.publish(CANCEL_CHANNEL, celery_id)
         pipe.execute()
         marked += now_marked
+        _end_held(client, user_id, [t for t, ok in zip(chunk, marks, strict=True) if ok])
     if marked:
         app.control.revoke(marked)
     return {"batch_id": batch_id, "cancelling": len(marked),
             "reason": TaskCancelledError("batch was cancelled").message}
+
+
+def _end_held(client: Any, user_id: str, task_ids: list[str]) -> None:
+    """Items held in Redis (behind the user's fair-share window, see aiecs_worker.hold)
+    end CANCELLED now: no message of theirs exists to carry the cancel request."""
+    from ..records import record_cancelled
+
+    pipe = client.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hmget(TaskKeys(user_id, task_id).state(1), "status", "held", "request")
+    for status, held, request in pipe.execute():
+        if status == b"pending" and held and request:
+            record_cancelled((), json.loads(request), "batch was cancelled")
 
 
 def get_batch(user_id: str, batch_id: str, *, offset: int = 0, limit: int = 1000
