@@ -128,8 +128,9 @@ return out
 # KEYS: backlog, pending, state (any key when ARGV[1] names the window).  ARGV: window
 # key ('': the window of the state's execution), fast width, how many at most, '1' to
 # drop window entries whose execution ended or expired, heavy width, the heavy windows'
-# key prefix.  Fills the window from the user's FIFO; returns the released executions
-# flat: {celery id, task, queue, request, eta, ...}.
+# key prefix.  Fills the window from the user's FIFO (first dropping, when asked and the
+# window is full, its entries whose execution ended or expired: a crash's leftovers);
+# returns the released executions flat: {celery id, task, queue, request, eta, ...}.
 RELEASE_LUA = f"""
 local terminal = {_TERMINAL}
 local win = ARGV[1]
@@ -140,7 +141,7 @@ end
 local fifo = win .. ':held'
 local w = tonumber(ARGV[2])
 if string.sub(win, 1, #ARGV[6]) == ARGV[6] then w = tonumber(ARGV[5]) end
-if ARGV[4] == '1' then
+if ARGV[4] == '1' and redis.call('ZCARD', win) >= w then
   for _, k in ipairs(redis.call('ZRANGE', win, 0, -1)) do
     local st = redis.call('HGET', k, 'status')
     if not st or terminal[st] then redis.call('ZREM', win, k) end

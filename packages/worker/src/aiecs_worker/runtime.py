@@ -726,8 +726,13 @@ class Runtime:
         with a backlog has room for (dropping the window's ended entries first)."""
         s = self.settings
         sends: list[str] = []
-        due = decode(await self._claim_due(keys=[DUE_KEY, PENDING_KEY],
-                                           args=[int(s.schedule_horizon * 1000), 200]))
+        due: list[str] = []
+        for _ in range(10):  # up to 5,000 per sweep, 500 per script call
+            claimed = decode(await self._claim_due(keys=[DUE_KEY, PENDING_KEY],
+                                                   args=[int(s.schedule_horizon * 1000), 500]))
+            due += claimed
+            if len(claimed) < 8 * 500:
+                break
         for i in range(0, len(due), 8):
             state_key, user_id, queue, celery_id, task, request, eta, _ = due[i:i + 8]
             keys_, args_ = admit_args(s, state_key, user_id, queue, None)
