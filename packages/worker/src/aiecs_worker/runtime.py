@@ -20,7 +20,8 @@ One execution:
    retryable provider errors with backoff and Retry-After while time remains and nothing
    has been streamed yet; a cancel request cancels it;
 5. the ``finish`` transition stores the outcome and, if it won, publishes the single
-   terminal event.
+   terminal event; the execution's slot in its user's fair-share window is then free,
+   and that user's next held executions are sent (see :mod:`aiecs_worker.hold`).
 """
 
 from __future__ import annotations
@@ -838,7 +839,8 @@ class Runtime:
             await asyncio.sleep(delay)
 
     async def sweep(self) -> int:
-        """Queue again the executions of owners whose lease ended, and PENDING executions
+        """Queue again the executions of owners whose lease ended, send the held
+        executions that may run (see aiecs_worker.hold), queue again PENDING executions
         whose message the broker lost, and advance workflows whose advance was missed;
         how many were queued (or released or ended)."""
         queued = await self._sweep_dead_owners()
