@@ -193,3 +193,28 @@ def test_cancelling_a_batch_ends_its_held_items_at_once(aiecs_redis, start_worke
     wait_until(lambda: client.zcard(win) == 0 and client.llen(win + ":held") == 0
                and not client.sismember(BACKLOG_KEY, win), timeout=10,
                message="the window and its FIFO emptied")
+
+
+def test_a_backlog_longer_than_the_events_ttl_loses_nothing(aiecs_redis, start_worker,
+                                                            submitter_env):
+    """Items waiting behind the window keep their state (and arguments) alive: the sweep
+    renews their TTLs. Without that, item 3 (released after ~4.5 s) would find its state,
+    kept 3 s, gone."""
+    env = {"AIECS_FAIR_WINDOW_HEAVY": "1", "AIECS_EVENTS_TTL": "3",
+           "AIECS_LEASE_SECONDS": "3"}
+    submitter_env(**env)
+    start_worker(concurrency=4, env=env)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    ids = [i["task_id"] for i in submit_batch(user, [_item(1.5) for _ in range(4)])["items"]]
+    seen: dict[str, dict] = {}  # an ended item's state expires 3 s later: note it at once
+
+    def all_seen():
+        for t in ids:
+            st = get_state(user, t, 1)["steps"].get(1)
+            if st and st["status"] in TERMINAL:
+                seen.setdefault(t, st)
+        return len(seen) == len(ids)
+
+    wait_until(all_seen, timeout=40, interval=0.1, message="every item ending")
+    assert [seen[t]["status"] for t in ids] == ["completed"] * 4
+    assert seen[ids[3]]["started"] - seen[ids[3]]["submitted"] > 3.0  # it waited longer

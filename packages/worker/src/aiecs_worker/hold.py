@@ -20,7 +20,8 @@ with its arguments, then *admits* it (:data:`ADMIT_LUA`, one Lua call):
   The terminal transition removes an execution from its window; the worker that ended
   it then releases that user's next held executions (:data:`RELEASE_LUA`), and the
   periodic sweep does the same for every window with a backlog (crash safety), dropping
-  entries whose execution ended or expired.
+  entries whose execution ended or expired, and renews (hourly) the TTLs of what the
+  waiting executions keep, so a backlog longer than AIECS_EVENTS_TTL loses nothing.
 
 So the broker's FIFO queue holds at most W messages of any one user: another user's
 execution waits behind at most ``W × (users with work on that queue)`` messages.
@@ -46,6 +47,7 @@ __all__ = [
     "ADMIT_LUA",
     "BACKLOG_KEY",
     "DUE_KEY",
+    "KEEP_ALIVE_LUA",
     "RELEASE_LUA",
     "admit_args",
     "send_released",
@@ -175,6 +177,39 @@ end
 if redis.call('LLEN', fifo) == 0 then redis.call('SREM', KEYS[1], win) end
 return out
 """
+
+# KEYS: fifo, marker.  ARGV: ttl, interval (s).  At most once per interval (the marker),
+# renews the TTL of everything each execution waiting in the FIFO keeps (state, steps,
+# celery index, seq, log, group hash and its item list): a backlog longer than
+# AIECS_EVENTS_TTL loses nothing. Returns how many executions it renewed.
+KEEP_ALIVE_LUA = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+local n = 0
+for _, k in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXPIRE', k, ARGV[1]) == 1 then
+    n = n + 1
+    local f = redis.call('HMGET', k, 'celery_id', 'group')
+    local base = string.gsub(k, ':[^:]+:state$', '')
+    for _, key in ipairs({base .. ':steps', base .. ':seq', base .. ':log'}) do
+      redis.call('EXPIRE', key, ARGV[1])
+    end
+    if f[1] then redis.call('EXPIRE', 'aiecs:celery:' .. f[1], ARGV[1]) end
+    if f[2] then
+      redis.call('EXPIRE', f[2], ARGV[1])
+      redis.call('EXPIRE', f[2] .. ':items', ARGV[1])
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+"""
+
+
+def keep_alive_args(settings: Any, window: str) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of :data:`KEEP_ALIVE_LUA` for one window's FIFO (once an hour, or a
+    quarter of AIECS_EVENTS_TTL when shorter)."""
+    ttl = settings.aiecs_events_ttl
+    return ([window + ":held", window + ":kept"], [ttl, max(1, min(3600, ttl // 4))])
 
 
 def width(settings: Any, queue: str) -> int:

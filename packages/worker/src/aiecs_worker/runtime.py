@@ -67,9 +67,11 @@ from .hold import (
     ADMIT_LUA,
     BACKLOG_KEY,
     CLAIM_DUE_LUA,
+    KEEP_ALIVE_LUA,
     RELEASE_LUA,
     admit_args,
     decode,
+    keep_alive_args,
     release_args,
     send_released,
 )
@@ -274,6 +276,7 @@ class Runtime:
         self._admit = self.redis.register_script(ADMIT_LUA)
         self._claim_due = self.redis.register_script(CLAIM_DUE_LUA)
         self._release = self.redis.register_script(RELEASE_LUA)
+        self._keep_alive = self.redis.register_script(KEEP_ALIVE_LUA)
         #: this process as the owner of the executions it runs (see aiecs_worker.lease)
         self.owner = make_owner()
         #: the state key of the crash suspect this process runs in isolation, if any
@@ -739,9 +742,11 @@ class Runtime:
             keys_, args_ = admit_args(s, state_key, user_id, queue, None)
             if decode([await self._admit(keys=keys_, args=args_)]) == ["send"]:
                 sends += [celery_id, task, queue, request, eta]
-        for window in await self.redis.smembers(BACKLOG_KEY):
-            keys_, args_ = release_args(s, window=decode([window])[0], clean=True)
+        for window in decode(list(await self.redis.smembers(BACKLOG_KEY))):
+            keys_, args_ = release_args(s, window=window, clean=True)
             sends += decode(await self._release(keys=keys_, args=args_))
+            keys_, args_ = keep_alive_args(s, window)
+            await self._keep_alive(keys=keys_, args=args_)
         if not sends:
             return 0
         return await self.loop.run_in_executor(None, send_released, sends)
