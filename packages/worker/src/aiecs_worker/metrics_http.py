@@ -32,6 +32,8 @@ from . import metrics
 __all__ = ["exposition", "metrics_endpoint", "prepare_dir", "serve"]
 
 log = logging.getLogger("aiecs.metrics")
+#: Not a setting of ours (so read from os.environ here, not aiecs_worker.settings):
+#: prometheus_client reads it itself, and a worker sets it for its pool's children.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 #: the directory this process made (and removes at shutdown)

@@ -40,7 +40,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import random
 import time
 import uuid
@@ -48,10 +47,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiecs_core import ConfigurationError, RateLimitError, RateLimitKey
+from aiecs_core import RateLimitError, RateLimitKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import metrics
+from .settings import config_error, load_settings
 
 __all__ = [
     "RATE_LIMITS_ENV",
@@ -100,9 +100,9 @@ def parse_limits(raw: str | None) -> dict[str, Limit]:
         return limits
     except (ValueError, ValidationError) as exc:
         detail = exc.errors(include_url=False) if isinstance(exc, ValidationError) else exc
-        raise ConfigurationError(
-            f"{RATE_LIMITS_ENV} is invalid: {detail}", env_var=RATE_LIMITS_ENV
-        ) from None
+        raise config_error(RATE_LIMITS_ENV, f"is invalid: {detail}", value=raw,
+                           fix=f"correct {RATE_LIMITS_ENV} (see the worker README, "
+                               "\"Rate limits\"), or unset it for no limits") from None
 
 
 def _normalise(key: str) -> str:
@@ -228,7 +228,7 @@ class RateLimiter:
     @classmethod
     def from_env(cls, redis: Any, *, prefix: str = "aiecs") -> RateLimiter | None:
         """A limiter for ``AIECS_RATE_LIMITS``, or None when it is unset or empty."""
-        limits = parse_limits(os.environ.get(RATE_LIMITS_ENV))
+        limits = parse_limits(load_settings().aiecs_rate_limits)
         return cls(redis, limits, prefix=prefix) if limits else None
 
     def bucket(self, key: RateLimitKey) -> str | None:

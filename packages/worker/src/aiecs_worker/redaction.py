@@ -15,12 +15,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import urllib.parse
 from typing import Any
 
 from aiecs_core import install_log_redaction, register_env_secrets, register_secret
 from celery import signals
+
+from .settings import Settings
 
 __all__ = ["URL_ENV", "install"]
 
@@ -31,9 +32,11 @@ URL_ENV = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL")
 def install(*loggers: Any) -> None:
     """Register the configured secrets and redact every log handler's records."""
     register_env_secrets()
+    # the raw values (even invalid ones, which the settings' check reports) are redacted
+    raw = Settings.environ()
     for name in URL_ENV:
         with contextlib.suppress(ValueError):  # unparsable: the settings report it
-            register_secret(urllib.parse.urlsplit(os.environ.get(name, "")).password)
+            register_secret(urllib.parse.urlsplit(raw.get(name.lower(), "")).password)
     install_log_redaction(*loggers)
 
 

@@ -1,12 +1,18 @@
-"""Worker and server settings, read from the environment (names from the specification).
+"""Settings read from the environment: the one loader of every aiecs process.
 
-An invalid value stops the process at start with a message naming the variable.
+:class:`EnvSettings` is the model family: a field is read from the environment variable
+of its name in capitals (matched case-insensitively); explicit arguments win. Its
+subclasses are :class:`Settings` (here: every process, the worker's) and
+:class:`aiecs_worker.server.settings.ServerSettings` (the progress server and the CLI).
+Nothing else in aiecs_worker reads ``os.environ`` for a setting.
 
-Each field is read from the environment variable of its name in capitals (matched
-case-insensitively), as pydantic-settings would, but by :func:`load_settings` over a plain
-pydantic model: importing pydantic-settings cost every worker 25-90 ms of start-up (with
-and without .pyc files) for nothing these flat fields need. (The progress server's
-settings still use pydantic-settings.)
+An invalid value stops the process at start with a :class:`~aiecs_core.ConfigurationError`
+of one line per problem: the variable, what is wrong with its value and the fix
+(:func:`config_error`, used by every check of a setting).
+
+The loader is a plain pydantic model read by :meth:`EnvSettings.load`, not
+pydantic-settings: importing pydantic-settings costs every process 25-130 ms of start-up
+(measured with and without .pyc files) for nothing these flat fields need.
 """
 
 from __future__ import annotations
@@ -14,22 +20,111 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Literal
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, Self
 
 from aiecs_core import ConfigurationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-__all__ = ["Settings", "get_settings", "load_settings"]
+__all__ = ["EnvSettings", "Settings", "config_error", "get_settings", "load_settings"]
 
 MIB = 1024 * 1024
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
-class Settings(BaseModel):
-    """Every setting, its environment variable and its default."""
+def _shown(value: object) -> str:
+    """A value as an error may quote it: a URL's password masked, long values cut."""
+    text = str(value)
+    if "://" in text:
+        with_password = urllib.parse.urlsplit(text)
+        if with_password.password:
+            text = text.replace(f":{with_password.password}@", ":***@", 1)
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def config_error(name: str, problem: str, *, value: object = None, default: object = None,
+                 fix: str | None = None, secret: bool = False) -> ConfigurationError:
+    """The one format of a bad setting, on one line: ``NAME='value': problem; fix: ...``
+    (without a value: ``NAME problem; fix: ...``, the problem saying "is not set", say).
+
+    ``value`` is quoted unless ``secret`` (then only its length is); the fix defaults to
+    "set NAME to a valid value, or unset it for its default (D)".
+    """
+    if value is None:
+        head = name
+    elif secret:
+        head = f"{name} (a secret of {len(str(value))} characters):"
+    else:
+        head = f"{name}={_shown(value)}:"
+    if fix is None:
+        fix = f"set {name} to a valid value" + (
+            "" if default is None else f", or unset it for its default ({default})")
+    return ConfigurationError(f"{head} {problem}; fix: {fix}", env_var=name)
+
+
+class EnvSettings(BaseModel):
+    """Settings read from the environment by :meth:`load` (the family's one loader)."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    #: What the settings configure, for the error message ("invalid aiecs ... configuration").
+    _what: ClassVar[str] = "aiecs"
+
+    @classmethod
+    def environ(cls, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment's values of this model's settings (variable names in any case)."""
+        fields = cls.model_fields
+        env = os.environ if environ is None else environ
+        return {key.lower(): value for key, value in env.items() if key.lower() in fields}
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Read the settings from ``environ`` (default: the process's; ``overrides`` win).
+
+        Raises :class:`~aiecs_core.ConfigurationError` with one line per problem, naming
+        the variable, its value's problem and the fix; ``env_var`` is the first one's.
+        """
+        given = {**cls.environ(environ), **overrides}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            lines: list[str] = []
+            first: str | None = None
+            for err in errors:
+                field = next((str(p) for p in err["loc"] if not isinstance(p, int)), "")
+                msg = err["msg"].removeprefix("Value error, ")
+                if field in cls.model_fields:
+                    info = cls.model_fields[field]
+                    default = None if info.default_factory else info.default
+                    secret = "SecretStr" in str(info.annotation)
+                    error = config_error(field.upper(), msg, value=given.get(field),
+                                         default=None if default is None else default,
+                                         secret=secret)
+                    name: str | None = field.upper()
+                else:  # a check across fields: its message names the variables, first
+                    # the one to change, and the fix
+                    word = msg.split(" ", 1)[0]
+                    name = word if word.lower() in cls.model_fields else None
+                    error = ConfigurationError(msg, env_var=name)
+                first = first or name
+                lines.append(error.message)
+            raise ConfigurationError(
+                f"invalid {cls._what} configuration: " + "; ".join(lines), env_var=first,
+            ) from None
+
+
+class Settings(EnvSettings):
+    """Every setting, its environment variable and its default."""
 
     # --- Celery -------------------------------------------------------------------------
     celery_broker_url: str = "redis://localhost:6379/0"
@@ -179,6 +274,21 @@ class Settings(BaseModel):
     aiecs_log_format: Literal["text", "json"] = "text"
     """AIECS_LOG_FORMAT: ``json`` writes one JSON object per log line (worker and server)."""
 
+    # --- providers in the worker ----------------------------------------------------------
+    aiecs_warm: bool = True
+    """AIECS_WARM: each worker process warms its configured providers (imports their SDKs,
+    builds their clients) in a thread as it starts; ``0``: their first calls do it
+    (aiecs_worker.warm)."""
+    aiecs_rate_limits: str | None = None
+    """AIECS_RATE_LIMITS: cluster-wide provider rate limits, JSON ``{"provider/model":
+    {"rpm", "tpm", "window"}}``, parsed and checked by aiecs_worker.ratelimit when a worker
+    starts."""
+
+    @field_validator("aiecs_warm", mode="before")
+    @classmethod
+    def _blank_is_on(cls, v: object) -> object:
+        return True if isinstance(v, str) and not v.strip() else v
+
     @field_validator("aiecs_metrics_port", mode="before")
     @classmethod
     def _blank_is_off(cls, v: object) -> object:
@@ -210,7 +320,7 @@ class Settings(BaseModel):
         if not soft < hard:
             raise ValueError(
                 f"CELERY_TASK_SOFT_TIME_LIMIT ({soft}) must be less than "
-                f"CELERY_TASK_TIME_LIMIT ({hard})"
+                f"CELERY_TASK_TIME_LIMIT ({hard}); fix: lower the first or raise the second"
             )
         if ("aiecs_schedule_horizon" in self.model_fields_set
                 and self.aiecs_schedule_horizon >= self.celery_visibility_timeout):
@@ -220,7 +330,8 @@ class Settings(BaseModel):
                 "sent with a longer countdown is handed out again meanwhile")
         if self.broker_is_amqp and self.redis_url is None:
             raise ValueError("REDIS_URL is required when CELERY_BROKER_URL is a RabbitMQ "
-                             "(amqp://) URL: execution state and events live in Redis")
+                             "(amqp://) URL: execution state and events live in Redis; fix: "
+                             "set REDIS_URL to a redis:// URL")
         return self
 
     @property
@@ -237,38 +348,24 @@ class Settings(BaseModel):
 
     @property
     def result_backend(self) -> str:
+        """Where Celery stores results (CELERY_RESULT_BACKEND, else a Redis of ours)."""
         if self.celery_result_backend:
             return self.celery_result_backend
         return self.state_redis_url if self.broker_is_amqp else self.celery_broker_url
 
     @property
     def state_redis_url(self) -> str:
+        """The Redis of execution state and events (REDIS_URL, else the broker)."""
         return self.redis_url or self.celery_broker_url
 
 
-def _environ() -> dict[str, str]:
-    """The environment's values of the settings (variable names in any case)."""
-    fields = Settings.model_fields
-    return {key.lower(): value for key, value in os.environ.items() if key.lower() in fields}
-
-
-def load_settings(**overrides) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment (``overrides`` win); raise ConfigurationError
     naming the offending variable."""
-    try:
-        return Settings(**{**_environ(), **overrides})
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False):
-            loc = ".".join(str(p) for p in err["loc"])
-            name = loc.upper() if loc else "settings"
-            problems.append(f"{name}: {err['msg']}")
-        raise ConfigurationError(
-            "invalid aiecs configuration: " + "; ".join(problems),
-            env_var=str(exc.errors()[0]["loc"][0]).upper() if exc.errors()[0]["loc"] else None,
-        ) from None
+    return Settings.load(**overrides)
 
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The process's settings, read once."""
     return load_settings()

@@ -67,6 +67,7 @@ class Supervisor:
         if s.aiecs_metrics_port is None:
             return lambda: None
         path, made = prepare_dir()
+        # the children's environment (not a setting read): ours, without the port we serve
         self.env = {k: v for k, v in os.environ.items() if k.upper() != "AIECS_METRICS_PORT"}
         try:
             port = serve(s.aiecs_metrics_port, s.aiecs_metrics_host, path)

@@ -23,12 +23,13 @@ a thread (the providers' ``client()``), still off the loop, while other executio
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
 
 from celery import signals
+
+from .settings import load_settings
 
 __all__ = ["WARM_ENV", "WARM_WAIT", "start_warming", "wait_warm", "warm_services"]
 
@@ -45,7 +46,7 @@ _warmed.set()
 
 
 def _enabled() -> bool:
-    return os.environ.get(WARM_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return load_settings().aiecs_warm  # read as each process starts (tests change it)
 
 
 def warm_services(registry: Any = None) -> dict[str, float]:

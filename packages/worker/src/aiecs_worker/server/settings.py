@@ -1,18 +1,24 @@
 """Settings of the progress server and the command line, read from the environment.
 
 Redis, the Socket.IO channel and the event log's bounds are the worker's settings
-(:mod:`aiecs_worker.settings`); this module adds what only the server needs.
+(:mod:`aiecs_worker.settings`); this module adds what only the server needs, in the same
+model family (:class:`~aiecs_worker.settings.EnvSettings`: one loader, one naming of
+variables, one error format).
 """
 
 from __future__ import annotations
 
 import functools
 import secrets
-from typing import Annotated
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from aiecs_core import ConfigurationError
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+
+from ..settings import EnvSettings, config_error
+
+if TYPE_CHECKING:
+    from .admission import SocketLimits
+    from .realtime import ReplayLimits
 
 __all__ = ["DEV_ORIGINS", "MIN_SECRET_LENGTH", "ServerSettings", "get_server_settings",
            "load_server_settings"]
@@ -24,15 +30,17 @@ DEV_ORIGINS = ("http://localhost:3000", "http://localhost:3001")
 MIN_SECRET_LENGTH = 32
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(EnvSettings):
     """Every server setting, its environment variable and its default."""
 
-    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+    _what: ClassVar[str] = "aiecs server"
+    #: True when AIECS_SECRET_KEY was not given and development mode made one up.
+    _secret_generated: bool = PrivateAttr(default=False)
 
     aiecs_secret_key: SecretStr | None = None
     """AIECS_SECRET_KEY: HMAC key of connection tokens (at least 32 characters). Required
     unless AIECS_DEV is set, in which case a random one is made for the process."""
-    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allowed_origins: list[str] = Field(default_factory=list)
     """CORS_ALLOWED_ORIGINS: comma-separated origins allowed to call the server from a
     browser (Socket.IO and HTTP). Default none: only the server's own origin (its page),
     which is always allowed. In development mode, :data:`DEV_ORIGINS` are added."""
@@ -40,7 +48,7 @@ class ServerSettings(BaseSettings):
     """AIECS_HOST: interface ``aiecs serve`` binds to."""
     aiecs_port: int = Field(default=8000, ge=1, le=65535)
     """AIECS_PORT: port ``aiecs serve`` listens on."""
-    aiecs_public_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    aiecs_public_origins: list[str] = Field(default_factory=list)
     """AIECS_PUBLIC_ORIGINS: comma-separated origins the page itself is served from when
     not ``http://localhost:PORT`` / ``http://127.0.0.1:PORT`` (behind a proxy, say)."""
     aiecs_dev: bool = False
@@ -130,10 +138,11 @@ class ServerSettings(BaseSettings):
         if self.aiecs_secret_key is None:
             if self.aiecs_dev:
                 self.aiecs_secret_key = SecretStr(secrets.token_urlsafe(48))
+                self._secret_generated = True
         elif len(self.aiecs_secret_key.get_secret_value()) < MIN_SECRET_LENGTH:
             raise ValueError(
-                f"AIECS_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters "
-                "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                f"AIECS_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters; fix: "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         return self
 
@@ -142,10 +151,15 @@ class ServerSettings(BaseSettings):
         if self.aiecs_token_ttl > self.aiecs_token_max_lifetime:
             raise ValueError(
                 f"AIECS_TOKEN_TTL ({self.aiecs_token_ttl}) is longer than "
-                f"AIECS_TOKEN_MAX_LIFETIME ({self.aiecs_token_max_lifetime})")
+                f"AIECS_TOKEN_MAX_LIFETIME ({self.aiecs_token_max_lifetime}); fix: lower the "
+                "first or raise the second")
         return self
 
-    def socket_limits(self):
+    def secret_from_environment(self) -> bool:
+        """True when AIECS_SECRET_KEY was set (not made up for development mode)."""
+        return self.aiecs_secret_key is not None and not self._secret_generated
+
+    def socket_limits(self) -> SocketLimits:
         """The socket admission limits as :class:`~.admission.SocketLimits`."""
         from .admission import SocketLimits
 
@@ -155,7 +169,7 @@ class ServerSettings(BaseSettings):
             per_address=self.aiecs_max_sockets_per_address,
         )
 
-    def replay_limits(self):
+    def replay_limits(self) -> ReplayLimits:
         """The subscribe/replay limits as :class:`~.realtime.ReplayLimits`."""
         from .realtime import ReplayLimits
 
@@ -173,10 +187,12 @@ class ServerSettings(BaseSettings):
     def secret(self) -> str:
         """The signing key, or a ConfigurationError naming AIECS_SECRET_KEY."""
         if self.aiecs_secret_key is None:
-            raise ConfigurationError(
-                "AIECS_SECRET_KEY is not set: the progress server refuses to start without "
-                "a token signing key (set AIECS_DEV=1 for a throwaway one on a dev machine)",
-                env_var="AIECS_SECRET_KEY",
+            raise config_error(
+                "AIECS_SECRET_KEY", "is not set: the progress server refuses to start without "
+                "a token signing key",
+                fix="set it to at least 32 random characters (python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(48))'), or AIECS_DEV=1 for a throwaway one "
+                    "on a dev machine",
             )
         return self.aiecs_secret_key.get_secret_value()
 
@@ -198,29 +214,19 @@ class ServerSettings(BaseSettings):
         return out
 
     def server_url(self) -> str:
+        """Where the CLI finds the server: AIECS_SERVER_URL, else AIECS_HOST:AIECS_PORT."""
         if self.aiecs_server_url:
             return self.aiecs_server_url.rstrip("/")
         host = "127.0.0.1" if self.aiecs_host in ("0.0.0.0", "::", "") else self.aiecs_host
         return f"http://{host}:{self.aiecs_port}"
 
 
-def load_server_settings(**overrides) -> ServerSettings:
+def load_server_settings(**overrides: Any) -> ServerSettings:
     """Read server settings; raise ConfigurationError naming the offending variable."""
-    try:
-        return ServerSettings(**overrides)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False):
-            loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{loc.upper()}: {msg}" if loc else msg)
-        first = exc.errors()[0]["loc"]
-        raise ConfigurationError(
-            "invalid aiecs server configuration: " + "; ".join(problems),
-            env_var=str(first[0]).upper() if first else "AIECS_SECRET_KEY",
-        ) from None
+    return ServerSettings.load(**overrides)
 
 
 @functools.lru_cache(maxsize=1)
 def get_server_settings() -> ServerSettings:
+    """The process's server settings, read once."""
     return load_server_settings()
