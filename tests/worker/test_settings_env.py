@@ -73,9 +73,10 @@ def test_server_settings_are_read_by_the_same_loader(monkeypatch):
     with pytest.raises(ConfigurationError) as info:
         load_server_settings()
     assert info.value.env_var == "AIECS_PORT"
-    assert ("invalid aiecs server configuration: AIECS_PORT='70000': Input should be less "
-            "than or equal to 65535; fix: set AIECS_PORT to a valid value, or unset it for "
-            "its default (8000)") == info.value.message
+    assert info.value.message == (
+        "invalid aiecs server configuration: AIECS_PORT='70000': Input should be less than "
+        "or equal to 65535; fix: set AIECS_PORT to a valid value, or unset it for its "
+        "default (8000)")
 
 
 def test_a_short_secret_is_not_echoed(monkeypatch):
