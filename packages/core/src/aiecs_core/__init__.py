@@ -18,36 +18,82 @@ import importlib
 #: treat a module-level ``TYPE_CHECKING = False`` the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; resolved lazily below
+    # (``name as name``: an explicit re-export, as mypy's strict mode asks)
     from .errors import *  # noqa: F403
-    from .hookspecs import ENTRY_POINT_GROUP, hookimpl
-    from .modelpolicy import ModelPolicy, current_model_policy, install_model_policy
+    from .hookspecs import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+    from .hookspecs import hookimpl as hookimpl
+    from .modelpolicy import (
+        ModelPolicy as ModelPolicy,
+    )
+    from .modelpolicy import (
+        current_model_policy as current_model_policy,
+    )
+    from .modelpolicy import (
+        install_model_policy as install_model_policy,
+    )
     from .models import *  # noqa: F403
     from .redaction import (
-        install_log_redaction,
-        redact,
-        redact_data,
-        redact_json,
-        register_env_secrets,
-        register_secret,
+        install_log_redaction as install_log_redaction,
+    )
+    from .redaction import (
+        redact as redact,
+    )
+    from .redaction import (
+        redact_data as redact_data,
+    )
+    from .redaction import (
+        redact_json as redact_json,
+    )
+    from .redaction import (
+        register_env_secrets as register_env_secrets,
+    )
+    from .redaction import (
+        register_secret as register_secret,
     )
     from .registry import (
-        ALLOW_ENV,
-        PluginFailure,
-        PluginInfo,
-        ServiceRegistry,
-        get_registry,
-        load_plugins,
-        reset_registry,
+        ALLOW_ENV as ALLOW_ENV,
+    )
+    from .registry import (
+        PluginFailure as PluginFailure,
+    )
+    from .registry import (
+        PluginInfo as PluginInfo,
+    )
+    from .registry import (
+        ServiceRegistry as ServiceRegistry,
+    )
+    from .registry import (
+        get_registry as get_registry,
+    )
+    from .registry import (
+        load_plugins as load_plugins,
+    )
+    from .registry import (
+        reset_registry as reset_registry,
     )
     from .service import (
-        OperationContext,
-        OperationSpec,
-        RateLimitKey,
-        RecordingContext,
-        Service,
-        invoke_operation,
-        operation,
-        validate_input,
+        OperationContext as OperationContext,
+    )
+    from .service import (
+        OperationSpec as OperationSpec,
+    )
+    from .service import (
+        RateLimitKey as RateLimitKey,
+    )
+    from .service import (
+        RecordingContext as RecordingContext,
+    )
+    from .service import (
+        Service as Service,
+    )
+    from .service import (
+        invoke_operation as invoke_operation,
+    )
+    from .service import (
+        operation as operation,
+    )
+    from .service import (
+        validate_input as validate_input,
     )
 
 #: Public name -> the submodule defining it. ``errors`` and ``models`` list their

@@ -77,7 +77,8 @@ class AiecsError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, {self.details!r})"
 
-    def __reduce__(self):  # pickling (e.g. across a process pool) keeps the same contract
+    # pickling (e.g. across a process pool) keeps the same contract
+    def __reduce__(self) -> tuple[type[AiecsError], tuple[Any, ...]]:
         return (type(self), self.args)
 
     def to_info(self) -> ErrorInfo:

@@ -12,7 +12,13 @@ without breaking existing plugins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - the service module needs pydantic; hooks do not
+    from .service import Service
 
 PROJECT_NAME = "aiecs"
 #: Entry-point group plugins are discovered in (same string as the plugin manager's name).
@@ -23,7 +29,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def register_services(register):
+def register_services(register: Callable[[type[Service]], None]) -> None:
     """Register the services this plugin provides.
 
     :param register: call ``register(ServiceClass)`` once per :class:`aiecs_core.Service`

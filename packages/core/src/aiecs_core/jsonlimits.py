@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 __all__ = [
@@ -70,9 +71,10 @@ def text_depth(text: str | bytes | bytearray | memoryview, limit: int | None = N
     """
     if isinstance(text, memoryview):
         text = text.tobytes()
-    pattern = _TOKENS_STR if isinstance(text, str) else _TOKENS_BYTES
+    matches: Iterator[re.Match[str]] | Iterator[re.Match[bytes]] = (
+        _TOKENS_STR.finditer(text) if isinstance(text, str) else _TOKENS_BYTES.finditer(text))
     depth = deepest = 0
-    for match in pattern.finditer(text):
+    for match in matches:
         token = match.group()
         first = token[0]
         if first in _OPEN:
@@ -98,6 +100,7 @@ def value_depth(value: Any, limit: int | None = None) -> int:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list | tuple):

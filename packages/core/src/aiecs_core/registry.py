@@ -458,9 +458,10 @@ class ServiceRegistry:
         for f in self.disabled:
             where = f" ({f.distribution})" if f.distribution else ""
             lines.append((logging.INFO, f"plugin {f.name}{where} disabled: {f.reason}"))
-        for f in listing["failures"]:
-            where = f" ({f['distribution']})" if f["distribution"] else ""
-            lines.append((logging.ERROR, f"plugin {f['name']}{where} FAILED: {f['reason']}"))
+        for failed in listing["failures"]:
+            where = f" ({failed['distribution']})" if failed["distribution"] else ""
+            lines.append(
+                (logging.ERROR, f"plugin {failed['name']}{where} FAILED: {failed['reason']}"))
         return lines
 
 

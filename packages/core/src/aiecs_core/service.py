@@ -35,13 +35,16 @@ import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InputValidationError, TaskCancelledError
 from .modelpolicy import current_model_policy
 from .models import TaskEvent, TaskRequest, TaskStatus, Usage
+
+#: A method declared an operation (``@operation`` returns it unchanged).
+F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "OperationContext",
@@ -85,7 +88,7 @@ def operation(
     name: str | None = None,
     description: str | None = None,
     heavy: bool = False,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+) -> Callable[[F], F]:
     """Declare a method of a :class:`Service` as an invocable operation.
 
     The method's signature is ``(self, ctx, data)``; ``data`` is an instance of the input
@@ -96,7 +99,7 @@ def operation(
     if input is not None and not isinstance(input, type) and callable(input):
         return operation()(input)  # used bare: ``@operation``
 
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(func: F) -> F:
         model = input
         if model is None:
             try:
@@ -187,7 +190,7 @@ class Service:
         ``super().check_input`` too)."""
         policy = current_model_policy()
         if policy is not None:
-            policy.check(cls.provider or getattr(cls, "name", ""), data)
+            policy.check(cls.provider or getattr(cls, "name", None) or "", data)
 
     def warm(self) -> None:
         """Do now, in a thread, what the first call would otherwise do on the event loop:
@@ -294,10 +297,11 @@ class OperationContext:
             return "".join(self.streamed_text)
 
     # -- event sink -----------------------------------------------------------------------
-    def make_event(self, type_: str, status: TaskStatus = TaskStatus.RUNNING, **fields: Any):
+    def make_event(self, type_: str, status: TaskStatus = TaskStatus.RUNNING,
+                   **fields: Any) -> TaskEvent:
         r = self.request
         return TaskEvent(
-            type=type_,  # type: ignore[arg-type]
+            type=type_,
             task_id=r.task_id,
             step=r.step,
             user_id=r.user_id,

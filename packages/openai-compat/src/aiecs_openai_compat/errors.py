@@ -68,7 +68,7 @@ def invalid_reason(status: int | None, body: Any) -> str | None:
     if isinstance(code, str) and code.strip().isdigit():
         code = int(code)
     is_status = isinstance(code, int) and not isinstance(code, bool)
-    if is_status and 400 <= code < 500 and code not in (408, 429):
+    if is_status and isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
         return f"error.code={code}"
     message = (_body_message(body) or "").lower()
     phrase = next((p for p in INVALID_PHRASES if p in message), None)

@@ -72,6 +72,7 @@ from .http import http_client
 
 if TYPE_CHECKING:  # pragma: no cover
     from openai import AsyncOpenAI
+    from openai.types.chat import ChatCompletionMessageParam
 
 __all__ = ["DEADLINE_GRACE", "LIMIT_FIELDS", "OpenAICompatService"]
 
@@ -143,7 +144,7 @@ def _dry_run() -> None:
 
     async def requests(base_url: str) -> None:
         client = AsyncOpenAI(api_key="warm-up", base_url=base_url, max_retries=0, timeout=2)
-        messages = [{"role": "user", "content": "warm-up"}]
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "warm-up"}]
         try:
             for call in (
                 lambda: client.chat.completions.create(model="m", messages=messages, stream=True),
@@ -467,7 +468,7 @@ class OpenAICompatService(Service):
         )
 
     async def _stream_deltas(
-        self, ctx: OperationContext, client: AsyncOpenAI, params: dict
+        self, ctx: OperationContext, client: AsyncOpenAI, params: dict[str, Any]
     ) -> AsyncIterator[ChatDelta]:
         """The streamed reply's chunks, for :func:`aiecs_core.llm.stream_chat` (which owns
         the rest: stream events, usage, cancellation, cut streams). Closes the stream."""

@@ -6,7 +6,9 @@ the client.
 
 from __future__ import annotations
 
-from aiecs_core import hookimpl
+from collections.abc import Callable
+
+from aiecs_core import Service, hookimpl
 from aiecs_openai_compat import OpenAICompatService
 
 __all__ = ["OpenAIService", "register_services"]
@@ -29,5 +31,5 @@ class OpenAIService(OpenAICompatService):
 
 
 @hookimpl
-def register_services(register):
+def register_services(register: Callable[[type[Service]], None]) -> None:
     register(OpenAIService)

@@ -382,7 +382,7 @@ class EndpointService(Service):
             else self._usage(data, model, usage))
 
     async def _stream(self, ctx: OperationContext, setup: _Setup, url: str,
-                      body: dict) -> AsyncIterator[Any]:
+                      body: dict[str, Any]) -> AsyncIterator[Any]:
         headers = await self._headers(setup)
         async with setup.http.stream(
             "POST", url, content=json.dumps(body).encode(),

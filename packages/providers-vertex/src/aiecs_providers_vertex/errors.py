@@ -218,7 +218,7 @@ def convert_endpoint_error(exc: BaseException, *, provider: str) -> AiecsError |
     if api_errors is not None and isinstance(exc, api_errors.GoogleAPICallError):
         response = getattr(exc, "response", None)
         status = int(exc.code) if isinstance(exc.code, int) else None  # an HTTPStatus
-        if status is not None and hasattr(response, "headers"):
+        if status is not None and response is not None and hasattr(response, "headers"):
             return error_for_response(
                 status, response.headers, getattr(response, "content", b"") or b"",
                 provider=provider,

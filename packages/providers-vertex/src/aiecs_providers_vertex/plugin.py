@@ -23,7 +23,7 @@ import binascii
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiecs_core import (
@@ -257,7 +257,8 @@ class VertexService(Service):
         return rate_limit_key(self.provider, data)
 
     # -- chat ----------------------------------------------------------------------------------
-    def _contents_and_config(self, data: ChatInput, ctx: OperationContext) -> tuple[list, Any]:
+    def _contents_and_config(self, data: ChatInput,
+                             ctx: OperationContext) -> tuple[list[Any], Any]:
         from google.genai import types
 
         system: list[str] = []
@@ -431,7 +432,7 @@ class VertexService(Service):
         )
 
     async def _stream_deltas(
-        self, client: Client, data: ChatInput, contents: list, config: Any
+        self, client: Client, data: ChatInput, contents: list[Any], config: Any
     ) -> AsyncIterator[ChatDelta]:
         """The streamed reply's chunks, for :func:`aiecs_core.llm.stream_chat` (which owns
         the rest: stream events, usage, cancellation, cut streams). Closes the stream.
@@ -461,7 +462,10 @@ class VertexService(Service):
                         yield ChatDelta(text=self._text(part))
                 yield ChatDelta(finish=finish)
         finally:
-            await stream.aclose()
+            # an async generator (the SDK's annotation says only AsyncIterator)
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     # -- embeddings ----------------------------------------------------------------------------
     def _batches(self, model: str, texts: list[str]) -> Iterator[list[str]]:
@@ -479,11 +483,12 @@ class VertexService(Service):
         from google.genai import types
 
         async def call(batch: list[str]) -> EmbedBatch:
+            contents: list[types.ContentUnion] = list(batch)  # the SDK's list type
             config = types.EmbedContentConfig(
                 output_dimensionality=data.dimensions, http_options=self._http_options(ctx)
             )
             response = await client.aio.models.embed_content(
-                model=data.model, contents=batch, config=config
+                model=data.model, contents=contents, config=config
             )
             embeddings = response.embeddings or []
             counts = [
@@ -504,6 +509,6 @@ class VertexService(Service):
 
 
 @hookimpl
-def register_services(register):
+def register_services(register: Callable[[type[Service]], None]) -> None:
     register(VertexService)
     register(EndpointService)

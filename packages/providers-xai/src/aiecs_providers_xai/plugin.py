@@ -6,7 +6,9 @@ xAI's REST API speaks the OpenAI wire protocol, so the service is the shared
 
 from __future__ import annotations
 
-from aiecs_core import hookimpl
+from collections.abc import Callable
+
+from aiecs_core import Service, hookimpl
 from aiecs_openai_compat import OpenAICompatService
 
 __all__ = ["XAIService", "register_services"]
@@ -30,5 +32,5 @@ class XAIService(OpenAICompatService):
 
 
 @hookimpl
-def register_services(register):
+def register_services(register: Callable[[type[Service]], None]) -> None:
     register(XAIService)

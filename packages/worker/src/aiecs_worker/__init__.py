@@ -5,6 +5,8 @@
 specification's tasks.
 """
 
+from typing import Any
+
 from . import logs as _logs  # noqa: F401 - JSON logs (AIECS_LOG_FORMAT)
 from . import metrics_http as _metrics_http  # noqa: F401 - metrics served by the worker
 from . import modelpolicy as _modelpolicy  # noqa: F401 - AIECS_MODELS, output ceilings
@@ -21,7 +23,7 @@ _LAZY = {"submit_batch": "batch", "cancel_batch": "batch", "get_batch": "batch",
          "submit_workflow": "flow", "get_workflow": "flow", "cancel_workflow": "flow"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """Batches and workflows, imported on first use (see aiecs_worker.workflows)."""
     if name in _LAZY:
         import importlib

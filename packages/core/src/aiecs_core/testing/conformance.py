@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -47,7 +48,7 @@ class ServiceConformance:
     """Contract checks for one provider plugin. Needs fixtures ``plugin`` and ``examples``."""
 
     @pytest.fixture
-    def registry(self, plugin: Any) -> ServiceRegistry:
+    def registry(self, plugin: Any) -> Iterator[ServiceRegistry]:
         registry = ServiceRegistry()
         registry.register_plugin(plugin, "under-test")
         yield registry
@@ -59,7 +60,8 @@ class ServiceConformance:
         one that installed the plugin's top-level package; None skips the check)."""
         return distribution_of(plugin)
 
-    def test_entry_point_resolves_to_the_plugin(self, plugin: Any, distribution) -> None:
+    def test_entry_point_resolves_to_the_plugin(self, plugin: Any,
+                                                distribution: str | None) -> None:
         if distribution is None:
             pytest.skip("the plugin is not installed from a distribution: no entry point")
         try:
@@ -87,7 +89,8 @@ class ServiceConformance:
         assert not registry.failures, registry.failures
         assert registry.keys(), "the plugin registered no service"
 
-    def test_every_operation_has_an_example(self, registry: ServiceRegistry, examples) -> None:
+    def test_every_operation_has_an_example(self, registry: ServiceRegistry,
+                                            examples: dict[tuple[str, str, str], Any]) -> None:
         declared = {
             (mode, service, op)
             for mode, service in registry.keys()
@@ -109,7 +112,8 @@ class ServiceConformance:
                 with pytest.raises(OperationNotFoundError):
                     registry.operation(mode, service, name)
 
-    def test_examples_run(self, registry: ServiceRegistry, examples) -> None:
+    def test_examples_run(self, registry: ServiceRegistry,
+                          examples: dict[tuple[str, str, str], Any]) -> None:
         from . import run_operation
 
         for (mode, service, op), input_data in examples.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -156,5 +157,5 @@ class EchoService(Service):
 
 
 @hookimpl
-def register_services(register):
+def register_services(register: Callable[[type[Service]], None]) -> None:
     register(EchoService)
