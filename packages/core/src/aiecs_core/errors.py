@@ -65,10 +65,12 @@ class AiecsError(Exception):
 
     @property
     def message(self) -> str:
+        """The human-readable message."""
         return self.args[0] if self.args else ""
 
     @property
     def details(self) -> dict[str, Any]:
+        """Structured details (JSON values), part of the error's contract."""
         return self.args[1] if len(self.args) > 1 and isinstance(self.args[1], dict) else {}
 
     def __str__(self) -> str:
@@ -82,6 +84,7 @@ class AiecsError(Exception):
         return (type(self), self.args)
 
     def to_info(self) -> ErrorInfo:
+        """The error as the :class:`~aiecs_core.ErrorInfo` of a FAILED event or result."""
         from .models import ErrorInfo
 
         return ErrorInfo(
@@ -93,6 +96,7 @@ class AiecsError(Exception):
 
     @property
     def is_retryable(self) -> bool:
+        """Whether retrying the call may succeed (``details['retryable']`` overrides the class)."""
         return bool(self.details.get("retryable", self.retryable))
 
 
@@ -108,10 +112,12 @@ class PayloadTooLargeError(InvalidTaskError):
 
     @property
     def limit(self) -> int | None:
+        """The largest size allowed, in bytes."""
         return self.details.get("limit")
 
     @property
     def size(self) -> int | None:
+        """The size that was refused, in bytes."""
         return self.details.get("size")
 
 
@@ -129,15 +135,18 @@ class QuotaExceededError(AiecsError):
 
     @property
     def retry_after(self) -> float | None:
+        """Seconds to wait before trying again, when known."""
         value = self.details.get("retry_after")
         return float(value) if value is not None else None
 
     @property
     def limit(self) -> int | float | None:
+        """The limit that was reached."""
         return self.details.get("limit")
 
     @property
     def setting(self) -> str | None:
+        """The setting (environment variable) that sets the limit."""
         return self.details.get("setting")
 
 
@@ -158,6 +167,7 @@ class ConfigurationError(AiecsError):
 
     @property
     def env_var(self) -> str | None:
+        """The environment variable to set or correct."""
         return self.details.get("env_var")
 
 
@@ -197,10 +207,12 @@ class ProviderError(AiecsError):
 
     @property
     def provider(self) -> str | None:
+        """The provider that answered with the error."""
         return self.details.get("provider")
 
     @property
     def status_code(self) -> int | None:
+        """The provider's HTTP status, when there was one."""
         return self.details.get("status_code")
 
 
@@ -223,6 +235,7 @@ class RateLimitError(ProviderError):
 
     @property
     def retry_after(self) -> float | None:
+        """Seconds the provider asked to wait (``Retry-After``), when it said."""
         value = self.details.get("retry_after")
         return float(value) if value is not None else None
 
@@ -255,6 +268,7 @@ class StreamInterruptedError(ProviderError):
 
     @property
     def partial_output(self) -> str | None:
+        """The text streamed before the stream broke."""
         return self.details.get("partial_output")
 
 

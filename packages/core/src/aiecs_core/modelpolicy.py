@@ -40,11 +40,13 @@ class ModelPolicy:
     @classmethod
     def build(cls, models: Mapping[str, Iterable[str]] | None = None,
               max_output_tokens: Mapping[str, int] | int | None = None) -> ModelPolicy:
+        """A policy from allow-lists and ceilings as the settings hold them."""
         ceilings = ({ANY_PROVIDER: max_output_tokens} if isinstance(max_output_tokens, int)
                     else dict(max_output_tokens or {}))
         return cls({p: frozenset(ids) for p, ids in (models or {}).items()}, ceilings)
 
     def ceiling(self, provider: str) -> int | None:
+        """The largest ``max_output_tokens`` ``provider`` may be asked for (None: no ceiling)."""
         return self.max_output_tokens.get(provider, self.max_output_tokens.get(ANY_PROVIDER))
 
     def check(self, provider: str, data: Any) -> None:

@@ -41,6 +41,7 @@ class TaskStatus(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """True for the statuses an execution ends in."""
         return self in TERMINAL_STATUSES
 
 
@@ -174,6 +175,7 @@ class TaskEvent(BaseModel):
 
     @property
     def terminal(self) -> bool:
+        """True for the status event that ends an execution."""
         return self.type == "status" and self.status.is_terminal
 
 

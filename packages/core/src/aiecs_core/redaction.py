@@ -258,6 +258,7 @@ class RedactingFilter(logging.Filter):
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record's message and arguments; always keep the record."""
         if isinstance(record.args, tuple) and any(_is_frame(a) for a in record.args):
             with contextlib.suppress(Exception):
                 record.args = tuple(_frame_text(a) if _is_frame(a) else a

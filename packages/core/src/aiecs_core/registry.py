@@ -312,9 +312,11 @@ class ServiceRegistry:
 
     # -- lookup -----------------------------------------------------------------------------
     def keys(self) -> list[tuple[str, str]]:
+        """Every ``(mode, service)`` registered, sorted."""
         return sorted(self._services)
 
     def service_class(self, mode: str, service: str) -> type[Service]:
+        """The service class registered under ``(mode, service)``."""
         key = (mode, service)
         claims = self._claims.get(key, [])
         if len(claims) == 1:
@@ -367,6 +369,7 @@ class ServiceRegistry:
         return inst
 
     def instances(self) -> list[Service]:
+        """The service instances made so far."""
         return list(self._instances.values())
 
     def drop_instances(self) -> list[Service]:

@@ -74,6 +74,7 @@ class OperationSpec:
     :meth:`Service.check_input` runs in :func:`validate_input`."""
 
     def describe(self) -> dict[str, Any]:
+        """The operation as listed (JSON): name, description, input schema, queue."""
         return {
             "name": self.name,
             "description": self.description,
@@ -222,6 +223,7 @@ class Service:
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
+        """The service as listed (JSON): mode, name and its operations."""
         return {
             "mode": cls.mode,
             "service": cls.name,
@@ -271,9 +273,11 @@ class OperationContext:
     # -- cancellation and deadline ------------------------------------------------------
     @property
     def cancelled(self) -> bool:
+        """True once the execution was asked to stop."""
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
+        """Ask the operation to stop (it sees it at its next check)."""
         self._cancelled.set()
 
     def raise_if_cancelled(self) -> None:
@@ -289,16 +293,19 @@ class OperationContext:
 
     @property
     def has_streamed(self) -> bool:
+        """True once the operation streamed some text."""
         return bool(self.streamed_text)
 
     @property
     def partial_output(self) -> str:
+        """The text streamed so far."""
         with self._lock:
             return "".join(self.streamed_text)
 
     # -- event sink -----------------------------------------------------------------------
     def make_event(self, type_: str, status: TaskStatus = TaskStatus.RUNNING,
                    **fields: Any) -> TaskEvent:
+        """A :class:`~aiecs_core.TaskEvent` of this execution."""
         r = self.request
         return TaskEvent(
             type=type_,
@@ -311,6 +318,7 @@ class OperationContext:
         )
 
     def emit(self, type_: str, **fields: Any) -> None:  # pragma: no cover - abstract
+        """Publish one event of this execution (the runner's context implements it)."""
         raise NotImplementedError
 
 
@@ -322,6 +330,7 @@ class RecordingContext(OperationContext):
         self.events: list[TaskEvent] = []
 
     def emit(self, type_: str, **fields: Any) -> None:
+        """Record the event (for tests)."""
         with self._lock:
             self.events.append(self.make_event(type_, **fields))
 

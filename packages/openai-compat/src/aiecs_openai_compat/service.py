@@ -267,6 +267,7 @@ class OpenAICompatService(Service):
         )
 
     async def aclose(self) -> None:
+        """Close the client (its connections)."""
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -279,6 +280,7 @@ class OpenAICompatService(Service):
 
     # -- rate limits ---------------------------------------------------------------------
     def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
+        """The rate-limit key of a call: provider and model."""
         return rate_limit_key(self.provider, data)
 
     # -- server differences ------------------------------------------------------------------
@@ -420,6 +422,7 @@ class OpenAICompatService(Service):
 
     @operation(description="Chat completion: messages in; text, tool calls and usage out.")
     async def chat(self, ctx: OperationContext, data: ChatInput) -> ChatResult:
+        """Chat completion: messages in; text, tool calls and usage out."""
         # Again here (validated at submission and by the worker): a model id, never
         # anything else, leaves this process. It travels in the JSON body, so a
         # namespaced id (``org/model``, on OpenAI-compatible servers) is one.
@@ -498,6 +501,7 @@ class OpenAICompatService(Service):
     # -- embeddings ------------------------------------------------------------------------
     @operation(description="Embed texts: one vector per text, batched to the provider limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
+        """Embed texts: one vector per text, batched to the provider limit."""
         check_model_id(data.model)
         client = await self.aclient()
         extra: dict[str, Any] = {}

@@ -32,4 +32,5 @@ class OpenAIService(OpenAICompatService):
 
 @hookimpl
 def register_services(register: Callable[[type[Service]], None]) -> None:
+    """Register the OpenAI service."""
     register(OpenAIService)

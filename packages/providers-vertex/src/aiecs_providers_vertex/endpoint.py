@@ -244,6 +244,7 @@ class EndpointService(Service):
         return endpoint
 
     async def aclose(self) -> None:
+        """Close the HTTP client and forget the endpoints."""
         with self._lock:
             setup, self._setup = self._setup, None
             self._endpoints.clear()
@@ -293,6 +294,7 @@ class EndpointService(Service):
     @operation(description="Endpoint.predict: instances (and parameters) in; predictions "
                            "and the deployed model's ID out.")
     async def predict(self, ctx: OperationContext, data: PredictInput) -> PredictResult:
+        """Predict on a Vertex AI endpoint."""
         endpoint_id = self._endpoint_id(data.endpoint)
         try:
             setup = await self.setup()
@@ -318,6 +320,7 @@ class EndpointService(Service):
     @operation(description=":rawPredict: any JSON body in; the deployed container's JSON "
                            "response out.")
     async def raw_predict(self, ctx: OperationContext, data: RawPredictInput) -> RawPredictResult:
+        """Raw predict on a Vertex AI endpoint."""
         endpoint_id = self._endpoint_id(data.endpoint)
         try:
             setup = await self.setup()
@@ -345,6 +348,7 @@ class EndpointService(Service):
     @operation(description="Chat through the endpoint's OpenAI-compatible route (Model "
                            "Garden, vLLM): messages in; text, tool calls and usage out.")
     async def chat(self, ctx: OperationContext, data: EndpointChatInput) -> ChatResult:
+        """Chat with a model deployed on a Vertex AI endpoint."""
         endpoint_id = self._endpoint_id(data.endpoint)
         check_model_id(data.model)  # sent in the JSON body: a (namespaced) model id
         try:

@@ -22,6 +22,7 @@ _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
 
 
 def finish_reason(raw: Any, tool_calls: list[ToolCall]) -> str:
+    """The OpenAI-style finish reason of an endpoint's raw one."""
     if not raw:
         return "tool_calls" if tool_calls else "stop"
     return _FINISH.get(str(raw), str(raw).lower())

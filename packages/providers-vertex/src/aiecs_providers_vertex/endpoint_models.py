@@ -44,6 +44,8 @@ class PredictInput(_EndpointRef):
 
 
 class PredictResult(BaseModel):
+    """The predictions of an endpoint."""
+
     endpoint: str
     """The endpoint's resource name."""
     predictions: list[Any]
@@ -66,6 +68,8 @@ class RawPredictInput(_EndpointRef):
 
 
 class RawPredictResult(BaseModel):
+    """An endpoint's raw response."""
+
     endpoint: str
     """The endpoint's resource name."""
     response: Any

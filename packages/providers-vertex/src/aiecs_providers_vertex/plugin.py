@@ -227,6 +227,7 @@ class VertexService(Service):
         )
 
     async def aclose(self) -> None:
+        """Close the client and its HTTP stack."""
         client, self._client = self._client, None
         http, self._http = self._http, None
         if client is not None:
@@ -254,6 +255,7 @@ class VertexService(Service):
 
     # -- rate limits -------------------------------------------------------------------------
     def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
+        """The rate-limit key of a call: provider and model."""
         return rate_limit_key(self.provider, data)
 
     # -- chat ----------------------------------------------------------------------------------
@@ -383,6 +385,7 @@ class VertexService(Service):
 
     @operation(description="Gemini chat: messages in; text, tool calls and usage out.")
     async def chat(self, ctx: OperationContext, data: ChatInput) -> ChatResult:
+        """Gemini chat: messages in; text, tool calls and usage out."""
         vertex_model_id(data.model)  # again: a raw broker message skips submission
         client = await self.client()
         contents, config = self._contents_and_config(data, ctx)
@@ -478,6 +481,7 @@ class VertexService(Service):
 
     @operation(description="Embed texts: one vector per text, batched to the Vertex limit.")
     async def embed(self, ctx: OperationContext, data: EmbedInput) -> EmbedResult:
+        """Embed texts: one vector per text, batched to the Vertex limit."""
         vertex_model_id(data.model)  # again: a raw broker message skips submission
         client = await self.client()  # imports the SDK off the loop, first
         from google.genai import types
@@ -510,5 +514,6 @@ class VertexService(Service):
 
 @hookimpl
 def register_services(register: Callable[[type[Service]], None]) -> None:
+    """Register the Vertex AI services."""
     register(VertexService)
     register(EndpointService)

@@ -33,4 +33,5 @@ class XAIService(OpenAICompatService):
 
 @hookimpl
 def register_services(register: Callable[[type[Service]], None]) -> None:
+    """Register the xAI service."""
     register(XAIService)

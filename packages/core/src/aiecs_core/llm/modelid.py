@@ -1,4 +1,4 @@
-"""Model ids: the one rule every LLM provider applies to the ``model`` a user names.
+r"""Model ids: the one rule every LLM provider applies to the ``model`` a user names.
 
 A user names a *model*, never a resource: the project, location, endpoint and URL a call
 goes to come from the operator's settings. A model id is one segment of letters, digits
@@ -13,7 +13,7 @@ Providers whose model only travels in a JSON body (OpenAI-compatible servers, wh
 provider that puts the model into a URL path (Vertex AI's Gemini) narrows it to one
 segment with :func:`check_model_id` (``namespaced=False``) in its ``check_input``.
 
-Refused everywhere: ``#``, ``%``, ``?``, ``\\``, whitespace and control characters, a
+Refused everywhere: ``#``, ``%``, ``?``, ``\``, whitespace and control characters, a
 ``.`` or ``..`` segment, an empty segment (``a//b``, a leading or trailing ``/``).
 """
 

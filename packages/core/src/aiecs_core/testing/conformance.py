@@ -49,6 +49,7 @@ class ServiceConformance:
 
     @pytest.fixture
     def registry(self, plugin: Any) -> Iterator[ServiceRegistry]:
+        """A registry holding only the plugin under test."""
         registry = ServiceRegistry()
         registry.register_plugin(plugin, "under-test")
         yield registry
@@ -62,6 +63,7 @@ class ServiceConformance:
 
     def test_entry_point_resolves_to_the_plugin(self, plugin: Any,
                                                 distribution: str | None) -> None:
+        """The distribution's ``aiecs`` entry point loads exactly the plugin."""
         if distribution is None:
             pytest.skip("the plugin is not installed from a distribution: no entry point")
         try:
@@ -86,11 +88,13 @@ class ServiceConformance:
         )
 
     def test_plugin_registers_services(self, registry: ServiceRegistry) -> None:
+        """The plugin loads and registers at least one service."""
         assert not registry.failures, registry.failures
         assert registry.keys(), "the plugin registered no service"
 
     def test_every_operation_has_an_example(self, registry: ServiceRegistry,
                                             examples: dict[tuple[str, str, str], Any]) -> None:
+        """Every declared operation has an example in ``examples``."""
         declared = {
             (mode, service, op)
             for mode, service in registry.keys()
@@ -100,6 +104,7 @@ class ServiceConformance:
         assert not missing, f"no example for operations {sorted(missing)}"
 
     def test_listing_is_json(self, registry: ServiceRegistry) -> None:
+        """The registry's listing is JSON and names every operation."""
         listing = json.loads(json.dumps(registry.listing()))
         for entry in listing["services"]:
             assert entry["operations"], entry
@@ -107,6 +112,7 @@ class ServiceConformance:
                 assert op["input_schema"]["type"] == "object"
 
     def test_undeclared_names_are_not_operations(self, registry: ServiceRegistry) -> None:
+        """Methods that are not declared operations cannot be invoked."""
         for mode, service in registry.keys():
             for name in _UNDECLARED:
                 with pytest.raises(OperationNotFoundError):
@@ -114,6 +120,7 @@ class ServiceConformance:
 
     def test_examples_run(self, registry: ServiceRegistry,
                           examples: dict[tuple[str, str, str], Any]) -> None:
+        """Each example runs through the worker's path and honours the contract."""
         from . import run_operation
 
         for (mode, service, op), input_data in examples.items():
@@ -130,6 +137,7 @@ class ServiceConformance:
                 assert usage.input_tokens >= 0 and usage.output_tokens >= 0
 
     def test_invalid_input_is_rejected(self, registry: ServiceRegistry) -> None:
+        """Input that does not match an operation's model is refused before the call."""
         from ..service import validate_input
 
         for mode, service in registry.keys():

@@ -115,6 +115,7 @@ class EchoService(Service):
 
     @operation(description="Stream the text back in chunks, with progress.")
     async def echo(self, ctx: OperationContext, data: EchoInput) -> dict[str, Any]:
+        """Stream the text back in chunks, with progress."""
         error = None if data.fail_after_chunks else _failure(data, ctx)
         if error is not None:
             raise error
@@ -133,6 +134,7 @@ class EchoService(Service):
 
     @operation(description="Same as echo, implemented synchronously (runs in a thread).")
     def echo_sync(self, ctx: OperationContext, data: EchoInput) -> dict[str, Any]:
+        """Stream the text back, synchronously (runs in a thread)."""
         error = _failure(data, ctx)
         if error is not None:
             raise error
@@ -149,13 +151,16 @@ class EchoService(Service):
 
     @operation(heavy=True, description="Same as echo, routed to the heavy queue by default.")
     async def echo_heavy(self, ctx: OperationContext, data: EchoInput) -> dict[str, Any]:
+        """Echo, on the heavy queue."""
         return await self.echo(ctx, data)
 
     @operation(NoInput, description="Do nothing; for overhead benchmarks.")
     async def noop(self, ctx: OperationContext, data: BaseModel) -> dict[str, Any]:
+        """Do nothing."""
         return {}
 
 
 @hookimpl
 def register_services(register: Callable[[type[Service]], None]) -> None:
+    """Register the test services."""
     register(EchoService)
