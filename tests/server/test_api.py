@@ -238,12 +238,12 @@ def test_oversize_body_is_refused_from_its_content_length(progress_server):
 
 def test_oversize_chunked_body_is_refused_while_streaming(progress_server):
     server = progress_server
-    from aiecs_worker.server.api import _ENVELOPE_BYTES
+    from aiecs_worker.server.params import ENVELOPE_BYTES
     from aiecs_worker.settings import Settings
 
     # one byte over the limit: the server has read the whole body when it refuses, so the
     # exchange is deterministic (no write racing the server's close)
-    limit = Settings.model_fields["aiecs_max_payload_bytes"].default + _ENVELOPE_BYTES
+    limit = Settings.model_fields["aiecs_max_payload_bytes"].default + ENVELOPE_BYTES
     base = len(json.dumps(echo_body(text="")).encode())
     payload = json.dumps(echo_body(text="x" * (limit + 1 - base))).encode()
     assert len(payload) == limit + 1

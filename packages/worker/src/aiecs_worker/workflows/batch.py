@@ -33,6 +33,7 @@ from ..settings import get_settings
 from ..state import CANCEL_LUA, PENDING_KEY, celery_index_key, decode_state, pending_lua, steps_key
 from .common import (
     GroupError,
+    NotFoundError,
     check_item,
     group_fields,
     pipelined_sends,
@@ -212,7 +213,7 @@ def _item_ids(client: Any, key: str) -> list[str]:
 def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
     """Cancel a batch: queued items never run, running ones are cancelled, finished ones
     keep their results. Returns ``{"batch_id", "cancelling": n}`` (items not yet ended);
-    raises KeyError for an unknown batch."""
+    raises NotFoundError for an unknown batch."""
     from ..app import app
     from ..runtime import CANCEL_CHANNEL
 
@@ -220,7 +221,7 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
     client = state_redis()
     key = batch_key(user_id, batch_id)
     if not client.exists(key):
-        raise KeyError(batch_id)
+        raise NotFoundError(batch_id)
     client.hset(key, "cancel_requested", time.time())
     ids = _item_ids(client, key)
     sha = client.script_load(CANCEL_LUA)

@@ -12,14 +12,19 @@ from aiecs_core import InvalidTaskError, TaskRequest, load_plugins, validate_inp
 from ..events import TaskKeys, packet_parts
 from ..settings import get_settings
 
-__all__ = ["GroupError", "admitted", "group_fields", "pipelined_sends", "send_execution",
-           "task_for"]
+__all__ = ["GroupError", "NotFoundError", "admitted", "group_fields", "pipelined_sends",
+           "send_execution", "task_for"]
 
 
 class GroupError(InvalidTaskError):
     """A batch or workflow refused at submission; the message names the item or step.
 
     Nothing was recorded or queued."""
+
+
+class NotFoundError(KeyError):
+    """No batch or workflow of this id for this user (a ``KeyError``: the id is its
+    argument)."""
 
 
 def task_for(request: TaskRequest, heavy: bool | None, *, flow: bool = False

@@ -58,7 +58,7 @@ from ..quotas import admit
 from ..records import state_redis
 from ..settings import get_settings
 from ..state import NOW_MS_LUA, PENDING_KEY, celery_index_key, decode_state, steps_key
-from .common import GroupError, admitted, send_execution, task_for
+from .common import GroupError, NotFoundError, admitted, send_execution, task_for
 from .hook import FLOWS_DUE_KEY
 from .refs import RefError, find_refs, parse_ref, resolve, resolved_size
 
@@ -568,6 +568,6 @@ def cancel_workflow(user_id: str, task_id: str) -> list[int]:
 
     view = get_workflow(user_id, task_id)
     if view is None:
-        raise KeyError(task_id)
+        raise NotFoundError(task_id)
     return [s["step"] for s in view["steps"] if s["status"] not in _TERMINAL
             and control.cancel(user_id, task_id, s["step"])]

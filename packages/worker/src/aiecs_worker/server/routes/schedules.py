@@ -12,41 +12,23 @@ schedules already or submits too fast (:mod:`aiecs_worker.quotas`).
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import schedules
-from .api import (
-    _ENVELOPE_BYTES,
-    ApiError,
-    OperationBody,
-    _task_id,
-    _validation_message,
-    authenticate,
-    read_json,
-    run_checked,
-)
+from ... import schedules
+from ..bodies import ScheduleBody
+from ..errors import InvalidRequest, NotFound, run_checked
+from ..params import ENVELOPE_BYTES, authenticate, owned_body, task_id_param, validation_message
 
 __all__ = ["ROUTES"]
 
 
-class ScheduleBody(OperationBody):
-    """``POST /schedules``: what to run (as ``POST /tasks``, without ``step``) and when."""
-
-    every: float | None = None
-    cron: str | None = None
-
-
 async def create_schedule(request: Request) -> Response:
     user_id = authenticate(request)
-    body = await read_json(request, request.app.state.max_payload_bytes + _ENVELOPE_BYTES)
-    if isinstance(body, dict) and "user_id" in body:
-        raise ApiError(422, "invalid_request",
-                       "user_id is taken from the token; remove it from the body")
+    body = await owned_body(request, request.app.state.max_payload_bytes + ENVELOPE_BYTES)
     try:
         data = ScheduleBody.model_validate(body)
         schedule = schedules.Schedule(
@@ -54,15 +36,9 @@ async def create_schedule(request: Request) -> Response:
             **data.model_dump(exclude={"task_id", "heavy"}),
         )
     except ValidationError as exc:
-        raise ApiError(422, "invalid_request", _validation_message(exc)) from None
-
-    def work() -> dict[str, Any]:
-        try:
-            return schedules.create(schedule, heavy=data.heavy)
-        except schedules.ScheduleExistsError as exc:
-            raise ApiError(409, "conflict", str(exc)) from None
-
-    return JSONResponse(await run_checked(work), status_code=201)
+        raise InvalidRequest(validation_message(exc)) from None
+    out = await run_checked(lambda: schedules.create(schedule, heavy=data.heavy))
+    return JSONResponse(out, status_code=201)
 
 
 async def list_schedules(request: Request) -> Response:
@@ -73,18 +49,18 @@ async def list_schedules(request: Request) -> Response:
 
 async def get_schedule(request: Request) -> Response:
     user_id = authenticate(request)
-    task_id = _task_id(request.path_params["task_id"])
+    task_id = task_id_param(request)
     out = await run_checked(lambda: schedules.get(user_id, task_id))
     if out is None:
-        raise ApiError(404, "not_found", f"no schedule on task {task_id!r}")
+        raise NotFound(f"no schedule on task {task_id!r}")
     return JSONResponse(out)
 
 
 async def delete_schedule(request: Request) -> Response:
     user_id = authenticate(request)
-    task_id = _task_id(request.path_params["task_id"])
+    task_id = task_id_param(request)
     if not await run_checked(lambda: schedules.delete(user_id, task_id)):
-        raise ApiError(404, "not_found", f"no schedule on task {task_id!r}")
+        raise NotFound(f"no schedule on task {task_id!r}")
     return JSONResponse({"task_id": task_id, "deleted": True})
 
 

@@ -1,0 +1,219 @@
+"""Errors of the HTTP API and the one map from an error to its HTTP status.
+
+Every error is answered as JSON, ``{"error": {"type": ..., "message": ...}}``, with the
+status code that says what went wrong (never a traceback):
+
+======  ==========================================================================
+400     the body is not JSON, is nested deeper than 64 levels (``MAX_JSON_DEPTH``),
+        or a parameter is malformed
+401     missing, malformed, wrongly signed or expired token (``WWW-Authenticate``)
+403     a browser request from an origin not in CORS_ALLOWED_ORIGINS
+404     unknown route, or no such task, batch, workflow or schedule *for this user*
+        (other users' are indistinguishable from missing ones)
+409     the execution, batch or schedule already exists, or the task already finished
+        (cancel)
+413     the body is larger than AIECS_MAX_PAYLOAD_BYTES (AIECS_MAX_GROUP_BODY_BYTES)
+        allows
+422     the body does not validate: request model, unknown service or operation, or
+        input rejected by the operation's input model; or a per-user limit the request
+        can never meet (``QuotaExceededError``, e.g. AIECS_MAX_STEPS_PER_TASK)
+429     a per-user quota (``QuotaExceededError``: submissions per second, executions or
+        batches in flight, schedules), with ``Retry-After`` in seconds; the message
+        names the limit and its setting (docs/security.md, "Quotas per user")
+503     Redis or the broker is unreachable
+======  ==========================================================================
+
+Routes raise an :class:`ApiError` (or a subclass) for what they check themselves, and run
+the work below them through :func:`run_checked` / :func:`mapped_errors`, where
+:func:`as_api_error` (the one map) turns the producer's errors into an :class:`ApiError`.
+Each 400/413/422/429 is logged as one line (``aiecs.server``, INFO), never with a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from aiecs_core import AiecsError, PayloadTooLargeError, QuotaExceededError
+from kombu.exceptions import OperationalError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..quotas import retry_after_header
+from ..schedules import ScheduleExistsError
+from ..workflows.common import GroupError, NotFoundError
+
+__all__ = [
+    "EXCEPTION_HANDLERS", "ApiError", "BadRequest", "Conflict", "InvalidRequest", "NotFound",
+    "PayloadTooLarge", "Unauthorized", "as_api_error", "error_response", "mapped_errors",
+    "quota_error", "run_checked",
+]
+
+log = logging.getLogger("aiecs.server")
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"type", "message", **extra}}`` with ``status``."""
+
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, status: int | None = None, type_: str | None = None, message: str = "",
+                 headers: dict | None = None, **extra: Any):
+        super().__init__(message)
+        self.status = status if status is not None else type(self).status
+        self.type = type_ if type_ is not None else type(self).type
+        self.message = message
+        self.headers = headers
+        self.extra = extra
+
+
+class _Fixed(ApiError):
+    """An ApiError whose status (and, unless ``type_`` is given, type) are the class's:
+    ``NotFound("no task 'x'")``."""
+
+    def __init__(self, message: str, headers: dict | None = None, *, type_: str | None = None,
+                 **extra: Any):
+        super().__init__(None, type_, message, headers, **extra)
+
+
+class BadRequest(_Fixed):
+    status, type = 400, "bad_request"
+
+
+class Unauthorized(_Fixed):
+    status, type = 401, "unauthorized"
+
+
+class NotFound(_Fixed):
+    status, type = 404, "not_found"
+
+
+class Conflict(_Fixed):
+    status, type = 409, "conflict"
+
+
+class PayloadTooLarge(_Fixed):
+    status, type = 413, "payload_too_large"
+
+
+class InvalidRequest(_Fixed):
+    status, type = 422, "invalid_request"
+
+
+class Unavailable(_Fixed):
+    status, type = 503, "unavailable"
+
+
+def error_response(status: int, type_: str, message: str, headers: dict | None = None,
+                   **extra: Any) -> JSONResponse:
+    body = {"error": {"type": type_, "message": message, **extra}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def quota_error(exc: QuotaExceededError) -> ApiError:
+    """429 with ``Retry-After`` for a quota that frees up, else 422; the body names the
+    limit and its setting."""
+    extra = {"limit": exc.limit, "setting": exc.setting}
+    if exc.retry_after is None:
+        return ApiError(422, "QuotaExceededError", exc.message, **extra)
+    header = retry_after_header(exc.retry_after)
+    return ApiError(429, "QuotaExceededError", exc.message, {"Retry-After": header},
+                    retry_after=int(header), **extra)
+
+
+_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError,
+           ConnectionError, TimeoutError)
+
+
+def is_backend_error(exc: BaseException | None) -> bool:
+    """A Redis/broker outage, directly or as the cause of what Celery raised (its result
+    consumer wraps a failed reconnect in a bare ``RuntimeError``)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, _OUTAGE):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+_GROUP_STATUSES = {409: Conflict, 413: PayloadTooLarge}
+
+
+def as_api_error(exc: BaseException) -> ApiError | None:
+    """The one error -> HTTP status map: the ApiError ``exc`` is answered with, or None for
+    an error that is a bug (answered 500 and logged with its traceback)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, NotFoundError):
+        return NotFound(f"no such batch or workflow: {exc.args[0]!r}")
+    if isinstance(exc, ScheduleExistsError):
+        return Conflict(str(exc))
+    if isinstance(exc, GroupError):  # a refused batch or workflow: 422, or 409/413
+        return _GROUP_STATUSES.get(exc.details.get("status"), InvalidRequest)(exc.message)
+    if isinstance(exc, PayloadTooLargeError):
+        return PayloadTooLarge(exc.message)
+    if isinstance(exc, QuotaExceededError):
+        return quota_error(exc)
+    if isinstance(exc, AiecsError):  # ServiceNotFoundError, InputValidationError, ...
+        return ApiError(422, type(exc).__name__, exc.message)
+    if is_backend_error(exc):
+        log.warning("backend unavailable: %s: %s", type(exc).__name__, exc)
+        return Unavailable("Redis or the task broker is unreachable; retry shortly")
+    return None
+
+
+@contextlib.contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Raise what the block raises as the ApiError :func:`as_api_error` maps it to."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = as_api_error(exc)
+        if mapped is None or mapped is exc:
+            raise
+        raise mapped from None
+
+
+async def run_checked(work: Callable[[], Any]) -> Any:
+    """``work()`` in a thread (it calls Redis and the broker), its errors mapped."""
+    with mapped_errors():
+        return await run_in_threadpool(work)
+
+
+# -- Starlette's exception handlers -----------------------------------------------------------
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    if exc.status in (400, 413, 422, 429):
+        message = exc.message if len(exc.message) <= 300 else exc.message[:300] + "..."
+        log.info("refused %s %s: %d %s: %s", request.method, request.url.path[:200], exc.status,
+                 exc.type, message)
+    return error_response(exc.status, exc.type, exc.message, exc.headers, **exc.extra)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    names = {404: "not_found", 405: "method_not_allowed"}
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}"
+    return error_response(exc.status_code, names.get(exc.status_code, "http_error"), message,
+                          getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error (see the server log)")
+
+
+#: Starlette's ``exception_handlers`` of the API.
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}
