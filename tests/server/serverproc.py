@@ -161,7 +161,7 @@ class Recorder:
 
     def __init__(self, server: ServerProcess, token: str | None, **client_kwargs):
         import socketio
-        from aiecs_worker.server.client import EventSequencer
+        from aiecs_worker.cli.client import EventSequencer
 
         self.server = server
         self.token = token

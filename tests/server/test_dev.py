@@ -19,7 +19,7 @@ import urllib.request
 
 import psutil
 import pytest
-from aiecs_worker.server.client import ApiClient, ApiClientError, TaskWatcher
+from aiecs_worker.cli.client import ApiClient, ApiClientError, TaskWatcher
 
 from tests.support.events import wait_until
 from tests.support.redis_server import free_port

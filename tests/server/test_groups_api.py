@@ -93,3 +93,5 @@ def test_workflow_over_http(progress_server, aiecs_redis, worker):
     code, task = server.http("GET", "/tasks/wf-http", token=token)
     assert code == 200 and [s["status"] for s in task["steps"]] == ["completed", "completed"]
     assert server.http("GET", "/workflows/nope", token=token)[0] == 404
+    code, body = server.http("DELETE", "/workflows/nope", token=token)
+    assert (code, body["error"]["type"]) == (404, "not_found"), body  # NotFoundError

@@ -31,7 +31,7 @@ def command(worker, *args: str) -> subprocess.CompletedProcess:
 def wait_health(worker, healthy: bool, timeout: float = 40) -> str:
     """Poll the checks (this process's settings: the session's Redis) until they report
     ``healthy``; their lines."""
-    from aiecs_worker.health import check_all
+    from aiecs_worker.cli.health import check_all
 
     def check():
         checks = check_all(worker=True, nodes=[f"{worker.name}@%h"], server=None,

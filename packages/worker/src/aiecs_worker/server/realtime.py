@@ -1,54 +1,12 @@
-"""The Socket.IO side of the progress server: authentication, rooms, replay, heartbeat.
+"""The Socket.IO side of the progress server: :class:`ProgressSocket` authenticates
+connections, puts each in its user's room, replays a task's logged events on
+``subscribe`` (within :class:`ReplayLimits`), answers ``ping``, watches its pub/sub
+listener and asks clients to ``resync`` when it was away.
 
-Client contract (the page, the CLI and any other client follow it):
-
-1. Connect with ``auth={"token": TOKEN}`` (or an ``Authorization: Bearer`` header). A
-   missing, malformed, wrongly signed or expired token is refused (``connect_error`` with
-   ``data.type == "unauthorized"``). Once accepted, the connection is in its user's room
-   and receives every event of that user's tasks as ``task_event`` (one TaskEvent).
-2. For each task it shows, the client emits ``subscribe`` ``{"task_id", "after_seq"}``
-   (``after_seq``: the last seq it applied, 0 for none) with an acknowledgement callback.
-   The server replies with the logged events after ``after_seq`` as ``task_events``
-   ``{"task_id", "events": [...]}`` batches, oldest first, then acknowledges with
-   ``{"ok": true, "task_id", "replayed", "first_seq", "replayed_to", "last_seq", "gap",
-   "exists", "steps"}`` (``steps``: status of each step of the task).
-3. Live events and replayed events overlap. Per task the client keeps ``applied`` (the
-   highest seq applied) and applies events in seq order: ``seq <= applied`` is a duplicate
-   (dropped), ``seq == applied + 1`` is applied (then any buffered successors), a larger
-   seq is held until the events before it arrive. Once the subscription is acknowledged,
-   a hole below ``replayed_to`` is permanent (the log has later events but not those:
-   trimmed by AIECS_EVENTS_MAXLEN, ``gap`` is then true): the client applies what it
-   held past it.
-4. After every reconnect, and whenever the server emits ``resync`` (its Redis pub/sub
-   listener was away: Redis restarted or the connection dropped), the client subscribes
-   again to each task it still tracks, with its ``applied``. A client also resubscribes
-   when it has held events behind a hole for a second or two. Nothing published while it
-   (or the listener) was away is lost: it is all in the log.
-
-   ``last_seq`` is the log's real last seq, also when ``after_seq`` is past it: a client
-   whose ``after_seq`` is larger than ``last_seq`` is ahead of the log (the log was lost,
-   or the seq is wrong) and should subscribe again with ``after_seq: 0``.
-5. Replays are limited per connection and per user (server settings): a connection
-   streams at most AIECS_REPLAY_CONCURRENCY replays at once (its further subscribes wait
-   their turn), one user's connections at most AIECS_REPLAY_USER_CONCURRENCY; replays go
-   out in chunks of AIECS_REPLAY_CHUNK events, each sent only once the connection has
-   taken the previous one, yielding to the loop in between so other users' live events
-   are not held up. A subscribe beyond AIECS_REPLAY_BACKLOG in flight on the connection
-   (or AIECS_REPLAY_USER_BACKLOG for the user) is refused with ``too_many_replays``;
-   beyond the AIECS_SUBSCRIBE_RATE / AIECS_SUBSCRIBE_BURST token bucket with
-   ``rate_limited``; both errors carry ``retry_after`` (seconds) and the client retries
-   after it. A connection refused AIECS_SUBSCRIBE_REFUSALS_MAX times in a row is
-   disconnected (it is not honouring ``retry_after``).
-
-Errors in a client's messages (wrong types, unknown events, malformed packets, JSON
-nested deeper than ``aiecs_core.jsonlimits.MAX_JSON_DEPTH``, binary attachments) never
-close the connection: the server emits ``request_error`` ``{"event", "error": {"type",
-"message"}}`` and, when the client asked for an acknowledgement, answers ``{"ok": false,
-"error": ...}``; it logs one line, never a traceback. Messages larger than
-``AIECS_MAX_MESSAGE_BYTES`` close the connection (Engine.IO's limit).
-
-``ping`` is answered with ``pong`` ``{"time": server_unix_time}`` (the specification's
-heartbeat), and with the same payload as acknowledgement.
+The protocol and the client contract (seq order, replay and live overlap, gaps, resync,
+``retry_after``) are in packages/worker/README.md, "Socket.IO" and its "Client
+contract"; :class:`~aiecs_worker.cli.client.EventSequencer` implements the client's rule.
+Hostile packets are handled by :mod:`.sio_guard`, the Redis pub/sub by :mod:`.pubsub`.
 """
 
 from __future__ import annotations
@@ -56,25 +14,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
-from aiecs_core import ID_PATTERN, jsonlimits
+from aiecs_core import ID_PATTERN
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from socketio import packet as sio_packet
 
 from .. import metrics
 from ..events import EVENT_NAME, TaskKeys, user_room
 from .admission import TOO_MANY_CONNECTIONS, SocketAdmission, SocketLimits
+from .pubsub import ProbedRedisManager
 from .revocation import GEN_KEY, revoked_many
+from .sio_guard import GuardedServer, SafeJson
 from .tokens import DEFAULT_MAX_LIFETIME, Identity, TokenError, verify_token
 
-__all__ = ["BATCH_EVENT", "ERROR_EVENT", "GuardedServer", "ProbedRedisManager",
-           "ProgressSocket", "ReplayLimits", "SafeJson"]
+__all__ = ["BATCH_EVENT", "ERROR_EVENT", "ProgressSocket", "ReplayLimits"]
 
 log = logging.getLogger("aiecs.server")
 
@@ -87,27 +44,8 @@ EXPIRED_EVENT = "session_expired"
 #: Event asking every client to subscribe again (live events may have been missed).
 RESYNC_EVENT = "resync"
 REPLAY_BATCH = 200
-_PROBE_PREFIX = b'{"method": "aiecs_probe", '
 #: Packets a connection may have queued (unsent) before a replay sends its next chunk.
 _QUEUED_PACKETS_MAX = 2
-#: ``<type>[<attachments>-][/<namespace>,][<ack id>]``: enough of a packet that did not
-#: decode to answer it (python-socketio's own decoder reads the same prefix).
-_PACKET_PREFIX = re.compile(r"(\d)(?:\d{1,10}-)?(/[^,]{0,200},)?(\d{1,100})?")
-
-
-class SafeJson:
-    """The JSON module python-socketio and Engine.IO decode client packets with: the
-    standard one, except that text nested deeper than ``MAX_JSON_DEPTH`` is refused with
-    a ``ValueError`` before ``json.loads`` can recurse (Engine.IO then keeps the text as
-    is, and :class:`GuardedServer` answers the Socket.IO packet with an error)."""
-
-    @staticmethod
-    def loads(text: Any, *args: Any, **kwargs: Any) -> Any:
-        return jsonlimits.loads(text, max_depth=jsonlimits.MAX_JSON_DEPTH, what="message")
-
-    @staticmethod
-    def dumps(value: Any, *args: Any, **kwargs: Any) -> str:
-        return json.dumps(value, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -153,103 +91,6 @@ class _Refused(Exception):
         self.retry_after = round(retry_after, 3)
 
 
-class GuardedServer(socketio.AsyncServer):
-    """An ``AsyncServer`` that answers packets it cannot use instead of raising.
-
-    python-socketio raises from its packet handler on a packet that does not decode
-    (bad type digit, invalid or too deeply nested JSON) or an event that is not a list
-    headed by a name; the exception ends up as a logged traceback per message and the
-    client's acknowledgement never comes. Here each such packet is handed to
-    ``on_bad_packet(eio_sid, namespace, ack_id, reason)`` and the connection goes on.
-    Binary packets are refused too: no handler takes binary data, and a packet may
-    announce up to 10^10 attachments that python-socketio would buffer.
-    """
-
-    on_bad_packet = None  # set by ProgressSocket
-    admission: SocketAdmission | None = None  # set by ProgressSocket
-
-    async def _handle_eio_connect(self, eio_sid, environ):
-        if self.admission is not None:
-            refusal = self.admission.open(
-                eio_sid, environ, lambda: self._close_unauthenticated(eio_sid))
-            if refusal is not None:
-                return refusal  # Engine.IO refuses the handshake with this reason
-        return await super()._handle_eio_connect(eio_sid, environ)
-
-    async def _handle_eio_disconnect(self, eio_sid, reason):
-        if self.admission is not None:
-            self.admission.close(eio_sid)
-        await super()._handle_eio_disconnect(eio_sid, reason)
-
-    async def _close_unauthenticated(self, eio_sid: str) -> None:
-        """The session's deadline passed: close it unless it carries a connection."""
-        if self.manager.sid_from_eio_sid(eio_sid, "/") is not None:
-            return
-        sock = self.eio.sockets.get(eio_sid)
-        if sock is None:
-            return
-        log.info("closing an Engine.IO session that did not authenticate in time")
-        await self.eio.disconnect(eio_sid)
-        # Engine.IO only sends its CLOSE packet and leaves the websocket to the client
-        # (closed by the server after pingInterval + pingTimeout otherwise); ending the
-        # writer closes it now, whatever the client does.
-        queue = getattr(sock, "queue", None)
-        if getattr(sock, "upgraded", False) and queue is not None:
-            queue.put_nowait(None)
-
-    async def _handle_eio_message(self, eio_sid, data):
-        if eio_sid not in self._binary_packet:
-            reason = None
-            if not isinstance(data, str):
-                reason = "binary messages are not accepted"
-            elif data[:1] in ("5", "6"):
-                reason = "binary events are not accepted"
-            if reason is not None:
-                await self._bad_packet(eio_sid, data, reason)
-                return
-        try:
-            await super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            if isinstance(exc, jsonlimits.JsonDepthError):
-                reason = str(exc)
-            elif isinstance(exc, ValueError) and "JSON" in type(exc).__name__:
-                reason = f"message is not valid JSON: {exc}"
-            else:
-                reason = f"malformed message: {exc or type(exc).__name__}"
-            await self._bad_packet(eio_sid, data, reason)
-
-    async def _handle_event(self, eio_sid, namespace, id, data):
-        if not (isinstance(data, list) and data and isinstance(data[0], str)):
-            await self._answer(eio_sid, namespace, id,
-                               "an event is a list starting with the event's name")
-            return
-        await super()._handle_event(eio_sid, namespace, id, data)
-
-    async def _bad_packet(self, eio_sid: str, data: Any, reason: str) -> None:
-        namespace, ack_id, kind = None, None, None
-        if isinstance(data, str):
-            m = _PACKET_PREFIX.match(data)
-            if m:
-                kind = int(m.group(1))
-                namespace = m.group(2)[:-1] if m.group(2) else None
-                ack_id = int(m.group(3)) if m.group(3) and kind == sio_packet.EVENT else None
-        if kind == sio_packet.CONNECT:
-            await self._send_packet(eio_sid, self.packet_class(
-                sio_packet.CONNECT_ERROR, namespace=namespace,
-                data={"message": reason, "data": {"type": "invalid_message",
-                                                  "message": reason}}))
-            return
-        await self._answer(eio_sid, namespace, ack_id, reason)
-
-    async def _answer(self, eio_sid: str, namespace: str | None, ack_id: int | None,
-                      reason: str) -> None:
-        error = await self.on_bad_packet(eio_sid, namespace or "/", reason)
-        if ack_id is not None:
-            await self._send_packet(eio_sid, self.packet_class(
-                sio_packet.ACK, namespace=namespace or "/", id=ack_id,
-                data=[{"ok": False, "error": error}]))
-
-
 class SubscribeRequest(BaseModel):
     """Payload of ``subscribe``."""
 
@@ -257,51 +98,6 @@ class SubscribeRequest(BaseModel):
 
     task_id: str = Field(pattern=ID_PATTERN)
     after_seq: int = Field(default=0, ge=0)
-
-
-class ProbedRedisManager(socketio.AsyncRedisManager):
-    """An ``AsyncRedisManager`` whose pub/sub listener proves it is alive.
-
-    The server periodically publishes a probe on the manager's channel; the listener
-    swallows it and records when it arrived. A listener that stopped receiving (Redis
-    gone, connection half-open, task dead) stops seeing probes, so ``/healthz`` can say so
-    instead of reporting a silently dead listener as healthy.
-    """
-
-    def __init__(self, url: str, channel: str):
-        super().__init__(
-            url,
-            channel=channel,
-            redis_options={
-                "socket_connect_timeout": 2,
-                "socket_keepalive": True,
-                "health_check_interval": 10,
-            },
-        )
-        self.probe_heard: dict[str, float] = {}
-
-    async def _listen(self):
-        async for data in super()._listen():
-            if isinstance(data, bytes) and data.startswith(_PROBE_PREFIX):
-                try:
-                    nonce = json.loads(data)["nonce"]
-                except (ValueError, KeyError, TypeError):
-                    continue
-                self.probe_heard[nonce] = time.monotonic()
-                if len(self.probe_heard) > 64:
-                    for old in sorted(self.probe_heard, key=self.probe_heard.get)[:32]:
-                        self.probe_heard.pop(old, None)
-                continue
-            yield data
-
-    async def _handle_emit(self, message):
-        room = self.rooms.get(message.get("namespace") or "/", {}).get(message.get("room"))
-        metrics.delivered(len(room) if room else 0)
-        await super()._handle_emit(message)
-
-    @staticmethod
-    def probe_packet(nonce: str) -> bytes:
-        return _PROBE_PREFIX + f'"nonce": {json.dumps(nonce)}}}'.encode()
 
 
 class ProgressSocket:

@@ -27,12 +27,15 @@ same host name, same process namespace, same settings.
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import dataclass
 
-from .lease import holder_is_dead_here
-from .state import OWNERS_KEY
+import click
 
-__all__ = ["Check", "check_all"]
+from ..lease import holder_is_dead_here
+from ..state import OWNERS_KEY
+
+__all__ = ["Check", "check_all", "health_command"]
 
 
 @dataclass
@@ -138,8 +141,8 @@ def check_all(*, worker: bool, nodes: list[str], server: str | None, timeout: fl
     settings (``lease_seconds`` overrides AIECS_LEASE_SECONDS); ``live``: see above."""
     import redis
 
-    from .app import app
-    from .settings import get_settings
+    from ..app import app
+    from ..settings import get_settings
 
     s = get_settings()
     client = redis.Redis.from_url(s.state_redis_url, socket_timeout=timeout,
@@ -161,3 +164,28 @@ def check_all(*, worker: bool, nodes: list[str], server: str | None, timeout: fl
     if server:
         checks.append(check_server(server, timeout))
     return checks
+
+
+@click.command("health")
+@click.option("--worker", "worker_", is_flag=True,
+              help="Also check this host's worker: its Celery node answers a ping and its "
+                   "processes' event loops renew their leases.")
+@click.option("--node", "nodes", multiple=True, default=["celery@%h"], show_default=True,
+              help="Celery node name(s) of the worker (as given to --hostname; %h is this "
+                   "host's name). Repeatable.")
+@click.option("--server", "server_url", default=None, metavar="URL",
+              help="Also check a progress server's /healthz.")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds each check may take.")
+@click.option("--live", is_flag=True,
+              help="Liveness: an unreachable broker or state Redis is not counted (only a "
+                   "worker seen stuck while they answer fails).")
+def health_command(worker_: bool, nodes: tuple[str, ...], server_url: str | None,
+           timeout: float, live: bool) -> None:
+    """Check the broker and the state Redis (and the worker, the server): exit 0 when
+    healthy, 1 otherwise. For liveness and readiness probes."""
+    checks = check_all(worker=worker_, nodes=list(nodes), server=server_url, timeout=timeout,
+                       live=live)
+    for check in checks:
+        click.echo(check.line())
+    sys.exit(0 if all(c.ok for c in checks) else 1)

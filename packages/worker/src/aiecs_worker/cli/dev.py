@@ -37,9 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .server.settings import load_server_settings
+import click
 
-__all__ = ["DevStack", "DevStackError", "find_redis_server"]
+from ..server.settings import load_server_settings
+from .common import fail
+
+__all__ = ["DevStack", "DevStackError", "dev_command", "find_redis_server"]
 
 
 class DevStackError(Exception):
@@ -132,7 +135,7 @@ class DevStack:
 
     # -- start ------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
-        from .server.tokens import issue_token
+        from ..server.tokens import issue_token
 
         self.check_port()
         self._dir = Path(tempfile.mkdtemp(prefix="aiecs-dev-"))
@@ -198,7 +201,7 @@ class DevStack:
     def _check_redis(self, url: str) -> None:
         import redis
 
-        from .settings import REDIS_SCHEMES
+        from ..settings import REDIS_SCHEMES
 
         if not url.startswith(REDIS_SCHEMES):
             raise DevStackError(
@@ -413,3 +416,23 @@ class DevStack:
             proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@click.command("dev")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--user", default="dev", show_default=True, help="User id of the printed token.")
+@click.option("--concurrency", type=int, default=2, show_default=True,
+              help="Worker pool size.")
+@click.option("--test-services/--no-test-services", default=True, show_default=True,
+              help="Serve the test services (test/echo, test/buggy) in this stack "
+                   "(AIECS_TEST_SERVICES=1 for its processes only).")
+def dev_command(host: str, port: int, user: str, concurrency: int, test_services: bool) -> None:
+    """Start Redis (embedded if needed), a worker, beat and the server with the page; Ctrl-C
+    stops everything."""
+    stack = DevStack(host=host, port=port, user=user, concurrency=concurrency,
+                     test_services=test_services)
+    try:
+        stack.run(echo=click.echo)
+    except DevStackError as exc:
+        fail(str(exc), 1)

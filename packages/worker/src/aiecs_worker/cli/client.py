@@ -1,5 +1,6 @@
 """A Python client of the progress server, following the client contract of
-:mod:`aiecs_worker.server.realtime`: what ``aiecs watch`` and ``aiecs submit --watch`` use.
+:mod:`aiecs_worker.server.realtime`: what ``aiecs watch``, ``aiecs submit --watch`` and the
+other commands of :mod:`aiecs_worker.cli` use (the CLI's one HTTP client).
 
 :class:`EventSequencer` is the ordering/de-duplication rule on its own (no I/O), so other
 clients can reuse it. :class:`TaskWatcher` connects, subscribes with the last applied seq
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ApiClient", "ApiClientError", "EventSequencer", "TaskWatcher", "WatchError"]
+__all__ = ["ApiClient", "ApiClientError", "EventSequencer", "TaskWatcher", "WatchError", "call"]
 
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 
@@ -104,6 +105,12 @@ class ApiClient:
         except aiohttp.ClientConnectionError as exc:
             raise ApiClientError(0, "connection_error",
                                  f"cannot reach {self.base_url}: {exc}") from None
+
+
+def call(base_url: str, token: str, method: str, path: str, body: Any = None) -> Any:
+    """One request of the task API, synchronously (what the CLI's commands do): the
+    answer's JSON, or :class:`ApiClientError`."""
+    return asyncio.run(ApiClient(base_url, token).request(method, path, body))
 
 
 @dataclass

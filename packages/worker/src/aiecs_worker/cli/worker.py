@@ -22,7 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["Supervisor"]
+import click
+
+from ..logs import json_line, json_mode
+from .common import fail
+
+__all__ = ["Supervisor", "default_processes", "worker"]
 
 CELERY = str(Path(sys.executable).with_name("celery"))
 
@@ -60,8 +65,8 @@ class Supervisor:
         """Serve the workers' summed metrics here; returns the clean-up."""
         import shutil
 
-        from .metrics_http import prepare_dir, serve
-        from .settings import get_settings
+        from ..metrics_http import prepare_dir, serve
+        from ..settings import get_settings
 
         s = get_settings()
         if s.aiecs_metrics_port is None:
@@ -109,3 +114,22 @@ class Supervisor:
 def default_processes() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--processes", "-p", type=int, default=None,
+              help="Worker processes (default: one per CPU core).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(processes: int | None, celery_args: tuple[str, ...]) -> None:
+    """Run N Celery workers, one event loop each (the recommended deployment for AI calls).
+
+    Arguments after the options go to each ``celery worker``, e.g.
+    ``aiecs worker -p 2 -- -Q fast_tasks --pool threads --concurrency 200``.
+    A worker that exits is started again; SIGTERM / Ctrl-C stops them all.
+    """
+    n = processes or default_processes()
+    if n < 1:
+        fail("--processes must be at least 1", 2)
+    echo = (lambda text: click.echo(json_line(text, "aiecs.supervise"))) if json_mode() \
+        else click.echo
+    raise SystemExit(Supervisor(n, celery_args, echo=echo).run())

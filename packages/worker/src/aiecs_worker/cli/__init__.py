@@ -1,0 +1,37 @@
+"""The ``aiecs`` command: run the progress server, the workers or a whole dev stack, mint
+tokens, submit and watch tasks, batches, workflows and schedules, list plugins, check
+health. One module per command (group); :mod:`.common` holds what they share and
+:mod:`.client` is the one HTTP and Socket.IO client of the progress server.
+
+``submit`` and ``watch`` authenticate with ``--token`` / ``AIECS_TOKEN``, or a token
+signed locally for ``--user`` with ``AIECS_SECRET_KEY``, or, against a development server
+(``aiecs dev``), one it hands out: nothing to copy and paste on a dev machine.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .batch import batch
+from .dev import dev_command
+from .health import health_command
+from .plugins import plugins
+from .schedule import schedule
+from .serve import serve
+from .submit import submit, watch
+from .token import token
+from .worker import worker
+from .workflow import workflow
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aiecs-worker", prog_name="aiecs")
+def main() -> None:
+    """aiecs: AI provider calls as Celery tasks, with live progress to the user."""
+
+
+for _command in (serve, token, submit, watch, schedule, plugins, health_command, dev_command,
+                 worker, batch, workflow):
+    main.add_command(_command)

@@ -1,0 +1,60 @@
+"""The Redis manager of the progress server's Socket.IO: events published by the workers
+reach every server process through it, and its listener proves it is alive."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import socketio
+
+from .. import metrics
+
+__all__ = ["ProbedRedisManager"]
+
+_PROBE_PREFIX = b'{"method": "aiecs_probe", '
+
+
+class ProbedRedisManager(socketio.AsyncRedisManager):
+    """An ``AsyncRedisManager`` whose pub/sub listener proves it is alive.
+
+    The server periodically publishes a probe on the manager's channel; the listener
+    swallows it and records when it arrived. A listener that stopped receiving (Redis
+    gone, connection half-open, task dead) stops seeing probes, so ``/healthz`` can say so
+    instead of reporting a silently dead listener as healthy.
+    """
+
+    def __init__(self, url: str, channel: str):
+        super().__init__(
+            url,
+            channel=channel,
+            redis_options={
+                "socket_connect_timeout": 2,
+                "socket_keepalive": True,
+                "health_check_interval": 10,
+            },
+        )
+        self.probe_heard: dict[str, float] = {}
+
+    async def _listen(self):
+        async for data in super()._listen():
+            if isinstance(data, bytes) and data.startswith(_PROBE_PREFIX):
+                try:
+                    nonce = json.loads(data)["nonce"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                self.probe_heard[nonce] = time.monotonic()
+                if len(self.probe_heard) > 64:
+                    for old in sorted(self.probe_heard, key=self.probe_heard.get)[:32]:
+                        self.probe_heard.pop(old, None)
+                continue
+            yield data
+
+    async def _handle_emit(self, message):
+        room = self.rooms.get(message.get("namespace") or "/", {}).get(message.get("room"))
+        metrics.delivered(len(room) if room else 0)
+        await super()._handle_emit(message)
+
+    @staticmethod
+    def probe_packet(nonce: str) -> bytes:
+        return _PROBE_PREFIX + f'"nonce": {json.dumps(nonce)}}}'.encode()
