@@ -24,11 +24,10 @@ import os
 
 import pytest
 
-from tests.support.beat import start_beat  # noqa: F401 - fixture
 from tests.support.examples import spec_examples_site  # noqa: F401 - fixture
+from tests.support.processes import start_beat, start_worker, worker  # noqa: F401 - fixtures
 from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer
-from tests.support.worker import start_worker, worker  # noqa: F401 - fixtures
 
 #: Provider credentials and settings never leak from the developer's shell into tests.
 _STRIP = (

@@ -54,7 +54,7 @@ def output_dir(request) -> Path:
 def page_server():
     """A dev-mode server (the page's sign-in box, /dev/token) on the session's Redis, with
     a known secret so tests can also mint tokens."""
-    from tests.server.serverproc import ServerProcess
+    from tests.support.processes import ServerProcess
 
     url = os.environ.get("REDIS_URL")
     if not url:

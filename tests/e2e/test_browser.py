@@ -8,7 +8,8 @@ import os
 from aiecs_worker.server.tokens import issue_token
 
 from tests.e2e.nodeproc import run_node
-from tests.server.serverproc import ServerProcess, uid
+from tests.server.helpers import uid
+from tests.support.processes import ServerProcess
 
 
 def test_page_end_to_end(node, chromium, page_server, aiecs_redis, worker, output_dir):

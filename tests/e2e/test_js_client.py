@@ -9,8 +9,9 @@ import pytest
 from aiecs_worker.server.tokens import issue_token
 
 from tests.e2e.nodeproc import run_node
-from tests.server.serverproc import ALLOWED_ORIGIN, uid
+from tests.server.helpers import uid
 from tests.support.events import read_events, wait_terminal
+from tests.support.processes import ALLOWED_ORIGIN
 
 
 def submit(server, user: str, **inp) -> str:

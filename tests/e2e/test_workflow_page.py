@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.e2e.nodeproc import run_node
-from tests.server.serverproc import uid
+from tests.server.helpers import uid
 
 
 def _echo(step: int, input_data: dict, depends_on: list[int] | None = None) -> dict:

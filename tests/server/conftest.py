@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from tests.server.serverproc import ServerProcess
-from tests.support.factory import process_factory
+from tests.support.processes import ServerProcess, process_factory, report
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +18,7 @@ def progress_server():
     server = ServerProcess(redis_url=url).start()
     yield server
     server.stop()
-    print("--- server log (last 80 lines) ---")
-    print("\n".join(server.log().splitlines()[-80:]))
+    report(server, 80)
     server.close()
 
 
@@ -28,5 +26,4 @@ def progress_server():
 def start_server():
     """Factory for servers of a test's own (``start_server(redis_url, env={...})``)."""
     yield from process_factory(
-        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs),
-        lambda server: f"server on port {server.port}", 80, lambda server: server.close())
+        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs), 80)

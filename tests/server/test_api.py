@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.server.serverproc import ALLOWED_ORIGIN, Recorder, ServerProcess, uid, wait_until
+from tests.server.helpers import Recorder, uid, wait_until
+from tests.support.processes import ALLOWED_ORIGIN, ServerProcess
 
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 
@@ -49,7 +50,7 @@ def test_submit_runs_and_streams_to_the_owner_only(progress_server, aiecs_redis,
             evs = watcher.events(task_id)
             return evs and evs[-1]["type"] == "status" and evs[-1]["status"] in TERMINAL
 
-        from tests.server.serverproc import async_wait_until
+        from tests.server.helpers import async_wait_until
 
         await async_wait_until(finished, timeout=30, message="terminal event")
         events = watcher.events(task_id)

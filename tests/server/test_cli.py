@@ -11,7 +11,8 @@ import sys
 import pytest
 from aiecs_worker.server.tokens import verify_token
 
-from tests.server.serverproc import SECRET, uid
+from tests.server.helpers import uid
+from tests.support.processes import SECRET
 
 
 def aiecs(*args: str, env: dict[str, str] | None = None, timeout: float = 90,
@@ -81,7 +82,7 @@ def test_watch_exit_codes(progress_server, aiecs_redis, worker, inp, code, word)
                                stderr=subprocess.PIPE, text=True)
     try:
         if word == "CANCELLED":
-            from tests.server.serverproc import wait_until
+            from tests.server.helpers import wait_until
 
             token = env["AIECS_TOKEN"]
             wait_until(lambda: progress_server.http("GET", f"/tasks/{task_id}", token=token)[1]

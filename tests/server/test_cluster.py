@@ -23,7 +23,7 @@ import signal
 
 import pytest
 
-from tests.server.serverproc import Recorder, async_wait_until, uid
+from tests.server.helpers import Recorder, async_wait_until, uid
 from tests.support.events import TERMINAL, read_events, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from tests.server.serverproc import Recorder, uid
+from tests.server.helpers import Recorder, uid
 
 
 def fragments(token: str, size: int = 8) -> set[str]:

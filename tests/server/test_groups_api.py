@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.server.serverproc import Recorder, uid, wait_until
+from tests.server.helpers import Recorder, uid, wait_until
 
 
 def echo(text: str, **extra) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.server.serverproc import uid
+from tests.server.helpers import uid
 from tests.server.test_cli import aiecs, client_env
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.server.serverproc import Recorder, async_wait_until, uid, wait_until
+from tests.server.helpers import Recorder, async_wait_until, uid, wait_until
 from tests.support.props import json_values, props
 
 DEEP = "[" * 100_000 + "]" * 100_000

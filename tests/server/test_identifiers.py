@@ -13,7 +13,7 @@ import socketio
 from aiecs_worker.server.revocation import revoke_user
 from aiecs_worker.server.tokens import issue_token
 
-from tests.server.serverproc import Recorder, uid
+from tests.server.helpers import Recorder, uid
 
 NEWLINES = ["%0A", "%0D%0A", "%0A%0A"]
 

@@ -10,7 +10,7 @@ import json
 
 from aiecs_core import TaskEvent, TaskStatus
 
-from tests.server.serverproc import Recorder, async_wait_until, uid
+from tests.server.helpers import Recorder, async_wait_until, uid
 from tests.support.metrics import scrape, total
 
 

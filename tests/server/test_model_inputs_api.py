@@ -11,7 +11,8 @@ import os
 
 import pytest
 
-from tests.server.serverproc import ServerProcess, uid
+from tests.server.helpers import uid
+from tests.support.processes import ServerProcess
 
 USER = [{"role": "user", "content": "hello"}]
 GOOD = "gemini-2.5-flash"

@@ -12,7 +12,7 @@ import time
 import pytest
 from aiecs_core import QuotaExceededError, TaskRequest
 
-from tests.server.serverproc import uid, wait_until
+from tests.server.helpers import uid, wait_until
 
 
 def echo(**extra):

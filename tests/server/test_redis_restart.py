@@ -8,7 +8,7 @@ import time
 
 import redis
 
-from tests.server.serverproc import Recorder, async_wait_until, uid
+from tests.server.helpers import Recorder, async_wait_until, uid
 from tests.support.events import wait_terminal
 
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 import socketio
 
-from tests.server.serverproc import Recorder, async_wait_until, uid, wait_until
+from tests.server.helpers import Recorder, async_wait_until, uid, wait_until
 from tests.server.test_socket import event, publish_task
 
 LOG_EVENTS = 1000
@@ -65,7 +65,7 @@ class StalledPoller:
 
 @pytest.fixture(scope="module")
 def limited_server():
-    from tests.server.serverproc import ServerProcess
+    from tests.support.processes import ServerProcess
 
     server = ServerProcess(redis_url=os.environ["REDIS_URL"], env=LIMITS).start()
     yield server

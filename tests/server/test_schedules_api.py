@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.server.serverproc import SECRET, ServerProcess, uid, wait_until
+from tests.server.helpers import uid, wait_until
+from tests.support.processes import SECRET, ServerProcess
 
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 

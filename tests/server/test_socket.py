@@ -15,7 +15,8 @@ from aiecs_core import TaskEvent, TaskStatus
 from aiecs_worker.events import RedisEventPublisher
 from aiecs_worker.server.tokens import issue_token
 
-from tests.server.serverproc import ALLOWED_ORIGIN, Recorder, async_wait_until, uid
+from tests.server.helpers import Recorder, async_wait_until, uid
+from tests.support.processes import ALLOWED_ORIGIN
 
 
 def run(coro):

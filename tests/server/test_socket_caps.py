@@ -12,7 +12,7 @@ import pytest
 import socketio
 import websockets
 
-from tests.server.serverproc import Recorder, uid
+from tests.server.helpers import Recorder, uid
 
 
 def run(coro):
@@ -45,7 +45,7 @@ async def closed_by_server(ws, timeout: float) -> float:
 @pytest.fixture(scope="module")
 def caps_server():
     """Small caps so the tests reach them: 1 s to authenticate, 3 sockets per user."""
-    from tests.server.serverproc import ServerProcess
+    from tests.support.processes import ServerProcess
 
     server = ServerProcess(redis_url=os.environ["REDIS_URL"], env={
         "AIECS_SOCKET_AUTH_TIMEOUT": "1", "AIECS_MAX_SOCKETS_PER_USER": "3",

@@ -18,7 +18,7 @@ import socketio
 from aiecs_worker.server.revocation import revoke_user
 from aiecs_worker.server.tokens import issue_token
 
-from tests.server.serverproc import Recorder, async_wait_until, uid
+from tests.server.helpers import Recorder, async_wait_until, uid
 
 
 def run(coro):

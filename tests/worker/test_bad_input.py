@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tests.support.events import dump_redis, wait_for_event
-from tests.support.worker import CELERY, WorkerProcess
+from tests.support.processes import CELERY, WorkerProcess
 
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tests.support.events import wait_for_event, wait_terminal, wait_until
-from tests.support.flower import FlowerProcess
+from tests.support.processes import FlowerProcess
 
 FAST = "aiecs.tasks.worker.execute_task"
 #: an echo of 100 chunks 0.2 s apart: 20 s, past the worker's 3 s limit
@@ -30,7 +30,7 @@ def flower(aiecs_redis):
     proc = FlowerProcess(aiecs_redis.url).start()
     yield proc
     print(proc.log()[-4000:])  # shown only when the test failed
-    proc.stop()
+    proc.close()
 
 
 def flower_task(flower: FlowerProcess, celery_id: str, state: str,

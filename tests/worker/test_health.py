@@ -89,7 +89,7 @@ def test_health_fails_when_the_broker_is_down(redis_server, start_worker):
 
 
 def test_health_without_a_worker_is_not_ready(aiecs_redis):
-    from tests.support.worker import WorkerProcess
+    from tests.support.processes import WorkerProcess
 
     out = command(WorkerProcess(aiecs_redis.url))  # never started
     assert out.returncode == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.support.events import wait_terminal, wait_until
 from tests.support.metrics import metrics_url, scrape, total
-from tests.support.worker import WorkerProcess
+from tests.support.processes import WorkerProcess
 
 AIECS = str(Path(sys.executable).with_name("aiecs"))
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.support.worker import WorkerProcess
+from tests.support.processes import WorkerProcess
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from aiecs_worker.workflows.hook import FLOWS_DUE_KEY
 
 from tests.support.events import wait_until
 from tests.support.metrics import metrics_url, scrape, total
-from tests.support.worker import WorkerProcess
+from tests.support.processes import WorkerProcess
 from tests.workflows.test_flow_recovery import _record, _steps
 
 

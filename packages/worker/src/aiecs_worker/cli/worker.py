@@ -15,6 +15,7 @@ With ``AIECS_METRICS_PORT`` set, the workers write their metrics to one shared
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 import click
 
 from ..logs import json_line, json_mode
+from ..settings import get_settings
 from .common import fail
 
 __all__ = ["Supervisor", "default_processes", "worker"]
@@ -63,10 +65,9 @@ class Supervisor:
 
     def _serve_metrics(self) -> Callable[[], None]:
         """Serve the workers' summed metrics here; returns the clean-up."""
-        import shutil
-
+        # deferred: metrics_http brings Celery and prometheus_client, which only a
+        # supervisor serving metrics needs (every `aiecs` command imports this module)
         from ..metrics_http import prepare_dir, serve
-        from ..settings import get_settings
 
         s = get_settings()
         if s.aiecs_metrics_port is None:

@@ -19,12 +19,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
 import socketio
 from aiecs_core import ID_PATTERN
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import metrics
 from ..events import EVENT_NAME, TaskKeys, user_room
+from ..state import steps_key
 from .admission import TOO_MANY_CONNECTIONS, SocketAdmission, SocketLimits
 from .pubsub import ProbedRedisManager
 from .revocation import GEN_KEY, revoked_many
@@ -164,7 +166,6 @@ class ProgressSocket:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        import redis.asyncio as aioredis
 
         self.redis = aioredis.Redis.from_url(
             self.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
@@ -561,7 +562,6 @@ class ProgressSocket:
             await asyncio.sleep(0.005)
 
     async def _replay(self, sid: str, user_id: str, req: SubscribeRequest) -> dict[str, Any]:
-        from ..state import steps_key
 
         keys = TaskKeys(user_id, req.task_id)
         chunk = self.limits.chunk

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .admission import SocketLimits
     from .realtime import ReplayLimits
 
+from .admission import SocketLimits
+
 __all__ = ["DEV_ORIGINS", "MIN_SECRET_LENGTH", "ServerSettings", "get_server_settings",
            "load_server_settings"]
 
@@ -161,8 +163,6 @@ class ServerSettings(EnvSettings):
 
     def socket_limits(self) -> SocketLimits:
         """The socket admission limits as :class:`~.admission.SocketLimits`."""
-        from .admission import SocketLimits
-
         return SocketLimits(
             auth_timeout=self.aiecs_socket_auth_timeout,
             per_user=self.aiecs_max_sockets_per_user,
@@ -171,6 +171,8 @@ class ServerSettings(EnvSettings):
 
     def replay_limits(self) -> ReplayLimits:
         """The subscribe/replay limits as :class:`~.realtime.ReplayLimits`."""
+        # deferred: realtime brings python-socketio, which the CLI reading settings does
+        # not need
         from .realtime import ReplayLimits
 
         return ReplayLimits(
