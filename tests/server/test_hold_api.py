@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.server.serverproc import uid
+from tests.server.helpers import uid
 
 DAY = 86_400
 
