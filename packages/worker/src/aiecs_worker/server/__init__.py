@@ -15,8 +15,9 @@ this package for :func:`issue_token` needs no configuration.
 Modules: :mod:`.factory` builds the application; :mod:`.errors` holds the errors and the
 one error -> HTTP status map; :mod:`.params` and :mod:`.bodies` read requests;
 :mod:`.middleware` and :mod:`.revocation` guard them; :mod:`.routes` has one module per
-resource; :mod:`.realtime` (with :mod:`.sio_guard`, :mod:`.pubsub`, :mod:`.admission`) is
-the Socket.IO side; :mod:`.tokens` and :mod:`.settings` are shared with the CLI.
+resource; :mod:`.realtime` (with :mod:`.replay`, :mod:`.sio_guard`, :mod:`.pubsub`,
+:mod:`.admission`) is the Socket.IO side; :mod:`.tokens` and :mod:`.settings` are shared
+with the CLI.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Socket.IO side of the progress server: :class:`ProgressSocket` authenticates
 connections, puts each in its user's room, replays a task's logged events on
-``subscribe`` (within :class:`ReplayLimits`), answers ``ping``, watches its pub/sub
+``subscribe`` (:mod:`.replay`, within its limits), answers ``ping``, watches its pub/sub
 listener and asks clients to ``resync`` when it was away.
 
 The protocol and the client contract (seq order, replay and live overlap, gaps, resync,
@@ -21,19 +21,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import socketio
-from aiecs_core import ID_PATTERN
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from .. import metrics
-from ..events import EVENT_NAME, TaskKeys, user_room
-from ..state import steps_key
+from ..events import EVENT_NAME, user_room
 from .admission import TOO_MANY_CONNECTIONS, SocketAdmission, SocketLimits
 from .pubsub import ProbedRedisManager
+from .replay import Refused, ReplayLimits, SubscribeRequest, replay, take_token
 from .revocation import GEN_KEY, revoked_many
 from .sio_guard import GuardedServer, SafeJson
 from .tokens import DEFAULT_MAX_LIFETIME, Identity, TokenError, verify_token
 
-__all__ = ["BATCH_EVENT", "ERROR_EVENT", "ProgressSocket", "ReplayLimits"]
+__all__ = ["BATCH_EVENT", "ERROR_EVENT", "ProgressSocket"]
 
 log = logging.getLogger("aiecs.server")
 
@@ -45,23 +44,8 @@ ERROR_EVENT = "request_error"
 EXPIRED_EVENT = "session_expired"
 #: Event asking every client to subscribe again (live events may have been missed).
 RESYNC_EVENT = "resync"
-REPLAY_BATCH = 200
 #: Packets a connection may have queued (unsent) before a replay sends its next chunk.
 _QUEUED_PACKETS_MAX = 2
-
-
-@dataclass(frozen=True)
-class ReplayLimits:
-    """Limits on ``subscribe`` (see the server settings of the same names)."""
-
-    concurrency: int = 2
-    user_concurrency: int = 4
-    backlog: int = 32
-    user_backlog: int = 64
-    chunk: int = REPLAY_BATCH
-    rate: float = 10.0
-    burst: int = 40
-    refusals_max: int = 100
 
 
 @dataclass
@@ -83,23 +67,6 @@ class _Connection:
     stamp: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     refusals: int = 0
-
-
-class _Refused(Exception):
-    def __init__(self, type_: str, message: str, retry_after: float):
-        super().__init__(message)
-        self.type = type_
-        self.message = message
-        self.retry_after = round(retry_after, 3)
-
-
-class SubscribeRequest(BaseModel):
-    """Payload of ``subscribe``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    task_id: str = Field(pattern=ID_PATTERN)
-    after_seq: int = Field(default=0, ge=0)
 
 
 class ProgressSocket:
@@ -463,8 +430,8 @@ class ProgressSocket:
         if user_id is None or conn is None:  # not a connected client; fail closed anyway
             return await self._reject(sid, "subscribe", "unauthorized", "not authenticated")
         try:
-            self._take_token(conn)
-        except _Refused as exc:
+            take_token(conn, self.limits)
+        except Refused as exc:
             return await self._refuse(sid, conn, exc)
         try:
             if extra:
@@ -476,7 +443,7 @@ class ProgressSocket:
         if conn.in_flight >= limits.backlog or conn.user.in_flight >= limits.user_backlog:
             whose = ("this connection" if conn.in_flight >= limits.backlog
                      else "this user's connections")
-            return await self._refuse(sid, conn, _Refused(
+            return await self._refuse(sid, conn, Refused(
                 "too_many_replays",
                 f"too many subscribes in flight on {whose} (limit "
                 f"{limits.backlog if whose == 'this connection' else limits.user_backlog}); "
@@ -491,7 +458,12 @@ class ProgressSocket:
                 if sid not in self._connections:  # gone while waiting
                     return {"ok": False, "error": {"type": "disconnected",
                                                    "message": "connection closed"}}
-                return await self._replay(sid, user_id, req)
+                return await replay(
+                    self.redis, user_id, req, self.limits.chunk,
+                    lambda events: self.sio.emit(
+                        BATCH_EVENT, {"task_id": req.task_id, "events": events},
+                        to=sid, ignore_queue=True),
+                    lambda: self._drained(sid))
         except Exception as exc:  # noqa: BLE001 - Redis down: say so, keep the connection
             log.warning("replay of %s for a client failed: %s", req.task_id, exc)
             return await self._reject(
@@ -503,21 +475,7 @@ class ProgressSocket:
             conn.user.in_flight -= 1
             self._forget_user(conn)
 
-    def _take_token(self, conn: _Connection) -> None:
-        """The connection's token bucket: AIECS_SUBSCRIBE_BURST calls at once, refilled at
-        AIECS_SUBSCRIBE_RATE per second."""
-        limits = self.limits
-        now = time.monotonic()
-        conn.tokens = min(float(limits.burst), conn.tokens + (now - conn.stamp) * limits.rate)
-        conn.stamp = now
-        if conn.tokens < 1.0:
-            raise _Refused(
-                "rate_limited",
-                f"too many subscribes (limit {limits.rate:g}/s, bursts of {limits.burst})",
-                retry_after=(1.0 - conn.tokens) / limits.rate)
-        conn.tokens -= 1.0
-
-    async def _refuse(self, sid: str, conn: _Connection, exc: _Refused) -> dict[str, Any]:
+    async def _refuse(self, sid: str, conn: _Connection, exc: Refused) -> dict[str, Any]:
         conn.refusals += 1
         if conn.refusals == self.limits.refusals_max:
             log.warning("disconnecting a connection of user %s: %d subscribes in a row "
@@ -560,59 +518,6 @@ class ProgressSocket:
             if queue is False or queue.qsize() <= _QUEUED_PACKETS_MAX:
                 return True
             await asyncio.sleep(0.005)
-
-    async def _replay(self, sid: str, user_id: str, req: SubscribeRequest) -> dict[str, Any]:
-
-        keys = TaskKeys(user_id, req.task_id)
-        chunk = self.limits.chunk
-        after = req.after_seq
-        first: int | None = None
-        replayed = 0
-        while True:
-            entries = await self.redis.xrange(keys.log, min=f"{after + 1}-0", max="+",
-                                              count=chunk)
-            if not entries:
-                break
-            events = [json.loads(fields[b"e"]) for _, fields in entries]
-            if first is None:
-                first = events[0]["seq"]
-            after = events[-1]["seq"]
-            replayed += len(events)
-            await self.sio.emit(BATCH_EVENT, {"task_id": req.task_id, "events": events},
-                                to=sid, ignore_queue=True)
-            if len(entries) < chunk:
-                break
-            if not await self._drained(sid):
-                return {"ok": False, "error": {"type": "disconnected",
-                                               "message": "connection closed"}}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.seq)
-            pipe.smembers(steps_key(user_id, req.task_id))
-            last_seq_raw, steps_raw = await pipe.execute()
-        steps = sorted(int(s) for s in steps_raw)
-        statuses: dict[str, str | None] = {}
-        if steps:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for step in steps:
-                    pipe.hget(keys.state(step), "status")
-                for step, status in zip(steps, await pipe.execute(), strict=True):
-                    statuses[str(step)] = status.decode() if status else None
-        metrics.replayed(replayed)
-        # the log's real end, also when the client's after_seq is past it
-        last_seq = max(after if replayed else 0, int(last_seq_raw or 0))
-        return {
-            "ok": True,
-            "task_id": req.task_id,
-            "after_seq": req.after_seq,
-            "replayed": replayed,
-            "first_seq": first,
-            "replayed_to": after,
-            "last_seq": last_seq,
-            "gap": first is not None and first > req.after_seq + 1,
-            "exists": bool(last_seq or steps),
-            "steps": statuses,
-        }
-
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ValidationError):

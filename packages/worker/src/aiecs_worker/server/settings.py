@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import functools
 import secrets
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from ..settings import EnvSettings, config_error
-
-if TYPE_CHECKING:
-    from .admission import SocketLimits
-    from .realtime import ReplayLimits
-
 from .admission import SocketLimits
+from .replay import ReplayLimits
 
 __all__ = ["DEV_ORIGINS", "MIN_SECRET_LENGTH", "ServerSettings", "get_server_settings",
            "load_server_settings"]
@@ -170,11 +166,7 @@ class ServerSettings(EnvSettings):
         )
 
     def replay_limits(self) -> ReplayLimits:
-        """The subscribe/replay limits as :class:`~.realtime.ReplayLimits`."""
-        # deferred: realtime brings python-socketio, which the CLI reading settings does
-        # not need
-        from .realtime import ReplayLimits
-
+        """The subscribe/replay limits as :class:`~.replay.ReplayLimits`."""
         return ReplayLimits(
             concurrency=self.aiecs_replay_concurrency,
             user_concurrency=self.aiecs_replay_user_concurrency,
