@@ -142,7 +142,7 @@ def is_backend_error(exc: BaseException | None) -> bool:
     return False
 
 
-_GROUP_STATUSES = {409: Conflict, 413: PayloadTooLarge}
+_GROUP_STATUSES: dict[Any, type[_Fixed]] = {409: Conflict, 413: PayloadTooLarge}
 
 
 def as_api_error(exc: BaseException) -> ApiError | None:
