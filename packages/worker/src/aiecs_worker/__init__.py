@@ -13,8 +13,9 @@ from . import modelpolicy as _modelpolicy  # noqa: F401 - AIECS_MODELS, output c
 from . import redaction as _redaction  # noqa: F401 - logging signal hooks
 from . import startup as _startup  # noqa: F401 - the start-up report of plugins
 from . import warm as _warm  # noqa: F401 - providers warmed off the loop at start
-from .app import FAST_QUEUE, HEAVY_QUEUE, app
+from .app import app
 from .events import celery_task_id
+from .routing import FAST_QUEUE, HEAVY_QUEUE
 from .tasks import execute_heavy_task, execute_task
 
 celery = app

@@ -11,21 +11,11 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from .poison import install as install_poison_guard
+from .routing import FAST_QUEUE, HEAVY_QUEUE, MAX_PRIORITY, task_routes
 from .settings import Settings, get_settings
 from .upstream_fixes import install as install_upstream_fixes
 
-__all__ = ["FAST_QUEUE", "HEAVY_QUEUE", "app", "create_app"]
-
-FAST_QUEUE = "fast_tasks"
-HEAVY_QUEUE = "heavy_tasks"
-FAST_TASK = "aiecs.tasks.worker.execute_task"
-HEAVY_TASK = "aiecs.tasks.worker.execute_heavy_task"
-#: A workflow step: execute_task / execute_heavy_task, then the workflow advances.
-FLOW_TASK = "aiecs.tasks.worker.execute_flow_step"
-FLOW_HEAVY_TASK = "aiecs.tasks.worker.execute_heavy_flow_step"
-#: Highest message priority of the queues (RabbitMQ's ``x-max-priority``; higher runs
-#: first there). kombu's Redis transport ignores it and keeps its own 0 (first) .. 9.
-MAX_PRIORITY = 10
+__all__ = ["app", "create_app"]
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -77,12 +67,7 @@ def create_app(settings: Settings | None = None) -> Celery:
                   max_priority=MAX_PRIORITY),
         ),
         task_default_queue=FAST_QUEUE,
-        task_routes={
-            FAST_TASK: {"queue": FAST_QUEUE, "priority": 10},
-            HEAVY_TASK: {"queue": HEAVY_QUEUE, "priority": 5},
-            FLOW_TASK: {"queue": FAST_QUEUE, "priority": 10},
-            FLOW_HEAVY_TASK: {"queue": HEAVY_QUEUE, "priority": 5},
-        },
+        task_routes=task_routes(),
         task_track_started=False,
         result_expires=s.aiecs_events_ttl,
         broker_connection_retry_on_startup=True,

@@ -17,6 +17,7 @@ from . import quotas
 from .app import app
 from .events import TaskKeys, celery_task_id, run_script
 from .records import record_cancelled, record_pending, state_redis
+from .routing import route
 from .runtime import CANCEL_CHANNEL
 from .settings import get_settings
 from .state import CANCEL_LUA, celery_index_key, decode_state, steps_key
@@ -24,6 +25,8 @@ from .tasks import execute_heavy_task, execute_task
 
 __all__ = ["cancel", "cancel_celery", "get_state", "record_cancelled", "record_pending",
            "submit", "task_steps"]
+
+_TASKS = {t.name: t for t in (execute_task, execute_heavy_task)}
 
 
 
@@ -44,9 +47,7 @@ def submit(request: TaskRequest, *, heavy: bool | None = None,
     quotas.check_steps(client, request.user_id, request.task_id, request.step)
     quotas.admit(request.user_id, [TaskKeys(request.user_id, request.task_id)
                                    .state(request.step)], client=client)
-    if heavy is None:
-        heavy = spec.heavy
-    task = execute_heavy_task if heavy else execute_task
+    task = _TASKS[route(spec.heavy if heavy is None else heavy).task]
     celery_id = celery_task_id(request.user_id, request.task_id, request.step)
     timing = {k: v for k, v in (("eta", eta), ("countdown", countdown)) if v is not None}
     return task.apply_async(kwargs=request.model_dump(mode="json"), task_id=celery_id,

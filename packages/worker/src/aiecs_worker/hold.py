@@ -41,6 +41,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from .routing import HEAVY_QUEUE
 from .state import _TERMINAL, DUE_KEY, NOW_MS_LUA, PENDING_KEY
 
 __all__ = [
@@ -214,8 +215,6 @@ def keep_alive_args(settings: Any, window: str) -> tuple[list[str], list[Any]]:
 
 def width(settings: Any, queue: str) -> int:
     """The fair-share window of ``queue`` (0: none)."""
-    from .app import HEAVY_QUEUE
-
     return (settings.aiecs_fair_window_heavy if queue == HEAVY_QUEUE
             else settings.aiecs_fair_window_fast)
 
@@ -268,8 +267,6 @@ def release_args(settings: Any, *, state_key: str = "", window: str = "",
                  clean: bool = False) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of :data:`RELEASE_LUA`: fill ``window``, or the window of the
     execution ``state_key`` (one that just ended)."""
-    from .app import HEAVY_QUEUE
-
     return ([BACKLOG_KEY, PENDING_KEY, state_key or BACKLOG_KEY],
             [window, settings.aiecs_fair_window_fast, 1000, "1" if clean else "",
              settings.aiecs_fair_window_heavy, window_key(HEAVY_QUEUE, "")])

@@ -58,6 +58,8 @@ from kombu import Connection as KombuConnection
 from kombu.exceptions import ContentDisallowed
 from kombu.utils.json import loads as kombu_loads
 
+from .routing import AIECS_TASKS
+
 __all__ = [
     "DEADLETTER_KEY",
     "RAW_LIMIT",
@@ -291,10 +293,8 @@ def _maxlen() -> int:
 
 def _call_of(payload: Any) -> tuple[list, dict] | None:
     """The args and kwargs of an aiecs task in an envelope, if they can be read at all."""
-    from .app import FAST_TASK, FLOW_HEAVY_TASK, FLOW_TASK, HEAVY_TASK
-
     try:
-        if payload["headers"]["task"] not in (FAST_TASK, HEAVY_TASK, FLOW_TASK, FLOW_HEAVY_TASK):
+        if payload["headers"]["task"] not in AIECS_TASKS:
             return None
         body = payload["body"]
         if payload["properties"].get("body_encoding") == "base64":

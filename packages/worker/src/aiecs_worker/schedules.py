@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import metrics, quotas
 from .events import TaskKeys, run_script
 from .records import state_redis
+from .routing import queue_name, route
 from .settings import get_settings
 from .state import steps_key
 
@@ -298,7 +299,7 @@ def _view(schedule: Schedule, raw: dict[bytes, bytes]) -> dict[str, Any]:
                 if entry.last_run_at is not None else 0.0)
         next_run = round(time.time() + max(left, 0.0), 3)
     body = schedule.model_dump(mode="json", exclude={"user_id"})
-    return {**body, "queue": "heavy_tasks" if schedule.heavy else "fast_tasks",
+    return {**body, "queue": queue_name(bool(schedule.heavy)),
             "runs": int(raw.get(b"runs") or 0), "last_run": last, "next_run_at": next_run}
 
 
@@ -329,7 +330,8 @@ def fire(user_id: str, task_id: str, tick: str, producer=None) -> int | None:
         return None
     if not new and client.exists(TaskKeys(user_id, task_id).state(step)):
         return step
-    task = execute_heavy_task if schedule.heavy else execute_task
+    task = {t.name: t for t in (execute_task, execute_heavy_task)}[
+        route(bool(schedule.heavy)).task]
     task.apply_async(kwargs=json.loads(schedule.request(step).model_dump_json()),
                      producer=producer)
     return step

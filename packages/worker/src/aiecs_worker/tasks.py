@@ -17,17 +17,18 @@ from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
-from .app import (
-    FAST_QUEUE,
+from .app import app
+from .events import celery_task_id
+from .records import record_cancelled, record_pending
+from .routing import (
+    AIECS_TASKS,
     FAST_TASK,
     FLOW_HEAVY_TASK,
     FLOW_TASK,
-    HEAVY_QUEUE,
+    FLOW_TASKS,
     HEAVY_TASK,
-    app,
+    queue_of_task,
 )
-from .events import celery_task_id
-from .records import record_cancelled, record_pending
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 from .taskevents import ExecutionCancelled
 
@@ -53,8 +54,7 @@ class AiecsTask(Task):
                 request = None  # invalid: the runner reports exactly what is wrong
         if request is not None:
             task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
-            queue = options.get("queue") or (HEAVY_QUEUE if self.name == HEAVY_TASK
-                                              else FAST_QUEUE)
+            queue = options.get("queue") or queue_of_task(self.name)
             admitted = record_pending(request, task_id, queue=getattr(queue, "name", queue),
                                       task=self.name, eta=eta_timestamp(options))
             if admitted == "held":  # kept in Redis; sent when it may run (aiecs_worker.hold)
@@ -160,7 +160,7 @@ def execute_heavy_flow_step(self: Task, *args: Any, **kwargs: Any) -> dict[str, 
 def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_: Any) -> None:
     """A task revoked before it ran (or terminated): record and publish CANCELLED."""
     name = getattr(sender, "name", None)
-    if request is None or name not in (FAST_TASK, HEAVY_TASK, FLOW_TASK, FLOW_HEAVY_TASK):
+    if request is None or name not in AIECS_TASKS:
         return
     try:
         record_cancelled(tuple(request.args or ()), dict(request.kwargs or {}),
@@ -168,7 +168,7 @@ def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_:
                          else "task was terminated")
     except Exception:  # noqa: BLE001 - never break the worker's control loop
         log.exception("could not record the revocation of %s", request.id)
-    if name in (FLOW_TASK, FLOW_HEAVY_TASK):
+    if name in FLOW_TASKS:
         _advance_flow(dict(request.kwargs or {}))
 
 

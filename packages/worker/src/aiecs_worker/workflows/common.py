@@ -10,6 +10,7 @@ from typing import Any
 from aiecs_core import InvalidTaskError, TaskRequest, load_plugins, validate_input
 
 from ..events import TaskKeys, packet_parts
+from ..routing import route
 from ..settings import get_settings
 
 __all__ = ["GroupError", "NotFoundError", "admitted", "group_fields", "pipelined_sends",
@@ -32,14 +33,8 @@ def task_for(request: TaskRequest, heavy: bool | None, *, flow: bool = False
     """(Celery task name, queue, priority) of an execution: the operation's declared
     queue unless ``heavy`` overrides it. Raises ServiceNotFoundError /
     OperationNotFoundError when this process's plugins do not know the operation."""
-    from ..app import FAST_QUEUE, FAST_TASK, FLOW_HEAVY_TASK, FLOW_TASK, HEAVY_QUEUE, HEAVY_TASK
-
     spec = load_plugins().operation(request.mode, request.service, request.task_name)
-    if heavy is None:
-        heavy = spec.heavy
-    if heavy:
-        return (FLOW_HEAVY_TASK if flow else HEAVY_TASK), HEAVY_QUEUE, 5
-    return (FLOW_TASK if flow else FAST_TASK), FAST_QUEUE, 10
+    return route(spec.heavy if heavy is None else heavy, flow=flow)
 
 
 def check_item(request: TaskRequest, where: str) -> None:
