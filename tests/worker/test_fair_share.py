@@ -13,7 +13,7 @@ import uuid
 import pytest
 from aiecs_core import TaskRequest
 from aiecs_worker.control import cancel, get_state, submit
-from aiecs_worker.hold import BACKLOG_KEY, window_key
+from aiecs_worker.store.keys import BACKLOG_KEY, window_key
 from aiecs_worker.workflows.batch import submit_batch
 
 from tests.support.events import TERMINAL, read_events, wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from aiecs_core import InvalidTaskError, PayloadTooLargeError, TaskRequest
-from aiecs_worker.runtime import parse_request
+from aiecs_worker.store.requests import parse_request
 from hypothesis import given
 from hypothesis import strategies as st
 

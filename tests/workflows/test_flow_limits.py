@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from aiecs_worker.events import TaskKeys
 from aiecs_worker.records import state_redis
+from aiecs_worker.store.keys import FLOWS_DUE_KEY
 from aiecs_worker.workflows.common import GroupError
 from aiecs_worker.workflows.flow import get_workflow, submit_workflow
-from aiecs_worker.workflows.hook import FLOWS_DUE_KEY
 
 from tests.support.events import read_events
 from tests.workflows.test_flow import ended, statuses

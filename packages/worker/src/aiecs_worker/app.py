@@ -13,6 +13,7 @@ from kombu import Exchange, Queue
 from .poison import install as install_poison_guard
 from .routing import FAST_QUEUE, HEAVY_QUEUE, MAX_PRIORITY, task_routes
 from .settings import Settings, get_settings
+from .store.keys import BEAT_PREFIX
 from .upstream_fixes import install as install_upstream_fixes
 
 __all__ = ["app", "create_app"]
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         beat_max_loop_interval=5,
         redbeat_redis_url=s.state_redis_url,
         redbeat_redis_options={},
-        redbeat_key_prefix="aiecs:beat:",
+        redbeat_key_prefix=BEAT_PREFIX,
     )
     if s.celery_worker_concurrency is not None:
         celery_app.conf.worker_concurrency = s.celery_worker_concurrency

@@ -10,17 +10,17 @@ import time
 from datetime import datetime
 from typing import Any
 
-from aiecs_core import TaskRequest, load_plugins, validate_input
+from aiecs_core import TaskRequest
 from celery.result import AsyncResult
 
-from . import quotas
 from .app import app
 from .events import TaskKeys, celery_task_id, run_script
 from .records import record_cancelled, record_pending, state_redis
 from .routing import route
-from .runtime import CANCEL_CHANNEL
 from .settings import get_settings
 from .state import CANCEL_LUA, celery_index_key, decode_state, steps_key
+from .store import admission
+from .store.keys import CANCEL_CHANNEL
 from .tasks import execute_heavy_task, execute_task
 
 __all__ = ["cancel", "cancel_celery", "get_state", "record_cancelled", "record_pending",
@@ -37,16 +37,12 @@ def submit(request: TaskRequest, *, heavy: bool | None = None,
     With ``eta`` (an aware datetime; naive is UTC) or ``countdown`` (seconds) it runs no
     earlier than then, PENDING until; :func:`cancel` ends it CANCELLED at once.
 
-    Raises ServiceNotFoundError / OperationNotFoundError / InputValidationError before
-    anything is queued when this process knows the service (it loads the same plugins),
-    and QuotaExceededError when a quota of the user refuses it (:mod:`.quotas`).
+    Raises PayloadTooLargeError / ServiceNotFoundError / OperationNotFoundError /
+    InputValidationError before anything is queued (it loads the same plugins as the
+    workers), and QuotaExceededError when a quota of the user refuses it: the one
+    submission check, :mod:`aiecs_worker.store.admission`.
     """
-    spec = load_plugins().operation(request.mode, request.service, request.task_name)
-    validate_input(spec, request.input_data)
-    client = state_redis()
-    quotas.check_steps(client, request.user_id, request.task_id, request.step)
-    quotas.admit(request.user_id, [TaskKeys(request.user_id, request.task_id)
-                                   .state(request.step)], client=client)
+    spec = admission.check_request(request, client=state_redis())
     task = _TASKS[route(spec.heavy if heavy is None else heavy).task]
     celery_id = celery_task_id(request.user_id, request.task_id, request.step)
     timing = {k: v for k, v in (("eta", eta), ("countdown", countdown)) if v is not None}

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from aiecs_core import TaskEvent, redact_json
 
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
+from .store.keys import TaskKeys
 
 __all__ = [
     "EVENT_NAME",
@@ -59,20 +60,6 @@ def celery_task_id(user_id: str, task_id: str, step: int) -> str:
     and idempotency all refer to one execution.
     """
     return str(uuid.uuid5(_CELERY_ID_NAMESPACE, f"{user_id}:{task_id}:{step}"))
-
-
-class TaskKeys:
-    """Redis keys of one user's task (and of one of its steps)."""
-
-    def __init__(self, user_id: str, task_id: str, prefix: str = "aiecs"):
-        base = f"{prefix}:t:{user_id}:{task_id}"
-        self.seq = f"{base}:seq"
-        self.log = f"{base}:log"
-        self._base = base
-
-    def state(self, step: int) -> str:
-        """Hash: status, celery_id, result, error, usage, updated (per step)."""
-        return f"{self._base}:{step}:state"
 
 
 def _publish_lua(seq: str, log: str, arg: int, *, event: str | None = None,

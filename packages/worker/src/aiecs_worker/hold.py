@@ -43,6 +43,7 @@ from typing import Any
 
 from .routing import HEAVY_QUEUE
 from .state import _TERMINAL, DUE_KEY, NOW_MS_LUA, PENDING_KEY
+from .store.keys import BACKLOG_KEY, celery_index_key, window_key
 
 __all__ = [
     "ADMIT_LUA",
@@ -58,12 +59,8 @@ __all__ = [
 log = logging.getLogger("aiecs.worker")
 
 #: Set of the fair-share windows whose user has held executions.
-BACKLOG_KEY = "aiecs:fair:backlog"
 
 
-def window_key(queue: str, user_id: str) -> str:
-    """The fair-share window of one user on one queue (its held FIFO: ``+ ':held'``)."""
-    return f"aiecs:fair:{queue}:{user_id}"
 
 
 # KEYS: state, pending, due, backlog.  ARGV: window key, window width (0: no window),
@@ -194,7 +191,7 @@ for _, k in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     for _, key in ipairs({base .. ':steps', base .. ':seq', base .. ':log'}) do
       redis.call('EXPIRE', key, ARGV[1])
     end
-    if f[1] then redis.call('EXPIRE', 'aiecs:celery:' .. f[1], ARGV[1]) end
+    if f[1] then redis.call('EXPIRE', '__CELERY_INDEX__' .. f[1], ARGV[1]) end
     if f[2] then
       redis.call('EXPIRE', f[2], ARGV[1])
       redis.call('EXPIRE', f[2] .. ':items', ARGV[1])
@@ -203,7 +200,7 @@ for _, k in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return n
-"""
+""".replace("__CELERY_INDEX__", celery_index_key(""))
 
 
 def keep_alive_args(settings: Any, window: str) -> tuple[list[str], list[Any]]:

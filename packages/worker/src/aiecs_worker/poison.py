@@ -51,6 +51,7 @@ from collections.abc import Callable, Container
 from contextlib import AbstractContextManager
 from typing import Any
 
+from aiecs_core import InvalidTaskError, TaskStatus
 from celery.app.amqp import AMQP as CeleryAMQP
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from celery.worker.consumer import Consumer as CeleryConsumer
@@ -58,7 +59,11 @@ from kombu import Connection as KombuConnection
 from kombu.exceptions import ContentDisallowed
 from kombu.utils.json import loads as kombu_loads
 
+from .records import end_execution, state_redis
 from .routing import AIECS_TASKS
+from .settings import get_settings
+from .store.keys import DEADLETTER_KEY, TaskKeys
+from .store.requests import routable_call
 
 __all__ = [
     "DEADLETTER_KEY",
@@ -72,7 +77,6 @@ __all__ = [
 log = logging.getLogger("aiecs.worker.poison")
 
 #: Redis list (on the broker) of rejected messages, newest first.
-DEADLETTER_KEY = "aiecs:deadletter"
 #: Characters of a rejected message kept in its dead-letter entry.
 RAW_LIMIT = 65_536
 #: Deepest nesting accepted in an envelope (its body counted apart) and in a task body.
@@ -284,8 +288,6 @@ def task_problem(message: Any, registered: Container[str]) -> str | None:
 
 def _maxlen() -> int:
     try:
-        from .settings import get_settings
-
         return get_settings().aiecs_deadletter_maxlen
     except Exception:  # noqa: BLE001 - settings are checked at start; never fail here
         return 1000
@@ -317,20 +319,11 @@ def _fail_execution(payload: Any, reason: str) -> str:
     if call is None:
         return ""
     try:
-        from aiecs_core import InvalidTaskError, TaskEvent, TaskStatus
-
-        from .events import TaskKeys, finish_sync
-        from .records import state_redis as _redis
-        from .runtime import _routable
-        from .settings import get_settings
-
         args, kwargs = call
-        request = _routable(dict(zip(("task_name", "user_id", "task_id", "step"), args,
-                                     strict=False)) | kwargs)
+        request = routable_call(args, kwargs)
         if request is None:
             return ""
-        s = get_settings()
-        client = _redis()
+        client = state_redis()
         state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
         status, owner = client.hmget(state_key, "status", "celery_id")
         if status not in (None, b"pending"):
@@ -338,15 +331,9 @@ def _fail_execution(payload: Any, reason: str) -> str:
         celery_id = payload["headers"].get("id")
         if owner and isinstance(celery_id, str) and owner.decode() != celery_id:
             return f"; execution {request.key} was queued by another message, left as it is"
-        info = InvalidTaskError(f"malformed broker message: {reason}").to_info()
-        event = TaskEvent(type="status", task_id=request.task_id, step=request.step,
-                          user_id=request.user_id, task_name=request.task_name,
-                          status=TaskStatus.FAILED, message=info.message, error=info)
-        seq = finish_sync(
-            client, event, state_key,
-            ["failed", "", info.model_dump_json(), "[]", time.time(), s.aiecs_events_ttl],
-            s.aiecs_socketio_channel, s.aiecs_events_maxlen, s.aiecs_events_ttl,
-        )
+        seq = end_execution(client, request, TaskStatus.FAILED,
+                            InvalidTaskError(f"malformed broker message: {reason}"),
+                            state_key=state_key)
     except Exception as exc:  # noqa: BLE001 - reporting never breaks the consumer
         return f"; could not mark its execution FAILED ({type(exc).__name__}: {exc})"
     return f"; execution {request.key} marked FAILED" if seq else ""
@@ -533,8 +520,6 @@ def _raw_of(message: Any) -> bytes:
 def _state_redis():
     """A client of the state Redis: the dead-letter list's home when the broker is not
     Redis (RabbitMQ)."""
-    from .records import state_redis
-
     yield state_redis()
 
 

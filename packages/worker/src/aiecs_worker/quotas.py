@@ -32,6 +32,7 @@ from . import metrics
 from .events import run_script
 from .records import state_redis
 from .settings import get_settings
+from .store.keys import quota_key, steps_key
 
 __all__ = ["admit", "check_steps", "never", "refused", "retry_after_header"]
 
@@ -94,7 +95,7 @@ return {0, ''}
 
 
 def _key(user_id: str, what: str) -> str:
-    return f"aiecs:quota:{user_id}:{what}"
+    return quota_key(user_id, what)
 
 
 def refused(message: str, limit: int | float, setting: str, retry_after: float
@@ -192,8 +193,6 @@ def _prune(client: Any, user_id: str) -> bool:
 
 def check_steps(client: Any, user_id: str, task_id: str, step: int) -> None:
     """Refuse a new step of a task that has AIECS_MAX_STEPS_PER_TASK steps already."""
-    from .state import steps_key
-
     limit = get_settings().aiecs_max_steps_per_task
     key = steps_key(user_id, task_id)
     pipe = client.pipeline(transaction=False)

@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import metrics
 from .settings import config_error, load_settings
+from .store.keys import rate_limit_base
 
 __all__ = [
     "RATE_LIMITS_ENV",
@@ -247,7 +248,7 @@ class RateLimiter:
     def _keys(self, key: RateLimitKey) -> list[str]:
         # The hash tag keeps a key's three entries in one Redis Cluster slot. The bucket
         # is a configured entry (never the user's spelling): keys are bounded in number.
-        base = f"{self.prefix}:rl:{{{self.bucket(key)}}}"
+        base = rate_limit_base(self.bucket(key), self.prefix)
         return [f"{base}:log", f"{base}:tokens", f"{base}:pause"]
 
     def _failed(self, what: str, exc: Exception) -> None:

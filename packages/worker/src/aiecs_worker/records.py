@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import time
 from typing import Any
 
-from aiecs_core import TaskEvent, TaskRequest, TaskStatus
+from aiecs_core import AiecsError, ErrorInfo, TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 
 from . import metrics
 from .events import PENDING_PUBLISH_LUA, TaskKeys, finish_sync, script_args
-from .runtime import _routable
 from .settings import get_settings
 from .state import PENDING_KEY, celery_index_key, steps_key
+from .store.requests import routable_call
 
-__all__ = ["record_cancelled", "record_pending", "state_redis"]
+__all__ = ["end_execution", "record_cancelled", "record_pending", "state_redis",
+           "terminal_fields"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,25 +111,51 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | None = None,
+                    error: ErrorInfo | None = None, usage: list[Any] | None = None
+                    ) -> list[Any]:
+    """The terminal record of an execution: the ARGV of the terminal transition
+    (:func:`aiecs_worker.state.finish_lua`: status, result, error, usage, now, ttl).
+
+    Every terminal record is built here: the worker's outcome, a revocation, a malformed
+    message, a workflow step that cannot run."""
+    return [status.value,
+            json.dumps(result) if result is not None else "",
+            error.model_dump_json() if error is not None else "",
+            json.dumps(usage if usage is not None else []),
+            time.time(), ttl]
+
+
+def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],
+                  status: TaskStatus, error: AiecsError, *, message: str | None = None,
+                  state_key: str | None = None) -> int:
+    """End an execution that did not run (``status`` with ``error``) and publish its
+    terminal event, atomically; the event's seq, or 0 when it was already terminal.
+
+    ``request``: the execution's request, or its ``(user_id, task_id, step, task_name)``.
+    """
+    user_id, task_id, step, task_name = (
+        (request.user_id, request.task_id, request.step, request.task_name)
+        if isinstance(request, TaskRequest) else request)
+    s = get_settings()
+    info = error.to_info()
+    event = TaskEvent(type="status", task_id=task_id, step=step, user_id=user_id,
+                      task_name=task_name, status=status,
+                      message=info.message if message is None else message, error=info)
+    return finish_sync(client, event, state_key or TaskKeys(user_id, task_id).state(step),
+                       terminal_fields(status, s.aiecs_events_ttl, error=info),
+                       s.aiecs_socketio_channel, s.aiecs_events_maxlen, s.aiecs_events_ttl)
+
+
 def record_cancelled(args: tuple, kwargs: dict[str, Any], reason: str) -> bool:
     """Mark a revoked-before-running execution CANCELLED and publish its terminal event."""
-    request = _routable(dict(zip(("task_name", "user_id", "task_id", "step"), args,
-                                 strict=False)) | kwargs)
+    request = routable_call(args, kwargs)
     if request is None:
         return False
     s = get_settings()
     keys = TaskKeys(request.user_id, request.task_id)
-    from aiecs_core import TaskCancelledError
-
-    info = TaskCancelledError(reason).to_info()
-    event = TaskEvent(type="status", task_id=request.task_id, step=request.step,
-                      user_id=request.user_id, task_name=request.task_name,
-                      status=TaskStatus.CANCELLED, message=reason, error=info)
-    seq = finish_sync(
-        state_redis(), event, keys.state(request.step),
-        ["cancelled", "", info.model_dump_json(), "[]", time.time(), s.aiecs_events_ttl],
-        s.aiecs_socketio_channel, s.aiecs_events_maxlen, s.aiecs_events_ttl,
-    )
+    seq = end_execution(state_redis(), request, TaskStatus.CANCELLED,
+                        TaskCancelledError(reason), message=reason)
     if seq > 0:
         from .hold import release_window
 

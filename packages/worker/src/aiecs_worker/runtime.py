@@ -45,7 +45,6 @@ from aiecs_core import (
     InvalidTaskError,
     OperationContext,
     OperationError,
-    PayloadTooLargeError,
     ServiceRegistry,
     TaskCancelledError,
     TaskEvent,
@@ -59,7 +58,6 @@ from aiecs_core import (
     load_plugins,
     validate_input,
 )
-from pydantic import ValidationError
 
 from . import background, logs, metrics
 from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_task_id, script_args
@@ -86,6 +84,7 @@ from .lease import (
     make_owner,
 )
 from .ratelimit import RateLimiter, limited_call
+from .records import terminal_fields
 from .settings import Settings, get_settings
 from .state import (
     DUE_KEY,
@@ -97,14 +96,13 @@ from .state import (
     owned_key,
     steps_key,
 )
+from .store.keys import CANCEL_CHANNEL
+from .store.requests import parse_request, routable_call
 
-__all__ = ["CANCEL_CHANNEL", "Outcome", "Runtime", "get_runtime", "parse_request"]
+__all__ = ["Outcome", "Runtime", "get_runtime"]
 
 log = logging.getLogger("aiecs.worker")
 
-#: Redis channel on which cancel requests (Celery task ids) are broadcast to workers.
-CANCEL_CHANNEL = "aiecs:cancel"
-_FIELDS = ("task_name", "user_id", "task_id", "step", "mode", "service", "input_data", "context")
 
 
 @dataclass
@@ -132,80 +130,6 @@ class _Running:
     #: the operation is over: a cancel scheduled before it ended must not reach the task
     #: (it would interrupt the recording of the outcome)
     over: bool = False
-
-
-def check_payload_size(values: dict[str, Any], max_bytes: int) -> None:
-    """Refuse ``input_data`` + ``context`` larger than ``max_bytes`` as compact JSON bytes
-    (AIECS_MAX_PAYLOAD_BYTES): the one measure the worker and the task API both apply."""
-    from aiecs_core.jsonlimits import check_depth  # iterative: before dumps can recurse
-
-    size = 0
-    for key in ("input_data", "context"):
-        if key in values:
-            try:
-                check_depth(values[key], what="it")
-                size += len(json.dumps(values[key], separators=(",", ":")).encode())
-            except (TypeError, ValueError) as exc:
-                raise InvalidTaskError(f"{key} is not JSON: {exc}") from None
-    if size > max_bytes:
-        raise PayloadTooLargeError(
-            f"input_data + context is {size} bytes, over the limit of {max_bytes} "
-            "(AIECS_MAX_PAYLOAD_BYTES)",
-            size=size,
-            limit=max_bytes,
-        )
-
-
-def parse_request(args: tuple | list, kwargs: dict[str, Any], max_bytes: int) -> TaskRequest:
-    """Validate raw task arguments (positional in the specification's order, or keywords)."""
-    if len(args) > len(_FIELDS):
-        raise InvalidTaskError(
-            f"too many positional arguments ({len(args)}); expected at most {len(_FIELDS)}: "
-            + ", ".join(_FIELDS)
-        )
-    values = dict(zip(_FIELDS, args, strict=False))
-    for key in kwargs:
-        if key in values:
-            raise InvalidTaskError(f"argument {key!r} given both positionally and by keyword")
-    values.update(kwargs)
-    check_payload_size(values, max_bytes)
-    try:
-        return TaskRequest.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<arguments>'}: {err['msg']}"
-            for err in exc.errors(include_url=False, include_input=False)
-        )
-        raise InvalidTaskError(f"invalid task arguments: {problems}") from None
-
-
-def _routable(values: dict[str, Any]) -> TaskRequest | None:
-    """Best effort: enough of a broken request to tell its user that it failed."""
-    try:
-        return TaskRequest.model_validate(
-            {
-                "task_name": values.get("task_name") or "unknown",
-                "user_id": values.get("user_id"),
-                "task_id": values.get("task_id"),
-                "step": values.get("step", 0),
-                "mode": values.get("mode") or "unknown",
-                "service": values.get("service") or "unknown",
-            }
-        )
-    except (ValidationError, TypeError):
-        try:
-            return TaskRequest.model_validate(
-                {
-                    "task_name": "unknown",
-                    "user_id": values.get("user_id"),
-                    "task_id": values.get("task_id"),
-                    "step": values.get("step", 0) if isinstance(values.get("step"), int) else 0,
-                    "mode": "unknown",
-                    "service": "unknown",
-                }
-            )
-        except (ValidationError, TypeError):
-            return None
 
 
 class WorkerContext(OperationContext):
@@ -441,7 +365,7 @@ class Runtime:
                         exc: InvalidTaskError, celery_id: str | None) -> Outcome:
         """Invalid arguments: FAILED with the reason, told to the user when routable."""
         log.warning("rejected task %s: %s", celery_id, exc)
-        routable = _routable(dict(zip(_FIELDS, args, strict=False)) | dict(kwargs))
+        routable = routable_call(args, kwargs)
         if routable is not None:
             await self._finish_with(WorkerContext(routable, self, deadline=None),
                                     TaskStatus.FAILED, error=exc)
@@ -678,14 +602,8 @@ class Runtime:
         recorded = self.publisher.publish_terminal(
             event,
             keys.state(request.step),
-            [
-                status.value,
-                json.dumps(result) if result is not None else "",
-                info.model_dump_json() if info is not None else "",
-                json.dumps(usage),
-                time.time(),
-                self.settings.aiecs_events_ttl,
-            ],
+            terminal_fields(status, self.settings.aiecs_events_ttl, result=result, error=info,
+                            usage=usage),
         )
         # Retried until Redis answers; this task waits AIECS_REDIS_WAIT at most, then the
         # record goes on being retried in the background (and if this process dies first,

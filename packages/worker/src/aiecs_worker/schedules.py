@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiecs_core import ID_PATTERN, QuotaExceededError, TaskRequest, load_plugins, validate_input
+from aiecs_core import ID_PATTERN, QuotaExceededError, TaskRequest
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import metrics, quotas
@@ -36,6 +36,8 @@ from .records import state_redis
 from .routing import queue_name, route
 from .settings import get_settings
 from .state import steps_key
+from .store import admission
+from .store.keys import schedule_key, schedule_tick_key, user_schedules_key
 
 __all__ = ["FIRE_TASK", "Schedule", "ScheduleExistsError",
            "ScheduleLimitError", "create",
@@ -117,12 +119,8 @@ class Schedule(BaseModel):
                            context=self.context)
 
 
-def _key(user_id: str, task_id: str) -> str:
-    return f"aiecs:sched:{user_id}:{task_id}"
-
-
-def _user_key(user_id: str) -> str:
-    return f"aiecs:sched:{user_id}"
+_key = schedule_key
+_user_key = user_schedules_key
 
 
 def _entry_name(user_id: str, task_id: str) -> str:
@@ -181,8 +179,6 @@ def validate(schedule: Schedule) -> Schedule:
     operation's declaration unless ``heavy`` was given. Raises ServiceNotFoundError /
     OperationNotFoundError / InputValidationError / PayloadTooLargeError /
     QuotaExceededError (the period; never retryable)."""
-    from .runtime import check_payload_size
-
     settings = get_settings()
     least = settings.aiecs_schedule_min_period
     period = schedule.every if schedule.every is not None else _cron_period(schedule)
@@ -191,10 +187,7 @@ def validate(schedule: Schedule) -> Schedule:
             f"a schedule runs at most once every {least:g} s (limit set by "
             f"AIECS_SCHEDULE_MIN_PERIOD); this one every {period:g} s", least,
             "AIECS_SCHEDULE_MIN_PERIOD")
-    check_payload_size({"input_data": schedule.input_data, "context": schedule.context},
-                       settings.aiecs_max_payload_bytes)
-    spec = load_plugins().operation(schedule.mode, schedule.service, schedule.task_name)
-    validate_input(spec, schedule.input_data)
+    admission.check(schedule)
     return schedule
 
 
@@ -217,11 +210,10 @@ def create(schedule: Schedule, *, heavy: bool | None = None) -> dict[str, Any]:
     """
     validate(schedule)
     if heavy is None:
-        heavy = load_plugins().operation(schedule.mode, schedule.service,
-                                         schedule.task_name).heavy
+        heavy = admission.operation(schedule).heavy
     schedule = schedule.model_copy(update={"heavy": heavy, "created": time.time()})
     client = state_redis()
-    quotas.admit(schedule.user_id, client=client)
+    admission.admit(schedule.user_id, client=client)
     limit = get_settings().aiecs_max_schedules
     made = run_script(client, _CREATE_LUA,
                       [_key(schedule.user_id, schedule.task_id), _user_key(schedule.user_id)],
@@ -322,7 +314,7 @@ def fire(user_id: str, task_id: str, tick: str, producer=None) -> int | None:
     schedule = Schedule.model_validate_json(raw)
     step, new = run_script(
         client, _TICK_LUA,
-        [_key(user_id, task_id), f"{_key(user_id, task_id)}:tick:{tick}",
+        [_key(user_id, task_id), schedule_tick_key(user_id, task_id, tick),
          steps_key(user_id, task_id)],
         [TICK_TTL, KEEP_STEPS])
     step = int(step)

@@ -14,6 +14,16 @@ from typing import Any
 
 from aiecs_core import TERMINAL_STATUSES
 
+from .store.keys import (
+    DUE_KEY,
+    OWNED_PREFIX,
+    OWNERS_KEY,
+    PENDING_KEY,
+    SUSPECT_KEY,
+    celery_index_key,
+    owned_key,
+    steps_key,
+)
 from .workflows.hook import GROUP_HOOK_LUA
 
 __all__ = [
@@ -34,21 +44,6 @@ __all__ = [
 
 _TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
 
-#: Sorted set: execution owner (one worker process) -> when its lease ends (Redis ms).
-OWNERS_KEY = "aiecs:owners"
-#: Sorted set: PENDING executions -> when they were submitted (Redis ms); the sweeper
-#: queues again one whose message the broker lost (see :mod:`aiecs_worker.lease`).
-PENDING_KEY = "aiecs:pending"
-#: Sorted set: executions held in Redis until they are due (state key -> due time, ms;
-#: see :mod:`aiecs_worker.hold`).
-DUE_KEY = "aiecs:held:due"
-#: The one crash suspect allowed to run at a time (see :mod:`aiecs_worker.lease`).
-SUSPECT_KEY = "aiecs:suspect"
-
-
-def owned_key(owner: str, prefix: str = "aiecs") -> str:
-    """Set of the state keys an owner (worker process) is executing."""
-    return f"{prefix}:owned:{owner}"
 
 
 NOW_MS_LUA = "local _t = redis.call('TIME'); local now_ms = _t[1] * 1000 + math.floor(_t[2] / 1000)"
@@ -138,7 +133,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if f[1] == 'pending' then redis.call('ZREM', '{PENDING_KEY}', KEYS[1]) end
 if f[2] then
-  if f[2] ~= '' then redis.call('SREM', 'aiecs:owned:' .. f[2], KEYS[1]) end
+  if f[2] ~= '' then redis.call('SREM', '{OWNED_PREFIX}' .. f[2], KEYS[1]) end
   redis.call('HDEL', KEYS[1], 'request', 'owner')
 elseif f[1] == 'pending' then
   redis.call('HDEL', KEYS[1], 'request')
@@ -182,15 +177,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-
-def steps_key(user_id: str, task_id: str, prefix: str = "aiecs") -> str:
-    """Set of the steps a task has run or queued."""
-    return f"{prefix}:t:{user_id}:{task_id}:steps"
-
-
-def celery_index_key(celery_id: str, prefix: str = "aiecs") -> str:
-    """Celery task id → the key of its execution's state hash."""
-    return f"{prefix}:celery:{celery_id}"
 
 
 def decode_state(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:

@@ -27,12 +27,13 @@ from typing import Any
 from aiecs_core import ID_PATTERN
 from starlette.responses import JSONResponse
 
+from ..store.keys import REVOKED_PREFIX
 from .tokens import Identity, TokenError, verify_token
 
 __all__ = ["GEN_KEY", "RevocationGate", "revoke_jti", "revoke_user", "revoked", "revoked_many"]
 
 log = logging.getLogger("aiecs.server")
-PREFIX = "aiecs:revoked:"
+PREFIX = REVOKED_PREFIX
 GEN_KEY = PREFIX + "gen"
 _SLACK = 60  # seconds of clock skew between the revoking host and the servers
 

@@ -27,10 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import metrics
 from ..events import TaskKeys, _publish_lua, celery_task_id, script_args
-from ..quotas import admit
 from ..records import state_redis
 from ..settings import get_settings
 from ..state import CANCEL_LUA, PENDING_KEY, celery_index_key, decode_state, pending_lua, steps_key
+from ..store import admission
+from ..store.keys import batch_key
 from .common import (
     GroupError,
     NotFoundError,
@@ -77,10 +78,6 @@ class BatchItem(BaseModel):
     input_data: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     heavy: bool | None = None
-
-
-def batch_key(user_id: str, batch_id: str) -> str:
-    return f"aiecs:batch:{user_id}:{batch_id}"
 
 
 def item_task_id(batch_id: str, index: int) -> str:
@@ -143,7 +140,7 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
     # the items' state keys, TaskKeys(user_id, item_task_id(batch_id, i)).state(1)
     first = TaskKeys(user_id, item_task_id(batch_id, 0)).state(1)
     prefix, suffix = first.split(f"{batch_id}.0:", 1)
-    admit(user_id, batch=key, numbered=(f"{prefix}{batch_id}.", total, f":{suffix}"),
+    admission.admit(user_id, batch=key, numbered=(f"{prefix}{batch_id}.", total, f":{suffix}"),
           client=client)
     fields = group_fields("batch", user_id, batch_id)
     head = fields[fields.index("head") + 1]

@@ -7,11 +7,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from aiecs_core import InvalidTaskError, TaskRequest, load_plugins, validate_input
+from aiecs_core import InvalidTaskError, TaskRequest
 
 from ..events import TaskKeys, packet_parts
 from ..routing import route
 from ..settings import get_settings
+from ..store import admission
 
 __all__ = ["GroupError", "NotFoundError", "admitted", "group_fields", "pipelined_sends",
            "send_execution", "task_for"]
@@ -33,19 +34,13 @@ def task_for(request: TaskRequest, heavy: bool | None, *, flow: bool = False
     """(Celery task name, queue, priority) of an execution: the operation's declared
     queue unless ``heavy`` overrides it. Raises ServiceNotFoundError /
     OperationNotFoundError when this process's plugins do not know the operation."""
-    spec = load_plugins().operation(request.mode, request.service, request.task_name)
-    return route(spec.heavy if heavy is None else heavy, flow=flow)
+    return route(admission.operation(request).heavy if heavy is None else heavy, flow=flow)
 
 
 def check_item(request: TaskRequest, where: str) -> None:
     """Refuse an execution whose operation is unknown or whose input fails its model."""
-    from ..runtime import check_payload_size
-
     try:
-        check_payload_size({"input_data": request.input_data, "context": request.context},
-                           get_settings().aiecs_max_payload_bytes)
-        spec = load_plugins().operation(request.mode, request.service, request.task_name)
-        validate_input(spec, request.input_data)
+        admission.check(request)
     except InvalidTaskError as exc:
         raise GroupError(f"{where}: {exc.message}", where=where) from None
     except Exception as exc:

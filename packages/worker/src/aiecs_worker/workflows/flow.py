@@ -48,18 +48,18 @@ from aiecs_core import (
     TaskEvent,
     TaskRequest,
     TaskStatus,
-    load_plugins,
 )
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from .. import background
-from ..events import TaskKeys, celery_task_id, encode_event, finish_sync, packet_parts
-from ..quotas import admit
-from ..records import state_redis
+from ..events import TaskKeys, celery_task_id, encode_event, packet_parts
+from ..records import end_execution, state_redis
 from ..settings import get_settings
 from ..state import NOW_MS_LUA, PENDING_KEY, celery_index_key, decode_state, steps_key
+from ..store import admission
+from ..store.keys import FLOW_PREFIX, FLOWS_DUE_KEY, flow_key
+from ..store.requests import check_payload_size
 from .common import GroupError, NotFoundError, admitted, send_execution, task_for
-from .hook import FLOWS_DUE_KEY
 from .refs import RefError, find_refs, parse_ref, resolve, resolved_size
 
 __all__ = ["FlowStep", "advance", "cancel_workflow", "flow_key", "get_workflow",
@@ -146,10 +146,6 @@ class FlowStep(BaseModel):
     heavy: bool | None = None
 
 
-def flow_key(user_id: str, task_id: str) -> str:
-    return f"aiecs:flow:{user_id}:{task_id}"
-
-
 # -- validation --------------------------------------------------------------------------------
 def _order(steps: dict[int, FlowStep]) -> list[int]:
     """A topological order, or GroupError naming the steps of a cycle."""
@@ -186,8 +182,6 @@ def _ancestors(steps: dict[int, FlowStep], order: list[int]) -> dict[int, set[in
 
 def _check_step(user_id: str, task_id: str, s: FlowStep, ancestors: set[int]) -> TaskRequest:
     """The step's request (references unresolved), or GroupError naming the step."""
-    from ..runtime import check_payload_size
-
     where = f"step {s.step}"
     ref_locs = []
     refs = [(field, loc, ref) for field in ("input_data", "context")
@@ -212,9 +206,7 @@ def _check_step(user_id: str, task_id: str, s: FlowStep, ancestors: set[int]) ->
         request = TaskRequest(task_name=s.task_name, user_id=user_id, task_id=task_id,
                               step=s.step, mode=s.mode, service=s.service,
                               input_data=s.input_data, context=s.context)
-        check_payload_size({"input_data": s.input_data, "context": s.context},
-                           get_settings().aiecs_max_payload_bytes)
-        spec = load_plugins().operation(s.mode, s.service, s.task_name)
+        spec = admission.check(s, validate=False)  # the input: below, references aside
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                              for e in exc.errors(include_url=False, include_input=False))
@@ -314,7 +306,7 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
     head, tail = packet_parts(user_id)
     client = state_redis()
     key = flow_key(user_id, task_id)
-    admit(user_id, [keys.state(n) for n in order], client=client)
+    admission.admit(user_id, [keys.state(n) for n in order], client=client)
     created = client.eval(
         CREATE_FLOW_LUA, 5, key, steps_key(user_id, task_id), keys.seq, keys.log,
         FLOWS_DUE_KEY,
@@ -330,22 +322,13 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
 # -- advancing ---------------------------------------------------------------------------------
 def _end_step(client: Any, user_id: str, task_id: str, n: int, task_name: str,
               status: TaskStatus, error: InvalidTaskError | TaskCancelledError) -> None:
-    s = get_settings()
-    info = error.to_info()
-    event = TaskEvent(type="status", task_id=task_id, step=n, user_id=user_id,
-                      task_name=task_name, status=status, message=info.message, error=info)
-    finish_sync(client, event, TaskKeys(user_id, task_id).state(n),
-                [status.value, "", info.model_dump_json(), "[]", time.time(),
-                 s.aiecs_events_ttl],
-                s.aiecs_socketio_channel, s.aiecs_events_maxlen, s.aiecs_events_ttl)
+    end_execution(client, (user_id, task_id, n, task_name), status, error)
 
 
 def _request(user_id: str, task_id: str, n: int, step: dict[str, Any],
              results: dict[int, Any]) -> TaskRequest:
     """The step's request, its references resolved; InvalidTaskError (or whatever its
     input raises) when it cannot be released, whatever the number of tries."""
-    from ..runtime import check_payload_size
-
     limit = get_settings().aiecs_max_payload_bytes
     # measured before it is built: a 0.16 MB input may resolve to hundreds of MB
     size = sum(resolved_size(step[f], results) for f in ("input_data", "context"))
@@ -498,7 +481,7 @@ def after_step(kwargs: dict[str, Any]) -> None:
 def after_cancel(client: Any, state_key: str) -> None:
     """A cancel request reached an execution: a waiting workflow step ends now."""
     group = client.hget(state_key, "group")
-    if group and group.startswith(b"aiecs:flow:"):
+    if group and group.startswith(FLOW_PREFIX.encode()):
         advance(client, group.decode())
 
 

@@ -13,18 +13,17 @@ once, whatever process dies afterwards:
   :mod:`aiecs_worker.workflows.flow`); when that process died first, any worker's sweeper
   does it.
 
-This module imports nothing from aiecs_worker: :mod:`aiecs_worker.state` imports it.
+This module imports only key names (:mod:`aiecs_worker.store.keys`).
 Lua locals it may use: ``f[4]`` (the group key), ``ARGV[1]`` (the terminal status) and
 ``ARGV[5]`` (now, seconds).
 """
 
 from __future__ import annotations
 
-__all__ = ["FLOWS_DUE_KEY", "GROUP_HOOK_LUA", "PUBLISH_GROUP_EVENT_LUA"]
+from ..store.keys import FLOWS_DUE_KEY
 
-#: Sorted set: workflow key -> when one of its steps last ended (ms) and was not yet
-#: followed by an advance.
-FLOWS_DUE_KEY = "aiecs:flows:due"
+__all__ = ["GROUP_HOOK_LUA", "PUBLISH_GROUP_EVENT_LUA"]
+
 
 #: Lua: append and publish the event body ``body`` (JSON without seq, starting with '{')
 #: on the group ``g``'s log (fields seq, log, channel, phead, ptail, maxlen, ttl of g).

@@ -1,0 +1,133 @@
+"""Every Redis key name and prefix aiecs uses, in one place.
+
+A new key is added here (with what it holds); the modules that read or write it import
+its name. Imports nothing from aiecs_worker.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BACKLOG_KEY", "BEAT_PREFIX", "CANCEL_CHANNEL", "DEADLETTER_KEY", "DUE_KEY",
+    "FLOWS_DUE_KEY", "FLOW_PREFIX", "OWNED_PREFIX", "OWNERS_KEY", "PENDING_KEY", "PREFIX",
+    "REVOKED_PREFIX", "SUSPECT_KEY", "TaskKeys", "batch_key", "celery_index_key",
+    "flow_key", "owned_key", "quota_key", "rate_limit_base", "schedule_key",
+    "schedule_tick_key", "steps_key", "user_schedules_key", "window_key",
+]
+
+#: The prefix of every key (the default of the functions' ``prefix`` arguments).
+PREFIX = "aiecs"
+
+# -- executions ---------------------------------------------------------------------------
+#: Sorted set: execution owner (one worker process) -> when its lease ends (Redis ms).
+OWNERS_KEY = f"{PREFIX}:owners"
+#: Set per owner (``OWNED_PREFIX + owner``): the state keys it is executing.
+OWNED_PREFIX = f"{PREFIX}:owned:"
+#: Sorted set: PENDING executions -> when they were submitted (Redis ms); the sweeper
+#: queues again one whose message the broker lost (see aiecs_worker.lease).
+PENDING_KEY = f"{PREFIX}:pending"
+#: Sorted set: executions held in Redis until they are due (state key -> due time, ms;
+#: see aiecs_worker.hold).
+DUE_KEY = f"{PREFIX}:held:due"
+#: The one crash suspect allowed to run at a time (see aiecs_worker.lease).
+SUSPECT_KEY = f"{PREFIX}:suspect"
+#: Pub/sub channel on which cancel requests (Celery task ids) are broadcast to workers.
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+#: Stream of malformed broker messages (see aiecs_worker.poison).
+DEADLETTER_KEY = f"{PREFIX}:deadletter"
+
+
+class TaskKeys:
+    """Redis keys of one user's task (and of one of its steps)."""
+
+    def __init__(self, user_id: str, task_id: str, prefix: str = PREFIX):
+        base = f"{prefix}:t:{user_id}:{task_id}"
+        #: counter: the task's last event seq
+        self.seq = f"{base}:seq"
+        #: stream: the task's durable event log
+        self.log = f"{base}:log"
+        self._base = base
+
+    def state(self, step: int) -> str:
+        """Hash: status, celery_id, result, error, usage, updated (per step)."""
+        return f"{self._base}:{step}:state"
+
+
+def owned_key(owner: str, prefix: str = PREFIX) -> str:
+    """Set of the state keys an owner (worker process) is executing."""
+    return f"{prefix}:owned:{owner}"
+
+
+def steps_key(user_id: str, task_id: str, prefix: str = PREFIX) -> str:
+    """Set of the steps a task has run or queued."""
+    return f"{prefix}:t:{user_id}:{task_id}:steps"
+
+
+def celery_index_key(celery_id: str, prefix: str = PREFIX) -> str:
+    """Celery task id -> the key of its execution's state hash."""
+    return f"{prefix}:celery:{celery_id}"
+
+
+# -- fair share (aiecs_worker.hold) --------------------------------------------------------
+#: Sorted set: the windows that hold executions waiting for a slot.
+BACKLOG_KEY = f"{PREFIX}:fair:backlog"
+
+
+def window_key(queue: str, user_id: str) -> str:
+    """Sorted set: the state keys of a user's executions sent to ``queue`` and not ended
+    (its fair-share window); ``+ ":held"`` is the list of those waiting behind it."""
+    return f"{PREFIX}:fair:{queue}:{user_id}"
+
+
+# -- quotas (aiecs_worker.quotas) ----------------------------------------------------------
+def quota_key(user_id: str, what: str) -> str:
+    """A user's quota counter ``what`` (submit, active, batches)."""
+    return f"{PREFIX}:quota:{user_id}:{what}"
+
+
+# -- rate limits (aiecs_worker.ratelimit) --------------------------------------------------
+def rate_limit_base(bucket: str, prefix: str = PREFIX) -> str:
+    """The keys of one ``provider/model`` rate-limit bucket start with this (one hash slot)."""
+    return f"{prefix}:rl:{{{bucket}}}"
+
+
+# -- groups (aiecs_worker.workflows) -------------------------------------------------------
+#: Prefix of the workflow hashes.
+FLOW_PREFIX = f"{PREFIX}:flow:"
+#: Sorted set: workflow key -> when one of its steps last ended (ms) and was not yet
+#: followed by an advance.
+FLOWS_DUE_KEY = f"{PREFIX}:flows:due"
+
+
+def batch_key(user_id: str, batch_id: str) -> str:
+    """Hash of a batch (``+ ":items"``: its item list)."""
+    return f"{PREFIX}:batch:{user_id}:{batch_id}"
+
+
+def flow_key(user_id: str, task_id: str) -> str:
+    """Hash of a workflow."""
+    return f"{FLOW_PREFIX}{user_id}:{task_id}"
+
+
+# -- schedules (aiecs_worker.schedules, beat) ----------------------------------------------
+#: celery-redbeat's key prefix (its entries name tasks, not modules).
+BEAT_PREFIX = f"{PREFIX}:beat:"
+
+
+def schedule_key(user_id: str, task_id: str) -> str:
+    """Hash of a user's schedule."""
+    return f"{PREFIX}:sched:{user_id}:{task_id}"
+
+
+def user_schedules_key(user_id: str) -> str:
+    """Set of a user's scheduled task ids."""
+    return f"{PREFIX}:sched:{user_id}"
+
+
+def schedule_tick_key(user_id: str, task_id: str, tick: str) -> str:
+    """One tick of a schedule (the step it fired)."""
+    return f"{schedule_key(user_id, task_id)}:tick:{tick}"
+
+
+# -- tokens (aiecs_worker.server.revocation) -----------------------------------------------
+#: Prefix of the revoked token ids, users' cut-offs and the revocation generation.
+REVOKED_PREFIX = f"{PREFIX}:revoked:"
