@@ -15,8 +15,18 @@ from . import startup as _startup  # noqa: F401 - the start-up report of plugins
 from . import warm as _warm  # noqa: F401 - providers warmed off the loop at start
 from .app import app
 from .events import celery_task_id
+from .poison import install as _install_poison_guard
 from .routing import FAST_QUEUE, HEAVY_QUEUE
 from .tasks import execute_heavy_task, execute_task
+from .upstream_fixes import install as _install_upstream_fixes
+
+# The worker's parts are wired into the app here, not by aiecs_worker.app (which must not
+# import them): any import of aiecs_worker.app runs this package's init first, so the app
+# is never used without them.
+_install_poison_guard(app)  # malformed broker messages are dead-lettered
+# a Redis restart must not stop the worker, nor a reconnect deadlock a threads worker;
+# one Redis client per broker channel (see upstream_fixes)
+_install_upstream_fixes()
 
 celery = app
 

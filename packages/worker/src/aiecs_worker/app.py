@@ -10,11 +10,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from .poison import install as install_poison_guard
 from .routing import FAST_QUEUE, HEAVY_QUEUE, MAX_PRIORITY, task_routes
 from .settings import Settings, get_settings
 from .store.keys import BEAT_PREFIX
-from .upstream_fixes import install as install_upstream_fixes
 
 __all__ = ["app", "create_app"]
 
@@ -22,10 +20,6 @@ __all__ = ["app", "create_app"]
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
-    install_poison_guard(celery_app)  # malformed broker messages are dead-lettered
-    # a Redis restart must not stop the worker, nor a reconnect deadlock a threads worker;
-    # one Redis client per broker channel (see upstream_fixes)
-    install_upstream_fixes()
     # A dead worker's received-but-unstarted messages come back after the visibility
     # timeout (5 min by default: redelivered copies are harmless, see lease.py); kombu
     # looks for them every 30 s instead of every 100 s.

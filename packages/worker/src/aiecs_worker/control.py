@@ -15,18 +15,18 @@ from celery.result import AsyncResult
 
 from .app import app
 from .events import TaskKeys, celery_task_id, run_script
-from .records import record_cancelled, record_pending, state_redis
+from .records import record_pending, state_redis
+from .release import record_cancelled
 from .routing import route
 from .settings import get_settings
 from .state import CANCEL_LUA, celery_index_key, decode_state, steps_key
 from .store import admission
 from .store.keys import CANCEL_CHANNEL
-from .tasks import execute_heavy_task, execute_task
+from .workflows.advance import after_cancel
 
 __all__ = ["cancel", "cancel_celery", "get_state", "record_cancelled", "record_pending",
            "submit", "task_steps"]
 
-_TASKS = {t.name: t for t in (execute_task, execute_heavy_task)}
 
 
 
@@ -43,7 +43,8 @@ def submit(request: TaskRequest, *, heavy: bool | None = None,
     submission check, :mod:`aiecs_worker.store.admission`.
     """
     spec = admission.check_request(request, client=state_redis())
-    task = _TASKS[route(spec.heavy if heavy is None else heavy).task]
+    # the task by its name: registered by aiecs_worker.tasks (the package init imports it)
+    task = app.tasks[route(spec.heavy if heavy is None else heavy).task]
     celery_id = celery_task_id(request.user_id, request.task_id, request.step)
     timing = {k: v for k, v in (("eta", eta), ("countdown", countdown)) if v is not None}
     return task.apply_async(kwargs=request.model_dump(mode="json"), task_id=celery_id,
@@ -78,8 +79,6 @@ def _cancel_state(state_key: str, celery_id: str) -> bool:
     if marked:
         client.publish(CANCEL_CHANNEL, celery_id)
         app.control.revoke(celery_id)
-        from .workflows.flow import after_cancel
-
         after_cancel(client, state_key)  # a waiting workflow step ends now
         _end_if_not_due(client, state_key)
     return bool(marked)

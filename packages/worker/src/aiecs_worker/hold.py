@@ -35,10 +35,8 @@ the terminal transition, or are skipped when popped).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from .routing import HEAVY_QUEUE
@@ -52,7 +50,6 @@ __all__ = [
     "KEEP_ALIVE_LUA",
     "RELEASE_LUA",
     "admit_args",
-    "send_released",
     "window_key",
 ]
 
@@ -235,31 +232,6 @@ def decode(values: list[Any]) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def send_released(released: list[str]) -> int:
-    """Send the messages of executions :data:`RELEASE_LUA` released (flat list); how many.
-
-    A failed send leaves them PENDING in the pending index: the reaper sends them again."""
-    if not released:
-        return 0
-    from .app import app
-
-    routes = app.conf.task_routes or {}
-    conf = app.conf
-    with app.producer_or_acquire() as producer:
-        for i in range(0, len(released), 5):
-            celery_id, task, queue, request, eta = released[i:i + 5]
-            when = None
-            if eta and float(eta) > time.time():
-                when = datetime.fromtimestamp(float(eta), UTC)
-            message = app.amqp.create_task_message(
-                celery_id, task, (), json.loads(request), eta=when,
-                time_limit=conf.task_time_limit, soft_time_limit=conf.task_soft_time_limit)
-            priority = (routes.get(task) or {}).get("priority")
-            app.amqp.send_task_message(producer, task, message, queue=queue or None,
-                                       priority=priority)
-    return len(released) // 5
-
-
 def release_args(settings: Any, *, state_key: str = "", window: str = "",
                  clean: bool = False) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of :data:`RELEASE_LUA`: fill ``window``, or the window of the
@@ -267,12 +239,3 @@ def release_args(settings: Any, *, state_key: str = "", window: str = "",
     return ([BACKLOG_KEY, PENDING_KEY, state_key or BACKLOG_KEY],
             [window, settings.aiecs_fair_window_fast, 1000, "1" if clean else "",
              settings.aiecs_fair_window_heavy, window_key(HEAVY_QUEUE, "")])
-
-
-def release_window(client: Any, settings: Any, *, state_key: str = "", window: str = "",
-                   clean: bool = False) -> int:
-    """Fill one window from its user's FIFO (synchronous client); how many were sent."""
-    from .events import run_script
-
-    keys, args = release_args(settings, state_key=state_key, window=window, clean=clean)
-    return send_released(decode(run_script(client, RELEASE_LUA, keys, args)))

@@ -7,29 +7,28 @@ other. These functions use a synchronous Redis client.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import time
 from typing import Any
 
+import redis
 from aiecs_core import AiecsError, ErrorInfo, TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 
 from . import metrics
 from .events import PENDING_PUBLISH_LUA, TaskKeys, finish_sync, script_args
+from .hold import ADMIT_LUA, admit_args, held_ttl
 from .settings import get_settings
 from .state import PENDING_KEY, celery_index_key, steps_key
 from .store.requests import routable_call
 
-__all__ = ["end_execution", "record_cancelled", "record_pending", "state_redis",
+__all__ = ["end_cancelled", "end_execution", "record_pending", "state_redis",
            "terminal_fields"]
 
 
 @functools.lru_cache(maxsize=1)
 def state_redis():
     """This process's synchronous client of the state Redis."""
-    import redis
-
     return redis.Redis.from_url(get_settings().state_redis_url, socket_timeout=5)
 
 
@@ -50,8 +49,6 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     its wait from then, not from the submission, and its state and log are kept until
     then plus AIECS_EVENTS_TTL.
     """
-    from .hold import ADMIT_LUA, admit_args, held_ttl
-
     s = get_settings()
     keys = TaskKeys(request.user_id, request.task_id)
     state_key = keys.state(request.step)
@@ -147,19 +144,14 @@ def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],
                        s.aiecs_socketio_channel, s.aiecs_events_maxlen, s.aiecs_events_ttl)
 
 
-def record_cancelled(args: tuple, kwargs: dict[str, Any], reason: str) -> bool:
-    """Mark a revoked-before-running execution CANCELLED and publish its terminal event."""
+def end_cancelled(args: tuple, kwargs: dict[str, Any], reason: str) -> str:
+    """Mark a revoked-before-running execution CANCELLED and publish its terminal event;
+    its state key, or "" when it had ended already (or its arguments name no execution).
+    :func:`aiecs_worker.release.record_cancelled` also frees its fair-share slot."""
     request = routable_call(args, kwargs)
     if request is None:
-        return False
-    s = get_settings()
-    keys = TaskKeys(request.user_id, request.task_id)
+        return ""
+    state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
     seq = end_execution(state_redis(), request, TaskStatus.CANCELLED,
-                        TaskCancelledError(reason), message=reason)
-    if seq > 0:
-        from .hold import release_window
-
-        # its slot in its user's fair-share window is free (else the workers' sweep)
-        with contextlib.suppress(Exception):
-            release_window(state_redis(), s, state_key=keys.state(request.step))
-    return seq > 0
+                        TaskCancelledError(reason), message=reason, state_key=state_key)
+    return state_key if seq > 0 else ""

@@ -60,6 +60,7 @@ from aiecs_core import (
 )
 
 from . import background, logs, metrics
+from .app import app
 from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_task_id, script_args
 from .hold import (
     ADMIT_LUA,
@@ -71,7 +72,6 @@ from .hold import (
     decode,
     keep_alive_args,
     release_args,
-    send_released,
 )
 from .lease import (
     HEARTBEAT_KEYS,
@@ -85,6 +85,7 @@ from .lease import (
 )
 from .ratelimit import RateLimiter, limited_call
 from .records import terminal_fields
+from .release import send_released
 from .settings import Settings, get_settings
 from .state import (
     DUE_KEY,
@@ -98,6 +99,7 @@ from .state import (
 )
 from .store.keys import CANCEL_CHANNEL
 from .store.requests import parse_request, routable_call
+from .workflows.advance import sweep_due
 
 __all__ = ["Outcome", "Runtime", "get_runtime"]
 
@@ -779,8 +781,7 @@ class Runtime:
             log.warning("execution %s (%s) still PENDING with an empty queue: its message "
                         "was lost in transit; queued again", celery_id, state_key)
             queued += 1
-        from .workflows.flow import sweep_due  # advances a dead process did not make
-
+        # and advances of workflows a dead process did not make
         return queued + await self.loop.run_in_executor(None, sweep_due)
 
     async def _sweep_dead_owners(self) -> int:
@@ -803,8 +804,6 @@ class Runtime:
 
     @staticmethod
     def _send_again(task: str, queue: str, request: str, celery_id: str) -> None:
-        from .app import app
-
         app.send_task(task, kwargs=json.loads(request), task_id=celery_id, queue=queue or None)
 
     # -- shutdown -----------------------------------------------------------------------------

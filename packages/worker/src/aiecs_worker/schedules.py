@@ -28,9 +28,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiecs_core import ID_PATTERN, QuotaExceededError, TaskRequest
+from celery.schedules import crontab
+from celery.schedules import schedule as every_schedule
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from redbeat import RedBeatSchedulerEntry
 
 from . import metrics, quotas
+from .app import app
+from .control import get_state
 from .events import TaskKeys, run_script
 from .records import state_redis
 from .routing import queue_name, route
@@ -89,8 +94,6 @@ class Schedule(BaseModel):
     def _valid_cron(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from celery.schedules import crontab
-
         v = " ".join(v.split())
         try:
             crontab.from_string(v)
@@ -106,11 +109,9 @@ class Schedule(BaseModel):
         return self
 
     def celery_schedule(self):
-        from celery.schedules import crontab, schedule
-
         if self.cron is not None:
             return crontab.from_string(self.cron)
-        return schedule(run_every=self.every)
+        return every_schedule(run_every=self.every)
 
     def request(self, step: int) -> TaskRequest:
         return TaskRequest(task_name=self.task_name, user_id=self.user_id,
@@ -165,10 +166,6 @@ return {n, 1}
 
 
 def _entry(user_id: str, task_id: str, schedule=None):
-    from redbeat import RedBeatSchedulerEntry
-
-    from .app import app
-
     return RedBeatSchedulerEntry(_entry_name(user_id, task_id), FIRE_TASK, schedule,
                                  kwargs={"user_id": user_id, "task_id": task_id}, app=app)
 
@@ -268,11 +265,6 @@ def list_schedules(user_id: str) -> list[dict[str, Any]]:
 
 
 def _view(schedule: Schedule, raw: dict[bytes, bytes]) -> dict[str, Any]:
-    from redbeat import RedBeatSchedulerEntry
-
-    from .app import app
-    from .control import get_state
-
     last_step = int(raw.get(b"last_step") or 0)
     last = None
     if last_step:
@@ -305,8 +297,6 @@ def fire(user_id: str, task_id: str, tick: str, producer=None) -> int | None:
     """Submit the run of one tick as the task's next step; the step, or None when the
     schedule no longer exists. The same tick again returns its step without a second
     execution (unless the first never recorded its PENDING state: then it is submitted)."""
-    from .tasks import execute_heavy_task, execute_task
-
     client = state_redis()
     raw = client.hget(_key(user_id, task_id), "spec")
     if raw is None:
@@ -322,8 +312,8 @@ def fire(user_id: str, task_id: str, tick: str, producer=None) -> int | None:
         return None
     if not new and client.exists(TaskKeys(user_id, task_id).state(step)):
         return step
-    task = {t.name: t for t in (execute_task, execute_heavy_task)}[
-        route(bool(schedule.heavy)).task]
+    # the task by its name: registered by aiecs_worker.tasks (the package init imports it)
+    task = app.tasks[route(bool(schedule.heavy)).task]
     task.apply_async(kwargs=json.loads(schedule.request(step).model_dump_json()),
                      producer=producer)
     return step

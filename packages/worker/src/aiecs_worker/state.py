@@ -14,6 +14,7 @@ from typing import Any
 
 from aiecs_core import TERMINAL_STATUSES
 
+from .store.hook import GROUP_HOOK_LUA
 from .store.keys import (
     DUE_KEY,
     OWNED_PREFIX,
@@ -24,7 +25,6 @@ from .store.keys import (
     owned_key,
     steps_key,
 )
-from .workflows.hook import GROUP_HOOK_LUA
 
 __all__ = [
     "CANCEL_LUA",
@@ -117,7 +117,7 @@ def finish_lua(then: str) -> str:
     KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl.  Returns 0 when
     the execution was already terminal (nothing changes), else what ``then`` returns.
     A batch item or workflow step (field ``group``) tells its group in the same script
-    (see aiecs_worker.workflows.hook). The execution leaves its fair-share window and
+    (see aiecs_worker.store.hook). The execution leaves its fair-share window and
     the index of held executions (see aiecs_worker.hold).
     """
     return f"""

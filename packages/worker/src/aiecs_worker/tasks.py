@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from .app import app
 from .events import celery_task_id
-from .records import record_cancelled, record_pending
+from .records import record_pending
+from .release import record_cancelled
 from .routing import (
     AIECS_TASKS,
     FAST_TASK,
@@ -31,6 +32,7 @@ from .routing import (
 )
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 from .taskevents import ExecutionCancelled
+from .workflows.advance import after_step
 
 __all__ = ["execute_flow_step", "execute_heavy_flow_step", "execute_heavy_task",
            "execute_task"]
@@ -131,12 +133,6 @@ def execute_heavy_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return _run(self, args, kwargs)
 
 
-def _advance_flow(kwargs: dict[str, Any]) -> None:
-    from .workflows.flow import after_step
-
-    after_step(kwargs)
-
-
 @app.task(bind=True, base=AiecsTask, name=FLOW_TASK, throws=(AiecsError,))
 def execute_flow_step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """A workflow step (see aiecs_worker.workflows.flow): run it, then release or cancel
@@ -144,7 +140,7 @@ def execute_flow_step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         return _run(self, args, kwargs)
     finally:
-        _advance_flow(kwargs)
+        after_step(kwargs)
 
 
 @app.task(bind=True, base=AiecsTask, name=FLOW_HEAVY_TASK, throws=(AiecsError,))
@@ -153,7 +149,7 @@ def execute_heavy_flow_step(self: Task, *args: Any, **kwargs: Any) -> dict[str, 
     try:
         return _run(self, args, kwargs)
     finally:
-        _advance_flow(kwargs)
+        after_step(kwargs)
 
 
 @signals.task_revoked.connect
@@ -169,7 +165,7 @@ def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_:
     except Exception:  # noqa: BLE001 - never break the worker's control loop
         log.exception("could not record the revocation of %s", request.id)
     if name in FLOW_TASKS:
-        _advance_flow(dict(request.kwargs or {}))
+        after_step(dict(request.kwargs or {}))
 
 
 @signals.worker_process_init.connect

@@ -1,5 +1,5 @@
-"""Fixes for upstream defects, installed by ``create_app``: two stopped workers, one cost
-every task a tenth of a millisecond.
+"""Fixes for upstream defects, installed by the package init (``aiecs_worker``): two
+stopped workers, one cost every task a tenth of a millisecond.
 
 1. kombu's Redis transport: a channel that outlives its connection.
    When Redis restarts, Celery's consumer drops the broken connection (kombu's

@@ -3,7 +3,7 @@
 Each item is an execution of its own (task_id ``{batch_id}.{index}``, step 1) with its
 events and result. The batch hash ``aiecs:batch:{user}:{batch_id}`` holds the counters,
 bumped by each item's terminal transition in the same Lua script (see
-:mod:`aiecs_worker.workflows.hook`), which also publishes the batch's progress events on
+:mod:`aiecs_worker.store.hook`), which also publishes the batch's progress events on
 the batch's own log (task id ``batch_id``, step 0): replayable like a task's, in the
 owner's room. The item list is ``aiecs:batch:{user}:{batch_id}:items``.
 
@@ -18,6 +18,7 @@ them from the record (as for any submission whose message was lost, see lease.py
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -26,12 +27,16 @@ from aiecs_core import TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import metrics
+from ..app import app
 from ..events import TaskKeys, _publish_lua, celery_task_id, script_args
+from ..hold import ADMIT_LUA, admit_args
 from ..records import state_redis
+from ..release import record_cancelled
 from ..settings import get_settings
 from ..state import CANCEL_LUA, PENDING_KEY, celery_index_key, decode_state, pending_lua, steps_key
 from ..store import admission
-from ..store.keys import batch_key
+from ..store.hook import PUBLISH_GROUP_EVENT_LUA
+from ..store.keys import CANCEL_CHANNEL, batch_key
 from .common import (
     GroupError,
     NotFoundError,
@@ -41,7 +46,6 @@ from .common import (
     send_execution,
     task_for,
 )
-from .hook import PUBLISH_GROUP_EVENT_LUA
 
 __all__ = ["BatchItem", "batch_key", "cancel_batch", "get_batch", "submit_batch"]
 
@@ -85,8 +89,6 @@ def item_task_id(batch_id: str, index: int) -> str:
 
 
 def _validate(user_id: str, batch_id: str, items: list[Any]) -> list[tuple[TaskRequest, Any]]:
-    import re
-
     if not re.fullmatch(_BATCH_ID, batch_id):
         raise GroupError(f"invalid batch_id (must match {_BATCH_ID})")
     if not items:
@@ -129,8 +131,6 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
     the whole batch with a :class:`GroupError` naming it, before anything is queued; so
     does a quota of the user (:class:`~aiecs_core.QuotaExceededError`, :mod:`..quotas`).
     """
-    from ..app import app
-
     batch_id = batch_id or f"batch-{uuid.uuid4().hex[:16]}"
     checked = _validate(user_id, batch_id, items)
     s = get_settings()
@@ -171,8 +171,6 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
                   chunk: list[tuple[TaskRequest, BatchItem]], heavy: bool | None) -> list:
     """The PENDING records of ``chunk`` in one round trip; the messages to send."""
     s = get_settings()
-    from ..hold import ADMIT_LUA, admit_args
-
     admit = client.script_load(ADMIT_LUA)
     pipe = client.pipeline(transaction=False)
     pipe.rpush(f"{key}:items", *[r.task_id for r, _ in chunk])
@@ -211,9 +209,6 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
     """Cancel a batch: queued items never run, running ones are cancelled, finished ones
     keep their results. Returns ``{"batch_id", "cancelling": n}`` (items not yet ended);
     raises NotFoundError for an unknown batch."""
-    from ..app import app
-    from ..runtime import CANCEL_CHANNEL
-
     s = get_settings()
     client = state_redis()
     key = batch_key(user_id, batch_id)
@@ -247,8 +242,6 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
 def _end_held(client: Any, user_id: str, task_ids: list[str]) -> None:
     """Items held in Redis (behind the user's fair-share window, see aiecs_worker.hold)
     end CANCELLED now: no message of theirs exists to carry the cancel request."""
-    from ..records import record_cancelled
-
     pipe = client.pipeline(transaction=False)
     for task_id in task_ids:
         pipe.hmget(TaskKeys(user_id, task_id).state(1), "status", "held", "request")

@@ -9,7 +9,9 @@ from typing import Any
 
 from aiecs_core import InvalidTaskError, TaskRequest
 
+from ..app import app
 from ..events import TaskKeys, packet_parts
+from ..hold import ADMIT_LUA, admit_args
 from ..routing import route
 from ..settings import get_settings
 from ..store import admission
@@ -96,8 +98,6 @@ def send_execution(producer: Any, task: str, queue: str, priority: int,
     Celery's own message, sent as ``app.send_task`` sends it, minus the result
     subscription ``send_task`` opens for the caller's AsyncResult: one round trip per
     message instead of three (``AsyncResult(id).get()`` still works, subscribing then)."""
-    from ..app import app
-
     conf = app.conf
     message = app.amqp.create_task_message(
         celery_id, task, (), kwargs, time_limit=conf.task_time_limit,
@@ -111,8 +111,6 @@ def admitted(client: Any, sends: list[tuple]) -> list[tuple]:
     slot frees (see aiecs_worker.hold). One round trip."""
     if not sends:
         return sends
-    from ..hold import ADMIT_LUA, admit_args
-
     s = get_settings()
     sha = client.script_load(ADMIT_LUA)
     pipe = client.pipeline(transaction=False)

@@ -6,7 +6,7 @@ operations, inputs) and then, in one Lua script, writes the workflow hash
 its group (the workflow). A step waits (PENDING, no message) until it is *released*.
 
 Each step's terminal transition bumps the workflow's ``ver`` and stamps it in
-``aiecs:flows:due`` in the same script (:mod:`aiecs_worker.workflows.hook`). The process
+``aiecs:flows:due`` in the same script (:mod:`aiecs_worker.store.hook`). The process
 that ran the step then calls :func:`advance`, which looks at every waiting step:
 
 - a dependency FAILED, TIMED_OUT or CANCELLED: the step ends CANCELLED, naming it (and so,
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -42,38 +43,28 @@ from typing import Any
 from aiecs_core import (
     ID_PATTERN,
     AiecsError,
-    InvalidTaskError,
-    PayloadTooLargeError,
-    TaskCancelledError,
     TaskEvent,
     TaskRequest,
     TaskStatus,
 )
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from .. import background
+from .. import control
 from ..events import TaskKeys, celery_task_id, encode_event, packet_parts
-from ..records import end_execution, state_redis
+from ..records import state_redis
 from ..settings import get_settings
-from ..state import NOW_MS_LUA, PENDING_KEY, celery_index_key, decode_state, steps_key
+from ..state import NOW_MS_LUA, celery_index_key, decode_state, steps_key
 from ..store import admission
-from ..store.keys import FLOW_PREFIX, FLOWS_DUE_KEY, flow_key
-from ..store.requests import check_payload_size
-from .common import GroupError, NotFoundError, admitted, send_execution, task_for
-from .refs import RefError, find_refs, parse_ref, resolve, resolved_size
+from ..store.keys import FLOWS_DUE_KEY, flow_key
+from .advance import MAX_FLOW_STEPS, advance, sweep_due
+from .common import GroupError, NotFoundError, task_for
+from .refs import RefError, find_refs, parse_ref
 
 __all__ = ["FlowStep", "advance", "cancel_workflow", "flow_key", "get_workflow",
            "submit_workflow", "sweep_due"]
 
 log = logging.getLogger("aiecs.workflows")
 
-#: Most steps one workflow may have.
-MAX_FLOW_STEPS = 200
-#: Seconds a workflow stays in aiecs:flows:due before a sweeper advances it.
-DUE_AFTER = 5.0
-#: Failed releases of one step (Redis answered, the release did not go through) before
-#: it ends FAILED.
-MAX_RELEASE_FAILURES = 5
 _TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 
 # KEYS: workflow, steps, seq, log, due.  ARGV: spec json, ttl, now, user, task, channel,
@@ -107,29 +98,6 @@ for i = 2, 4 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 redis.call('ZADD', KEYS[5], now_ms, KEYS[1])
 return 1
 """
-
-# KEYS: state, pending.  ARGV: request json, queue, celery task name.  Releases a waiting
-# step (its arguments, so the sweeper can re-send it) unless it was released, started,
-# ended or asked to cancel meanwhile.  Returns 1 when released.
-RELEASE_LUA = f"""
-local f = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'released')
-if f[1] ~= 'pending' or f[2] or f[3] then return 0 end
-{NOW_MS_LUA}
-redis.call('HSET', KEYS[1], 'request', ARGV[1], 'queue', ARGV[2], 'task', ARGV[3],
-           'released', now_ms)
-redis.call('ZADD', KEYS[2], now_ms, KEYS[1])
-return 1
-"""
-
-# KEYS: due, workflow.  ARGV: ver.  The workflow leaves the due set unless a step ended
-# since ``ver`` was read.
-SETTLED_LUA = """
-if redis.call('HGET', KEYS[2], 'ver') == ARGV[1] then
-  return redis.call('ZREM', KEYS[1], KEYS[2])
-end
-return 0
-"""
-
 
 class FlowStep(BaseModel):
     """One step of a workflow: an execution's arguments, and the steps it waits for."""
@@ -238,8 +206,6 @@ def _check_step(user_id: str, task_id: str, s: FlowStep, ancestors: set[int]) ->
 
 def validate_workflow(user_id: str, task_id: str, raw_steps: list[Any]
                       ) -> tuple[dict[int, FlowStep], list[int], dict[int, TaskRequest]]:
-    import re
-
     if not re.fullmatch(ID_PATTERN, task_id):
         raise GroupError(f"invalid task_id (must match {ID_PATTERN})")
     if not raw_steps:
@@ -319,194 +285,6 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
     return {"task_id": task_id, "steps": order}
 
 
-# -- advancing ---------------------------------------------------------------------------------
-def _end_step(client: Any, user_id: str, task_id: str, n: int, task_name: str,
-              status: TaskStatus, error: InvalidTaskError | TaskCancelledError) -> None:
-    end_execution(client, (user_id, task_id, n, task_name), status, error)
-
-
-def _request(user_id: str, task_id: str, n: int, step: dict[str, Any],
-             results: dict[int, Any]) -> TaskRequest:
-    """The step's request, its references resolved; InvalidTaskError (or whatever its
-    input raises) when it cannot be released, whatever the number of tries."""
-    limit = get_settings().aiecs_max_payload_bytes
-    # measured before it is built: a 0.16 MB input may resolve to hundreds of MB
-    size = sum(resolved_size(step[f], results) for f in ("input_data", "context"))
-    if size > limit:
-        raise PayloadTooLargeError(
-            f"step {n}: input_data + context is {size} bytes once its references are "
-            f"resolved, over the limit of {limit} (AIECS_MAX_PAYLOAD_BYTES)",
-            step=n, size=size, limit=limit)
-    input_data = resolve(step["input_data"], results)
-    context = resolve(step["context"], results)
-    check_payload_size({"input_data": input_data, "context": context}, limit)  # depth too
-    return TaskRequest(task_name=step["task_name"], user_id=user_id, task_id=task_id,
-                       step=n, mode=step["mode"], service=step["service"],
-                       input_data=input_data, context=context)
-
-
-def _cannot_release(exc: Exception, n: int) -> InvalidTaskError:
-    if isinstance(exc, RefError):
-        return InvalidTaskError(f"step {n}: {exc}", step=n)
-    if isinstance(exc, InvalidTaskError):
-        return exc if exc.message.startswith(f"step {n}:") else InvalidTaskError(
-            f"step {n}: {exc.message}", step=n)
-    if isinstance(exc, ValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors(include_url=False, include_input=False))
-        return InvalidTaskError(f"step {n}: its resolved input is invalid: {problems}", step=n)
-    return InvalidTaskError(f"step {n} cannot be released: {type(exc).__name__}: {exc}",
-                            step=n)
-
-
-def _release(client: Any, user_id: str, task_id: str, n: int, step: dict[str, Any],
-             sends: list) -> str:
-    """Resolve the step's references and release it; the status it is left in.
-
-    A step whose input cannot be released ends FAILED at once; a release that Redis
-    refused is retried (by the next advance or the sweeper) and the step ends FAILED after
-    MAX_RELEASE_FAILURES of them. Redis unreachable raises: nothing is counted then."""
-    keys = TaskKeys(user_id, task_id)
-    wanted = {parse_ref(ref)[0] for field in ("input_data", "context")
-              for _, ref in find_refs(step[field])}
-    results: dict[int, Any] = {}
-    for d in sorted(wanted):
-        raw = client.hget(keys.state(d), "result")
-        outcome = json.loads(raw) if raw else None
-        results[d] = outcome.get("result") if isinstance(outcome, dict) else None
-    try:
-        kwargs = _request(user_id, task_id, n, step, results).model_dump(mode="json")
-    except Exception as exc:  # noqa: BLE001 - its input: the same on every try
-        log.info("workflow %s of %s: step %d cannot be released: %s", task_id, user_id, n,
-                 exc)
-        _end_step(client, user_id, task_id, n, step["task_name"], TaskStatus.FAILED,
-                  _cannot_release(exc, n))
-        return "failed"
-    try:
-        released = client.eval(RELEASE_LUA, 2, keys.state(n), PENDING_KEY,
-                               json.dumps(kwargs), step["queue"], step["task"])
-    except Exception as exc:  # noqa: BLE001 - counted where Redis answers, else raised
-        background.failed("workflow_release", f"releasing step {n} of {keys.state(n)}", exc)
-        failures = client.hincrby(keys.state(n), "release_failures", 1)  # raises if away
-        if failures < MAX_RELEASE_FAILURES:
-            raise
-        _end_step(client, user_id, task_id, n, step["task_name"], TaskStatus.FAILED,
-                  InvalidTaskError(f"step {n} could not be released ({failures} tries): "
-                                   f"{type(exc).__name__}: {exc}", step=n))
-        return "failed"
-    if released:
-        sends.append((step["task"], step["queue"], step["priority"], kwargs,
-                      celery_task_id(user_id, task_id, n)))
-    return "pending"
-
-
-def _advance_once(client: Any, key: str) -> tuple[int, bytes | None, bool]:
-    """One pass: (how many steps it released or ended, the ver it read, all ended)."""
-    ver, raw, user_id, task_id = client.hmget(key, "ver", "spec", "user", "task")
-    if raw is None:
-        return 0, None, True
-    spec = json.loads(raw)
-    user_id, task_id = user_id.decode(), task_id.decode()
-    keys = TaskKeys(user_id, task_id)
-    order = spec["order"]
-    pipe = client.pipeline(transaction=False)
-    for n in order:
-        pipe.hmget(keys.state(n), "status", "cancel_requested", "released")
-    status: dict[int, str | None] = {}
-    waiting: dict[int, bool] = {}
-    cancel: dict[int, bool] = {}
-    for n, (st, c, rel) in zip(order, pipe.execute(), strict=True):
-        status[n] = st.decode() if st else None
-        waiting[n] = status[n] == "pending" and rel is None
-        cancel[n] = c is not None
-    acted = 0
-    sends: list = []
-    for n in order:
-        if not waiting[n]:
-            continue
-        step = spec["steps"][str(n)]
-        bad = next((d for d in step["deps"]
-                    if status[d] in _TERMINAL and status[d] != "completed"), None)
-        if cancel[n] or bad is not None:
-            reason = ("cancelled before it started" if bad is None else
-                      f"dependency step {bad} ended {status[bad].upper()}")
-            _end_step(client, user_id, task_id, n, step["task_name"], TaskStatus.CANCELLED,
-                      TaskCancelledError(reason, dependency=bad,
-                                         dependency_status=status.get(bad)))
-            status[n] = "cancelled"
-            acted += 1
-        elif all(status[d] == "completed" for d in step["deps"]):
-            status[n] = _release(client, user_id, task_id, n, step, sends)
-            acted += 1
-    sends = admitted(client, sends)  # or held behind the user's fair-share window
-    if sends:
-        from ..app import app
-
-        with app.producer_or_acquire() as producer:
-            for args in sends:
-                send_execution(producer, *args)
-    return acted, ver, all(status[n] in _TERMINAL for n in order)
-
-
-def advance(client: Any, key: str) -> int:
-    """Release the steps of workflow ``key`` whose dependencies completed, end those whose
-    dependency did not, until nothing changes; how many steps it released or ended."""
-    total = 0
-    for _ in range(MAX_FLOW_STEPS + 1):
-        acted, ver, done = _advance_once(client, key)
-        total += acted
-        if ver is None:
-            client.zrem(FLOWS_DUE_KEY, key)
-            break
-        if done:
-            client.hsetnx(key, "finished", time.time())
-        if acted:
-            continue  # its own transitions bumped ver: look again
-        # settled: leave the due set, unless a step ended meanwhile (its process advances)
-        client.eval(SETTLED_LUA, 2, FLOWS_DUE_KEY, key, ver)
-        break
-    return total
-
-
-def after_step(kwargs: dict[str, Any]) -> None:
-    """Called by a workflow step's task once it ended (or was revoked): advance."""
-    try:
-        user_id, task_id = kwargs["user_id"], kwargs["task_id"]
-        advance(state_redis(), flow_key(user_id, task_id))
-    except Exception as exc:  # noqa: BLE001 - the sweeper advances it (aiecs:flows:due)
-        background.failed("workflow_advance", f"advancing the workflow of task "
-                          f"{kwargs.get('task_id')} (the sweeper will)", exc)
-
-
-def after_cancel(client: Any, state_key: str) -> None:
-    """A cancel request reached an execution: a waiting workflow step ends now."""
-    group = client.hget(state_key, "group")
-    if group and group.startswith(FLOW_PREFIX.encode()):
-        advance(client, group.decode())
-
-
-def sweep_due() -> int:
-    """Advance workflows whose steps ended over DUE_AFTER seconds ago without an advance
-    (the process that ran the step died first); how many steps that released or ended."""
-    client = state_redis()
-    secs, micros = client.time()
-    now_ms = secs * 1000 + micros // 1000
-    keys = client.zrangebyscore(FLOWS_DUE_KEY, "-inf", now_ms - DUE_AFTER * 1000,
-                                start=0, num=16)
-    acted = 0
-    for key in keys:
-        key = key.decode()
-        try:
-            n = advance(client, key)
-        except Exception as exc:  # noqa: BLE001 - the others still advance; retried later
-            background.failed("workflow_sweep", f"advancing workflow {key}", exc)
-            continue
-        if n:
-            log.warning("workflow %s advanced by the sweeper (%d steps)", key, n)
-        acted += n
-    return acted
-
-
 # -- reading and cancelling ------------------------------------------------------------------
 def get_workflow(user_id: str, task_id: str) -> dict[str, Any] | None:
     """The workflow's steps (by number) with their dependencies, states and results; None
@@ -547,8 +325,6 @@ def get_workflow(user_id: str, task_id: str) -> dict[str, Any] | None:
 
 def cancel_workflow(user_id: str, task_id: str) -> list[int]:
     """Cancel every step not ended yet; the steps asked to cancel."""
-    from .. import control
-
     view = get_workflow(user_id, task_id)
     if view is None:
         raise NotFoundError(task_id)

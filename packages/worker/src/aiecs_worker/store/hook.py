@@ -10,7 +10,7 @@ once, whatever process dies afterwards:
   batch's own replayable log; the last item publishes the batch's terminal event;
 - a **workflow** bumps ``ver`` and stamps itself in ``aiecs:flows:due``: the process that
   ran the step advances the workflow right after (releases or cancels dependents, see
-  :mod:`aiecs_worker.workflows.flow`); when that process died first, any worker's sweeper
+  :mod:`aiecs_worker.workflows.advance`); when that process died first, any worker's sweeper
   does it.
 
 This module imports only key names (:mod:`aiecs_worker.store.keys`).
@@ -20,7 +20,7 @@ Lua locals it may use: ``f[4]`` (the group key), ``ARGV[1]`` (the terminal statu
 
 from __future__ import annotations
 
-from ..store.keys import FLOWS_DUE_KEY
+from .keys import FLOWS_DUE_KEY
 
 __all__ = ["GROUP_HOOK_LUA", "PUBLISH_GROUP_EVENT_LUA"]
 
