@@ -43,8 +43,8 @@ def _submit_batch(n: int, mode: str, service: str, name: str, data: dict
     collection, not the drain: the single submissions' results stream in through the
     subscriptions ``delay`` opened.)"""
     from aiecs_worker import submit_batch
-    from aiecs_worker.records import state_redis
     from aiecs_worker.store.keys import batch_key
+    from aiecs_worker.store.records import state_redis
 
     item = {"mode": mode, "service": service, "task_name": name, "input_data": data}
     t0 = time.perf_counter()

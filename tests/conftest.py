@@ -4,7 +4,7 @@ Redis, two ways:
 
 - ``aiecs_redis``: the session's private redis-server, started before any test module
   imports ``aiecs_worker``; ``CELERY_BROKER_URL`` and ``REDIS_URL`` point at it for the
-  whole session, so the test process's Celery app, ``aiecs_worker.control`` and every
+  whole session, so the test process's Celery app, ``aiecs_worker.producer.control`` and every
   worker started by ``start_worker`` share it. It is flushed before each test that uses
   it. Tests that kill or restart it must leave it running (``RedisServer.restart()``).
 - ``redis_server``: a private redis-server of its own for one test (fault tests,

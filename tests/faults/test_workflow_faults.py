@@ -76,7 +76,7 @@ def test_workflows_survive_sigkilled_workers(start_worker, pool):
 
         script = (
             "import json, sys\n"
-            "from aiecs_worker.workflows.flow import submit_workflow\n"
+            "from aiecs_worker.producer.flow import submit_workflow\n"
             "for t, steps in json.load(sys.stdin):\n"
             "    submit_workflow('fault', steps, task_id=t)\n")
         flows = [(f"wf{i}", diamond(i)) for i in range(FLOWS)]

@@ -3,7 +3,7 @@
 Importing an SDK takes about a second (openai) to several (google-genai); done on the event
 loop, it froze every other execution of the process meanwhile (a concurrent stream's
 events stopped for 0.9-2.5 s). The worker now warms the enabled providers in a thread as
-it starts (``Service.warm``, aiecs_worker.warm) and starts its first tasks once that is
+it starts (``Service.warm``, aiecs_worker.runner.warm) and starts its first tasks once that is
 done; a provider's first call builds its client in a thread if it comes first anyway
 (tests/providers/test_warm.py).
 

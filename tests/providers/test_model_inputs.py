@@ -233,7 +233,7 @@ def test_a_model_that_a_workflow_reference_resolves_to_is_checked_at_release(
     """A step's ``model`` given by reference is known only when the step it names has
     completed: the resolved input is checked by the worker, and the step ends FAILED with
     nothing sent to Vertex."""
-    from aiecs_worker.workflows.flow import get_workflow, submit_workflow
+    from aiecs_worker.producer.flow import get_workflow, submit_workflow
 
     from tests.support.events import wait_until
 

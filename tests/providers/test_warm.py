@@ -1,6 +1,6 @@
 """Warm-up: ``Service.warm`` builds a configured provider's client in the calling thread,
 a first call builds it off the event loop when no warm-up did, and the worker's
-``aiecs_worker.warm`` warms every service in a thread and holds the first tasks until
+``aiecs_worker.runner.warm`` warms every service in a thread and holds the first tasks until
 it is done. (The behaviour through a real worker: tests/providers/test_first_use.py.)"""
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def registry():
 
 
 def test_warm_services_warms_each_service_and_survives_a_failure(registry, caplog):
-    from aiecs_worker.warm import warm_services
+    from aiecs_worker.runner.warm import warm_services
 
     with caplog.at_level(logging.INFO, logger="aiecs.worker"):
         took = warm_services(registry)
@@ -162,7 +162,7 @@ def test_warm_services_warms_each_service_and_survives_a_failure(registry, caplo
 
 
 def test_first_tasks_wait_for_the_warm_up(registry):
-    from aiecs_worker import warm
+    from aiecs_worker.runner import warm
 
     assert warm.wait_warm(0)  # none running: no wait
     thread = warm.start_warming(registry)

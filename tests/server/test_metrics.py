@@ -15,7 +15,7 @@ from tests.support.metrics import scrape, total
 
 
 def test_sockets_deliveries_and_replays_are_counted(start_server, aiecs_redis):
-    from aiecs_worker.events import RedisEventPublisher
+    from aiecs_worker.store.events import RedisEventPublisher
 
     server = start_server(aiecs_redis.url, env={"AIECS_LOG_FORMAT": "json"})
     url = server.url + "/metrics"

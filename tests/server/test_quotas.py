@@ -234,8 +234,8 @@ def test_python_entry_points_raise_quota_exceeded(aiecs_redis, quota_env):
     """control.submit, submit_batch, submit_workflow raise QuotaExceededError (with
     retry_after) before anything is recorded or queued."""
     from aiecs_worker import control
-    from aiecs_worker.workflows.batch import submit_batch
-    from aiecs_worker.workflows.flow import submit_workflow
+    from aiecs_worker.producer.batch import submit_batch
+    from aiecs_worker.producer.flow import submit_workflow
 
     quota_env(AIECS_USER_MAX_ACTIVE=2, AIECS_USER_SUBMIT_BURST=100)
     client = aiecs_redis.client()

@@ -75,7 +75,7 @@ def limited_server():
 
 
 async def long_log(user: str, task: str, n: int = LOG_EVENTS) -> list[int]:
-    from aiecs_worker.events import RedisEventPublisher
+    from aiecs_worker.store.events import RedisEventPublisher
 
     pub = RedisEventPublisher(os.environ["REDIS_URL"])
     try:
@@ -111,7 +111,7 @@ def test_excess_subscribes_refused_while_other_users_stream(limited_server):
         ack = await bob_client.subscribe("long")
         assert ack["ok"] and ack["replayed"] == len(b_seqs) == ack["last_seq"]
         assert [e["seq"] for e in bob_client.events("long")] == b_seqs
-        from aiecs_worker.events import RedisEventPublisher
+        from aiecs_worker.store.events import RedisEventPublisher
 
         pub = RedisEventPublisher(os.environ["REDIS_URL"])
         live = await pub.publish(event(bob, "live", "stream", delta="now"))
@@ -211,7 +211,7 @@ def test_fair_share_other_users_live_events_arrive_during_replays(limited_server
         replays = [asyncio.ensure_future(replay(i, s)) for i, s in enumerate(sockets)]
         await async_wait_until(lambda: any(n.startswith("batch") for n, _ in timeline),
                                message="the first replay batch")
-        from aiecs_worker.events import RedisEventPublisher
+        from aiecs_worker.store.events import RedisEventPublisher
 
         pub = RedisEventPublisher(os.environ["REDIS_URL"])
         await pub.publish(event(bob, "live", "stream", delta="now"))

@@ -12,8 +12,8 @@ import time
 import pytest
 import socketio
 from aiecs_core import TaskEvent, TaskStatus
-from aiecs_worker.events import RedisEventPublisher
 from aiecs_worker.server.tokens import issue_token
+from aiecs_worker.store.events import RedisEventPublisher
 
 from tests.server.helpers import Recorder, async_wait_until, uid
 from tests.support.processes import ALLOWED_ORIGIN

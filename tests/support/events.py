@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from aiecs_worker.events import TaskKeys
+from aiecs_worker.store.events import TaskKeys
 
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 

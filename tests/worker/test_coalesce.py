@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiecs_core import TaskEvent, TaskStatus
-from aiecs_worker.events import RedisEventPublisher
+from aiecs_worker.store.events import RedisEventPublisher
 
 from tests.support.events import read_events
 

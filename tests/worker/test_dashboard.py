@@ -22,8 +22,8 @@ def exported_sample_names() -> set[str]:
     import asyncio
 
     from aiecs_core import Usage
-    from aiecs_worker import metrics
-    from aiecs_worker.metrics_http import exposition
+    from aiecs_worker.ops import metrics
+    from aiecs_worker.ops.metrics_http import exposition
     from prometheus_client.parser import text_string_to_metric_families
 
     metrics.load()

@@ -8,7 +8,7 @@ import time
 import uuid
 
 from aiecs_worker import execute_task
-from aiecs_worker.control import get_state
+from aiecs_worker.producer.control import get_state
 
 from tests.support.events import TERMINAL, read_events, wait_until
 

@@ -1,7 +1,7 @@
 """Fair share (issue 16, row 5): one user's backlog cannot delay another user's work by
 more than a bounded amount. Each user has at most AIECS_FAIR_WINDOW_{FAST,HEAVY}
 executions in the broker per queue; the rest wait in Redis, in order, and are sent as
-that user's executions end (see aiecs_worker.hold)."""
+that user's executions end (see aiecs_worker.store.hold)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 from aiecs_core import TaskRequest
-from aiecs_worker.control import cancel, get_state, submit
+from aiecs_worker.producer.batch import submit_batch
+from aiecs_worker.producer.control import cancel, get_state, submit
 from aiecs_worker.store.keys import BACKLOG_KEY, window_key
-from aiecs_worker.workflows.batch import submit_batch
 
 from tests.support.events import TERMINAL, read_events, wait_until
 
@@ -170,7 +170,7 @@ def test_another_users_task_starts_within_seconds_behind_1000_heavy_items(
 
 def test_cancelling_a_batch_ends_its_held_items_at_once(aiecs_redis, start_worker,
                                                         submitter_env):
-    from aiecs_worker.workflows.batch import cancel_batch
+    from aiecs_worker.producer.batch import cancel_batch
 
     client = aiecs_redis.client()
     env = {"AIECS_FAIR_WINDOW_HEAVY": "1"}

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from aiecs_core import TaskEvent, TaskStatus
-from aiecs_worker.events import RedisEventPublisher, TaskKeys, finish_sync
+from aiecs_worker.store.events import RedisEventPublisher, TaskKeys, finish_sync
 
 from tests.support.events import read_events
 

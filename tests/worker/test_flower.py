@@ -1,5 +1,5 @@
 """Flower against a real worker: every outcome shows with its task name and the Celery
-state that matches the aiecs state (aiecs_worker.taskevents, docs/operations.md)."""
+state that matches the aiecs state (aiecs_worker.runner.taskevents, docs/operations.md)."""
 
 from __future__ import annotations
 

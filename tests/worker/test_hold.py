@@ -11,7 +11,7 @@ import uuid
 import pytest
 from aiecs_core import TaskRequest
 from aiecs_worker import execute_task
-from aiecs_worker.control import cancel, get_state, submit
+from aiecs_worker.producer.control import cancel, get_state, submit
 from aiecs_worker.store.keys import DUE_KEY, PENDING_KEY
 
 from tests.support.events import TERMINAL, read_events, wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from aiecs_worker.runtime import _new_event_loop, sleep_at_least
+from aiecs_worker.runner.runtime import _new_event_loop, sleep_at_least
 
 
 def test_sleep_at_least_never_ends_early_on_the_workers_loop():

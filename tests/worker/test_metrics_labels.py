@@ -9,8 +9,8 @@ import pytest
 
 
 def test_names_past_the_bound_count_as_other(monkeypatch):
-    from aiecs_worker import metrics
-    from aiecs_worker.metrics_http import exposition
+    from aiecs_worker.ops import metrics
+    from aiecs_worker.ops.metrics_http import exposition
 
     metrics.load()
     monkeypatch.setitem(metrics._labels, "task_name", set())

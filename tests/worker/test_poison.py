@@ -1,4 +1,4 @@
-"""A malformed broker message never crashes a worker (``aiecs_worker.poison``).
+"""A malformed broker message never crashes a worker (``aiecs_worker.runner.poison``).
 
 Each kind of malformed message is pushed straight onto the Redis list ``fast_tasks`` in
 kombu's envelope format (a real envelope, published while no worker runs, then mutated).
@@ -430,7 +430,7 @@ def test_a_worker_started_after_one_that_met_poison_finds_nothing_requeued(
 def test_basic_get_screens_too(aiecs_redis):
     """kombu's synchronous path (``RPOP``) dead-letters instead of raising."""
     from aiecs_worker.app import app
-    from aiecs_worker.poison import Transport
+    from aiecs_worker.runner.poison import Transport
 
     client = aiecs_redis.client()
     client.lpush("fast_tasks", "not json{")
@@ -443,7 +443,7 @@ def test_basic_get_screens_too(aiecs_redis):
 
 
 def test_the_dead_letter_list_is_capped(aiecs_redis, monkeypatch):
-    from aiecs_worker import poison
+    from aiecs_worker.runner import poison
     from aiecs_worker.settings import get_settings
 
     monkeypatch.setattr(get_settings(), "aiecs_deadletter_maxlen", 3)
@@ -491,8 +491,8 @@ def test_a_malformed_broadcast_is_dead_lettered_and_remote_control_still_works(
 def test_celery_errors_past_the_checks_are_caught(aiecs_redis, template, monkeypatch):
     """The last line: whatever Celery's handler raises on a message that passed the checks
     dead-letters and acknowledges it (connection errors still propagate)."""
-    from aiecs_worker import poison
     from aiecs_worker.app import app
+    from aiecs_worker.runner import poison
     from celery.worker.consumer import Consumer as CeleryConsumer
 
     def celery_handler(self, *args, **kwargs):

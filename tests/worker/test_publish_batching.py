@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiecs_core import ServiceRegistry
 from aiecs_core.testing import echo
-from aiecs_worker.runtime import Runtime
+from aiecs_worker.runner.runtime import Runtime
 from aiecs_worker.settings import load_settings
 
 from tests.support.events import read_events

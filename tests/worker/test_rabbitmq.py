@@ -153,7 +153,7 @@ def test_threads_worker_consumes_again_after_its_connections_close(
     are dropped because this process is still executing them (each runs once: one RUNNING
     event, one delivery); then, as the executions received after the reconnect are
     acknowledged, Celery raises its prefetch count again from the consumer's thread (see
-    aiecs_worker.upstream_fixes: from pool threads it deadlocked the AMQP connection and the
+    aiecs_worker.runner.upstream_fixes: from pool threads it deadlocked the AMQP connection and the
     worker took no message again), and the rest of the queue drains."""
     worker = on_rabbit(start_worker, rabbit_vhost, pool="threads", concurrency=8)
     first = [new_id() for _ in range(8)]

@@ -1,4 +1,4 @@
-"""aiecs_worker.ratelimit against a real Redis: RPM/TPM windows, 429 pauses, settling,
+"""aiecs_worker.runner.ratelimit against a real Redis: RPM/TPM windows, 429 pauses, settling,
 deadlines, wildcards, Redis outages, and several processes sharing one limit."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 from aiecs_core import ConfigurationError, RateLimitError, RateLimitKey, Usage
-from aiecs_worker.ratelimit import (
+from aiecs_worker.runner.ratelimit import (
     RATE_LIMITS_ENV,
     Limit,
     RateLimiter,
@@ -309,7 +309,7 @@ _HAMMER = textwrap.dedent(
     import asyncio, json, sys, time
     import redis.asyncio as aioredis
     from aiecs_core import RateLimitKey
-    from aiecs_worker.ratelimit import RateLimiter, parse_limits
+    from aiecs_worker.runner.ratelimit import RateLimiter, parse_limits
 
     async def main():
         client = aioredis.Redis.from_url(sys.argv[1])

@@ -29,7 +29,7 @@ def event(**fields) -> TaskEvent:
 
 def test_every_event_is_redacted_when_encoded_for_redis():
     from aiecs_core import register_secret
-    from aiecs_worker.events import encode_event, script_args
+    from aiecs_worker.store.events import encode_event, script_args
 
     register_secret(SECRET)
     ev = event(message=f"failed {SECRET}", partial_output=f"text {SECRET}",
@@ -52,7 +52,7 @@ def test_every_event_is_redacted_when_encoded_for_redis():
 
 def test_the_terminal_state_fields_are_redacted():
     from aiecs_core import register_secret
-    from aiecs_worker.events import finish_args
+    from aiecs_worker.store.events import finish_args
 
     register_secret(SECRET)
     finish = ["failed", json.dumps({"result": {"text": SECRET}}),
@@ -67,7 +67,7 @@ def test_the_terminal_state_fields_are_redacted():
 def test_an_error_for_the_result_backend_is_redacted_again():
     """A secret registered after the error was built is still caught on the way out."""
     from aiecs_core import ProviderError, register_secret
-    from aiecs_worker.tasks import _detached
+    from aiecs_worker.runner.tasks import _detached
 
     error = ProviderError(f"boom {SECRET}", request_id=SECRET)
     register_secret(SECRET)
@@ -76,7 +76,7 @@ def test_an_error_for_the_result_backend_is_redacted_again():
 
 
 def test_install_registers_configured_secrets_and_filters_every_handler(monkeypatch):
-    from aiecs_worker.redaction import install
+    from aiecs_worker.ops.redaction import install
 
     monkeypatch.setenv("OPENAI_API_KEY", "openai-key-0123456789")
     monkeypatch.setenv("AIECS_SECRET_KEY", "s" * 40)

@@ -13,8 +13,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiecs_worker import schedules
-from aiecs_worker.control import get_state
+from aiecs_worker.producer import schedules
+from aiecs_worker.producer.control import get_state
 
 from tests.support.events import TERMINAL, read_events, wait_until
 

@@ -1,4 +1,4 @@
-"""The fixes of aiecs_worker.upstream_fixes, on kombu's real Redis channel.
+"""The fixes of aiecs_worker.runner.upstream_fixes, on kombu's real Redis channel.
 
 A channel that outlives its connection fails as a lost connection: without the fix this
 raises AttributeError ("'NoneType' object has no attribute 'hostname'"), which stopped

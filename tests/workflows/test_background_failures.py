@@ -7,10 +7,10 @@ the step this module's test records as a dead process would."""
 from __future__ import annotations
 
 from aiecs_core import TaskStatus
-from aiecs_worker.events import TaskKeys
-from aiecs_worker.records import state_redis
+from aiecs_worker.producer.flow import submit_workflow
+from aiecs_worker.store.events import TaskKeys
 from aiecs_worker.store.keys import FLOWS_DUE_KEY
-from aiecs_worker.workflows.flow import submit_workflow
+from aiecs_worker.store.records import state_redis
 
 from tests.support.events import wait_until
 from tests.support.metrics import metrics_url, scrape, total

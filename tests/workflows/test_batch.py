@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from aiecs_core import TaskEvent
-from aiecs_worker.workflows.batch import cancel_batch, get_batch, submit_batch
-from aiecs_worker.workflows.common import GroupError
+from aiecs_worker.producer.batch import cancel_batch, get_batch, submit_batch
+from aiecs_worker.producer.groups import GroupError
 
 from tests.support.events import read_events, wait_until
 

@@ -3,7 +3,7 @@ Redis counts only this process's requests)."""
 
 from __future__ import annotations
 
-from aiecs_worker.workflows.batch import get_batch, submit_batch
+from aiecs_worker.producer.batch import get_batch, submit_batch
 
 from tests.workflows.test_batch import echo
 

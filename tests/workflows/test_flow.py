@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from aiecs_worker.workflows.common import GroupError
-from aiecs_worker.workflows.flow import cancel_workflow, get_workflow, submit_workflow
+from aiecs_worker.producer.flow import cancel_workflow, get_workflow, submit_workflow
+from aiecs_worker.producer.groups import GroupError
 
 from tests.support.events import read_events, wait_until
 from tests.workflows.test_batch import recorded

@@ -5,11 +5,11 @@ ends FAILED (its dependents CANCELLED) instead of being retried forever."""
 from __future__ import annotations
 
 import pytest
-from aiecs_worker.events import TaskKeys
-from aiecs_worker.records import state_redis
+from aiecs_worker.producer.flow import get_workflow, submit_workflow
+from aiecs_worker.producer.groups import GroupError
+from aiecs_worker.store.events import TaskKeys
 from aiecs_worker.store.keys import FLOWS_DUE_KEY
-from aiecs_worker.workflows.common import GroupError
-from aiecs_worker.workflows.flow import get_workflow, submit_workflow
+from aiecs_worker.store.records import state_redis
 
 from tests.support.events import read_events
 from tests.workflows.test_flow import ended, statuses
@@ -107,7 +107,7 @@ def test_a_workflow_whose_submitter_died_before_releasing_it_is_swept(
     """The submitter records the workflow and dies before its first advance (played here
     by an advance that raises): its steps used to stay PENDING forever (it was in no due
     set); a sweeper releases them now."""
-    import aiecs_worker.workflows.flow as flow
+    import aiecs_worker.producer.flow as flow
 
     def died(client, key):
         raise ConnectionError("the submitting process died here")

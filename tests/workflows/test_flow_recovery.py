@@ -13,11 +13,11 @@ import json
 import time
 
 from aiecs_core import TaskEvent, TaskStatus
-from aiecs_worker.events import TaskKeys, finish_sync
-from aiecs_worker.records import state_redis
+from aiecs_worker.producer.flow import get_workflow, submit_workflow
 from aiecs_worker.settings import get_settings
+from aiecs_worker.store.events import TaskKeys, finish_sync
 from aiecs_worker.store.keys import FLOWS_DUE_KEY
-from aiecs_worker.workflows.flow import get_workflow, submit_workflow
+from aiecs_worker.store.records import state_redis
 
 from tests.support.events import read_events, wait_until
 

@@ -296,7 +296,7 @@ def test_the_plugin_started_without_the_endpoint_service_does_not_import_aiplatf
         from aiecs_providers_vertex import plugin
         registry = ServiceRegistry()
         registry.register_plugin(plugin, "vertex")
-        for mode, service in registry.keys():  # as aiecs_worker.warm.warm_services
+        for mode, service in registry.keys():  # as aiecs_worker.runner.warm.warm_services
             registry.instance(mode, service).warm()
         assert "google.genai" in sys.modules  # the Gemini service did warm
         print(sorted(m for m in sys.modules if m.startswith("google.cloud.aiplatform")))

@@ -200,7 +200,7 @@ class Service:
         The worker calls it once per process, in a thread of its own, when the process
         starts, and starts the process's first tasks once every service is warm: an SDK
         import that takes a second never freezes the executions sharing the event loop
-        (see ``aiecs_worker.warm``). Warm only what is configured (an API key is set, ...)
+        (see ``aiecs_worker.runner.warm``). Warm only what is configured (an API key is set, ...)
         and do no network I/O; return without doing anything otherwise. Must be
         idempotent and thread-safe against a call arriving meanwhile (with
         ``AIECS_WARM=0`` there is no warm-up), and such a call must not do this work on

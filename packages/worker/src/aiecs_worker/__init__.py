@@ -5,20 +5,21 @@
 specification's tasks.
 """
 
-from typing import Any
-
-from . import logs as _logs  # noqa: F401 - JSON logs (AIECS_LOG_FORMAT)
-from . import metrics_http as _metrics_http  # noqa: F401 - metrics served by the worker
-from . import modelpolicy as _modelpolicy  # noqa: F401 - AIECS_MODELS, output ceilings
-from . import redaction as _redaction  # noqa: F401 - logging signal hooks
-from . import startup as _startup  # noqa: F401 - the start-up report of plugins
-from . import warm as _warm  # noqa: F401 - providers warmed off the loop at start
 from .app import app
-from .events import celery_task_id
-from .poison import install as _install_poison_guard
+from .ops import logs as _logs  # noqa: F401 - JSON logs (AIECS_LOG_FORMAT)
+from .ops import metrics_http as _metrics_http  # noqa: F401 - metrics served by the worker
+from .ops import modelpolicy as _modelpolicy  # noqa: F401 - AIECS_MODELS, output ceilings
+from .ops import redaction as _redaction  # noqa: F401 - logging signal hooks
+from .producer import control
+from .producer.batch import cancel_batch, get_batch, submit_batch
+from .producer.flow import cancel_workflow, get_workflow, submit_workflow
 from .routing import FAST_QUEUE, HEAVY_QUEUE
-from .tasks import execute_heavy_task, execute_task
-from .upstream_fixes import install as _install_upstream_fixes
+from .runner import startup as _startup  # noqa: F401 - the start-up report of plugins
+from .runner import warm as _warm  # noqa: F401 - providers warmed off the loop at start
+from .runner.poison import install as _install_poison_guard
+from .runner.tasks import execute_heavy_task, execute_task
+from .runner.upstream_fixes import install as _install_upstream_fixes
+from .store.events import celery_task_id
 
 # The worker's parts are wired into the app here, not by aiecs_worker.app (which must not
 # import them): any import of aiecs_worker.app runs this package's init first, so the app
@@ -30,18 +31,6 @@ _install_upstream_fixes()
 
 celery = app
 
-_LAZY = {"submit_batch": "batch", "cancel_batch": "batch", "get_batch": "batch",
-         "submit_workflow": "flow", "get_workflow": "flow", "cancel_workflow": "flow"}
-
-
-def __getattr__(name: str) -> Any:
-    """Batches and workflows, imported on first use (see aiecs_worker.workflows)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".workflows.{_LAZY[name]}", __name__), name)
-    raise AttributeError(name)
-
 __all__ = ["FAST_QUEUE", "HEAVY_QUEUE", "app", "cancel_batch", "cancel_workflow", "celery",
-           "celery_task_id", "execute_heavy_task", "execute_task", "get_batch", "get_workflow",
-           "submit_batch", "submit_workflow"]
+           "celery_task_id", "control", "execute_heavy_task", "execute_task", "get_batch",
+           "get_workflow", "submit_batch", "submit_workflow"]

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         # RabbitMQ has no visibility timeout: an unacknowledged message returns to its
         # queue when its consumer's connection closes. Publisher confirms: a submission
         # returns once the broker has taken the message (durable queue, persistent
-        # message), so a message is never lost in transit (see aiecs_worker.lease).
+        # message), so a message is never lost in transit (see aiecs_worker.store.lease).
         broker_options = {"confirm_publish": True}
     celery_app.conf.update(
         # JSON only: no pickle anywhere, in either direction.
@@ -73,8 +73,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=s.aiecs_task_events,
         task_send_sent_event=s.aiecs_task_events,
         # Beat: celery-redbeat's scheduler, entries (users' schedules) in the state Redis,
-        # looked at every 5 s at most; see aiecs_worker.beat.
-        beat_scheduler="aiecs_worker.beat:Scheduler",
+        # looked at every 5 s at most; see aiecs_worker.runner.beat.
+        beat_scheduler="aiecs_worker.runner.beat:Scheduler",
         beat_max_loop_interval=5,
         redbeat_redis_url=s.state_redis_url,
         redbeat_redis_options={},

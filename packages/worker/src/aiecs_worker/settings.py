@@ -180,7 +180,7 @@ class Settings(EnvSettings):
     aiecs_schedule_horizon: float = Field(default=60.0, gt=0)
     """AIECS_SCHEDULE_HORIZON: seconds; a submission due later than this (``countdown`` /
     ``eta``) is held in Redis, not sent to the broker, and sent by the workers' sweep once
-    due within it (see aiecs_worker.hold). Must be less than CELERY_VISIBILITY_TIMEOUT
+    due within it (see aiecs_worker.store.hold). Must be less than CELERY_VISIBILITY_TIMEOUT
     (left unset, half of it at most)."""
     aiecs_fair_window_fast: int = Field(default=400, ge=0)
     """AIECS_FAIR_WINDOW_FAST: most executions of one user in the fast queue at once
@@ -221,7 +221,7 @@ class Settings(EnvSettings):
     """AIECS_SCHEDULE_MIN_PERIOD: seconds; the shortest ``every`` of a schedule, and the
     shortest gap between two minutes of a ``cron`` schedule (less: 422)."""
 
-    # --- provider inputs: the operator's model policy (aiecs_worker.modelpolicy) -------------
+    # --- provider inputs: the operator's model policy (aiecs_worker.ops.modelpolicy) -------------
     aiecs_models: dict[str, list[str]] | None = None
     """AIECS_MODELS: JSON object, provider name -> the model ids its services accept
     (``{"openai": ["gpt-4o-mini"], "vertex": ["gemini-2.0-flash-001"]}``); a provider

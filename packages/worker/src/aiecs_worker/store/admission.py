@@ -5,7 +5,7 @@ goes through it before anything is recorded or queued.
 context, AIECS_MAX_PAYLOAD_BYTES), its operation known to this process's plugins, its
 input valid for the operation's model and the operator's model policy
 (:func:`aiecs_core.validate_input`). :func:`admit_one` / :func:`admit` are what the user
-may submit (:mod:`aiecs_worker.quotas`). A workflow step whose input holds references is
+may submit (:mod:`aiecs_worker.store.quotas`). A workflow step whose input holds references is
 checked with ``input_data=None`` (its input is validated when the step is released).
 """
 
@@ -15,15 +15,15 @@ from typing import Any
 
 from aiecs_core import OperationSpec, TaskRequest, load_plugins, validate_input
 
-from .. import quotas
 from ..settings import get_settings
+from . import quotas
 from .keys import TaskKeys
 from .requests import check_payload_size
 
 __all__ = ["admit", "admit_one", "check", "check_request", "operation"]
 
 #: A user's quotas for a submission of several executions (a batch, a workflow, a
-#: schedule): :func:`aiecs_worker.quotas.admit`.
+#: schedule): :func:`aiecs_worker.store.quotas.admit`.
 admit = quotas.admit
 
 

@@ -1,7 +1,7 @@
 """The Lua run inside an execution's terminal transition when it belongs to a group.
 
 A batch item's or workflow step's state hash carries ``group``: the key of its batch or
-workflow hash. :func:`aiecs_worker.state.finish_lua` runs :data:`GROUP_HOOK_LUA` in the
+workflow hash. :func:`aiecs_worker.store.state.finish_lua` runs :data:`GROUP_HOOK_LUA` in the
 same script as the terminal record, so the group learns of every terminal state exactly
 once, whatever process dies afterwards:
 
@@ -10,7 +10,7 @@ once, whatever process dies afterwards:
   batch's own replayable log; the last item publishes the batch's terminal event;
 - a **workflow** bumps ``ver`` and stamps itself in ``aiecs:flows:due``: the process that
   ran the step advances the workflow right after (releases or cancels dependents, see
-  :mod:`aiecs_worker.workflows.advance`); when that process died first, any worker's sweeper
+  :mod:`aiecs_worker.producer.advance`); when that process died first, any worker's sweeper
   does it.
 
 This module imports only key names (:mod:`aiecs_worker.store.keys`).

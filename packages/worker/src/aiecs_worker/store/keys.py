@@ -23,16 +23,16 @@ OWNERS_KEY = f"{PREFIX}:owners"
 #: Set per owner (``OWNED_PREFIX + owner``): the state keys it is executing.
 OWNED_PREFIX = f"{PREFIX}:owned:"
 #: Sorted set: PENDING executions -> when they were submitted (Redis ms); the sweeper
-#: queues again one whose message the broker lost (see aiecs_worker.lease).
+#: queues again one whose message the broker lost (see aiecs_worker.store.lease).
 PENDING_KEY = f"{PREFIX}:pending"
 #: Sorted set: executions held in Redis until they are due (state key -> due time, ms;
-#: see aiecs_worker.hold).
+#: see aiecs_worker.store.hold).
 DUE_KEY = f"{PREFIX}:held:due"
-#: The one crash suspect allowed to run at a time (see aiecs_worker.lease).
+#: The one crash suspect allowed to run at a time (see aiecs_worker.store.lease).
 SUSPECT_KEY = f"{PREFIX}:suspect"
 #: Pub/sub channel on which cancel requests (Celery task ids) are broadcast to workers.
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
-#: Stream of malformed broker messages (see aiecs_worker.poison).
+#: Stream of malformed broker messages (see aiecs_worker.runner.poison).
 DEADLETTER_KEY = f"{PREFIX}:deadletter"
 
 
@@ -67,7 +67,7 @@ def celery_index_key(celery_id: str, prefix: str = PREFIX) -> str:
     return f"{prefix}:celery:{celery_id}"
 
 
-# -- fair share (aiecs_worker.hold) --------------------------------------------------------
+# -- fair share (aiecs_worker.store.hold) --------------------------------------------------------
 #: Sorted set: the windows that hold executions waiting for a slot.
 BACKLOG_KEY = f"{PREFIX}:fair:backlog"
 
@@ -78,19 +78,19 @@ def window_key(queue: str, user_id: str) -> str:
     return f"{PREFIX}:fair:{queue}:{user_id}"
 
 
-# -- quotas (aiecs_worker.quotas) ----------------------------------------------------------
+# -- quotas (aiecs_worker.store.quotas) ----------------------------------------------------------
 def quota_key(user_id: str, what: str) -> str:
     """A user's quota counter ``what`` (submit, active, batches)."""
     return f"{PREFIX}:quota:{user_id}:{what}"
 
 
-# -- rate limits (aiecs_worker.ratelimit) --------------------------------------------------
+# -- rate limits (aiecs_worker.runner.ratelimit) --------------------------------------------------
 def rate_limit_base(bucket: str, prefix: str = PREFIX) -> str:
     """The keys of one ``provider/model`` rate-limit bucket start with this (one hash slot)."""
     return f"{prefix}:rl:{{{bucket}}}"
 
 
-# -- groups (aiecs_worker.workflows) -------------------------------------------------------
+# -- groups (aiecs_worker.producer) -------------------------------------------------------
 #: Prefix of the workflow hashes.
 FLOW_PREFIX = f"{PREFIX}:flow:"
 #: Sorted set: workflow key -> when one of its steps last ended (ms) and was not yet
@@ -108,7 +108,7 @@ def flow_key(user_id: str, task_id: str) -> str:
     return f"{FLOW_PREFIX}{user_id}:{task_id}"
 
 
-# -- schedules (aiecs_worker.schedules, beat) ----------------------------------------------
+# -- schedules (aiecs_worker.producer.schedules, beat) --------------------------------------------
 #: celery-redbeat's key prefix (its entries name tasks, not modules).
 BEAT_PREFIX = f"{PREFIX}:beat:"
 

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 from aiecs_core import TaskEvent, redact_json
 
+from .keys import TaskKeys
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
-from .store.keys import TaskKeys
 
 __all__ = [
     "EVENT_NAME",

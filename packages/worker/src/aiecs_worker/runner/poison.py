@@ -59,11 +59,11 @@ from kombu import Connection as KombuConnection
 from kombu.exceptions import ContentDisallowed
 from kombu.utils.json import loads as kombu_loads
 
-from .records import end_execution, state_redis
-from .routing import AIECS_TASKS
-from .settings import get_settings
-from .store.keys import DEADLETTER_KEY, TaskKeys
-from .store.requests import routable_call
+from ..routing import AIECS_TASKS
+from ..settings import get_settings
+from ..store.keys import DEADLETTER_KEY, TaskKeys
+from ..store.records import end_execution, state_redis
+from ..store.requests import routable_call
 
 __all__ = [
     "DEADLETTER_KEY",

@@ -1,5 +1,5 @@
 """Advancing workflows: after a step ended, release the steps whose dependencies
-completed and end those whose dependency did not (see :mod:`aiecs_worker.workflows.flow`
+completed and end those whose dependency did not (see :mod:`aiecs_worker.producer.flow`
 for the whole story).
 
 :func:`advance` is idempotent (the release and the terminal transitions are guarded
@@ -24,15 +24,15 @@ from aiecs_core import (
 )
 from pydantic import ValidationError
 
-from .. import background
 from ..app import app
-from ..events import TaskKeys, celery_task_id
-from ..records import end_execution, state_redis
+from ..ops import background
 from ..settings import get_settings
-from ..state import NOW_MS_LUA, PENDING_KEY
+from ..store.events import TaskKeys, celery_task_id
 from ..store.keys import FLOW_PREFIX, FLOWS_DUE_KEY, flow_key
+from ..store.records import end_execution, state_redis
 from ..store.requests import check_payload_size
-from .common import admitted, send_execution
+from ..store.state import NOW_MS_LUA, PENDING_KEY
+from .groups import admitted, send_execution
 from .refs import RefError, find_refs, parse_ref, resolve, resolved_size
 
 __all__ = ["DUE_AFTER", "MAX_RELEASE_FAILURES", "advance", "after_cancel", "after_step",

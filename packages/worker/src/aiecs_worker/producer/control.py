@@ -13,16 +13,16 @@ from typing import Any
 from aiecs_core import TaskRequest
 from celery.result import AsyncResult
 
-from .app import app
-from .events import TaskKeys, celery_task_id, run_script
-from .records import record_pending, state_redis
+from ..app import app
+from ..routing import route
+from ..settings import get_settings
+from ..store import admission
+from ..store.events import TaskKeys, celery_task_id, run_script
+from ..store.keys import CANCEL_CHANNEL
+from ..store.records import record_pending, state_redis
+from ..store.state import CANCEL_LUA, celery_index_key, decode_state, steps_key
+from .advance import after_cancel
 from .release import record_cancelled
-from .routing import route
-from .settings import get_settings
-from .state import CANCEL_LUA, celery_index_key, decode_state, steps_key
-from .store import admission
-from .store.keys import CANCEL_CHANNEL
-from .workflows.advance import after_cancel
 
 __all__ = ["cancel", "cancel_celery", "get_state", "record_cancelled", "record_pending",
            "submit", "task_steps"]
@@ -43,7 +43,7 @@ def submit(request: TaskRequest, *, heavy: bool | None = None,
     submission check, :mod:`aiecs_worker.store.admission`.
     """
     spec = admission.check_request(request, client=state_redis())
-    # the task by its name: registered by aiecs_worker.tasks (the package init imports it)
+    # the task by its name: registered by aiecs_worker.runner.tasks (the package init imports it)
     task = app.tasks[route(spec.heavy if heavy is None else heavy).task]
     celery_id = celery_task_id(request.user_id, request.task_id, request.step)
     timing = {k: v for k, v in (("eta", eta), ("countdown", countdown)) if v is not None}
@@ -85,7 +85,7 @@ def _cancel_state(state_key: str, celery_id: str) -> bool:
 
 
 def _end_if_not_due(client: Any, state_key: str) -> None:
-    """A PENDING execution held in Redis (see aiecs_worker.hold), or whose eta is still
+    """A PENDING execution held in Redis (see aiecs_worker.store.hold), or whose eta is still
     ahead, ends CANCELLED now, not when it would have been sent or run: the terminal
     transition removes what it held (index entry, request, window entry), and a message
     that comes later finds it terminal and does not run it."""

@@ -49,15 +49,15 @@ from aiecs_core import (
 )
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from .. import control
-from ..events import TaskKeys, celery_task_id, encode_event, packet_parts
-from ..records import state_redis
 from ..settings import get_settings
-from ..state import NOW_MS_LUA, celery_index_key, decode_state, steps_key
 from ..store import admission
+from ..store.events import TaskKeys, celery_task_id, encode_event, packet_parts
 from ..store.keys import FLOWS_DUE_KEY, flow_key
+from ..store.records import state_redis
+from ..store.state import NOW_MS_LUA, celery_index_key, decode_state, steps_key
+from . import control
 from .advance import MAX_FLOW_STEPS, advance, sweep_due
-from .common import GroupError, NotFoundError, task_for
+from .groups import GroupError, NotFoundError, task_for
 from .refs import RefError, find_refs, parse_ref
 
 __all__ = ["FlowStep", "advance", "cancel_workflow", "flow_key", "get_workflow",

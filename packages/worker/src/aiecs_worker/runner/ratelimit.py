@@ -50,9 +50,9 @@ from typing import Any, TypeVar
 from aiecs_core import RateLimitError, RateLimitKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import metrics
-from .settings import config_error, load_settings
-from .store.keys import rate_limit_base
+from ..ops import metrics
+from ..settings import config_error, load_settings
+from ..store.keys import rate_limit_base
 
 __all__ = [
     "RATE_LIMITS_ENV",

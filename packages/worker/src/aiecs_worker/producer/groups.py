@@ -10,11 +10,11 @@ from typing import Any
 from aiecs_core import InvalidTaskError, TaskRequest
 
 from ..app import app
-from ..events import TaskKeys, packet_parts
-from ..hold import ADMIT_LUA, admit_args
 from ..routing import route
 from ..settings import get_settings
 from ..store import admission
+from ..store.events import TaskKeys, packet_parts
+from ..store.hold import ADMIT_LUA, admit_args
 
 __all__ = ["GroupError", "NotFoundError", "admitted", "group_fields", "pipelined_sends",
            "send_execution", "task_for"]
@@ -108,7 +108,7 @@ def send_execution(producer: Any, task: str, queue: str, priority: int,
 def admitted(client: Any, sends: list[tuple]) -> list[tuple]:
     """Of ``sends`` (``send_execution``'s arguments, PENDING records written), those to
     send now; the others are held behind their user's fair-share window and sent when a
-    slot frees (see aiecs_worker.hold). One round trip."""
+    slot frees (see aiecs_worker.store.hold). One round trip."""
     if not sends:
         return sends
     s = get_settings()

@@ -1,5 +1,5 @@
 """A fair-share slot freed: the user's next held executions are sent (see
-:mod:`aiecs_worker.hold`); an execution revoked before it ran ends CANCELLED and frees
+:mod:`aiecs_worker.store.hold`); an execution revoked before it ran ends CANCELLED and frees
 its slot. Any process may call these (they send messages: above the store)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from .app import app
-from .events import run_script
-from .hold import RELEASE_LUA, decode, release_args
-from .records import end_cancelled, state_redis
-from .settings import get_settings
+from ..app import app
+from ..settings import get_settings
+from ..store.events import run_script
+from ..store.hold import RELEASE_LUA, decode, release_args
+from ..store.records import end_cancelled, state_redis
 
 __all__ = ["record_cancelled", "release_window", "send_released"]
 

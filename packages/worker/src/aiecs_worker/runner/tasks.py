@@ -1,4 +1,4 @@
-"""The Celery tasks: thin shells around :class:`aiecs_worker.runtime.Runtime`.
+"""The Celery tasks: thin shells around :class:`aiecs_worker.runner.runtime.Runtime`.
 
 Both take the specification's keyword arguments (``task_name, user_id, task_id, step,
 mode, service, input_data, context``). Their Celery task id is derived from
@@ -17,11 +17,10 @@ from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
-from .app import app
-from .events import celery_task_id
-from .records import record_pending
-from .release import record_cancelled
-from .routing import (
+from ..app import app
+from ..producer.advance import after_step
+from ..producer.release import record_cancelled
+from ..routing import (
     AIECS_TASKS,
     FAST_TASK,
     FLOW_HEAVY_TASK,
@@ -30,9 +29,10 @@ from .routing import (
     HEAVY_TASK,
     queue_of_task,
 )
+from ..store.events import celery_task_id
+from ..store.records import record_pending
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 from .taskevents import ExecutionCancelled
-from .workflows.advance import after_step
 
 __all__ = ["execute_flow_step", "execute_heavy_flow_step", "execute_heavy_task",
            "execute_task"]
@@ -45,7 +45,7 @@ class AiecsTask(Task):
 
     typing = False  # arguments are validated by the runner, which reports what is wrong
     #: sends the Celery events Flower needs for cancelled executions (see taskevents)
-    Request = "aiecs_worker.taskevents:AiecsRequest"
+    Request = "aiecs_worker.runner.taskevents:AiecsRequest"
 
     def apply_async(self, args=None, kwargs=None, task_id=None, **options):
         request = None
@@ -59,7 +59,7 @@ class AiecsTask(Task):
             queue = options.get("queue") or queue_of_task(self.name)
             admitted = record_pending(request, task_id, queue=getattr(queue, "name", queue),
                                       task=self.name, eta=eta_timestamp(options))
-            if admitted == "held":  # kept in Redis; sent when it may run (aiecs_worker.hold)
+            if admitted == "held":  # kept in Redis; sent when it may run (aiecs_worker.store.hold)
                 return self.AsyncResult(task_id)
         return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)
 
@@ -135,7 +135,7 @@ def execute_heavy_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @app.task(bind=True, base=AiecsTask, name=FLOW_TASK, throws=(AiecsError,))
 def execute_flow_step(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """A workflow step (see aiecs_worker.workflows.flow): run it, then release or cancel
+    """A workflow step (see aiecs_worker.producer.flow): run it, then release or cancel
     the steps that depend on it."""
     try:
         return _run(self, args, kwargs)

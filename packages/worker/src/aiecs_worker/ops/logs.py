@@ -12,7 +12,7 @@ The identity is a context variable set when Celery starts the task (``task_preru
 the pool's thread (or prefork child); the runner's coroutine inherits it on the event loop,
 and so does everything the operation runs there.
 
-Secrets: the redacting filter (:mod:`aiecs_worker.redaction`) stays on every handler, and
+Secrets: the redacting filter (:mod:`aiecs_worker.ops.redaction`) stays on every handler, and
 each JSON line is redacted once more as a whole (a traceback or an extra field the filter
 did not see cannot carry a registered secret or anything shaped like a key out).
 
@@ -44,7 +44,7 @@ _SKIP = ("color_message", "taskName")
 
 
 def json_mode() -> bool:
-    from .settings import get_settings
+    from ..settings import get_settings
 
     return get_settings().aiecs_log_format == "json"
 

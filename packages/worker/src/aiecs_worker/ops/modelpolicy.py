@@ -15,7 +15,7 @@ import threading
 
 from aiecs_core.modelpolicy import ModelPolicy, install_model_policy
 
-from .settings import Settings, get_settings
+from ..settings import Settings, get_settings
 
 __all__ = ["current_policy", "policy_for"]
 

@@ -33,22 +33,22 @@ from celery.schedules import schedule as every_schedule
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from redbeat import RedBeatSchedulerEntry
 
-from . import metrics, quotas
-from .app import app
+from ..app import app
+from ..ops import metrics
+from ..routing import queue_name, route
+from ..settings import get_settings
+from ..store import admission, quotas
+from ..store.events import TaskKeys, run_script
+from ..store.keys import schedule_key, schedule_tick_key, user_schedules_key
+from ..store.records import state_redis
+from ..store.state import steps_key
 from .control import get_state
-from .events import TaskKeys, run_script
-from .records import state_redis
-from .routing import queue_name, route
-from .settings import get_settings
-from .state import steps_key
-from .store import admission
-from .store.keys import schedule_key, schedule_tick_key, user_schedules_key
 
 __all__ = ["FIRE_TASK", "Schedule", "ScheduleExistsError",
            "ScheduleLimitError", "create",
            "delete", "fire", "get", "list_schedules", "tick_id"]
 
-#: The task name of the beat entries of schedules (run by :mod:`aiecs_worker.beat`).
+#: The task name of the beat entries of schedules (run by :mod:`aiecs_worker.runner.beat`).
 FIRE_TASK = "aiecs.schedule.fire"
 #: Seconds a refusal for the number of schedules tells the user to wait (the count frees
 #: only when the user deletes one).
@@ -312,7 +312,7 @@ def fire(user_id: str, task_id: str, tick: str, producer=None) -> int | None:
         return None
     if not new and client.exists(TaskKeys(user_id, task_id).state(step)):
         return step
-    # the task by its name: registered by aiecs_worker.tasks (the package init imports it)
+    # the task by its name: registered by aiecs_worker.runner.tasks (the package init imports it)
     task = app.tasks[route(bool(schedule.heavy)).task]
     task.apply_async(kwargs=json.loads(schedule.request(step).model_dump_json()),
                      producer=producer)

@@ -10,7 +10,7 @@ owner's room. The item list is ``aiecs:batch:{user}:{batch_id}:items``.
 Submission is pipelined: the batch hash, then every item's PENDING record and admission
 (two Lua calls each, sent 500 per round trip), then the Celery messages of the items
 admitted now through one producer; the others are held behind the user's fair-share
-window (see :mod:`aiecs_worker.hold`). A process
+window (see :mod:`aiecs_worker.store.hold`). A process
 killed half-way leaves PENDING records whose message was never sent: the sweeper queues
 them from the record (as for any submission whose message was lost, see lease.py).
 """
@@ -26,18 +26,24 @@ from typing import Any
 from aiecs_core import TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .. import metrics
 from ..app import app
-from ..events import TaskKeys, _publish_lua, celery_task_id, script_args
-from ..hold import ADMIT_LUA, admit_args
-from ..records import state_redis
-from ..release import record_cancelled
+from ..ops import metrics
 from ..settings import get_settings
-from ..state import CANCEL_LUA, PENDING_KEY, celery_index_key, decode_state, pending_lua, steps_key
 from ..store import admission
+from ..store.events import TaskKeys, _publish_lua, celery_task_id, script_args
+from ..store.hold import ADMIT_LUA, admit_args
 from ..store.hook import PUBLISH_GROUP_EVENT_LUA
 from ..store.keys import CANCEL_CHANNEL, batch_key
-from .common import (
+from ..store.records import state_redis
+from ..store.state import (
+    CANCEL_LUA,
+    PENDING_KEY,
+    celery_index_key,
+    decode_state,
+    pending_lua,
+    steps_key,
+)
+from .groups import (
     GroupError,
     NotFoundError,
     check_item,
@@ -46,6 +52,7 @@ from .common import (
     send_execution,
     task_for,
 )
+from .release import record_cancelled
 
 __all__ = ["BatchItem", "batch_key", "cancel_batch", "get_batch", "submit_batch"]
 
@@ -192,7 +199,7 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
                      PENDING_KEY, *ev_keys, celery_id, s.aiecs_events_ttl, time.time(),
                      user_id, request.task_name, 1, json.dumps(kwargs), queue, task, key,
                      *ev_args)
-        # sent now, or held behind the user's fair-share window (see aiecs_worker.hold)
+        # sent now, or held behind the user's fair-share window (see aiecs_worker.store.hold)
         a_keys, a_args = admit_args(s, TaskKeys(user_id, request.task_id).state(1), user_id,
                                     queue, None)
         pipe.evalsha(admit, len(a_keys), *a_keys, *a_args)
@@ -240,7 +247,7 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
 
 
 def _end_held(client: Any, user_id: str, task_ids: list[str]) -> None:
-    """Items held in Redis (behind the user's fair-share window, see aiecs_worker.hold)
+    """Items held in Redis (behind the user's fair-share window, see aiecs_worker.store.hold)
     end CANCELLED now: no message of theirs exists to carry the cancel request."""
     pipe = client.pipeline(transaction=False)
     for task_id in task_ids:

@@ -8,8 +8,8 @@
   the progress server starts. Provider plugins add theirs: ``Service.secret_env`` is
   registered with the service, and providers register keys and tokens they obtain.
 - Events and terminal states are redacted as they are encoded for Redis
-  (:func:`aiecs_worker.events.encode_event`, :func:`aiecs_worker.events.finish_args`),
-  and what goes to Celery's result backend in :mod:`aiecs_worker.tasks`.
+  (:func:`aiecs_worker.store.events.encode_event`, :func:`aiecs_worker.store.events.finish_args`),
+  and what goes to Celery's result backend in :mod:`aiecs_worker.runner.tasks`.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiecs_core import TERMINAL_STATUSES
 
-from .store.hook import GROUP_HOOK_LUA
-from .store.keys import (
+from .hook import GROUP_HOOK_LUA
+from .keys import (
     DUE_KEY,
     OWNED_PREFIX,
     OWNERS_KEY,
@@ -65,7 +65,7 @@ def begin_lua(then: str) -> str:
       changes then), 'busy' when another live owner holds it (nothing changes; holder
       set), else 'running';
     - deliveries counts the deliveries charged to this execution (losses in a crash it
-      did not cause are spared, see aiecs_worker.lease).
+      did not cause are spared, see aiecs_worker.store.lease).
 
     One HMGET reads what it decides on; the keys a submission already created (steps,
     celery index, TTL) are written only when the execution has no record yet.
@@ -118,7 +118,7 @@ def finish_lua(then: str) -> str:
     the execution was already terminal (nothing changes), else what ``then`` returns.
     A batch item or workflow step (field ``group``) tells its group in the same script
     (see aiecs_worker.store.hook). The execution leaves its fair-share window and
-    the index of held executions (see aiecs_worker.hold).
+    the index of held executions (see aiecs_worker.store.hold).
     """
     return f"""
 local terminal = {_TERMINAL}

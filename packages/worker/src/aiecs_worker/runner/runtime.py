@@ -12,7 +12,7 @@ One execution:
 2. the ``begin`` transition, which publishes RUNNING in the same Lua call: an execution
    already terminal is not run again (its stored outcome is returned), one held by a
    live worker, or being executed by this very process, is a duplicate delivery
-   (dropped, see :mod:`aiecs_worker.lease`);
+   (dropped, see :mod:`aiecs_worker.store.lease`);
    deliveries are counted, and past ``AIECS_MAX_DELIVERIES`` the execution FAILS
    instead of running; a pending cancel request ends it CANCELLED;
 3. the declared operation is resolved and its input validated;
@@ -21,7 +21,7 @@ One execution:
    has been streamed yet; a cancel request cancels it;
 5. the ``finish`` transition stores the outcome and, if it won, publishes the single
    terminal event; the execution's slot in its user's fair-share window is then free,
-   and that user's next held executions are sent (see :mod:`aiecs_worker.hold`).
+   and that user's next held executions are sent (see :mod:`aiecs_worker.store.hold`).
 """
 
 from __future__ import annotations
@@ -59,10 +59,19 @@ from aiecs_core import (
     validate_input,
 )
 
-from . import background, logs, metrics
-from .app import app
-from .events import BEGIN_PUBLISH_LUA, RedisEventPublisher, TaskKeys, celery_task_id, script_args
-from .hold import (
+from ..app import app
+from ..ops import background, logs, metrics
+from ..producer.advance import sweep_due
+from ..producer.release import send_released
+from ..settings import Settings, get_settings
+from ..store.events import (
+    BEGIN_PUBLISH_LUA,
+    RedisEventPublisher,
+    TaskKeys,
+    celery_task_id,
+    script_args,
+)
+from ..store.hold import (
     ADMIT_LUA,
     BACKLOG_KEY,
     CLAIM_DUE_LUA,
@@ -73,7 +82,8 @@ from .hold import (
     keep_alive_args,
     release_args,
 )
-from .lease import (
+from ..store.keys import CANCEL_CHANNEL
+from ..store.lease import (
     HEARTBEAT_KEYS,
     HEARTBEAT_LUA,
     REAP_KEYS,
@@ -83,11 +93,9 @@ from .lease import (
     holder_is_dead_here,
     make_owner,
 )
-from .ratelimit import RateLimiter, limited_call
-from .records import terminal_fields
-from .release import send_released
-from .settings import Settings, get_settings
-from .state import (
+from ..store.records import terminal_fields
+from ..store.requests import parse_request, routable_call
+from ..store.state import (
     DUE_KEY,
     MESSAGE_SLOT,
     OWNERS_KEY,
@@ -97,9 +105,7 @@ from .state import (
     owned_key,
     steps_key,
 )
-from .store.keys import CANCEL_CHANNEL
-from .store.requests import parse_request, routable_call
-from .workflows.advance import sweep_due
+from .ratelimit import RateLimiter, limited_call
 
 __all__ = ["Outcome", "Runtime", "get_runtime"]
 
@@ -203,7 +209,7 @@ class Runtime:
         self._claim_due = self.redis.register_script(CLAIM_DUE_LUA)
         self._release = self.redis.register_script(RELEASE_LUA)
         self._keep_alive = self.redis.register_script(KEEP_ALIVE_LUA)
-        #: this process as the owner of the executions it runs (see aiecs_worker.lease)
+        #: this process as the owner of the executions it runs (see aiecs_worker.store.lease)
         self.owner = make_owner()
         #: the state key of the crash suspect this process runs in isolation, if any
         self._suspect: str | None = None
@@ -631,7 +637,7 @@ class Runtime:
 
     async def _release_next(self, state_key: str) -> None:
         """An execution ended: its slot in its user's fair-share window is free, so send
-        that user's next held executions now (see aiecs_worker.hold). On failure the
+        that user's next held executions now (see aiecs_worker.store.hold). On failure the
         periodic sweep sends them."""
         s = self.settings
         if not (s.aiecs_fair_window_fast or s.aiecs_fair_window_heavy):
@@ -748,7 +754,7 @@ class Runtime:
     async def _keep_lease(self) -> None:
         """Renew this process's lease and sweep dead owners' executions, forever."""
         s = self.settings
-        # often enough to release a held execution within its horizon (aiecs_worker.hold)
+        # often enough to release a held execution within its horizon (aiecs_worker.store.hold)
         interval = min(s.aiecs_lease_seconds / 3, max(0.5, s.schedule_horizon / 2))
         while True:
             try:
@@ -765,7 +771,7 @@ class Runtime:
 
     async def sweep(self) -> int:
         """Queue again the executions of owners whose lease ended, send the held
-        executions that may run (see aiecs_worker.hold), queue again PENDING executions
+        executions that may run (see aiecs_worker.store.hold), queue again PENDING executions
         whose message the broker lost, and advance workflows whose advance was missed;
         how many were queued (or released or ended)."""
         queued = await self._sweep_dead_owners()

@@ -1,4 +1,4 @@
-"""Serving the metrics of :mod:`aiecs_worker.metrics`: every process of a worker, one page.
+"""Serving the metrics of :mod:`aiecs_worker.ops.metrics`: every process of a worker, one page.
 
 - A worker serves ``/metrics`` on ``AIECS_METRICS_PORT`` (unset: off) and
   ``AIECS_METRICS_HOST``. Its processes (the prefork pool's children, or the one process of
@@ -159,7 +159,7 @@ def _on_worker_setup(**_: Any) -> None:
     """Before the pool starts (and once logging is set up): load the metrics (the pool's
     children inherit them) and serve."""
     global _private_dir
-    from .settings import get_settings
+    from ..settings import get_settings
 
     s = get_settings()
     if s.aiecs_metrics_port is None:

@@ -4,7 +4,7 @@ Every hook here is one call at its site and costs a counter increment or two. A 
 records nothing until it has loaded the metrics (:func:`load`): worker processes do as
 their runtime starts, the progress server as it starts; a script that only submits tasks
 never imports prometheus_client. Exposition (the HTTP endpoints, the prefork and
-multi-process aggregation) is :mod:`aiecs_worker.metrics_http`.
+multi-process aggregation) is :mod:`aiecs_worker.ops.metrics_http`.
 
 The specification's three (section 6.4), with ``status`` one of the six TaskStatus values:
 
@@ -26,14 +26,14 @@ a ``pid`` label under multi-process aggregation), ``aiecs_provider_tokens_total{
 ``aiecs_provider_rate_limit_waits_total`` and ``..._wait_seconds_total`` (each sleep
 waiting for cluster-wide capacity, ``AIECS_RATE_LIMITS``).
 
-Quotas (:mod:`aiecs_worker.quotas`): ``aiecs_quota_refusals_total{setting}``, submissions
+Quotas (:mod:`aiecs_worker.store.quotas`): ``aiecs_quota_refusals_total{setting}``, submissions
 refused, labelled by the environment variable of the quota (a fixed set).
 
 Progress server: ``aiecs_server_connected_sockets``, ``aiecs_server_events_delivered_total``
 (packets of live events sent to sockets), ``aiecs_server_replays_total`` and
 ``aiecs_server_replayed_events_total``, ``aiecs_server_listener_restarts_total``.
 
-Background work (:mod:`aiecs_worker.background`): ``aiecs_background_failures_total{kind}``,
+Background work (:mod:`aiecs_worker.ops.background`): ``aiecs_background_failures_total{kind}``,
 each failure of a loop that runs unattended and retries (``lease``: the lease renewal and
 sweep loop; ``workflow_sweep``: advancing one workflow a process left behind;
 ``workflow_advance``: advancing a workflow after its step; ``workflow_release``: releasing
@@ -177,7 +177,7 @@ def _bounded(kind: str, value: str) -> str:
     return "other"
 
 
-# -- executions (aiecs_worker.runtime, aiecs_worker.records) ---------------------------------
+# -- executions (aiecs_worker.runner.runtime, aiecs_worker.store.records) -------------------------
 def submitted(task_name: str) -> None:
     """An execution was queued (counted where it was submitted)."""
     if _m is not None:
@@ -206,7 +206,7 @@ def finished(task_name: str, status: str, began: float | None) -> None:
             _child("duration", name).observe(time.monotonic() - began)
 
 
-# -- provider calls (aiecs_worker.runtime, aiecs_worker.ratelimit) ----------------------------
+# -- provider calls (aiecs_worker.runner.runtime, aiecs_worker.runner.ratelimit) ------------------
 async def provider_call(instance: Any, operation: str, ctx: Any, call: Any) -> Any:
     """Await ``call`` (one attempt of ``operation`` on a service ``instance``), counting it:
     the request, its latency, calls in flight, its error type, the usage it recorded."""
@@ -280,7 +280,7 @@ def listener_restarted() -> None:
         _m.restarts.inc()
 
 
-# -- background loops (aiecs_worker.background) ------------------------------------------------
+# -- background loops (aiecs_worker.ops.background) ------------------------------------------------
 def background_failure(kind: str) -> None:
     """A background loop failed once (``kind`` is one of a fixed few, not user-chosen)."""
     if _m is not None:

@@ -1,8 +1,9 @@
 """Held executions: an admitted execution is sent to the broker now, or held in Redis and
 sent by a releaser when it may run.
 
-Every aiecs submission (``apply_async`` / ``.delay()``, :func:`aiecs_worker.control.submit`,
-``POST /tasks``, batches, workflow steps, schedule runs) records its execution PENDING
+Every aiecs submission (``apply_async`` / ``.delay()``,
+:func:`aiecs_worker.producer.control.submit`, ``POST /tasks``, batches, workflow steps,
+schedule runs) records its execution PENDING
 with its arguments, then *admits* it (:data:`ADMIT_LUA`, one Lua call):
 
 - **Due later than the horizon** (``AIECS_SCHEDULE_HORIZON``; a ``countdown`` / ``eta``
@@ -27,7 +28,7 @@ So the broker's FIFO queue holds at most W messages of any one user: another use
 execution waits behind at most ``W × (users with work on that queue)`` messages.
 
 A held execution is not in ``aiecs:pending`` (the reaper of lost messages, see
-:mod:`aiecs_worker.lease`, must not send it); a released one is put back there, so one
+:mod:`aiecs_worker.store.lease`, must not send it); a released one is put back there, so one
 whose send was lost (a process killed between the claim and the send) is sent again by
 the reaper. Cancelling a held execution ends it CANCELLED at once (its entries go with
 the terminal transition, or are skipped when popped).
@@ -39,9 +40,9 @@ import logging
 import time
 from typing import Any
 
-from .routing import HEAVY_QUEUE
+from ..routing import HEAVY_QUEUE
+from .keys import BACKLOG_KEY, celery_index_key, window_key
 from .state import _TERMINAL, DUE_KEY, NOW_MS_LUA, PENDING_KEY
-from .store.keys import BACKLOG_KEY, celery_index_key, window_key
 
 __all__ = [
     "ADMIT_LUA",

@@ -28,11 +28,11 @@ from typing import Any
 
 from aiecs_core import TERMINAL_STATUSES, QuotaExceededError
 
-from . import metrics
+from ..ops import metrics
+from ..settings import get_settings
 from .events import run_script
+from .keys import quota_key, steps_key
 from .records import state_redis
-from .settings import get_settings
-from .store.keys import quota_key, steps_key
 
 __all__ = ["admit", "check_steps", "never", "refused", "retry_after_header"]
 

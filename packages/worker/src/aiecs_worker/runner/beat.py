@@ -8,7 +8,7 @@ until the first is gone (its lock expires ``5 × max interval`` after it stopped
 it) and then takes over.
 
 A schedule's entry is not sent as a Celery message: when it is due, this process submits
-the run itself (:func:`aiecs_worker.schedules.fire`: the PENDING record and event, then
+the run itself (:func:`aiecs_worker.producer.schedules.fire`: the PENDING record and event, then
 the queue), *then* records that the entry ran. Beat dying between the two fires the same
 tick again on restart, and the tick's idempotency key makes that one execution.
 
@@ -26,7 +26,7 @@ import logging
 
 from redbeat import RedBeatScheduler
 
-from .schedules import FIRE_TASK, fire, tick_id
+from ..producer.schedules import FIRE_TASK, fire, tick_id
 
 __all__ = ["Scheduler"]
 

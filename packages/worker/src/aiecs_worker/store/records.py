@@ -1,7 +1,7 @@
 """What a submission and a revocation record: the producer side of an execution's state.
 
 Imported by the tasks (``apply_async`` records PENDING, a revocation records CANCELLED)
-and by :mod:`aiecs_worker.control`; it imports neither, so the two do not import each
+and by :mod:`aiecs_worker.producer.control`; it imports neither, so the two do not import each
 other. These functions use a synchronous Redis client.
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 import redis
 from aiecs_core import AiecsError, ErrorInfo, TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 
-from . import metrics
+from ..ops import metrics
+from ..settings import get_settings
 from .events import PENDING_PUBLISH_LUA, TaskKeys, finish_sync, script_args
 from .hold import ADMIT_LUA, admit_args, held_ttl
-from .settings import get_settings
+from .requests import routable_call
 from .state import PENDING_KEY, celery_index_key, steps_key
-from .store.requests import routable_call
 
 __all__ = ["end_cancelled", "end_execution", "record_pending", "state_redis",
            "terminal_fields"]
@@ -35,14 +35,14 @@ def state_redis():
 def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
                    task: str = "", eta: float | None = None) -> str:
     """Record a queued execution as PENDING (and publish it) unless it already has a
-    state, and admit it (see :mod:`aiecs_worker.hold`): ``"send"`` (send its message
+    state, and admit it (see :mod:`aiecs_worker.store.hold`): ``"send"`` (send its message
     now), ``"held"`` (do not: a releaser sends it when it may run), or ``""`` when nothing
     was recorded (it already had a state, or Redis is unreachable: send it as before).
 
     Called for every submission (``.delay()``, ``apply_async``, :func:`submit`). Best
     effort: when Redis is unreachable the task is still queued. The record keeps the
     task's arguments, ``queue`` and Celery ``task`` name until it starts, so the sweeper
-    can queue it again if the broker loses its message (see aiecs_worker.lease).
+    can queue it again if the broker loses its message (see aiecs_worker.store.lease).
 
     ``eta`` (a timestamp) marks an execution that must not run before then (``eta`` /
     ``countdown``): its state keeps it, its PENDING event says it, the sweeper counts
@@ -112,7 +112,7 @@ def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | No
                     error: ErrorInfo | None = None, usage: list[Any] | None = None
                     ) -> list[Any]:
     """The terminal record of an execution: the ARGV of the terminal transition
-    (:func:`aiecs_worker.state.finish_lua`: status, result, error, usage, now, ttl).
+    (:func:`aiecs_worker.store.state.finish_lua`: status, result, error, usage, now, ttl).
 
     Every terminal record is built here: the worker's outcome, a revocation, a malformed
     message, a workflow step that cannot run."""
@@ -147,7 +147,7 @@ def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],
 def end_cancelled(args: tuple, kwargs: dict[str, Any], reason: str) -> str:
     """Mark a revoked-before-running execution CANCELLED and publish its terminal event;
     its state key, or "" when it had ended already (or its arguments name no execution).
-    :func:`aiecs_worker.release.record_cancelled` also frees its fair-share slot."""
+    :func:`aiecs_worker.producer.release.record_cancelled` also frees its fair-share slot."""
     request = routable_call(args, kwargs)
     if request is None:
         return ""

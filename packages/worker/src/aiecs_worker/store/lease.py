@@ -24,7 +24,7 @@ records it as unacknowledged; a worker killed between the two loses it (the brok
 copy). A submission through aiecs leaves a PENDING record with the task's arguments: the
 sweeper queues again an execution still PENDING ``2 × CELERY_VISIBILITY_TIMEOUT`` after
 submission (after its eta, for one given ``countdown`` / ``eta``; after its release, for
-one held in Redis, see :mod:`aiecs_worker.hold`: a held execution is not in the pending
+one held in Redis, see :mod:`aiecs_worker.store.hold`: a held execution is not in the pending
 index, so it is never sent from here while held) whose queue is empty (a
 message waiting in a backlog, or received and not yet restored, is not lost: the queue is
 not empty, or kombu restores it within the visibility timeout). A copy sent while the
