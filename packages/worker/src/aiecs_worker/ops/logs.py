@@ -27,11 +27,14 @@ import datetime
 import functools
 import logging
 import os
+import resource
 import time
 from typing import Any
 
 from aiecs_core import redact
 from celery import signals
+
+from ..settings import get_settings
 
 __all__ = ["bind", "finished", "install", "json_formatter", "json_line", "json_mode"]
 
@@ -44,14 +47,13 @@ _SKIP = ("color_message", "taskName")
 
 
 def json_mode() -> bool:
-    from ..settings import get_settings
-
     return get_settings().aiecs_log_format == "json"
 
 
 @functools.cache
 def json_formatter() -> logging.Formatter:
     """The JSON formatter (python-json-logger), made once."""
+    # python-json-logger only when JSON logs are asked for (AIECS_LOG_FORMAT=json)
     from pythonjsonlogger.core import RESERVED_ATTRS
     from pythonjsonlogger.json import JsonFormatter
 
@@ -136,8 +138,6 @@ def _rss_mb() -> float | None:
             pages = int(f.read().split()[1])
         return round(pages * os.sysconf("SC_PAGE_SIZE") / 1048576, 1)
     except (OSError, ValueError, IndexError):
-        import resource
-
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

@@ -50,6 +50,8 @@ import threading
 import time
 from typing import Any
 
+from aiecs_core import AiecsError
+
 __all__ = ["MAX_LABEL_VALUES", "METRIC_NAMES", "load", "loaded"]
 
 #: Distinct values one user-chosen label takes in a process before new ones become "other".
@@ -142,6 +144,7 @@ def load() -> Any:
         return _m
     with _lock:
         if _m is None:
+            # prometheus_client on first use: processes that keep no metrics never import it
             import prometheus_client as prom
             from prometheus_client import values
 
@@ -222,8 +225,6 @@ async def provider_call(instance: Any, operation: str, ctx: Any, call: Any) -> A
     try:
         return await call
     except Exception as exc:
-        from aiecs_core import AiecsError
-
         kind = type(exc).__name__ if isinstance(exc, AiecsError) else "OperationError"
         _child("errors", provider, kind).inc()
         raise

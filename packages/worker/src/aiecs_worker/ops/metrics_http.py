@@ -18,15 +18,18 @@ the child exits and, for one killed outright, when the next scrape finds it gone
 from __future__ import annotations
 
 import contextlib
+import http.server
 import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 from typing import Any
 
 from celery import signals
 
+from ..settings import get_settings
 from . import metrics
 
 __all__ = ["exposition", "metrics_endpoint", "prepare_dir", "serve"]
@@ -61,6 +64,7 @@ class _ProcessCollector:
         self.path = path
 
     def collect(self):
+        # prometheus_client on first use (see aiecs_worker.ops.metrics)
         from prometheus_client.core import GaugeMetricFamily
         from prometheus_client.multiprocess import mark_process_dead
 
@@ -85,6 +89,7 @@ class _ProcessCollector:
 def exposition(path: str | None = None) -> tuple[bytes, str]:
     """The metrics page (body, content type): the sum over ``path`` (default
     ``PROMETHEUS_MULTIPROC_DIR``), or this process's own values when there is none."""
+    # prometheus_client on first use (see aiecs_worker.ops.metrics)
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -102,9 +107,6 @@ def exposition(path: str | None = None) -> tuple[bytes, str]:
 def serve(port: int, host: str, path: str | None = None) -> int:
     """Serve :func:`exposition` on ``http://host:port/metrics`` from a daemon thread;
     returns the port (``0`` picks a free one)."""
-    import http.server
-    import threading
-
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the stdlib's name
             if self.path.split("?")[0] not in ("/metrics", "/"):
@@ -145,6 +147,7 @@ def prepare_dir() -> tuple[str, bool]:
 
 async def metrics_endpoint(request: Any) -> Any:
     """The progress server's ``GET /metrics`` (Starlette)."""
+    # starlette: the progress server's stack, not imported by a worker
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
 
@@ -159,8 +162,6 @@ def _on_worker_setup(**_: Any) -> None:
     """Before the pool starts (and once logging is set up): load the metrics (the pool's
     children inherit them) and serve."""
     global _private_dir
-    from ..settings import get_settings
-
     s = get_settings()
     if s.aiecs_metrics_port is None:
         if os.environ.get(MULTIPROC_ENV):  # a process of `aiecs worker -p N`: record only
@@ -182,7 +183,7 @@ def _on_worker_setup(**_: Any) -> None:
 def _on_child_exit(**_: Any) -> None:
     """A prefork child leaves: its gauges leave the sum."""
     path = os.environ.get(MULTIPROC_ENV)
-    if path and metrics.loaded():
+    if path and metrics.loaded():  # (loaded: prometheus_client is imported already)
         from prometheus_client.multiprocess import mark_process_dead
 
         mark_process_dead(os.getpid(), path)

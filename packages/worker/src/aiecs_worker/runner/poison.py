@@ -384,7 +384,7 @@ def reject(raw: bytes | str, reason: str, *, queue: str, layer: str,
 def _transport_classes() -> tuple[type, type]:
     """(Channel, Transport): built on first use, as kombu's Redis transport imports
     redis-py, which a process that never connects to the broker need not load."""
-    from kombu.transport import redis as kombu_redis
+    from kombu.transport import redis as kombu_redis  # on first use: see the docstring
 
     class Channel(kombu_redis.Channel):
         """kombu's Redis channel, which never hands kombu a malformed message.

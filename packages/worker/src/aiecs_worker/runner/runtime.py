@@ -33,12 +33,15 @@ import json
 import logging
 import os
 import random
+import signal
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
 
+import aiecs_core.errors as errors
+import redis.asyncio as aioredis
 from aiecs_core import (
     AiecsError,
     ErrorInfo,
@@ -58,6 +61,8 @@ from aiecs_core import (
     load_plugins,
     validate_input,
 )
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker import state as worker_state
 
 from ..app import app
 from ..ops import background, logs, metrics
@@ -169,7 +174,7 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     cross-thread wake-ups of every submitted execution) in C: about 10 % less CPU per
     no-op execution in the runtime, measured."""
     try:
-        import uvloop
+        import uvloop  # optional (uvicorn[standard]): here, where its absence is handled
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
@@ -179,8 +184,6 @@ class Runtime:
     """Per-process state: the loop thread, the registry, Redis clients, running executions."""
 
     def __init__(self, settings: Settings | None = None, registry: ServiceRegistry | None = None):
-        import redis.asyncio as aioredis
-
         self.settings = settings or get_settings()
         self.registry = registry or load_plugins()
         self.pid = os.getpid()
@@ -242,8 +245,6 @@ class Runtime:
         queue: str = "",
     ) -> Outcome:
         """Execute one task and wait for its outcome (called from a pool thread)."""
-        from celery.exceptions import SoftTimeLimitExceeded
-
         if not self._soft_limit_hooked:
             self._hook_soft_limit()
         future = asyncio.run_coroutine_threadsafe(
@@ -274,9 +275,7 @@ class Runtime:
         self._soft_limit_hooked = True
         if threading.current_thread() is not threading.main_thread():
             return
-        import signal
-
-        try:
+        try:  # billiard's prefork pool: optional here (another pool may be in use)
             from billiard.pool import SIG_SOFT_TIMEOUT, soft_timeout_sighandler
         except ImportError:  # pragma: no cover
             return
@@ -742,10 +741,6 @@ class Runtime:
         """Plain ``AsyncResult.revoke()`` of a running task (in-process pools)."""
         if not self.running:
             return
-        try:
-            from celery.worker import state as worker_state
-        except ImportError:  # pragma: no cover
-            return
         for celery_id in list(self.running):
             if celery_id in worker_state.revoked:
                 self._cancel(self.running[celery_id], "cancel")
@@ -838,8 +833,6 @@ class Runtime:
 
 
 def _rebuild_error(info: ErrorInfo) -> AiecsError:
-    import aiecs_core.errors as errors
-
     cls = getattr(errors, info.type, None)
     if not (isinstance(cls, type) and issubclass(cls, AiecsError)):
         return OperationError(info.message, info.details)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from aiecs_core import load_plugins
 from celery import signals
 
 log = logging.getLogger("aiecs.plugins")
@@ -18,8 +19,6 @@ log = logging.getLogger("aiecs.plugins")
 
 def log_plugins(logger: logging.Logger = log) -> None:
     """Load the plugins (once per process) and log what loaded and what failed."""
-    from aiecs_core import load_plugins
-
     for level, line in load_plugins().report():
         logger.log(level, "%s", line)
 

@@ -52,6 +52,10 @@ from __future__ import annotations
 import contextlib
 import functools
 
+import redis.exceptions
+from celery.worker.consumer.consumer import Consumer
+from kombu.transport import redis as kombu_redis
+
 __all__ = ["install"]
 
 _installed = False
@@ -70,9 +74,6 @@ def install() -> None:
 
 def _fix_kombu_redis_channel() -> None:
     """Patch ``kombu.transport.redis.Channel._connparams`` (fix 1)."""
-    import redis.exceptions
-    from kombu.transport import redis as kombu_redis
-
     original = kombu_redis.Channel._connparams
 
     @functools.wraps(original)
@@ -87,8 +88,6 @@ def _fix_kombu_redis_channel() -> None:
 
 def _fix_prefetch_restore() -> None:
     """Patch ``celery.worker.consumer.Consumer`` (fix 2)."""
-    from celery.worker.consumer.consumer import Consumer
-
     original = Consumer._restore_prefetch_count_after_connection_restart
 
     @functools.wraps(original)
@@ -101,8 +100,6 @@ def _fix_prefetch_restore() -> None:
 
 def _fix_client_per_call() -> None:
     """Patch ``kombu.transport.redis.Channel.conn_or_acquire`` (fix 3)."""
-    from kombu.transport import redis as kombu_redis
-
     @contextlib.contextmanager
     def conn_or_acquire(self, client=None):
         if client:

@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from aiecs_core import load_plugins
 from celery import signals
 
 from .settings import load_settings
@@ -56,8 +57,6 @@ def warm_services(registry: Any = None) -> dict[str, float]:
     the service's first call then fails (or succeeds) as it would have.
     """
     if registry is None:
-        from aiecs_core import load_plugins
-
         registry = load_plugins()
     took: dict[str, float] = {}
     for mode, service in registry.keys():

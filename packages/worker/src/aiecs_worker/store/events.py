@@ -28,7 +28,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import redis.asyncio as aioredis
 from aiecs_core import TaskEvent, redact_json
+from redis.exceptions import NoScriptError
 
 from .keys import TaskKeys
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
@@ -201,8 +203,6 @@ def coalesce(items: Sequence[_Item]) -> list[_Item]:
 
 
 def _is_noscript(result: Any) -> bool:
-    from redis.exceptions import NoScriptError
-
     return isinstance(result, NoScriptError)
 
 
@@ -243,8 +243,6 @@ class RedisEventPublisher:
         prefix: str = "aiecs",
         batch: int = 256,
     ):
-        import redis.asyncio as aioredis
-
         self.redis = aioredis.Redis.from_url(
             redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )

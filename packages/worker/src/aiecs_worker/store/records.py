@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -103,8 +104,6 @@ def _script(client: Any, script: str) -> Any:
 
 
 def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
