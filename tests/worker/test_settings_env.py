@@ -98,7 +98,7 @@ def test_a_check_across_variables_names_the_first_and_the_fix(monkeypatch):
 
 
 def test_warm_and_rate_limits_are_settings(monkeypatch):
-    from aiecs_worker.ratelimit import parse_limits
+    from aiecs_worker.runner.ratelimit import parse_limits
 
     monkeypatch.setenv("AIECS_WARM", "off")
     monkeypatch.setenv("AIECS_RATE_LIMITS", '{"openai/*": {"rpm": 5}}')
@@ -121,7 +121,7 @@ def test_no_setting_is_read_from_os_environ_outside_the_settings_modules():
     import aiecs_worker
 
     root = Path(aiecs_worker.__file__).parent
-    allowed = {"settings.py": 2, "cli/worker.py": 1, "cli/dev.py": 2, "metrics_http.py": 5}
+    allowed = {"settings.py": 2, "cli/worker.py": 1, "cli/dev.py": 2, "ops/metrics_http.py": 5}
     found: dict[str, int] = {}
     for path in root.rglob("*.py"):
         code = [line for line in path.read_text().splitlines()

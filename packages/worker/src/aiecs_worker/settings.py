@@ -278,10 +278,10 @@ class Settings(EnvSettings):
     aiecs_warm: bool = True
     """AIECS_WARM: each worker process warms its configured providers (imports their SDKs,
     builds their clients) in a thread as it starts; ``0``: their first calls do it
-    (aiecs_worker.warm)."""
+    (aiecs_worker.runner.warm)."""
     aiecs_rate_limits: str | None = None
     """AIECS_RATE_LIMITS: cluster-wide provider rate limits, JSON ``{"provider/model":
-    {"rpm", "tpm", "window"}}``, parsed and checked by aiecs_worker.ratelimit when a worker
+    {"rpm", "tpm", "window"}}``, parsed and checked by aiecs_worker.runner.ratelimit when a worker
     starts."""
 
     @field_validator("aiecs_warm", mode="before")

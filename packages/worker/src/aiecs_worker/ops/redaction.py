@@ -21,7 +21,7 @@ from typing import Any
 from aiecs_core import install_log_redaction, register_env_secrets, register_secret
 from celery import signals
 
-from .settings import Settings
+from ..settings import Settings
 
 __all__ = ["URL_ENV", "install"]
 

@@ -10,14 +10,14 @@ import logging
 from celery.worker import state as worker_state
 
 from ..store.keys import CANCEL_CHANNEL
-from .context import _Running
+from .context import RuntimeState, _Running
 
 __all__ = ["CancelsMixin"]
 
 log = logging.getLogger("aiecs.worker")
 
 
-class CancelsMixin:
+class CancelsMixin(RuntimeState):
     """The :class:`~aiecs_worker.runner.runtime.Runtime`'s cancellation of running
     executions."""
 

@@ -9,7 +9,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiecs_core import AiecsError, OperationContext, TaskEvent, TaskRequest, TaskStatus
+import redis.asyncio as aioredis
+from aiecs_core import (
+    AiecsError,
+    OperationContext,
+    ServiceRegistry,
+    TaskEvent,
+    TaskRequest,
+    TaskStatus,
+)
+
+from ..settings import Settings
+from ..store.events import RedisEventPublisher
+from .ratelimit import RateLimiter
 
 
 class _Publisher(Protocol):
@@ -18,7 +30,8 @@ class _Publisher(Protocol):
     def publish_nowait(self, event: TaskEvent) -> None: ...
 
 
-__all__ = ["Outcome", "StateUnavailableError", "WorkerContext", "sleep_at_least"]
+__all__ = ["Outcome", "RuntimeState", "StateUnavailableError", "WorkerContext",
+           "sleep_at_least"]
 
 
 @dataclass
@@ -69,3 +82,40 @@ async def sleep_at_least(seconds: float) -> None:
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
         await asyncio.sleep(left + 0.001)
+
+
+class RuntimeState:
+    """What the runtime's parts (:mod:`.execution`, :mod:`.cancels`, :mod:`.sweeper`)
+    share, set by :class:`aiecs_worker.runner.runtime.Runtime`'s ``__init__``."""
+
+    settings: Settings
+    registry: ServiceRegistry
+    loop: asyncio.AbstractEventLoop
+    publisher: RedisEventPublisher
+    redis: aioredis.Redis
+    limiter: RateLimiter | None
+    #: this process as the owner of the executions it runs (see aiecs_worker.store.lease)
+    owner: str
+    running: dict[str, _Running]
+    _executing: set[str]
+    #: the state key of the crash suspect this process runs in isolation, if any
+    _suspect: str | None
+    # the Lua scripts, registered on ``redis``
+    _begin: Any
+    _heartbeat: Any
+    _sweep: Any
+    _reap: Any
+    _admit: Any
+    _claim_due: Any
+    _release: Any
+    _keep_alive: Any
+    #: Redis did not answer the last time (logged once per outage)
+    _state_down: bool
+
+    def publish_nowait(self, event: TaskEvent) -> None:
+        """Queue an event from any thread (:class:`~aiecs_worker.runner.runtime.Runtime`)."""
+        raise NotImplementedError
+
+    async def _release_held(self) -> int:
+        """Send the held executions that are due (see :mod:`.execution`)."""
+        raise NotImplementedError

@@ -47,7 +47,14 @@ from ..store.state import (
     owned_key,
     steps_key,
 )
-from .context import Outcome, StateUnavailableError, WorkerContext, _Running, sleep_at_least
+from .context import (
+    Outcome,
+    RuntimeState,
+    StateUnavailableError,
+    WorkerContext,
+    _Running,
+    sleep_at_least,
+)
 from .ratelimit import limited_call
 
 __all__ = ["ExecutionMixin"]
@@ -55,7 +62,7 @@ __all__ = ["ExecutionMixin"]
 log = logging.getLogger("aiecs.worker")
 
 
-class ExecutionMixin:
+class ExecutionMixin(RuntimeState):
     """The :class:`~aiecs_worker.runner.runtime.Runtime`'s execution of one task."""
 
     # -- one execution ------------------------------------------------------------------------

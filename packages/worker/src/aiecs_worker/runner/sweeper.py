@@ -13,13 +13,14 @@ from ..app import app
 from ..ops import background
 from ..producer.advance import sweep_due
 from ..store.lease import HEARTBEAT_KEYS, REAP_KEYS, SWEEP_KEYS
+from .context import RuntimeState
 
 __all__ = ["SweeperMixin"]
 
 log = logging.getLogger("aiecs.worker")
 
 
-class SweeperMixin:
+class SweeperMixin(RuntimeState):
     """The :class:`~aiecs_worker.runner.runtime.Runtime`'s lease and periodic sweep."""
 
     # -- leases -------------------------------------------------------------------------------

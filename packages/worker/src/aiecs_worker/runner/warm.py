@@ -30,7 +30,7 @@ from typing import Any
 from aiecs_core import load_plugins
 from celery import signals
 
-from .settings import load_settings
+from ..settings import load_settings
 
 __all__ = ["WARM_ENV", "WARM_WAIT", "start_warming", "wait_warm", "warm_services"]
 

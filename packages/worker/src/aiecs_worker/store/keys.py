@@ -85,7 +85,7 @@ def quota_key(user_id: str, what: str) -> str:
 
 
 # -- rate limits (aiecs_worker.runner.ratelimit) --------------------------------------------------
-def rate_limit_base(bucket: str, prefix: str = PREFIX) -> str:
+def rate_limit_base(bucket: str | None, prefix: str = PREFIX) -> str:
     """The keys of one ``provider/model`` rate-limit bucket start with this (one hash slot)."""
     return f"{prefix}:rl:{{{bucket}}}"
 
