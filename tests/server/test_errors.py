@@ -11,9 +11,9 @@ from aiecs_core import (
     QuotaExceededError,
     ServiceNotFoundError,
 )
-from aiecs_worker.schedules import ScheduleExistsError
+from aiecs_worker.producer.groups import GroupError, NotFoundError
+from aiecs_worker.producer.schedules import ScheduleExistsError
 from aiecs_worker.server.errors import NotFound, as_api_error
-from aiecs_worker.workflows.common import GroupError, NotFoundError
 
 
 @pytest.mark.parametrize(("exc", "status", "type_"), [

@@ -9,7 +9,7 @@
     consumer loop is alive (a stopped or wedged main process does not answer);
   - **loop**: every aiecs worker process of this host (the lease owners
     ``host:pid:token`` of ``aiecs:owners`` whose process exists here, see
-    :mod:`aiecs_worker.lease`) renewed its lease within two renewal intervals
+    :mod:`aiecs_worker.store.lease`) renewed its lease within two renewal intervals
     (``AIECS_LEASE_SECONDS`` × 2/3): its event loop runs. There must be at least one: a
     worker whose processes have not started their loop yet is not ready;
 - with ``--server URL``: the progress server's ``/healthz`` answers 200.
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 
 import click
 
-from ..lease import holder_is_dead_here
 from ..settings import get_settings
-from ..state import OWNERS_KEY
+from ..store.lease import holder_is_dead_here
+from ..store.state import OWNERS_KEY
 
 __all__ = ["Check", "check_all", "health_command"]
 

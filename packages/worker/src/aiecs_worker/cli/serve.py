@@ -8,7 +8,7 @@ from typing import Any
 import click
 from aiecs_core import ConfigurationError
 
-from ..logs import json_formatter, json_mode
+from ..ops.logs import json_formatter, json_mode
 from ..server.settings import load_server_settings
 from .common import fail
 

@@ -9,7 +9,7 @@ shutdown: running tasks finish) and the command exits when they have.
 
 With ``AIECS_METRICS_PORT`` set, the workers write their metrics to one shared
 ``PROMETHEUS_MULTIPROC_DIR`` and this command serves their sum on that port (see
-:mod:`aiecs_worker.metrics_http`).
+:mod:`aiecs_worker.ops.metrics_http`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from ..logs import json_line, json_mode
+from ..ops.logs import json_line, json_mode
 from ..settings import get_settings
 from .common import fail
 
@@ -67,7 +67,7 @@ class Supervisor:
         """Serve the workers' summed metrics here; returns the clean-up."""
         # deferred: metrics_http brings Celery and prometheus_client, which only a
         # supervisor serving metrics needs (every `aiecs` command imports this module)
-        from ..metrics_http import prepare_dir, serve
+        from ..ops.metrics_http import prepare_dir, serve
 
         s = get_settings()
         if s.aiecs_metrics_port is None:

@@ -7,7 +7,7 @@ from typing import Any
 from aiecs_core import ID_PATTERN
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from ..workflows.batch import BatchItem
+from ..producer.batch import BatchItem
 
 __all__ = ["MAX_DELAY", "BatchBody", "DevTokenBody", "OperationBody", "ScheduleBody",
            "SubmitBody", "WorkflowBody"]

@@ -44,9 +44,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..quotas import retry_after_header
-from ..schedules import ScheduleExistsError
-from ..workflows.common import GroupError, NotFoundError
+from ..producer.groups import GroupError, NotFoundError
+from ..producer.schedules import ScheduleExistsError
+from ..store.quotas import retry_after_header
 
 __all__ = [
     "EXCEPTION_HANDLERS", "ApiError", "BadRequest", "Conflict", "InvalidRequest", "NotFound",

@@ -18,9 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from .. import metrics
-from ..logs import install as install_json_logs
-from ..redaction import install as install_redaction
+from ..ops import metrics
+from ..ops.logs import install as install_json_logs
+from ..ops.redaction import install as install_redaction
 from ..settings import get_settings
 from .errors import EXCEPTION_HANDLERS
 from .middleware import OriginGuard, SecurityHeaders

@@ -8,7 +8,7 @@ import time
 
 import socketio
 
-from .. import metrics
+from ..ops import metrics
 
 __all__ = ["ProbedRedisManager"]
 

@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 import socketio
 from pydantic import ValidationError
 
-from .. import metrics
-from ..events import EVENT_NAME, user_room
+from ..ops import metrics
+from ..store.events import EVENT_NAME, user_room
 from .admission import TOO_MANY_CONNECTIONS, SocketAdmission, SocketLimits
 from .pubsub import ProbedRedisManager
 from .replay import Refused, ReplayLimits, SubscribeRequest, replay, take_token

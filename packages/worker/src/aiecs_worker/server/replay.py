@@ -13,9 +13,9 @@ from typing import Any
 from aiecs_core import ID_PATTERN
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import metrics
-from ..events import TaskKeys
-from ..state import steps_key
+from ..ops import metrics
+from ..store.events import TaskKeys
+from ..store.state import steps_key
 
 __all__ = ["REPLAY_BATCH", "Refused", "ReplayLimits", "SubscribeRequest", "replay",
            "take_token"]

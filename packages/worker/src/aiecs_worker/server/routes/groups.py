@@ -13,7 +13,7 @@ A batch or workflow that is refused (a bad item or step, a cycle, an unknown ref
 service or operation) is answered 422 naming the item or step, before anything runs;
 an id already in use is 409; a body over AIECS_MAX_GROUP_BODY_BYTES or a batch over
 AIECS_MAX_BATCH_ITEMS is 413; a per-user quota is 429 with ``Retry-After``
-(:mod:`aiecs_worker.quotas`). The statuses come from :func:`..errors.as_api_error`.
+(:mod:`aiecs_worker.store.quotas`). The statuses come from :func:`..errors.as_api_error`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...workflows import batch, flow
+from ...producer import batch, flow
 from ..bodies import BatchBody, WorkflowBody
 from ..errors import NotFound, run_checked
 from ..params import authenticate, int_param, owned_body, task_id_param, validate

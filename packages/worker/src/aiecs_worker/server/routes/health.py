@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...metrics_http import metrics_endpoint
+from ...ops.metrics_http import metrics_endpoint
 
 __all__ = ["ROUTES"]
 

@@ -6,7 +6,7 @@ A schedule is refused at creation with a 422 naming what is wrong: a bad cron ex
 both or neither of ``every`` / ``cron``, a period under AIECS_SCHEDULE_MIN_PERIOD, an
 unknown service or operation, input its operation's model refuses; 409 when the task
 already has a schedule; 429 with ``Retry-After`` when the user has AIECS_MAX_SCHEDULES
-schedules already or submits too fast (:mod:`aiecs_worker.quotas`).
+schedules already or submits too fast (:mod:`aiecs_worker.store.quotas`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ... import schedules
+from ...producer import schedules
 from ..bodies import ScheduleBody
 from ..errors import InvalidRequest, NotFound, run_checked
 from ..params import ENVELOPE_BYTES, authenticate, owned_body, task_id_param, validation_message

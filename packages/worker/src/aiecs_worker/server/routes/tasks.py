@@ -16,9 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ... import control
-from ...events import TaskKeys
-from ...runtime import check_payload_size
+from ...producer import control
+from ...routing import queue_name
+from ...store.events import TaskKeys
+from ...store.requests import check_payload_size
 from ..bodies import MAX_DELAY, SubmitBody
 from ..errors import Conflict, InvalidRequest, NotFound, mapped_errors, run_checked
 from ..params import (
@@ -74,7 +75,7 @@ async def submit_task(request: Request) -> Response:
             eta = datetime.now(UTC) + timedelta(seconds=data.countdown)
         control.submit(req, heavy=heavy, eta=eta)
         out = {"task_id": task_id, "step": step, "status": "pending",
-               "queue": "heavy_tasks" if heavy else "fast_tasks"}
+               "queue": queue_name(heavy)}
         if eta is not None:
             out["eta"] = eta.timestamp()
         return out
