@@ -18,7 +18,7 @@ def fragments(token: str, size: int = 8) -> set[str]:
 
 
 def test_debug_log_never_shows_a_token(start_server):
-    server = start_server(os.environ["REDIS_URL"], log_level="debug").start()
+    server = start_server(os.environ["REDIS_URL"], log_level="debug")
     user = uid()
     in_auth, in_header, in_http = (server.token(user) for _ in range(3))
 

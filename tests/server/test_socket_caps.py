@@ -120,7 +120,7 @@ def test_user_cap_refuses_one_more_and_disconnect_frees_a_slot(caps_server):
 
 def test_address_cap_counts_unauthenticated_sessions(start_server):
     server = start_server(os.environ["REDIS_URL"], env={
-        "AIECS_SOCKET_AUTH_TIMEOUT": "60", "AIECS_MAX_SOCKETS_PER_ADDRESS": "4"}).start()
+        "AIECS_SOCKET_AUTH_TIMEOUT": "60", "AIECS_MAX_SOCKETS_PER_ADDRESS": "4"})
 
     async def main():
         held = [await open_raw(server) for _ in range(4)]

@@ -78,6 +78,9 @@ class ChildProcess:
 
     def spawn(self) -> None:
         """Start the process in a session of its own, its output to the log file."""
+        if self.proc is not None:
+            # a second spawn would orphan the first process (nothing would stop it)
+            raise RuntimeError(f"{self.kind} already started (stop() it first)")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.command(), stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.environ(),
