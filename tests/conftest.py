@@ -111,3 +111,17 @@ def redis_server():
     server = RedisServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def submitter_env(monkeypatch):
+    """Settings of this (submitting) process, as the workers have them."""
+    from aiecs_worker.settings import get_settings
+
+    def set_env(**env: str) -> None:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+
+    yield set_env
+    get_settings.cache_clear()

@@ -10,27 +10,12 @@ import signal
 import time
 import uuid
 
-import pytest
 from aiecs_core import TaskRequest
 from aiecs_worker.producer.batch import submit_batch
 from aiecs_worker.producer.control import cancel, get_state, submit
 from aiecs_worker.store.keys import BACKLOG_KEY, window_key
 
 from tests.support.events import TERMINAL, read_events, wait_until
-
-
-@pytest.fixture
-def submitter_env(monkeypatch):
-    """Settings of this (submitting) process, as the workers have them."""
-    from aiecs_worker.settings import get_settings
-
-    def set_env(**env: str) -> None:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-
-    yield set_env
-    get_settings.cache_clear()
 
 
 def _item(delay: float, text: str = "x") -> dict:

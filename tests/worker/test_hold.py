@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import pytest
 from aiecs_core import TaskRequest
 from aiecs_worker import execute_task
 from aiecs_worker.producer.control import cancel, get_state, submit
@@ -18,20 +17,6 @@ from tests.support.events import TERMINAL, read_events, wait_until
 
 DAY = 86_400
 QUEUES = ("fast_tasks", "heavy_tasks")
-
-
-@pytest.fixture
-def submitter_env(monkeypatch):
-    """Settings of this (submitting) process, as the workers have them."""
-    from aiecs_worker.settings import get_settings
-
-    def set_env(**env: str) -> None:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-
-    yield set_env
-    get_settings.cache_clear()
 
 
 def _kwargs(user: str, task: str, **input_data) -> dict:
