@@ -19,7 +19,6 @@ from starlette.routing import Route
 from ...producer import control
 from ...routing import queue_name
 from ...store.events import TaskKeys
-from ...store.requests import check_payload_size
 from ..bodies import MAX_DELAY, SubmitBody
 from ..errors import Conflict, InvalidRequest, NotFound, mapped_errors, run_checked
 from ..params import (
@@ -66,8 +65,8 @@ async def submit_task(request: Request) -> Response:
             raise Conflict(f"task {task_id!r} step {step} was already submitted "
                            f"(status {prior.get('status')})")
         req = request_model.model_copy(update={"step": step})
-        check_payload_size({"input_data": req.input_data, "context": req.context},
-                           s.max_payload_bytes)
+        # the queue to answer with; control.submit runs the one submission check
+        # (store.admission: payload size, operation, input, model policy, quotas)
         spec = load_plugins().operation(req.mode, req.service, req.task_name)
         heavy = spec.heavy if data.heavy is None else data.heavy
         eta = data.eta
