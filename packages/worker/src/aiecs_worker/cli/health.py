@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import click
 
 from ..settings import get_settings
+from ..store.keys import OWNERS_KEY
 from ..store.lease import holder_is_dead_here
-from ..store.state import OWNERS_KEY
 
 __all__ = ["Check", "check_all", "health_command"]
 

@@ -28,10 +28,10 @@ from ..app import app
 from ..ops import background
 from ..settings import get_settings
 from ..store.events import TaskKeys, celery_task_id
-from ..store.keys import FLOW_PREFIX, FLOWS_DUE_KEY, flow_key
+from ..store.keys import FLOW_PREFIX, FLOWS_DUE_KEY, PENDING_KEY, flow_key
 from ..store.records import end_execution, state_redis
 from ..store.requests import check_payload_size
-from ..store.state import NOW_MS_LUA, PENDING_KEY
+from ..store.state import NOW_MS_LUA
 from .groups import admitted, send_execution
 from .refs import RefError, find_refs, parse_ref, resolve, resolved_size
 

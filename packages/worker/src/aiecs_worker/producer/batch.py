@@ -33,16 +33,9 @@ from ..store import admission
 from ..store.events import TaskKeys, _publish_lua, celery_task_id, script_args
 from ..store.hold import ADMIT_LUA, admit_args
 from ..store.hook import PUBLISH_GROUP_EVENT_LUA
-from ..store.keys import CANCEL_CHANNEL, batch_key
+from ..store.keys import CANCEL_CHANNEL, PENDING_KEY, batch_key, celery_index_key, steps_key
 from ..store.records import state_redis
-from ..store.state import (
-    CANCEL_LUA,
-    PENDING_KEY,
-    celery_index_key,
-    decode_state,
-    pending_lua,
-    steps_key,
-)
+from ..store.state import CANCEL_LUA, decode_state, pending_lua
 from .groups import (
     GroupError,
     NotFoundError,

@@ -18,9 +18,9 @@ from ..routing import route
 from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, celery_task_id, run_script
-from ..store.keys import CANCEL_CHANNEL
+from ..store.keys import CANCEL_CHANNEL, celery_index_key, steps_key
 from ..store.records import record_pending, state_redis
-from ..store.state import CANCEL_LUA, celery_index_key, decode_state, steps_key
+from ..store.state import CANCEL_LUA, decode_state
 from .advance import after_cancel
 from .release import record_cancelled
 

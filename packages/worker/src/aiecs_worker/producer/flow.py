@@ -52,9 +52,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, celery_task_id, encode_event, packet_parts
-from ..store.keys import FLOWS_DUE_KEY, flow_key
+from ..store.keys import FLOWS_DUE_KEY, celery_index_key, flow_key, steps_key
 from ..store.records import state_redis
-from ..store.state import NOW_MS_LUA, celery_index_key, decode_state, steps_key
+from ..store.state import NOW_MS_LUA, decode_state
 from . import control
 from .advance import MAX_FLOW_STEPS, advance, sweep_due
 from .groups import GroupError, NotFoundError, task_for

@@ -39,9 +39,8 @@ from ..routing import queue_name, route
 from ..settings import get_settings
 from ..store import admission, quotas
 from ..store.events import TaskKeys, run_script
-from ..store.keys import schedule_key, schedule_tick_key, user_schedules_key
+from ..store.keys import schedule_key, schedule_tick_key, steps_key, user_schedules_key
 from ..store.records import state_redis
-from ..store.state import steps_key
 from .control import get_state
 
 __all__ = ["FIRE_TASK", "Schedule", "ScheduleExistsError",

@@ -34,12 +34,8 @@ from ..ops import logs, metrics
 from ..producer.release import send_released
 from ..store.events import TaskKeys, celery_task_id, script_args
 from ..store.hold import BACKLOG_KEY, admit_args, decode, keep_alive_args, release_args
-from ..store.lease import holder_is_dead_here
-from ..store.records import terminal_fields
-from ..store.requests import parse_request, routable_call
-from ..store.state import (
+from ..store.keys import (
     DUE_KEY,
-    MESSAGE_SLOT,
     OWNERS_KEY,
     PENDING_KEY,
     SUSPECT_KEY,
@@ -47,6 +43,10 @@ from ..store.state import (
     owned_key,
     steps_key,
 )
+from ..store.lease import holder_is_dead_here
+from ..store.records import terminal_fields
+from ..store.requests import parse_request, routable_call
+from ..store.state import MESSAGE_SLOT
 from .context import (
     Outcome,
     RuntimeState,

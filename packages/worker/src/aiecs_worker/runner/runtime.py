@@ -47,8 +47,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ..settings import Settings, get_settings
 from ..store.events import BEGIN_PUBLISH_LUA, RedisEventPublisher
 from ..store.hold import ADMIT_LUA, CLAIM_DUE_LUA, KEEP_ALIVE_LUA, RELEASE_LUA
+from ..store.keys import OWNERS_KEY
 from ..store.lease import HEARTBEAT_LUA, REAP_LUA, SWEEP_LUA, make_owner
-from ..store.state import OWNERS_KEY
 from .cancels import CancelsMixin
 from .context import Outcome, StateUnavailableError, WorkerContext, _Running, sleep_at_least
 from .execution import ExecutionMixin

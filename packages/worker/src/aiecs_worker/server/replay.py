@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..ops import metrics
 from ..store.events import TaskKeys
-from ..store.state import steps_key
+from ..store.keys import steps_key
 
 __all__ = ["REPLAY_BATCH", "Refused", "ReplayLimits", "SubscribeRequest", "replay",
            "take_token"]

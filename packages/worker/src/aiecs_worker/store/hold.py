@@ -41,8 +41,8 @@ import time
 from typing import Any
 
 from ..routing import HEAVY_QUEUE
-from .keys import BACKLOG_KEY, celery_index_key, window_key
-from .state import _TERMINAL, DUE_KEY, NOW_MS_LUA, PENDING_KEY
+from .keys import BACKLOG_KEY, DUE_KEY, PENDING_KEY, celery_index_key, window_key
+from .state import _TERMINAL, NOW_MS_LUA
 
 __all__ = [
     "ADMIT_LUA",

@@ -57,7 +57,8 @@ import os
 import socket
 import uuid
 
-from .state import NOW_MS_LUA, OWNERS_KEY, PENDING_KEY, SUSPECT_KEY
+from .keys import OWNERS_KEY, PENDING_KEY, SUSPECT_KEY
+from .state import NOW_MS_LUA
 
 __all__ = [
     "HEARTBEAT_LUA",

@@ -20,8 +20,8 @@ from ..ops import metrics
 from ..settings import get_settings
 from .events import PENDING_PUBLISH_LUA, TaskKeys, finish_sync, script_args
 from .hold import ADMIT_LUA, admit_args, held_ttl
+from .keys import PENDING_KEY, celery_index_key, steps_key
 from .requests import routable_call
-from .state import PENDING_KEY, celery_index_key, steps_key
 
 __all__ = ["end_cancelled", "end_execution", "record_pending", "state_redis",
            "terminal_fields"]

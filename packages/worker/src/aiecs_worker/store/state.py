@@ -18,32 +18,20 @@ from .hook import GROUP_HOOK_LUA
 from .keys import (
     DUE_KEY,
     OWNED_PREFIX,
-    OWNERS_KEY,
     PENDING_KEY,
     SUSPECT_KEY,
-    celery_index_key,
-    owned_key,
-    steps_key,
 )
 
 __all__ = [
     "CANCEL_LUA",
-    "DUE_KEY",
     "MESSAGE_SLOT",
-    "OWNERS_KEY",
-    "PENDING_KEY",
-    "SUSPECT_KEY",
-    "celery_index_key",
     "decode_state",
     "begin_lua",
     "finish_lua",
-    "owned_key",
     "pending_lua",
-    "steps_key",
 ]
 
 _TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
-
 
 
 NOW_MS_LUA = "local _t = redis.call('TIME'); local now_ms = _t[1] * 1000 + math.floor(_t[2] / 1000)"
