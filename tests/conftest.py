@@ -21,10 +21,12 @@ RabbitMQ: ``rabbit_vhost`` is a private vhost of the machine's RabbitMQ for one 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 from tests.support.examples import spec_examples_site  # noqa: F401 - fixture
+from tests.support.postgres import database_url, postgres_server  # noqa: F401 - fixtures
 from tests.support.processes import start_beat, start_worker, worker  # noqa: F401 - fixtures
 from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer
@@ -42,6 +44,10 @@ _STRIP = (
 #: The test plugin's services (mode ``test``: test/echo, test/buggy) load only with this;
 #: every process the suite starts inherits it (tests of its absence remove it).
 os.environ["AIECS_TEST_SERVICES"] = "1"
+#: The default history database (SQLite in AIECS_DATA_DIR) of every process the suite
+#: starts lives in a temporary folder, never in the user's home.
+os.environ["AIECS_DATA_DIR"] = tempfile.mkdtemp(prefix="aiecs-data-")
+os.environ.pop("AIECS_DATABASE_URL", None)
 
 _session_redis: RedisServer | None = None
 _session_redis_error: str | None = None

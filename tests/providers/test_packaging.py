@@ -70,7 +70,8 @@ def make_venv(path: Path, *packages: str, worker: str = "packages/worker[server]
         # dependencies (aiecs-core = { workspace = true }) and installs them as editable
         # links into this checkout, so the environment would not be self-contained
         [UV, "pip", "install", "-q", "--no-sources", "--python", str(venv / "bin" / "python"),
-         "-c", str(constraints), "packages/core", worker, *packages],
+         "-c", str(constraints), "packages/core",
+         *(["packages/history"] if "[" in worker else []), worker, *packages],
     ):
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
                               timeout=300)
@@ -253,7 +254,7 @@ def assert_self_contained(venv: Path) -> None:
 def test_one_provider_from_built_wheels_is_self_contained(tmp_path, aiecs_redis, start_worker):
     """docs/plugins.md, "Installing one provider outside the repository", as written."""
     dist = tmp_path / "dist"
-    for package in ("aiecs-core", "aiecs-worker", "aiecs-openai-compat",
+    for package in ("aiecs-core", "aiecs-history", "aiecs-worker", "aiecs-openai-compat",
                     "aiecs-providers-openai"):
         _run([UV, "build", "-q", "--wheel", "--package", package, "-o", str(dist)], cwd=ROOT)
     _run([UV, "export", "--frozen", "--no-hashes", "--all-packages", "--no-emit-workspace",
@@ -267,7 +268,7 @@ def test_one_provider_from_built_wheels_is_self_contained(tmp_path, aiecs_redis,
     # is written as a direct reference)
     wheels = sorted(f"aiecs-worker[server] @ {p.as_uri()}" if p.name.startswith("aiecs_worker")
                     else str(p) for p in dist.glob("*.whl"))
-    assert len(wheels) == 4, wheels
+    assert len(wheels) == 5, wheels
     _run([UV, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
           "-c", str(dist / "constraints.txt"), *wheels], cwd=elsewhere)
     assert _plugin_names(venv, elsewhere) == ["openai"]

@@ -22,6 +22,7 @@ import json
 import os
 import urllib.parse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
 from aiecs_core import ConfigurationError
@@ -175,6 +176,13 @@ class Settings(EnvSettings):
     aiecs_events_ttl: int = Field(default=86_400, gt=0)
     """AIECS_EVENTS_TTL: seconds a task's event log and state are kept after its last
     terminal event (set by its first event and by each terminal event)."""
+    # --- the history database ----------------------------------------------------------
+    aiecs_database_url: str | None = None
+    """AIECS_DATABASE_URL: the history database (SQLAlchemy URL): ``sqlite:///PATH`` or
+    ``postgresql+psycopg://user@host/db`` (the ``aiecs-history[postgres]`` extra); default:
+    SQLite in WAL mode at ``AIECS_DATA_DIR/aiecs.db``."""
+    aiecs_data_dir: str = "~/.local/share/aiecs"
+    """AIECS_DATA_DIR: where the default SQLite history database lives."""
     aiecs_socketio_channel: str = "socketio"
     """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
     aiecs_schedule_horizon: float = Field(default=60.0, gt=0)
@@ -352,6 +360,13 @@ class Settings(EnvSettings):
         if self.celery_result_backend:
             return self.celery_result_backend
         return self.state_redis_url if self.broker_is_amqp else self.celery_broker_url
+
+    @property
+    def database_url(self) -> str:
+        """The history database's URL (AIECS_DATABASE_URL, else SQLite in AIECS_DATA_DIR)."""
+        if self.aiecs_database_url:
+            return self.aiecs_database_url
+        return "sqlite:///" + str(Path(self.aiecs_data_dir).expanduser() / "aiecs.db")
 
     @property
     def state_redis_url(self) -> str:

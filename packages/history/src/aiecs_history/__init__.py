@@ -1,0 +1,8 @@
+"""aiecs history: the durable record of executions, usage and templates.
+
+:mod:`.tables` declares the schema (SQLAlchemy Core), :mod:`.db` connects to it and applies
+the Alembic migrations in :mod:`aiecs_history.migrations`. Nothing here talks to Redis or
+Celery.
+"""
+
+__all__: list[str] = []
