@@ -19,43 +19,33 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
+from tests.support.deploy_files import (  # noqa: E402 - after the importorskip
+    DEPLOY,
+    ROOT,
+    compose,
+    config,
+    containers,
+    dockerfile,
+    k8s_docs,
+    worker_version,
+)
+
 README = (ROOT / "README.md").read_text()
 UV = shutil.which("uv") or "uv"
-
-
-def compose() -> dict:
-    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-
-
-def k8s_docs() -> list[dict]:
-    docs = []
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
-    return docs
-
-
-def containers() -> list[tuple[str, dict]]:
-    return [(d["metadata"]["name"], c) for d in k8s_docs() if d["kind"] == "Deployment"
-            for c in d["spec"]["template"]["spec"]["containers"]]
-
-
-def dockerfile() -> str:
-    return (DEPLOY / "Dockerfile").read_text()
 
 
 # -- commands -----------------------------------------------------------------------------------
 def commands() -> list[list[str]]:
     """Every command line in deploy/: compose commands and healthchecks, Kubernetes
-    commands and exec probes, the Dockerfile's CMD."""
+    commands and exec probes, the Dockerfile's CMD. (The HTTP health checks that run
+    ``python -c``, not aiecs or celery, are tests/deploy/test_probes.py's.)"""
     out = []
     for svc in compose()["services"].values():
         if svc.get("image", "").startswith("redis"):
             continue
         out.append(svc["command"])
         test = svc.get("healthcheck", {}).get("test")
-        if test:
+        if test and test[1] != "python":
             assert test[0] == "CMD", test
             out.append(test[1:])
     for _, c in containers():
@@ -108,7 +98,7 @@ def test_every_command_is_a_real_one():
         assert cmd[0] in ("aiecs", "celery"), cmd
         (check_aiecs if cmd[0] == "aiecs" else check_celery)(cmd[1:])
         seen.add(cmd[1] if cmd[0] == "aiecs" else cmd[3])
-    assert {"serve", "health", "worker", "flower", "beat"} <= seen
+    assert {"serve", "worker", "flower", "beat"} <= seen
 
 
 def test_every_command_is_documented():
@@ -171,19 +161,31 @@ def test_compose_services():
     for name in ("server", "flower"):
         assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${")
-    for name in ("worker-fast", "worker-heavy"):  # the probe asks the worker's own node
-        assert probe_node(services[name]["healthcheck"]["test"]) == hostname(
-            services[name]["command"])
     images = {svc.get("image") for n, svc in services.items() if n != "redis"}
-    assert images == {"aiecs:latest"}  # one image for every role
+    # one image for every role, pinned to the release it is built from
+    assert images == {f"aiecs:{worker_version()}"}
+    # beat runs with the rest (users' schedules are accepted by default): no profile
+    assert "profiles" not in services["beat"]
 
 
-def hostname(command: list[str]) -> str:
-    return command[command.index("--hostname") + 1]
+def _seconds(duration: str) -> float:
+    """A compose duration (``630s``, ``10m30s``) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
 
 
-def probe_node(command: list[str]) -> str:
-    return command[command.index("--node") + 1]
+def test_compose_workers_drain_before_docker_kills_them():
+    """Docker's default 10 s before SIGKILL cut executions short (and a provider was called
+    twice): each worker's grace period outlasts the hard time limit of what it runs."""
+    services = compose()["services"]
+    for name in ("worker-fast", "worker-heavy"):
+        svc = services[name]
+        hard = int(svc["environment"]["CELERY_TASK_TIME_LIMIT"])
+        assert svc.get("stop_signal", "SIGTERM") == "SIGTERM", name  # Celery's warm shutdown
+        assert _seconds(svc["stop_grace_period"]) > hard, name
+        assert int(svc["environment"]["CELERY_TASK_SOFT_TIME_LIMIT"]) < hard
 
 
 def test_k8s_one_deployment_per_queue_with_resources_and_probes():
@@ -192,14 +194,12 @@ def test_k8s_one_deployment_per_queue_with_resources_and_probes():
     for name, c in containers():
         resources = c["resources"]
         assert resources["requests"]["cpu"] and resources["limits"]["memory"], name
-        assert "readinessProbe" in c and "livenessProbe" in c, name
+        if name != "aiecs-beat":  # beat serves nothing to probe (its checkov exception)
+            assert "readinessProbe" in c and "livenessProbe" in c, name
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "exec" not in c.get(probe, {}), (name, probe)  # HTTP: no Python per probe
         if c["command"][:4] == ["celery", "-A", "aiecs_worker", "worker"]:
             queues[c["command"][c["command"].index("-Q") + 1]] = name
-            for probe in ("readinessProbe", "livenessProbe"):
-                cmd = c[probe]["exec"]["command"]
-                assert cmd[:3] == ["aiecs", "health", "--worker"], (name, cmd)
-                assert probe_node(cmd) == hostname(c["command"]), name
-            assert "--live" in c["livenessProbe"]["exec"]["command"]
     assert sorted(queues) == ["fast_tasks", "heavy_tasks"]
     assert len(set(queues.values())) == 2  # one Deployment each
 
@@ -216,9 +216,15 @@ def test_k8s_one_deployment_per_queue_with_resources_and_probes():
 
 
 def test_kustomization_lists_every_manifest():
-    listed = set(yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["resources"])
-    present = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == present
+    """Each kustomization lists every manifest of its folder (an overlay: its base too)."""
+    kustomizations = sorted((DEPLOY / "k8s").rglob("kustomization.yaml"))
+    assert len(kustomizations) == 2  # the base and the KEDA overlay
+    for path in kustomizations:
+        listed = set(yaml.safe_load(path.read_text())["resources"])
+        present = {p.name for p in path.parent.glob("*.yaml")} - {"kustomization.yaml"}
+        if path.parent != DEPLOY / "k8s":
+            present.add("../")
+        assert listed == present, path
 
 
 # -- Dockerfile -----------------------------------------------------------------------------------
@@ -327,8 +333,8 @@ def test_scraped_workers_bind_metrics_explicitly():
         env = svc.get("environment") or {}
         if "AIECS_METRICS_PORT" in env:
             assert env.get("AIECS_METRICS_HOST") == "0.0.0.0", name
-    config = next(d["data"] for d in k8s_docs() if d["kind"] == "ConfigMap")
+    config_ = config()
     scraped = [d for d in k8s_docs() if d["kind"] == "Deployment" and d["spec"]["template"][
-        "metadata"].get("annotations", {}).get("prometheus.io/port") == config.get(
+        "metadata"].get("annotations", {}).get("prometheus.io/port") == config_.get(
         "AIECS_METRICS_PORT")]
-    assert scraped and config.get("AIECS_METRICS_HOST") == "0.0.0.0"
+    assert scraped and config_.get("AIECS_METRICS_HOST") == "0.0.0.0"
