@@ -181,7 +181,7 @@ def test_disruption_budgets_and_spread():
             assert s["labelSelector"]["matchLabels"].items() <= labels.items(), name
 
 
-# -- secrets, security, network ---------------------------------------------------------------------
+# -- secrets, security, network ------------------------------------------------------------------
 def test_secrets_come_from_the_secret_not_the_configmap():
     for key, value in config().items():
         assert "://" not in value, key  # no URL (with or without a password) in the ConfigMap
@@ -270,7 +270,7 @@ def test_ingress_carries_websockets_to_the_server():
     assert body * 2**20 >= largest  # nginx does not refuse what the server accepts
 
 
-# -- autoscaling on the real lists --------------------------------------------------------------------
+# -- autoscaling on the real lists --------------------------------------------------------------
 def scaled_lists(deployment: str) -> list[str]:
     scaled = of_kind("ScaledObject")[deployment]
     assert scaled["spec"]["scaleTargetRef"]["name"] == deployment
@@ -300,10 +300,9 @@ def test_scaled_lists_count_the_messages_really_waiting(redis_server):
     at every other priority, into a real Redis: the ScaledObject's lists hold them all,
     where LLEN of the queue's name alone misses those aiecs sends."""
     import redis
-    from kombu import Connection
-
     from aiecs_worker.app import app
     from aiecs_worker.routing import route
+    from kombu import Connection
 
     queues = {q.name: q for q in app.conf.task_queues}
     client = redis.Redis.from_url(redis_server.url)
