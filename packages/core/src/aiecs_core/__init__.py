@@ -101,6 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; resolved laz
 _ERRORS = (
     "AiecsError",
     "AuthenticationError",
+    "BudgetExceededError",
     "ConfigurationError",
     "DuplicateExecutionError",
     "InputValidationError",
@@ -127,6 +128,7 @@ _ERRORS = (
 _MODELS = (
     "ID_PATTERN",
     "TERMINAL_STATUSES",
+    "Budget",
     "ErrorInfo",
     "EventType",
     "TaskEvent",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - imported on use: the errors need no pyda
 __all__ = [
     "AiecsError",
     "AuthenticationError",
+    "BudgetExceededError",
     "ConfigurationError",
     "DuplicateExecutionError",
     "InputValidationError",
@@ -148,6 +149,34 @@ class QuotaExceededError(AiecsError):
     def setting(self) -> str | None:
         """The setting (environment variable) that sets the limit."""
         return self.details.get("setting")
+
+
+class BudgetExceededError(AiecsError):
+    """A user's budget (money or tokens, per day or month, set by the operator) refused a
+    submission before anything was queued: what it would reserve does not fit under the
+    hard limit (HTTP ``402``).
+
+    ``details``: ``period`` (``day`` / ``month``), ``kind`` (``usd`` / ``tokens``), ``limit``
+    (the hard limit), ``committed`` (spent + reserved before this submission), ``requested``
+    (what this submission would reserve) and ``resets_at`` (ISO-8601 UTC, when the period's
+    spend starts again from zero). A model without a price under a money budget is refused
+    too (``reason: "unpriced"``, ``model``).
+    """
+
+    @property
+    def period(self) -> str | None:
+        """``day`` or ``month``."""
+        return self.details.get("period")
+
+    @property
+    def kind(self) -> str | None:
+        """``usd`` or ``tokens``."""
+        return self.details.get("kind")
+
+    @property
+    def limit(self) -> int | float | None:
+        """The hard limit that refused the submission."""
+        return self.details.get("limit")
 
 
 class ServiceNotFoundError(AiecsError):

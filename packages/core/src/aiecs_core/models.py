@@ -10,11 +10,12 @@ import time
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ID_PATTERN",
     "TERMINAL_STATUSES",
+    "Budget",
     "ErrorInfo",
     "EventType",
     "TaskEvent",
@@ -121,6 +122,37 @@ class Usage(BaseModel):
             cost=cost,
             estimated=self.estimated or other.estimated,
         )
+
+
+class Budget(BaseModel):
+    """One budget of a user: a ``soft`` and/or ``hard`` limit on what the user's executions
+    may spend in a ``period`` (``day`` or ``month``, UTC), in US dollars (``kind="usd"``,
+    priced from ``AIECS_PRICES``) or in tokens (input + output, ``kind="tokens"``).
+
+    The hard limit refuses a submission whose reservation does not fit (HTTP 402); crossing
+    the soft limit sends the user one warning event per period. The operator sets them:
+    ``AIECS_BUDGETS`` (everyone's default) and ``PUT /budgets/{user}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    period: Literal["day", "month"]
+    """The period the spend is counted over (UTC calendar day or month)."""
+    kind: Literal["usd", "tokens"]
+    """What is counted: US dollars or tokens."""
+    soft: float | None = Field(default=None, ge=0, le=1e15)
+    """Crossing it sends one warning event per period (None: no warning)."""
+    hard: float | None = Field(default=None, ge=0, le=1e15)
+    """Reservations never take the spend past it (None: no hard limit)."""
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Budget:
+        soft, hard = self.soft, self.hard
+        if hard is None and soft is None:
+            raise ValueError("give a soft or a hard limit (or both)")
+        if hard is not None and soft is not None and soft > hard:
+            raise ValueError(f"soft ({soft:g}) must not be above hard ({hard:g})")
+        return self
 
 
 class ErrorInfo(BaseModel):

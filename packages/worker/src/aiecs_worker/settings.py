@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from aiecs_core import ConfigurationError
+from aiecs_core import Budget, ConfigurationError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -228,6 +228,28 @@ class Settings(EnvSettings):
     aiecs_schedule_min_period: float = Field(default=10.0, ge=1.0)
     """AIECS_SCHEDULE_MIN_PERIOD: seconds; the shortest ``every`` of a schedule, and the
     shortest gap between two minutes of a ``cron`` schedule (less: 422)."""
+
+    # --- budgets per user (see docs/budgets.md) ---------------------------------------------
+    aiecs_budgets: list[Budget] = Field(default_factory=list)
+    """AIECS_BUDGETS: every user's budgets unless an operator set theirs (``PUT
+    /budgets/{user}``): a JSON list of ``{"period": "day"|"month", "kind": "usd"|"tokens",
+    "soft": x, "hard": x}``, at most one per period and kind (unset: no budgets)."""
+
+    @field_validator("aiecs_budgets", mode="before")
+    @classmethod
+    def _budgets_json(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = json.loads(v) if v.strip() else []  # a JSON error is a ValueError
+        return v
+
+    @field_validator("aiecs_budgets")
+    @classmethod
+    def _budgets_unique(cls, v: list[Budget]) -> list[Budget]:
+        seen = [(b.period, b.kind) for b in v]
+        twice = sorted({f"{p}/{k}" for p, k in seen if seen.count((p, k)) > 1})
+        if twice:
+            raise ValueError(f"one budget per period and kind: {', '.join(twice)} twice")
+        return v
 
     # --- provider inputs: the operator's model policy (aiecs_worker.ops.modelpolicy) -------------
     aiecs_models: dict[str, list[str]] | None = None

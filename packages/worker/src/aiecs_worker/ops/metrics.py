@@ -29,6 +29,9 @@ waiting for cluster-wide capacity, ``AIECS_RATE_LIMITS``).
 Quotas (:mod:`aiecs_worker.store.quotas`): ``aiecs_quota_refusals_total{setting}``, submissions
 refused, labelled by the environment variable of the quota (a fixed set).
 
+Budgets (:mod:`aiecs_worker.store.budgets`): ``aiecs_budget_refusals_total{period,kind}``,
+submissions refused by a user's hard limit (``day``/``month``, ``usd``/``tokens``).
+
 Progress server: ``aiecs_server_connected_sockets``, ``aiecs_server_events_delivered_total``
 (packets of live events sent to sockets), ``aiecs_server_replays_total`` and
 ``aiecs_server_replayed_events_total``, ``aiecs_server_listener_restarts_total``.
@@ -96,6 +99,9 @@ def _define(prom: Any) -> dict[str, Any]:
         "quota_refusals": c("aiecs_quota_refusals_total",
                             "Submissions refused by a per-user quota, by its setting",
                             ["setting"], registry=None),
+        "budget_refusals": c("aiecs_budget_refusals_total",
+                             "Submissions refused by a per-user budget, by period and kind",
+                             ["period", "kind"], registry=None),
         "sockets": g("aiecs_server_connected_sockets", "Authenticated Socket.IO connections",
                      multiprocess_mode="livesum", registry=None),
         "delivered": c("aiecs_server_events_delivered_total",
@@ -119,7 +125,7 @@ METRIC_NAMES = (
     "aiecs_provider_call_duration_seconds", "aiecs_provider_calls_in_flight",
     "aiecs_provider_tokens_total", "aiecs_provider_cost_usd_total",
     "aiecs_provider_rate_limit_waits_total", "aiecs_provider_rate_limit_wait_seconds_total",
-    "aiecs_quota_refusals_total",
+    "aiecs_quota_refusals_total", "aiecs_budget_refusals_total",
     "aiecs_server_connected_sockets", "aiecs_server_events_delivered_total",
     "aiecs_server_replays_total", "aiecs_server_replayed_events_total",
     "aiecs_server_listener_restarts_total", "aiecs_background_failures_total",
@@ -258,6 +264,12 @@ def quota_refused(setting: str) -> None:
     """A per-user quota refused a submission (``setting`` names it: a fixed set)."""
     if _m is not None:
         _child("quota_refusals", setting).inc()
+
+
+def budget_refused(period: str, kind: str) -> None:
+    """A per-user budget refused a submission (``day``/``month``, ``usd``/``tokens``)."""
+    if _m is not None:
+        _child("budget_refusals", period, kind).inc()
 
 
 def socket_connected(delta: int) -> None:

@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 from aiecs_core import (
+    AiecsError,
+    BudgetExceededError,
     InvalidTaskError,
     PayloadTooLargeError,
     TaskCancelledError,
@@ -27,6 +29,7 @@ from pydantic import ValidationError
 from ..app import app
 from ..ops import background
 from ..settings import get_settings
+from ..store import admission
 from ..store.events import TaskKeys, celery_task_id
 from ..store.keys import FLOW_PREFIX, FLOWS_DUE_KEY, PENDING_KEY, flow_key
 from ..store.records import end_execution, state_redis
@@ -129,16 +132,32 @@ def _release(client: Any, user_id: str, task_id: str, n: int, step: dict[str, An
         outcome = json.loads(raw) if raw else None
         results[d] = outcome.get("result") if isinstance(outcome, dict) else None
     try:
-        kwargs = _request(user_id, task_id, n, step, results).model_dump(mode="json")
+        request = _request(user_id, task_id, n, step, results)
     except Exception as exc:  # noqa: BLE001 - its input: the same on every try
         log.info("workflow %s of %s: step %d cannot be released: %s", task_id, user_id, n,
                  exc)
         _end_step(client, user_id, task_id, n, step["task_name"], TaskStatus.FAILED,
                   _cannot_release(exc, n))
         return "failed"
+    kwargs = request.model_dump(mode="json")
+    try:  # the step's budget (the first steps reserved theirs at submission)
+        held = admission.reserve(user_id, [(keys.state(n), admission.operation(request),
+                                            request.input_data)], client=client)
+    except BudgetExceededError as exc:
+        log.info("workflow %s of %s: step %d refused by the budget: %s", task_id, user_id,
+                 n, exc)
+        end_execution(client, request, TaskStatus.FAILED, exc)
+        return "failed"
+    except AiecsError:
+        held = None  # an operation this process lacks: the worker refuses it, at no cost
     try:
         released = client.eval(RELEASE_LUA, 2, keys.state(n), PENDING_KEY,
                                json.dumps(kwargs), step["queue"], step["task"])
+        if held is not None:
+            if released:
+                admission.warn(client, held, user_id, task_id, n, step["task_name"])
+            else:
+                admission.unreserve(client, held)
     except Exception as exc:  # noqa: BLE001 - counted where Redis answers, else raised
         background.failed("workflow_release", f"releasing step {n} of {keys.state(n)}", exc)
         failures = client.hincrby(keys.state(n), "release_failures", 1)  # raises if away

@@ -129,29 +129,29 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
 
     Every item is validated first (operation known, input valid): one bad item refuses
     the whole batch with a :class:`GroupError` naming it, before anything is queued; so
-    does a quota of the user (:class:`~aiecs_core.QuotaExceededError`, :mod:`..quotas`).
+    does a quota of the user (:class:`~aiecs_core.QuotaExceededError`, :mod:`..quotas`) and
+    a budget (:class:`~aiecs_core.BudgetExceededError`: every item's reservation must fit).
     """
     batch_id = batch_id or f"batch-{uuid.uuid4().hex[:16]}"
     checked = _validate(user_id, batch_id, items)
-    s = get_settings()
     client = state_redis()
     key = batch_key(user_id, batch_id)
     total = len(checked)
     # the items' state keys, TaskKeys(user_id, item_task_id(batch_id, i)).state(1)
     first = TaskKeys(user_id, item_task_id(batch_id, 0)).state(1)
     prefix, suffix = first.split(f"{batch_id}.0:", 1)
-    admission.admit(user_id, batch=key, numbered=(f"{prefix}{batch_id}.", total, f":{suffix}"),
-          client=client)
-    fields = group_fields("batch", user_id, batch_id)
-    head = fields[fields.index("head") + 1]
-    counts = {"total": total, "completed": 0, "failed": 0, "timed_out": 0, "cancelled": 0,
-              "done": 0}
-    body = _event_body(head, "pending", f"batch of {total} items queued", counts)
-    fields += [k for kv in counts.items() for k in kv] + ["created", time.time(),
-                                                          "status", "running"]
-    created = client.eval(CREATE_BATCH_LUA, 2, key, f"{key}:items", body, s.aiecs_events_ttl,
-                          *fields)
+    held = admission.reserve(user_id, [
+        (TaskKeys(user_id, r.task_id).state(1), admission.operation(r), r.input_data)
+        for r, _ in checked], client=client)
+    try:
+        admission.admit(user_id, batch=key,
+                        numbered=(f"{prefix}{batch_id}.", total, f":{suffix}"), client=client)
+        created = _create(client, key, user_id, batch_id, total)
+    except BaseException:
+        admission.unreserve(client, held)
+        raise
     if not created:
+        admission.unreserve(client, held)
         raise GroupError(f"batch {batch_id!r} already exists", status=409)
     sha = client.script_load(ITEM_PENDING_LUA)
     with app.producer_or_acquire() as producer:
@@ -163,8 +163,23 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
             with pipelined_sends(producer):
                 for args in sends:
                     send_execution(producer, *args)
+    admission.warn(client, held, user_id, batch_id, 0, "batch")
     return {"batch_id": batch_id, "total": total,
             "items": [{"task_id": r.task_id, "step": 1} for r, _ in checked]}
+
+
+def _create(client: Any, key: str, user_id: str, batch_id: str, total: int) -> bool:
+    """Create the batch hash and publish its first event; False when it exists."""
+    s = get_settings()
+    fields = group_fields("batch", user_id, batch_id)
+    head = fields[fields.index("head") + 1]
+    counts = {"total": total, "completed": 0, "failed": 0, "timed_out": 0, "cancelled": 0,
+              "done": 0}
+    body = _event_body(head, "pending", f"batch of {total} items queued", counts)
+    fields += [k for kv in counts.items() for k in kv] + ["created", time.time(),
+                                                          "status", "running"]
+    return bool(client.eval(CREATE_BATCH_LUA, 2, key, f"{key}:items", body,
+                            s.aiecs_events_ttl, *fields))
 
 
 def _record_chunk(client: Any, sha: str, key: str, batch_id: str,

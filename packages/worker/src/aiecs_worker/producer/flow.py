@@ -245,7 +245,10 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
     Raises :class:`GroupError` (naming the step) before anything is recorded when the
     graph, a reference, a service, an operation or an input is wrong, or the task_id
     already has steps; :class:`~aiecs_core.QuotaExceededError` when a quota of the user
-    refuses it (:mod:`..quotas`).
+    refuses it (:mod:`..quotas`); :class:`~aiecs_core.BudgetExceededError` when its first
+    steps (those without dependencies) do not fit the user's budget. A later step is
+    reserved when it is released, and ends FAILED with BudgetExceededError if it does not
+    fit then (its dependents are cancelled).
     """
 
     task_id = task_id or uuid.uuid4().hex
@@ -272,15 +275,27 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
     head, tail = packet_parts(user_id)
     client = state_redis()
     key = flow_key(user_id, task_id)
-    admission.admit(user_id, [keys.state(n) for n in order], client=client)
-    created = client.eval(
-        CREATE_FLOW_LUA, 5, key, steps_key(user_id, task_id), keys.seq, keys.log,
-        FLOWS_DUE_KEY,
-        json.dumps(spec), s.aiecs_events_ttl, time.time(), user_id, task_id,
-        s.aiecs_socketio_channel, s.aiecs_events_maxlen, head, tail, len(order), *per_step)
+    # the first steps' budget now (their input is known); the others' when released
+    first = [n for n in order if not parsed[n].depends_on]
+    held = admission.reserve(user_id, [
+        (keys.state(n), admission.operation(requests[n]), requests[n].input_data)
+        for n in first], client=client)
+    try:
+        admission.admit(user_id, [keys.state(n) for n in order], client=client)
+        created = client.eval(
+            CREATE_FLOW_LUA, 5, key, steps_key(user_id, task_id), keys.seq, keys.log,
+            FLOWS_DUE_KEY,
+            json.dumps(spec), s.aiecs_events_ttl, time.time(), user_id, task_id,
+            s.aiecs_socketio_channel, s.aiecs_events_maxlen, head, tail, len(order),
+            *per_step)
+    except BaseException:
+        admission.unreserve(client, held)
+        raise
     if not created:
+        admission.unreserve(client, held)
         raise GroupError(f"task {task_id!r} already exists: a workflow needs a new task_id",
                          status=409)
+    admission.warn(client, held, user_id, task_id, first[0], requests[first[0]].task_name)
     advance(client, key)
     return {"task_id": task_id, "steps": order}
 

@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiecs_core import ID_PATTERN, QuotaExceededError, TaskRequest
+from aiecs_core import ID_PATTERN, BudgetExceededError, QuotaExceededError, TaskRequest, TaskStatus
 from celery.schedules import crontab
 from celery.schedules import schedule as every_schedule
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -40,7 +40,7 @@ from ..settings import get_settings
 from ..store import admission, quotas
 from ..store.events import TaskKeys, run_script
 from ..store.keys import schedule_key, schedule_tick_key, steps_key, user_schedules_key
-from ..store.records import state_redis
+from ..store.records import end_execution, state_redis
 from .control import get_state
 
 __all__ = ["FIRE_TASK", "Schedule", "ScheduleExistsError",
@@ -294,7 +294,8 @@ def tick_id(last_run_at: datetime | None) -> str:
 
 def fire(user_id: str, task_id: str, tick: str, producer=None) -> int | None:
     """Submit the run of one tick as the task's next step; the step, or None when the
-    schedule no longer exists. The same tick again returns its step without a second
+    schedule no longer exists. A run its user's budget refuses ends FAILED
+    (BudgetExceededError) at once. The same tick again returns its step without a second
     execution (unless the first never recorded its PENDING state: then it is submitted)."""
     client = state_redis()
     raw = client.hget(_key(user_id, task_id), "spec")
@@ -313,6 +314,9 @@ def fire(user_id: str, task_id: str, tick: str, producer=None) -> int | None:
         return step
     # the task by its name: registered by aiecs_worker.runner.tasks (the package init imports it)
     task = app.tasks[route(bool(schedule.heavy)).task]
-    task.apply_async(kwargs=json.loads(schedule.request(step).model_dump_json()),
-                     producer=producer)
+    request = schedule.request(step)
+    try:
+        task.apply_async(kwargs=json.loads(request.model_dump_json()), producer=producer)
+    except BudgetExceededError as exc:  # this run ends FAILED, saying why; the next may run
+        end_execution(client, request, TaskStatus.FAILED, exc)
     return step

@@ -29,8 +29,9 @@ from ..routing import (
     HEAVY_TASK,
     queue_of_task,
 )
+from ..store import admission
 from ..store.events import celery_task_id
-from ..store.records import record_pending
+from ..store.records import record_pending, state_redis
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 from .taskevents import ExecutionCancelled
 
@@ -41,7 +42,8 @@ log = logging.getLogger("aiecs.worker")
 
 
 class AiecsTask(Task):
-    """Derives the Celery id from the execution's identity, so it is stable."""
+    """Derives the Celery id from the execution's identity, so it is stable; checks the
+    user's budget (BudgetExceededError, nothing queued) and records PENDING."""
 
     typing = False  # arguments are validated by the runner, which reports what is wrong
     #: sends the Celery events Flower needs for cancelled executions (see taskevents)
@@ -56,6 +58,7 @@ class AiecsTask(Task):
                 request = None  # invalid: the runner reports exactly what is wrong
         if request is not None:
             task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
+            admission.reserve_sent(request, client=state_redis())
             queue = options.get("queue") or queue_of_task(self.name)
             admitted = record_pending(request, task_id, queue=getattr(queue, "name", queue),
                                       task=self.name, eta=eta_timestamp(options))

@@ -7,20 +7,37 @@ input valid for the operation's model and the operator's model policy
 (:func:`aiecs_core.validate_input`). :func:`admit_one` / :func:`admit` are what the user
 may submit (:mod:`aiecs_worker.store.quotas`). A workflow step whose input holds references is
 checked with ``input_data=None`` (its input is validated when the step is released).
+
+:func:`reserve` is what the user may spend (:mod:`aiecs_worker.store.budgets`): it runs
+before the quotas, and :func:`unreserve` undoes it when a later check refuses the
+submission. A single execution (:func:`check_request`) and a batch reserve at submission;
+a workflow reserves its first steps at submission and the others when they are released;
+a ``.delay()`` / ``apply_async`` and a schedule's run reserve when they are sent
+(:func:`reserve_sent`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Sequence
 from typing import Any
 
-from aiecs_core import OperationSpec, TaskRequest, load_plugins, validate_input
+import redis
+from aiecs_core import AiecsError, OperationSpec, TaskRequest, load_plugins, validate_input
 
 from ..settings import get_settings
-from . import quotas
+from . import budgets, quotas
 from .keys import TaskKeys
 from .requests import check_payload_size
 
-__all__ = ["admit", "admit_one", "check", "check_request", "operation"]
+__all__ = ["admit", "admit_one", "check", "check_request", "operation", "reserve",
+           "reserve_sent", "unreserve", "warn"]
+
+log = logging.getLogger("aiecs.budgets")
+#: The execution :func:`check_request` reserved for in this thread, so that the
+#: ``apply_async`` that follows it (``control.submit``) does not reserve again.
+_just_checked = threading.local()
 
 #: A user's quotas for a submission of several executions (a batch, a workflow, a
 #: schedule): :func:`aiecs_worker.store.quotas.admit`.
@@ -51,10 +68,61 @@ def check(request: Any, *, validate: bool = True, max_bytes: int | None = None
 
 
 def check_request(request: TaskRequest, *, client: Any) -> OperationSpec:
-    """:func:`check` and :func:`admit_one`: the whole check of a single submission."""
+    """:func:`check`, :func:`reserve` and :func:`admit_one`: the whole check of a single
+    submission (BudgetExceededError / QuotaExceededError: nothing reserved or counted)."""
     spec = check(request)
-    admit_one(request, client=client)
+    state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
+    held = reserve(request.user_id, [(state_key, spec, request.input_data)], client=client)
+    try:
+        admit_one(request, client=client)
+    except BaseException:
+        unreserve(client, held)
+        raise
+    _just_checked.key = state_key
+    warn(client, held, request.user_id, request.task_id, request.step, request.task_name)
     return spec
+
+
+def reserve(user_id: str, executions: Sequence[tuple[str, OperationSpec, Any]], *,
+            client: Any) -> budgets.Reserved:
+    """Reserve what ``executions`` (``(state key, operation, input_data)``) may spend
+    against the user's budgets, all or none (BudgetExceededError: none)."""
+    return budgets.reserve(client, user_id, [
+        (key, budgets.estimate(spec, input_data)) for key, spec, input_data in executions])
+
+
+def unreserve(client: Any, held: budgets.Reserved) -> None:
+    """Undo :func:`reserve` for a submission refused after it."""
+    budgets.release(client, held)
+
+
+def warn(client: Any, held: budgets.Reserved, user_id: str, task_id: str, step: int,
+         task_name: str) -> None:
+    """Tell the user the soft limits :func:`reserve` reached (one event on the task)."""
+    budgets.warn(client, user_id, task_id, step, task_name, held.crossed)
+
+
+def reserve_sent(request: TaskRequest, *, client: Any) -> None:
+    """The budget check of an execution sent without :func:`check_request`
+    (``execute_task.delay`` / ``apply_async``, a schedule's run): reserve, or raise
+    BudgetExceededError. An operation this process does not know reserves nothing (the
+    worker refuses it before any call); an unreachable Redis lets it through, as its
+    PENDING record does (docs/budgets.md)."""
+    state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
+    if getattr(_just_checked, "key", None) == state_key:
+        _just_checked.key = None  # control.submit reserved it a moment ago
+        return
+    try:
+        spec = operation(request)
+    except AiecsError:
+        return
+    try:
+        held = reserve(request.user_id, [(state_key, spec, request.input_data)],
+                       client=client)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("budget of %s not checked (Redis unreachable): %s", request.user_id, exc)
+        return
+    warn(client, held, request.user_id, request.task_id, request.step, request.task_name)
 
 
 def admit_one(request: TaskRequest, *, client: Any) -> None:

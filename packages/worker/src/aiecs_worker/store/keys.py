@@ -7,7 +7,8 @@ its name. Imports nothing from aiecs_worker.
 from __future__ import annotations
 
 __all__ = [
-    "BACKLOG_KEY", "BEAT_PREFIX", "CANCEL_CHANNEL", "DEADLETTER_KEY", "DUE_KEY",
+    "BACKLOG_KEY", "BEAT_PREFIX", "BUDGET_HOLD_SUFFIX", "budget_counter_key",
+    "budget_limits_key", "CANCEL_CHANNEL", "DEADLETTER_KEY", "DUE_KEY",
     "FLOWS_DUE_KEY", "FLOW_PREFIX", "OWNED_PREFIX", "OWNERS_KEY", "PENDING_KEY", "PREFIX",
     "REVOKED_PREFIX", "SUSPECT_KEY", "TaskKeys", "batch_key", "celery_index_key",
     "flow_key", "owned_key", "quota_key", "rate_limit_base", "schedule_key",
@@ -82,6 +83,26 @@ def window_key(queue: str, user_id: str) -> str:
 def quota_key(user_id: str, what: str) -> str:
     """A user's quota counter ``what`` (submit, active, batches)."""
     return f"{PREFIX}:quota:{user_id}:{what}"
+
+
+# -- budgets (aiecs_worker.store.budgets) ---------------------------------------------------------
+#: Appended to an execution's state key: the hash of what its admission reserved against
+#: its user's budgets (``usd`` nano-dollars, ``tok`` tokens, ``day`` / ``month``: the
+#: counter keys charged), removed by the terminal transition when it settles.
+BUDGET_HOLD_SUFFIX = ":budget"
+
+
+def budget_limits_key(user_id: str) -> str:
+    """Hash: a user's budgets set by an operator (field ``set``; limits in nano-dollars
+    and tokens), overriding AIECS_BUDGETS."""
+    return f"{PREFIX}:budget:{user_id}:limits"
+
+
+def budget_counter_key(user_id: str, period: str) -> str:
+    """Hash: a user's spend in one period (``day:2026-12-06``, ``month:2026-12``):
+    ``usd_spent``, ``usd_held``, ``tok_spent``, ``tok_held``, ``warned_usd``,
+    ``warned_tok``."""
+    return f"{PREFIX}:budget:{user_id}:{period}"
 
 
 # -- rate limits (aiecs_worker.runner.ratelimit) --------------------------------------------------

@@ -21,6 +21,7 @@ from .keys import (
     PENDING_KEY,
     SUSPECT_KEY,
 )
+from .settle import SETTLE_LUA
 
 __all__ = [
     "CANCEL_LUA",
@@ -106,7 +107,8 @@ def finish_lua(then: str) -> str:
     the execution was already terminal (nothing changes), else what ``then`` returns.
     A batch item or workflow step (field ``group``) tells its group in the same script
     (see aiecs_worker.store.hook). The execution leaves its fair-share window and
-    the index of held executions (see aiecs_worker.store.hold).
+    the index of held executions (see aiecs_worker.store.hold). Its budget reservation is
+    replaced by what it used (see aiecs_worker.store.settle).
     """
     return f"""
 local terminal = {_TERMINAL}
@@ -130,6 +132,7 @@ if f[3] == '1' and redis.call('GET', '{SUSPECT_KEY}') == KEYS[1] then
   redis.call('DEL', '{SUSPECT_KEY}')
 end
 {GROUP_HOOK_LUA}
+{SETTLE_LUA}
 {then}"""
 
 

@@ -1,0 +1,435 @@
+"""Budgets per user: money and tokens, per UTC day and month, enforced at admission with a
+reservation that the execution's terminal transition replaces by what it really used.
+
+**Definitions.** A user's budgets are :class:`aiecs_core.Budget` rows (period, kind, soft,
+hard): the operator's for that user (:func:`set_budgets`, the hash
+``aiecs:budget:{user}:limits``) or else everyone's default (``AIECS_BUDGETS``). A user
+without budgets costs one hash read per submission and nothing else: no reservation, no
+counter.
+
+**Reservation** (:func:`reserve`, one Lua script, atomic per user, for one execution or all
+the items of a batch at once): each execution reserves its estimate, :func:`estimate`:
+
+- tokens: its input estimated at four characters a token (the JSON of ``input_data``)
+  plus its ``max_output_tokens``, or, when it leaves that unset, the provider's ceiling
+  from ``AIECS_MAX_OUTPUT_TOKENS`` (:data:`DEFAULT_MAX_OUTPUT` without one); an operation
+  whose input has no ``max_output_tokens`` field (embeddings) reserves its input only,
+  and one without a ``model`` reserves nothing;
+- money: those tokens at the model's list price (``AIECS_PRICES``). A model without a
+  price is **refused** when the user has a money budget (its spend could not be
+  counted); with a tokens budget only, it reserves tokens.
+
+The script refuses the submission (:class:`~aiecs_core.BudgetExceededError`, HTTP 402,
+nothing reserved or queued) when, for any hard limit, the period's spend plus what is
+reserved plus this reservation would pass it, or when the limit is already reached.
+Otherwise it adds the reservation to the counters of the current day and month
+(``aiecs:budget:{user}:day:YYYY-MM-DD``, ``...:month:YYYY-MM``: ``usd_held`` / ``tok_held``,
+nano-dollars and tokens as integers) and records it on the execution
+(``<state key>:budget``). An execution already holding a reservation is not charged
+twice (``control.submit`` then its ``apply_async``, a redelivered release).
+
+**Settlement** (:data:`aiecs_worker.store.settle.SETTLE_LUA`, run by the terminal transition,
+:func:`aiecs_worker.store.state.finish_lua`, exactly once per execution): the
+reservation leaves ``*_held`` and the real use enters ``*_spent`` of the same period
+counters it was reserved in. Tokens: the usage records' input + output. Money: their
+``cost``; **usage that never arrived keeps its reservation**: a record without a cost or
+estimated (a cut stream, an unreported usage), or an execution delivered more than once
+(an attempt lost with its worker), is charged at least what was reserved. An execution
+that never started (cancelled while queued) releases it all.
+
+**Soft limits**: the submission whose reservation takes a period's spend + reservations to
+the soft limit or past it gets one warning event per period and kind (a ``progress`` event
+on its task's log, ``message`` starting ``budget warning:``), :func:`warn`.
+
+So the hard limit holds under any concurrency: every admission checks and reserves in one
+script, and a settlement only ever lowers the total by the unused part of a reservation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiecs_core import Budget, BudgetExceededError, OperationSpec, TaskEvent, TaskStatus
+from aiecs_core.llm.pricing import price_for
+from aiecs_core.llm.tokens import estimate_tokens
+
+from ..ops import metrics
+from ..ops.modelpolicy import current_policy
+from ..settings import get_settings
+from .events import publish_sync, run_script
+from .keys import BUDGET_HOLD_SUFFIX, budget_counter_key, budget_limits_key
+from .settle import NANO
+
+__all__ = ["DEFAULT_MAX_OUTPUT", "Estimate", "Reserved", "budgets_of", "estimate",
+           "release", "reserve", "set_budgets", "status", "warn"]
+
+#: Output tokens reserved for a call that sets no ``max_output_tokens`` when
+#: AIECS_MAX_OUTPUT_TOKENS gives its provider no ceiling.
+DEFAULT_MAX_OUTPUT = 131_072
+#: Seconds a reservation record is kept (longer than any execution can wait or run).
+HOLD_TTL = 40 * 86400
+#: Seconds a period counter is kept after its last change, by period.
+COUNTER_TTL = {"day": 3 * 86400, "month": 35 * 86400}
+#: (period, kind) of the four budget slots, in the scripts' order.
+SLOTS = (("day", "usd"), ("day", "tokens"), ("month", "usd"), ("month", "tokens"))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What one execution reserves: ``usd`` in nano-dollars (``-1``: its model has no
+    price) and ``tokens``."""
+
+    usd: int = 0
+    tokens: int = 0
+    model: str | None = None
+    provider: str | None = None
+
+
+def estimate(spec: OperationSpec, input_data: Any) -> Estimate:
+    """The reservation of one call of ``spec`` with ``input_data`` (see the module doc)."""
+    if not isinstance(input_data, dict):
+        return Estimate()
+    model = input_data.get("model")
+    if not isinstance(model, str) or not model or spec.service is None:
+        return Estimate()
+    provider = spec.service.provider or getattr(spec.service, "name", "") or ""
+    tokens_in = estimate_tokens(json.dumps(input_data, separators=(",", ":"), default=str))
+    tokens_out = 0
+    if "max_output_tokens" in getattr(spec.input_model, "model_fields", {}):
+        asked = input_data.get("max_output_tokens")
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            tokens_out = asked
+        else:
+            tokens_out = current_policy().ceiling(provider) or DEFAULT_MAX_OUTPUT
+    price = price_for(provider, model)
+    usd = -1 if price is None else math.ceil(
+        (tokens_in * price[0] + tokens_out * price[1]) * NANO / 1_000_000)
+    return Estimate(usd, tokens_in + tokens_out, model, provider)
+
+
+# -- definitions -------------------------------------------------------------------------------
+def _units(kind: str, value: float | None) -> str:
+    """A limit as the scripts hold it: nano-dollars or tokens, '' for none."""
+    if value is None:
+        return ""
+    return str(round(value * NANO) if kind == "usd" else math.floor(value))
+
+
+def _slots(budgets: Sequence[Budget]) -> list[str]:
+    """Eight script arguments: soft and hard of each slot of :data:`SLOTS`."""
+    out = ["", ""] * len(SLOTS)
+    for b in budgets:
+        i = SLOTS.index((b.period, b.kind))
+        out[2 * i], out[2 * i + 1] = _units(b.kind, b.soft), _units(b.kind, b.hard)
+    return out
+
+
+def _from_slots(values: Sequence[Any]) -> list[Budget]:
+    out = []
+    for i, (period, kind) in enumerate(SLOTS):
+        soft, hard = (_decode(v) for v in values[2 * i:2 * i + 2])
+        if soft is None and hard is None:
+            continue
+        scale = NANO if kind == "usd" else 1
+        out.append(Budget(period=period, kind=kind,
+                          soft=None if soft is None else soft / scale,
+                          hard=None if hard is None else hard / scale))
+    return out
+
+
+def _decode(value: Any) -> int | None:
+    if value is None or value in (b"", ""):
+        return None
+    return int(value)
+
+
+def _fields() -> list[str]:
+    return [f"{p}:{k}:{lim}" for p, k in SLOTS for lim in ("soft", "hard")]
+
+
+def budgets_of(client: Any, user_id: str) -> tuple[list[Budget], str]:
+    """The user's budgets and where they come from (``"user"``: set by an operator, or
+    ``"default"``: AIECS_BUDGETS)."""
+    raw = client.hmget(budget_limits_key(user_id), "set", *_fields())
+    if raw[0] is None:
+        return list(get_settings().aiecs_budgets), "default"
+    return _from_slots(raw[1:]), "user"
+
+
+def set_budgets(client: Any, user_id: str, budgets: Sequence[Budget] | None) -> None:
+    """Set a user's budgets (an empty list: none at all), or with None go back to the
+    default (AIECS_BUDGETS). Takes effect at the user's next submission; what is spent
+    and reserved in the current periods stays counted."""
+    key = budget_limits_key(user_id)
+    if budgets is None:
+        client.delete(key)
+        return
+    seen = [(b.period, b.kind) for b in budgets]
+    if len(set(seen)) != len(seen):
+        raise ValueError("one budget per period and kind")
+    values = _slots(budgets)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.hset(key, mapping={"set": 1, **dict(zip(_fields(), values, strict=True))})
+        pipe.execute()
+
+
+# -- periods -----------------------------------------------------------------------------------
+def _periods(now: datetime) -> dict[str, tuple[str, datetime]]:
+    """Per period: its id in counter keys and when the next one starts."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    return {"day": (f"day:{day:%Y-%m-%d}", day + timedelta(days=1)),
+            "month": (f"month:{month:%Y-%m}", next_month)}
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# -- reservation -------------------------------------------------------------------------------
+# KEYS: limits, day counter, month counter, then one hold key per execution.
+# ARGV: the 8 default limits (soft, hard per slot; '' none), day ttl, month ttl, hold ttl,
+# then per execution: nano-dollars (-1: unpriced), tokens.
+# Returns {0} the user has no budgets (nothing done); {1, new, slot, committed, ...}
+# reserved (``new``: how many executions had no reservation yet), with the slots whose soft
+# limit it reached for the first time this period; {2, slot,
+# committed, requested, limit} refused by a hard limit; {3, index} unpriced under a money
+# budget.
+_RESERVE_LUA = """
+local fields = {'set'}
+for _, p in ipairs({'day', 'month'}) do
+  for _, k in ipairs({'usd', 'tokens'}) do
+    fields[#fields + 1] = p .. ':' .. k .. ':soft'
+    fields[#fields + 1] = p .. ':' .. k .. ':hard'
+  end
+end
+local d = redis.call('HMGET', KEYS[1], unpack(fields))
+local L = {}
+local any = false
+for i = 1, 8 do
+  if d[1] then L[i] = d[i + 1] or '' else L[i] = ARGV[i] end
+  if L[i] ~= '' then any = true end
+end
+if not any then return {0} end
+local money = L[1] ~= '' or L[2] ~= '' or L[5] ~= '' or L[6] ~= ''
+local n = (#ARGV - 11) / 2
+local usd, tok = 0, 0
+local new = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[3 + i]) == 0 then
+    local u, t = tonumber(ARGV[10 + 2 * i]), tonumber(ARGV[11 + 2 * i])
+    if u < 0 then
+      if money then return {3, i} end
+      u = 0
+    end
+    new[#new + 1] = {KEYS[3 + i], u, t}
+    usd = usd + u
+    tok = tok + t
+  end
+end
+if #new == 0 then return {1, 0} end
+local c = {redis.call('HMGET', KEYS[2], 'usd_spent', 'usd_held', 'tok_spent', 'tok_held'),
+           redis.call('HMGET', KEYS[3], 'usd_spent', 'usd_held', 'tok_spent', 'tok_held')}
+local committed, need = {}, {}
+for b = 1, 4 do
+  local cnt = c[math.floor((b + 1) / 2)]
+  local off = 0
+  need[b] = usd
+  if b % 2 == 0 then off = 2; need[b] = tok end
+  committed[b] = tonumber(cnt[1 + off] or '0') + tonumber(cnt[2 + off] or '0')
+  local hard = L[2 * b]
+  if hard ~= '' and (committed[b] + need[b] > tonumber(hard)
+                     or committed[b] >= tonumber(hard)) then
+    return {2, b, string.format('%d', committed[b]), string.format('%d', need[b]), hard}
+  end
+end
+for p = 1, 2 do
+  if usd > 0 then redis.call('HINCRBY', KEYS[1 + p], 'usd_held', string.format('%d', usd)) end
+  if tok > 0 then redis.call('HINCRBY', KEYS[1 + p], 'tok_held', string.format('%d', tok)) end
+  redis.call('HSETNX', KEYS[1 + p], 'usd_spent', 0)
+  redis.call('EXPIRE', KEYS[1 + p], ARGV[8 + p])
+end
+for _, h in ipairs(new) do
+  redis.call('HSET', h[1], 'usd', string.format('%d', h[2]), 'tok', string.format('%d', h[3]),
+             'day', KEYS[2], 'month', KEYS[3])
+  redis.call('EXPIRE', h[1], ARGV[11])
+end
+local out = {1, #new}
+for b = 1, 4 do
+  local soft = L[2 * b - 1]
+  if soft ~= '' and committed[b] + need[b] >= tonumber(soft) then
+    local kind = 'usd'
+    if b % 2 == 0 then kind = 'tok' end
+    if redis.call('HSETNX', KEYS[1 + math.floor((b + 1) / 2)], 'warned_' .. kind, 1) == 1 then
+      out[#out + 1] = b
+      out[#out + 1] = string.format('%d', committed[b] + need[b])
+    end
+  end
+end
+return out
+"""
+
+# KEYS: hold keys.  Undoes reservations that :func:`reserve` made for a submission refused
+# afterwards (a quota, an id that exists): each hold leaves its counters.  Returns how many.
+_RELEASE_LUA = """
+local n = 0
+for i = 1, #KEYS do
+  local h = redis.call('HMGET', KEYS[i], 'usd', 'tok', 'day', 'month')
+  if h[3] then
+    for _, ck in ipairs({h[3], h[4]}) do
+      redis.call('HINCRBY', ck, 'usd_held', string.format('%d', -tonumber(h[1])))
+      redis.call('HINCRBY', ck, 'tok_held', string.format('%d', -tonumber(h[2])))
+    end
+    redis.call('DEL', KEYS[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+def hold_key(state_key: str) -> str:
+    """The key of an execution's reservation."""
+    return state_key + BUDGET_HOLD_SUFFIX
+
+
+@dataclass
+class Reserved:
+    """What :func:`reserve` did: the executions it reserved for (``state_keys``: all of
+    them, or none when some held a reservation already) and the soft limits it reached
+    first this period, as ``(period, kind, committed, soft)`` (for :func:`warn`)."""
+
+    state_keys: list[str]
+    crossed: list[tuple[str, str, float, float]]
+
+
+def reserve(client: Any, user_id: str, items: Sequence[tuple[str, Estimate]],
+            *, now: datetime | None = None) -> Reserved:
+    """Reserve the estimates of executions ``items`` (``(state key, estimate)``) against
+    the user's budgets, all or none; raise :class:`~aiecs_core.BudgetExceededError` (and
+    count it in ``aiecs_budget_refusals_total``) when a hard limit refuses them. An
+    execution that holds a reservation already is not charged again."""
+    s = get_settings()
+    now = now or datetime.now(UTC)
+    periods = _periods(now)
+    keys = [budget_limits_key(user_id),
+            budget_counter_key(user_id, periods["day"][0]),
+            budget_counter_key(user_id, periods["month"][0]),
+            *(hold_key(k) for k, _ in items)]
+    args: list[Any] = [*_slots(s.aiecs_budgets), COUNTER_TTL["day"], COUNTER_TTL["month"],
+                       HOLD_TTL]
+    for _, e in items:
+        args += [e.usd, e.tokens]
+    out = run_script(client, _RESERVE_LUA, keys, args)
+    code = int(out[0])
+    if code == 0:
+        return Reserved([], [])
+    if code == 3:
+        e = items[int(out[1]) - 1][1]
+        metrics.budget_refused("unpriced", "usd")
+        raise BudgetExceededError(
+            f"model {e.provider}/{e.model} has no price in AIECS_PRICES and a money budget "
+            f"applies to user {user_id!r}: its cost could not be counted, so it is refused "
+            "(ask the operator to add its price, or use a priced model)",
+            reason="unpriced", kind="usd", model=f"{e.provider}/{e.model}")
+    if code == 2:
+        period, kind = SLOTS[int(out[1]) - 1]
+        committed, requested, limit = (int(x) for x in out[2:5])
+        metrics.budget_refused(period, kind)
+        shown = _shown(kind)
+        raise BudgetExceededError(
+            f"budget exceeded: user {user_id!r} has a {period}ly {kind} hard limit of "
+            f"{shown(limit)}; {shown(committed)} is spent or reserved this {period} and this "
+            f"submission would reserve {shown(requested)} (its estimated input plus "
+            f"max_output_tokens); the {period} resets at {_iso(periods[period][1])}",
+            period=period, kind=kind, limit=_value(kind, limit),
+            committed=_value(kind, committed), requested=_value(kind, requested),
+            resets_at=_iso(periods[period][1]))
+    crossed = []
+    rows = list(out[2:])
+    limits = {(b.period, b.kind): b for b in budgets_of(client, user_id)[0]} if rows else {}
+    for i in range(0, len(rows), 2):
+        period, kind = SLOTS[int(rows[i]) - 1]
+        soft = limits.get((period, kind))
+        crossed.append((period, kind, _value(kind, int(rows[i + 1])),
+                        soft.soft if soft is not None and soft.soft is not None else 0.0))
+    new = int(out[1])
+    return Reserved([k for k, _ in items] if new == len(items) else [], crossed)
+
+
+def release(client: Any, reserved: Reserved) -> int:
+    """Undo what :func:`reserve` reserved for a submission refused afterwards (nothing
+    was queued): the amounts leave the counters. How many reservations there were."""
+    if not reserved.state_keys:
+        return 0
+    keys = [hold_key(k) for k in reserved.state_keys]
+    return int(run_script(client, _RELEASE_LUA, keys, []))
+
+
+def _value(kind: str, units: int) -> float | int:
+    return units / NANO if kind == "usd" else units
+
+
+def _shown(kind: str):
+    if kind == "usd":
+        return lambda units: f"${units / NANO:.6g}"
+    return lambda units: f"{units} tokens"
+
+
+def warn(client: Any, user_id: str, task_id: str, step: int, task_name: str,
+         crossed: Sequence[tuple[str, str, float, float]]) -> None:
+    """Publish the soft-limit warnings :func:`reserve` returned on the task's log (a
+    ``progress`` event, to the user's room). Best effort: never fails a submission."""
+    if not crossed:
+        return
+    s = get_settings()
+    parts = []
+    for period, kind, committed, soft in crossed:
+        if kind == "usd":
+            parts.append(f"{period}ly spend ${committed:.6g} (spent + reserved) reached "
+                         f"the soft limit ${soft:.6g}")
+        else:
+            parts.append(f"{period}ly tokens {committed} (spent + reserved) reached the "
+                         f"soft limit {soft:g}")
+    event = TaskEvent(type="progress", task_id=task_id, step=step, user_id=user_id,
+                      task_name=task_name, status=TaskStatus.PENDING,
+                      message="budget warning: " + "; ".join(parts))
+    try:
+        publish_sync(client, event, s.aiecs_socketio_channel, s.aiecs_events_maxlen,
+                     s.aiecs_events_ttl)
+    except Exception:  # noqa: BLE001 - a warning never fails the submission
+        return
+
+
+# -- reading -----------------------------------------------------------------------------------
+def status(client: Any, user_id: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """The user's budgets with their current periods' spend: ``{"user_id", "source",
+    "budgets": [{"period", "kind", "soft", "hard", "spent", "reserved", "remaining",
+    "resets_at"}]}`` (usd in dollars, tokens as integers)."""
+    now = now or datetime.now(UTC)
+    periods = _periods(now)
+    budgets, source = budgets_of(client, user_id)
+    pipe = client.pipeline(transaction=False)
+    for b in budgets:
+        pipe.hmget(budget_counter_key(user_id, periods[b.period][0]),
+                   "usd_spent", "usd_held", "tok_spent", "tok_held")
+    rows = []
+    for b, counts in zip(budgets, pipe.execute() if budgets else [], strict=True):
+        off = 0 if b.kind == "usd" else 2
+        spent, held = (_decode(x) or 0 for x in counts[off:off + 2])
+        spent_v, held_v = _value(b.kind, spent), _value(b.kind, max(0, held))
+        remaining = None
+        if b.hard is not None:
+            remaining = max(0, b.hard - spent_v - held_v)
+            if b.kind == "tokens":
+                remaining = int(remaining)
+        rows.append({"period": b.period, "kind": b.kind, "soft": b.soft, "hard": b.hard,
+                     "spent": spent_v, "reserved": held_v, "remaining": remaining,
+                     "resets_at": _iso(periods[b.period][1])})
+    return {"user_id": user_id, "source": source, "budgets": rows}
