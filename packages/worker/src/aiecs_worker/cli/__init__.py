@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from .batch import batch
+from .budget import budget
 from .dev import dev_command
 from .health import health_command
 from .plugins import plugins
@@ -33,5 +34,5 @@ def main() -> None:
 
 
 for _command in (serve, token, submit, watch, schedule, plugins, health_command, dev_command,
-                 worker, batch, workflow):
+                 worker, batch, workflow, budget):
     main.add_command(_command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from aiecs_core import ConfigurationError
 
-from ..server.tokens import issue_token
+from ..server.tokens import OPERATOR_SCOPE, issue_token
 from ..settings import get_settings
 from .common import env_has_secret, fail, server_settings
 
@@ -67,7 +67,10 @@ def token_revoke(jti: str | None, user_id: str | None, before: float | None) -> 
 @click.option("--ttl", type=int, default=None,
               help="Lifetime in seconds (default AIECS_TOKEN_TTL, 3600; at most "
                    "AIECS_TOKEN_MAX_LIFETIME).")
-def token_issue(user_id: str, ttl: int | None) -> None:
+@click.option("--operator", is_flag=True,
+              help="An operator's token (scope \"operator\"): may set other users' "
+                   "budgets and read their data.")
+def token_issue(user_id: str, ttl: int | None, operator: bool) -> None:
     """Print a connection token for USER_ID, signed with AIECS_SECRET_KEY."""
     settings = server_settings()
     if settings.aiecs_dev and not env_has_secret():
@@ -77,6 +80,7 @@ def token_issue(user_id: str, ttl: int | None) -> None:
         fail(f"--ttl {ttl} is longer than AIECS_TOKEN_MAX_LIFETIME "
              f"({settings.aiecs_token_max_lifetime}); the server would refuse the token", 2)
     try:
-        click.echo(issue_token(user_id, settings.secret(), ttl or settings.aiecs_token_ttl))
+        click.echo(issue_token(user_id, settings.secret(), ttl or settings.aiecs_token_ttl,
+                               scopes=(OPERATOR_SCOPE,) if operator else ()))
     except (ConfigurationError, ValueError) as exc:
         fail(str(exc), 2)

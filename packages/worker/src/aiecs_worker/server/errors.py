@@ -7,7 +7,11 @@ status code that says what went wrong (never a traceback):
 400     the body is not JSON, is nested deeper than 64 levels (``MAX_JSON_DEPTH``),
         or a parameter is malformed
 401     missing, malformed, wrongly signed or expired token (``WWW-Authenticate``)
-403     a browser request from an origin not in CORS_ALLOWED_ORIGINS
+402     a budget of the user refuses the submission (``BudgetExceededError``: the body
+        names the period, kind, hard limit, what is committed and requested, and when
+        the period resets; docs/budgets.md)
+403     a browser request from an origin not in CORS_ALLOWED_ORIGINS, or an operator
+        route without an operator token
 404     unknown route, or no such task, batch, workflow or schedule *for this user*
         (other users' are indistinguishable from missing ones)
 409     the execution, batch or schedule already exists, or the task already finished
@@ -26,7 +30,7 @@ status code that says what went wrong (never a traceback):
 Routes raise an :class:`ApiError` (or a subclass) for what they check themselves, and run
 the work below them through :func:`run_checked` / :func:`mapped_errors`, where
 :func:`as_api_error` (the one map) turns the producer's errors into an :class:`ApiError`.
-Each 400/413/422/429 is logged as one line (``aiecs.server``, INFO), never with a traceback.
+Each 400/402/413/422/429 is logged as one line (``aiecs.server``, INFO), never with a traceback.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from aiecs_core import AiecsError, PayloadTooLargeError, QuotaExceededError
+from aiecs_core import AiecsError, BudgetExceededError, PayloadTooLargeError, QuotaExceededError
 from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -49,7 +53,8 @@ from ..producer.schedules import ScheduleExistsError
 from ..store.quotas import retry_after_header
 
 __all__ = [
-    "EXCEPTION_HANDLERS", "ApiError", "BadRequest", "Conflict", "InvalidRequest", "NotFound",
+    "EXCEPTION_HANDLERS", "ApiError", "BadRequest", "Conflict", "Forbidden", "InvalidRequest",
+    "NotFound",
     "PayloadTooLarge", "Unauthorized", "as_api_error", "error_response", "mapped_errors",
     "quota_error", "run_checked",
 ]
@@ -88,6 +93,10 @@ class BadRequest(_Fixed):
 
 class Unauthorized(_Fixed):
     status, type = 401, "unauthorized"
+
+
+class Forbidden(_Fixed):
+    status, type = 403, "forbidden"
 
 
 class NotFound(_Fixed):
@@ -160,6 +169,8 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         return PayloadTooLarge(exc.message)
     if isinstance(exc, QuotaExceededError):
         return quota_error(exc)
+    if isinstance(exc, BudgetExceededError):
+        return ApiError(402, "BudgetExceededError", exc.message, **exc.details)
     if isinstance(exc, AiecsError):  # ServiceNotFoundError, InputValidationError, ...
         return ApiError(422, type(exc).__name__, exc.message)
     if is_backend_error(exc):
@@ -189,7 +200,7 @@ async def run_checked(work: Callable[[], Any]) -> Any:
 # -- Starlette's exception handlers -----------------------------------------------------------
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    if exc.status in (400, 413, 422, 429):
+    if exc.status in (400, 402, 413, 422, 429):
         message = exc.message if len(exc.message) <= 300 else exc.message[:300] + "..."
         log.info("refused %s %s: %d %s: %s", request.method, request.url.path[:200], exc.status,
                  exc.type, message)

@@ -26,7 +26,7 @@ from .errors import EXCEPTION_HANDLERS
 from .middleware import OriginGuard, SecurityHeaders
 from .realtime import ProgressSocket
 from .revocation import RevocationGate
-from .routes import dev, groups, health, pages, schedules, services, tasks
+from .routes import budgets, dev, groups, health, pages, schedules, services, tasks
 from .settings import ServerSettings, get_server_settings
 
 __all__ = ["create_app", "create_http_app"]
@@ -42,6 +42,7 @@ def create_http_app(*, allowed_origins: list[str], dev_mode: bool, lifespan=None
         *tasks.ROUTES,
         *schedules.ROUTES,
         *groups.ROUTES,  # /batches, /workflows
+        *budgets.ROUTES,  # /budget, /budgets/{user}
         *pages.ROUTES,  # /, /config, /static
         *(dev.ROUTES if dev_mode else []),
     ]
@@ -50,7 +51,7 @@ def create_http_app(*, allowed_origins: list[str], dev_mode: bool, lifespan=None
         Middleware(
             CORSMiddleware,
             allow_origins=allowed_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
             allow_credentials=False,
             max_age=600,

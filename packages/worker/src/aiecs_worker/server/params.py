@@ -14,11 +14,11 @@ from aiecs_core import ID_PATTERN, jsonlimits
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from .errors import BadRequest, InvalidRequest, PayloadTooLarge, Unauthorized
-from .tokens import TokenError, verify_token
+from .errors import BadRequest, Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized
+from .tokens import Identity, TokenError, is_operator, verify_token
 
-__all__ = ["ENVELOPE_BYTES", "authenticate", "int_param", "owned_body", "read_json",
-           "task_id_param", "validate", "validation_message"]
+__all__ = ["ENVELOPE_BYTES", "authenticate", "identity", "int_param", "operator",
+           "owned_body", "read_json", "task_id_param", "validate", "validation_message"]
 
 #: Room for a body's own fields around ``input_data`` + ``context``.
 ENVELOPE_BYTES = 64 * 1024
@@ -76,6 +76,21 @@ async def owned_body(request: Request, limit: int) -> Any:
 
 def authenticate(request: Request) -> str:
     """The user id of the request's bearer token, or 401."""
+    return identity(request).user_id
+
+
+def operator(request: Request) -> Identity:
+    """The identity of the request's bearer token if it has the operator scope; else 401
+    (no valid token) or 403."""
+    who = identity(request)
+    if not is_operator(who):
+        raise Forbidden("this route needs an operator token (scope \"operator\": "
+                        "`aiecs token USER --operator`)")
+    return who
+
+
+def identity(request: Request) -> Identity:
+    """The verified identity of the request's bearer token, or 401."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -83,7 +98,7 @@ def authenticate(request: Request) -> str:
                            headers={"WWW-Authenticate": 'Bearer realm="aiecs"'})
     try:
         return verify_token(token.strip(), request.app.state.secret,
-                            max_lifetime=request.app.state.token_max_lifetime).user_id
+                            max_lifetime=request.app.state.token_max_lifetime)
     except TokenError as exc:
         raise Unauthorized(
             str(exc), headers={"WWW-Authenticate": 'Bearer realm="aiecs", error="invalid_token"'}

@@ -11,6 +11,11 @@ signatures in constant time and requires ``sub``, ``iat``, ``exp`` and ``aud``; 
 whose lifetime (``exp - iat``) is longer than AIECS_TOKEN_MAX_LIFETIME is refused, so a
 leaked token is useful for a bounded time. ``jti`` (optional for tokens minted elsewhere;
 at most 128 characters) names the token for revocation (:mod:`.revocation`).
+
+``scope`` (optional): space-separated scopes. ``operator`` (:data:`OPERATOR_SCOPE`) lets
+the token's holder administer other users (``PUT /budgets/{user}``, cross-user reads):
+check it with :func:`is_operator`, the one place that decides. ``aiecs token USER
+--operator`` mints one.
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from dataclasses import dataclass
 import jwt
 from aiecs_core import ID_PATTERN
 
-__all__ = ["ALGORITHM", "AUDIENCE", "TokenError", "Identity", "issue_token", "verify_token"]
+__all__ = ["ALGORITHM", "AUDIENCE", "OPERATOR_SCOPE", "Identity", "TokenError",
+           "is_operator", "issue_token", "verify_token"]
 
 ALGORITHM = "HS256"
 AUDIENCE = "aiecs"
 _ID = re.compile(ID_PATTERN)
 #: AIECS_TOKEN_MAX_LIFETIME's default: verification without settings uses it.
 DEFAULT_MAX_LIFETIME = 86400
+#: The scope of an operator's token.
+OPERATOR_SCOPE = "operator"
+_SCOPE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}( [A-Za-z0-9_.:\-]{1,64}){0,15}$")
 
 
 class TokenError(Exception):
@@ -44,10 +53,19 @@ class Identity:
     expires_at: float
     issued_at: float = 0.0
     jti: str | None = None
+    scopes: frozenset[str] = frozenset()
+    """The token's ``scope`` claim, split on spaces."""
 
 
-def issue_token(user_id: str, secret: str, ttl: float = 3600, *, now: float | None = None) -> str:
-    """A token for ``user_id`` valid for ``ttl`` seconds: what an API layer hands a client."""
+def is_operator(identity: Identity | None) -> bool:
+    """Whether a verified token grants operator rights (the ``operator`` scope)."""
+    return identity is not None and OPERATOR_SCOPE in identity.scopes
+
+
+def issue_token(user_id: str, secret: str, ttl: float = 3600, *, now: float | None = None,
+                scopes: tuple[str, ...] = ()) -> str:
+    """A token for ``user_id`` valid for ``ttl`` seconds: what an API layer hands a client
+    (``scopes``: its ``scope`` claim, e.g. ``("operator",)``)."""
     if not isinstance(user_id, str) or not _ID.fullmatch(user_id):
         raise ValueError(f"user_id {user_id!r} does not match {ID_PATTERN}")
     if ttl <= 0:
@@ -55,6 +73,11 @@ def issue_token(user_id: str, secret: str, ttl: float = 3600, *, now: float | No
     issued = int(now if now is not None else time.time())
     claims = {"sub": user_id, "aud": AUDIENCE, "iat": issued, "exp": issued + int(ttl),
               "jti": uuid.uuid4().hex}
+    if scopes:
+        scope = " ".join(scopes)
+        if not _SCOPE.fullmatch(scope):
+            raise ValueError(f"invalid scopes {scopes!r}")
+        claims["scope"] = scope
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -95,5 +118,8 @@ def verify_token(token: object, secret: str, *,
     jti = claims.get("jti")
     if jti is not None and not (isinstance(jti, str) and 0 < len(jti) <= 128):
         raise TokenError("invalid token: bad jti")
+    scope = claims.get("scope")
+    if scope is not None and not (isinstance(scope, str) and _SCOPE.fullmatch(scope)):
+        raise TokenError("invalid token: bad scope")
     return Identity(user_id=user_id, expires_at=float(expires), issued_at=float(issued),
-                    jti=jti)
+                    jti=jti, scopes=frozenset(scope.split()) if scope else frozenset())
