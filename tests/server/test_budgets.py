@@ -251,6 +251,16 @@ def _operator_token(server) -> str:
 
 
 def test_operator_routes_and_cli(aiecs_redis, start_server):
+    # budgets are off until AIECS_BUDGETS is set: nothing to read, nothing to set
+    off = start_server(aiecs_redis.url)
+    status, view = off.http("GET", "/budget", token=off.token("u1"))
+    assert status == 200 and view["source"] == "off" and view["budgets"] == []
+    status, err = off.http("PUT", "/budgets/u1", {"budgets": []}, token=_operator_token(off))
+    assert status == 409 and "AIECS_BUDGETS" in err["error"]["message"], err
+    assert off.http("POST", "/tasks", chat(countdown=600), token=off.token("u1"))[0] == 202
+    assert not list(aiecs_redis.client().scan_iter(match="aiecs:budget:*"))
+    off.stop()
+
     server = start_server(aiecs_redis.url, env=budgets_env(
         [{"period": "month", "kind": "usd", "soft": 8, "hard": 10}]))
     user = uid()

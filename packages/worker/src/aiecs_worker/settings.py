@@ -230,21 +230,25 @@ class Settings(EnvSettings):
     shortest gap between two minutes of a ``cron`` schedule (less: 422)."""
 
     # --- budgets per user (see docs/budgets.md) ---------------------------------------------
-    aiecs_budgets: list[Budget] = Field(default_factory=list)
-    """AIECS_BUDGETS: every user's budgets unless an operator set theirs (``PUT
-    /budgets/{user}``): a JSON list of ``{"period": "day"|"month", "kind": "usd"|"tokens",
-    "soft": x, "hard": x}``, at most one per period and kind (unset: no budgets)."""
+    aiecs_budgets: list[Budget] | None = None
+    """AIECS_BUDGETS: turns budgets on (unset: off, no cost per submission), with every
+    user's budgets unless an operator set theirs (``PUT /budgets/{user}``): a JSON list of
+    ``{"period": "day"|"month", "kind": "usd"|"tokens", "soft": x, "hard": x}``, at most
+    one per period and kind; ``[]``: on, with no default budget. Set it alike in every
+    process that submits (server, beat, workers, scripts calling ``.delay()``)."""
 
     @field_validator("aiecs_budgets", mode="before")
     @classmethod
     def _budgets_json(cls, v: object) -> object:
         if isinstance(v, str):
-            v = json.loads(v) if v.strip() else []  # a JSON error is a ValueError
+            v = json.loads(v) if v.strip() else None  # a JSON error is a ValueError
         return v
 
     @field_validator("aiecs_budgets")
     @classmethod
-    def _budgets_unique(cls, v: list[Budget]) -> list[Budget]:
+    def _budgets_unique(cls, v: list[Budget] | None) -> list[Budget] | None:
+        if v is None:
+            return v
         seen = [(b.period, b.kind) for b in v]
         twice = sorted({f"{p}/{k}" for p, k in seen if seen.count((p, k)) > 1})
         if twice:

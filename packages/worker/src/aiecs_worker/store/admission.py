@@ -71,6 +71,9 @@ def check_request(request: TaskRequest, *, client: Any) -> OperationSpec:
     """:func:`check`, :func:`reserve` and :func:`admit_one`: the whole check of a single
     submission (BudgetExceededError / QuotaExceededError: nothing reserved or counted)."""
     spec = check(request)
+    if not budgets.enabled():
+        admit_one(request, client=client)
+        return spec
     state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
     held = reserve(request.user_id, [(state_key, spec, request.input_data)], client=client)
     try:
@@ -86,7 +89,10 @@ def check_request(request: TaskRequest, *, client: Any) -> OperationSpec:
 def reserve(user_id: str, executions: Sequence[tuple[str, OperationSpec, Any]], *,
             client: Any) -> budgets.Reserved:
     """Reserve what ``executions`` (``(state key, operation, input_data)``) may spend
-    against the user's budgets, all or none (BudgetExceededError: none)."""
+    against the user's budgets, all or none (BudgetExceededError: none). Nothing at all
+    while budgets are off."""
+    if not budgets.enabled():
+        return budgets.Reserved([], [])
     return budgets.reserve(client, user_id, [
         (key, budgets.estimate(spec, input_data)) for key, spec, input_data in executions])
 
@@ -108,6 +114,8 @@ def reserve_sent(request: TaskRequest, *, client: Any) -> None:
     BudgetExceededError. An operation this process does not know reserves nothing (the
     worker refuses it before any call); an unreachable Redis lets it through, as its
     PENDING record does (docs/budgets.md)."""
+    if not budgets.enabled():
+        return
     state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
     if getattr(_just_checked, "key", None) == state_key:
         _just_checked.key = None  # control.submit reserved it a moment ago

@@ -1,11 +1,12 @@
 """Budgets per user: money and tokens, per UTC day and month, enforced at admission with a
 reservation that the execution's terminal transition replaces by what it really used.
 
-**Definitions.** A user's budgets are :class:`aiecs_core.Budget` rows (period, kind, soft,
-hard): the operator's for that user (:func:`set_budgets`, the hash
-``aiecs:budget:{user}:limits``) or else everyone's default (``AIECS_BUDGETS``). A user
-without budgets costs one hash read per submission and nothing else: no reservation, no
-counter.
+**Definitions.** Budgets are on when ``AIECS_BUDGETS`` is set (:func:`enabled`; unset,
+nothing here runs and a submission costs nothing more). A user's budgets are
+:class:`aiecs_core.Budget` rows (period, kind, soft, hard): the operator's for that user
+(:func:`set_budgets`, the hash ``aiecs:budget:{user}:limits``) or else everyone's default
+(``AIECS_BUDGETS``). A user without budgets costs one hash read per submission and
+nothing else: no reservation, no counter.
 
 **Reservation** (:func:`reserve`, one Lua script, atomic per user, for one execution or all
 the items of a batch at once): each execution reserves its estimate, :func:`estimate`:
@@ -65,8 +66,8 @@ from .events import publish_sync, run_script
 from .keys import BUDGET_HOLD_SUFFIX, budget_counter_key, budget_limits_key
 from .settle import NANO
 
-__all__ = ["DEFAULT_MAX_OUTPUT", "Estimate", "Reserved", "budgets_of", "estimate",
-           "release", "reserve", "set_budgets", "status", "warn"]
+__all__ = ["DEFAULT_MAX_OUTPUT", "BudgetsOffError", "Estimate", "Reserved", "budgets_of",
+           "enabled", "estimate", "release", "reserve", "set_budgets", "status", "warn"]
 
 #: Output tokens reserved for a call that sets no ``max_output_tokens`` when
 #: AIECS_MAX_OUTPUT_TOKENS gives its provider no ceiling.
@@ -77,6 +78,15 @@ HOLD_TTL = 40 * 86400
 COUNTER_TTL = {"day": 3 * 86400, "month": 35 * 86400}
 #: (period, kind) of the four budget slots, in the scripts' order.
 SLOTS = (("day", "usd"), ("day", "tokens"), ("month", "usd"), ("month", "tokens"))
+
+
+class BudgetsOffError(ValueError):
+    """Budgets are off in this deployment (AIECS_BUDGETS unset): nothing to set."""
+
+
+def enabled() -> bool:
+    """Whether budgets are on (AIECS_BUDGETS is set, if only to ``[]``)."""
+    return get_settings().aiecs_budgets is not None
 
 
 @dataclass(frozen=True)
@@ -155,9 +165,11 @@ def _fields() -> list[str]:
 def budgets_of(client: Any, user_id: str) -> tuple[list[Budget], str]:
     """The user's budgets and where they come from (``"user"``: set by an operator, or
     ``"default"``: AIECS_BUDGETS)."""
+    if not enabled():
+        return [], "off"
     raw = client.hmget(budget_limits_key(user_id), "set", *_fields())
     if raw[0] is None:
-        return list(get_settings().aiecs_budgets), "default"
+        return list(get_settings().aiecs_budgets or []), "default"
     return _from_slots(raw[1:]), "user"
 
 
@@ -165,6 +177,9 @@ def set_budgets(client: Any, user_id: str, budgets: Sequence[Budget] | None) -> 
     """Set a user's budgets (an empty list: none at all), or with None go back to the
     default (AIECS_BUDGETS). Takes effect at the user's next submission; what is spent
     and reserved in the current periods stays counted."""
+    if not enabled():
+        raise BudgetsOffError("budgets are off in this deployment: set AIECS_BUDGETS "
+                              "(a JSON list, [] for no default budget) to turn them on")
     key = budget_limits_key(user_id)
     if budgets is None:
         client.delete(key)
@@ -316,6 +331,8 @@ def reserve(client: Any, user_id: str, items: Sequence[tuple[str, Estimate]],
     count it in ``aiecs_budget_refusals_total``) when a hard limit refuses them. An
     execution that holds a reservation already is not charged again."""
     s = get_settings()
+    if s.aiecs_budgets is None or not items:
+        return Reserved([], [])
     now = now or datetime.now(UTC)
     periods = _periods(now)
     keys = [budget_limits_key(user_id),
@@ -411,7 +428,8 @@ def warn(client: Any, user_id: str, task_id: str, step: int, task_name: str,
 def status(client: Any, user_id: str, *, now: datetime | None = None) -> dict[str, Any]:
     """The user's budgets with their current periods' spend: ``{"user_id", "source",
     "budgets": [{"period", "kind", "soft", "hard", "spent", "reserved", "remaining",
-    "resets_at"}]}`` (usd in dollars, tokens as integers)."""
+    "resets_at"}]}`` (usd in dollars, tokens as integers); ``source`` is ``user`` (set by
+    an operator), ``default`` (AIECS_BUDGETS) or ``off`` (budgets are off)."""
     now = now or datetime.now(UTC)
     periods = _periods(now)
     budgets, source = budgets_of(client, user_id)

@@ -1,6 +1,7 @@
 """``GET /budget`` (the caller's budgets and spend), ``GET /budgets/{user}`` and ``PUT
-/budgets/{user}`` (an operator's: a token with the ``operator`` scope, else 403). See
-docs/budgets.md and :mod:`aiecs_worker.store.budgets`.
+/budgets/{user}`` (an operator's: a token with the ``operator`` scope, else 403; 409
+while budgets are off, AIECS_BUDGETS unset). See docs/budgets.md and
+:mod:`aiecs_worker.store.budgets`.
 
 A budget row: ``{"period": "day"|"month", "kind": "usd"|"tokens", "soft": x|null,
 "hard": x|null, "spent": x, "reserved": x, "remaining": x|null, "resets_at": iso}``.
@@ -18,7 +19,7 @@ from starlette.routing import Route
 
 from ...store import budgets
 from ...store.records import state_redis
-from ..errors import BadRequest, InvalidRequest, run_checked
+from ..errors import BadRequest, Conflict, InvalidRequest, run_checked
 from ..params import authenticate, operator, owned_body, validate
 
 __all__ = ["ROUTES"]
@@ -64,6 +65,8 @@ async def set_user_budget(request: Request) -> Response:
     def work() -> dict:
         try:
             budgets.set_budgets(state_redis(), user_id, body.budgets)
+        except budgets.BudgetsOffError as exc:
+            raise Conflict(str(exc), type_="budgets_off") from None
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         return budgets.status(state_redis(), user_id)
