@@ -370,7 +370,8 @@ def reserve(client: Any, user_id: str, items: Sequence[tuple[str, Estimate]],
             resets_at=_iso(periods[period][1]))
     crossed = []
     rows = list(out[2:])
-    limits = {(b.period, b.kind): b for b in budgets_of(client, user_id)[0]} if rows else {}
+    limits: dict[tuple[str, str], Budget] = (
+        {(b.period, b.kind): b for b in budgets_of(client, user_id)[0]} if rows else {})
     for i in range(0, len(rows), 2):
         period, kind = SLOTS[int(rows[i]) - 1]
         soft = limits.get((period, kind))
