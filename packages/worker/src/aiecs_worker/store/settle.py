@@ -21,8 +21,8 @@ RECREATED_TTL = 3 * 86400
 #: Lua run by the terminal transition (:func:`aiecs_worker.store.state.finish_lua`):
 #: replace the execution's reservation by what it used (see
 #: :mod:`aiecs_worker.store.budgets`). Locals it uses: ``KEYS[1]`` (the state key),
-#: ``ARGV[4]`` (the usage JSON). Amounts go to Redis through ``%d`` (a Lua number past
-#: 1e14 would otherwise be written in exponent form, which HINCRBY refuses).
+#: ``ARGV[4]`` (the usage JSON). Amounts go to Redis formatted with ``%d``: always an
+#: integer's text, which HINCRBY requires, whatever their size.
 SETTLE_LUA = f"""
 local bh = redis.call('HMGET', KEYS[1] .. '{BUDGET_HOLD_SUFFIX}', 'usd', 'tok', 'day', 'month')
 if bh[3] then
