@@ -222,7 +222,11 @@ def test_settlement_warning_and_unpriced_models(aiecs_redis, start_server, start
         status, out = server.http("POST", "/tasks", chat(countdown=600), token=token)
         assert status == 202
         events = read_events(client, user, out["task_id"])
-        warned += [e for e in events if (e.get("message") or "").startswith("budget warning")]
+        warning = [e for e in events if (e.get("message") or "").startswith("budget warning")]
+        if warning:  # after the PENDING event, which opened the task's log
+            assert events[0]["status"] == "pending" and events[0]["type"] == "status"
+            assert warning[0]["seq"] > events[0]["seq"]
+        warned += warning
     assert len(warned) == 1, warned
     assert warned[0]["type"] == "progress" and "soft limit" in warned[0]["message"]
 

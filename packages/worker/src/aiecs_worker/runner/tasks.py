@@ -58,10 +58,12 @@ class AiecsTask(Task):
                 request = None  # invalid: the runner reports exactly what is wrong
         if request is not None:
             task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
-            admission.reserve_sent(request, client=state_redis())
+            held = admission.reserve_sent(request, client=state_redis())
             queue = options.get("queue") or queue_of_task(self.name)
             admitted = record_pending(request, task_id, queue=getattr(queue, "name", queue),
                                       task=self.name, eta=eta_timestamp(options))
+            admission.warn(state_redis(), held, request.user_id, request.task_id,
+                           request.step, request.task_name)
             if admitted == "held":  # kept in Redis; sent when it may run (aiecs_worker.store.hold)
                 return self.AsyncResult(task_id)
         return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)

@@ -69,7 +69,9 @@ def check(request: Any, *, validate: bool = True, max_bytes: int | None = None
 
 def check_request(request: TaskRequest, *, client: Any) -> OperationSpec:
     """:func:`check`, :func:`reserve` and :func:`admit_one`: the whole check of a single
-    submission (BudgetExceededError / QuotaExceededError: nothing reserved or counted)."""
+    submission (BudgetExceededError / QuotaExceededError: nothing reserved or counted).
+    The ``apply_async`` that sends it (:func:`reserve_sent`) publishes any budget
+    warning, once its PENDING record exists."""
     spec = check(request)
     if not budgets.enabled():
         admit_one(request, client=client)
@@ -81,8 +83,7 @@ def check_request(request: TaskRequest, *, client: Any) -> OperationSpec:
     except BaseException:
         unreserve(client, held)
         raise
-    _just_checked.key = state_key
-    warn(client, held, request.user_id, request.task_id, request.step, request.task_name)
+    _just_checked.key, _just_checked.held = state_key, held
     return spec
 
 
@@ -102,35 +103,38 @@ def unreserve(client: Any, held: budgets.Reserved) -> None:
     budgets.release(client, held)
 
 
-def warn(client: Any, held: budgets.Reserved, user_id: str, task_id: str, step: int,
+def warn(client: Any, held: budgets.Reserved | None, user_id: str, task_id: str, step: int,
          task_name: str) -> None:
-    """Tell the user the soft limits :func:`reserve` reached (one event on the task)."""
-    budgets.warn(client, user_id, task_id, step, task_name, held.crossed)
+    """Tell the user the soft limits :func:`reserve` reached (one event on the task).
+    Call it once the submission is recorded: the event joins the task's log after its
+    PENDING event (the first event of a log sets the log's lifetime)."""
+    if held is not None and held.crossed:
+        budgets.warn(client, user_id, task_id, step, task_name, held.crossed)
 
 
-def reserve_sent(request: TaskRequest, *, client: Any) -> None:
-    """The budget check of an execution sent without :func:`check_request`
-    (``execute_task.delay`` / ``apply_async``, a schedule's run): reserve, or raise
-    BudgetExceededError. An operation this process does not know reserves nothing (the
-    worker refuses it before any call); an unreachable Redis lets it through, as its
-    PENDING record does (docs/budgets.md)."""
+def reserve_sent(request: TaskRequest, *, client: Any) -> budgets.Reserved | None:
+    """The budget check of an execution as it is sent (``execute_task.delay`` /
+    ``apply_async``, a schedule's run, ``control.submit``): reserve, or raise
+    BudgetExceededError; what to :func:`warn` about once it is recorded. An execution
+    :func:`check_request` just reserved for is not reserved again; an operation this
+    process does not know reserves nothing (the worker refuses it before any call); an
+    unreachable Redis lets it through, as its PENDING record does (docs/budgets.md)."""
     if not budgets.enabled():
-        return
+        return None
     state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
     if getattr(_just_checked, "key", None) == state_key:
         _just_checked.key = None  # control.submit reserved it a moment ago
-        return
+        return _just_checked.held
     try:
         spec = operation(request)
     except AiecsError:
-        return
+        return None
     try:
-        held = reserve(request.user_id, [(state_key, spec, request.input_data)],
+        return reserve(request.user_id, [(state_key, spec, request.input_data)],
                        client=client)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("budget of %s not checked (Redis unreachable): %s", request.user_id, exc)
-        return
-    warn(client, held, request.user_id, request.task_id, request.step, request.task_name)
+        return None
 
 
 def admit_one(request: TaskRequest, *, client: Any) -> None:
