@@ -102,6 +102,13 @@ def test_settlement_rules(budgets_on):
     assert finish_sync(client, event, key, terminal_fields(
         TaskStatus.COMPLETED, 60, usage=[usage(9.0)]), "socketio", 100, 60) == 0
     assert spent(client) == final
+    # sending an execution that ended again reserves nothing (it will not run again)
+    from aiecs_worker.store import admission
+
+    req = request("t5")
+    admission.reserve("ann", [(key, admission.operation(req), req.input_data)],
+                      client=client)
+    assert spent(client) == final and not client.exists(key + ":budget")
 
 
 def test_a_quota_refusal_releases_the_reservation(budgets_on, submitter_env):

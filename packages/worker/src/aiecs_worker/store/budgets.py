@@ -55,7 +55,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiecs_core import Budget, BudgetExceededError, OperationSpec, TaskEvent, TaskStatus
+from aiecs_core import (
+    TERMINAL_STATUSES,
+    Budget,
+    BudgetExceededError,
+    OperationSpec,
+    TaskEvent,
+    TaskStatus,
+)
 from aiecs_core.llm.pricing import price_for
 from aiecs_core.llm.tokens import estimate_tokens
 
@@ -76,6 +83,7 @@ DEFAULT_MAX_OUTPUT = 131_072
 HOLD_TTL = 40 * 86400
 #: Seconds a period counter is kept after its last change, by period.
 COUNTER_TTL = {"day": 3 * 86400, "month": 35 * 86400}
+_TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
 #: (period, kind) of the four budget slots, in the scripts' order.
 SLOTS = (("day", "usd"), ("day", "tokens"), ("month", "usd"), ("month", "tokens"))
 
@@ -209,7 +217,9 @@ def _iso(when: datetime) -> str:
 
 
 # -- reservation -------------------------------------------------------------------------------
-# KEYS: limits, day counter, month counter, then one hold key per execution.
+# KEYS: limits, day counter, month counter, then one hold key per execution (an execution
+# that holds one already, or has ended, is skipped: a repeated submission of it runs
+# nothing new).
 # ARGV: the 8 default limits (soft, hard per slot; '' none), day ttl, month ttl, hold ttl,
 # then per execution: nano-dollars (-1: unpriced), tokens.
 # Returns {0} the user has no budgets (nothing done); {1, new, slot, committed, ...}
@@ -218,6 +228,8 @@ def _iso(when: datetime) -> str:
 # committed, requested, limit} refused by a hard limit; {3, index} unpriced under a money
 # budget.
 _RESERVE_LUA = """
+local terminal = """ + _TERMINAL + """
+local cut = -1 - string.len('""" + BUDGET_HOLD_SUFFIX + """')
 local fields = {'set'}
 for _, p in ipairs({'day', 'month'}) do
   for _, k in ipairs({'usd', 'tokens'}) do
@@ -238,7 +250,8 @@ local n = (#ARGV - 11) / 2
 local usd, tok = 0, 0
 local new = {}
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[3 + i]) == 0 then
+  local st = redis.call('HGET', string.sub(KEYS[3 + i], 1, cut), 'status')
+  if redis.call('EXISTS', KEYS[3 + i]) == 0 and not (st and terminal[st]) then
     local u, t = tonumber(ARGV[10 + 2 * i]), tonumber(ARGV[11 + 2 * i])
     if u < 0 then
       if money then return {3, i} end
