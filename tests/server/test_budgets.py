@@ -338,6 +338,11 @@ def test_batches_workflows_and_schedules_keep_to_the_budget(
     assert server.http("POST", "/batches", {"items": [item] * 2}, token=token)[0] == 402
     status, out = server.http("POST", "/batches", {"items": [item]}, token=token)
     assert status == 202, out
+    # and a workflow whose first step no longer fits is refused whole
+    status, err = server.http("POST", "/workflows", {"task_id": "late", "steps": [
+        {"step": 1, **item}, {"step": 2, **item, "depends_on": [1]}]}, token=token)
+    assert status == 402 and err["error"]["type"] == "BudgetExceededError", err
+    assert not state(client, user, "late") and not state(client, user, "late", 2)
     # the workflow's step 3 asks for far more when it is released: it ends FAILED, saying
     # why, and nothing of it is spent
     start_worker(env={**openai_env(fake), **env})
