@@ -123,3 +123,28 @@ def test_a_quota_refusal_releases_the_reservation(budgets_on, submitter_env):
         admission.check_request(request("q2"), client=client)
     assert spent(client)["usd_held"] == held  # q2's reservation undone
     assert not client.exists("aiecs:t:ann:q2:1:state:budget")
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ('[{"period": "week", "kind": "usd", "hard": 1}]', "'day' or 'month'"),
+    ('[{"period": "day", "kind": "usd"}]', "give a soft or a hard limit"),
+    ('[{"period": "day", "kind": "usd", "soft": 2, "hard": 1}]', "must not be above hard"),
+    ('[{"period": "day", "kind": "usd", "hard": 1}, {"period": "day", "kind": "usd", '
+     '"soft": 1}]', "day/usd twice"),
+    ("nope", "Expecting value"),
+])
+def test_a_bad_budgets_setting_stops_the_process_naming_it(value, problem):
+    from aiecs_core import ConfigurationError
+    from aiecs_worker.settings import Settings
+
+    with pytest.raises(ConfigurationError) as info:
+        Settings.load({"AIECS_BUDGETS": value})
+    assert info.value.env_var == "AIECS_BUDGETS" and problem in info.value.message
+
+
+def test_budgets_are_off_unless_set():
+    from aiecs_worker.settings import Settings
+
+    assert Settings.load({}).aiecs_budgets is None
+    assert Settings.load({"AIECS_BUDGETS": ""}).aiecs_budgets is None
+    assert Settings.load({"AIECS_BUDGETS": "[]"}).aiecs_budgets == []
