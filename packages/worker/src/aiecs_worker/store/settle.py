@@ -20,10 +20,11 @@ RECREATED_TTL = 3 * 86400
 
 #: Lua run by the terminal transition (:func:`aiecs_worker.store.state.finish_lua`):
 #: replace the execution's reservation by what it used (see
-#: :mod:`aiecs_worker.store.budgets`). Locals it uses: ``KEYS[1]`` (the state key),
-#: ``ARGV[4]`` (the usage JSON). Amounts go to Redis formatted with ``%d``: always an
-#: integer's text, which HINCRBY requires, whatever their size.
+#: :mod:`aiecs_worker.store.budgets`). It reads ``KEYS[1]`` (the state key) and
+#: ``ARGV[4]`` (the usage JSON); its own locals stay in a ``do`` block. Amounts go to
+#: Redis formatted with ``%d``: always an integer's text, which HINCRBY requires.
 SETTLE_LUA = f"""
+do
 local bh = redis.call('HMGET', KEYS[1] .. '{BUDGET_HOLD_SUFFIX}', 'usd', 'tok', 'day', 'month')
 if bh[3] then
   local rusd, rtok = tonumber(bh[1]), tonumber(bh[2])
@@ -50,5 +51,6 @@ if bh[3] then
     if redis.call('TTL', ck) < 0 then redis.call('EXPIRE', ck, {RECREATED_TTL}) end
   end
   redis.call('DEL', KEYS[1] .. '{BUDGET_HOLD_SUFFIX}')
+end
 end
 """
