@@ -2,11 +2,17 @@
 
 ``celery -A aiecs_worker worker`` finds ``aiecs_worker.app``. Settings come from the
 environment (:mod:`aiecs_worker.settings`); an invalid value stops the process at import
-with a message naming the variable.
+with a message naming the variable: under a command (``celery -A aiecs_worker ...``,
+``aiecs ...``) as one line on stderr and exit code 2, not a traceback; imported by a
+program, as a :class:`~aiecs_core.ConfigurationError`.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+from aiecs_core import ConfigurationError
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -85,4 +91,26 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery_app
 
 
-app = create_app()
+def run_as_command(argv: list[str] | None = None) -> bool:
+    """Whether this process is the ``celery`` or ``aiecs`` command (a script, or ``python -m
+    celery`` / ``python -m aiecs_worker.cli``), where a bad setting is a line for a person,
+    not a traceback. ``argv`` is the interpreter's own (``sys.orig_argv``): while ``-m``
+    imports its package, ``sys.argv[0]`` is only ``"-m"``."""
+    args = list(sys.orig_argv if argv is None else argv)[1:]
+    for i, arg in enumerate(args):
+        if arg == "-m":
+            return i + 1 < len(args) and args[i + 1] in ("celery", "aiecs_worker.cli")
+        if arg in ("-c", "-"):
+            return False
+        if not arg.startswith("-"):
+            return Path(arg).name in ("celery", "aiecs")
+    return False
+
+
+try:
+    app = create_app()
+except ConfigurationError as _exc:
+    if not run_as_command():
+        raise
+    print(f"aiecs: {_exc.message}", file=sys.stderr)
+    raise SystemExit(2) from None

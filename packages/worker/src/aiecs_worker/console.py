@@ -32,6 +32,12 @@ def main() -> None:
     if missing:
         print(f"aiecs: {HINT.format(missing=', '.join(missing))}", file=sys.stderr)
         raise SystemExit(2)
-    from .cli import main as cli  # click and the CLI, once the extra is known present
+    from aiecs_core import ConfigurationError
 
-    cli()
+    try:
+        from .cli import main as cli  # click and the CLI, once the extra is known present
+
+        cli()
+    except ConfigurationError as exc:  # one line naming the variable and the fix
+        print(f"aiecs: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None

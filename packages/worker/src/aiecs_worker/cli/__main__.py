@@ -1,5 +1,6 @@
-"""``python -m aiecs_worker.cli``: the ``aiecs`` command."""
+"""``python -m aiecs_worker.cli``: the ``aiecs`` command (its console entry point, so a bad
+setting is one line here too)."""
 
-from . import main
+from ..console import main
 
 main()
