@@ -10,6 +10,16 @@ says which one was chosen.
 
 The port is checked before anything starts: a port in use fails with one line.
 
+Python programs reach the stack with one line: the stack writes the environment its
+processes share (``CELERY_BROKER_URL``, ``REDIS_URL``, ``AIECS_TEST_SERVICES``) to a file
+of this user's (:func:`env_file`, mode 0600, removed when it stops), and ``aiecs dev
+--print-env`` prints it as ``export`` lines: ``eval "$(uv run aiecs dev --print-env)"``.
+
+Plugins installed or removed while the stack runs (``uv pip install ./my-plugin``) are
+noticed: the supervisor watches the directories of ``sys.path`` (its children's) and, when
+the ``aiecs`` entry points changed, says so and restarts the worker and the server, which
+load plugins as they start.
+
 The children run in their own sessions, so Ctrl-C reaches only this supervisor, which
 stops them in order (server, beat, worker, Redis), escalating to SIGKILL when one does not
 stop in time. On Linux they are also told to die with the supervisor, so not even a
@@ -22,8 +32,11 @@ import collections
 import contextlib
 import ctypes
 import errno
+import importlib
+import importlib.metadata
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -46,7 +59,13 @@ from ..server.tokens import issue_token
 from ..settings import REDIS_SCHEMES
 from .common import fail
 
-__all__ = ["DevStack", "DevStackError", "dev_command", "find_redis_server"]
+__all__ = ["DevStack", "DevStackError", "dev_command", "env_file", "find_redis_server",
+           "plugin_entry_points", "read_env_file"]
+
+#: The variables a Python program needs to use a running stack (``--print-env``).
+ENV_NAMES = ("CELERY_BROKER_URL", "REDIS_URL", "AIECS_TEST_SERVICES")
+#: Seconds between two looks at the environment's directories for plugin changes.
+PLUGIN_POLL = 1.0
 
 
 class DevStackError(Exception):
@@ -94,6 +113,51 @@ def find_redis_server(path: str | None = None) -> tuple[str, str]:
     )
 
 
+def env_file(port: int) -> Path:
+    """Where the stack serving on ``port`` writes its environment (this user's only)."""
+    return Path(tempfile.gettempdir()) / f"aiecs-dev-{os.getuid()}" / f"port-{port}.env"
+
+
+def read_env_file(port: int) -> dict[str, str]:
+    """The environment of the stack running on ``port``; DevStackError when none runs."""
+    path = env_file(port)
+    hint = (f"no aiecs dev stack runs on port {port} (start one with: uv run aiecs dev"
+            + ("" if port == 8000 else f" --port {port}") + ")")
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DevStackError(hint) from None
+    values = dict(line.split("=", 1) for line in lines if "=" in line
+                  and not line.startswith("#"))
+    pid = int(values.pop("AIECS_DEV_PID", "0") or 0)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError):
+        raise DevStackError(hint) from None
+    except PermissionError:  # alive, someone else's (cannot be: the directory is ours)
+        pass
+    return values
+
+
+def plugin_entry_points() -> frozenset[str]:
+    """The ``aiecs`` entry points installed now (``name = value``), read afresh."""
+    importlib.invalidate_caches()
+    return frozenset(f"{ep.name} = {ep.value}"
+                     for ep in importlib.metadata.entry_points(group="aiecs"))
+
+
+def _path_stamp() -> tuple[int | None, ...]:
+    """The modification times of ``sys.path``'s directories: an install or an uninstall
+    adds or removes a ``.dist-info`` directory in one of them."""
+    stamps: list[int | None] = []
+    for entry in sys.path:
+        try:
+            stamps.append(os.stat(entry or ".").st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
 def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -113,6 +177,8 @@ class _Child:
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=40))
     ready: threading.Event = field(default_factory=threading.Event)
     marker: bytes | None = None
+    cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +196,12 @@ class DevStack:
     #: stack only; the README's quickstart submits test/echo
     test_services: bool = True
     children: list[_Child] = field(default_factory=list)
+    #: the environment Python programs use to reach the stack (``--print-env``)
+    client_env: dict[str, str] = field(default_factory=dict)
     _dir: Path | None = None
+    _env_file: Path | None = None
+    _plugins: frozenset[str] = frozenset()
+    _stamp: tuple[int | None, ...] = ()
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     # -- start ------------------------------------------------------------------------------
@@ -181,9 +252,9 @@ class DevStack:
              str(self.port), "--dev"],
             env, marker=b"Application startup complete",
         )
+        self._stamp, self._plugins = _path_stamp(), plugin_entry_points()
         for child in (worker, beat, server):
-            threading.Thread(target=self._pump, args=(child,), daemon=True,
-                             name=f"aiecs-dev-{child.name}").start()
+            self._start_pump(child)
         deadline = time.monotonic() + timeout
         for child in (worker, beat, server):
             while not child.ready.wait(0.1):
@@ -194,7 +265,29 @@ class DevStack:
                                         + self._tail(child))
         self._wait_healthy(deadline)
         self.token = issue_token(self.user, secret, 12 * 3600)
+        self.client_env = {"CELERY_BROKER_URL": self.redis_url,
+                           "REDIS_URL": env.get("REDIS_URL") or self.redis_url}
+        if self.test_services:
+            self.client_env["AIECS_TEST_SERVICES"] = "1"
+        self._write_env_file()
         self.echo(self._banner(redis_note))
+
+    def _write_env_file(self) -> None:
+        path = env_file(self.port)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        if path.parent.stat().st_uid != os.getuid():
+            raise DevStackError(f"{path.parent} belongs to another user: remove it")
+        lines = [f"# aiecs dev on {self.url}: eval \"$(uv run aiecs dev --print-env)\"",
+                 f"AIECS_DEV_PID={os.getpid()}"]
+        lines += [f"{k}={v}" for k, v in self.client_env.items()]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self._env_file = path
+
+    def export_line(self) -> str:
+        """``export NAME=value ...`` of :attr:`client_env`, for a POSIX shell."""
+        return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.client_env.items())
 
     def _check_redis(self, url: str) -> None:
         import redis  # deferred (here and below): only a running dev stack needs it
@@ -263,9 +356,54 @@ class DevStack:
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )
-        child = _Child(name, proc, marker=marker)
+        child = _Child(name, proc, marker=marker, cmd=cmd, env=env)
         self.children.append(child)
         return child
+
+    def _start_pump(self, child: _Child) -> None:
+        threading.Thread(target=self._pump, args=(child,), daemon=True,
+                         name=f"aiecs-dev-{child.name}").start()
+
+    # -- plugins installed or removed while running -------------------------------------------
+    def check_plugins(self) -> bool:
+        """Restart the worker and the server when the installed ``aiecs`` entry points
+        changed since they started (they load plugins as they start); True if it did."""
+        stamp = _path_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        plugins = plugin_entry_points()
+        if plugins == self._plugins:
+            return False
+        added = sorted(p.split(" = ")[0] for p in plugins - self._plugins)
+        removed = sorted(p.split(" = ")[0] for p in self._plugins - plugins)
+        self._plugins = plugins
+        change = "; ".join(part for part in (
+            f"installed: {', '.join(added)}" if added else "",
+            f"removed: {', '.join(removed)}" if removed else "") if part)
+        self.echo(f"aiecs dev: plugins changed ({change}): restarting the worker and the "
+                  "server to load them")
+        for name in ("worker", "server"):
+            self._restart(name)
+        self.echo("aiecs dev: worker and server restarted; plugins: "
+                  + (", ".join(sorted(p.split(" = ")[0] for p in plugins)) or "none"))
+        return True
+
+    def _restart(self, name: str, timeout: float = 60.0) -> None:
+        old = next(c for c in self.children if c.name == name)
+        self._stop_child(old, 15 if name == "worker" else 10)
+        self.children.remove(old)
+        new = self._spawn(name, old.cmd, old.env, old.marker)
+        self._start_pump(new)
+        deadline = time.monotonic() + timeout
+        while not new.ready.wait(0.1):
+            if new.proc.poll() is not None:
+                raise DevStackError(self._died(new))
+            if time.monotonic() > deadline:
+                raise DevStackError(f"the {name} did not start again within {timeout:.0f} s"
+                                    + self._tail(new))
+        if name == "server":
+            self._wait_healthy(deadline)
 
     def _pump(self, child: _Child) -> None:
         """Copy a child's output to ours, prefixed with its name (as foreman does)."""
@@ -320,6 +458,10 @@ class DevStack:
             f"  user:   {self.user}",
             f"  token:  {self.token}",
             f"  redis:  {self.redis_url} ({redis_note})",
+            f"  python: {self.export_line()}",
+            "          (what Python programs need to reach this stack; in another shell: "
+            "eval \"$(uv run aiecs dev --print-env"
+            + ("" if self.port == 8000 else f" --port {self.port}") + ")\")",
         ]
         if self.test_services:
             lines += [
@@ -357,10 +499,14 @@ class DevStack:
                 if self._stopping.is_set():
                     return
                 raise
+            next_look = time.monotonic() + PLUGIN_POLL
             while not self._stopping.wait(0.2):
                 died = next((c for c in self.children if c.proc.poll() is not None), None)
                 if died is not None:
                     break
+                if time.monotonic() >= next_look:
+                    self.check_plugins()
+                    next_look = time.monotonic() + PLUGIN_POLL
         finally:
             self.echo("aiecs dev: stopping ...")
             self.stop()
@@ -384,6 +530,10 @@ class DevStack:
         for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
             self._stop_child(child, 15 if child.name == "worker" else 10)
         self.children.clear()
+        if self._env_file is not None:
+            with contextlib.suppress(OSError):
+                self._env_file.unlink()
+            self._env_file = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -423,9 +573,21 @@ class DevStack:
 @click.option("--test-services/--no-test-services", default=True, show_default=True,
               help="Serve the test services (test/echo, test/buggy) in this stack "
                    "(AIECS_TEST_SERVICES=1 for its processes only).")
-def dev_command(host: str, port: int, user: str, concurrency: int, test_services: bool) -> None:
+@click.option("--print-env", is_flag=True,
+              help="Print the export line Python programs need to reach the stack running "
+                   "on --port (CELERY_BROKER_URL, REDIS_URL, AIECS_TEST_SERVICES), for "
+                   'eval "$(uv run aiecs dev --print-env)"; start nothing.')
+def dev_command(host: str, port: int, user: str, concurrency: int, test_services: bool,
+                print_env: bool) -> None:
     """Start Redis (embedded if needed), a worker, beat and the server with the page; Ctrl-C
-    stops everything."""
+    stops everything. Plugins installed or removed meanwhile restart its worker and server."""
+    if print_env:
+        try:
+            values = read_env_file(port)
+        except DevStackError as exc:
+            fail(str(exc), 1)
+        click.echo("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in values.items()))
+        return
     stack = DevStack(host=host, port=port, user=user, concurrency=concurrency,
                      test_services=test_services)
     try:

@@ -1,0 +1,77 @@
+"""The README's Python blocks run verbatim against a real ``aiecs dev``, after the one
+documented line (``eval "$(uv run aiecs dev --print-env)"``), with the example plugin
+installed the README's way while the stack runs (it notices, and restarts its worker and
+server); removing the plugin is noticed too."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.server.test_dev import DevProcess, _env
+from tests.support.plugin_dists import install_projects
+from tests.support.redis_server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+BLOCKS = re.findall(r"^```python\n(.*?)^```$", README, flags=re.M | re.S)
+
+
+def _exports(text: str) -> dict[str, str]:
+    words = shlex.split(text.strip())
+    assert words[0] == "export", text
+    return dict(word.split("=", 1) for word in words[1:])
+
+
+def test_readme_python_blocks_run_against_aiecs_dev(tmp_path):
+    assert len(BLOCKS) == 3, "a new README Python block: check it runs here"
+    assert 'eval "$(uv run aiecs dev --print-env)"' in README
+    site = tmp_path / "site"  # where `uv pip install` puts the plugin (on the stack's path)
+    env = _env(PYTHONPATH=str(site))
+    port = free_port()
+    dev = DevProcess(env, port)
+    try:
+        shown = dev.wait_for(r"^\s+python:\s+(export .*)").group(1)
+        printed = subprocess.run(
+            [sys.executable, "-m", "aiecs_worker.cli", "dev", "--print-env", "--port",
+             str(port)], env=env, capture_output=True, text=True, timeout=60)
+        assert printed.returncode == 0, printed.stderr
+        exports = _exports(printed.stdout)
+        assert exports == _exports(shown)
+        assert set(exports) == {"CELERY_BROKER_URL", "REDIS_URL", "AIECS_TEST_SERVICES"}
+        assert exports["CELERY_BROKER_URL"].startswith("redis://127.0.0.1:")
+
+        # README: "add it with uv pip install ./examples/aiecs-example-spec" (dev running)
+        install_projects(site, [REPO / "examples" / "aiecs-example-spec"])
+        dev.wait_for(r"aiecs dev: plugins changed \(installed: spec_examples\): restarting "
+                     r"the worker and the server", timeout=60)
+        dev.wait_for(r"aiecs dev: worker and server restarted; plugins: .*spec_examples",
+                     timeout=90)
+
+        program = "\n".join(BLOCKS)  # in order, in one program, as a reader pastes them
+        ran = subprocess.run([sys.executable, "-c", program], env={**env, **exports},
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        lines = ran.stdout.splitlines()
+        assert lines[0] == "{'sentiment': 'neutral', 'words': 7, 'language': 'en'}", lines
+        assert "'total': 3" in lines[1], lines
+        assert lines[2] in ("running", "completed"), lines
+
+        for installed in site.iterdir():  # the README's uninstall, in effect
+            if installed.is_dir():
+                shutil.rmtree(installed)
+        dev.wait_for(r"aiecs dev: plugins changed \(removed: spec_examples\)", timeout=60)
+        dev.wait_for(r"aiecs dev: worker and server restarted", timeout=90)
+        assert dev.interrupt() == 0
+        gone = subprocess.run(
+            [sys.executable, "-m", "aiecs_worker.cli", "dev", "--print-env", "--port",
+             str(port)], env=env, capture_output=True, text=True, timeout=60)
+        assert gone.returncode == 1
+        assert gone.stderr.strip() == (f"error: no aiecs dev stack runs on port {port} "
+                                       f"(start one with: uv run aiecs dev --port {port})")
+    finally:
+        dev.kill()
