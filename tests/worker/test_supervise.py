@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,12 @@ def test_two_workers_one_command_restarted_and_stopped_together(aiecs_redis):
                    message="two workers ready")
         text = log.read_text()
         assert "aiecs1@" in text and "aiecs2@" in text
+        # `aiecs health --worker` finds them without being told their names
+        host = socket.gethostname()
+        health = subprocess.run([AIECS, "health", "--worker"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert health.returncode == 0, health.stdout + health.stderr
+        assert f"ok   node: ping answered by aiecs1@{host}, aiecs2@{host}" in health.stdout
         children = [int(p) for p in subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
         assert len(children) == 2

@@ -6,7 +6,10 @@
 - with ``--worker``, this host's worker:
   - **node**: each Celery node named by ``--node`` (``%h`` is this host's name, as in
     ``celery worker --hostname``) answers a control ``ping`` through the broker: its
-    consumer loop is alive (a stopped or wedged main process does not answer);
+    consumer loop is alive (a stopped or wedged main process does not answer). Without
+    ``--node``, every node of this host that answers a broadcast ping within a second
+    counts, whatever its name (``celery@%h``, the ``aiecs1@%h`` ... ``aiecsN@%h`` of
+    ``aiecs worker --processes N``, a ``--hostname`` of yours), and at least one must;
   - **loop**: every aiecs worker process of this host (the lease owners
     ``host:pid:token`` of ``aiecs:owners`` whose process exists here, see
     :mod:`aiecs_worker.store.lease`) renewed its lease within two renewal intervals
@@ -83,7 +86,31 @@ def node_names(patterns: list[str]) -> list[str]:
     return [p.replace("%h", host) for p in patterns]
 
 
+#: Seconds a broadcast ping collects replies when no --node is named (local nodes answer
+#: within milliseconds).
+DISCOVERY_WINDOW = 1.0
+
+
+def check_host_nodes(app, timeout: float) -> Check:
+    """At least one Celery node of this host answers a broadcast ping."""
+    def run() -> Check:
+        host = socket.gethostname()
+        window = min(timeout, DISCOVERY_WINDOW)
+        replies = app.control.ping(timeout=window)
+        answered = sorted(name for reply in replies or [] for name in reply
+                          if name.rpartition("@")[2] == host)
+        if not answered:
+            return Check("node", False, f"no Celery node of {host} answered a ping within "
+                                        f"{window:g}s (name one with --node to wait for it)")
+        return Check("node", True, "ping answered by " + ", ".join(answered))
+
+    return _guard("node", run)
+
+
 def check_nodes(app, nodes: list[str], timeout: float) -> Check:
+    if not nodes:
+        return check_host_nodes(app, timeout)
+
     def run() -> Check:
         replies = app.control.ping(destination=nodes, timeout=timeout, limit=len(nodes))
         answered = {name for reply in replies or [] for name in reply}
@@ -171,9 +198,11 @@ def check_all(*, worker: bool, nodes: list[str], server: str | None, timeout: fl
 @click.option("--worker", "worker_", is_flag=True,
               help="Also check this host's worker: its Celery node answers a ping and its "
                    "processes' event loops renew their leases.")
-@click.option("--node", "nodes", multiple=True, default=["celery@%h"], show_default=True,
+@click.option("--node", "nodes", multiple=True,
               help="Celery node name(s) of the worker (as given to --hostname; %h is this "
-                   "host's name). Repeatable.")
+                   "host's name), each of which must answer. Repeatable. Default: any node "
+                   "of this host (celery@%h, aiecs1@%h ... of aiecs worker --processes N), "
+                   "at least one.")
 @click.option("--server", "server_url", default=None, metavar="URL",
               help="Also check a progress server's /healthz.")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
