@@ -45,10 +45,21 @@ def test_submit_watch_completes(progress_server, aiecs_redis, worker):
     assert "submitted task" in out.stderr
     lines = out.stdout.splitlines()
     assert "status: running (step 1)" in lines
-    assert "".join(json.loads(line.split(": ", 1)[1].replace("'", '"'))
-                   for line in lines if line.startswith("stream: ")) == "streamed to the terminal"
-    assert "progress: 100% chunk 3/3" in lines
+    # the streamed text as text, on its own line (not one repr per chunk)
+    assert lines[lines.index("status: running (step 1)") + 1:][:2] == [
+        "streamed to the terminal", "status: completed (step 1)"], lines
+    assert not any(line.startswith("stream: ") for line in lines)
     assert lines[-1].startswith("COMPLETED task ") and lines[-1].endswith(" step 1")
+
+
+def test_watch_shows_when_a_scheduled_task_runs(progress_server, aiecs_redis, worker):
+    env = client_env(progress_server, uid())
+    out = aiecs("submit", "echo", "echo", "--mode", "test", "--input", '{"text": "later"}',
+                "--countdown", "1", "--watch", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    pending = [line for line in out.stdout.splitlines() if line.startswith("status: pending")]
+    assert pending and pending[0].startswith("status: pending (step 1): scheduled for 20"), \
+        out.stdout
 
 
 def test_submit_without_watch_prints_the_id_and_input_from_stdin(progress_server, aiecs_redis,

@@ -41,7 +41,9 @@ def run_watch(url: str, tok: str, task_id: str, step: int | None, after_seq: int
 
 class WatchView:
     """Renders events: on a terminal, a live panel (the streamed text's tail above a rich
-    progress bar); otherwise one plain line per event. The full text is printed at the end."""
+    progress bar), the full text printed at the end; otherwise plain lines (``status: ...``,
+    ``progress: ...``), the streamed text written as text as it arrives (progress lines stop
+    once text streams: the text is the progress), on lines of its own."""
 
     TAIL_LINES = 15
 
@@ -54,6 +56,7 @@ class WatchView:
         self.progress = None
         self.bar = None
         self.live = None
+        self._open_line = False  # streamed text written without its final newline yet
 
     def __enter__(self):
         if self.interactive:
@@ -93,35 +96,57 @@ class WatchView:
             # redelivered after a worker was lost: the output starts over
             self.text = ""
             self._line(f"restarted (step {step}): output starts over")
+        message = event.get("message") or ""
         if kind == "stream" and event.get("delta"):
             self.text += event["delta"]
             if not self.interactive:
-                self._line(f"stream: {event['delta']!r}")
+                self._write(event["delta"])
         elif kind == "progress":
             fraction = event.get("progress")
+            known = isinstance(fraction, int | float)
             if self.bar is not None:
-                self.progress.update(self.bar, completed=fraction or 0,
-                                     message=event.get("message") or "")
-            else:
-                pct = f"{fraction * 100:.0f}%" if isinstance(fraction, int | float) else "?"
-                self._line(f"progress: {pct} {event.get('message') or ''}".rstrip())
+                self.progress.update(self.bar, message=message,
+                                     **({"completed": fraction} if known else {}))
+            elif not self.text:  # once text streams, the text is the progress
+                # a retry has a message and no fraction: the words alone
+                pct = f"{fraction * 100:.0f}% " if known else ""
+                self._line(f"progress: {pct}{message}".rstrip())
         elif kind == "status":
             if self.bar is not None:
                 done = {"completed": 1.0}.get(status)
                 self.progress.update(self.bar, status=status, label=f"{self.task_id}/{step}",
+                                     message=message,
                                      **({"completed": done} if done is not None else {}))
             else:
-                self._line(f"status: {status} (step {step})")
+                # "scheduled for ..." on a PENDING countdown/eta execution (the plain
+                # "queued"/"started" say nothing more; a terminal one's reason is on the
+                # final line)
+                said = status in ("pending", "running") and message not in (
+                    "", "queued", "started")
+                self._line(f"status: {status} (step {step})" + (f": {message}" if said
+                                                                  else ""))
         if self.live is not None:
             self.live.update(self._render())
 
+    def _write(self, text: str) -> None:
+        """Streamed text, as it is (no newline added)."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+        self.console.file.flush()
+        self._open_line = not text.endswith("\n")
+
     def _line(self, text: str) -> None:
+        if self._open_line:  # the streamed text ends its line first
+            self.console.print()
+            self._open_line = False
         if self.interactive:
             self.console.print(text, markup=False, highlight=False)
         else:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def finish_quietly(self) -> None:
+        if self._open_line:
+            self.console.print()
+            self._open_line = False
         if self.live is not None:
             self.live.stop()
             self.live = None
@@ -130,6 +155,9 @@ class WatchView:
         if self.live is not None:
             self.live.stop()
             self.live = None
+        if self._open_line:
+            self.console.print()
+            self._open_line = False
         status = final.get("status", "")
         if self.interactive and self.text:
             self.console.print(self.text, markup=False, highlight=False, soft_wrap=True)
