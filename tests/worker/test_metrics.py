@@ -128,3 +128,19 @@ def test_metrics_listen_on_loopback_unless_configured(aiecs_redis, start_worker)
     if address and not address.startswith("127."):
         with pytest.raises(OSError):
             socket.create_connection((address, port), timeout=2).close()
+
+
+def test_the_metrics_url_is_printed_at_celerys_default_log_level(aiecs_redis):
+    """Issue 21: `AIECS_METRICS_PORT=0` picks a port, logged at INFO only, and Celery's
+    default level is WARNING: nothing said where the metrics were."""
+    from tests.support.processes import WorkerProcess
+
+    worker = WorkerProcess(redis_url=aiecs_redis.url, env=ENV, loglevel="WARNING",
+                           concurrency=1)
+    worker.spawn()
+    try:
+        url = metrics_url(worker.log)
+        assert "aiecs worker: metrics served on http://127.0.0.1:" in worker.log()
+        assert total(scrape(url), "celery_active_tasks") == 0
+    finally:
+        worker.close()

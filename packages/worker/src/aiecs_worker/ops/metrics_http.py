@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 from typing import Any
@@ -176,7 +177,15 @@ def _on_worker_setup(**_: Any) -> None:
         log.error("metrics not served: cannot listen on %s:%s (AIECS_METRICS_PORT): %s",
                   s.aiecs_metrics_host, s.aiecs_metrics_port, exc)
         return
-    log.info("metrics served on http://%s:%d/metrics", s.aiecs_metrics_host, port)
+    where = f"metrics served on http://{s.aiecs_metrics_host}:{port}/metrics"
+    if log.isEnabledFor(logging.INFO):
+        log.info(where)
+    else:  # Celery's default level (WARNING) hides INFO: where metrics are is never hidden
+        # (AIECS_METRICS_PORT=0 picks the port), so it is printed as Celery's banner is
+        from .logs import json_line, json_mode
+
+        print(json_line(where, log.name) if json_mode() else f"aiecs worker: {where}",
+              file=sys.stderr, flush=True)
 
 
 @signals.worker_process_shutdown.connect
