@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.server.test_dev import DevProcess, _env
@@ -44,6 +45,18 @@ def test_readme_python_blocks_run_against_aiecs_dev(tmp_path):
         assert exports == _exports(shown)
         assert set(exports) == {"CELERY_BROKER_URL", "REDIS_URL", "AIECS_TEST_SERVICES"}
         assert exports["CELERY_BROKER_URL"].startswith("redis://127.0.0.1:")
+        # the page's hint "or: aiecs token USER_ID" works against the dev stack too,
+        # though no shell has its secret
+        url = dev.wait_for(r"page:\s+(\S+)").group(1).rstrip("/")
+        token = subprocess.run(
+            [sys.executable, "-m", "aiecs_worker.cli", "token", "tester", "--server", url],
+            env=env, capture_output=True, text=True, timeout=60)
+        assert token.returncode == 0, token.stderr
+        assert f"a development token from {url}" in token.stderr
+        req = urllib.request.Request(url + "/schedules", headers={
+            "Authorization": f"Bearer {token.stdout.strip()}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
 
         # README: "add it with uv pip install ./examples/aiecs-example-spec" (dev running)
         install_projects(site, [REPO / "examples" / "aiecs-example-spec"])

@@ -7,7 +7,8 @@ from aiecs_core import ConfigurationError
 
 from ..server.tokens import OPERATOR_SCOPE, issue_token
 from ..settings import get_settings
-from .common import env_has_secret, fail, server_settings
+from .client import ApiClientError, call
+from .common import env_has_secret, fail, server_settings, server_url
 
 __all__ = ["token"]
 
@@ -62,6 +63,18 @@ def token_revoke(jti: str | None, user_id: str | None, before: float | None) -> 
         client.close()
 
 
+def _from_dev_server(url: str, user_id: str) -> str | None:
+    """A token for ``user_id`` from the development server at ``url`` (``aiecs dev``
+    signs with a secret of its own, which no shell has); None when there is none."""
+    try:
+        config = call(url, "", "GET", "/config")
+        if not (isinstance(config, dict) and config.get("dev") is True):
+            return None
+        return call(url, "", "POST", "/dev/token", {"user_id": user_id})["token"]
+    except (ApiClientError, KeyError, TypeError):
+        return None
+
+
 @token.command("issue")
 @click.argument("user_id")
 @click.option("--ttl", type=int, default=None,
@@ -70,12 +83,25 @@ def token_revoke(jti: str | None, user_id: str | None, before: float | None) -> 
 @click.option("--operator", is_flag=True,
               help="An operator's token (scope \"operator\"): may set other users' "
                    "budgets and read their data.")
-def token_issue(user_id: str, ttl: int | None, operator: bool) -> None:
-    """Print a connection token for USER_ID, signed with AIECS_SECRET_KEY."""
+@click.option("--server", "server_url_", default=None, metavar="URL",
+              help="Without AIECS_SECRET_KEY: the development server to ask for the token "
+                   "(default AIECS_SERVER_URL or http://AIECS_HOST:AIECS_PORT).")
+def token_issue(user_id: str, ttl: int | None, operator: bool,
+                server_url_: str | None) -> None:
+    """Print a connection token for USER_ID, signed with AIECS_SECRET_KEY (without it, a
+    user's token from a running development server, `aiecs dev`)."""
     settings = server_settings()
-    if settings.aiecs_dev and not env_has_secret():
-        fail("AIECS_SECRET_KEY is not set (a token signed with a throwaway dev secret "
-             "would be refused by the server)", 2)
+    if not env_has_secret() and not operator:  # a dev server hands out users' tokens only
+        url = server_url(server_url_)
+        dev = _from_dev_server(url, user_id)
+        if dev is not None:
+            click.echo(f"a development token from {url} (its lifetime is the server's)",
+                       err=True)
+            click.echo(dev)
+            return
+        fail("AIECS_SECRET_KEY is not set; fix: set it to the progress server's secret (a "
+             "token is signed with it), or run aiecs dev, which hands tokens out (no "
+             f"development server answers at {url}; --server URL)", 2)
     if ttl is not None and ttl > settings.aiecs_token_max_lifetime:
         fail(f"--ttl {ttl} is longer than AIECS_TOKEN_MAX_LIFETIME "
              f"({settings.aiecs_token_max_lifetime}); the server would refuse the token", 2)
