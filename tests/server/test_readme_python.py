@@ -45,9 +45,13 @@ def test_readme_python_blocks_run_against_aiecs_dev(tmp_path):
         assert exports == _exports(shown)
         assert set(exports) == {"CELERY_BROKER_URL", "REDIS_URL", "AIECS_TEST_SERVICES"}
         assert exports["CELERY_BROKER_URL"].startswith("redis://127.0.0.1:")
-        # the page's hint "or: aiecs token USER_ID" works against the dev stack too,
-        # though no shell has its secret
+        # the page's hint "aiecs token USER_ID" works against the dev stack too, though no
+        # shell has its secret
         url = dev.wait_for(r"page:\s+(\S+)").group(1).rstrip("/")
+        with urllib.request.urlopen(url + "/", timeout=10) as resp:
+            page = resp.read().decode()
+        assert "aiecs token USER_ID (with the server's AIECS_SECRET_KEY; no key needed " \
+               "against aiecs dev)" in page.replace("&#39;", "'")
         token = subprocess.run(
             [sys.executable, "-m", "aiecs_worker.cli", "token", "tester", "--server", url],
             env=env, capture_output=True, text=True, timeout=60)
