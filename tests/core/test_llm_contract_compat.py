@@ -60,3 +60,20 @@ def test_estimated_usage_says_so_and_is_never_priced(monkeypatch):
     assert total.estimated and total.cost == 0.002  # partly estimated: only the known cost
     assert not (reported + reported).estimated
     assert Usage(provider="p", model="m").estimated is False
+
+
+def test_tools_in_the_openai_form_are_the_short_form():
+    nested = {"type": "function", "function": {**TOOL, "description": "Weather", "strict": True}}
+    data = ChatInput.model_validate({"model": "m", "messages": USER, "tools": [nested, TOOL]})
+    assert data.tools[0].model_dump() == {**TOOL, "description": "Weather", "strict": True}
+    assert data.tools[1].name == "get_weather" and data.tools[1].strict is None
+
+
+@pytest.mark.parametrize(("tool", "words"), [
+    ({"type": "code_interpreter", "function": TOOL}, "only 'function' tools"),
+    ({"type": "function", "function": TOOL, "extra": 1}, "not 'extra'"),
+    ({"type": "function", "function": "get_weather"}, "'function' must be an object"),
+])
+def test_a_bad_openai_form_tool_says_why(tool, words):
+    with pytest.raises(ValidationError, match=words):
+        ChatInput.model_validate({"model": "m", "messages": USER, "tools": [tool]})

@@ -30,6 +30,8 @@ TOOLS = [
      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
     {"name": "get_time"},
 ]
+#: the same tools in OpenAI's form, as users paste them
+OPENAI_FORM_TOOLS = [{"type": "function", "function": tool} for tool in TOOLS]
 
 
 def submit(service: str, input_data: dict, *, queue: str | None = None) -> str:
@@ -123,7 +125,8 @@ def test_named_tool_choice_then_tool_results_round_trip(aiecs_redis, everything,
     fake = everything[service]
     model = "gemini-3-pro" if service == "vertex" else "m"
     choice = {"type": "function", "function": {"name": "get_weather"}}
-    first = run_chat(aiecs_redis, service, {"model": model, "messages": USER, "tools": TOOLS,
+    first = run_chat(aiecs_redis, service, {"model": model, "messages": USER,
+                                            "tools": OPENAI_FORM_TOOLS,
                                             "tool_choice": choice, "stream": True})
     assert first["status"] == "completed", first
     (call,) = first["result"]["tool_calls"]
@@ -146,6 +149,12 @@ def test_named_tool_choice_then_tool_results_round_trip(aiecs_redis, everything,
                                              "tools": TOOLS})
     assert second["status"] == "completed", second  # the fakes refuse a malformed turn
     assert second["result"]["text"] == 'tool results: {"temp": 21}'
+    # OpenAI's form (first call) and the short one (second) reach the wire alike
+    if service == "vertex":
+        bodies = [r.body for r in fake.api_requests()]
+        assert bodies[0]["tools"] == bodies[-1]["tools"]
+    else:
+        assert fake.requests[0].body["tools"] == fake.requests[-1].body["tools"]
     if service == "vertex":
         # Without the signature the fake refuses the turn, as Gemini 3 does.
         stripped = [{k: v for k, v in c.items() if k != "signature"}

@@ -397,6 +397,7 @@ class OpenAICompatService(Service):
                         "name": tool.name,
                         "description": tool.description,
                         "parameters": tool.parameters,
+                        **({} if tool.strict is None else {"strict": tool.strict}),
                     },
                 }
                 for tool in data.tools

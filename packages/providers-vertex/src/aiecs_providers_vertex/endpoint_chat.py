@@ -56,7 +56,8 @@ def chat_body(data: ChatInput) -> dict[str, Any]:
             "strict": data.response_format.strict}}
     if data.tools:
         body["tools"] = [{"type": "function", "function": {
-            "name": t.name, "description": t.description, "parameters": t.parameters}}
+            "name": t.name, "description": t.description, "parameters": t.parameters,
+            **({} if t.strict is None else {"strict": t.strict})}}
             for t in data.tools]
     if isinstance(data.tool_choice, BaseModel):
         body["tool_choice"] = data.tool_choice.model_dump()

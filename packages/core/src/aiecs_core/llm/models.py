@@ -85,7 +85,9 @@ class ChatMessage(BaseModel):
 
 
 class ToolDefinition(BaseModel):
-    """A function the model may call."""
+    """A function the model may call: ``{"name", "description", "parameters"}``, or the
+    same in the OpenAI API's form, as users paste it: ``{"type": "function", "function":
+    {"name", "description", "parameters", "strict"}}`` (the same for every provider)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -93,6 +95,26 @@ class ToolDefinition(BaseModel):
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     """JSON Schema of the arguments object."""
+    strict: bool | None = None
+    """OpenAI-wire providers: ask the server to make the arguments match ``parameters``
+    exactly (sent when set); Gemini has no such switch and ignores it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_form(cls, value: Any) -> Any:
+        if not (isinstance(value, dict) and "function" in value):
+            return value
+        extra = sorted(set(value) - {"type", "function"})
+        if extra:
+            raise ValueError(f"a tool in the OpenAI form has only 'type' and 'function', not "
+                             f"{', '.join(map(repr, extra))}")
+        if value.get("type", "function") != "function":
+            raise ValueError(f"tool type {value.get('type')!r} is not supported: only "
+                             "'function' tools")
+        if not isinstance(value["function"], dict):
+            raise ValueError("'function' must be an object: {\"name\", \"description\", "
+                             "\"parameters\"}")
+        return value["function"]
 
 
 class ResponseFormat(BaseModel):
