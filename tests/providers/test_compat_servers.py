@@ -222,6 +222,29 @@ def test_a_connection_error_names_host_and_port_only(aiecs_redis, start_worker):
     assert "KEYKEYKEY" not in text and "QUERYSECRET" not in text
 
 
+def test_a_wrong_base_url_names_provider_host_path_and_model(aiecs_redis, start_worker):
+    """Issue 21: a reachable server answering 404 (the base URL without its /v1) said only
+    'openai: HTTP 404: Not Found'."""
+    with FakeOpenAI() as server:
+        wrong = server.base_url.rsplit("/v1", 1)[0]  # what a user forgets
+        start_worker(env={"OPENAI_API_KEY": server.api_key, "OPENAI_BASE_URL": wrong,
+                          "XAI_API_KEY": server.api_key, "XAI_BASE_URL": wrong})
+        host = wrong.split("://", 1)[1].rstrip("/")
+        for service in ("openai", "xai"):
+            for stream in (False, True):
+                terminal = run_chat(aiecs_redis, service, {
+                    "model": "gpt-typo", "messages": USER, "stream": stream})
+                assert terminal["status"] == "failed", terminal
+                error = terminal["error"]
+                assert error["type"] == "ModelNotFoundError"
+                message = error["message"]
+                assert message.startswith(f"{service}: HTTP 404: "), message
+                assert (f"(at POST {host}/chat/completions, model 'gpt-typo': a wrong base "
+                        "URL, or a model this server does not have)") in message, message
+                assert error["details"]["model"] == "gpt-typo"
+                assert error["details"]["endpoint"] == host
+
+
 def test_a_5xx_saying_the_request_is_invalid_is_tried_once(aiecs_redis, start_worker):
     with FakeOpenAI() as server:
         start_worker(env={"OPENAI_API_KEY": server.api_key, "OPENAI_BASE_URL": server.base_url,

@@ -11,8 +11,9 @@ retried) when the error body says the request is invalid, decided in this order:
    fixed list, matched case-insensitively) for servers that put nothing structured in
    the body.
 
-Connection errors and timeouts name the server's host and port (never the path, query
-string, user info or key).
+Every error names the provider, the server's host and port and the model asked for; a 404
+names the request's method and path too (a wrong base URL answers 404 as an unknown model
+does). Never the query string, user info or key.
 """
 
 from __future__ import annotations
@@ -94,6 +95,23 @@ def _request_endpoint(exc: Any) -> str | None:
         return None
 
 
+def _request_line(exc: Any) -> str | None:
+    """``METHOD host:port/path`` of the request behind ``exc`` (no query string)."""
+    try:
+        request = exc.request
+        where = endpoint(request)
+        path = getattr(request.url, "path", "") or ""
+    except (AttributeError, RuntimeError):
+        return None
+    return None if where is None else f"{request.method} {where}{path}"
+
+
+def _about(where: str | None, model: str | None, hint: str = "") -> str:
+    """`` (at HOST, model 'M'[: hint])``: what a reader needs to find the wrong setting."""
+    parts = ([f"at {where}"] if where else []) + ([f"model {model!r}"] if model else [])
+    return f" ({', '.join(parts)}{hint})" if parts else ""
+
+
 def _aiohttp_connection_error(exc: BaseException) -> BaseException | None:
     """The aiohttp connection error (refused, reset, disconnected: not a timeout) behind
     an SDK error, or None.
@@ -117,9 +135,12 @@ def _aiohttp_connection_error(exc: BaseException) -> BaseException | None:
 
 
 def convert_error(
-    exc: BaseException, *, provider: str, secrets: Iterable[str | None] = ()
+    exc: BaseException, *, provider: str, secrets: Iterable[str | None] = (),
+    model: str | None = None,
 ) -> AiecsError | None:
     """The aiecs error for an exception raised by the openai SDK, or None if it is not one.
+    Its message names ``provider``, the server (host and port; method and path too for a
+    404) and ``model``, the model the call asked for.
 
     Decided by type and status code only: the server's message and request id are
     carried along but never inspected. ``secrets`` (the API key) are registered for
@@ -134,45 +155,59 @@ def convert_error(
     if isinstance(exc, openai.APIConnectionError):  # APITimeoutError included
         where = _request_endpoint(exc)
         to = f" to {where}" if where else ""
+        of = f" (model {model!r})" if model else ""
         refused = _aiohttp_connection_error(exc)
         if refused is not None:
             return ProviderConnectionError(
-                f"{provider}: connection{to} failed ({type(refused).__name__})",
-                provider=provider, endpoint=where,
+                f"{provider}: connection{to} failed ({type(refused).__name__}){of}",
+                provider=provider, endpoint=where, model=model,
             )
         if isinstance(exc, openai.APITimeoutError):
             return ProviderTimeoutError(
-                f"{provider}: request{to} timed out", provider=provider, endpoint=where
+                f"{provider}: request{to} timed out{of}", provider=provider, endpoint=where,
+                model=model,
             )
         cause = exc.__cause__ or exc.__context__
         why = f" ({type(cause).__name__})" if cause is not None else ""
         return ProviderConnectionError(
-            f"{provider}: connection{to} failed{why}", provider=provider, endpoint=where
+            f"{provider}: connection{to} failed{why}{of}", provider=provider,
+            endpoint=where, model=model,
         )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         message = _body_message(exc.body) or exc.response.reason_phrase or "error"
+        where = _request_endpoint(exc.response)
+        if status == 404:
+            about = _about(_request_line(exc.response), model,
+                           ": a wrong base URL, or a model this server does not have")
+        else:
+            about = _about(where, model)
         reason = invalid_reason(status, exc.body)
         if reason is not None:
             return InvalidRequestError(
                 f"{provider}: HTTP {status}: {message} (not retried: the server says the "
-                f"request is invalid, {reason})",
+                f"request is invalid, {reason}){about}",
                 provider=provider,
                 status_code=status,
                 request_id=exc.request_id,
+                endpoint=where,
+                model=model,
             )
         return error_for_status(
             status,
-            f"{provider}: HTTP {status}: {message}",
+            f"{provider}: HTTP {status}: {message}{about}",
             provider=provider,
             retry_after=parse_retry_after(exc.response.headers),
             request_id=exc.request_id,
+            endpoint=where,
+            model=model,
         )
     if isinstance(exc, openai.APIError):
         # An error event inside a 200 stream: the provider failed mid-response.
         message = _body_message(exc.body) or exc.message
+        where = _request_endpoint(exc)
         return ProviderServerError(
-            f"{provider}: error during the response: {message}",
-            provider=provider,
+            f"{provider}: error during the response: {message}{_about(where, model)}",
+            provider=provider, endpoint=where, model=model,
         )
     return None

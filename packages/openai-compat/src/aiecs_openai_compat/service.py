@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -275,8 +276,9 @@ class OpenAICompatService(Service):
     def _request_timeout(self, ctx: OperationContext) -> float:
         return request_timeout(self._timeout, ctx.time_remaining(), DEADLINE_GRACE)
 
-    def _error(self, exc: BaseException) -> AiecsError | None:
-        return convert_error(exc, provider=self.provider, secrets=[self._api_key])
+    def _error(self, exc: BaseException, model: str | None = None) -> AiecsError | None:
+        return convert_error(exc, provider=self.provider, secrets=[self._api_key],
+                             model=model)
 
     # -- rate limits ---------------------------------------------------------------------
     def rate_limit_key(self, operation: str, data: BaseModel) -> RateLimitKey | None:
@@ -436,7 +438,7 @@ class OpenAICompatService(Service):
                 data,
                 self._stream_deltas(ctx, client, params),
                 provider=self.provider,
-                convert_error=self._error,
+                convert_error=functools.partial(self._error, model=data.model),
                 usage=lambda model, usage: self._usage(data, model, usage),
                 finish_reason=_finish_reason,
             )
@@ -446,7 +448,7 @@ class OpenAICompatService(Service):
             ctx.record_usage(estimated_chat_usage(self.provider, data, ""))
             raise
         except Exception as exc:
-            raise_converted(exc, self._error(exc))
+            raise_converted(exc, self._error(exc, data.model))
         if not response.choices:
             raise ProviderServerError(
                 f"{self.provider}: the response has no choices", provider=self.provider
@@ -526,4 +528,5 @@ class OpenAICompatService(Service):
 
         batches = list(embed_batches(data.texts, self.embed_batch_size, self.embed_batch_tokens))
         return await embed_batched(ctx, data, batches, call, provider=self.provider,
-                                   convert_error=self._error)
+                                   convert_error=functools.partial(self._error,
+                                                                   model=data.model))
