@@ -20,7 +20,7 @@ import pytest
 from aiecs_worker import execute_task
 
 from tests.support.events import wait_terminal
-from tests.support.fake_openai import Error, FakeOpenAI, Generate, Text
+from tests.support.fake_openai import Error, FakeOpenAI, Generate, Hang, Text
 from tests.support.fake_vertex import FakeVertex
 from tests.support.redis_server import free_port
 
@@ -243,6 +243,32 @@ def test_a_wrong_base_url_names_provider_host_path_and_model(aiecs_redis, start_
                         "URL, or a model this server does not have)") in message, message
                 assert error["details"]["model"] == "gpt-typo"
                 assert error["details"]["endpoint"] == host
+
+
+def test_a_server_that_never_answers_is_reported_while_waiting(aiecs_redis, start_worker):
+    """Issue 21: a base URL that accepts connections and never answers gave no feedback for
+    OPENAI_TIMEOUT (120 s). Now every AIECS_WAIT_NOTICE seconds a progress event names the
+    provider, the host and the model, and the timeout error does too."""
+    with FakeOpenAI() as server:
+        start_worker(env={"OPENAI_API_KEY": server.api_key, "OPENAI_BASE_URL": server.base_url,
+                          "OPENAI_TIMEOUT": "2", "AIECS_WAIT_NOTICE": "0.5",
+                          "AIECS_MAX_ATTEMPTS": "1"})
+        host = server.base_url.split("://", 1)[1].split("/", 1)[0]
+        for stream in (False, True):
+            server.script(Hang())
+            task_id = submit("openai", {"model": "m-slow", "messages": USER, "stream": stream})
+            terminal, events = wait_terminal(aiecs_redis.client(), "alice", task_id)
+            assert terminal["status"] == "failed", terminal
+            assert terminal["error"]["type"] == "ProviderTimeoutError"
+            assert terminal["error"]["message"] == (
+                f"openai: request to {host} timed out (model 'm-slow')")
+            notices = [e["message"] for e in events if e["type"] == "progress"]
+            assert notices[0] == (f"openai: waiting for {host} (model 'm-slow'): no answer "
+                                  "yet after 0.5 s (the request gives up after 2 s)"), notices
+            assert 2 <= len(notices) <= 5, notices  # every 0.5 s until the 2 s timeout
+            running = next(e["timestamp"] for e in events if e["status"] == "running")
+            first = next(e["timestamp"] for e in events if e["type"] == "progress")
+            assert first - running < 1.5  # well before the request's own timeout
 
 
 def test_a_5xx_saying_the_request_is_invalid_is_tried_once(aiecs_redis, start_worker):

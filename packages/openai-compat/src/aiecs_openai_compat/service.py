@@ -30,6 +30,7 @@ import functools
 import os
 import threading
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiecs_core import (
@@ -53,6 +54,7 @@ from aiecs_core.llm import (
     EmbedResult,
     ToolCall,
     ToolCallDelta,
+    WaitNotice,
     chat_result,
     check_model_id,
     embed_batched,
@@ -68,7 +70,7 @@ from aiecs_core.llm import (
 )
 from pydantic import BaseModel
 
-from .errors import convert_error
+from .errors import convert_error, endpoint
 from .http import http_client
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -276,6 +278,13 @@ class OpenAICompatService(Service):
     def _request_timeout(self, ctx: OperationContext) -> float:
         return request_timeout(self._timeout, ctx.time_remaining(), DEADLINE_GRACE)
 
+    def _wait_notice(self, ctx: OperationContext, client: AsyncOpenAI, model: str,
+                     timeout: float) -> WaitNotice:
+        """Tells the user while the server has sent nothing yet (see WaitNotice)."""
+        where = endpoint(SimpleNamespace(url=client.base_url)) or "the server"
+        return WaitNotice(ctx, f"{self.provider}: waiting for {where} (model {model!r})",
+                          timeout).start()
+
     def _error(self, exc: BaseException, model: str | None = None) -> AiecsError | None:
         return convert_error(exc, provider=self.provider, secrets=[self._api_key],
                              model=model)
@@ -442,13 +451,17 @@ class OpenAICompatService(Service):
                 usage=lambda model, usage: self._usage(data, model, usage),
                 finish_reason=_finish_reason,
             )
+        timeout = self._request_timeout(ctx)
+        notice = self._wait_notice(ctx, client, data.model, timeout)
         try:
-            response = await self._create(client, params, timeout=self._request_timeout(ctx))
+            response = await self._create(client, params, timeout=timeout)
         except asyncio.CancelledError:
             ctx.record_usage(estimated_chat_usage(self.provider, data, ""))
             raise
         except Exception as exc:
             raise_converted(exc, self._error(exc, data.model))
+        finally:
+            notice.stop()
         if not response.choices:
             raise ProviderServerError(
                 f"{self.provider}: the response has no choices", provider=self.provider
@@ -478,11 +491,17 @@ class OpenAICompatService(Service):
     ) -> AsyncIterator[ChatDelta]:
         """The streamed reply's chunks, for :func:`aiecs_core.llm.stream_chat` (which owns
         the rest: stream events, usage, cancellation, cut streams). Closes the stream."""
-        stream = await self._create(
-            client, params, stream=True, timeout=self._request_timeout(ctx)
-        )
+        timeout = self._request_timeout(ctx)
+        notice = self._wait_notice(ctx, client, params["model"], timeout)
+        try:
+            stream = await self._create(client, params, stream=True, timeout=timeout)
+        except BaseException:
+            notice.stop()
+            raise
         try:
             async for chunk in stream:
+                notice.stop()  # the first byte came
+
                 choice = chunk.choices[0] if chunk.choices else None
                 if choice is None:
                     yield ChatDelta(model=chunk.model, usage=chunk.usage)
@@ -499,6 +518,7 @@ class OpenAICompatService(Service):
                     finish=choice.finish_reason or None,
                 )
         finally:
+            notice.stop()
             await stream.close()
 
     # -- embeddings ------------------------------------------------------------------------

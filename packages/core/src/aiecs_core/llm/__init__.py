@@ -21,7 +21,8 @@ One concept per module, all re-exported here (import from ``aiecs_core.llm``):
 - :mod:`.models`: the chat and embedding inputs and results;
 - :mod:`.modelid`: the one rule for model ids (never resource paths);
 - :mod:`.status`: HTTP status -> error class, ``Retry-After``, raising converted errors;
-- :mod:`.timeouts`: per-request timeouts under the task's deadline;
+- :mod:`.timeouts`: per-request timeouts under the task's deadline, and the notice while a
+  provider has not answered yet;
 - :mod:`.pricing`: usage records priced from ``AIECS_PRICES``;
 - :mod:`.tokens`: token estimates and rate-limit keys;
 - :mod:`.stream`: the chat lifecycle (:func:`stream_chat`, :func:`chat_result`);
@@ -61,7 +62,7 @@ from .stream import (
     parse_json,
     stream_chat,
 )
-from .timeouts import request_timeout, timeout_setting
+from .timeouts import WaitNotice, request_timeout, timeout_setting
 from .tokens import chat_token_estimate, estimate_tokens, rate_limit_key
 from .warmup import refused_url
 
@@ -82,6 +83,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolDefinition",
+    "WaitNotice",
     "chat_result",
     "chat_token_estimate",
     "check_model_id",

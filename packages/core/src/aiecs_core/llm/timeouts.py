@@ -1,12 +1,23 @@
-"""Per-request timeouts: the configured one, capped by the task's deadline."""
+"""Per-request timeouts: the configured one, capped by the task's deadline; and the
+notice a user gets while a provider has not answered yet (:class:`WaitNotice`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 
-__all__ = ["request_timeout", "timeout_setting"]
+if TYPE_CHECKING:
+    from ..service import OperationContext
+
+__all__ = ["WAIT_NOTICE", "WaitNotice", "request_timeout", "timeout_setting"]
+
+#: Seconds without a first byte from a provider before the user is told (and again after
+#: each further period): ``AIECS_WAIT_NOTICE``.
+WAIT_NOTICE = 10.0
 
 
 def timeout_setting(provider: str, env_var: str | None, default: float) -> float:
@@ -38,3 +49,37 @@ def request_timeout(timeout: float, remaining: float | None, grace: float) -> fl
     if remaining is None:
         return timeout
     return max(0.05, min(timeout, remaining + grace))
+
+
+class WaitNotice:
+    """Until :meth:`stop`, a progress event every ``AIECS_WAIT_NOTICE`` seconds (10) while
+    the provider has sent nothing: ``what`` (provider, host, model), how long it has waited
+    and when the request gives up. A server that accepts connections and never answers is
+    then seen within seconds, not when the request times out (``OPENAI_TIMEOUT``, 120 s)
+    or the task does (``CELERY_TASK_SOFT_TIME_LIMIT``)."""
+
+    def __init__(self, ctx: OperationContext, what: str, timeout: float) -> None:
+        self.ctx = ctx
+        self.what = what
+        self.timeout = timeout
+        self.every = timeout_setting("aiecs", "AIECS_WAIT_NOTICE", WAIT_NOTICE)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> WaitNotice:
+        """Start counting (on the running event loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(self.every)
+            waited = time.monotonic() - started
+            self.ctx.progress(None, f"{self.what}: no answer yet after {round(waited, 1):g} "
+                                    f"s (the request gives up after {self.timeout:g} s)")
+
+    def stop(self) -> None:
+        """The provider answered, or the request ended: no more notices (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
