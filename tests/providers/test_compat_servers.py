@@ -271,6 +271,40 @@ def test_a_server_that_never_answers_is_reported_while_waiting(aiecs_redis, star
             assert first - running < 1.5  # well before the request's own timeout
 
 
+def test_vertex_waits_and_errors_name_host_and_model(aiecs_redis, tmp_path, start_worker):
+    """The same for Vertex: notices while it has not answered; errors name where the call
+    went and the model."""
+    from tests.support.fake_vertex import GoogleError
+    from tests.support.fake_vertex import Hang as VertexHang
+
+    with FakeVertex() as fake:
+        start_worker(env={
+            "VERTEX_PROJECT_ID": fake.project, "VERTEX_LOCATION": fake.location,
+            "VERTEX_BASE_URL": fake.base_url, "VERTEX_TIMEOUT": "2",
+            "GOOGLE_APPLICATION_CREDENTIALS": fake.write_credentials(tmp_path),
+            "AIECS_WAIT_NOTICE": "0.5", "AIECS_MAX_ATTEMPTS": "1"})
+        host = fake.base_url.split("://", 1)[1].split("/", 1)[0]
+        for stream in (False, True):
+            fake.script(VertexHang())
+            task_id = submit("vertex", {"model": "gemini-slow", "messages": USER,
+                                        "stream": stream})
+            terminal, events = wait_terminal(aiecs_redis.client(), "alice", task_id)
+            assert terminal["status"] == "failed", terminal
+            assert terminal["error"]["type"] == "ProviderTimeoutError"
+            assert terminal["error"]["message"].endswith(
+                f"(at {host}, model 'gemini-slow')"), terminal["error"]
+            notices = [e["message"] for e in events if e["type"] == "progress"]
+            assert notices and notices[0].startswith(
+                f"vertex: waiting for {host} (model 'gemini-slow'): no answer yet after "
+                "0.5 s"), notices
+        fake.script(GoogleError(404, "Publisher Model gemini-typo was not found"))
+        terminal = run_chat(aiecs_redis, "vertex", {"model": "gemini-typo", "messages": USER})
+        assert terminal["error"]["type"] == "ModelNotFoundError"
+        assert terminal["error"]["message"] == (
+            "vertex: HTTP 404: Publisher Model gemini-typo was not found (at "
+            f"{host}, model 'gemini-typo')")
+
+
 def test_a_5xx_saying_the_request_is_invalid_is_tried_once(aiecs_redis, start_worker):
     with FakeOpenAI() as server:
         start_worker(env={"OPENAI_API_KEY": server.api_key, "OPENAI_BASE_URL": server.base_url,

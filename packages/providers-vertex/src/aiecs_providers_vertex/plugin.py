@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import os
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from aiecs_core import (
     ConfigurationError,
     InputValidationError,
     OperationContext,
+    ProviderError,
     RateLimitKey,
     Service,
     Usage,
@@ -46,6 +49,7 @@ from aiecs_core.llm import (
     EmbedResult,
     ToolCall,
     ToolCallDelta,
+    WaitNotice,
     chat_result,
     check_model_id,
     embed_batched,
@@ -241,8 +245,33 @@ class VertexService(Service):
         seconds = request_timeout(self._timeout, ctx.time_remaining(), DEADLINE_GRACE)
         return types.HttpOptions(timeout=max(1, int(seconds * 1000)))
 
-    def _error(self, exc: BaseException) -> AiecsError | None:
-        return convert_error(exc, provider=self.provider)
+    def _where(self) -> str:
+        """``host:port`` the calls go to: VERTEX_BASE_URL's, else Google's endpoint of
+        VERTEX_LOCATION."""
+        base = self._setting(BASE_URL_ENV)
+        if base:
+            parts = urllib.parse.urlsplit(base)
+            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+            return f"{parts.hostname}:{port}" if port else str(parts.hostname)
+        location = self._setting(LOCATION_ENV) or DEFAULT_LOCATION
+        host = ("aiplatform.googleapis.com" if location == "global"
+                else f"{location}-aiplatform.googleapis.com")
+        return f"{host}:443"
+
+    def _error(self, exc: BaseException, model: str | None = None) -> AiecsError | None:
+        error = convert_error(exc, provider=self.provider)
+        if model is None or not isinstance(error, ProviderError) or "model" in error.details:
+            return error
+        # name where it went and the model asked for, as every provider's errors do
+        where = self._where()
+        return type(error)(f"{error.message} (at {where}, model {model!r})",
+                           {**error.details, "endpoint": where, "model": model})
+
+    def _wait_notice(self, ctx: OperationContext, model: str) -> WaitNotice:
+        """Tells the user while Vertex has sent nothing yet (see WaitNotice)."""
+        timeout = request_timeout(self._timeout, ctx.time_remaining(), DEADLINE_GRACE)
+        return WaitNotice(ctx, f"{self.provider}: waiting for {self._where()} (model "
+                               f"{model!r})", timeout).start()
 
     @classmethod
     def check_input(cls, operation: str, data: BaseModel) -> None:
@@ -393,13 +422,14 @@ class VertexService(Service):
             return await stream_chat(
                 ctx,
                 data,
-                self._stream_deltas(client, data, contents, config),
+                self._stream_deltas(ctx, client, data, contents, config),
                 provider=self.provider,
-                convert_error=self._error,
+                convert_error=functools.partial(self._error, model=data.model),
                 usage=lambda model, meta: self._usage(data, model, meta),
                 finish_reason=_finish_reason,
                 usage_is_cumulative=True,
             )
+        notice = self._wait_notice(ctx, data.model)
         try:
             response = await client.aio.models.generate_content(
                 model=data.model, contents=contents, config=config
@@ -408,7 +438,9 @@ class VertexService(Service):
             ctx.record_usage(estimated_chat_usage(self.provider, data, ""))
             raise
         except Exception as exc:  # noqa: BLE001 - converted or re-raised
-            raise_converted(exc, self._error(exc))
+            raise_converted(exc, self._error(exc, data.model))
+        finally:
+            notice.stop()
         parts, finish = self._parts(response)
         text = "".join(self._text(p) for p in parts)
         tool_calls = [
@@ -435,18 +467,25 @@ class VertexService(Service):
         )
 
     async def _stream_deltas(
-        self, client: Client, data: ChatInput, contents: list[Any], config: Any
+        self, ctx: OperationContext, client: Client, data: ChatInput, contents: list[Any],
+        config: Any,
     ) -> AsyncIterator[ChatDelta]:
         """The streamed reply's chunks, for :func:`aiecs_core.llm.stream_chat` (which owns
         the rest: stream events, usage, cancellation, cut streams). Closes the stream.
 
         Usage metadata is cumulative: the last one, with the finish reason, is final."""
-        stream = await client.aio.models.generate_content_stream(
-            model=data.model, contents=contents, config=config
-        )
+        notice = self._wait_notice(ctx, data.model)
+        try:
+            stream = await client.aio.models.generate_content_stream(
+                model=data.model, contents=contents, config=config
+            )
+        except BaseException:
+            notice.stop()
+            raise
         calls = 0
         try:
             async for chunk in stream:
+                notice.stop()  # the first byte came
                 yield ChatDelta(model=chunk.model_version, usage=chunk.usage_metadata)
                 parts, finish = self._parts(chunk)
                 for part in parts:
@@ -465,6 +504,7 @@ class VertexService(Service):
                         yield ChatDelta(text=self._text(part))
                 yield ChatDelta(finish=finish)
         finally:
+            notice.stop()
             # an async generator (the SDK's annotation says only AsyncIterator)
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
@@ -509,7 +549,9 @@ class VertexService(Service):
             )
 
         return await embed_batched(ctx, data, list(self._batches(data.model, data.texts)), call,
-                                   provider=self.provider, convert_error=self._error)
+                                   provider=self.provider,
+                                   convert_error=functools.partial(self._error,
+                                                                   model=data.model))
 
 
 @hookimpl
