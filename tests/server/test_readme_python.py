@@ -50,7 +50,8 @@ def test_readme_python_blocks_run_against_aiecs_dev(tmp_path):
         url = dev.wait_for(r"page:\s+(\S+)").group(1).rstrip("/")
         with urllib.request.urlopen(url + "/", timeout=10) as resp:
             page = resp.read().decode()
-        assert "aiecs token USER_ID (with the server's AIECS_SECRET_KEY; no key needed " \
+        assert 'placeholder="paste a token (or: aiecs token USER_ID)"' in page
+        assert "aiecs token USER_ID, run with the server's AIECS_SECRET_KEY (no key needed " \
                "against aiecs dev)" in page.replace("&#39;", "'")
         token = subprocess.run(
             [sys.executable, "-m", "aiecs_worker.cli", "token", "tester", "--server", url],
