@@ -13,6 +13,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from aiecs_worker.cli.dev import env_file
+
 from tests.server.test_dev import DevProcess, _env
 from tests.support.plugin_dists import install_projects
 from tests.support.redis_server import free_port
@@ -34,9 +36,15 @@ def test_readme_python_blocks_run_against_aiecs_dev(tmp_path):
     site = tmp_path / "site"  # where `uv pip install` puts the plugin (on the stack's path)
     env = _env(PYTHONPATH=str(site))
     port = free_port()
+    # a file left by a SIGKILLed stack (its process is gone) is cleared by the next one
+    gone_pid = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)
+    stale = env_file(1)
+    stale.parent.mkdir(mode=0o700, exist_ok=True)
+    stale.write_text(f"AIECS_DEV_PID={gone_pid.stdout.strip()}\nCELERY_BROKER_URL=x\n")
     dev = DevProcess(env, port)
     try:
         shown = dev.wait_for(r"^\s+python:\s+(export .*)").group(1)
+        assert not stale.exists()
         printed = subprocess.run(
             [sys.executable, "-m", "aiecs_worker.cli", "dev", "--print-env", "--port",
              str(port)], env=env, capture_output=True, text=True, timeout=60)

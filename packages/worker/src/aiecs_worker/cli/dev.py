@@ -277,6 +277,11 @@ class DevStack:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         if path.parent.stat().st_uid != os.getuid():
             raise DevStackError(f"{path.parent} belongs to another user: remove it")
+        for other in path.parent.glob("port-*.env"):  # left by a killed stack
+            with contextlib.suppress(OSError, ValueError, DevStackError):
+                read_env_file(int(other.stem.removeprefix("port-")))
+                continue
+            other.unlink(missing_ok=True)
         lines = [f"# aiecs dev on {self.url}: eval \"$(uv run aiecs dev --print-env)\"",
                  f"AIECS_DEV_PID={os.getpid()}"]
         lines += [f"{k}={v}" for k, v in self.client_env.items()]
