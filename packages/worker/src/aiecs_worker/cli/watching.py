@@ -109,7 +109,7 @@ class WatchView:
                                      **({"completed": fraction} if known else {}))
             elif not self.text:  # once text streams, the text is the progress
                 # a retry has a message and no fraction: the words alone
-                pct = f"{fraction * 100:.0f}% " if known else ""
+                pct = f"{fraction * 100:.0f}% " if isinstance(fraction, int | float) else ""
                 self._line(f"progress: {pct}{message}".rstrip())
         elif kind == "status":
             if self.bar is not None:
