@@ -18,6 +18,7 @@ from kombu import Exchange, Queue
 
 from .routing import FAST_QUEUE, HEAVY_QUEUE, MAX_PRIORITY, task_routes
 from .settings import Settings, get_settings
+from .store.connection import celery_sentinel_options, redbeat_options
 from .store.keys import BEAT_PREFIX
 
 __all__ = ["app", "create_app"]
@@ -31,7 +32,13 @@ def create_app(settings: Settings | None = None) -> Celery:
     # looks for them every 30 s instead of every 100 s.
     transport = {"visibility_timeout": s.celery_visibility_timeout,
                  "unacked_restore_interval": 10, "unacked_restore_throttle": 3}
-    broker_options = transport
+    # Redis Sentinel (Celery's `sentinel://h1;sentinel://h2` URLs): the master's name and
+    # the sentinels' password (see aiecs_worker.store.connection)
+    broker_options = {**transport,
+                      **celery_sentinel_options(s.redis_target(s.celery_broker_url))}
+    backend_options = {**transport,
+                       **celery_sentinel_options(s.redis_target(s.result_backend))}
+    beat_url, beat_options = redbeat_options(s.redis_target(s.state_redis_url))
     if s.broker_is_amqp:
         # RabbitMQ has no visibility timeout: an unacknowledged message returns to its
         # queue when its consumer's connection closes. Publisher confirms: a submission
@@ -57,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         # 1 s apart) before the caller heard of it. Bounded at 5 s: a Redis restart is
         # ridden out, an outage is an error (a 503 from the server) within seconds. The
         # worker's own result writes still retry (result_backend_always_retry below).
-        result_backend_transport_options={**transport, "retry_policy": {
+        result_backend_transport_options={**backend_options, "retry_policy": {
             "max_retries": 20, "interval_start": 0, "interval_step": 0.5,
             "interval_max": 1, "timeout": 5}},
         worker_prefetch_multiplier=s.celery_worker_prefetch_multiplier,
@@ -82,8 +89,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         # looked at every 5 s at most; see aiecs_worker.runner.beat.
         beat_scheduler="aiecs_worker.runner.beat:Scheduler",
         beat_max_loop_interval=5,
-        redbeat_redis_url=s.state_redis_url,
-        redbeat_redis_options={},
+        redbeat_redis_url=beat_url,
+        redbeat_redis_options=beat_options,
         redbeat_key_prefix=BEAT_PREFIX,
     )
     if s.celery_worker_concurrency is not None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -30,26 +32,121 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-__all__ = ["EnvSettings", "Settings", "config_error", "get_settings", "load_settings"]
+__all__ = ["EnvSettings", "RedisTarget", "Settings", "config_error", "get_settings",
+           "is_sentinel", "load_settings", "parse_target"]
 
 MIB = 1024 * 1024
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
+# --- Redis URLs: plain or Sentinel (clients are made by aiecs_worker.store.connection) ---
+SENTINEL_SCHEME = "sentinel://"
+
+
+def is_sentinel(url: str) -> bool:
+    """True for Celery's Sentinel URL form (``sentinel://host:port;sentinel://...``)."""
+    return url.startswith(SENTINEL_SCHEME)
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where a Redis role lives: a plain URL, or sentinels and the name of their master."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    @property
+    def is_sentinel(self) -> bool:
+        return bool(self.sentinels)
+
+    def master_kwargs(self) -> dict[str, Any]:
+        """Connection arguments of the master (db and its credentials)."""
+        out: dict[str, Any] = {"db": self.db}
+        if self.username:
+            out["username"] = self.username
+        if self.password:
+            out["password"] = self.password
+        return out
+
+    def sentinel_kwargs(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Connection arguments of the sentinels: their password and the caller's
+        socket timeouts (a sentinel that does not answer must not hang a failover)."""
+        out = {k: v for k, v in options.items() if k.startswith("socket_")}
+        if self.sentinel_password:
+            out["password"] = self.sentinel_password
+        return out
+
+
+def parse_target(url: str, *, master: str | None = None,
+                 sentinel_password: str | None = None) -> RedisTarget:
+    """The target of ``url``; ``master`` and ``sentinel_password`` matter only for the
+    Sentinel form (raises ValueError when it names no sentinel, or no master is given)."""
+    if not is_sentinel(url):
+        return RedisTarget(url=url)
+    sentinels: list[tuple[str, int]] = []
+    db, username, password = 0, None, None
+    for n, chunk in enumerate(url.split(";"), 1):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        # errors name the sentinel by its place: the URL may hold a password
+        if not chunk.startswith(SENTINEL_SCHEME):
+            raise ValueError(f"sentinel {n} is not a sentinel:// URL (sentinels are joined "
+                             "by ';', each sentinel://host:port)")
+        part = urllib.parse.urlsplit(chunk)
+        try:
+            port = part.port or 26379
+        except ValueError:
+            raise ValueError(f"sentinel {n}: the port is not a number") from None
+        if not part.hostname:
+            raise ValueError(f"sentinel {n} names no host")
+        sentinels.append((part.hostname, port))
+        path = part.path.strip("/")
+        if path:
+            if not path.isdigit():
+                raise ValueError(f"sentinel {n}: the path must be a database number")
+            db = int(path)
+        username = username or (urllib.parse.unquote(part.username) if part.username else None)
+        password = password or (urllib.parse.unquote(part.password) if part.password else None)
+    if not sentinels:
+        raise ValueError("names no sentinel")
+    if not master:
+        raise ValueError("AIECS_SENTINEL_MASTER is not set")
+    return RedisTarget(url=url, sentinels=tuple(sentinels), master=master, db=db,
+                       username=username, password=password,
+                       sentinel_password=sentinel_password)
+
+
+def _sentinel_form(url: str) -> str:
+    """``url``, checked when it is the Sentinel form (its master is checked later)."""
+    if is_sentinel(url):
+        parse_target(url, master="-")  # a ValueError says what is wrong
+    return url
+
+
 def _shown(value: object) -> str:
-    """A value as an error may quote it: a URL's password masked, long values cut."""
+    """A value as an error may quote it: URLs' passwords masked (each of a Sentinel URL's
+    ``;``-joined URLs), long values cut."""
     text = str(value)
     if "://" in text:
-        with_password = urllib.parse.urlsplit(text)
-        if with_password.password:
-            text = text.replace(f":{with_password.password}@", ":***@", 1)
+        text = _URL_PASSWORD.sub(r"\1***@", text)
     return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+#: The password of a URL's ``user:password@`` (up to the last ``@`` of its authority).
+_URL_PASSWORD = re.compile(r"(://[^:/@;]*:)[^/;]*@")
 
 
 def config_error(name: str, problem: str, *, value: object = None, default: object = None,
@@ -130,8 +227,9 @@ class Settings(EnvSettings):
     # --- Celery -------------------------------------------------------------------------
     celery_broker_url: str = "redis://localhost:6379/0"
     """CELERY_BROKER_URL: the Celery broker: Redis (``redis://``, ``rediss://``,
-    ``unix://``) or RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``; then ``REDIS_URL``
-    is required, for state and events)."""
+    ``unix://``), Redis Sentinel (Celery's form, ``sentinel://host1:26379;sentinel://
+    host2:26379``, with AIECS_SENTINEL_MASTER) or RabbitMQ (``amqp://``, ``amqps://``,
+    ``pyamqp://``; then ``REDIS_URL`` is required, for state and events)."""
     celery_result_backend: str | None = None
     """CELERY_RESULT_BACKEND: where results are stored (default: the broker's
     Redis; with RabbitMQ, ``REDIS_URL``)."""
@@ -154,7 +252,14 @@ class Settings(EnvSettings):
 
     # --- aiecs state and events ------------------------------------------------------------
     redis_url: str | None = None
-    """REDIS_URL: Redis for task state, the event log and pub/sub (default: the broker)."""
+    """REDIS_URL: Redis for task state, the event log and pub/sub (default: the broker);
+    a plain URL or the Sentinel form of CELERY_BROKER_URL."""
+    aiecs_sentinel_master: str | None = None
+    """AIECS_SENTINEL_MASTER: the name the sentinels know the master by (required when a
+    Redis URL is a ``sentinel://`` one; every Sentinel URL of the deployment names it)."""
+    aiecs_sentinel_password: SecretStr | None = None
+    """AIECS_SENTINEL_PASSWORD: the sentinels' own password (``requirepass`` of the
+    sentinels); the master's password goes in the URL (``sentinel://:password@host``)."""
     aiecs_max_payload_bytes: int = Field(default=MIB, gt=0)
     """AIECS_MAX_PAYLOAD_BYTES: largest JSON size of input_data + context."""
     aiecs_max_deliveries: int = Field(default=3, ge=1)
@@ -336,17 +441,24 @@ class Settings(EnvSettings):
     @field_validator("celery_broker_url")
     @classmethod
     def _known_broker(cls, v: str) -> str:
-        if not v.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
-            raise ValueError("must be a redis://, rediss:// (Redis) or amqp://, amqps:// "
+        if not v.startswith(REDIS_SCHEMES + AMQP_SCHEMES + (SENTINEL_SCHEME,)):
+            raise ValueError("must be a redis://, rediss:// (Redis), sentinel://host:port;"
+                             "sentinel://... (Redis Sentinel) or amqp://, amqps:// "
                              "(RabbitMQ) URL")
-        return v
+        return _sentinel_form(v)
 
     @field_validator("redis_url")
     @classmethod
     def _redis_state(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(REDIS_SCHEMES):
-            raise ValueError("must be a redis:// or rediss:// URL")
-        return v
+        if v is not None and not v.startswith(REDIS_SCHEMES + (SENTINEL_SCHEME,)):
+            raise ValueError("must be a redis://, rediss:// or sentinel://host:port;"
+                             "sentinel://... URL")
+        return v if v is None else _sentinel_form(v)
+
+    @field_validator("aiecs_sentinel_master", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:
@@ -362,6 +474,15 @@ class Settings(EnvSettings):
                 f"AIECS_SCHEDULE_HORIZON ({self.aiecs_schedule_horizon:g}) must be less than "
                 f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout}): a message "
                 "sent with a longer countdown is handed out again meanwhile")
+        for name, url in (("CELERY_BROKER_URL", self.celery_broker_url),
+                          ("REDIS_URL", self.redis_url),
+                          ("CELERY_RESULT_BACKEND", self.celery_result_backend)):
+            if url and is_sentinel(url) and not self.aiecs_sentinel_master:
+                raise ValueError(
+                    f"AIECS_SENTINEL_MASTER is not set, and {name} is a sentinel:// URL: "
+                    "the sentinels are asked for a master by its name; fix: set "
+                    "AIECS_SENTINEL_MASTER to the master's name in the sentinels' "
+                    "configuration (`sentinel monitor NAME ...`)")
         if self.broker_is_amqp and self.redis_url is None:
             raise ValueError("REDIS_URL is required when CELERY_BROKER_URL is a RabbitMQ "
                              "(amqp://) URL: execution state and events live in Redis; fix: "
@@ -398,6 +519,13 @@ class Settings(EnvSettings):
     def state_redis_url(self) -> str:
         """The Redis of execution state and events (REDIS_URL, else the broker)."""
         return self.redis_url or self.celery_broker_url
+
+    def redis_target(self, url: str) -> RedisTarget:
+        """Where ``url`` (one of the Redis URLs above) lives: with the Sentinel form, the
+        sentinels, AIECS_SENTINEL_MASTER and AIECS_SENTINEL_PASSWORD."""
+        password = self.aiecs_sentinel_password
+        return parse_target(url, master=self.aiecs_sentinel_master,
+                            sentinel_password=password.get_secret_value() if password else None)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -168,13 +168,12 @@ def check_all(*, worker: bool, nodes: list[str], server: str | None, timeout: fl
     settings (``lease_seconds`` overrides AIECS_LEASE_SECONDS); ``live``: see above."""
     # deferred: redis and the Celery app serve this command only (every `aiecs` command
     # imports this module)
-    import redis
-
     from ..app import app
+    from ..store.connection import sync_client
 
     s = get_settings()
-    client = redis.Redis.from_url(s.state_redis_url, socket_timeout=timeout,
-                                  socket_connect_timeout=timeout)
+    client = sync_client(s.state_redis_url, socket_timeout=timeout,
+                         socket_connect_timeout=timeout)
     try:
         checks = [check_broker(app, timeout), check_state(client)]
         if worker:

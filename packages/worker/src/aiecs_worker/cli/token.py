@@ -41,13 +41,14 @@ def token_revoke(jti: str | None, user_id: str | None, before: float | None) -> 
     import redis
 
     from ..server.revocation import revoke_jti, revoke_user
+    from ..store.connection import sync_client
 
     if (jti is None) == (user_id is None):
         fail("give exactly one of --jti and --user", 2)
     if before is not None and user_id is None:
         fail("--before goes with --user", 2)
     max_lifetime = server_settings().aiecs_token_max_lifetime
-    client = redis.Redis.from_url(get_settings().state_redis_url, socket_connect_timeout=5)
+    client = sync_client(get_settings().state_redis_url, socket_connect_timeout=5)
     try:
         if jti is not None:
             revoke_jti(client, jti, max_lifetime=max_lifetime)

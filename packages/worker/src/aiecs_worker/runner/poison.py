@@ -381,12 +381,17 @@ def reject(raw: bytes | str, reason: str, *, queue: str, layer: str,
 
 
 @functools.cache
-def _transport_classes() -> tuple[type, type]:
+def _transport_classes(sentinel: bool = False) -> tuple[type, type]:
     """(Channel, Transport): built on first use, as kombu's Redis transport imports
-    redis-py, which a process that never connects to the broker need not load."""
+    redis-py, which a process that never connects to the broker need not load.
+    ``sentinel``: the same over kombu's Sentinel transport (``sentinel://`` URLs)."""
     from kombu.transport import redis as kombu_redis  # on first use: see the docstring
 
-    class Channel(kombu_redis.Channel):
+    base_channel, base_transport = (
+        (kombu_redis.SentinelChannel, kombu_redis.SentinelTransport) if sentinel
+        else (kombu_redis.Channel, kombu_redis.Transport))
+
+    class Channel(base_channel):
         """kombu's Redis channel, which never hands kombu a malformed message.
 
         Replies of ``BRPOP`` (the worker's event loop) and ``RPOP`` (``basic_get``) are
@@ -449,8 +454,8 @@ def _transport_classes() -> tuple[type, type]:
                 log.exception("could not screen a message; dropped it")
             return False
 
-    class Transport(kombu_redis.Transport):
-        """kombu's Redis transport with the screening :class:`Channel`."""
+    class Transport(base_transport):
+        """kombu's Redis (or Sentinel) transport with the screening :class:`Channel`."""
 
     Transport.Channel = Channel
     for cls in (Channel, Transport):
@@ -472,6 +477,8 @@ class Connection(KombuConnection):
         redis_transport = sys.modules.get("kombu.transport.redis")
         if redis_transport is not None and cls is redis_transport.Transport:
             return _transport_classes()[1]
+        if redis_transport is not None and cls is redis_transport.SentinelTransport:
+            return _transport_classes(sentinel=True)[1]
         return cls
 
 

@@ -40,11 +40,11 @@ import signal
 import threading
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiecs_core import ServiceRegistry, TaskEvent, load_plugins
 from celery.exceptions import SoftTimeLimitExceeded
 
 from ..settings import Settings, get_settings
+from ..store.connection import async_client
 from ..store.events import BEGIN_PUBLISH_LUA, RedisEventPublisher
 from ..store.hold import ADMIT_LUA, CLAIM_DUE_LUA, KEEP_ALIVE_LUA, RELEASE_LUA
 from ..store.keys import OWNERS_KEY
@@ -88,14 +88,15 @@ class Runtime(ExecutionMixin, CancelsMixin, SweeperMixin):
             target=self._run_loop, name="aiecs-loop", daemon=True
         )
         s = self.settings
+        state = s.redis_target(s.state_redis_url)
         self.publisher = RedisEventPublisher(
-            s.state_redis_url,
+            state,
             channel=s.aiecs_socketio_channel,
             maxlen=s.aiecs_events_maxlen,
             ttl=s.aiecs_events_ttl,
         )
-        self.redis = aioredis.Redis.from_url(
-            s.state_redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        self.redis = async_client(
+            state, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
         self._begin = self.redis.register_script(BEGIN_PUBLISH_LUA)
         self._heartbeat = self.redis.register_script(HEARTBEAT_LUA)

@@ -77,7 +77,7 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
     origins = settings.allowed_origins(port)
     socket = ProgressSocket(
         secret=secret,
-        redis_url=worker_settings.state_redis_url,
+        redis_url=worker_settings.redis_target(worker_settings.state_redis_url),
         channel=worker_settings.aiecs_socketio_channel,
         allowed_origins=origins,
         max_message_bytes=settings.aiecs_max_message_bytes,

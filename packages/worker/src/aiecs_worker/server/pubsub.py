@@ -9,6 +9,8 @@ import time
 import socketio
 
 from ..ops import metrics
+from ..settings import RedisTarget
+from ..store.connection import async_client
 
 __all__ = ["ProbedRedisManager"]
 
@@ -24,9 +26,9 @@ class ProbedRedisManager(socketio.AsyncRedisManager):
     instead of reporting a silently dead listener as healthy.
     """
 
-    def __init__(self, url: str, channel: str):
+    def __init__(self, url: str | RedisTarget, channel: str):
         super().__init__(
-            url,
+            url.url if isinstance(url, RedisTarget) else url,
             channel=channel,
             redis_options={
                 "socket_connect_timeout": 2,
@@ -35,6 +37,14 @@ class ProbedRedisManager(socketio.AsyncRedisManager):
             },
         )
         self.probe_heard: dict[str, float] = {}
+        self.target = url
+
+    def _redis_connect(self):
+        """The client through aiecs's one factory (plain or Sentinel URL), in place of
+        python-socketio's, which knows only its own ``redis+sentinel://`` form."""
+        self.redis = async_client(self.target, **self.redis_options)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
 
     async def _listen(self):
         async for data in super()._listen():

@@ -19,11 +19,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 import socketio
 from pydantic import ValidationError
 
 from ..ops import metrics
+from ..settings import RedisTarget
+from ..store.connection import async_client
 from ..store.events import EVENT_NAME, user_room
 from .admission import TOO_MANY_CONNECTIONS, SocketAdmission, SocketLimits
 from .pubsub import ProbedRedisManager
@@ -76,7 +77,7 @@ class ProgressSocket:
         self,
         *,
         secret: str,
-        redis_url: str,
+        redis_url: str | RedisTarget,
         channel: str,
         allowed_origins: list[str],
         max_message_bytes: int,
@@ -134,7 +135,7 @@ class ProgressSocket:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
 
-        self.redis = aioredis.Redis.from_url(
+        self.redis = async_client(
             self.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
         # Start the pub/sub listener now rather than at the first connection, so that

@@ -28,10 +28,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 from aiecs_core import TaskEvent, redact_json
 from redis.exceptions import NoScriptError
 
+from ..settings import RedisTarget
+from .connection import async_client
 from .keys import TaskKeys
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
@@ -235,7 +236,7 @@ class RedisEventPublisher:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_url: str | RedisTarget,
         *,
         channel: str = "socketio",
         maxlen: int = 10_000,
@@ -243,7 +244,7 @@ class RedisEventPublisher:
         prefix: str = "aiecs",
         batch: int = 256,
     ):
-        self.redis = aioredis.Redis.from_url(
+        self.redis = async_client(
             redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
         self.channel = channel

@@ -13,11 +13,11 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from aiecs_core import AiecsError, ErrorInfo, TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
 
 from ..ops import metrics
 from ..settings import get_settings
+from .connection import sync_client
 from .events import PENDING_PUBLISH_LUA, TaskKeys, finish_sync, script_args
 from .hold import ADMIT_LUA, admit_args, held_ttl
 from .keys import PENDING_KEY, celery_index_key, steps_key
@@ -30,7 +30,7 @@ __all__ = ["end_cancelled", "end_execution", "record_pending", "state_redis",
 @functools.lru_cache(maxsize=1)
 def state_redis():
     """This process's synchronous client of the state Redis."""
-    return redis.Redis.from_url(get_settings().state_redis_url, socket_timeout=5)
+    return sync_client(get_settings().state_redis_url, socket_timeout=5)
 
 
 def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
