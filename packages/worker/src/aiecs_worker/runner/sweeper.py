@@ -12,6 +12,7 @@ import time
 from ..app import app
 from ..ops import background
 from ..producer.advance import sweep_due
+from ..store.keys import RETENTION_KEY
 from ..store.lease import HEARTBEAT_KEYS, REAP_KEYS, SWEEP_KEYS
 from .context import RuntimeState
 
@@ -29,8 +30,14 @@ class SweeperMixin(RuntimeState):
         s = self.settings
         # often enough to release a held execution within its horizon (aiecs_worker.store.hold)
         interval = min(s.aiecs_lease_seconds / 3, max(0.5, s.schedule_horizon / 2))
+        announced = False
         while True:
             try:
+                if not announced:  # at start, and again after Redis was away (or replaced)
+                    # the TTL every terminal transition gives an execution's keys, whoever
+                    # makes it (see aiecs_worker.store.state.finish_lua)
+                    await self.redis.set(RETENTION_KEY, s.aiecs_events_ttl)
+                    announced = True
                 await self._heartbeat(keys=HEARTBEAT_KEYS, args=[
                     self.owner, s.aiecs_lease_seconds * 1000, self._suspect or ""])
                 await self.sweep()
@@ -39,6 +46,7 @@ class SweeperMixin(RuntimeState):
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: renew as soon as it is back
                 background.failed("lease", "renewing this process's lease and sweeping", exc)
+                announced = False
                 delay = 0.5
             await asyncio.sleep(delay)
 

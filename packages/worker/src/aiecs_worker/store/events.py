@@ -66,27 +66,36 @@ def celery_task_id(user_id: str, task_id: str, step: int) -> str:
 
 
 def _publish_lua(seq: str, log: str, arg: int, *, event: str | None = None,
-                 always_expire: bool = False) -> str:
+                 expire: str = "first") -> str:
     """Number, log and publish one event: Lua code over the keys ``seq`` and ``log`` and
     six ARGV from index ``arg`` on: event json (no seq, starts with '{'), maxlen, ttl,
     channel, packet prefix, packet suffix.  Leaves the assigned seq in the local ``seq``.
 
-    ``event`` replaces the event JSON by a Lua expression. The TTL of the task's keys is
-    set when the task's first event creates them and by terminal events
-    (``always_expire``), not by every event: a task's keys live AIECS_EVENTS_TTL after its
-    last terminal event.
+    ``event`` replaces the event JSON by a Lua expression. ``expire`` says when the
+    task's keys (shared by its steps) get a TTL: ``"first"``, when the task's first event
+    creates them; ``"extend"``, when they have less than ``ttl`` left (a submission: one
+    scheduled further ahead than their TTL keeps them until it runs); ``"retain"``, by the
+    terminal transition's ``retain`` (:func:`aiecs_worker.store.state.finish_lua`: the
+    workers' TTL, unless another step still needs longer). So a task's keys live
+    AIECS_EVENTS_TTL after its last terminal event.
     """
     a = [f"ARGV[{arg + i}]" for i in range(6)]
     ev = event or a[0]
-    expire = "true" if always_expire else "seq == 1"
+    set_ttl = {
+        "first": f"""if seq == 1 then
+  redis.call('EXPIRE', {seq}, {a[2]})
+  redis.call('EXPIRE', {log}, {a[2]})
+end""",
+        "extend": f"""for _, k in ipairs({{{seq}, {log}}}) do
+  if redis.call('TTL', k) < tonumber({a[2]}) then redis.call('EXPIRE', k, {a[2]}) end
+end""",
+        "retain": f"retain({seq})\nretain({log})",
+    }[expire]
     return f"""
 local seq = redis.call('INCR', {seq})
 local ev = '{{"seq":' .. seq .. ',' .. string.sub({ev}, 2)
 redis.call('XADD', {log}, 'MAXLEN', '~', {a[1]}, seq .. '-0', 'e', ev)
-if {expire} then
-  redis.call('EXPIRE', {seq}, {a[2]})
-  redis.call('EXPIRE', {log}, {a[2]})
-end
+{set_ttl}
 redis.call('PUBLISH', {a[3]}, {a[4]} .. ev .. {a[5]})
 """
 
@@ -99,12 +108,13 @@ PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1) + "return seq\n"
 # death between them can leave a finished execution without its terminal event, and the
 # loser of a race appends nothing.  Returns the event's seq, or 0 when already terminal.
 FINISH_PUBLISH_LUA = finish_lua(
-    _publish_lua("KEYS[2]", "KEYS[3]", 7, always_expire=True) + "return seq\n")
+    _publish_lua("KEYS[2]", "KEYS[3]", 7, expire="retain") + "return seq\n")
 
 # KEYS: state, steps, celery index, pending, seq, log.  ARGV: PENDING's nine, then
 # PUBLISH_LUA's.  A submission's PENDING record and event in one round trip. Returns 0 or
 # the seq.
-PENDING_PUBLISH_LUA = pending_lua(_publish_lua("KEYS[5]", "KEYS[6]", 10) + "return seq\n")
+PENDING_PUBLISH_LUA = pending_lua(
+    _publish_lua("KEYS[5]", "KEYS[6]", 10, expire="extend") + "return seq\n")
 
 # KEYS: begin's five, seq, log.  ARGV: begin's thirteen, then PUBLISH_LUA's, whose event
 # JSON holds MESSAGE_SLOT where the RUNNING event's message goes.  The begin transition

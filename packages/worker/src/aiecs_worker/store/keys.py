@@ -10,7 +10,7 @@ __all__ = [
     "BACKLOG_KEY", "BEAT_PREFIX", "BUDGET_HOLD_SUFFIX", "budget_counter_key",
     "budget_limits_key", "CANCEL_CHANNEL", "DEADLETTER_KEY", "DUE_KEY",
     "FLOWS_DUE_KEY", "FLOW_PREFIX", "OWNED_PREFIX", "OWNERS_KEY", "PENDING_KEY", "PREFIX",
-    "REVOKED_PREFIX", "SUSPECT_KEY", "TaskKeys", "batch_key", "celery_index_key",
+    "RETENTION_KEY", "REVOKED_PREFIX", "SUSPECT_KEY", "TaskKeys", "batch_key", "celery_index_key",
     "flow_key", "owned_key", "quota_key", "rate_limit_base", "schedule_key",
     "schedule_tick_key", "steps_key", "user_schedules_key", "window_key",
 ]
@@ -33,6 +33,10 @@ DUE_KEY = f"{PREFIX}:held:due"
 SUSPECT_KEY = f"{PREFIX}:suspect"
 #: Pub/sub channel on which cancel requests (Celery task ids) are broadcast to workers.
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
+#: String: the workers' AIECS_EVENTS_TTL (seconds), set by each worker process as it
+#: starts; every terminal transition gives an execution's keys this TTL, whichever
+#: process makes it (a cancel from the server, say). See docs/operations.md, "Retention".
+RETENTION_KEY = f"{PREFIX}:retention"
 #: Stream of malformed broker messages (see aiecs_worker.runner.poison).
 DEADLETTER_KEY = f"{PREFIX}:deadletter"
 

@@ -19,7 +19,9 @@ from .keys import (
     DUE_KEY,
     OWNED_PREFIX,
     PENDING_KEY,
+    RETENTION_KEY,
     SUSPECT_KEY,
+    celery_index_key,
 )
 from .settle import SETTLE_LUA
 
@@ -100,11 +102,43 @@ return {{'running', n, cancel, f[6] or '', ''}}
 """
 
 
+#: Retention at the terminal transition (KEYS[1]: the state; ``terminal`` in scope): the
+#: Lua local ``ttl`` is the workers' AIECS_EVENTS_TTL (RETENTION_KEY, which every worker
+#: sets) or, before any worker started, ARGV[6] (the caller's); ``retain(k)`` gives a key
+#: the task's steps share (steps, seq, log) that TTL, unless it holds a longer one for
+#: another step still waiting (one scheduled further ahead than the TTL, say): then it is
+#: left alone. The other steps are looked at only when the key's TTL is longer than ``ttl``.
+_RETAIN_LUA = f"""
+local ttl = tonumber(redis.call('GET', '{RETENTION_KEY}') or ARGV[6])
+local steps = string.gsub(KEYS[1], ':%d+:state$', ':steps')
+local waiting = nil
+local function retain(k)
+  local left = redis.call('TTL', k)
+  if left == -2 then return end
+  if left > ttl then
+    if waiting == nil then
+      waiting = false
+      local base = string.sub(steps, 1, -6)
+      for _, st in ipairs(redis.call('SMEMBERS', steps)) do
+        local other = base .. st .. ':state'
+        local s2 = other ~= KEYS[1] and redis.call('HGET', other, 'status')
+        if s2 and not terminal[s2] then waiting = true; break end
+      end
+    end
+    if waiting then return end
+  end
+  redis.call('EXPIRE', k, ttl)
+end
+"""
+
+
 def finish_lua(then: str) -> str:
     """The terminal transition, then the Lua code ``then`` (run only by the winner).
 
     KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl.  Returns 0 when
     the execution was already terminal (nothing changes), else what ``then`` returns.
+    Every key of the execution gets the workers' TTL (:data:`_RETAIN_LUA`: ``then`` calls
+    ``retain`` on the task's seq and log).
     A batch item or workflow step (field ``group``) tells its group in the same script
     (see aiecs_worker.store.hook). The execution leaves its fair-share window and
     the index of held executions (see aiecs_worker.store.hold). Its budget reservation is
@@ -113,14 +147,17 @@ def finish_lua(then: str) -> str:
     return f"""
 local terminal = {_TERMINAL}
 local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'suspect', 'group', 'window',
-                     'held')
+                     'held', 'celery_id')
 if f[1] and terminal[f[1]] then return 0 end
 if f[5] then redis.call('ZREM', f[5], KEYS[1]) end
 if f[6] == 'due' then redis.call('ZREM', '{DUE_KEY}', KEYS[1]) end
 if f[6] then redis.call('HDEL', KEYS[1], 'held') end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
+{_RETAIN_LUA}
+redis.call('EXPIRE', KEYS[1], ttl)
+if f[7] then redis.call('EXPIRE', '{celery_index_key("")}' .. f[7], ttl) end
+retain(steps)
 if f[1] == 'pending' then redis.call('ZREM', '{PENDING_KEY}', KEYS[1]) end
 if f[2] then
   if f[2] ~= '' then redis.call('SREM', '{OWNED_PREFIX}' .. f[2], KEYS[1]) end
@@ -153,18 +190,21 @@ redis.call('HSET', KEYS[1], 'status', 'pending', 'celery_id', ARGV[1], 'user_id'
 redis.call('ZADD', KEYS[4], now_ms, KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
 {then}"""
 
 
-# KEYS: state.  ARGV: now, ttl.  Marks a cancel request unless already terminal.
+# KEYS: state.  ARGV: now, ttl.  Marks a cancel request unless already terminal. The TTL
+# (``ttl``) is given only to a record the mark creates: a waiting or running execution
+# keeps its own, which the canceller's settings must not shorten (the record would expire
+# with its mark before the worker honours it).
 CANCEL_LUA = f"""
 local terminal = {_TERMINAL}
 local st = redis.call('HGET', KEYS[1], 'status')
 if st and terminal[st] then return 0 end
 redis.call('HSET', KEYS[1], 'cancel_requested', ARGV[1], 'updated', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
