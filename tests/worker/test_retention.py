@@ -10,6 +10,7 @@ import uuid
 
 from aiecs_worker import execute_task
 from aiecs_worker.producer.control import cancel, get_state
+from aiecs_worker.store.events import celery_task_id
 from aiecs_worker.store.keys import (
     DUE_KEY,
     PENDING_KEY,
@@ -17,7 +18,6 @@ from aiecs_worker.store.keys import (
     celery_index_key,
     steps_key,
 )
-from aiecs_worker.store.events import celery_task_id
 
 from tests.support.events import TERMINAL, wait_until
 
