@@ -59,7 +59,7 @@ def is_sentinel(url: str) -> bool:
 class RedisTarget:
     """Where a Redis role lives: a plain URL, or sentinels and the name of their master."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str | None = None
     db: int = 0
@@ -257,6 +257,11 @@ class Settings(EnvSettings):
     aiecs_sentinel_master: str | None = None
     """AIECS_SENTINEL_MASTER: the name the sentinels know the master by (required when a
     Redis URL is a ``sentinel://`` one; every Sentinel URL of the deployment names it)."""
+    aiecs_broker_sentinel_master: str | None = None
+    """AIECS_BROKER_SENTINEL_MASTER: the broker's master name when it is not the state's
+    (the broker and the state Redis are two masters watched by the same sentinels;
+    default: AIECS_SENTINEL_MASTER). The result backend follows the broker when it is the
+    broker's URL."""
     aiecs_sentinel_password: SecretStr | None = None
     """AIECS_SENTINEL_PASSWORD: the sentinels' own password (``requirepass`` of the
     sentinels); the master's password goes in the URL (``sentinel://:password@host``)."""
@@ -455,7 +460,7 @@ class Settings(EnvSettings):
                              "sentinel://... URL")
         return v if v is None else _sentinel_form(v)
 
-    @field_validator("aiecs_sentinel_master", mode="before")
+    @field_validator("aiecs_sentinel_master", "aiecs_broker_sentinel_master", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -474,15 +479,19 @@ class Settings(EnvSettings):
                 f"AIECS_SCHEDULE_HORIZON ({self.aiecs_schedule_horizon:g}) must be less than "
                 f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout}): a message "
                 "sent with a longer countdown is handed out again meanwhile")
-        for name, url in (("CELERY_BROKER_URL", self.celery_broker_url),
-                          ("REDIS_URL", self.redis_url),
-                          ("CELERY_RESULT_BACKEND", self.celery_result_backend)):
-            if url and is_sentinel(url) and not self.aiecs_sentinel_master:
+        broker_master = self.aiecs_broker_sentinel_master or self.aiecs_sentinel_master
+        for name, url, master, setting in (
+                ("CELERY_BROKER_URL", self.celery_broker_url, broker_master,
+                 "AIECS_SENTINEL_MASTER (or AIECS_BROKER_SENTINEL_MASTER)"),
+                ("REDIS_URL", self.redis_url, self.aiecs_sentinel_master,
+                 "AIECS_SENTINEL_MASTER"),
+                ("CELERY_RESULT_BACKEND", self.celery_result_backend,
+                 self._master_of(self.celery_result_backend or ""), "AIECS_SENTINEL_MASTER")):
+            if url and is_sentinel(url) and not master:
                 raise ValueError(
-                    f"AIECS_SENTINEL_MASTER is not set, and {name} is a sentinel:// URL: "
-                    "the sentinels are asked for a master by its name; fix: set "
-                    "AIECS_SENTINEL_MASTER to the master's name in the sentinels' "
-                    "configuration (`sentinel monitor NAME ...`)")
+                    f"{setting} is not set, and {name} is a sentinel:// URL: the sentinels "
+                    "are asked for a master by its name; fix: set it to the master's name "
+                    "in the sentinels' configuration (`sentinel monitor NAME ...`)")
         if self.broker_is_amqp and self.redis_url is None:
             raise ValueError("REDIS_URL is required when CELERY_BROKER_URL is a RabbitMQ "
                              "(amqp://) URL: execution state and events live in Redis; fix: "
@@ -522,10 +531,18 @@ class Settings(EnvSettings):
 
     def redis_target(self, url: str) -> RedisTarget:
         """Where ``url`` (one of the Redis URLs above) lives: with the Sentinel form, the
-        sentinels, AIECS_SENTINEL_MASTER and AIECS_SENTINEL_PASSWORD."""
+        sentinels, the master's name (AIECS_BROKER_SENTINEL_MASTER for the broker's URL
+        when it is not also the state's, else AIECS_SENTINEL_MASTER) and
+        AIECS_SENTINEL_PASSWORD."""
         password = self.aiecs_sentinel_password
-        return parse_target(url, master=self.aiecs_sentinel_master,
+        return parse_target(url, master=self._master_of(url),
                             sentinel_password=password.get_secret_value() if password else None)
+
+    def _master_of(self, url: str) -> str | None:
+        if (url == self.celery_broker_url and url != self.state_redis_url
+                and self.aiecs_broker_sentinel_master):
+            return self.aiecs_broker_sentinel_master
+        return self.aiecs_sentinel_master
 
 
 def load_settings(**overrides: Any) -> Settings:
