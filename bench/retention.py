@@ -5,7 +5,7 @@ Runs its own redis-server and one threads worker, submits ``--tasks`` echo execu
 (``--chunks`` progress events each, a ``--text`` result) from this process, waits until
 every one ended, then sums ``MEMORY USAGE key SAMPLES 0`` over every aiecs key (and
 Celery's result keys) by kind, and the growth of ``used_memory``, both divided by the
-number of tasks. Results: ``bench/results/retention.json`` and a table on stdout.
+number of tasks. Results: ``bench/results/retention-{chunks}-chunks.json`` and stdout.
 
     uv run python -m bench.retention --tasks 1000
 """
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                "ttl_seen_by_kind": ttls,
                "redis": client.info("server")["redis_version"]}
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "retention.json").write_text(json.dumps(out, indent=2) + "\n")
+        path = RESULTS / f"retention-{args.chunks}-chunks.json"
+        path.write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps(out, indent=2))
     finally:
         worker.close()
