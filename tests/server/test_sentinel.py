@@ -6,6 +6,9 @@ suite's (tests/faults/test_sentinel_failover.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -33,7 +36,14 @@ def test_worker_server_and_beat_run_on_sentinel(sentinel, start_worker, start_se
     env = {**sentinel.env, "AIECS_SCHEDULE_MIN_PERIOD": "1"}
     server: ServerProcess = start_server(sentinel.url, env=env)
     assert server.health()[0] == 200  # its pub/sub listener hears its probes
-    start_worker(redis_url=sentinel.url, env=env)
+    worker = start_worker(redis_url=sentinel.url, env=env)
+    # `aiecs health` (the probes' command) finds the broker, the state Redis, the worker's
+    # node and loops, and the server through the sentinels
+    health = subprocess.run(
+        [sys.executable, "-m", "aiecs_worker.cli", "health", "--worker", "--node",
+         f"{worker.name}@%h", "--server", server.url],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert health.returncode == 0, health.stdout + health.stderr
     user = uid()
     token = server.token(user)
 
