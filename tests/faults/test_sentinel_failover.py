@@ -8,6 +8,7 @@ docs/operations.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -16,7 +17,9 @@ import pytest
 import redis
 
 from tests.faults.harness import REPORT, USER, FaultRun
+from tests.server.helpers import Recorder, async_wait_until
 from tests.support.events import TERMINAL
+from tests.support.processes import ServerProcess, process_factory
 from tests.support.sentinel import MASTER, SentinelDeployment
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
@@ -32,6 +35,12 @@ def sentinel(monkeypatch):
     monkeypatch.setenv("AIECS_SENTINEL_MASTER", MASTER)
     yield deployment
     deployment.close()
+
+
+@pytest.fixture
+def start_server():
+    yield from process_factory(
+        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs), 80)
 
 
 def _terminal(client, ids: list[str]) -> set[str]:
@@ -86,3 +95,40 @@ def test_sentinel_master_sigkilled_mid_run(sentinel, start_worker, pool):
           f"{first_done}s after it; {tally.row()}")
     assert tally.ok, f"{tally.row()}\n" + "\n".join(tally.details[:20])
     assert tally.completed_once == tally.sent
+
+
+def test_progress_server_follows_the_failover(sentinel, start_worker, start_server):
+    """The progress server's log client and Socket.IO listener follow the new master:
+    /healthz is 200 again, and a task submitted after the failover is delivered live to a
+    client that stayed connected through it."""
+    server = start_server(sentinel.url, env=sentinel.env)
+    start_worker(redis_url=sentinel.url, env=sentinel.env)
+    token = server.token(USER)
+
+    async def scenario() -> dict:
+        rec = Recorder(server, token)
+        await rec.connect()
+        try:
+            t_kill = time.time()
+            sentinel.kill_master()
+            sentinel.wait_failover()
+            await async_wait_until(lambda: server.health()[0] == 200, timeout=60,
+                                   interval=0.2, message="/healthz 200 after the failover")
+            healthy = round(time.time() - t_kill, 2)
+            status, out = server.http("POST", "/tasks", {
+                "mode": "test", "service": "echo", "task_name": "echo",
+                "input_data": {"text": "after", "chunks": 2}}, token=token)
+            assert status == 202, out
+            await async_wait_until(
+                lambda: any(e.get("task_id") == out["task_id"] and e.get("status") in TERMINAL
+                            for e in rec.live()),
+                timeout=60, message="the new task's terminal event, live")
+            return {"healthy_after_s": healthy, "done_after_s": round(time.time() - t_kill, 2)}
+        finally:
+            await rec.close()
+
+    result = asyncio.run(scenario())
+    print(f"\nprogress server: {result}")
+    with open(REPORT / "sentinel.jsonl", "a") as f:
+        f.write(json.dumps({"scenario": "Sentinel master SIGKILL (progress server)",
+                            **result}) + "\n")
