@@ -87,7 +87,9 @@ def _publish_lua(seq: str, log: str, arg: int, *, event: str | None = None,
   redis.call('EXPIRE', {log}, {a[2]})
 end""",
         "extend": f"""for _, k in ipairs({{{seq}, {log}}}) do
-  if redis.call('TTL', k) < tonumber({a[2]}) then redis.call('EXPIRE', k, {a[2]}) end
+  if seq == 1 or redis.call('TTL', k) < tonumber({a[2]}) then
+    redis.call('EXPIRE', k, {a[2]})
+  end
 end""",
         "retain": f"retain({seq})\nretain({log})",
     }[expire]
