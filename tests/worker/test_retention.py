@@ -113,3 +113,16 @@ def test_a_cancel_never_shortens_a_waiting_executions_ttl(aiecs_redis, submitter
     assert cancel(user, task, 1)
     assert client.hget(state_key, "cancel_requested")
     assert client.ttl(state_key) >= before - 1
+
+
+def test_a_cancelled_eta_execution_leaves_nothing_in_pending(aiecs_redis):
+    # due within the horizon: its message is in the broker, its entry in aiecs:pending
+    # (scored at its eta); a cancel ends it at once and takes the entry with it
+    client = aiecs_redis.client()
+    user, task = _ids()
+    execute_task.apply_async(kwargs=_kwargs(user, task), countdown=30)
+    state_key = f"aiecs:t:{user}:{task}:1:state"
+    assert client.zscore(PENDING_KEY, state_key) is not None
+    assert cancel(user, task, 1)
+    assert get_state(user, task, 1)["steps"][1]["status"] == "cancelled"
+    assert client.zscore(PENDING_KEY, state_key) is None
