@@ -126,3 +126,21 @@ def test_a_cancelled_eta_execution_leaves_nothing_in_pending(aiecs_redis):
     assert cancel(user, task, 1)
     assert get_state(user, task, 1)["steps"][1]["status"] == "cancelled"
     assert client.zscore(PENDING_KEY, state_key) is None
+
+
+def test_a_finished_batch_keeps_the_workers_ttl(aiecs_redis, start_worker):
+    from aiecs_worker.producer.batch import submit_batch
+    from aiecs_worker.store.keys import batch_key
+
+    start_worker(env={"AIECS_EVENTS_TTL": str(WORKER_TTL)})
+    client = aiecs_redis.client()
+    user = f"u{uuid.uuid4().hex[:8]}"
+    items = [{"task_name": "echo", "mode": "test", "service": "echo",
+              "input_data": {"text": f"item {i}", "chunks": 1}} for i in range(3)]
+    out = submit_batch(user, items)  # made here, with this process's one-day TTL
+    key = batch_key(user, out["batch_id"])
+    wait_until(lambda: client.hget(key, "status") in (b"completed", b"failed"), timeout=30,
+               message="the batch to end")
+    seq, log = client.hmget(key, "seq", "log")
+    ttls = {k: client.ttl(k) for k in (key, f"{key}:items", seq.decode(), log.decode())}
+    assert all(0 < t <= WORKER_TTL for t in ttls.values()), ttls

@@ -7,15 +7,17 @@ once, whatever process dies afterwards:
 
 - a **batch** counts it (``completed`` / ``failed`` / ``timed_out`` / ``cancelled``,
   ``done``) and publishes the batch's progress event to the owner's room and to the
-  batch's own replayable log; the last item publishes the batch's terminal event;
+  batch's own replayable log; the last item publishes the batch's terminal event and
+  gives the batch's keys (its hash, item list, seq and log) the workers' TTL;
 - a **workflow** bumps ``ver`` and stamps itself in ``aiecs:flows:due``: the process that
   ran the step advances the workflow right after (releases or cancels dependents, see
   :mod:`aiecs_worker.producer.advance`); when that process died first, any worker's sweeper
   does it.
 
 This module imports only key names (:mod:`aiecs_worker.store.keys`).
-Lua locals it may use: ``f[4]`` (the group key), ``ARGV[1]`` (the terminal status) and
-``ARGV[5]`` (now, seconds).
+Lua locals it may use: ``f[4]`` (the group key), ``ARGV[1]`` (the terminal status),
+``ARGV[5]`` (now, seconds) and ``ttl`` (the workers' retention, see
+:func:`aiecs_worker.store.state.finish_lua`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ if f[4] and f[4] ~= '' then
     redis.call('HINCRBY', g, 'done', 1)
     {BATCH_EVENT_LUA}
     {PUBLISH_GROUP_EVENT_LUA}
+    if kind == 'status' then  -- the batch ended: its keys get the workers' TTL (finish's)
+      for _, k in ipairs({{g, g .. ':items', p[1], p[2]}}) do redis.call('EXPIRE', k, ttl) end
+    end
   elseif kind == 'flow' then
     redis.call('HINCRBY', g, 'ver', 1)
     local _t = redis.call('TIME')
