@@ -109,7 +109,7 @@ return {{'running', n, cancel, f[6] or '', ''}}
 #: another step still waiting (one scheduled further ahead than the TTL, say): then it is
 #: left alone. The other steps are looked at only when the key's TTL is longer than ``ttl``.
 _RETAIN_LUA = f"""
-local ttl = tonumber(redis.call('GET', '{RETENTION_KEY}') or ARGV[6])
+local ttl = tonumber(redis.call('GET', '{RETENTION_KEY}') or '') or tonumber(ARGV[6])
 local steps = string.gsub(KEYS[1], ':%d+:state$', ':steps')
 local waiting = nil
 local function retain(k)
