@@ -72,4 +72,4 @@ def test_celery_kombu_and_redbeat_are_handed_the_master():
     from kombu.transport.redis import SentinelTransport
 
     assert issubclass(transport, SentinelTransport) and transport is not SentinelTransport
-    assert transport.Channel.__name__ == "Channel" and hasattr(transport.Channel, "_admit")
+    assert transport.Channel.__name__ == "SentinelChannel" and hasattr(transport.Channel, "_admit")

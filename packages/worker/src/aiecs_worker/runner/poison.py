@@ -387,11 +387,7 @@ def _transport_classes(sentinel: bool = False) -> tuple[type, type]:
     ``sentinel``: the same over kombu's Sentinel transport (``sentinel://`` URLs)."""
     from kombu.transport import redis as kombu_redis  # on first use: see the docstring
 
-    base_channel, base_transport = (
-        (kombu_redis.SentinelChannel, kombu_redis.SentinelTransport) if sentinel
-        else (kombu_redis.Channel, kombu_redis.Transport))
-
-    class Channel(base_channel):
+    class Channel(kombu_redis.Channel):
         """kombu's Redis channel, which never hands kombu a malformed message.
 
         Replies of ``BRPOP`` (the worker's event loop) and ``RPOP`` (``basic_get``) are
@@ -454,13 +450,21 @@ def _transport_classes(sentinel: bool = False) -> tuple[type, type]:
                 log.exception("could not screen a message; dropped it")
             return False
 
-    class Transport(base_transport):
-        """kombu's Redis (or Sentinel) transport with the screening :class:`Channel`."""
+    class Transport(kombu_redis.Transport):
+        """kombu's Redis transport with the screening :class:`Channel`."""
+
+    class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+        """The screening :class:`Channel` over kombu's Sentinel channel (its ``super()``
+        calls reach kombu's Sentinel connection handling first)."""
+
+    class SentinelTransport(kombu_redis.SentinelTransport):
+        """kombu's Sentinel transport with the screening :class:`SentinelChannel`."""
 
     Transport.Channel = Channel
-    for cls in (Channel, Transport):
+    SentinelTransport.Channel = SentinelChannel
+    for cls in (Channel, Transport, SentinelChannel, SentinelTransport):
         cls.__qualname__ = cls.__name__
-    return Channel, Transport
+    return (SentinelChannel, SentinelTransport) if sentinel else (Channel, Transport)
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,7 @@ def sync_client(url: str | RedisTarget, *, settings: Any = None, **options: Any)
     from redis.sentinel import Sentinel
 
     target = _target(url, settings)
-    if not target.is_sentinel:
+    if not (target.sentinels and target.master):  # parse_target names a master or fails
         return redis.Redis.from_url(target.url, **options)
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(options))
     return sentinel.master_for(target.master, **options, **target.master_kwargs())
@@ -49,7 +49,7 @@ def async_client(url: str | RedisTarget, *, settings: Any = None, **options: Any
     from redis.asyncio.sentinel import Sentinel
 
     target = _target(url, settings)
-    if not target.is_sentinel:
+    if not (target.sentinels and target.master):
         return aioredis.Redis.from_url(target.url, **options)
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(options))
     return sentinel.master_for(target.master, **options, **target.master_kwargs())
