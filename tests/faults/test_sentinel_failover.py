@@ -129,6 +129,7 @@ def test_progress_server_follows_the_failover(sentinel, start_worker, start_serv
 
     result = asyncio.run(scenario())
     print(f"\nprogress server: {result}")
+    REPORT.mkdir(parents=True, exist_ok=True)
     with open(REPORT / "sentinel.jsonl", "a") as f:
         f.write(json.dumps({"scenario": "Sentinel master SIGKILL (progress server)",
                             **result}) + "\n")
