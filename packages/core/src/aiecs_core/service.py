@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import threading
 import time
 import typing
@@ -170,6 +171,9 @@ class Service:
     secret_env: ClassVar[tuple[str, ...]] = ()
     #: Declared operations, collected from ``@operation`` methods (inherited ones included).
     operations: ClassVar[dict[str, OperationSpec]] = {}
+    #: A valid first input per operation name, offered to users (``GET /services``, the
+    #: page's form). Without one, the input schema's own ``examples`` are used.
+    examples: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -229,8 +233,28 @@ class Service:
             "service": cls.name,
             "provider": cls.provider or cls.name,
             "description": cls.description or inspect.cleandoc(cls.__dict__.get("__doc__") or ""),
-            "operations": {name: spec.describe() for name, spec in sorted(cls.operations.items())},
+            "operations": {name: {**spec.describe(), "example": cls.example_input(name)}
+                           for name, spec in sorted(cls.operations.items())},
         }
+
+    @classmethod
+    def example_input(cls, operation: str) -> dict[str, Any] | None:
+        """A valid first input of ``operation`` (None when neither the service nor the input
+        schema gives one). Its ``model`` is one the operator's model policy allows for this
+        service's provider."""
+        spec = cls.operations[operation]
+        example = cls.examples.get(operation)
+        if example is None:
+            given = spec.input_model.model_json_schema().get("examples") or [None]
+            example = given[0] if isinstance(given, list) else None
+        if not isinstance(example, dict):
+            return None
+        example = json.loads(json.dumps(example))  # a copy the caller may change
+        policy = current_model_policy()
+        allowed = policy.models.get(cls.provider or cls.name) if policy else None
+        if allowed and isinstance(example.get("model"), str) and example["model"] not in allowed:
+            example["model"] = sorted(allowed)[0]
+        return example
 
 
 class OperationContext:

@@ -146,6 +146,12 @@ class EndpointService(Service):
     mode = "vertex"
     name = "endpoint"
     provider = "vertex-endpoint"
+    examples = {  # noqa: RUF012 - a class-level constant, never mutated
+        "chat": {"model": "default",
+                 "messages": [{"role": "user", "content": "Say hello in one short sentence."}]},
+        "predict": {"instances": [{"prompt": "Say hello in one short sentence."}]},
+        "raw_predict": {"body": {"prompt": "Say hello in one short sentence."}},
+    }
     default_timeout = 120.0
     #: Threads running blocking SDK calls (``predict``, token refreshes) at once.
     threads = 32

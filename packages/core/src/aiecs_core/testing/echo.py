@@ -112,6 +112,11 @@ class EchoService(Service):
     mode = "test"
     name = "echo"
     provider = "echo"
+    examples = {  # noqa: RUF012 - a class-level constant, never mutated
+        name: {"text": "Hello from the aiecs page! This text streams back in chunks.",
+               "chunks": 8, "delay": 0.25}
+        for name in ("echo", "echo_sync", "echo_heavy")
+    }
 
     @operation(description="Stream the text back in chunks, with progress.")
     async def echo(self, ctx: OperationContext, data: EchoInput) -> dict[str, Any]:

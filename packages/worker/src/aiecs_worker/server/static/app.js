@@ -1,10 +1,19 @@
-// aiecs page: submit tasks and watch their progress live.
+// aiecs page: submit tasks and watch their progress live (history.js: history, usage, budget).
 //
 // Client contract (see aiecs_worker/server/realtime.py): connect with {auth: {token}};
 // every event of this user's tasks arrives as "task_event"; for each task shown, emit
 // "subscribe" {task_id, after_seq: last applied seq} (on every (re)connect) and apply the
 // replayed "task_events" batches and live events in seq order, each once; subscribe
 // again on "resync" and when events wait behind a hole.
+//
+// One card per id followed. What an id is decides what its card shows:
+// - a task: its highest step (a task resubmitted under the same id runs step 2, 3, ...),
+//   the status GET /tasks/{id} reports;
+// - a workflow (several steps of one id, GET /workflows/{id} answers): the workflow's own
+//   state, as GET /workflows/{id} computes it (running until every step ended, then
+//   completed only if all completed, else failed), every step listed, and the stream of
+//   the step running now;
+// - a batch (its events are step 0, task_name "batch"): the items' counts.
 "use strict";
 
 (() => {
@@ -58,22 +67,41 @@
     }
   }
 
-  // ---- one card per task -------------------------------------------------------------
+  // ---- one card per task, workflow or batch -------------------------------------------
+  let tick = 0; // orders the steps' latest events
+
+  function newStep(n) {
+    return { n, status: "pending", name: "", text: "", progress: 0, message: "",
+             result: undefined, error: null, at: 0, restarted: false };
+  }
+
+  // the workflow's status from its steps' (the rule of GET /workflows/{id})
+  function workflowStatus(steps) {
+    const all = [...steps.values()];
+    if (all.some((s) => !TERMINAL.has(s.status))) {
+      return all.some((s) => s.status !== "pending") ? "running" : "pending";
+    }
+    return all.every((s) => s.status === "completed") ? "completed" : "failed";
+  }
+
   class Task {
-    constructor(taskId, taskName) {
+    // info: {title, kind ("task" | "workflow" | "batch"), submitted (we just sent it)}
+    constructor(taskId, info = {}) {
       this.id = taskId;
       this.seq = new Sequencer(0);
-      this.step = null;
-      this.status = "pending";
-      this.text = "";
-      this.steps = new Map(); // step -> its latest status event (a workflow's steps)
+      this.kind = info.kind || null;
+      this.title = info.title || "";
+      this.steps = new Map(); // step -> its state (steps > 0)
+      this.batch = null; // a batch's latest event (step 0)
+      this.status = info.submitted ? "pending" : "checking";
+      this.known = Boolean(info.submitted); // the server has something under this id
       this.el = $("task-template").content.firstElementChild.cloneNode(true);
       this.el.dataset.taskId = taskId;
       this.el.querySelector(".task-id").textContent = taskId;
-      this.el.querySelector(".task-name").textContent = taskName || "";
       this.el.querySelector(".cancel").addEventListener("click", () => cancelTask(this));
       $("tasks").prepend(this.el);
       $("tasks-panel").hidden = false;
+      this.render();
     }
     offer(event) {
       for (const e of this.seq.offer(event)) this.apply(e);
@@ -95,97 +123,208 @@
         }, GAP_TIMEOUT_MS);
       }
     }
-    reset(step) {
-      this.step = step;
-      this.text = "";
-      this.el.querySelector(".stream").textContent = "";
-      this.el.querySelector(".result").hidden = true;
-      this.el.querySelector(".task-error").hidden = true;
-      this.el.querySelector("progress").value = 0;
-      this.el.querySelector(".message").textContent = "";
-    }
-    // every step's state, listed when the task has several (a workflow)
-    noteStep(e) {
-      this.steps.set(e.step, e);
-      const list = this.el.querySelector(".steps");
-      list.hidden = this.steps.size < 2;
-      list.replaceChildren(...[...this.steps.keys()].sort((a, b) => a - b).map((n) => {
-        const ev = this.steps.get(n);
-        const li = document.createElement("li");
-        li.dataset.step = String(n);
-        li.dataset.status = ev.status;
-        const why = TERMINAL.has(ev.status) && ev.status !== "completed"
-          ? ` (${(ev.error && ev.error.message) || ev.message || ""})` : "";
-        li.textContent = `step ${n}: ${ev.status}${why}`;
-        return li;
-      }));
+    notFound() {
+      if (this.known) return;
+      this.status = "unknown";
+      this.render();
     }
     apply(e) {
-      if (e.type === "status" && e.step > 0) this.noteStep(e);
-      if (this.step === null || e.step > this.step) this.reset(e.step);
-      else if (e.step < this.step) return; // an older step's event, already superseded
-      this.el.querySelector(".task-name").textContent = `${e.task_name} · step ${e.step}`;
+      this.known = true;
       this.el.dataset.lastSeq = String(e.seq);
-      if (e.type === "status") {
-        if (e.status === "running" && this.text) {
-          // redelivered after its worker was lost: the output starts over
-          this.reset(e.step);
-          this.el.querySelector(".message").textContent = "restarted";
+      if (e.step === 0) {
+        this.kind = "batch";
+        this.batch = e;
+      } else {
+        let st = this.steps.get(e.step);
+        if (!st) {
+          st = newStep(e.step);
+          this.steps.set(e.step, st);
+          if (this.steps.size === 2 && !this.kind) identify(this);
         }
-        this.setStatus(e.status);
-        if (e.message || TERMINAL.has(e.status)) {
-          this.el.querySelector(".message").textContent = e.message || e.status;
+        st.name = e.task_name || st.name;
+        st.at = ++tick;
+        if (e.type === "status") {
+          if (e.status === "running" && (st.text || st.status === "running")) {
+            // redelivered after its worker was lost: the output starts over
+            Object.assign(st, { text: "", progress: 0, restarted: true });
+          }
+          st.status = e.status;
+          st.message = e.message || "";
+          if (e.status === "completed") {
+            st.progress = 1;
+            st.result = e.result;
+          }
+          if (TERMINAL.has(e.status)) st.error = e.error || null;
+        } else if (e.type === "progress") {
+          if (typeof e.progress === "number") st.progress = e.progress;
+          if (e.message) st.message = e.message;
+          if (st.status === "pending") st.status = e.status;
+        } else if (e.type === "stream" && e.delta) {
+          st.text += e.delta;
         }
-        if (e.status === "completed") {
-          this.el.querySelector("progress").value = 1;
-          const pre = this.el.querySelector(".result");
-          pre.textContent = JSON.stringify(e.result, null, 2);
-          pre.hidden = false;
-        } else if (e.status === "cancelled") {
-          // asked for, not a failure: say so in the card's message, never as a red error
-          const why = (e.error && e.error.message) || e.message;
-          this.el.querySelector(".message").textContent = why ? `Cancelled: ${why}` : "Cancelled";
-        } else if (TERMINAL.has(e.status) && e.error) {
-          const p = this.el.querySelector(".task-error");
-          p.textContent = `${e.error.type}: ${e.error.message}`;
-          p.hidden = false;
-        }
-      } else if (e.type === "progress") {
-        if (typeof e.progress === "number") this.el.querySelector("progress").value = e.progress;
-        if (e.message) this.el.querySelector(".message").textContent = e.message;
-        if (this.status === "pending") this.setStatus(e.status);
-      } else if (e.type === "stream" && e.delta) {
-        this.text += e.delta;
-        this.el.querySelector(".stream").textContent = this.text;
       }
+      this.render();
       persistTasks();
+    }
+    // the step whose output the card shows: a task's highest; a workflow's running step
+    // (the latest to say something), else its latest completed one
+    focus() {
+      const all = [...this.steps.values()];
+      if (!all.length) return null;
+      if (this.kind !== "workflow") return all.reduce((a, b) => (b.n > a.n ? b : a));
+      const latest = (list) => list.reduce((a, b) => (b.at > a.at ? b : a));
+      const running = all.filter((s) => s.status === "running");
+      if (running.length) return latest(running);
+      const done = all.filter((s) => s.status === "completed");
+      return latest(done.length ? done : all);
+    }
+    computeStatus() {
+      if (this.kind === "batch") return this.batch.status;
+      if (!this.steps.size) return this.status;
+      if (this.kind === "workflow") return workflowStatus(this.steps);
+      return this.focus().status;
+    }
+    titleText(focus) {
+      if (this.kind === "batch") {
+        const c = (this.batch && this.batch.result) || {};
+        return `batch · ${c.done ?? 0} of ${c.total ?? "?"} items ended`;
+      }
+      if (this.kind === "workflow") {
+        return `${this.title || "workflow"} · ${this.steps.size} steps`;
+      }
+      const name = this.title || (focus && focus.name) || "";
+      return focus && focus.n > 1 ? `${name} · step ${focus.n}` : name;
+    }
+    render() {
+      const el = this.el;
+      const focus = this.kind === "batch" ? null : this.focus();
+      this.setStatus(this.computeStatus());
+      el.dataset.kind = this.kind || "";
+      el.querySelector(".task-name").textContent = this.titleText(focus);
+
+      // a workflow's steps, each with its state
+      const list = el.querySelector(".steps");
+      list.hidden = !(this.kind === "workflow" || this.steps.size > 1);
+      if (!list.hidden) {
+        list.replaceChildren(...[...this.steps.values()].sort((a, b) => a.n - b.n).map((s) => {
+          const li = document.createElement("li");
+          li.dataset.step = String(s.n);
+          li.dataset.status = s.status;
+          const why = TERMINAL.has(s.status) && s.status !== "completed"
+            ? ` (${(s.error && s.error.message) || s.message || ""})` : "";
+          li.textContent = `step ${s.n}: ${s.status}${why}${s.name ? ` · ${s.name}` : ""}`;
+          return li;
+        }));
+      }
+
+      const progress = el.querySelector("progress");
+      const message = el.querySelector(".message");
+      const stream = el.querySelector(".stream");
+      const label = el.querySelector(".stream-label");
+      const result = el.querySelector(".result");
+      const error = el.querySelector(".task-error");
+      if (this.status === "unknown") {
+        message.textContent = "Not found: no task, workflow or batch with this id "
+          + "(or it has expired).";
+        return;
+      }
+      if (this.kind === "batch") {
+        progress.value = this.batch.progress ?? 0;
+        message.textContent = this.batch.message || "";
+        stream.textContent = "";
+        label.hidden = true;
+        result.hidden = error.hidden = true;
+        return;
+      }
+      if (!focus) {
+        message.textContent = this.status === "checking" ? "Looking this id up..." : "";
+        return;
+      }
+      progress.value = this.kind === "workflow" && TERMINAL.has(this.status) ? 1 : focus.progress;
+      stream.textContent = focus.text;
+      label.hidden = !(this.kind === "workflow" && focus.text);
+      label.textContent = `step ${focus.n}${focus.name ? ` · ${focus.name}` : ""}`
+        + (focus.status === "running" ? " (running)" : "");
+      result.hidden = focus.result === undefined;
+      if (!result.hidden) result.textContent = JSON.stringify(focus.result, null, 2);
+
+      // the error once: in red, with its type; the message only when it adds something
+      const failed = this.kind === "workflow"
+        ? [...this.steps.values()].find((s) => s.error && s.status !== "cancelled")
+        : (focus.error && focus.status !== "cancelled" ? focus : null);
+      error.hidden = !failed;
+      if (failed) {
+        const where = this.kind === "workflow" ? `step ${failed.n}: ` : "";
+        error.textContent = `${where}${failed.error.type}: ${failed.error.message}`;
+      }
+      let text = focus.restarted && focus.status === "running" ? "restarted" : focus.message;
+      if (focus.status === "cancelled") {
+        const why = (focus.error && focus.error.message) || focus.message;
+        text = why ? `Cancelled: ${why}` : "Cancelled";
+      } else if (failed && text && failed.error.message.includes(text)) {
+        text = "";
+      } else if (!text && TERMINAL.has(focus.status) && !failed) {
+        text = focus.status;
+      }
+      if (this.kind === "workflow" && TERMINAL.has(this.status)) {
+        const ok = [...this.steps.values()].filter((s) => s.status === "completed").length;
+        text = `${ok} of ${this.steps.size} steps completed`;
+      }
+      if (!this.cancelNote || TERMINAL.has(this.status)) message.textContent = text;
     }
     setStatus(status) {
       this.status = status;
       const badge = this.el.querySelector(".status");
-      badge.textContent = status;
+      badge.textContent = status === "unknown" ? "not found" : status;
       badge.dataset.status = status;
       this.el.dataset.status = status;
-      this.el.querySelector(".cancel").disabled = TERMINAL.has(status);
+      this.el.querySelector(".cancel").disabled = !this.known || TERMINAL.has(status)
+        || this.el.dataset.cancel === "sending";
     }
     get done() {
       return TERMINAL.has(this.status);
     }
   }
 
-  function trackTask(taskId, taskName) {
+  // a task with several steps: a workflow, or one task id run again (GET /workflows says)
+  async function identify(task) {
+    try {
+      const view = await api("GET", `/workflows/${encodeURIComponent(task.id)}`);
+      task.kind = "workflow";
+      const first = view.steps && view.steps[0];
+      if (first && !task.title) {
+        const services = new Set(view.steps.map((s) => `${s.mode}/${s.service}`));
+        task.title = services.size === 1 ? `workflow · ${[...services][0]}` : "workflow";
+      }
+    } catch (e) {
+      if (e.status === 404) task.kind = task.kind || "task";
+      else return; // not known yet: the card keeps following its highest step
+    }
+    task.render();
+  }
+
+  function trackTask(taskId, info = {}) {
     let task = state.tasks.get(taskId);
     if (!task) {
-      task = new Task(taskId, taskName);
+      task = new Task(taskId, info);
       state.tasks.set(taskId, task);
       persistTasks();
       subscribe(task);
+    } else if (info.title && !task.title) {
+      // its first event came on the socket before the POST's answer: name it now
+      task.title = info.title;
+      task.kind = task.kind || info.kind || null;
+      task.known = task.known || Boolean(info.submitted);
+      task.render();
+      persistTasks();
     }
     return task;
   }
 
   function persistTasks() {
-    sessionStorage.setItem(STORE_TASKS, JSON.stringify([...state.tasks.keys()].slice(-50)));
+    const kept = [...state.tasks.values()].slice(-50)
+      .map((t) => ({ id: t.id, title: t.title, kind: t.kind }));
+    sessionStorage.setItem(STORE_TASKS, JSON.stringify(kept));
   }
 
   // ---- HTTP --------------------------------------------------------------------------
@@ -258,7 +397,7 @@
       }
     });
     socket.on("task_event", (e) => {
-      if (e && typeof e.task_id === "string") trackTask(e.task_id, e.task_name).offer(e);
+      if (e && typeof e.task_id === "string") trackTask(e.task_id).offer(e);
     });
     socket.on("task_events", (batch) => {
       const task = batch && state.tasks.get(batch.task_id);
@@ -289,7 +428,7 @@
           subscribe(task);
         } else if (ack && ack.ok) {
           task.skipGap(ack.replayed_to);
-          if (!ack.exists) task.el.querySelector(".message").textContent = "unknown task";
+          if (!ack.exists) task.notFound();
         } else if (ack && ack.error && RETRYABLE.has(ack.error.type)) {
           // Redis down, or over the replay limits: try again after the server's hint
           const wait = Math.min(30, Number(ack.error.retry_after) || 1);
@@ -328,7 +467,13 @@
     sessionStorage.setItem(STORE_TOKEN, state.token);
     $("whoami").textContent = state.user ? `Signed in as ${state.user}.` : "Signed in.";
     $("whoami").dataset.state = "signed-in";
+    // signed in: the sign-in panel gives way to the user's name and a way out
+    $("auth").hidden = true;
+    $("user-name").textContent = state.user || "signed in";
+    $("user-chip").hidden = false;
+    $("nav").hidden = false;
     $("submit").hidden = false;
+    showView(viewFromHash());
     loadServices().catch((e) => {
       $("submit-error").textContent = `Could not list the services: ${e.message}`;
     });
@@ -342,7 +487,26 @@
     sessionStorage.removeItem(STORE_TOKEN);
     $("whoami").textContent = "Not signed in.";
     $("whoami").dataset.state = "signed-out";
+    $("auth").hidden = false;
+    $("user-chip").hidden = true;
+    $("nav").hidden = true;
     $("submit").hidden = true;
+    for (const v of document.querySelectorAll(".view")) v.hidden = true;
+  }
+
+  // the user asked to leave: forget the token and the cards (another user may sign in)
+  function signOut() {
+    signedOut();
+    state.user = null;
+    for (const task of state.tasks.values()) {
+      clearTimeout(task.gapTimer);
+      task.el.remove();
+    }
+    state.tasks.clear();
+    sessionStorage.removeItem(STORE_TASKS);
+    $("tasks-panel").hidden = true;
+    setConn("offline", "conn-off");
+    if (window.aiecsHistory) window.aiecsHistory.reset();
   }
 
   async function devLogin(user) {
@@ -354,20 +518,44 @@
     }
   }
 
+  // ---- views (Run, History, Usage) ---------------------------------------------------
+  const VIEWS = ["run", "history", "usage"];
+
+  function viewFromHash() {
+    const name = location.hash.replace("#", "");
+    return VIEWS.includes(name) ? name : "run";
+  }
+
+  function showView(name) {
+    if (!state.accepted) return;
+    for (const v of VIEWS) $(`view-${v}`).hidden = v !== name;
+    for (const a of document.querySelectorAll("#nav a")) {
+      a.classList.toggle("active", a.dataset.view === name);
+    }
+    document.body.dataset.view = name;
+    if (name !== "run" && window.aiecsHistory) window.aiecsHistory.show(name);
+  }
+
   // ---- services and submit -----------------------------------------------------------
   async function loadServices() {
     const listing = await api("GET", "/services");
     state.services = listing.services;
     const select = $("service");
+    const before = select.value;
     select.replaceChildren();
     for (const s of state.services) {
       select.append(new Option(`${s.mode}/${s.service}`, `${s.mode}/${s.service}`));
     }
+    if (before && currentServiceBy(before)) select.value = before;
     onServiceChange();
   }
 
+  function currentServiceBy(key) {
+    return state.services.find((s) => `${s.mode}/${s.service}` === key);
+  }
+
   function currentService() {
-    return state.services.find((s) => `${s.mode}/${s.service}` === $("service").value);
+    return currentServiceBy($("service").value);
   }
 
   function onServiceChange() {
@@ -379,21 +567,54 @@
     onOperationChange();
   }
 
-  function exampleFor(schema) {
-    const out = {};
-    const props = (schema && schema.properties) || {};
-    for (const name of (schema && schema.required) || []) {
-      const p = props[name] || {};
-      const type = p.type || (p.anyOf && p.anyOf[0] && p.anyOf[0].type);
-      out[name] = type === "integer" || type === "number" ? 1
-        : type === "boolean" ? false
-        : type === "array" ? []
-        : type === "object" ? {}
-        : "Hello from the aiecs page! This text streams back in chunks.";
+  // A valid input built from a JSON Schema (what pydantic's model_json_schema gives):
+  // the required properties only, each the smallest value its constraints accept.
+  function sampleOf(schema, root, depth = 0) {
+    if (!schema || depth > 8) return null;
+    if (schema.$ref) {
+      const name = schema.$ref.split("/").pop();
+      return sampleOf(((root.$defs || root.definitions) || {})[name], root, depth + 1);
     }
-    if ("chunks" in props) out.chunks = 8;
-    if ("delay" in props) out.delay = 0.25;
-    return out;
+    if ("default" in schema && schema.default !== null) return schema.default;
+    if (Array.isArray(schema.examples) && schema.examples.length) return schema.examples[0];
+    if ("const" in schema) return schema.const;
+    if (Array.isArray(schema.enum) && schema.enum.length) {
+      return schema.enum.includes("user") ? "user" : schema.enum[0];
+    }
+    const options = schema.anyOf || schema.oneOf;
+    if (options) {
+      const pick = options.find((o) => o.type !== "null") || options[0];
+      return sampleOf(pick, root, depth + 1);
+    }
+    switch (schema.type) {
+      case "object": {
+        const out = {};
+        for (const name of schema.required || []) {
+          out[name] = sampleOf((schema.properties || {})[name], root, depth + 1);
+        }
+        return out;
+      }
+      case "array":
+        return Array.from({ length: Math.max(1, schema.minItems || 0) },
+                          () => sampleOf(schema.items, root, depth + 1));
+      case "integer":
+      case "number":
+        return Math.max(1, schema.minimum ?? schema.exclusiveMinimum ?? 1);
+      case "boolean":
+        return false;
+      case "string":
+        return "Hello from the aiecs page!".slice(0, schema.maxLength || 1000);
+      default:
+        return {};
+    }
+  }
+
+  function exampleFor(op) {
+    if (!op) return {};
+    if (op.example && typeof op.example === "object") return op.example;
+    const schema = op.input_schema || {};
+    const out = sampleOf({ ...schema, examples: undefined }, schema) || {};
+    return typeof out === "object" && !Array.isArray(out) ? out : {};
   }
 
   function onOperationChange() {
@@ -401,13 +622,18 @@
     const op = svc && svc.operations[$("operation").value];
     $("op-description").textContent = op
       ? `${op.description || ""} (declared queue: ${op.heavy ? "heavy" : "fast"})` : "";
-    $("input-json").value = JSON.stringify(op ? exampleFor(op.input_schema) : {}, null, 2);
+    $("input-json").value = JSON.stringify(exampleFor(op), null, 2);
+    $("submit-error").textContent = "";
   }
 
   async function onSubmit(ev) {
     ev.preventDefault();
     $("submit-error").textContent = "";
     const svc = currentService();
+    if (!svc) {
+      $("submit-error").textContent = "No service to run: the server lists none.";
+      return;
+    }
     let input;
     try {
       input = JSON.parse($("input-json").value || "{}");
@@ -422,7 +648,8 @@
     if (queue) body.heavy = queue === "heavy";
     try {
       const out = await api("POST", "/tasks", body);
-      trackTask(out.task_id, body.task_name);
+      trackTask(out.task_id, { title: `${svc.mode}/${svc.service} ${body.task_name}`,
+                               kind: "task", submitted: true });
     } catch (e) {
       $("submit-error").textContent = `Refused: ${e.message}`;
       if (e.status === 401 && state.config.dev && state.user) await devLogin(state.user);
@@ -433,21 +660,27 @@
     const button = task.el.querySelector(".cancel");
     button.disabled = true;
     task.el.dataset.cancel = "sending";
+    const path = task.kind === "batch" ? "batches" : task.kind === "workflow" ? "workflows"
+      : "tasks";
     try {
-      await api("DELETE", `/tasks/${encodeURIComponent(task.id)}`);
+      await api("DELETE", `/${path}/${encodeURIComponent(task.id)}`);
       // the CANCELLED event may have arrived before this answer: never overwrite it
-      if (!TERMINAL.has(task.status)) task.el.querySelector(".message").textContent = "cancelling...";
+      if (!TERMINAL.has(task.status)) {
+        task.cancelNote = true;
+        task.el.querySelector(".message").textContent = "cancelling...";
+      }
     } catch (e) {
+      task.cancelNote = true;
       task.el.querySelector(".message").textContent = `Cancel refused: ${e.message}`;
-      button.disabled = TERMINAL.has(task.status);
     } finally {
       task.el.dataset.cancel = "sent";
+      task.setStatus(task.status);
     }
   }
 
   // ---- start -------------------------------------------------------------------------
   async function main() {
-    window.aiecs = { state, Sequencer };
+    window.aiecs = { state, Sequencer, api, trackTask, showView, TERMINAL };
     state.config = await api("GET", "/config");
     // the dev sign-in form exists only on a development server ([hidden] wins in the CSS)
     $("dev-login").hidden = !state.config.dev;
@@ -461,15 +694,27 @@
       const token = $("token-input").value.trim();
       if (token) useToken(token);
     });
+    $("sign-out").addEventListener("click", signOut);
     $("service").addEventListener("change", onServiceChange);
     $("operation").addEventListener("change", onOperationChange);
+    $("reset-example").addEventListener("click", onOperationChange);
     $("submit-form").addEventListener("submit", onSubmit);
     $("follow-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const id = $("follow-id").value.trim();
-      if (id) trackTask(id, "");
+      if (id) trackTask(id);
     });
-    for (const id of JSON.parse(sessionStorage.getItem(STORE_TASKS) || "[]")) trackTask(id, "");
+    window.addEventListener("hashchange", () => showView(viewFromHash()));
+    let kept = [];
+    try {
+      kept = JSON.parse(sessionStorage.getItem(STORE_TASKS) || "[]");
+    } catch {
+      kept = [];
+    }
+    for (const t of kept) {
+      if (typeof t === "string") trackTask(t);
+      else if (t && typeof t.id === "string") trackTask(t.id, { title: t.title, kind: t.kind });
+    }
     if (state.token) await useToken(state.token);
     document.body.dataset.ready = "true";
   }
