@@ -27,7 +27,7 @@
   // an error answer as the note a user reads: a missing route is "not available"
   function unavailable(what, route, e) {
     if (UNAVAILABLE.has(e.status)) {
-      const why = e.status === 503 ? "its database is not reachable right now"
+      const why = e.status === 503 ? "the server cannot reach its store right now"
         : "this server does not offer it";
       return `${what} is not available: ${why} (${route} answered ${e.status}). `
         + "Live tasks still show under Run.";
@@ -287,6 +287,7 @@
     try {
       const [days, models] = await Promise.all([
         api("GET", `/usage?group_by=day&${q}`), api("GET", `/usage?group_by=model&${q}`)]);
+      $("usage-charts").hidden = false;
       note("usage-note", totalLine(days.total));
       chart($("chart-day"), fillDays(days.groups || [], form), "day");
       chart($("chart-model"), (models.groups || []).slice()
@@ -294,6 +295,7 @@
       $("view-usage").dataset.state = "loaded";
     } catch (e) {
       for (const id of ["chart-day", "chart-model"]) $(id).replaceChildren();
+      $("usage-charts").hidden = true;
       note("usage-note", unavailable("Usage", "GET /usage", e), "warn");
       $("view-usage").dataset.state = "unavailable";
     }
