@@ -42,7 +42,7 @@
   function money(v) {
     const n = num(v);
     if (n === null) return "—";
-    return n >= 1 ? `$${n.toFixed(2)}` : `$${n.toFixed(n === 0 ? 2 : 4)}`;
+    return `$${n.toFixed(n === 0 || n >= 0.1 ? 2 : 4)}`;
   }
 
   function count(v) {
@@ -50,11 +50,13 @@
     return n === null ? "—" : n.toLocaleString("en-US");
   }
 
-  function when(iso) {
-    if (!iso) return "—";
-    const d = new Date(iso);
-    if (Number.isNaN(d.getTime())) return String(iso);
-    return d.toISOString().replace("T", " ").slice(0, 19) + " UTC";
+  // a time of the API (ISO-8601, or UNIX seconds) in UTC, to the second or the minute
+  function when(t, short = false) {
+    if (t === null || t === undefined || t === "") return "—";
+    const d = new Date(typeof t === "number" ? t * 1000 : t);
+    if (Number.isNaN(d.getTime())) return String(t);
+    const text = d.toISOString().replace("T", " ");
+    return short ? text.slice(0, 16) : `${text.slice(0, 19)} UTC`;
   }
 
   // a date input's day as an ISO instant (its start; "until" is the end of the day)
@@ -133,7 +135,7 @@
     tr.tabIndex = 0;
     const service = [pick(row, "mode"), pick(row, "service")].filter(Boolean).join("/");
     const cells = [
-      when(pick(row, "finished_at", "updated_at", "created_at")),
+      when(pick(row, "finished_at", "updated_at", "created_at"), true),
       statusBadge(pick(row, "status")),
       `${service} · ${pick(row, "operation", "task_name") || "?"}`,
       pick(row, "model") || "—",
@@ -186,7 +188,7 @@
         const dt = document.createElement("dt");
         dt.textContent = k;
         const dd = document.createElement("dd");
-        dd.textContent = typeof v === "object" ? JSON.stringify(v) : String(v);
+        dd.textContent = fieldText(k, v);
         dl.append(dt, dd);
       }
       const events = out.events || [];
@@ -200,6 +202,15 @@
         : unavailable("This execution", "GET /executions/{task_id}/{step}", e), "warn");
     }
     panel.scrollIntoView({ block: "nearest" });
+  }
+
+  function fieldText(name, v) {
+    if (typeof v === "object") return JSON.stringify(v);
+    if (name === "cost") return money(v);
+    if (name.endsWith("_at")) return when(v);
+    if (name.endsWith("_tokens")) return count(v);
+    if (name.endsWith("_ms")) return `${count(v)} ms`;
+    return String(v);
   }
 
   function eventItem(e) {
@@ -371,8 +382,9 @@
           + `${count(g.executions)} executions`));
         svg.append(bar);
         if (i % every === 0) {
-          svg.append(el("text", { x: x + bw / 2, y: height - 8, class: "tick",
-                                  "text-anchor": "middle" }, String(g.key).slice(5, 10)));
+          svg.append(el("text", { x: Math.max(x + bw / 2, pad.l + 14), y: height - 8,
+                                  class: "tick", "text-anchor": "middle" },
+                        String(g.key).slice(5, 10)));
         }
       });
       svg.append(el("text", { x: pad.l, y: 12, class: "tick" }, `max ${unit(max)}`));
@@ -387,10 +399,11 @@
         const y = i * row + 4;
         const w = ((width - labelW - valueW) * measure(g)) / max;
         const name = String(g.key ?? "unknown");
-        svg.append(el("text", { x: labelW - 6, y: y + 15, class: "label", "text-anchor": "end" },
-          name.length > 24 ? `${name.slice(0, 23)}…` : name));
+        const room = Math.floor((labelW - 8) / 7); // characters of 12 px text that fit
         const bar = el("rect", { x: labelW, y, width: Math.max(w, 1), height: row - 8,
                                  class: "bar" });
+        svg.append(el("text", { x: labelW - 6, y: y + 15, class: "label", "text-anchor": "end" },
+          name.length > room ? `${name.slice(0, room - 1)}…` : name));
         bar.dataset.key = name;
         bar.append(el("title", {}, `${name}: ${unit(measure(g))}, `
           + `${count(g.executions)} executions`));
