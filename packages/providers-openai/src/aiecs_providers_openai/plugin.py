@@ -28,9 +28,10 @@ class OpenAIService(OpenAICompatService):
     stream_usage_env = "OPENAI_STREAM_USAGE"
     embed_batch_size = 2048  # OpenAI's per-request input limit
     embed_batch_tokens = 250_000  # below its 300k tokens-per-request limit
-    examples = {  # noqa: RUF012 - a class-level constant, never mutated
+    examples = {
         "chat": {"model": "gpt-4o-mini", "stream": True,
-                 "messages": [{"role": "user", "content": "Say hello to a new aiecs user in one short sentence."}]},
+                 "messages": [{"role": "user",
+                               "content": "Say hello to a new aiecs user in one short sentence."}]},
         "embed": {"model": "text-embedding-3-small", "texts": ["hello", "world"]},
     }
 

@@ -146,7 +146,7 @@ class EndpointService(Service):
     mode = "vertex"
     name = "endpoint"
     provider = "vertex-endpoint"
-    examples = {  # noqa: RUF012 - a class-level constant, never mutated
+    examples = {
         "chat": {"model": "default",
                  "messages": [{"role": "user", "content": "Say hello in one short sentence."}]},
         "predict": {"instances": [{"prompt": "Say hello in one short sentence."}]},

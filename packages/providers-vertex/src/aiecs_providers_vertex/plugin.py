@@ -151,9 +151,10 @@ class VertexService(Service):
     mode = "llm"
     name = "vertex"
     provider = "vertex"
-    examples = {  # noqa: RUF012 - a class-level constant, never mutated
+    examples = {
         "chat": {"model": "gemini-2.5-flash", "stream": True,
-                 "messages": [{"role": "user", "content": "Say hello to a new aiecs user in one short sentence."}]},
+                 "messages": [{"role": "user",
+                               "content": "Say hello to a new aiecs user in one short sentence."}]},
         "embed": {"model": "text-embedding-005", "texts": ["hello", "world"]},
     }
     default_timeout = 120.0

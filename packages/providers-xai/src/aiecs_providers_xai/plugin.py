@@ -29,9 +29,10 @@ class XAIService(OpenAICompatService):
     stream_usage_env = "XAI_STREAM_USAGE"
     embed_batch_size = 128
     embed_batch_tokens = 100_000
-    examples = {  # noqa: RUF012 - a class-level constant, never mutated
+    examples = {
         "chat": {"model": "grok-3-mini", "stream": True,
-                 "messages": [{"role": "user", "content": "Say hello to a new aiecs user in one short sentence."}]},
+                 "messages": [{"role": "user",
+                               "content": "Say hello to a new aiecs user in one short sentence."}]},
     }
 
 

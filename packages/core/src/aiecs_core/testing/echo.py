@@ -112,7 +112,7 @@ class EchoService(Service):
     mode = "test"
     name = "echo"
     provider = "echo"
-    examples = {  # noqa: RUF012 - a class-level constant, never mutated
+    examples = {
         name: {"text": "Hello from the aiecs page! This text streams back in chunks.",
                "chunks": 8, "delay": 0.25}
         for name in ("echo", "echo_sync", "echo_heavy")
