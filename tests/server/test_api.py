@@ -309,9 +309,13 @@ def test_services_health_config_page(progress_server):
     echo = next(s for s in listing["services"] if s["service"] == "echo")
     assert echo["operations"]["echo_heavy"]["heavy"] is True
     assert "properties" in echo["operations"]["echo"]["input_schema"]
+    assert echo["operations"]["echo"]["example"]["text"]  # the page's form starts from it
     status, health = server.http("GET", "/healthz")
     assert status == 200 and health["status"] == "ok" and health["pubsub_listener"] is True
-    assert server.http("GET", "/config") == (200, {"dev": False, "token_ttl": 3600})
+    status, config = server.http("GET", "/config")
+    assert status == 200 and (config["dev"], config["token_ttl"]) == (False, 3600)
+    assert isinstance(config["history"], bool)  # whether the page may ask /executions
+
     status, page = server.http("GET", "/")
     assert status == 200 and "/static/socket.io.min.js" in page
     assert "default-src 'self'" in server.last_headers["content-security-policy"]

@@ -1,5 +1,6 @@
 """The web page: ``/`` (index.html), ``/static/...``, and ``/config``, the settings the
-page reads (development mode, token lifetime)."""
+page reads (development mode, token lifetime, whether this server keeps a history: the
+page asks the history routes for a card's details only then)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ async def index(request: Request) -> Response:
 
 async def config(request: Request) -> Response:
     s = request.app.state
-    return JSONResponse({"dev": s.dev, "token_ttl": s.token_ttl})
+    return JSONResponse({"dev": s.dev, "token_ttl": s.token_ttl,
+                         "history": getattr(s, "history", None) is not None})
 
 
 ROUTES = [

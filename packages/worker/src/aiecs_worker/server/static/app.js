@@ -141,6 +141,7 @@
           this.steps.set(e.step, st);
           if (this.steps.size === 2 && !this.kind) identify(this);
         }
+        if (!this.title && TERMINAL.has(e.status)) nameFromHistory(this, e.step);
         st.name = e.task_name || st.name;
         st.at = ++tick;
         if (e.type === "status") {
@@ -301,6 +302,24 @@
       else return; // not known yet: the card keeps following its highest step
     }
     task.render();
+  }
+
+  // a task followed or seen live without its submission: its service from the history
+  // (GET /executions/{id}/{step}, Redis first); nothing when the server has no history
+  async function nameFromHistory(task, step) {
+    if (task.named || task.title || !state.config.history) return;
+    task.named = true; // asked once
+    try {
+      const out = await api("GET", `/executions/${encodeURIComponent(task.id)}/${step}`);
+      const row = (out && out.execution) || {};
+      if (row.mode && row.service && !task.title && task.kind !== "workflow") {
+        task.title = `${row.mode}/${row.service} ${row.operation || row.task_name || ""}`.trim();
+        task.render();
+        persistTasks();
+      }
+    } catch {
+      // no history here, or not recorded yet: the card keeps the operation's name
+    }
   }
 
   function trackTask(taskId, info = {}) {
