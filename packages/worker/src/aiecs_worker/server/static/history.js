@@ -84,7 +84,8 @@
   function filters() {
     const form = $("history-filters");
     const q = new URLSearchParams();
-    for (const name of ["status", "service", "operation", "model"]) {
+    for (const name of ["status", "service", "operation", "model", "template", "batch_id",
+                        "workflow_id"]) {
       const v = form.elements[name].value.trim();
       if (v) q.set(name, v);
     }
@@ -159,6 +160,36 @@
     return tr;
   }
 
+  // every execution matching the filters, as NDJSON (the route streams them), saved as a file
+  async function exportHistory() {
+    const q = filters();
+    q.delete("limit");
+    q.set("format", "ndjson");
+    const button = $("history-export");
+    button.disabled = true;
+    try {
+      const resp = await fetch(`/executions?${q}`,
+        { headers: { Authorization: `Bearer ${window.aiecs.state.token}` } });
+      if (!resp.ok) {
+        const e = new Error(`${resp.status} ${resp.statusText}`);
+        e.status = resp.status;
+        throw e;
+      }
+      const url = URL.createObjectURL(await resp.blob());
+      const a = document.createElement("a");
+      a.href = url;
+      a.download = `aiecs-history-${new Date().toISOString().slice(0, 10)}.ndjson`;
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (e) {
+      note("history-note", unavailable("The export", "GET /executions?format=ndjson", e), "warn");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---- one execution: its row and its events ----------------------------------------
   const HIDDEN_FIELDS = new Set(["id", "user_id"]);
 
@@ -171,12 +202,14 @@
     $("detail-title").textContent = `${taskId} · step ${step}`;
     $("detail-source").textContent = "";
     $("detail-fields").replaceChildren();
+    $("detail-follow").hidden = true;
     $("detail-events").replaceChildren();
     note("detail-note", "Loading...");
     try {
       const out = await api("GET",
         `/executions/${encodeURIComponent(taskId)}/${encodeURIComponent(step)}`);
       const row = out.execution || {};
+      $("detail-follow").hidden = out.source !== "redis";
       const service = [pick(row, "mode"), pick(row, "service")].filter(Boolean).join("/");
       $("detail-title").textContent =
         `${service} · ${pick(row, "operation", "task_name") || "?"} · ${taskId} · step ${step}`;
@@ -438,6 +471,12 @@
     });
     $("history-more").addEventListener("click", () => loadHistory(false));
     $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
+    $("history-export").addEventListener("click", exportHistory);
+    // the execution's card on Run: live events, or its log replayed while Redis keeps it
+    $("detail-follow").addEventListener("click", () => {
+      window.aiecs.trackTask($("detail").dataset.taskId);
+      location.hash = "#run";
+    });
     $("usage-filters").addEventListener("submit", (ev) => {
       ev.preventDefault();
       loadUsage();
