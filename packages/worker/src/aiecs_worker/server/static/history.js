@@ -154,7 +154,7 @@
       else td.textContent = c;
       tr.append(td);
     });
-    const open = () => showDetail(taskId, step);
+    const open = () => showDetail(taskId, step, row);
     tr.addEventListener("click", open);
     tr.addEventListener("keydown", (ev) => { if (ev.key === "Enter") open(); });
     return tr;
@@ -193,7 +193,9 @@
   // ---- one execution: its row and its events ----------------------------------------
   const HIDDEN_FIELDS = new Set(["id", "user_id"]);
 
-  async function showDetail(taskId, step) {
+  // listed: the row of the list it was opened from (the database's), whose facts fill
+  // what a live record (Redis: the request is gone once it ended) does not hold
+  async function showDetail(taskId, step, listed = {}) {
     const panel = $("detail");
     panel.hidden = false;
     panel.dataset.taskId = taskId;
@@ -208,7 +210,10 @@
     try {
       const out = await api("GET",
         `/executions/${encodeURIComponent(taskId)}/${encodeURIComponent(step)}`);
-      const row = out.execution || {};
+      const row = { ...listed };
+      for (const [k, v] of Object.entries(out.execution || {})) {
+        if (v !== null && v !== undefined) row[k] = v;
+      }
       $("detail-follow").hidden = out.source !== "redis";
       const service = [pick(row, "mode"), pick(row, "service")].filter(Boolean).join("/");
       $("detail-title").textContent =
