@@ -354,7 +354,8 @@
     if (!t) return "";
     return `In this period: ${count(t.executions)} executions, `
       + `${count(t.input_tokens)} input and ${count(t.output_tokens)} output tokens, `
-      + `cost ${money(t.cost)}.`;
+      + (num(t.cost) === null ? "no priced calls (prices: AIECS_PRICES)."
+        : `cost ${money(t.cost)}.`);
   }
 
   // one bar per day of the range, days without executions at zero
