@@ -2,9 +2,10 @@
 // 1280 px, then again at 390 px, each stage backed by a screenshot.
 //
 // usage: node first_use.mjs '{"url", "chromium", "screenshot_dir", "user", "workflow",
-//                             "batch", "unknown_id", "width"}'
+//                             "batch", "slow_batch", "unknown_id", "width"}'
 // workflow: a POST /workflows body whose step 2 streams slowly while steps 3 (fails) and
-// 4 (waits for 3: cancelled) end first; batch: a POST /batches body. The page submits
+// 4 (waits for 3: cancelled) end first; batch: a POST /batches body; slow_batch: one
+// whose items run long enough to be cancelled from the card. The page submits
 // them with its own token (as any API client of the user's would), then follows them.
 // Prints one JSON line per step; exits non-zero on the first failure.
 // 1. the default form (the first service and operation) is accepted on Submit;
@@ -12,7 +13,7 @@
 // 3. the workflow's card says running (Cancel enabled) and shows step 2's stream while
 //    step 2 runs, and ends "failed" as GET /workflows/{id} says;
 // 4. a failed task: the title names the service, the error shows once;
-// 5. the batch's card: "batch · n of m items", never "step 0";
+// 5. the batch's card: "batch · n of m items", never "step 0"; its Cancel cancels it;
 // 6. an unknown id: "not found", Cancel disabled;
 // 7. sign out: the sign-in panel is back, no cards, no token kept.
 import path from "node:path";
@@ -164,6 +165,24 @@ await run(async (browser, errors) => {
         document.querySelector(`.task[data-task-id="${id}"]`)?.dataset.status),
       { timeout: 30000 }, batchId);
     say({ step: "batch", batch_id: batchId, ...(await card(batchId)) });
+  });
+
+  // 5b. a batch cancelled from its card (DELETE /batches/{id}: a batch is no task)
+  await stage("batch_cancel", async () => {
+    const batchId = (await submitted("/batches", opts.slow_batch)).batch_id;
+    await follow(batchId);
+    const sel = `.task[data-task-id="${batchId}"]`;
+    await page.waitForFunction((s) => document.querySelector(s)?.dataset.kind === "batch"
+      && !document.querySelector(`${s} .cancel`).disabled, { timeout: 20000 }, sel);
+    await page.click(`${sel} .cancel`);
+    await page.waitForFunction((s) => document.querySelector(s).dataset.cancel === "sent",
+      { timeout: 20000 }, sel);
+    const answered = await card(batchId);
+    await page.waitForFunction(
+      (s) => ["cancelled", "failed", "completed"].includes(document.querySelector(s).dataset.status),
+      { timeout: 30000 }, sel);
+    say({ step: "batch_cancel", batch_id: batchId, answered: answered.message,
+          ...(await card(batchId)) });
   });
 
   // 6. an id nobody has

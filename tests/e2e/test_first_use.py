@@ -30,9 +30,13 @@ def test_first_use(node, chromium, page_server, aiecs_redis, worker, output_dir,
     batch = {"batch_id": uid("batch"), "items": [
         {"mode": "test", "service": "echo", "task_name": "echo", "input_data": {"text": t}}
         for t in ("one", "two")]}
+    slow_batch = {"batch_id": uid("slow"), "items": [
+        {"mode": "test", "service": "echo", "task_name": "echo",
+         "input_data": {"text": "slow item", "chunks": 40, "delay": 0.25}}] * 2}
     code, lines, err = run_node(node, "first_use.mjs", {
         "url": page_server.url + "/", "chromium": chromium, "screenshot_dir": str(output_dir),
-        "user": user, "workflow": workflow, "batch": batch, "unknown_id": uid("nobody"),
+        "user": user, "workflow": workflow, "batch": batch, "slow_batch": slow_batch,
+        "unknown_id": uid("nobody"),
         "width": width}, timeout=180)
     steps = {line["step"]: line for line in lines}
     assert code == 0 and "error" not in steps, json.dumps(lines, indent=1) + err
@@ -97,6 +101,13 @@ def _checks(steps: dict, user: str, width: int, workflow_view: dict, output_dir)
         assert x["title"] == "batch · 2 of 2 items ended"
         assert x["status"] == "completed" and x["kind"] == "batch"
     check('batch', batch)
+
+    def batch_cancel(x):  # DELETE /batches/{id}, not /tasks/{id} (404: "Cancel refused")
+        assert not x["answered"].startswith("Cancel refused")
+        assert x["status"] == x["badge"] == "cancelled" and x["cancelDisabled"] is True
+        assert x["message"].startswith("partial failure: 0 of 2 items completed")
+
+    check("batch_cancel", batch_cancel)
 
     def unknown(x):  # never PENDING with a live Cancel
         assert x["atOnce"]["status"] != "pending" and x["atOnce"]["cancelDisabled"]

@@ -268,8 +268,11 @@
         text = focus.status;
       }
       if (this.kind === "workflow" && TERMINAL.has(this.status)) {
-        const ok = [...this.steps.values()].filter((s) => s.status === "completed").length;
-        text = `${ok} of ${this.steps.size} steps completed`;
+        const n = (st) => [...this.steps.values()].filter((s) => s.status === st).length;
+        text = [`${n("completed")} of ${this.steps.size} steps completed`,
+                 n("failed") && `${n("failed")} failed`,
+                 n("timed_out") && `${n("timed_out")} timed out`,
+                 n("cancelled") && `${n("cancelled")} cancelled`].filter(Boolean).join(", ");
       }
       if (!this.cancelNote || TERMINAL.has(this.status)) message.textContent = text;
     }
@@ -550,6 +553,8 @@
     for (const v of VIEWS) $(`view-${v}`).hidden = v !== name;
     for (const a of document.querySelectorAll("#nav a")) {
       a.classList.toggle("active", a.dataset.view === name);
+      if (a.dataset.view === name) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
     }
     document.body.dataset.view = name;
     if (name !== "run" && window.aiecsHistory) window.aiecsHistory.show(name);
