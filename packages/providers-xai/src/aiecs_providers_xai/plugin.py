@@ -33,6 +33,8 @@ class XAIService(OpenAICompatService):
         "chat": {"model": "grok-3-mini", "stream": True,
                  "messages": [{"role": "user",
                                "content": "Say hello to a new aiecs user in one short sentence."}]},
+        # the embedding models a team may use: GET /v1/embedding-models (see the README)
+        "embed": {"model": "v1", "texts": ["hello", "world"]},
     }
 
 

@@ -591,53 +591,11 @@
     onOperationChange();
   }
 
-  // A valid input built from a JSON Schema (what pydantic's model_json_schema gives):
-  // the required properties only, each the smallest value its constraints accept.
-  function sampleOf(schema, root, depth = 0) {
-    if (!schema || depth > 8) return null;
-    if (schema.$ref) {
-      const name = schema.$ref.split("/").pop();
-      return sampleOf(((root.$defs || root.definitions) || {})[name], root, depth + 1);
-    }
-    if ("default" in schema && schema.default !== null) return schema.default;
-    if (Array.isArray(schema.examples) && schema.examples.length) return schema.examples[0];
-    if ("const" in schema) return schema.const;
-    if (Array.isArray(schema.enum) && schema.enum.length) {
-      return schema.enum.includes("user") ? "user" : schema.enum[0];
-    }
-    const options = schema.anyOf || schema.oneOf;
-    if (options) {
-      const pick = options.find((o) => o.type !== "null") || options[0];
-      return sampleOf(pick, root, depth + 1);
-    }
-    switch (schema.type) {
-      case "object": {
-        const out = {};
-        for (const name of schema.required || []) {
-          out[name] = sampleOf((schema.properties || {})[name], root, depth + 1);
-        }
-        return out;
-      }
-      case "array":
-        return Array.from({ length: Math.max(1, schema.minItems || 0) },
-                          () => sampleOf(schema.items, root, depth + 1));
-      case "integer":
-      case "number":
-        return Math.max(1, schema.minimum ?? schema.exclusiveMinimum ?? 1);
-      case "boolean":
-        return false;
-      case "string":
-        return "Hello from the aiecs page!".slice(0, schema.maxLength || 1000);
-      default:
-        return {};
-    }
-  }
-
   function exampleFor(op) {
     if (!op) return {};
     if (op.example && typeof op.example === "object") return op.example;
     const schema = op.input_schema || {};
-    const out = sampleOf({ ...schema, examples: undefined }, schema) || {};
+    const out = window.aiecsSample({ ...schema, examples: undefined }, schema) || {};
     return typeof out === "object" && !Array.isArray(out) ? out : {};
   }
 
