@@ -16,6 +16,7 @@ from aiecs_core import ConfigurationError
 from celery import Celery
 from kombu import Exchange, Queue
 
+from .ops import tracing
 from .routing import FAST_QUEUE, HEAVY_QUEUE, MAX_PRIORITY, task_routes
 from .settings import Settings, get_settings
 from .store.connection import celery_sentinel_options, redbeat_options
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         redbeat_redis_options=beat_options,
         redbeat_key_prefix=BEAT_PREFIX,
     )
+    if s.aiecs_tracing:
+        tracing.install()  # the trace context travels in every message this process sends
     if s.celery_worker_concurrency is not None:
         celery_app.conf.worker_concurrency = s.celery_worker_concurrency
     return celery_app

@@ -18,6 +18,7 @@ pydantic-settings: importing pydantic-settings costs every process 25-130 ms of 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -245,6 +246,11 @@ class Settings(EnvSettings):
     """AIECS_TASK_EVENTS: Celery task events (``worker_send_task_events`` and
     ``task_send_sent_event``) for Flower and ``celery events``; off: only worker heartbeats
     until a monitor enables them (Flower does, as does ``celery control enable_events``)."""
+    aiecs_tracing: bool = False
+    """AIECS_TRACING: OpenTelemetry traces and GenAI metrics over OTLP/HTTP (the
+    ``aiecs-worker[tracing]`` extra; the exporter and the service name come from the
+    standard ``OTEL_*`` variables, read by the OpenTelemetry SDK). Off: nothing of
+    OpenTelemetry is imported."""
     celery_visibility_timeout: int = Field(default=300, gt=0)
     """CELERY_VISIBILITY_TIMEOUT: seconds before Redis redelivers an unacknowledged task
     (one a dead worker had received but not started; a redelivered copy of a running or
@@ -492,6 +498,9 @@ class Settings(EnvSettings):
                     f"{setting} is not set, and {name} is a sentinel:// URL: the sentinels "
                     "are asked for a master by its name; fix: set it to the master's name "
                     "in the sentinels' configuration (`sentinel monitor NAME ...`)")
+        if self.aiecs_tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
+            raise ValueError("AIECS_TRACING=1 needs OpenTelemetry; fix: pip install "
+                             "'aiecs-worker[tracing]', or unset AIECS_TRACING")
         if self.broker_is_amqp and self.redis_url is None:
             raise ValueError("REDIS_URL is required when CELERY_BROKER_URL is a RabbitMQ "
                              "(amqp://) URL: execution state and events live in Redis; fix: "

@@ -30,7 +30,7 @@ from aiecs_core import (
     validate_input,
 )
 
-from ..ops import logs, metrics
+from ..ops import logs, metrics, tracing
 from ..producer.release import send_released
 from ..store.events import TaskKeys, celery_task_id, script_args
 from ..store.hold import BACKLOG_KEY, admit_args, decode, keep_alive_args, release_args
@@ -223,8 +223,9 @@ class ExecutionMixin(RuntimeState):
             try:
                 result = await limited_call(
                     self.limiter, instance, spec.name, data, ctx,
-                    lambda: metrics.provider_call(instance, spec.name, ctx,
-                                                  invoke_operation(instance, spec, ctx, data)),
+                    lambda: tracing.provider_call(
+                        instance, spec.name, data, ctx, metrics.provider_call(
+                            instance, spec.name, ctx, invoke_operation(instance, spec, ctx, data))),
                 )
                 return result, attempt
             except AiecsError as exc:
@@ -352,6 +353,7 @@ class ExecutionMixin(RuntimeState):
         request = ctx.request
         keys = TaskKeys(request.user_id, request.task_id)
         info = error.to_info() if error is not None else None
+        tracing.terminal(status.value, info)
         usage = [u.model_dump(mode="json") for u in ctx.usage]
         event = ctx.make_event(
             "status",

@@ -18,6 +18,7 @@ from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
 from ..app import app
+from ..ops import tracing
 from ..producer.advance import after_step
 from ..producer.release import record_cancelled
 from ..routing import (
@@ -85,15 +86,17 @@ def eta_timestamp(options: dict[str, Any]) -> float | None:
 def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     runtime = get_runtime()
     delivery = task.request.delivery_info or {}
+    queue = delivery.get("routing_key") or ""
     try:
-        outcome = runtime.run(
-            args,
-            kwargs,
-            celery_id=task.request.id,
-            soft_limit=task.request.timelimit[1] if task.request.timelimit else None,
-            task=task.name,
-            queue=delivery.get("routing_key") or "",
-        )
+        with tracing.execution(task.request, task.name, queue):
+            outcome = runtime.run(
+                args,
+                kwargs,
+                celery_id=task.request.id,
+                soft_limit=task.request.timelimit[1] if task.request.timelimit else None,
+                task=task.name,
+                queue=queue,
+            )
     except StateUnavailableError as exc:
         log.warning("task %s not started: %s; returned to its queue", task.request.id, exc)
         raise Reject(str(exc), requeue=True) from None
@@ -175,7 +178,9 @@ def _on_revoked(sender=None, request=None, terminated=False, expired=False, **_:
 
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
-    """A prefork child starts its runtime (lease, sweeper, plugins) before any task."""
+    """A prefork child starts its runtime (lease, sweeper, plugins) before any task, and
+    its own tracing exporter (a thread does not survive the fork)."""
+    tracing.setup("aiecs-worker")
     get_runtime()
 
 
@@ -187,14 +192,17 @@ def _on_ready(sender=None, **_: Any) -> None:
     """
     pool = getattr(sender, "pool", None)
     if pool is not None and "prefork" not in type(pool).__module__:
+        tracing.setup("aiecs-worker")
         get_runtime()
 
 
 @signals.worker_process_shutdown.connect
 def _on_process_shutdown(**_: Any) -> None:
     close_runtime()
+    tracing.shutdown()
 
 
 @signals.worker_shutdown.connect
 def _on_shutdown(**_: Any) -> None:
     close_runtime()
+    tracing.shutdown()

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from ..ops import metrics
+from ..ops import metrics, tracing
 from ..ops.logs import install as install_json_logs
 from ..ops.redaction import install as install_redaction
 from ..settings import get_settings
@@ -47,6 +47,7 @@ def create_http_app(*, allowed_origins: list[str], dev_mode: bool, lifespan=None
         *(dev.ROUTES if dev_mode else []),
     ]
     middleware = [
+        Middleware(tracing.TracingMiddleware),  # AIECS_TRACING: a span per request
         Middleware(OriginGuard, allowed=allowed_origins),
         Middleware(
             CORSMiddleware,
@@ -93,6 +94,7 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
         register_secret(secret)  # also a dev mode's generated one
         install_redaction()  # now that uvicorn has set up its loggers
         install_json_logs()  # AIECS_LOG_FORMAT=json
+        tracing.setup("aiecs-server")  # AIECS_TRACING: the exporter, before the first request
         await socket.start()
         registry = await run_in_threadpool(load_plugins)
         for failure in registry.failures:
@@ -103,6 +105,7 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
             yield
         finally:
             await socket.stop()
+            tracing.shutdown()
 
     http = create_http_app(allowed_origins=origins, dev_mode=settings.aiecs_dev,
                            lifespan=lifespan)
