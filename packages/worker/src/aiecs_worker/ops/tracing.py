@@ -46,7 +46,7 @@ DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                  16777216, 67108864]
 #: Terminal statuses that mark the execution span as an error.
-ERROR_STATUSES = frozenset({"FAILED", "TIMED_OUT"})
+ERROR_STATUSES = frozenset({"failed", "timed_out"})
 
 
 class _Tracing:
@@ -67,6 +67,8 @@ class _Tracing:
         resource = Resource.create({})  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource = resource.merge(Resource({SERVICE_NAME: service}))
+        # which process (a prefork child's own pid: its set-up ran after the fork)
+        resource = resource.merge(Resource({"process.pid": self.pid}))
         self.tracer_provider = TracerProvider(resource=resource)
         self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.meter_provider = MeterProvider(
@@ -174,9 +176,7 @@ def _execution(request: Any, task: str, queue: str) -> Any:
     kwargs = request.kwargs if isinstance(getattr(request, "kwargs", None), dict) else {}
     attributes = {"messaging.operation.type": "process", "messaging.operation.name": "process",
                   "messaging.destination.name": queue,
-                  "messaging.message.id": str(request.id or ""), "aiecs.celery_task": task,
-                  "aiecs.delivery": int((getattr(request, "delivery_info", None) or {})
-                                        .get("redelivered") or 0)}
+                  "messaging.message.id": str(request.id or ""), "aiecs.celery_task": task}
     for key in ("task_name", "mode", "service", "task_id", "step"):
         value = kwargs.get(key)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -240,7 +240,7 @@ def _after_call(t: _Tracing, span: Any, attributes: dict[str, Any], usages: list
 
 def terminal(status: str, error: Any = None) -> None:
     """The execution's terminal event (its status, the error's type) on the current
-    (execution) span; FAILED and TIMED_OUT mark the span as an error."""
+    (execution) span; failed and timed_out mark the span as an error."""
     if not _on:
         return
     t = _tracing()
