@@ -57,6 +57,9 @@ SCALING = [
     ("cores busy", "cores_busy", ".2f", None),
 ]
 EVENTS = [(label, key, fmt, None) for label, key, fmt, _ in NOOP]
+TRACING = [*[(label, key, fmt, None) for label, key, fmt, _ in CHAT],
+           ("spans exported per task", "spans_per_task", ".2f", None),
+           ("OTLP KiB exported per task", "export_kb_per_task", ".2f", None)]
 BATCH = [
     ("tasks/s (first submit → last result)", "per_s", ".0f", ("ratio_ge", 0.85,
                                                               "≥ 0.85× single submissions")),
@@ -86,7 +89,7 @@ ANCHORS = {
              "aiecs column is one `submit_batch` call",
 }
 #: scenarios comparing two aiecs variants instead of aiecs and an anchor
-VARIANTS = {"events": ("on", "off")}
+VARIANTS = {"events": ("on", "off"), "tracing": ("on", "off")}
 
 
 def _fmt(value, fmt: str) -> str:
@@ -152,7 +155,8 @@ def _sections(results: dict) -> list[str]:
               "startup": "5. Start-up", "streaming": "6. Streaming",
               "scaling": "7. Scaling: worker processes (threads -c8 each)",
               "events": "Celery task events: off (default) vs on (AIECS_TASK_EVENTS=1)",
-              "batch": "8. A batch against as many single submissions (threads -c8)"}
+              "batch": "8. A batch against as many single submissions (threads -c8)",
+              "tracing": "Tracing: off (default) vs on (AIECS_TRACING=1, OTLP/HTTP export)"}
     for name, title in titles.items():
         if name not in sc:
             continue
@@ -167,7 +171,7 @@ def _sections(results: dict) -> list[str]:
             else:
                 rows = {"noop": NOOP, "progress": PROGRESS, "streaming": STREAMING,
                         "scaling": SCALING, "events": EVENTS,
-                        "batch": BATCH}.get(name)
+                        "batch": BATCH, "tracing": TRACING}.get(name)
                 if name == "chat":
                     rows = CHAT_RECOMMENDED if config == "recommended" else CHAT
             label = config

@@ -33,7 +33,7 @@ FULL = {
     "scaling": [1, 2, 4], "chat_tasks": 2000, "chat_concurrency": [200, 500],
     "chat_anchor_tasks": 60, "sockets": 500, "progress_rate": 100, "progress_seconds": 20,
     "events_per_task": 5, "streams": 50, "stream_tokens": 100, "stream_interval": 0.02,
-    "startup_repeats": 5, "imports": 7, "batch_tasks": 10_000,
+    "startup_repeats": 5, "imports": 7, "batch_tasks": 10_000, "tracing_tasks": 2000,
 }
 # events_per_task: what the plain python-socketio anchor emits per task, as many as an aiecs
 # echo no-op makes (PENDING, RUNNING, progress, stream, COMPLETED).
@@ -41,12 +41,13 @@ QUICK = {
     **FULL, "repeats": 1, "noop_tasks": 300, "scaling": [1, 4], "chat_tasks": 500,
     "chat_concurrency": [200], "chat_anchor_tasks": 16, "progress_seconds": 5,
     "stream_tokens": 40, "startup_repeats": 1, "imports": 3, "batch_tasks": 300,
+    "tracing_tasks": 500,
 }
 #: For the test suite's smoke test: seconds, one scenario, only to keep the harness working.
-SMOKE = {**QUICK, "noop_tasks": 20, "noop_pools": ["threads"]}
+SMOKE = {**QUICK, "noop_tasks": 20, "noop_pools": ["threads"], "tracing_tasks": 20}
 
 SCENARIOS = ["noop", "chat", "progress", "startup", "streaming", "scaling", "events",
-             "batch"]
+             "batch", "tracing"]
 
 
 def _compile_workspace(log) -> None:
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "scaling": lambda: throughput.scaling(params, alternate),
         "events": lambda: throughput.events(params, alternate),
         "batch": lambda: throughput.batch(params, alternate),
+        "tracing": lambda: throughput.tracing(params, alternate),
     }
     started = dt.datetime.now(dt.UTC)
     results = {"date": started.isoformat(timespec="seconds"), "mode": mode_name,

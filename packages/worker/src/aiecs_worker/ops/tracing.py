@@ -183,8 +183,13 @@ def _execution(request: Any, task: str, queue: str) -> Any:
             attributes[f"aiecs.{key}"] = value if isinstance(value, int) else value[:200]
     with t.tracer.start_as_current_span(
             f"process {queue}".strip(), context=propagate.extract(carrier),
-            kind=t.trace.SpanKind.CONSUMER, attributes=attributes):
-        yield
+            kind=t.trace.SpanKind.CONSUMER, attributes=attributes,
+            record_exception=False, set_status_on_exception=False) as span:
+        try:
+            yield
+        except BaseException as exc:  # the type only: a message may quote user content
+            span.set_attribute("error.type", type(exc).__name__)
+            raise
 
 
 async def provider_call(instance: Any, operation: str, data: Any, ctx: Any, call: Any) -> Any:
@@ -281,9 +286,14 @@ class TracingMiddleware:
 
         with t.tracer.start_as_current_span(
                 method, context=propagate.extract(carrier), kind=t.trace.SpanKind.SERVER,
-                attributes={"http.request.method": method}) as span:
+                attributes={"http.request.method": method},
+                record_exception=False, set_status_on_exception=False) as span:
             try:
                 await self.app(scope, receive, send_status)
+            except BaseException as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(t.trace.StatusCode.ERROR)
+                raise
             finally:
                 route = getattr(scope.get("route"), "path", None)
                 if route:
