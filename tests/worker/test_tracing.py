@@ -17,6 +17,8 @@ import subprocess
 import sys
 
 import pytest
+from aiecs_core import TaskRequest
+from aiecs_worker.producer import control
 
 from tests.server.helpers import uid
 from tests.support.events import wait_terminal
@@ -163,3 +165,31 @@ def test_one_trace_from_delay_through_a_retry_in_a_threads_worker(
     assert failed.status_code == 2  # ERROR
     assert "overloaded" not in json.dumps(failed.attributes)
     assert "gen_ai.usage.output_tokens" not in failed.attributes
+
+
+@pytest.mark.slow
+def test_a_failed_execution_marks_its_span_with_the_error_type_only(
+        collector, fake, aiecs_redis, start_worker):
+    env = tracing_env(collector, fake)
+    start_worker(pool="threads", concurrency=2, env=env)
+    fake.script(Error(400, f"bad request echoing {PROMPT}"))
+    user, task_id = uid("trace"), uid("t")
+    control.submit(TaskRequest(**chat(task_id), user_id=user, step=1))
+    terminal, _ = wait_terminal(aiecs_redis.client(), user, task_id)
+    assert terminal["status"] == "failed", terminal
+
+    # tracing is off in this (submitting) process: the trace starts at the worker
+    [process] = collector.wait(lambda spans: [
+        s for s in spans if s.kind == "CONSUMER" and s.attributes.get("aiecs.task_id") == task_id
+        and s.events], what="the process span")
+    assert process.parent_id == ""
+    assert process.status_code == 2  # ERROR
+    error_type = terminal["error"]["type"]
+    assert process.attributes["error.type"] == error_type
+    assert ("aiecs.terminal", {"aiecs.status": "failed", "error.type": error_type}) \
+        in process.events
+    [call] = collector.wait(lambda spans: [
+        s for s in spans if s.kind == "CLIENT" and s.parent_id == process.span_id])
+    assert call.status_code == 2 and call.attributes["error.type"] == error_type
+    text = json.dumps([(s.name, s.attributes, s.events) for s in collector.spans])
+    assert PROMPT not in text and "bad request echoing" not in text
