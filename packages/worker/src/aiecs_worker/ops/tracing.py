@@ -174,9 +174,10 @@ def _execution(request: Any, task: str, queue: str) -> Any:
     carrier = {k: v for k in ("traceparent", "tracestate")
                if isinstance(v := getattr(request, k, None), str)}
     kwargs = request.kwargs if isinstance(getattr(request, "kwargs", None), dict) else {}
-    attributes = {"messaging.operation.type": "process", "messaging.operation.name": "process",
-                  "messaging.destination.name": queue,
-                  "messaging.message.id": str(request.id or ""), "aiecs.celery_task": task}
+    attributes: dict[str, str | int] = {
+        "messaging.operation.type": "process", "messaging.operation.name": "process",
+        "messaging.destination.name": queue, "messaging.message.id": str(request.id or ""),
+        "aiecs.celery_task": task}
     for key in ("task_name", "mode", "service", "task_id", "step"):
         value = kwargs.get(key)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
