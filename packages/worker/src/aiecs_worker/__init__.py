@@ -19,6 +19,7 @@ from .runner import warm as _warm  # noqa: F401 - providers warmed off the loop 
 from .runner.poison import install as _install_poison_guard
 from .runner.tasks import execute_heavy_task, execute_task
 from .runner.upstream_fixes import install as _install_upstream_fixes
+from .store import gauges as _gauges  # noqa: F401 - queue depth etc. on the worker's page
 from .store.events import celery_task_id
 
 # The worker's parts are wired into the app here, not by aiecs_worker.app (which must not

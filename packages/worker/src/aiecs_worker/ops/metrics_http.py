@@ -13,6 +13,10 @@ A process that died (a prefork child replaced, a worker restarted) leaves its co
 the sum (they do not go back) and its gauges out of it: its files are marked dead when
 the child exits and, for one killed outright, when the next scrape finds it gone.
 ``aiecs_process_resident_memory_bytes{pid}`` reports each live process's memory (Linux).
+
+A worker's page (not the progress server's) also carries the gauges its scrape collectors
+read then (:func:`scrape_collector`; :mod:`aiecs_worker.store.gauges` registers the queue
+depths, ``aiecs:pending``, the dead letters and Redis availability).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from celery import signals
 from ..settings import get_settings
 from . import metrics
 
-__all__ = ["exposition", "metrics_endpoint", "prepare_dir", "serve"]
+__all__ = ["exposition", "metrics_endpoint", "prepare_dir", "scrape_collector", "serve"]
 
 log = logging.getLogger("aiecs.metrics")
 #: Not a setting of ours (so read from os.environ here, not aiecs_worker.settings):
@@ -42,6 +46,15 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 #: the directory this process made (and removes at shutdown)
 _private_dir: str | None = None
+#: collectors computed when a worker's page is scraped (see :func:`scrape_collector`)
+_scrape_collectors: list[Any] = []
+
+
+def scrape_collector(collector: Any) -> Any:
+    """Add a prometheus_client collector to every worker's metrics page (one computed at
+    scrape time; a higher layer registers it, this module does not import it)."""
+    _scrape_collectors.append(collector)
+    return collector
 
 
 def _alive(pid: int) -> bool:
@@ -87,9 +100,10 @@ class _ProcessCollector:
         yield family
 
 
-def exposition(path: str | None = None) -> tuple[bytes, str]:
+def exposition(path: str | None = None, *, scraped: bool = False) -> tuple[bytes, str]:
     """The metrics page (body, content type): the sum over ``path`` (default
-    ``PROMETHEUS_MULTIPROC_DIR``), or this process's own values when there is none."""
+    ``PROMETHEUS_MULTIPROC_DIR``), or this process's own values when there is none;
+    ``scraped``: with the gauges of :func:`scrape_collector` (a worker's page)."""
     # prometheus_client on first use (see aiecs_worker.ops.metrics)
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -102,19 +116,23 @@ def exposition(path: str | None = None) -> tuple[bytes, str]:
     else:
         for metric in metrics.load().objects.values():
             registry.register(metric)
+    if scraped:
+        for collector in _scrape_collectors:
+            registry.register(collector)
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def serve(port: int, host: str, path: str | None = None) -> int:
-    """Serve :func:`exposition` on ``http://host:port/metrics`` from a daemon thread;
-    returns the port (``0`` picks a free one)."""
+    """Serve a worker's :func:`exposition` (with its scrape-time gauges) on
+    ``http://host:port/metrics`` from a daemon thread; returns the port (``0`` picks a
+    free one)."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the stdlib's name
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404)
                 return
             try:
-                body, ctype = exposition(path)
+                body, ctype = exposition(path, scraped=True)
             except Exception:  # noqa: BLE001 - a scrape must not kill the thread
                 log.exception("metrics exposition failed")
                 self.send_error(500)
@@ -158,19 +176,28 @@ async def metrics_endpoint(request: Any) -> Any:
 
 
 # -- the worker -------------------------------------------------------------------------------
+def _load_worker(conf: Any) -> None:
+    """The worker's metrics, its queues' executions pre-set to 0."""
+    queues = [q.name for q in (getattr(conf, "task_queues", None) or ())]
+    try:
+        metrics.load("worker", queues=queues)
+    except Exception:  # noqa: BLE001 - metrics must never stop the worker
+        log.exception("metrics not loaded")
+
+
 @signals.celeryd_after_setup.connect
-def _on_worker_setup(**_: Any) -> None:
+def _on_worker_setup(conf: Any = None, **_: Any) -> None:
     """Before the pool starts (and once logging is set up): load the metrics (the pool's
     children inherit them) and serve."""
     global _private_dir
     s = get_settings()
     if s.aiecs_metrics_port is None:
         if os.environ.get(MULTIPROC_ENV):  # a process of `aiecs worker -p N`: record only
-            metrics.load()
+            _load_worker(conf)
         return
     path, made = prepare_dir()
     _private_dir = path if made else None
-    metrics.load()
+    _load_worker(conf)
     try:
         port = serve(s.aiecs_metrics_port, s.aiecs_metrics_host, path)
     except OSError as exc:

@@ -64,10 +64,12 @@ class _Running:
 class WorkerContext(OperationContext):
     """The context operations get in the worker: events go to the process's publisher."""
 
-    def __init__(self, request: TaskRequest, runtime: _Publisher, *, deadline: float | None):
+    def __init__(self, request: TaskRequest, runtime: _Publisher, *, deadline: float | None,
+                 queue: str = ""):
         super().__init__(request, deadline=deadline)
         self._runtime = runtime
         self.began = time.monotonic()  # for the duration metric and log
+        self.queue = queue  # the queue it was delivered from (a metrics label)
 
     def emit(self, type_: str, **fields: Any) -> None:
         event = self.make_event(type_, **fields)

@@ -104,7 +104,7 @@ class ExecutionMixin(RuntimeState):
     async def _execute(self, request: TaskRequest, keys: TaskKeys, celery_id: str,
                        started: float, deadline: float, limit: float, task: str,
                        queue: str) -> Outcome:
-        ctx = WorkerContext(request, self, deadline=deadline)
+        ctx = WorkerContext(request, self, deadline=deadline, queue=queue)
         status, deliveries, cancel_requested, suspect = await self._begin_execution(
             ctx, keys, celery_id, task, queue
         )
@@ -166,7 +166,7 @@ class ExecutionMixin(RuntimeState):
         request = ctx.request
         running = _Running(ctx, task=asyncio.current_task())
         self.running[celery_id] = running
-        metrics.started(request.task_name)
+        metrics.started(ctx.queue, request.mode, request.service, request.task_name)
         status, error, result, attempts = TaskStatus.COMPLETED, None, None, 0
         try:
             try:
@@ -287,7 +287,7 @@ class ExecutionMixin(RuntimeState):
         delay = 0.05
         while True:
             try:
-                status, deliveries, cancel, suspect, holder = await self._begin(
+                status, deliveries, cancel, suspect, holder, *prior = await self._begin(
                     keys=keys_, args=args)
             except Exception as exc:  # noqa: BLE001 - Redis away: wait for it, within a bound
                 self._state_unavailable(exc)
@@ -301,6 +301,8 @@ class ExecutionMixin(RuntimeState):
             self._state_available()
             status = status.decode() if isinstance(status, bytes) else status
             if status != "busy":
+                if prior:
+                    self._count_begin(request, queue, prior)
                 return status, int(deliveries), bool(cancel), bool(suspect)
             holder = holder.decode() if isinstance(holder, bytes) else holder
             if holder_is_dead_here(holder):
@@ -311,6 +313,17 @@ class ExecutionMixin(RuntimeState):
             log.info("task %s (%s) is held by %s: this delivery is a duplicate, dropped",
                      celery_id, request.key, holder)
             return "duplicate", int(deliveries), False, False
+
+    @staticmethod
+    def _count_begin(request: TaskRequest, queue: str, prior: list[Any]) -> None:
+        """What the begin transition found, counted: the PENDING record of an execution
+        no worker had begun (counted here, once, whoever submitted it), a redelivery."""
+        status = prior[0].decode() if isinstance(prior[0], bytes) else prior[0]
+        delivered = int(prior[1])
+        if status == TaskStatus.PENDING.value and delivered == 0:
+            metrics.pending(queue, request.mode, request.service, request.task_name)
+        if delivered > 0:
+            metrics.redelivered(queue)
 
     async def _isolate(self, ctx: WorkerContext, state_key: str) -> None:
         """Run a crash suspect alone among suspects, cluster-wide (see lease.py)."""
@@ -391,7 +404,8 @@ class ExecutionMixin(RuntimeState):
             log.info("task %s (%s) was already terminal; outcome %s not recorded",
                      celery_id, request.key, status.value)
         else:
-            metrics.finished(request.task_name, status.value, getattr(ctx, "began", None))
+            metrics.finished(getattr(ctx, "queue", ""), request.mode, request.service,
+                             request.task_name, status.value, getattr(ctx, "began", None))
             logs.finished(celery_id, status.value, getattr(ctx, "began", None))
         if self._suspect == keys.state(request.step):
             self._suspect = None  # the finish script released the lock

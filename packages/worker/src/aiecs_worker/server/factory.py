@@ -21,6 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from ..ops import metrics, tracing
 from ..ops.logs import install as install_json_logs
 from ..ops.redaction import install as install_redaction
+from ..routing import FAST_QUEUE, HEAVY_QUEUE
 from ..settings import get_settings
 from .errors import EXCEPTION_HANDLERS
 from .middleware import OriginGuard, SecurityHeaders
@@ -73,7 +74,8 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
     """
     settings = settings or get_server_settings()
     worker_settings = worker_settings or get_settings()
-    metrics.load()  # now, not on the event loop at the first count
+    # now, not on the event loop at the first count
+    metrics.load("server", queues=(FAST_QUEUE, HEAVY_QUEUE))
     secret = settings.secret()
     origins = settings.allowed_origins(port)
     socket = ProgressSocket(

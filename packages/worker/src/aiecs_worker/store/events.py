@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from aiecs_core import TaskEvent, redact_json
 from redis.exceptions import NoScriptError
 
+from ..ops import metrics
 from ..settings import RedisTarget
 from .connection import async_client
 from .keys import TaskKeys
@@ -303,11 +304,15 @@ class RedisEventPublisher:
             items = coalesce(items)
             seqs = await self._send(items)
             retry = []
+            dropped = 0
             for item, seq in zip(items, seqs, strict=True):
                 if seq is None and item[2] is not None:
                     retry.append(item)  # a terminal transition is never dropped
-                elif item[1] is not None and not item[1].done():
+                    continue
+                dropped += seq is None
+                if item[1] is not None and not item[1].done():
                     item[1].set_result(seq)
+            metrics.events_dropped(dropped)
             await self._until_recorded(retry)
 
     async def _until_recorded(self, items: list[_Item]) -> None:
@@ -318,6 +323,7 @@ class RedisEventPublisher:
         while items:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+            metrics.events_retried(len(items))
             seqs = await self._send(items)
             if seqs[0] is not None:
                 for (_, fut, _), seq in zip(items, seqs, strict=True):

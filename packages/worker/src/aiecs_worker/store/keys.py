@@ -37,7 +37,7 @@ CANCEL_CHANNEL = f"{PREFIX}:cancel"
 #: starts; every terminal transition gives an execution's keys this TTL, whichever
 #: process makes it (a cancel from the server, say). See docs/operations.md, "Retention".
 RETENTION_KEY = f"{PREFIX}:retention"
-#: Stream of malformed broker messages (see aiecs_worker.runner.poison).
+#: List of malformed broker messages, newest first (see aiecs_worker.runner.poison).
 DEADLETTER_KEY = f"{PREFIX}:deadletter"
 
 

@@ -7,6 +7,7 @@ other. These functions use a synchronous Redis client.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -18,7 +19,7 @@ from aiecs_core import AiecsError, ErrorInfo, TaskCancelledError, TaskEvent, Tas
 from ..ops import metrics
 from ..settings import get_settings
 from .connection import sync_client
-from .events import PENDING_PUBLISH_LUA, TaskKeys, finish_sync, script_args
+from .events import FINISH_PUBLISH_LUA, PENDING_PUBLISH_LUA, TaskKeys, finish_args, script_args
 from .hold import ADMIT_LUA, admit_args, held_ttl
 from .keys import PENDING_KEY, celery_index_key, steps_key
 from .requests import routable_call
@@ -80,7 +81,8 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     seq, decision = out[0], out[-1]
     if not seq:
         return ""
-    metrics.submitted(request.task_name)
+    # not counted here: a worker counts it when it begins it, or whoever ends it first
+    # (see aiecs_worker.ops.metrics), so what a script submits is counted too
     return decision.decode() if isinstance(decision, bytes) else str(decision)
 
 
@@ -138,9 +140,41 @@ def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],
     event = TaskEvent(type="status", task_id=task_id, step=step, user_id=user_id,
                       task_name=task_name, status=status,
                       message=info.message if message is None else message, error=info)
-    return finish_sync(client, event, state_key or TaskKeys(user_id, task_id).state(step),
-                       terminal_fields(status, s.aiecs_events_ttl, error=info),
-                       s.aiecs_socketio_channel, s.aiecs_events_maxlen, s.aiecs_events_ttl)
+    state_key = state_key or TaskKeys(user_id, task_id).state(step)
+    keys, args = finish_args(*script_args(event, s.aiecs_socketio_channel,
+                                          s.aiecs_events_maxlen, s.aiecs_events_ttl),
+                             state_key, terminal_fields(status, s.aiecs_events_ttl, error=info))
+    # what the record was, read in the same transaction as the transition (for the metrics)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hmget(state_key, "status", "deliveries", "queue", "request")
+        _script(client, FINISH_PUBLISH_LUA)(keys=keys, args=args, client=pipe)
+        prior, seq = pipe.execute()
+    seq = int(seq)
+    if seq:
+        _count_end(prior, request, status)
+    return seq
+
+
+def _count_end(prior: list[Any], request: TaskRequest | tuple, status: TaskStatus) -> None:
+    """An execution ended here: its terminal status counted, and its PENDING record when
+    no worker had begun it (a worker counts it when it does)."""
+    if not metrics.loaded():
+        return
+    prior_status, deliveries, queue, raw = (
+        v.decode() if isinstance(v, bytes) else v for v in prior)
+    mode = service = ""
+    if isinstance(request, TaskRequest):
+        mode, service, operation = request.mode, request.service, request.task_name
+    else:
+        operation = request[3]
+        if raw:
+            with contextlib.suppress(ValueError, AttributeError):
+                stored = json.loads(raw)
+                mode, service = stored.get("mode", ""), stored.get("service", "")
+    labels = (queue or "", mode, service, operation)
+    if prior_status == TaskStatus.PENDING.value and not int(deliveries or 0):
+        metrics.pending(*labels)
+    metrics.finished(*labels, status.value, None)
 
 
 def end_cancelled(args: tuple, kwargs: dict[str, Any], reason: str) -> str:

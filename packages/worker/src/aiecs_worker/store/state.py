@@ -50,7 +50,9 @@ def begin_lua(then: str) -> str:
     KEYS: state, steps, celery index, owners, owned (this owner's).
     ARGV: celery_id, ttl, now, user_id, task_name, step, max_deliveries, owner, lease_ms,
     request json, queue, celery task name, force ('1' takes over from a live holder), then
-    ``then``'s.  Returns {status, deliveries, cancel_requested, suspect, holder}:
+    ``then``'s.  Returns {status, deliveries, cancel_requested, suspect, holder, prior
+    status, prior deliveries} (the last two when it changed the record: what it found,
+    for the metrics: a first delivery of a PENDING record, a redelivery):
 
     - status is the stored terminal status when the execution already finished (nothing
       changes then), 'busy' when another live owner holds it (nothing changes; holder
@@ -98,7 +100,7 @@ if run then
   if n > 1 then msg = 'redelivered after worker loss (delivery ' .. n .. ')' end
   {then}
 end
-return {{'running', n, cancel, f[6] or '', ''}}
+return {{'running', n, cancel, f[6] or '', '', st or '', delivered}}
 """
 
 
