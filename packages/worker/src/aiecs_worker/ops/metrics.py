@@ -276,8 +276,8 @@ def _zero(m: _Metrics) -> None:
     ``rate()``), and the unknown ones."""
     if m.executions is None:
         return
-    sets = [(q, *op) for q in sorted(_queues) for op in sorted(_declared())]
-    sets.append((UNKNOWN,) * 4)
+    operations = [*sorted(_declared()), (UNKNOWN,) * 3]
+    sets = [(q, *op) for q in (*sorted(_queues), UNKNOWN) for op in operations]
     for labels in sets:
         for status in _STATUSES:
             m.executions.labels(*labels, status)
