@@ -102,6 +102,8 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 #: Buckets of one provider call's latency (s).
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _EXEC = ["queue", "mode", "service", "operation"]
+#: The background loops that count their failures (aiecs_worker.ops.background).
+BACKGROUND_KINDS = ("lease", "workflow_sweep", "workflow_advance", "workflow_release")
 _STATUSES = tuple(s.value for s in TaskStatus)
 
 #: The families of each role (keys of :func:`_define`).
@@ -286,6 +288,29 @@ def _zero(m: _Metrics) -> None:
     if m.redeliveries is not None:
         for q in (*sorted(_queues), UNKNOWN):
             m.redeliveries.labels(q)
+    if m.requests is not None:  # the worker's provider families: each declared call
+        for provider, operation in sorted(_providers()):
+            m.requests.labels(provider, operation)
+            m.latency.labels(provider, operation)
+        for provider in sorted({p for p, _ in _providers()}):
+            m.in_flight.labels(provider)
+            m.rl_waits.labels(provider)
+            m.rl_seconds.labels(provider)
+    if m.background is not None:
+        for kind in BACKGROUND_KINDS:
+            m.background.labels(kind)
+
+
+def _providers() -> set[tuple[str, str]]:
+    """Every declared ``(provider, operation)`` (a service's provider name, else its name)."""
+    from aiecs_core import load_plugins
+
+    registry = load_plugins()
+    out = set()
+    for mode, service in registry.keys():
+        cls = registry.service_class(mode, service)
+        out |= {(cls.provider or cls.name, op) for op in cls.operations}
+    return out
 
 
 def loaded() -> bool:
