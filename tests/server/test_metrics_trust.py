@@ -61,6 +61,20 @@ def test_statuses_start_at_zero_and_only_declared_names_make_series(
         == series  # not one new series
     assert total(s, "celery_task_executions_total", queue="fast_tasks", mode="unknown",
                  service="unknown", operation="unknown", status="failed") == 30
+    # they failed before their operation started: never RUNNING, in the log or the counts
+    assert total(s, "celery_task_executions_total", status="running") == 0
+    assert not [e for t in ids for e in read_events(client, "mallory", t)
+                if e.get("status") == "running"]
+    # nor is invalid input of a declared operation
+    bad = f"t{uuid.uuid4().hex[:10]}"
+    app.send_task(FAST_TASK, kwargs=dict(
+        task_name="echo", user_id="mallory", task_id=bad, step=1, mode="test",
+        service="echo", input_data={"chunks": "many"}, context={}))
+    assert wait_terminal(client, "mallory", bad)[0]["status"] == "failed"
+    assert [e["status"] for e in read_events(client, "mallory", bad)] == ["failed"]
+    wait_until(lambda: total(scrape(url), "celery_task_executions_total", operation="echo",
+                             status="failed") == 1, timeout=10, message="counted failed")
+    assert total(scrape(url), "celery_task_executions_total", status="running") == 0
 
     # each process exports its own families only
     server = start_server(aiecs_redis.url)

@@ -70,6 +70,8 @@ class WorkerContext(OperationContext):
         self._runtime = runtime
         self.began = time.monotonic()  # for the duration metric and log
         self.queue = queue  # the queue it was delivered from (a metrics label)
+        #: (operation spec, validated input, service instance), once resolved
+        self.operation: tuple[Any, Any, Any] | None = None
 
     def emit(self, type_: str, **fields: Any) -> None:
         event = self.make_event(type_, **fields)

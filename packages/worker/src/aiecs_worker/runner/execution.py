@@ -105,14 +105,19 @@ class ExecutionMixin(RuntimeState):
                        started: float, deadline: float, limit: float, task: str,
                        queue: str) -> Outcome:
         ctx = WorkerContext(request, self, deadline=deadline, queue=queue)
+        # what to call, before the begin transition: a request that cannot run (no such
+        # service or operation, invalid input) ends FAILED without ever being RUNNING
+        unfit = self._prepare(ctx)
         status, deliveries, cancel_requested, suspect = await self._begin_execution(
-            ctx, keys, celery_id, task, queue
+            ctx, keys, celery_id, task, queue, start=unfit is None
         )
         if status == "duplicate":
             return Outcome(TaskStatus.RUNNING, celery_id=celery_id, duplicate=True)
         if status != TaskStatus.RUNNING.value:
             return await self._replay(request, keys, status, celery_id)
         refused = self._refusal(request, celery_id, deliveries, cancel_requested)
+        if refused is None and unfit is not None:
+            refused = TaskStatus.FAILED, unfit
         if refused is not None:
             return await self._finish_with(ctx, refused[0], error=refused[1],
                                            celery_id=celery_id)
@@ -211,11 +216,26 @@ class ExecutionMixin(RuntimeState):
     def _loop_deadline(self, monotonic_deadline: float) -> float:
         return self.loop.time() + max(0.0, monotonic_deadline - time.monotonic())
 
-    async def _attempts(self, ctx: WorkerContext) -> tuple[Any, int]:
+    def _prepare(self, ctx: WorkerContext) -> AiecsError | None:
+        """Resolve the operation, validate its input and get the service instance
+        (``ctx.operation``), or the error that keeps the execution from running."""
         request = ctx.request
-        spec = self.registry.operation(request.mode, request.service, request.task_name)
-        data = validate_input(spec, request.input_data)
-        instance = self.registry.instance(request.mode, request.service)
+        try:
+            spec = self.registry.operation(request.mode, request.service, request.task_name)
+            data = validate_input(spec, request.input_data)
+            instance = self.registry.instance(request.mode, request.service)
+        except AiecsError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug must not kill the worker
+            log.error("service %s/%s could not be set up:\n%s", request.mode, request.service,
+                      "".join(traceback.format_exception(exc)))
+            return OperationError(f"{type(exc).__name__}: {exc}",
+                                  exception_type=type(exc).__name__)
+        ctx.operation = (spec, data, instance)
+        return None
+
+    async def _attempts(self, ctx: WorkerContext) -> tuple[Any, int]:
+        spec, data, instance = ctx.operation
         s = self.settings
         attempt = 0
         while True:
@@ -262,7 +282,8 @@ class ExecutionMixin(RuntimeState):
         return exc
 
     async def _begin_execution(
-        self, ctx: WorkerContext, keys: TaskKeys, celery_id: str, task: str, queue: str
+        self, ctx: WorkerContext, keys: TaskKeys, celery_id: str, task: str, queue: str,
+        *, start: bool = True,
     ) -> tuple[str, int, bool, bool]:
         """The ``begin`` transition: (status, deliveries, cancel requested, suspect).
 
@@ -281,8 +302,8 @@ class ExecutionMixin(RuntimeState):
                  celery_index_key(celery_id), OWNERS_KEY, owned_key(self.owner), *ev_keys]
         args = [celery_id, s.aiecs_events_ttl, time.time(), request.user_id, request.task_name,
                 request.step, s.aiecs_max_deliveries, self.owner, s.aiecs_lease_seconds * 1000,
-                request.model_dump_json(), queue, task, "", *ev_args]
-        force = 12  # index of the force flag in args
+                request.model_dump_json(), queue, task, "" if start else "x", *ev_args]
+        flags = 12  # index of the flags in args
         give_up = time.monotonic() + s.aiecs_redis_wait
         delay = 0.05
         while True:
@@ -306,7 +327,7 @@ class ExecutionMixin(RuntimeState):
                 return status, int(deliveries), bool(cancel), bool(suspect)
             holder = holder.decode() if isinstance(holder, bytes) else holder
             if holder_is_dead_here(holder):
-                args[force] = "1"  # its process is gone: take over now
+                args[flags] += "1"  # its process is gone: take over now
                 continue
             # A live (or not yet swept) holder: if it dies, the sweeper queues the
             # execution again from its record, so this copy is not needed.

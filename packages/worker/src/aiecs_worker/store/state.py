@@ -49,10 +49,11 @@ def begin_lua(then: str) -> str:
 
     KEYS: state, steps, celery index, owners, owned (this owner's).
     ARGV: celery_id, ttl, now, user_id, task_name, step, max_deliveries, owner, lease_ms,
-    request json, queue, celery task name, force ('1' takes over from a live holder), then
-    ``then``'s.  Returns {status, deliveries, cancel_requested, suspect, holder, prior
-    status, prior deliveries} (the last two when it changed the record: what it found,
-    for the metrics: a first delivery of a PENDING record, a redelivery):
+    request json, queue, celery task name, flags ('1': take over from a live holder;
+    'x': do not start it, it cannot run: the caller ends it), then ``then``'s.  Returns
+    {status, deliveries, cancel_requested, suspect, holder, prior status, prior
+    deliveries} (the last two when it changed the record: what it found, for the
+    metrics: a first delivery of a PENDING record, a redelivery):
 
     - status is the stored terminal status when the execution already finished (nothing
       changes then), 'busy' when another live owner holds it (nothing changes; holder
@@ -71,7 +72,8 @@ local st = f[1]
 local delivered = tonumber(f[3] or '0')
 if st and terminal[st] then return {{st, delivered, '', '', ''}} end
 local holder = f[2] or ''
-if st == 'running' and holder ~= '' and holder ~= ARGV[8] and ARGV[13] ~= '1' then
+if st == 'running' and holder ~= '' and holder ~= ARGV[8]
+   and not string.find(ARGV[13], '1', 1, true) then
   {NOW_MS_LUA}
   local exp = redis.call('ZSCORE', KEYS[4], holder)
   if exp and tonumber(exp) > now_ms then return {{'busy', delivered, '', '', holder}} end
@@ -79,6 +81,7 @@ end
 local n = delivered + 1 - tonumber(f[4] or '0')
 local cancel = f[5] or ''
 local run = n <= tonumber(ARGV[7]) and cancel == ''
+  and not string.find(ARGV[13], 'x', 1, true)
 local fields = {{'deliveries', delivered + 1, 'celery_id', ARGV[1], 'user_id', ARGV[4],
   'task_name', ARGV[5], 'step', ARGV[6], 'updated', ARGV[3], 'owner', ARGV[8],
   'request', ARGV[10], 'queue', ARGV[11], 'task', ARGV[12]}}
