@@ -108,7 +108,12 @@ def test_a_killed_child_leaves_the_gauges_and_keeps_its_counts(aiecs_redis, star
     assert wait_terminal(client, "alice", slow)[0]["status"] == "failed"
     wait_until(lambda: total(scrape(url), "celery_task_executions_total", status="failed")
                == 1, timeout=10, message="the redelivery counted failed")
-    assert total(scrape(url), "celery_active_tasks") == 0
+    s = scrape(url)
+    assert total(s, "celery_active_tasks") == 0
+    # the redelivery is counted, once; refused (out of deliveries), it is not running again
+    assert total(s, "aiecs_execution_redeliveries_total", queue="fast_tasks") == 1
+    assert total(s, "celery_task_executions_total", status="running") == 1
+    assert total(s, "celery_task_executions_total", status="pending") == 1
 
 
 def test_metrics_listen_on_loopback_unless_configured(aiecs_redis, start_worker):
