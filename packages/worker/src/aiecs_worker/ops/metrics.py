@@ -114,6 +114,8 @@ ROLES: dict[str, tuple[str, ...]] = {
                "background"),
     "server": ("executions", "quota_refusals", "budget_refusals", "sockets", "delivered",
                "replays", "replayed", "restarts"),
+    # the history recorder's process: its families go here when it counts something
+    "recorder": (),
 }
 
 _m: Any = None  # the metric objects (a namespace), once loaded
