@@ -147,6 +147,10 @@ def test_every_panel_returns_data_from_a_real_scrape(prometheus_binary, tmp_path
             "sum by (status) (celery_task_executions_total)")}
         assert by_status == {"pending": 4, "running": 4, "completed": 3, "failed": 1,
                              "timed_out": 0, "cancelled": 0}, by_status
+        # the first failure of its label set shows in increase(): its series was there, at
+        # 0, before it (without the pre-set 0 the series starts at 1 and increase() reads 0)
+        [first] = prom.query('sum(increase(celery_task_executions_total{status="failed"}[5m]))')
+        assert float(first["value"][1]) >= 0.9, first
         [p95] = prom.query("histogram_quantile(0.95, sum by (le) "
                            "(rate(celery_task_duration_seconds_bucket[5m])))")
         assert 0 < float(p95["value"][1]) < 5, p95
