@@ -235,6 +235,7 @@ class ExecutionMixin(RuntimeState):
         return None
 
     async def _attempts(self, ctx: WorkerContext) -> tuple[Any, int]:
+        assert ctx.operation is not None  # resolved by _prepare before it began
         spec, data, instance = ctx.operation
         s = self.settings
         attempt = 0
