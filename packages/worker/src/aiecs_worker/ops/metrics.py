@@ -27,8 +27,9 @@ metrics, so the first count shows in ``rate()`` and ``increase()``:
   sees it); ``running`` when the begin transition starts the operation (and publishes
   RUNNING: a delivery refused there, out of deliveries or cancelled, is not counted);
   the terminal status (``completed``, ``failed``, ``timed_out``, ``cancelled``) by the
-  process that recorded it. A process that loaded no metrics (a script cancelling a
-  queued execution) counts nothing: its pending and cancelled go uncounted;
+  process that recorded it. A process that loaded no metrics counts nothing (a script
+  cancelling an execution held in Redis ends it itself: its pending and cancelled go
+  uncounted);
 - ``celery_task_duration_seconds{queue,mode,service,operation}`` (worker): from the worker
   receiving an execution to its recorded outcome. Its 95th percentile over the fleet is
   ``histogram_quantile(0.95, sum by (le) (rate(celery_task_duration_seconds_bucket[5m])))``
