@@ -27,6 +27,7 @@ import redis
 from ..ops.metrics_http import scrape_collector
 from ..routing import FAST_QUEUE, HEAVY_QUEUE
 from ..settings import get_settings
+from .connection import sync_client
 from .keys import DEADLETTER_KEY, PENDING_KEY
 
 __all__ = ["QUEUES", "RedisGauges", "priority_lists"]
@@ -47,7 +48,8 @@ def priority_lists(queue: str) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _client(url: str) -> Any:
-    return redis.Redis.from_url(url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT)
+    """A client of ``url`` (plain or Sentinel, see aiecs_worker.store.connection)."""
+    return sync_client(url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT)
 
 
 class RedisGauges:
