@@ -249,7 +249,7 @@ class Service:
             example = given[0] if isinstance(given, list) else None
         if not isinstance(example, dict):
             return None
-        example = json.loads(json.dumps(example))  # a copy the caller may change
+        example = dict(json.loads(json.dumps(example)))  # a copy the caller may change
         policy = current_model_policy()
         allowed = policy.models.get(cls.provider or cls.name) if policy else None
         if allowed and isinstance(example.get("model"), str) and example["model"] not in allowed:
