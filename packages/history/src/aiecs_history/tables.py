@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 __all__ = [
@@ -100,6 +101,18 @@ executions = Table(
     Index("ix_executions_user_finished", "user_id", "finished_at", "id"),
     # every user's (operators), and retention
     Index("ix_executions_finished", "finished_at", "id"),
+    # the selective filters of GET /executions (revision 0002): a user's failures, a
+    # batch's or workflow's executions, a template's runs (partial: most rows have none)
+    Index("ix_executions_user_status_finished", "user_id", "status", "finished_at", "id"),
+    Index("ix_executions_batch_id", "batch_id", "finished_at", "id",
+          sqlite_where=text("batch_id IS NOT NULL"),
+          postgresql_where=text("batch_id IS NOT NULL")),
+    Index("ix_executions_workflow_id", "workflow_id", "finished_at", "id",
+          sqlite_where=text("workflow_id IS NOT NULL"),
+          postgresql_where=text("workflow_id IS NOT NULL")),
+    Index("ix_executions_template_name", "template_name", "finished_at", "id",
+          sqlite_where=text("template_name IS NOT NULL"),
+          postgresql_where=text("template_name IS NOT NULL")),
 )
 
 #: Inputs and results, stored only when the operator opts in (size-capped, redacted).
