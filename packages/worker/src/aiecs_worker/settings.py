@@ -299,6 +299,9 @@ class Settings(EnvSettings):
     SQLite in WAL mode at ``AIECS_DATA_DIR/aiecs.db``."""
     aiecs_data_dir: str = "~/.local/share/aiecs"
     """AIECS_DATA_DIR: where the default SQLite history database lives."""
+    aiecs_database_timeout: float = Field(default=10.0, gt=0, le=300)
+    """AIECS_DATABASE_TIMEOUT: seconds the server waits for the history database (a
+    connection, one query) before answering 503; PostgreSQL also cancels the statement."""
     aiecs_socketio_channel: str = "socketio"
     """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
     aiecs_schedule_horizon: float = Field(default=60.0, gt=0)

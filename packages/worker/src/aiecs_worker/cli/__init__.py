@@ -16,6 +16,7 @@ from .batch import batch
 from .budget import budget
 from .dev import dev_command
 from .health import health_command
+from .history import forget_command, history_command, usage_command
 from .plugins import plugins
 from .schedule import schedule
 from .serve import serve
@@ -34,5 +35,6 @@ def main() -> None:
 
 
 for _command in (serve, token, submit, watch, schedule, plugins, health_command, dev_command,
-                 worker, batch, workflow, budget):
+                 worker, batch, workflow, budget, history_command, usage_command,
+                 forget_command):
     main.add_command(_command)

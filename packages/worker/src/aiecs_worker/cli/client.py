@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ApiClient", "ApiClientError", "EventSequencer", "TaskWatcher", "WatchError", "call"]
+__all__ = ["ApiClient", "ApiClientError", "EventSequencer", "TaskWatcher", "WatchError", "call",
+           "stream_lines"]
 
 TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 
@@ -105,6 +106,38 @@ class ApiClient:
         except aiohttp.ClientConnectionError as exc:
             raise ApiClientError(0, "connection_error",
                                  f"cannot reach {self.base_url}: {exc}") from None
+
+
+async def _stream(base_url: str, token: str, path: str, on_line: Callable[[bytes], None],
+                  idle_timeout: float) -> None:
+    import aiohttp  # deferred: only the commands that call the server need it
+
+    url = base_url.rstrip("/") + path
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=idle_timeout)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+            url, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            if resp.status >= 400:
+                text = await resp.text()
+                try:
+                    err = json.loads(text).get("error", {})
+                except (ValueError, AttributeError):
+                    err = {}
+                raise ApiClientError(resp.status, err.get("type", "http_error"),
+                                     err.get("message", text[:200]))
+            while line := await resp.content.readline():
+                on_line(line)
+    except aiohttp.ClientConnectionError as exc:
+        raise ApiClientError(0, "connection_error", f"cannot reach {base_url}: {exc}") from None
+
+
+def stream_lines(base_url: str, token: str, path: str, on_line: Callable[[bytes], None],
+                 *, idle_timeout: float = 60) -> None:
+    """GET ``path`` and hand each line of the answer to ``on_line`` as it arrives (an
+    NDJSON export: constant memory, whatever its length); :class:`ApiClientError` for a
+    refusal."""
+    asyncio.run(_stream(base_url, token, path, on_line, idle_timeout))
 
 
 def call(base_url: str, token: str, method: str, path: str, body: Any = None) -> Any:

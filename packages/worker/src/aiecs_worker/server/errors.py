@@ -20,11 +20,14 @@ status code that says what went wrong (never a traceback):
         allows
 422     the body does not validate: request model, unknown service or operation, or
         input rejected by the operation's input model; or a per-user limit the request
-        can never meet (``QuotaExceededError``, e.g. AIECS_MAX_STEPS_PER_TASK)
+        can never meet (``QuotaExceededError``, e.g. AIECS_MAX_STEPS_PER_TASK); or a
+        query parameter of the history routes out of range or malformed (cursor, limit,
+        time, status, an unknown parameter)
 429     a per-user quota (``QuotaExceededError``: submissions per second, executions or
         batches in flight, schedules), with ``Retry-After`` in seconds; the message
         names the limit and its setting (docs/security.md, "Quotas per user")
-503     Redis or the broker is unreachable
+503     Redis or the broker is unreachable, or the history database
+        (``DatabaseUnavailable``: down, or no answer within AIECS_DATABASE_TIMEOUT)
 ======  ==========================================================================
 
 Routes raise an :class:`ApiError` (or a subclass) for what they check themselves, and run
@@ -48,6 +51,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..history.database import DatabaseUnavailable
 from ..producer.groups import GroupError, NotFoundError
 from ..producer.schedules import ScheduleExistsError
 from ..store.quotas import retry_after_header
@@ -171,6 +175,10 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         return quota_error(exc)
     if isinstance(exc, BudgetExceededError):
         return ApiError(402, "BudgetExceededError", exc.message, **exc.details)
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("history database unavailable: %s", exc.reason)
+        return Unavailable(f"the history database is unavailable: {exc.reason}",
+                           type_="database_unavailable")
     if isinstance(exc, AiecsError):  # ServiceNotFoundError, InputValidationError, ...
         return ApiError(422, type(exc).__name__, exc.message)
     if is_backend_error(exc):

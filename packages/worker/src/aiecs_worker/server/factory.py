@@ -7,6 +7,7 @@ attribute, the ASGI application ``aiecs_worker.server:app``.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
+from ..history.database import HistoryDatabase
 from ..ops import metrics, tracing
 from ..ops.logs import install as install_json_logs
 from ..ops.redaction import install as install_redaction
@@ -27,7 +29,7 @@ from .errors import EXCEPTION_HANDLERS
 from .middleware import OriginGuard, SecurityHeaders
 from .realtime import ProgressSocket
 from .revocation import RevocationGate
-from .routes import budgets, dev, groups, health, pages, schedules, services, tasks
+from .routes import budgets, dev, groups, health, history, pages, schedules, services, tasks
 from .settings import ServerSettings, get_server_settings
 
 __all__ = ["create_app", "create_http_app"]
@@ -44,6 +46,7 @@ def create_http_app(*, allowed_origins: list[str], dev_mode: bool, lifespan=None
         *schedules.ROUTES,
         *groups.ROUTES,  # /batches, /workflows
         *budgets.ROUTES,  # /budget, /budgets/{user}
+        *history.ROUTES,  # /executions, /usage, /users/{user}/history
         *pages.ROUTES,  # /, /config, /static
         *(dev.ROUTES if dev_mode else []),
     ]
@@ -90,6 +93,8 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
         max_token_lifetime=settings.aiecs_token_max_lifetime,
         revocation_poll=settings.aiecs_revocation_poll,
     )
+    database = HistoryDatabase(worker_settings.database_url,
+                               timeout=worker_settings.aiecs_database_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -98,6 +103,9 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
         install_json_logs()  # AIECS_LOG_FORMAT=json
         tracing.setup("aiecs-server")  # AIECS_TRACING: the exporter, before the first request
         await socket.start()
+        # the migrations, in the background: a database that is down delays no start
+        # (the history routes answer 503 and the first query tries again)
+        migrating = asyncio.get_running_loop().create_task(database.start())
         registry = await run_in_threadpool(load_plugins)
         for failure in registry.failures:
             log.warning("plugin %s not loaded: %s", failure.name, failure.reason)
@@ -107,12 +115,15 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
             yield
         finally:
             await socket.stop()
+            migrating.cancel()
+            database.close()
             tracing.shutdown()
 
     http = create_http_app(allowed_origins=origins, dev_mode=settings.aiecs_dev,
                            lifespan=lifespan)
     http.state.secret = secret
     http.state.socket = socket
+    http.state.history = database
     http.state.dev = settings.aiecs_dev
     http.state.token_ttl = settings.aiecs_token_ttl
     http.state.token_max_lifetime = settings.aiecs_token_max_lifetime

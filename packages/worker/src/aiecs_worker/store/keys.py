@@ -12,7 +12,8 @@ __all__ = [
     "FLOWS_DUE_KEY", "FLOW_PREFIX", "OWNED_PREFIX", "OWNERS_KEY", "PENDING_KEY", "PREFIX",
     "RETENTION_KEY", "REVOKED_PREFIX", "SUSPECT_KEY", "TaskKeys", "batch_key", "celery_index_key",
     "flow_key", "owned_key", "quota_key", "rate_limit_base", "schedule_key",
-    "schedule_tick_key", "steps_key", "user_schedules_key", "window_key",
+    "schedule_tick_key", "steps_key", "task_of_key", "user_schedules_key",
+    "user_tasks_pattern", "window_key",
 ]
 
 #: The prefix of every key (the default of the functions' ``prefix`` arguments).
@@ -55,6 +56,20 @@ class TaskKeys:
     def state(self, step: int) -> str:
         """Hash: status, celery_id, result, error, usage, updated (per step)."""
         return f"{self._base}:{step}:state"
+
+
+def user_tasks_pattern(user_id: str, prefix: str = PREFIX) -> str:
+    """SCAN pattern of every key of a user's tasks (``TaskKeys`` and ``steps_key``); user
+    ids match ``aiecs_core.ID_PATTERN``: no ``:`` nor glob characters."""
+    return f"{prefix}:t:{user_id}:*"
+
+
+def task_of_key(key: str, user_id: str, prefix: str = PREFIX) -> str | None:
+    """The task id in a key of ``user_tasks_pattern(user_id)`` (None for another key)."""
+    head = f"{prefix}:t:{user_id}:"
+    if not key.startswith(head):
+        return None
+    return key[len(head):].split(":", 1)[0] or None
 
 
 def owned_key(owner: str, prefix: str = PREFIX) -> str:
