@@ -35,3 +35,12 @@ def history_server(request, tmp_path_factory):
     server.stop()
     report(server, 60)
     server.close()
+
+
+@pytest.fixture
+def start_server():
+    """Factory for servers of a test's own (``start_server(redis_url, env={...})``)."""
+    from tests.support.processes import process_factory
+
+    yield from process_factory(
+        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs), 80)

@@ -65,12 +65,15 @@ class HistoryDatabase:
         except ImportError:
             raise DatabaseUnavailable(missing_extra()) from None
         t = max(1, int(self.timeout))
-        if self.url.startswith("sqlite"):
-            return db.connect(self.url, connect_args={"timeout": self.timeout})
-        return db.connect(self.url, pool_timeout=self.timeout, pool_size=THREADS,
-                          max_overflow=0, connect_args={
-                              "connect_timeout": t,
-                              "options": f"-c statement_timeout={int(self.timeout * 1000)}"})
+        try:
+            if self.url.startswith("sqlite"):
+                return db.connect(self.url, connect_args={"timeout": self.timeout})
+            return db.connect(self.url, pool_timeout=self.timeout, pool_size=THREADS,
+                              max_overflow=0, connect_args={
+                                  "connect_timeout": t,
+                                  "options": f"-c statement_timeout={int(self.timeout * 1000)}"})
+        except OSError as exc:  # SQLite: the database's folder cannot be made
+            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     def engine(self) -> Any:
         """The engine, migrated to the newest schema (blocking: call it in a thread)."""
