@@ -198,26 +198,51 @@ def get(url: str, path: str, token: str) -> tuple[float, dict]:
 
 
 def scenarios(rnd: random.Random, n_requests: int):
-    """(name, [(user, query)]) per scenario; user None = an operator's token."""
+    """(name, [(user, params)]) per scenario; user None = an operator's token; a plan
+    "deep" or "batch" is built while measuring (it needs cursors / batch ids)."""
     typical = [f"u{rnd.randrange(1, USERS):04d}" for _ in range(n_requests)]
     models = [m for ms in MODELS.values() for m in ms]
-    yield "a user's first page (50)", [(u, "") for u in typical]
-    yield "the heavy user's first page (50, 100 k rows)", [(HEAVY, "")] * n_requests
+    yield "a user's first page (50)", [(u, {}) for u in typical]
+    yield "the heavy user's first page (50, 100 k rows)", [(HEAVY, {})] * n_requests
     yield "the heavy user, pages 2-21 (cursor)", "deep"
-    yield "the heavy user, limit=500", [(HEAVY, "?limit=500")] * max(1, n_requests // 4)
-    yield "the heavy user, status=failed", [(HEAVY, "?status=failed")] * n_requests
+    yield "the heavy user, limit=500", [(HEAVY, {"limit": 500})] * max(2, n_requests // 4)
+    yield "the heavy user, status=failed", [(HEAVY, {"status": "failed"})] * n_requests
     yield "the heavy user, model=X (unindexed filter)", [
-        (HEAVY, "?model=" + rnd.choice(models)) for _ in range(n_requests)]
+        (HEAVY, {"model": rnd.choice(models)}) for _ in range(n_requests)]
     yield "the heavy user, one day (since/until)", [
-        (HEAVY, f"?since={T_END - d * 86_400:.0f}&until={T_END - (d - 1) * 86_400:.0f}")
+        (HEAVY, {"since": T_END - d * 86_400, "until": T_END - (d - 1) * 86_400})
         for d in (rnd.randrange(1, 30) for _ in range(n_requests))]
     yield "a batch's items (batch_id)", "batch"
-    yield "operator: every user's first page", [(None, "")] * n_requests
-    yield "operator: every user's failures", [(None, "?status=failed")] * n_requests
+    yield "operator: every user's first page", [(None, {})] * n_requests
+    yield "operator: every user's failures", [(None, {"status": "failed"})] * n_requests
 
 
-def measure(url: str, n_requests: int) -> dict:
+def _plan(url: str, plan, n_requests: int, token) -> list[tuple[str | None, dict]]:
+    if plan == "deep":  # 20 pages after the first, by the cursors the server hands out
+        out = []
+        for _ in range(max(1, n_requests // 20)):
+            _, page = get(url, "/executions", token(HEAVY))
+            for _ in range(20):
+                out.append((HEAVY, {"cursor": page["next_cursor"]}))
+                _, page = get(url, "/executions?cursor=" + page["next_cursor"], token(HEAVY))
+        return out
+    if plan == "batch":
+        _, page = get(url, "/executions?limit=500", token(None))
+        batches = sorted({(r["user_id"], r["batch_id"]) for r in page["items"]
+                          if r["batch_id"]}) or [(HEAVY, "none")]
+        return [(batches[i % len(batches)][0], {"batch_id": batches[i % len(batches)][1]})
+                for i in range(n_requests)]
+    return plan
+
+
+def measure(url: str, database_url: str, server_pid: int, n_requests: int) -> dict:
+    """Per scenario: the requests' wall-clock times through the server, the same queries'
+    times in this process (the database alone: aiecs_history.queries), the server's CPU
+    per request, and the machine's load average (the bench shares the machine)."""
+    from aiecs_history import db, queries
     from aiecs_worker.server.tokens import issue_token
+
+    from .procs import group_cpu
 
     rnd = random.Random(7)
     tokens: dict[str | None, str] = {None: issue_token("ops", SECRET, 3600,
@@ -228,35 +253,38 @@ def measure(url: str, n_requests: int) -> dict:
             tokens[user] = issue_token(user, SECRET, 3600)
         return tokens[user]
 
+    engine = db.connect(database_url)
     out = {}
     for name, plan in scenarios(rnd, n_requests):
-        times = []
-        if plan == "deep":
-            for _ in range(max(1, n_requests // 20)):
-                _, page = get(url, "/executions", token(HEAVY))
-                for _ in range(20):
-                    took, page = get(url, "/executions?cursor=" + page["next_cursor"],
-                                     token(HEAVY))
-                    times.append(took)
-        elif plan == "batch":
-            _, page = get(url, "/executions?limit=500", token(None))
-            batches = sorted({(r["user_id"], r["batch_id"]) for r in page["items"]
-                              if r["batch_id"]}) or [(HEAVY, "none")]
-            for i in range(n_requests):
-                user, batch = batches[i % len(batches)]
-                times.append(get(url, "/executions?batch_id=" + urllib.parse.quote(batch),
-                                 token(user))[0])
-        else:
-            get(url, "/executions" + plan[0][1], token(plan[0][0]))  # warm this query
-            for user, query in plan:
-                times.append(get(url, "/executions" + query, token(user))[0])
-        out[name] = _stats(times)
-        print(f"  {name}: p50 {out[name]['p50_ms']:.1f} ms, p95 {out[name]['p95_ms']:.1f} ms,"
-              f" max {out[name]['max_ms']:.1f} ms", flush=True)
+        requests = _plan(url, plan, n_requests, token)
+        user, params = requests[0]
+        get(url, "/executions?" + urllib.parse.urlencode(params), token(user))  # warm it
+        http, alone = [], []
+        cpu0, load0 = group_cpu(server_pid), os.getloadavg()[0]
+        for user, params in requests:
+            took, _ = get(url, "/executions?" + urllib.parse.urlencode(params), token(user))
+            http.append(took)
+        cpu = group_cpu(server_pid) - cpu0
+        for user, params in requests:
+            q = dict(params)
+            limit, cursor = q.pop("limit", 50), q.pop("cursor", None)
+            start = time.perf_counter()
+            queries.list_executions(engine, queries.Filters(user_id=user, **q), limit=limit,
+                                    cursor=cursor)
+            alone.append(time.perf_counter() - start)
+        out[name] = {**_stats(http), "query": _stats(alone),
+                     "server_cpu_ms_per_request": 1000 * cpu / len(requests),
+                     "load_average": [load0, os.getloadavg()[0]]}
+        r = out[name]
+        print(f"  {name}: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, max "
+              f"{r['max_ms']:.1f} ms; query alone p95 {r['query']['p95_ms']:.1f} ms; server "
+              f"CPU {r['server_cpu_ms_per_request']:.1f} ms/request; load "
+              f"{load0:.1f}", flush=True)
     for group in ("day", "model"):
         times = [get(url, f"/usage?group_by={group}", token(f"u{i:04d}"))[0]
                  for i in range(1, 21)]
         out[f"usage by {group}, a typical user (not a target)"] = _stats(times)
+    engine.dispose()
     return out
 
 
@@ -292,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind}: loaded in {load_s:.0f} s ({size / 1e6:.0f} MB)", flush=True)
             server, url = start_server(redis.url, db_url)
             try:
-                results = measure(url, args.requests)
+                results = measure(url, db_url, server.pid, args.requests)
             finally:
                 stop(server)
                 if pg is not None:

@@ -110,3 +110,4 @@ def test_a_hung_database_is_503_within_the_timeout_and_starves_nothing(start_ser
                    timeout=20, message="history routes back after the database")
     finally:
         pg.cleanup()
+
