@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, case, delete, func, literal_column, select
@@ -129,16 +129,34 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
     return float(finished_at), row_id
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _iso(value: float | None) -> str | None:
     if value is None:
         return None
-    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+    return (_EPOCH + timedelta(seconds=value)).isoformat().replace("+00:00", "Z")
 
 
 def row_json(row: Any) -> dict[str, Any]:
-    """An ``executions`` row as JSON: its column names, times as ISO-8601 UTC."""
+    """An ``executions`` row (a Row or a mapping) as JSON: its column names, times as
+    ISO-8601 UTC."""
     data = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
     return {k: _iso(v) if k in TIME_COLUMNS else v for k, v in data.items()}
+
+
+def _rows_json(names: tuple[str, ...], rows: list[Any]) -> list[dict[str, Any]]:
+    """:func:`row_json` of many rows of one query (its column names read once: this runs
+    for every row of every page and export)."""
+    positions = [i for i, n in enumerate(names) if n in TIME_COLUMNS]
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in positions:
+            if values[i] is not None:
+                values[i] = _iso(values[i])
+        out.append(dict(zip(names, values, strict=True)))
+    return out
 
 
 def _connection(bind: Engine | Connection):
@@ -164,15 +182,16 @@ def list_executions(bind: Engine | Connection, filters: Filters, *, limit: int =
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
     after = decode_cursor(cursor) if cursor is not None else None
-    rows = _page(bind, filters, limit + 1, after)
+    names, rows = _page(bind, filters, limit + 1, after)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].finished_at, rows[-1].id) if more else None
-    return Page([row_json(r) for r in rows], next_cursor)
+    return Page(_rows_json(names, rows), next_cursor)
 
 
 def _page(bind: Engine | Connection, filters: Filters, limit: int,
-          after: tuple[float, int] | None) -> list[Any]:
+          after: tuple[float, int] | None) -> tuple[tuple[str, ...], list[Any]]:
+    """The column names and rows of one keyset page."""
     c = executions.c
     clauses = filters.clauses()
     if after is not None:
@@ -181,7 +200,8 @@ def _page(bind: Engine | Connection, filters: Filters, limit: int,
         clauses.append(row_value(c.finished_at, c.id) < row_value(*after))
     stmt = select(executions).where(*clauses).order_by(*_ORDER).limit(limit)
     with _connection(bind) as conn:
-        return list(conn.execute(stmt))
+        result = conn.execute(stmt)
+        return tuple(result.keys()), result.all()
 
 
 def iter_executions(bind: Engine | Connection, filters: Filters, *,
@@ -190,9 +210,8 @@ def iter_executions(bind: Engine | Connection, filters: Filters, *,
     ``batch`` rows (each its own short query: constant memory, no long transaction)."""
     after: tuple[float, int] | None = None
     while True:
-        rows = _page(bind, filters, batch, after)
-        for row in rows:
-            yield row_json(row)
+        names, rows = _page(bind, filters, batch, after)
+        yield from _rows_json(names, rows)
         if len(rows) < batch:
             return
         after = (rows[-1].finished_at, rows[-1].id)
