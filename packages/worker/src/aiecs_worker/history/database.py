@@ -43,9 +43,11 @@ def missing_extra() -> str:
 
 def _reason(exc: BaseException) -> str:
     """A short, secret-free reason: the driver's first line (never the URL)."""
+    from aiecs_core import redact
+
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return f"{type(orig).__name__}: {text[:200]}"
+    return f"{type(orig).__name__}: {redact(text)[:200]}"
 
 
 class HistoryDatabase:
