@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Connection, Engine, case, delete, func, literal_column, select
 from sqlalchemy import tuple_ as row_value
@@ -244,11 +244,10 @@ def _day_key(bind: Engine | Connection) -> Any:
                         "YYYY-MM-DD")
 
 
-def usage(bind: Engine | Connection, filters: Filters,
-          group_by: Literal["day", "provider", "model", "template"]) -> dict[str, Any]:
+def usage(bind: Engine | Connection, filters: Filters, group_by: str) -> dict[str, Any]:
     """Executions, tokens and cost of the executions ``filters`` selects, summed per
     ``group_by`` (``day``: UTC day of ``finished_at``; ``provider``: the service;
-    ``model``; ``template``: name and version) and in total.
+    ``model``; ``template``: name and version; else ValueError) and in total.
 
     ``cost`` is None when no execution of a group has a price; ``unpriced`` counts the
     executions without one (their cost is not in the sum)."""

@@ -34,6 +34,10 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _ms(start: float | None, end: float | None) -> int | None:
     return None if start is None or end is None else max(0, round((end - start) * 1000))
 
@@ -49,12 +53,12 @@ def row_from_state(user_id: str, task_id: str, step: int, state: dict[str, Any],
             req = json.loads(request)
         except ValueError:
             req = {}
-    result = state.get("result") if isinstance(state.get("result"), dict) else {}
-    error = state.get("error") if isinstance(state.get("error"), dict) else {}
+    result: dict[str, Any] = _dict(state.get("result"))
+    error: dict[str, Any] = _dict(state.get("error"))
     usage = [u for u in state.get("usage") or [] if isinstance(u, dict)]
     costs = [u["cost"] for u in usage if u.get("cost") is not None]
     group = state.get("group") or ""
-    template = req.get("template") if isinstance(req.get("template"), dict) else {}
+    template = _dict(req.get("template"))
     submitted, started, finished = (state.get("submitted"), state.get("started"),
                                     state.get("finished"))
     row = dict.fromkeys(COLUMNS)

@@ -63,10 +63,10 @@ def forget_user(client: Any, user_id: str, *, scan_count: int = 1000) -> dict[st
         task_id = task_of_key(key, user_id)
         if task_id is None:
             continue
-        steps = tasks.setdefault(task_id, set())
+        seen = tasks.setdefault(task_id, set())
         rest = key.split(":")[-2:]
         if rest[1] == "state" and rest[0].isdigit():
-            steps.add(int(rest[0]))
+            seen.add(int(rest[0]))
     out = {"tasks": 0, "states": 0, "live": 0}
     celery_prefix = celery_index_key("")
     for task_id, scanned in tasks.items():

@@ -141,8 +141,8 @@ async def get_execution(request: Request) -> Response:
             lambda engine: queries.get_execution(engine, user_id, task_id, step))
     if found is None:
         raise NotFound(f"no execution {task_id!r} step {step}")
-    execution, events = found
-    return JSONResponse({"execution": execution, "events": events or [],
+    execution, stored = found
+    return JSONResponse({"execution": execution, "events": stored or [],
                          "source": "database"})
 
 
