@@ -248,3 +248,51 @@ def test_forget_a_user(hs):
     assert server.http("GET", f"/executions/{waiting}/1", token=tok)[1]["source"] == "redis"
     assert server.http("DELETE", f"/tasks/{waiting}", token=tok)[0] == 202
     client.close()
+
+
+def test_executions_a_real_worker_ran_are_shown_from_redis(hs, worker):
+    """A completed and a failed execution, run by a real worker, read while their state is
+    in Redis: the row from the state (usage, times, error), the step's events."""
+    from tests.support.events import wait_until
+
+    server, user = hs.server, uid()
+    tok = server.token(user)
+    ids = {}
+    for name, data in (("ok", {"text": "hello big world", "chunks": 3}),
+                       ("bad", {"text": "x", "fail": "auth"})):
+        status, out = server.http("POST", "/tasks", {
+            "mode": "test", "service": "echo", "task_name": "echo", "input_data": data},
+            token=tok)
+        assert status == 202, out
+        ids[name] = out["task_id"]
+
+    def ended(task_id):
+        status, view = server.http("GET", f"/executions/{task_id}/1", token=tok)
+        return view if status == 200 and view["execution"]["finished_at"] else None
+
+    ok = wait_until(lambda: ended(ids["ok"]), timeout=60, message="echo completed")
+    row = ok["execution"]
+    assert ok["source"] == "redis" and row["status"] == "completed"
+    assert (row["mode"], row["service"], row["operation"], row["model"]) == (
+        "test", "echo", "echo", "echo-1")
+    assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (
+        3, 3, "reported")
+    assert row["run_ms"] is not None and row["queue_wait_ms"] is not None
+    assert row["deliveries"] == 1 and row["celery_id"]
+    kinds = [(e["type"], e["status"]) for e in ok["events"]]
+    assert kinds[0] == ("status", "pending") and kinds[-1] == ("status", "completed")
+    assert "".join(e["delta"] for e in ok["events"] if e["type"] == "stream") == (
+        "hello big world")
+    bad = wait_until(lambda: ended(ids["bad"]), timeout=60, message="echo failed")["execution"]
+    assert (bad["status"], bad["error_type"]) == ("failed", "AuthenticationError")
+    assert "echo was told to fail with auth" in bad["error_message"]
+    assert bad["input_tokens"] == 0 and bad["usage_source"] == "unknown"
+    # once recorded, the database's row is shown (it knows what the state forgot: the
+    # request's mode and service, the worker), the events still from Redis
+    insert_rows(hs.engine, [execution(user, ids["bad"], 1_780_000_000.0, mode="test",
+                                      service="echo", operation="echo", status="failed",
+                                      worker="w1@host")])
+    status, view = server.http("GET", f"/executions/{ids['bad']}/1", token=tok)
+    assert view["source"] == "redis" and view["events"][-1]["status"] == "failed"
+    assert (view["execution"]["worker"], view["execution"]["service"]) == ("w1@host", "echo")
+    assert isinstance(view["execution"]["id"], int)

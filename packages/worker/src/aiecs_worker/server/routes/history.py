@@ -7,8 +7,9 @@ from the history database and, for one execution still in Redis, from Redis.
   ``format=ndjson`` streams every match instead, one row per line (an export; a line
   ``{"error": {...}}`` ends one the database cut short).
 - ``GET /executions/{task_id}/{step}`` -> ``{"execution": row, "events": [...],
-  "source": "redis" | "database"}``: from Redis while the execution's state exists, else
-  the database's row and its compacted event log; 404 when neither has it.
+  "source": "redis" | "database"}``: from Redis while the execution's state exists (its
+  events from the task's log; its row from the state, or the database's once recorded),
+  else the database's row and its compacted event log; 404 when neither has it.
 - ``GET /usage?group_by=day|provider|model|template&since=&until=&...`` -> ``{"group_by",
   "groups": [{"key", "executions", "input_tokens", "output_tokens", "cost",
   "unpriced"}], "total": {...}}``.
@@ -135,6 +136,14 @@ async def get_execution(request: Request) -> Response:
     row = await run_checked(live)
     if row is not None:
         events = await _logged_events(request, user_id, task_id, step)
+        if row["status"] in _TERMINAL:  # recorded already? its row says more (mode, worker...)
+            try:
+                found = await _db(request).run(
+                    lambda engine: queries.get_execution(engine, user_id, task_id, step))
+            except DatabaseUnavailable:
+                found = None  # the state's row will do
+            if found is not None:
+                row = found[0]
         return JSONResponse({"execution": row, "events": events, "source": "redis"})
     with mapped_errors():
         found = await _db(request).run(
