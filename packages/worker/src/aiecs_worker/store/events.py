@@ -107,11 +107,12 @@ redis.call('PUBLISH', {a[3]}, {a[4]} .. ev .. {a[5]})
 PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1) + "return seq\n"
 
 # KEYS: state, seq, log.  ARGV: status, result, error, usage, now, ttl (the state's), then
-# PUBLISH_LUA's.  The terminal transition and its event in one atomic step: no process
-# death between them can leave a finished execution without its terminal event, and the
-# loser of a race appends nothing.  Returns the event's seq, or 0 when already terminal.
+# PUBLISH_LUA's, then (optional) meta and outbox.  The terminal transition and its event in
+# one atomic step: no process death between them can leave a finished execution without its
+# terminal event, and the loser of a race appends nothing.  Returns the event's seq, or 0
+# when already terminal.
 FINISH_PUBLISH_LUA = finish_lua(
-    _publish_lua("KEYS[2]", "KEYS[3]", 7, expire="retain") + "return seq\n")
+    _publish_lua("KEYS[2]", "KEYS[3]", 7, expire="retain") + "return seq\n", extra=13)
 
 # KEYS: state, steps, celery index, pending, seq, log.  ARGV: PENDING's nine, then
 # PUBLISH_LUA's.  A submission's PENDING record and event in one round trip. Returns 0 or
@@ -174,9 +175,10 @@ def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: 
 def finish_args(keys: list[str], args: list[Any], state_key: str,
                 finish: Sequence[Any]) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``FINISH_PUBLISH_LUA`` from PUBLISH_LUA's and the terminal state's
-    fields (status, result, error, usage, now, ttl); the JSON fields are redacted."""
+    fields (status, result, error, usage, now, ttl, then optionally meta and outbox); the
+    JSON fields are redacted."""
     finish = [redact_json(f) if isinstance(f, str) else f for f in finish]
-    return [state_key, *keys], [*finish, *args]
+    return [state_key, *keys], [*finish[:6], *args, *finish[6:]]
 
 
 def finish_sync(client: Any, event: TaskEvent, state_key: str, finish: Sequence[Any],

@@ -9,9 +9,10 @@ from __future__ import annotations
 __all__ = [
     "BACKLOG_KEY", "BEAT_PREFIX", "BUDGET_HOLD_SUFFIX", "budget_counter_key",
     "budget_limits_key", "CANCEL_CHANNEL", "DEADLETTER_KEY", "DUE_KEY",
-    "FLOWS_DUE_KEY", "FLOW_PREFIX", "OWNED_PREFIX", "OWNERS_KEY", "PENDING_KEY", "PREFIX",
-    "RETENTION_KEY", "REVOKED_PREFIX", "SUSPECT_KEY", "TaskKeys", "batch_key", "celery_index_key",
-    "flow_key", "owned_key", "quota_key", "rate_limit_base", "schedule_key",
+    "FLOWS_DUE_KEY", "FLOW_PREFIX", "OUTBOX_GROUP", "OUTBOX_KEY", "OWNED_PREFIX", "OWNERS_KEY",
+    "PENDING_KEY", "PREFIX", "RECORDER_LOCK_KEY", "RETENTION_KEY", "REVOKED_PREFIX",
+    "SUSPECT_KEY", "TaskKeys", "batch_key", "celery_index_key", "flow_key", "group_ids",
+    "owned_key", "parse_state_key", "quota_key", "rate_limit_base", "schedule_key",
     "schedule_tick_key", "steps_key", "task_of_key", "user_schedules_key",
     "user_tasks_pattern", "window_key",
 ]
@@ -40,6 +41,17 @@ CANCEL_CHANNEL = f"{PREFIX}:cancel"
 RETENTION_KEY = f"{PREFIX}:retention"
 #: List of malformed broker messages, newest first (see aiecs_worker.runner.poison).
 DEADLETTER_KEY = f"{PREFIX}:deadletter"
+
+# -- history (aiecs_worker.history) ---------------------------------------------------------
+#: Stream: the outbox of finished executions. The terminal script appends one entry per
+#: execution (its state hash, request included, plus ``key``: the state key); the
+#: recorders (consumer group :data:`OUTBOX_GROUP`) write it to the history database and
+#: delete it. Never trimmed: its length is the recorders' backlog.
+OUTBOX_KEY = f"{PREFIX}:outbox"
+#: The recorders' consumer group on :data:`OUTBOX_KEY`.
+OUTBOX_GROUP = "recorders"
+#: The lock held by the one recorder running the retention job.
+RECORDER_LOCK_KEY = f"{PREFIX}:recorder:retention"
 
 
 class TaskKeys:
@@ -70,6 +82,29 @@ def task_of_key(key: str, user_id: str, prefix: str = PREFIX) -> str | None:
     if not key.startswith(head):
         return None
     return key[len(head):].split(":", 1)[0] or None
+
+
+def parse_state_key(key: str, prefix: str = PREFIX) -> tuple[str, str, int] | None:
+    """``(user_id, task_id, step)`` of a state key (:meth:`TaskKeys.state`), or None.
+    Identifiers hold no ':' (``aiecs_core.models.ID_PATTERN``), so the split is exact."""
+    parts = key.split(":")
+    if (len(parts) != 6 or parts[0] != prefix or parts[1] != "t" or parts[5] != "state"
+            or not parts[4].isdigit()):
+        return None
+    return parts[2], parts[3], int(parts[4])
+
+
+def group_ids(group: str | None) -> tuple[str | None, str | None]:
+    """``(batch_id, workflow_id)`` of an execution's ``group`` field (the key of its batch
+    or workflow hash, see :func:`batch_key` and :func:`flow_key`)."""
+    if not group:
+        return None, None
+    parts = group.split(":")
+    if len(parts) == 4 and group.startswith(f"{PREFIX}:batch:"):
+        return parts[3], None
+    if len(parts) == 4 and group.startswith(FLOW_PREFIX):
+        return None, parts[3]
+    return None, None
 
 
 def owned_key(owner: str, prefix: str = PREFIX) -> str:

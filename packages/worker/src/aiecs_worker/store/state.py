@@ -137,17 +137,23 @@ end
 """
 
 
-def finish_lua(then: str) -> str:
+def finish_lua(then: str, extra: int = 7) -> str:
     """The terminal transition, then the Lua code ``then`` (run only by the winner).
 
-    KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl.  Returns 0 when
-    the execution was already terminal (nothing changes), else what ``then`` returns.
+    KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl; ARGV[extra] and
+    ARGV[extra + 1] (optional): ``meta`` (JSON: what the history row needs that the state
+    lacks, see :func:`aiecs_worker.store.records.terminal_fields`) and the outbox stream
+    (empty: history off).  Returns 0 when the execution was already terminal (nothing
+    changes), else what ``then`` returns.
     Every key of the execution gets the workers' TTL (:data:`_RETAIN_LUA`: ``then`` calls
     ``retain`` on the task's seq and log).
     A batch item or workflow step (field ``group``) tells its group in the same script
     (see aiecs_worker.store.hook). The execution leaves its fair-share window and
     the index of held executions (see aiecs_worker.store.hold). Its budget reservation is
-    replaced by what it used (see aiecs_worker.store.settle).
+    replaced by what it used (see aiecs_worker.store.settle). The finished state, its
+    ``request`` included (read before it is deleted), is appended to the outbox
+    (:data:`aiecs_worker.store.keys.OUTBOX_KEY`) for the history recorders: two commands
+    (HGETALL, XADD) in the same atomic step, so every terminal state has its entry.
     """
     return f"""
 local terminal = {_TERMINAL}
@@ -158,11 +164,18 @@ if f[5] then redis.call('ZREM', f[5], KEYS[1]) end
 if f[6] == 'due' then redis.call('ZREM', '{DUE_KEY}', KEYS[1]) end
 if f[6] then redis.call('HDEL', KEYS[1], 'held') end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
-           'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5])
+           'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5],
+           'meta', ARGV[{extra}] or '')
 {_RETAIN_LUA}
 redis.call('EXPIRE', KEYS[1], ttl)
 if f[7] then redis.call('EXPIRE', '{celery_index_key("")}' .. f[7], ttl) end
 retain(steps)
+do
+  local outbox = ARGV[{extra + 1}]
+  if outbox and outbox ~= '' then
+    redis.call('XADD', outbox, '*', 'key', KEYS[1], unpack(redis.call('HGETALL', KEYS[1])))
+  end
+end
 if f[1] == 'pending' then redis.call('ZREM', '{PENDING_KEY}', KEYS[1]) end
 if f[2] then
   if f[2] ~= '' then redis.call('SREM', '{OWNED_PREFIX}' .. f[2], KEYS[1]) end
@@ -223,7 +236,7 @@ def decode_state(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:
         val = v.decode() if isinstance(v, bytes) else v
         if key == "request":
             continue  # the task's arguments, kept only while it runs (for re-delivery)
-        if key in ("result", "error", "usage"):
+        if key in ("result", "error", "usage", "meta"):
             val = json.loads(val) if val else None
         elif key in ("step", "deliveries", "spared"):
             val = int(val)
