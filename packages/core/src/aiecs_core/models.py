@@ -104,6 +104,11 @@ class Usage(BaseModel):
     """Prompt / input tokens."""
     output_tokens: int = 0
     """Completion / output tokens."""
+    cached_tokens: int = 0
+    """Of the input tokens, those the provider served from its prompt cache (when it
+    reports them)."""
+    reasoning_tokens: int = 0
+    """Of the output tokens, those spent on reasoning (when the provider reports them)."""
     cost: float | None = None
     """Cost in USD, only when a price is configured; never estimated."""
     estimated: bool = False
@@ -119,6 +124,8 @@ class Usage(BaseModel):
             model=self.model,
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
             cost=cost,
             estimated=self.estimated or other.estimated,
         )

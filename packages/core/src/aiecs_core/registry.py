@@ -256,6 +256,15 @@ class ServiceRegistry:
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
 
+    def plugin_for(self, mode: str, service: str) -> PluginInfo | None:
+        """The plugin serving ``(mode, service)`` (its distribution and version), or None
+        when no one plugin serves it."""
+        claims = self._claims.get((mode, service))
+        if not claims or len(claims) != 1:
+            return None
+        name = claims[0][0]
+        return next((p for p in self.plugins if p.name == name), None)
+
     # -- failures ---------------------------------------------------------------------------
     @property
     def _services(self) -> dict[tuple[str, str], type[Service]]:

@@ -424,12 +424,18 @@ class OpenAICompatService(Service):
         return params
 
     def _usage(self, data: ChatInput, model: str, usage: Any) -> Usage:
+        # the SDK's usage details, where the server sends them (OpenAI, xAI): cached
+        # prompt tokens and reasoning tokens
+        prompt_details = getattr(usage, "prompt_tokens_details", None)
+        completion_details = getattr(usage, "completion_tokens_details", None)
         return make_usage(
             self.provider,
             model,
             getattr(usage, "prompt_tokens", 0) or 0,
             getattr(usage, "completion_tokens", 0) or 0,
             requested_model=data.model,
+            cached_tokens=getattr(prompt_details, "cached_tokens", 0) or 0,
+            reasoning_tokens=getattr(completion_details, "reasoning_tokens", 0) or 0,
         )
 
     @operation(description="Chat completion: messages in; text, tool calls and usage out.")

@@ -302,6 +302,33 @@ class Settings(EnvSettings):
     aiecs_database_timeout: float = Field(default=10.0, gt=0, le=300)
     """AIECS_DATABASE_TIMEOUT: seconds the server waits for the history database (a
     connection, one query) before answering 503; PostgreSQL also cancels the statement."""
+    aiecs_history: bool = True
+    """AIECS_HISTORY: the terminal step appends each finished execution to the outbox
+    (``aiecs:outbox``) that ``aiecs recorder`` writes to the history database. Off: no
+    outbox, no history (run no recorder then)."""
+    aiecs_history_days: float = Field(default=90.0, gt=0)
+    """AIECS_HISTORY_DAYS: days a history row (one per execution) is kept."""
+    aiecs_history_event_days: float = Field(default=30.0, gt=0)
+    """AIECS_HISTORY_EVENT_DAYS: days an execution's compacted event log is kept."""
+    aiecs_history_payload_days: float = Field(default=7.0, gt=0)
+    """AIECS_HISTORY_PAYLOAD_DAYS: days stored inputs and results are kept."""
+    aiecs_history_payloads: bool = False
+    """AIECS_HISTORY_PAYLOADS: also store each execution's input and result (redacted, each
+    cut at AIECS_HISTORY_PAYLOAD_BYTES). Off by default: inputs may be personal data."""
+    aiecs_history_payload_bytes: int = Field(default=65_536, gt=0)
+    """AIECS_HISTORY_PAYLOAD_BYTES: most bytes stored of one input or result (longer ones are
+    stored as ``{"truncated": true, "bytes": N, "head": "..."}``)."""
+    aiecs_recorder_batch: int = Field(default=500, ge=1, le=10_000)
+    """AIECS_RECORDER_BATCH: most outbox entries a recorder writes in one transaction."""
+    aiecs_recorder_wait_ms: int = Field(default=200, ge=1)
+    """AIECS_RECORDER_WAIT_MS: how long a recorder waits for outbox entries before writing
+    what it has (its batching delay, milliseconds)."""
+    aiecs_recorder_claim_idle: float = Field(default=60.0, gt=0)
+    """AIECS_RECORDER_CLAIM_IDLE: seconds after which an entry read but not acknowledged by a
+    recorder (one that died mid-batch) is taken over by another."""
+    aiecs_recorder_retention_every: float = Field(default=3600.0, gt=0)
+    """AIECS_RECORDER_RETENTION_EVERY: seconds between runs of the retention job (one
+    recorder at a time runs it)."""
     aiecs_socketio_channel: str = "socketio"
     """AIECS_SOCKETIO_CHANNEL: Redis channel shared with the Socket.IO server's manager."""
     aiecs_schedule_horizon: float = Field(default=60.0, gt=0)

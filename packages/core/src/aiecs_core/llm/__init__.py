@@ -52,7 +52,7 @@ from .models import (
     ToolCall,
     ToolDefinition,
 )
-from .pricing import PRICES_ENV, make_usage, price_for
+from .pricing import PRICES_ENV, make_usage, price_for, price_version
 from .status import error_for_status, parse_retry_after, raise_converted
 from .stream import (
     ChatDelta,
@@ -97,6 +97,7 @@ __all__ = [
     "parse_json",
     "parse_retry_after",
     "price_for",
+    "price_version",
     "raise_converted",
     "rate_limit_key",
     "redact",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -9,7 +10,7 @@ import os
 from ..errors import ConfigurationError
 from ..models import Usage
 
-__all__ = ["PRICES_ENV", "make_usage", "price_for"]
+__all__ = ["PRICES_ENV", "make_usage", "price_for", "price_version"]
 
 #: Environment variable with model prices: ``{"provider/model": {"input": USD per 1M
 #: tokens, "output": USD per 1M tokens}}``. Models without an entry get ``cost=None``.
@@ -58,6 +59,15 @@ def price_for(provider: str, *models: str | None) -> tuple[float, float] | None:
     return None
 
 
+def price_version() -> str | None:
+    """A short hash of ``AIECS_PRICES`` as this process reads it (None when unset): the
+    history records it beside each cost, so costs priced by different tables tell apart."""
+    raw = os.environ.get(PRICES_ENV, "").strip()
+    if not raw:
+        return None
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
 def make_usage(
     provider: str,
     model: str,
@@ -66,6 +76,8 @@ def make_usage(
     *,
     requested_model: str | None = None,
     estimated: bool = False,
+    cached_tokens: int = 0,
+    reasoning_tokens: int = 0,
 ) -> Usage:
     """A Usage record, priced when ``AIECS_PRICES`` has the model (reported or requested).
 
@@ -81,6 +93,8 @@ def make_usage(
         model=model,
         input_tokens=max(0, int(input_tokens)),
         output_tokens=max(0, int(output_tokens)),
+        cached_tokens=max(0, int(cached_tokens or 0)),
+        reasoning_tokens=max(0, int(reasoning_tokens or 0)),
         cost=cost,
         estimated=estimated,
     )

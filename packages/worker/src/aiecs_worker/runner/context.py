@@ -72,8 +72,12 @@ class WorkerContext(OperationContext):
         self.queue = queue  # the queue it was delivered from (a metrics label)
         #: (operation spec, validated input, service instance), once resolved
         self.operation: tuple[Any, Any, Any] | None = None
+        #: when the operation streamed its first output (the history's first_output_at)
+        self.first_output_at: float | None = None
 
     def emit(self, type_: str, **fields: Any) -> None:
+        if type_ == "stream" and self.first_output_at is None:
+            self.first_output_at = time.time()
         event = self.make_event(type_, **fields)
         self._runtime.publish_nowait(event)
 

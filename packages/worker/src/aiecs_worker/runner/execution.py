@@ -29,6 +29,7 @@ from aiecs_core import (
     invoke_operation,
     validate_input,
 )
+from aiecs_core.llm import price_version
 
 from ..ops import logs, metrics, tracing
 from ..producer.release import send_released
@@ -43,7 +44,7 @@ from ..store.keys import (
     owned_key,
     steps_key,
 )
-from ..store.lease import holder_is_dead_here
+from ..store.lease import WORKER_HOST, holder_is_dead_here
 from ..store.records import terminal_fields
 from ..store.requests import parse_request, routable_call
 from ..store.state import MESSAGE_SLOT
@@ -410,7 +411,7 @@ class ExecutionMixin(RuntimeState):
             event,
             keys.state(request.step),
             terminal_fields(status, self.settings.aiecs_events_ttl, result=result, error=info,
-                            usage=usage),
+                            usage=usage, meta=self._history_meta(ctx)),
         )
         # Retried until Redis answers; this task waits AIECS_REDIS_WAIT at most, then the
         # record goes on being retried in the background (and if this process dies first,
@@ -434,6 +435,24 @@ class ExecutionMixin(RuntimeState):
         if seq:
             await self._release_next(keys.state(request.step))
         return Outcome(status, result=result, error=error, celery_id=celery_id)
+
+    def _history_meta(self, ctx: OperationContext) -> dict[str, Any]:
+        """What the history row needs that the state does not hold (see
+        :func:`aiecs_worker.store.records.terminal_fields`)."""
+        request = ctx.request
+        plugin = self.registry.plugin_for(request.mode, request.service)
+        meta: dict[str, Any] = {"worker": WORKER_HOST}
+        if plugin is not None:
+            meta["plugin"] = plugin.distribution or plugin.name
+            if plugin.version:
+                meta["plugin_version"] = plugin.version
+        first = getattr(ctx, "first_output_at", None)
+        if first is not None:
+            meta["first_output_at"] = first
+        prices = price_version()
+        if prices is not None:
+            meta["price_version"] = prices
+        return meta
 
     async def _release_next(self, state_key: str) -> None:
         """An execution ended: its slot in its user's fair-share window is free, so send

@@ -64,6 +64,7 @@ __all__ = [
     "HEARTBEAT_LUA",
     "REAP_LUA",
     "SWEEP_LUA",
+    "WORKER_HOST",
     "holder_is_dead_here",
     "make_owner",
 ]
@@ -154,6 +155,8 @@ HEARTBEAT_KEYS = [OWNERS_KEY, SUSPECT_KEY]
 REAP_KEYS = [PENDING_KEY]
 
 _HOST = socket.gethostname()
+#: This host's name (the history's ``worker``).
+WORKER_HOST = _HOST
 
 
 def make_owner() -> str:

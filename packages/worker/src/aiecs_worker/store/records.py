@@ -21,7 +21,7 @@ from ..settings import get_settings
 from .connection import sync_client
 from .events import FINISH_PUBLISH_LUA, PENDING_PUBLISH_LUA, TaskKeys, finish_args, script_args
 from .hold import ADMIT_LUA, admit_args, held_ttl
-from .keys import PENDING_KEY, celery_index_key, steps_key
+from .keys import OUTBOX_KEY, PENDING_KEY, celery_index_key, steps_key
 from .requests import routable_call
 
 __all__ = ["end_cancelled", "end_execution", "record_pending", "state_redis",
@@ -110,10 +110,15 @@ def _iso(ts: float) -> str:
 
 
 def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | None = None,
-                    error: ErrorInfo | None = None, usage: list[Any] | None = None
-                    ) -> list[Any]:
+                    error: ErrorInfo | None = None, usage: list[Any] | None = None,
+                    meta: dict[str, Any] | None = None) -> list[Any]:
     """The terminal record of an execution: the ARGV of the terminal transition
-    (:func:`aiecs_worker.store.state.finish_lua`: status, result, error, usage, now, ttl).
+    (:func:`aiecs_worker.store.state.finish_lua`: status, result, error, usage, now, ttl,
+    meta, outbox).
+
+    ``meta``: what the history row needs that the state does not hold (the worker's
+    ``first_output_at``, ``worker``, ``plugin``, ``plugin_version``, ``price_version``);
+    the outbox is ``aiecs:outbox`` unless AIECS_HISTORY is off.
 
     Every terminal record is built here: the worker's outcome, a revocation, a malformed
     message, a workflow step that cannot run."""
@@ -121,7 +126,9 @@ def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | No
             json.dumps(result) if result is not None else "",
             error.model_dump_json() if error is not None else "",
             json.dumps(usage if usage is not None else []),
-            time.time(), ttl]
+            time.time(), ttl,
+            json.dumps(meta, separators=(",", ":")) if meta else "",
+            OUTBOX_KEY if get_settings().aiecs_history else ""]
 
 
 def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],
