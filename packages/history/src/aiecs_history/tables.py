@@ -125,6 +125,8 @@ execution_payloads = Table(
     Column("input_json", Text),
     Column("result_json", Text),
     PrimaryKeyConstraint("user_id", "task_id", "step", "finished_at"),
+    # retention (batched deletes on SQLite and in PostgreSQL's DEFAULT partition)
+    Index("ix_execution_payloads_finished_at", "finished_at"),
 )
 
 #: The compacted event log of a finished execution (stream deltas merged), so it can be
@@ -137,6 +139,7 @@ execution_events = Table(
     Column("finished_at", Double, nullable=False),
     Column("events_json", Text, nullable=False),
     PrimaryKeyConstraint("user_id", "task_id", "step", "finished_at"),
+    Index("ix_execution_events_finished_at", "finished_at"),
 )
 
 #: A template: a name; its content lives in immutable numbered versions.

@@ -18,6 +18,7 @@ from .dev import dev_command
 from .health import health_command
 from .history import forget_command, history_command, usage_command
 from .plugins import plugins
+from .recorder import recorder
 from .schedule import schedule
 from .serve import serve
 from .submit import submit, watch
@@ -36,5 +37,5 @@ def main() -> None:
 
 for _command in (serve, token, submit, watch, schedule, plugins, health_command, dev_command,
                  worker, batch, workflow, budget, history_command, usage_command,
-                 forget_command):
+                 forget_command, recorder):
     main.add_command(_command)

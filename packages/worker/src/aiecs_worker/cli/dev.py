@@ -1,5 +1,6 @@
-"""``aiecs dev``: Redis, a worker, beat and the progress server with its page, in one
-command.
+"""``aiecs dev``: Redis, a worker, beat, a history recorder and the progress server with
+its page, in one command (the history database is a SQLite file in the stack's temporary
+folder unless AIECS_DATABASE_URL names one; the banner prints it).
 
 Redis is, in order of preference: the one ``CELERY_BROKER_URL`` points to; a private
 ``redis-server`` of the system (found on PATH, skipping the Python environment's own bin
@@ -191,6 +192,8 @@ class DevStack:
     concurrency: int = 2
     echo: Callable[[str], None] = print
     redis_url: str | None = None
+    #: the history database the stack's recorder writes (printed in the banner)
+    database_url: str | None = None
     token: str | None = None
     #: serve the test services (test/echo, test/buggy: AIECS_TEST_SERVICES=1) in this
     #: stack only; the README's quickstart submits test/echo
@@ -234,6 +237,11 @@ class DevStack:
             env["AIECS_TEST_SERVICES"] = "1"
         else:
             env.pop("AIECS_TEST_SERVICES", None)
+        # the history database: a SQLite file in this stack's folder unless
+        # AIECS_DATABASE_URL names one (every process of the stack uses the same)
+        if not env.get("AIECS_DATABASE_URL"):
+            env["AIECS_DATABASE_URL"] = f"sqlite:///{self._dir / 'history.db'}"
+        self.database_url = env["AIECS_DATABASE_URL"]
         worker = self._spawn(
             "worker",
             [sys.executable, "-m", "celery", "-A", "aiecs_worker", "worker", "--loglevel",
@@ -246,6 +254,10 @@ class DevStack:
             [sys.executable, "-m", "celery", "-A", "aiecs_worker", "beat", "--loglevel", "INFO"],
             env, marker=b"beat: Starting...",
         )
+        # the recorder writes finished executions to the history database
+        recorder = self._spawn(
+            "recorder", [sys.executable, "-m", "aiecs_worker.cli", "recorder"], env,
+            marker=b"aiecs recorder ")
         server = self._spawn(
             "server",
             [sys.executable, "-m", "aiecs_worker.cli", "serve", "--host", self.host, "--port",
@@ -253,10 +265,10 @@ class DevStack:
             env, marker=b"Application startup complete",
         )
         self._stamp, self._plugins = _path_stamp(), plugin_entry_points()
-        for child in (worker, beat, server):
+        for child in (worker, beat, recorder, server):
             self._start_pump(child)
         deadline = time.monotonic() + timeout
-        for child in (worker, beat, server):
+        for child in (worker, beat, recorder, server):
             while not child.ready.wait(0.1):
                 if child.proc.poll() is not None:
                     raise DevStackError(self._died(child))
@@ -467,6 +479,7 @@ class DevStack:
             "          (what Python programs need to reach this stack; in another shell: "
             "eval \"$(uv run aiecs dev --print-env"
             + ("" if self.port == 8000 else f" --port {self.port}") + ")\")",
+            f"  history: {self.database_url} (aiecs recorder)",
         ]
         if self.test_services:
             lines += [
@@ -531,7 +544,7 @@ class DevStack:
     def stop(self) -> None:
         """Server, beat, then worker (warm shutdown, then cold), then Redis; SIGKILL
         stragglers."""
-        order = {"server": 0, "beat": 1, "worker": 2, "redis": 3}
+        order = {"server": 0, "beat": 1, "worker": 2, "recorder": 3, "redis": 4}
         for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
             self._stop_child(child, 15 if child.name == "worker" else 10)
         self.children.clear()
@@ -584,8 +597,9 @@ class DevStack:
                    'eval "$(uv run aiecs dev --print-env)"; start nothing.')
 def dev_command(host: str, port: int, user: str, concurrency: int, test_services: bool,
                 print_env: bool) -> None:
-    """Start Redis (embedded if needed), a worker, beat and the server with the page; Ctrl-C
-    stops everything. Plugins installed or removed meanwhile restart its worker and server."""
+    """Start Redis (embedded if needed), a worker, beat, a history recorder and the server
+    with the page; Ctrl-C stops everything. Plugins installed or removed meanwhile restart
+    its worker and server."""
     if print_env:
         try:
             values = read_env_file(port)

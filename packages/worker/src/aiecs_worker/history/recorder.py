@@ -1,0 +1,232 @@
+"""The recorder: the outbox (``aiecs:outbox``) -> the history database.
+
+One loop per process (``aiecs recorder``; ``aiecs dev`` starts one); several may run:
+
+1. read up to AIECS_RECORDER_BATCH entries in the consumer group ``recorders`` (consumer
+   ``host:pid``), waiting at most AIECS_RECORDER_WAIT_MS for a batch to fill;
+2. build their rows (:mod:`.rows`), read each execution's event log from Redis (one
+   pipeline) and compact it;
+3. write them in one transaction, idempotently (``ON CONFLICT DO NOTHING`` on the identity);
+4. after the commit, ``XACK`` + ``XDEL`` them (one pipeline).
+
+A crash between 3 and 4 leaves the entries pending: another recorder claims them
+(``XAUTOCLAIM`` once idle AIECS_RECORDER_CLAIM_IDLE) and writes them again, adding nothing.
+A database that does not answer slows no task: the recorder retries with backoff (keeping
+its claim on the entries fresh), the outbox grows (``aiecs_outbox_backlog``) and it catches
+up afterwards. The retention job (:mod:`.retention`) runs in whichever recorder holds its
+Redis lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+
+from ..settings import Settings, get_settings
+from ..store.keys import OUTBOX_GROUP, OUTBOX_KEY, TaskKeys
+from . import require
+from .metrics import RecorderMetrics
+from .retention import RetentionJob
+from .rows import Record, build, compact_events, decode_entry
+
+__all__ = ["Recorder", "consumer_name"]
+
+log = logging.getLogger("aiecs.recorder")
+
+
+def consumer_name() -> str:
+    """This process's consumer name in the group: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Recorder:
+    """Reads the outbox and writes the history database (see the module's docstring)."""
+
+    def __init__(self, settings: Settings | None = None, *, database_url: str | None = None,
+                 redis_url: str | None = None, consumer: str | None = None,
+                 metrics: RecorderMetrics | None = None, retention: bool = True):
+        self.settings = s = settings or get_settings()
+        require()
+        # deferred: a worker-only install has no aiecs_history (see history.require)
+        from aiecs_history import db, writes
+
+        self._db = db
+        self._writes = writes
+        self.database_url = database_url or s.database_url
+        self.engine = db.connect(self.database_url)
+        self.redis = redis.Redis.from_url(redis_url or s.state_redis_url, socket_timeout=10)
+        self.consumer = consumer or consumer_name()
+        self.metrics = metrics or RecorderMetrics()
+        self.retention = (RetentionJob(self.engine, self.redis, s, self.metrics,
+                                       owner=self.consumer) if retention else None)
+        self.stop_event = threading.Event()
+        self._last_claim = 0.0
+
+    # -- set-up -------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Bring the database schema up to date and make sure the consumer group exists."""
+        self._db.upgrade(self.engine)
+        try:
+            self.redis.xgroup_create(OUTBOX_KEY, OUTBOX_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Record until :meth:`stop` (or SIGTERM through the CLI)."""
+        self.prepare()
+        log.info("recorder %s: outbox %s -> %s", self.consumer, OUTBOX_KEY,
+                 self.engine.url.render_as_string(hide_password=True))
+        while not self.stop_event.is_set():
+            try:
+                self.step()
+            except redis.RedisError as exc:  # Redis away: wait for it
+                log.warning("recorder: Redis unreachable (%s); retrying", exc)
+                self.stop_event.wait(1.0)
+        self.engine.dispose()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def step(self) -> int:
+        """One round: retention when due, claim idle entries when due, read and record a
+        batch. Returns the number of entries acknowledged."""
+        if self.retention is not None:
+            self.retention.maybe_run()
+        entries = self._claim_idle() or self._read()
+        self._gauges()
+        if not entries:
+            return 0
+        return self.record(entries)
+
+    def _read(self) -> list[tuple[str, dict[str, str]]]:
+        """A batch: wait up to AIECS_RECORDER_WAIT_MS for a first entry, then fill the
+        batch for at most as long again."""
+        s = self.settings
+        wait = s.aiecs_recorder_wait_ms
+        out = self._xread(s.aiecs_recorder_batch, wait)
+        deadline = time.monotonic() + wait / 1000
+        while out and len(out) < s.aiecs_recorder_batch:
+            left = int((deadline - time.monotonic()) * 1000)
+            if left < 1:
+                break
+            more = self._xread(s.aiecs_recorder_batch - len(out), left)
+            if not more:
+                break
+            out += more
+        return out
+
+    def _xread(self, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        got = self.redis.xreadgroup(OUTBOX_GROUP, self.consumer, {OUTBOX_KEY: ">"},
+                                    count=count, block=max(1, block_ms))
+        return [(_s(i), decode_entry(f)) for _, entries in (got or []) for i, f in entries]
+
+    def _claim_idle(self) -> list[tuple[str, dict[str, str]]]:
+        """Entries another recorder read and never acknowledged (it died), once idle."""
+        s = self.settings
+        now = time.monotonic()
+        if now - self._last_claim < min(5.0, s.aiecs_recorder_claim_idle / 2):
+            return []
+        self._last_claim = now
+        _next, claimed, *_ = self.redis.xautoclaim(
+            OUTBOX_KEY, OUTBOX_GROUP, self.consumer, int(s.aiecs_recorder_claim_idle * 1000),
+            start_id="0-0", count=s.aiecs_recorder_batch)
+        out = [(_s(i), decode_entry(f)) for i, f in claimed if f]
+        if out:
+            self.metrics.claimed.inc(len(out))
+            log.info("recorder: took over %d entries left by an idle recorder", len(out))
+        return out
+
+    def _gauges(self) -> None:
+        with self.redis.pipeline(transaction=False) as p:
+            p.xlen(OUTBOX_KEY)
+            p.xpending(OUTBOX_KEY, OUTBOX_GROUP)
+            length, pending = p.execute(raise_on_error=False)
+        if isinstance(length, int):
+            self.metrics.backlog.set(length)
+        if isinstance(pending, dict):
+            self.metrics.pending.set(pending.get("pending") or 0)
+
+    # -- one batch ----------------------------------------------------------------------------
+    def record(self, entries: list[tuple[str, dict[str, str]]]) -> int:
+        """Write ``entries`` (retrying until the database answers), then acknowledge and
+        delete them. Returns how many were acknowledged."""
+        s = self.settings
+        records: list[Record] = []
+        for entry_id, fields in entries:
+            rec = build(entry_id, fields, payloads=s.aiecs_history_payloads,
+                        payload_bytes=s.aiecs_history_payload_bytes)
+            if rec is None:
+                log.warning("recorder: outbox entry %s names no execution; dropped", entry_id)
+            else:
+                records.append(rec)
+        self._attach_events(records)
+        written = self._write_until_done(records, [e[0] for e in entries])
+        if written is None:
+            return 0  # stopping: the entries stay pending for the next recorder
+        ids = [e[0] for e in entries]
+        with self.redis.pipeline(transaction=False) as p:
+            p.xack(OUTBOX_KEY, OUTBOX_GROUP, *ids)
+            p.xdel(OUTBOX_KEY, *ids)
+            p.execute()
+        self.metrics.rows.inc(written)
+        self.metrics.duplicates.inc(len(records) - written)
+        self.metrics.entries.inc(len(ids))
+        return len(ids)
+
+    def _attach_events(self, records: list[Record]) -> None:
+        if not records:
+            return
+        with self.redis.pipeline(transaction=False) as p:
+            for rec in records:
+                p.xrange(TaskKeys(rec.row["user_id"], rec.row["task_id"]).log)
+            logs = p.execute(raise_on_error=False)
+        for rec, raw in zip(records, logs, strict=True):
+            if isinstance(raw, list):
+                rec.events = compact_events(raw, rec.row["step"])
+
+    def _write_until_done(self, records: list[Record], ids: list[str]) -> int | None:
+        delay = 0.1
+        last_touch = time.monotonic()
+        while True:
+            try:
+                return self._write(records)
+            except Exception as exc:  # noqa: BLE001 - the database away: retry, lose nothing
+                self.metrics.failures.inc()
+                log.warning("recorder: writing %d rows failed (%s); retrying in %.1fs",
+                            len(records), _short(exc), delay)
+            if self.stop_event.wait(delay):
+                return None
+            delay = min(delay * 2, 5.0)
+            if time.monotonic() - last_touch > self.settings.aiecs_recorder_claim_idle / 3:
+                # keep these entries ours: reset their idle time so no one claims them
+                self.redis.xclaim(OUTBOX_KEY, OUTBOX_GROUP, self.consumer, 0, ids,
+                                  justid=True)
+                last_touch = time.monotonic()
+            self._gauges()
+
+    def _write(self, records: list[Record]) -> int:
+        import json
+
+        rows = [r.row for r in records]
+        events = [{**r.identity, "events_json": json.dumps(r.events, separators=(",", ":"))}
+                  for r in records if r.events]
+        payloads = [r.payload for r in records if r.payload is not None]
+        with self.engine.begin() as conn:
+            return self._writes.write_batch(conn, rows, events, payloads)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
