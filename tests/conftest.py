@@ -27,7 +27,12 @@ import pytest
 
 from tests.support.examples import spec_examples_site  # noqa: F401 - fixture
 from tests.support.postgres import database_url, postgres_server  # noqa: F401 - fixtures
-from tests.support.processes import start_beat, start_worker, worker  # noqa: F401 - fixtures
+from tests.support.processes import (  # noqa: F401 - fixtures
+    start_beat,
+    start_recorder,
+    start_worker,
+    worker,
+)
 from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer
 

@@ -35,8 +35,9 @@ import pytest
 from tests.support.redis_server import free_port
 
 __all__ = ["ALLOWED_ORIGIN", "CELERY", "SECRET", "BeatProcess", "ChildProcess",
-           "FlowerProcess", "ServerProcess", "WorkerProcess", "process_factory", "report",
-           "start_beat", "start_worker", "worker"]
+           "FlowerProcess", "RecorderProcess", "ServerProcess", "WorkerProcess",
+           "process_factory", "report", "start_beat", "start_recorder", "start_worker",
+           "worker"]
 
 #: The celery executable of the environment running the tests.
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -215,6 +216,25 @@ class WorkerProcess(ChildProcess):
 
     def describe(self) -> str:
         return f"worker {self.name}"
+
+
+@dataclass
+class RecorderProcess(ChildProcess):
+    """One ``aiecs recorder`` on ``database_url``; ``start()`` waits until it records."""
+
+    kind: ClassVar[str] = "recorder"
+
+    database_url: str = ""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "aiecs_worker.cli", "recorder", "--database-url",
+                self.database_url]
+
+    def start(self, timeout: float = 60.0) -> RecorderProcess:
+        self.spawn()
+        self.wait_for(lambda: b"recording into" in self.log_path.read_bytes(), timeout,
+                      "start recording")
+        return self
 
 
 @dataclass
@@ -397,6 +417,14 @@ def start_worker(aiecs_redis):
 def worker(start_worker):
     """One threads-pool worker on both queues."""
     return start_worker()
+
+
+@pytest.fixture
+def start_recorder(aiecs_redis):
+    """Factory: ``start_recorder(database_url=URL, env={})`` starts an ``aiecs recorder``
+    on the session's Redis; all are stopped after the test."""
+    yield from process_factory(
+        lambda **kwargs: RecorderProcess(**{"redis_url": aiecs_redis.url, **kwargs}), 40)
 
 
 @pytest.fixture
