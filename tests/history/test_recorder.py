@@ -117,12 +117,15 @@ def test_the_same_entries_recorded_twice_make_one_row(database_url, aiecs_redis,
     ids = [f"t{i}" for i in range(20)]
     for task_id in ids:
         _finish(client, task_id)
+    client.hset("aiecs:sched:bob:t0", "spec", "{}")  # t0's steps are a schedule's runs
     rec = make_recorder(database_url, retention=False)
     entries = rec._read()
     assert len(entries) == 20
     assert rec.record(entries) == 20
     assert rec.record(entries) == 20  # a second write of the same batch adds nothing
     assert len(rows(rec.engine, user_id="bob")) == 20
+    assert rows(rec.engine, task_id="t0")[0]["schedule_id"] == "t0"
+    assert rows(rec.engine, task_id="t1")[0]["schedule_id"] is None
     assert rec.metrics.rows._value.get() == 20
     assert rec.metrics.duplicates._value.get() == 20
     assert client.xlen("aiecs:outbox") == 0

@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from ..settings import Settings, get_settings
-from ..store.keys import OUTBOX_GROUP, OUTBOX_KEY, TaskKeys
+from ..store.keys import OUTBOX_GROUP, OUTBOX_KEY, TaskKeys, schedule_key
 from . import require
 from .metrics import RecorderMetrics
 from .retention import RetentionJob
@@ -184,13 +184,19 @@ class Recorder:
     def _attach_events(self, records: list[Record]) -> None:
         if not records:
             return
+        # one round trip: each task's log, and whether a schedule owns the task (its
+        # steps are the schedule's runs; a schedule is named by its task id)
         with self.redis.pipeline(transaction=False) as p:
             for rec in records:
                 p.xrange(TaskKeys(rec.row["user_id"], rec.row["task_id"]).log)
-            logs = p.execute(raise_on_error=False)
-        for rec, raw in zip(records, logs, strict=True):
+                p.exists(schedule_key(rec.row["user_id"], rec.row["task_id"]))
+            out = p.execute(raise_on_error=False)
+        for i, rec in enumerate(records):
+            raw, scheduled = out[2 * i], out[2 * i + 1]
             if isinstance(raw, list):
                 rec.events = compact_events(raw, rec.row["step"])
+            if scheduled == 1 and not rec.row["schedule_id"]:
+                rec.row["schedule_id"] = rec.row["task_id"]
 
     def _write_until_done(self, records: list[Record], ids: list[str]) -> int | None:
         delay = 0.1

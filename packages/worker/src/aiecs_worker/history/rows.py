@@ -111,7 +111,7 @@ def build(entry_id: str, fields: dict[str, str], *, payloads: bool = False,
         "user_id": user_id, "task_id": task_id, "step": step,
         "celery_id": fields.get("celery_id") or None,
         "batch_id": batch_id, "workflow_id": workflow_id,
-        "schedule_id": fields.get("schedule") or None,
+        "schedule_id": None,  # the recorder sets it when a schedule owns the task
         "mode": str(request.get("mode") or ""), "service": str(request.get("service") or ""),
         "operation": fields.get("task_name") or str(request.get("task_name") or ""),
         "model": model[:256] if model else None,
