@@ -17,6 +17,9 @@ LLM server, and measures between the producer's ``go`` and its last result:
 
 from __future__ import annotations
 
+import sys
+import time
+
 from . import fake_llm
 from .procs import (
     AIECS_APP,
@@ -27,7 +30,9 @@ from .procs import (
     base_env,
     cpu_of,
     delta,
+    spawn,
     stop,
+    tmpdir,
     wait_ready,
 )
 
@@ -36,9 +41,12 @@ CHAT_LATENCY = 0.2
 
 def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
           processes: int = 1, kind: str = "noop", warm: int = 8,
-          extra_env: dict[str, str] | None = None) -> dict:
+          extra_env: dict[str, str] | None = None, recorder: str | None = None) -> dict:
+    """One drain. ``recorder``: a history database URL; an ``aiecs recorder`` runs on it,
+    its CPU counted with the workers' (``recorder_cpu_ms`` apart too), and the run waits
+    until it has recorded every task before reading the CPU counters."""
     redis = Redis().start()
-    llm = workers = child = None
+    llm = workers = child = rec = None
     env: dict[str, str] = {}
     try:
         if kind not in ("noop", "batch"):
@@ -48,16 +56,28 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
         workers = [Worker(app, redis.url, pool, concurrency, env).start()
                    for _ in range(processes)]
         wait_ready(redis.url, workers)
+        if recorder:
+            rec = spawn([sys.executable, "-m", "aiecs_worker.cli", "recorder",
+                         "--database-url", recorder],
+                        env=base_env(CELERY_BROKER_URL=redis.url, REDIS_URL=redis.url, **env),
+                        log=tmpdir("recorder") / "recorder.log")
         child = Child("bench.submit", {"app": "aiecs" if app == AIECS_APP else "anchor",
                                        "kind": kind, "n": n, "warm": warm},
                       env=base_env(CELERY_BROKER_URL=redis.url, REDIS_URL=redis.url, **env))
         child.ready()
         procs = [w.proc for w in workers]
+        rec0 = cpu_of([rec]) if rec else 0.0
         before, cpu0 = redis.counters(), cpu_of(procs)
         llm0 = fake_llm.stats(llm_port) if llm else None
         child.go()
         res = child.result(timeout=900)
-        used, counts = cpu_of(procs) - cpu0, delta(before, redis.counters())
+        rec_used = 0.0
+        if rec:  # the recorder's share of the run: until the outbox is empty
+            deadline = time.monotonic() + 120
+            while redis.client.xlen("aiecs:outbox") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rec_used = cpu_of([rec]) - rec0
+        used, counts = cpu_of(procs) - cpu0 + rec_used, delta(before, redis.counters())
         out = {
             "tasks": n, "failed": res["failed"], "seconds": res["seconds"],
             "submit_s": res["submit_s"],
@@ -70,6 +90,8 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
             "by_command": {k: round(v / n, 3) for k, v in sorted(
                 counts["by_command"].items(), key=lambda kv: -kv[1]) if v / n >= 0.01},
         }
+        if rec:
+            out["recorder_cpu_ms"] = 1000 * rec_used / n
         out["cpu_ms"] = out["worker_cpu_ms"] + out["redis_cpu_ms"] + out["client_cpu_ms"]
         out["cpu_us"] = 1000 * out["cpu_ms"]
         out["cores_busy"] = (used + counts["cpu"] + res["client_cpu"]) / res["seconds"]
@@ -80,6 +102,8 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
             out["worker_cores_busy"] = used / res["seconds"]
         return out
     finally:
+        if rec:
+            stop(rec)
         if child:
             child.close()
         for w in workers or []:

@@ -44,7 +44,8 @@ def recorder(database_url: str | None, metrics_port: int | None, no_retention: b
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    rec.prepare()  # the schema up to date (db.upgrade) and the consumer group made
     url = rec.engine.url.render_as_string(hide_password=True)
     click.echo(f"aiecs recorder {rec.consumer}: recording into {url}")
-    rec.run()
+    rec.run(prepare=False)
     click.echo("aiecs recorder: stopped")

@@ -79,9 +79,11 @@ class Recorder:
                 raise
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self) -> None:
-        """Record until :meth:`stop` (or SIGTERM through the CLI)."""
-        self.prepare()
+    def run(self, prepare: bool = True) -> None:
+        """Record until :meth:`stop` (or SIGTERM through the CLI); ``prepare``: first
+        :meth:`prepare` (unless the caller did)."""
+        if prepare:
+            self.prepare()
         log.info("recorder %s: outbox %s -> %s", self.consumer, OUTBOX_KEY,
                  self.engine.url.render_as_string(hide_password=True))
         while not self.stop_event.is_set():
