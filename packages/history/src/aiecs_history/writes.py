@@ -26,15 +26,37 @@ def insert_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+        return _insert_unnest(conn, table, rows)
+    from sqlalchemy.dialects.sqlite import insert
+
     stmt = insert(table).on_conflict_do_nothing()
     if not count:
         conn.execute(stmt, list(rows))
         return 0
     first = next(iter(table.primary_key.columns))
     return len(conn.execute(stmt.returning(first), list(rows)).all())
+
+
+def _insert_unnest(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """PostgreSQL: one ``INSERT ... SELECT FROM unnest(column arrays) ON CONFLICT DO
+    NOTHING``, one array parameter per column. A multi-row VALUES statement has a
+    placeholder per value (19,000 for 500 rows), which psycopg parses anew for every batch
+    (measured: 0.6 s of client CPU per 500 rows); this statement's text is the same for
+    every batch, so it is parsed once."""
+    names = [c.name for c in table.columns if c.name in rows[0]]
+    dialect = conn.dialect
+    casts = ", ".join(
+        f"CAST(%b AS {table.c[n].type.compile(dialect=dialect)}[])" for n in names)
+    cols = ", ".join(names)
+    sql = (f"INSERT INTO {table.name} ({cols}) SELECT * FROM unnest({casts}) "
+           f"ON CONFLICT DO NOTHING RETURNING 1")
+    params = [[r.get(n) for r in rows] for n in names]
+    # the driver's cursor, in this connection's transaction: parameters sent in binary
+    # (text arrays in text format are escaped element by element in Python)
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        cur.execute(sql, params)
+        return len(cur.fetchall())
 
 
 def write_batch(conn: Connection, rows: Sequence[dict[str, Any]],
