@@ -57,10 +57,17 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
                    for _ in range(processes)]
         wait_ready(redis.url, workers)
         if recorder:
+            rec_log = tmpdir("recorder") / "recorder.log"
             rec = spawn([sys.executable, "-m", "aiecs_worker.cli", "recorder",
                          "--database-url", recorder],
                         env=base_env(CELERY_BROKER_URL=redis.url, REDIS_URL=redis.url, **env),
-                        log=tmpdir("recorder") / "recorder.log")
+                        log=rec_log)
+            # started (imports, migrations): its start-up is not part of the run's CPU
+            deadline = time.monotonic() + 60
+            while b"recording into" not in rec_log.read_bytes():
+                if rec.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("recorder did not start: " + rec_log.read_text())
+                time.sleep(0.05)
         child = Child("bench.submit", {"app": "aiecs" if app == AIECS_APP else "anchor",
                                        "kind": kind, "n": n, "warm": warm},
                       env=base_env(CELERY_BROKER_URL=redis.url, REDIS_URL=redis.url, **env))

@@ -67,6 +67,7 @@ class Recorder:
                                        owner=self.consumer) if retention else None)
         self.stop_event = threading.Event()
         self._last_claim = 0.0
+        self._last_gauges = 0.0
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -146,7 +147,12 @@ class Recorder:
             log.info("recorder: took over %d entries left by an idle recorder", len(out))
         return out
 
-    def _gauges(self) -> None:
+    def _gauges(self, force: bool = False) -> None:
+        """The backlog gauges, read at most once a second."""
+        now = time.monotonic()
+        if not force and now - self._last_gauges < 1.0:
+            return
+        self._last_gauges = now
         with self.redis.pipeline(transaction=False) as p:
             p.xlen(OUTBOX_KEY)
             p.xpending(OUTBOX_KEY, OUTBOX_GROUP)
