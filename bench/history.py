@@ -55,9 +55,10 @@ def _median(runs: list[dict]) -> dict:
 # -- overhead --------------------------------------------------------------------------------
 def overhead(size: dict, log) -> dict:
     out = {}
-    for name, kw in (("noop threads -c8", {"n": size["noop"]}),
-                     ("chat threads -c200", {"n": size["chat"], "kind": "chat",
-                                             "concurrency": 200})):
+    drains = {"noop": ("noop threads -c8", {"n": size["noop"]}),
+              "chat": ("chat threads -c200", {"n": size["chat"], "kind": "chat",
+                                              "concurrency": 200})}
+    for name, kw in (drains[k] for k in size.get("scenarios", drains)):
         runs: dict[str, list] = {"off": [], "on": []}
         for r in range(size["repeats"]):
             for variant in (["off", "on"] if r % 2 == 0 else ["on", "off"]):
@@ -182,7 +183,7 @@ def rate(db_url: str, n: int) -> dict:
         engine = _engine(db_url)
         cpu0, t0 = procs.cpu_of([rec]), time.monotonic()
         while _count(engine) < n:
-            time.sleep(0.01)
+            time.sleep(0.05)
         seconds = time.monotonic() - t0
         out = {"rows": n, "seconds": seconds, "rows_per_s": n / seconds,
                "append_s": filled, "outbox_bytes_per_entry": outbox_bytes / n,
@@ -281,8 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.history")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--parts", default="overhead,rate,latency")
+    parser.add_argument("--repeats", type=int, help="runs of each overhead variant")
+    parser.add_argument("--scenarios", default="noop,chat", help="overhead drains to run")
     args = parser.parse_args(argv)
-    size = SIZES["quick" if args.quick else "full"]
+    size = dict(SIZES["quick" if args.quick else "full"])
+    if args.repeats:
+        size["repeats"] = args.repeats
+    size["scenarios"] = args.scenarios.split(",")
     parts = args.parts.split(",")
 
     def log(msg):

@@ -19,6 +19,8 @@ import urllib.request
 
 import psutil
 import pytest
+import sqlalchemy as sa
+from aiecs_history import db
 from aiecs_worker.cli.client import ApiClient, ApiClientError, TaskWatcher
 
 from tests.support.events import wait_until
@@ -111,6 +113,19 @@ def test_dev_without_redis_on_path_serves_a_task_and_stops_cleanly():
         assert final["status"] == "completed" and final["result"]["text"] == "first run"
         assert "".join(e["delta"] or "" for e in events) == "first run"
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        # the stack's recorder wrote the execution to its history database
+        history = dev.wait_for(r"history:\s+(\S+)").group(1)
+        assert history.startswith("sqlite:///")
+        engine = db.connect(history)
+
+        def recorded():
+            with engine.connect() as conn:
+                return conn.execute(sa.text(
+                    "SELECT status FROM executions WHERE task_id = :t"),
+                    {"t": final["task_id"]}).scalars().all()
+
+        assert wait_until(recorded, timeout=30, message="the history row") == ["completed"]
+        engine.dispose()
 
         code = dev.interrupt()
         assert code == 0, "\n".join(dev.lines[-40:])
