@@ -40,9 +40,13 @@ class Record:
                 "finished_at": r["finished_at"]}
 
 
-def decode_entry(fields: dict[bytes | str, bytes | str]) -> dict[str, str]:
+def decode_entry(fields: dict[bytes | str, bytes | str] | list[bytes | str]
+                 ) -> dict[str, str]:
+    """An outbox entry's fields (a dict, or as Redis sends them: a flat list) as text."""
+    pairs = fields.items() if isinstance(fields, dict) else zip(
+        fields[::2], fields[1::2], strict=True)
     return {(k.decode() if isinstance(k, bytes) else k):
-            (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+            (v.decode() if isinstance(v, bytes) else v) for k, v in pairs}
 
 
 def _float(v: str | None) -> float | None:
@@ -152,14 +156,19 @@ def build(entry_id: str, fields: dict[str, str], *, payloads: bool = False,
     return Record(entry_id, row, payload)
 
 
-def compact_events(raw: list[tuple[Any, dict]], step: int) -> list[dict[str, Any]]:
-    """The events of ``step`` from a task's log (XRANGE entries, field ``e``), compacted:
+def compact_events(raw: list[Any], step: int) -> list[dict[str, Any]]:
+    """The events of ``step`` from a task's log (XRANGE entries, field ``e``; the fields as
+    a dict or as Redis sends them, a flat list), compacted:
     the deltas of the stream events between two status events are merged into the first of
     them (the text a client saw, in one event; progress events in between are kept)."""
     out: list[dict[str, Any]] = []
     open_stream: dict[str, Any] | None = None
     for _id, fields in raw:
-        data = fields.get(b"e", fields.get("e"))
+        if isinstance(fields, dict):
+            data = fields.get(b"e", fields.get("e"))
+        else:  # as Redis sends it: [field, value, ...]
+            data = next((fields[i + 1] for i in range(0, len(fields) - 1, 2)
+                         if fields[i] in (b"e", "e")), None)
         if data is None:
             continue
         try:
