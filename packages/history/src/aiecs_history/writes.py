@@ -38,9 +38,10 @@ def _columns(table: Table, rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _insert_many_sqlite(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]
                         ) -> int:
-    """SQLite: the driver's ``executemany`` of one ``INSERT ... ON CONFLICT DO NOTHING``, in
-    this connection's transaction; its rowcount is the number of rows inserted. (Through
-    SQLAlchemy, compiling and binding cost more than SQLite's write for small batches.)"""
+    """SQLite: the driver's ``executemany`` of one ``INSERT ... ON CONFLICT DO NOTHING``.
+
+    In this connection's transaction; its rowcount is the number of rows inserted. Through
+    SQLAlchemy, compiling and binding cost more than SQLite's write for small batches."""
     names = _columns(table, rows)
     sql = (f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "
            f"({', '.join('?' * len(names))}) ON CONFLICT DO NOTHING")
