@@ -233,7 +233,8 @@ def test_good_plugin_is_discovered_and_invocable(site):
         ("progress", 0.5, None), ("stream", None, "hello "), ("stream", None, "ada"),
     ]
     assert greet["usage"] == [{"provider": "greeter", "model": "g-1", "input_tokens": 1,
-                               "output_tokens": 2, "cost": None, "estimated": False}]
+                               "output_tokens": 2, "cached_tokens": 0,
+                               "reasoning_tokens": 0, "cost": None, "estimated": False}]
     assert shout["result"] == "HELLO ADA"
     assert undeclared["error"] == "OperationNotFoundError"
     assert "available: greet, shout" in undeclared["message"]

@@ -89,6 +89,8 @@ class OpenAIWireCases(StreamCases):
             "model": "m-1",
             "input_tokens": 8,
             "output_tokens": 4,
+            "cached_tokens": 0,
+            "reasoning_tokens": 0,
             "cost": None,
             "estimated": False,
         }
@@ -482,6 +484,17 @@ class OpenAIWireCases(StreamCases):
         reported, estimated = run(service, scenario)
         assert reported["estimated"] is False and reported["cost"] == pytest.approx(4e-6)
         assert estimated["estimated"] is True and estimated["cost"] is None
+
+    @pytest.mark.parametrize("stream", [False, True])
+    def test_cached_and_reasoning_tokens_from_the_usage_details(self, service, fake, stream):
+        fake.script(Text("thought it through", usage_details={
+            "prompt_tokens_details": {"cached_tokens": 3},
+            "completion_tokens_details": {"reasoning_tokens": 7}}))
+        data = {"model": "m", "messages": USER, "stream": stream}
+        result, ctx = run(service, lambda: call(service, "chat", data))
+        got = (result["usage"]["cached_tokens"], result["usage"]["reasoning_tokens"])
+        assert got == (3, 7), (got, fake.requests[0].body)
+        assert (ctx.usage[0].cached_tokens, ctx.usage[0].reasoning_tokens) == (3, 7)
 
     # -- named tool_choice and multi-turn tool use -------------------------------------------------
     @pytest.mark.parametrize("stream", [False, True])

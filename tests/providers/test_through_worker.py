@@ -55,7 +55,8 @@ def test_streamed_chat_completes_with_events_and_usage(aiecs_redis, start_worker
     assert "".join(deltas) == "streamed through the worker" and 1 <= len(deltas) <= 4
     assert terminal["result"]["text"] == "streamed through the worker"
     assert terminal["usage"] == [{"provider": "openai", "model": "gpt-x", "input_tokens": 2,
-                                  "output_tokens": 4, "cost": None, "estimated": False}]
+                                  "output_tokens": 4, "cached_tokens": 0,
+                                  "reasoning_tokens": 0, "cost": None, "estimated": False}]
     assert result.get(timeout=10)["result"]["finish_reason"] == "stop"
 
 

@@ -62,6 +62,8 @@ class Text:
     """Include the usage block (for streams: only if the request asked for it)."""
     delay: float = 0.0
     """Seconds between stream chunks."""
+    usage_details: dict | None = None
+    """Added to the usage block (``prompt_tokens_details``, ``completion_tokens_details``)."""
 
 
 @dataclass
@@ -526,6 +528,7 @@ class _OpenAIHandler(BaseHandler):
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion,
                 "total_tokens": prompt_tokens + completion,
+                **(getattr(reply, "usage_details", None) or {}),
             }
         self._send_json(200, payload)
 
@@ -562,7 +565,7 @@ class _OpenAIHandler(BaseHandler):
             words, finish = words[:cap], "length"
         if isinstance(reply, Text):
             return Text(" ".join(words), finish or reply.finish_reason, reply.model, reply.usage,
-                        delay)
+                        delay, reply.usage_details)
         return Text(" ".join(words), "length" if finish == "length" else "stop", delay=delay)
 
     def _chat_stream(self, body: dict, reply: Any, model: str, prompt_tokens: int) -> None:
@@ -634,6 +637,7 @@ class _OpenAIHandler(BaseHandler):
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": completion,
                         "total_tokens": prompt_tokens + completion,
+                        **(getattr(reply, "usage_details", None) or {}),
                     },
                 }
             )
