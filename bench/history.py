@@ -169,8 +169,9 @@ def _count(engine) -> int:
         return conn.execute(sa.text("SELECT count(*) FROM executions")).scalar()
 
 
-def rate(db_url: str, n: int) -> dict:
+def rate(db_url: str, n: int, recorders: int = 1) -> dict:
     redis = Redis().start()
+    recs: list = []
     rec = None
     try:
         client, finish = _finisher(redis.url)
@@ -179,21 +180,26 @@ def rate(db_url: str, n: int) -> dict:
             finish(min(500, n - start), f"r{start}.")  # than the recorder)
         filled = time.monotonic() - t0
         outbox_bytes = client.memory_usage("aiecs:outbox", samples=0)
+        # the recorders start (migrations, the group) one after the other: the first
+        # starts draining while the others start; all are timed from the first's start
         rec, _ = _recorder(db_url, redis.url)
+        recs.append(rec)
         engine = _engine(db_url)
         cpu0, t0 = procs.cpu_of([rec]), time.monotonic()
+        for _ in range(recorders - 1):
+            recs.append(_recorder(db_url, redis.url)[0])
         while _count(engine) < n:
             time.sleep(0.05)
         seconds = time.monotonic() - t0
-        out = {"rows": n, "seconds": seconds, "rows_per_s": n / seconds,
+        out = {"rows": n, "recorders": recorders, "seconds": seconds, "rows_per_s": n / seconds,
                "append_s": filled, "outbox_bytes_per_entry": outbox_bytes / n,
-               "recorder_cpu_ms_per_row": 1000 * (procs.cpu_of([rec]) - cpu0) / n}
+               "recorder_cpu_ms_per_row": 1000 * (procs.cpu_of(recs) - cpu0) / n}
         out.update(_bytes(engine, n))
         engine.dispose()
         return out
     finally:
-        if rec is not None:
-            stop(rec)
+        for r in recs:
+            stop(r)
         redis.close()
 
 
@@ -284,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="overhead,rate,latency")
     parser.add_argument("--repeats", type=int, help="runs of each overhead variant")
     parser.add_argument("--scenarios", default="noop,chat", help="overhead drains to run")
+    parser.add_argument("--recorders", type=int, default=1, help="recorders of the rate part")
     args = parser.parse_args(argv)
     size = dict(SIZES["quick" if args.quick else "full"])
     if args.repeats:
@@ -305,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, url in (("sqlite", lambda: f"sqlite:///{tmpdir('hist')}/h.db"),
                           ("postgresql", lambda: pg.create_database())):
             if "rate" in parts:
-                out.setdefault("rate", {})[name] = r = rate(url(), size["rate"])
+                out.setdefault("rate", {})[name] = r = rate(url(), size["rate"],
+                                                            args.recorders)
                 log(f"rate {name}: {r}")
             if "latency" in parts:
                 out.setdefault("latency", {})[name] = r = latency(
