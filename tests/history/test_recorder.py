@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.request
 import uuid
 
 import sqlalchemy as sa
@@ -119,6 +120,13 @@ def test_the_same_entries_recorded_twice_make_one_row(database_url, aiecs_redis,
         _finish(client, task_id)
     client.hset("aiecs:sched:bob:t0", "spec", "{}")  # t0's steps are a schedule's runs
     rec = make_recorder(database_url, retention=False)
+    server = rec.metrics.serve(0, "127.0.0.1")
+    try:
+        rec._gauges(force=True)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics") as r:
+            assert "aiecs_outbox_backlog 20.0" in r.read().decode()  # the backlog, exported
+    finally:
+        server.shutdown()
     entries = rec._read()
     assert len(entries) == 20
     assert rec.record(entries) == 20

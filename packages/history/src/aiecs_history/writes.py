@@ -45,10 +45,11 @@ def _insert_many_sqlite(conn: Connection, table: Table, rows: Sequence[dict[str,
     names = _columns(table, rows)
     sql = (f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "
            f"({', '.join('?' * len(names))}) ON CONFLICT DO NOTHING")
-    cur = conn.connection.driver_connection.cursor()
+    raw: Any = conn.connection.driver_connection
+    cur = raw.cursor()
     try:
         cur.executemany(sql, [tuple(r.get(n) for n in names) for r in rows])
-        return max(cur.rowcount, 0)
+        return max(int(cur.rowcount), 0)
     finally:
         cur.close()
 
@@ -69,7 +70,7 @@ def _insert_unnest(conn: Connection, table: Table, rows: Sequence[dict[str, Any]
     params = [[r.get(n) for r in rows] for n in names]
     # the driver's cursor, in this connection's transaction: parameters sent in binary
     # (text arrays in text format are escaped element by element in Python)
-    raw = conn.connection.driver_connection
+    raw: Any = conn.connection.driver_connection
     with raw.cursor() as cur:
         cur.execute(sql, params)
         return len(cur.fetchall())

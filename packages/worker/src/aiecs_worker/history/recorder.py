@@ -131,10 +131,10 @@ class Recorder:
         return out
 
     def _xread(self, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        got = self.redis.xreadgroup(OUTBOX_GROUP, self.consumer, {OUTBOX_KEY: ">"},
+        got: Any = self.redis.xreadgroup(OUTBOX_GROUP, self.consumer, {OUTBOX_KEY: ">"},
                                     count=count, block=max(1, block_ms))
         # raw reply: [[stream, [[id, [field, value, ...]], ...]]] (RESP3: a map)
-        streams = got.values() if isinstance(got, dict) else [s[1] for s in got or []]
+        streams: Any = got.values() if isinstance(got, dict) else [s[1] for s in got or []]
         return [(_s(i), decode_entry(f)) for entries in streams for i, f in entries]
 
     def _claim_idle(self) -> list[tuple[str, dict[str, str]]]:
@@ -144,9 +144,10 @@ class Recorder:
         if now - self._last_claim < min(5.0, s.aiecs_recorder_claim_idle / 2):
             return []
         self._last_claim = now
-        _next, claimed, *_ = self.redis.xautoclaim(
+        reply: Any = self.redis.xautoclaim(
             OUTBOX_KEY, OUTBOX_GROUP, self.consumer, int(s.aiecs_recorder_claim_idle * 1000),
             start_id="0-0", count=s.aiecs_recorder_batch)
+        claimed = reply[1]  # [next id, [(id, fields)...], deleted ids]
         out = [(_s(i), decode_entry(f)) for i, f in claimed if f]
         if out:
             self.metrics.claimed.inc(len(out))
@@ -227,8 +228,8 @@ class Recorder:
             delay = min(delay * 2, 5.0)
             if time.monotonic() - last_touch > self.settings.aiecs_recorder_claim_idle / 3:
                 # keep these entries ours: reset their idle time so no one claims them
-                self.redis.xclaim(OUTBOX_KEY, OUTBOX_GROUP, self.consumer, 0, ids,
-                                  justid=True)
+                self.redis.xclaim(OUTBOX_KEY, OUTBOX_GROUP, self.consumer, 0,
+                                  list[Any](ids), justid=True)
                 last_touch = time.monotonic()
             self._gauges()
 

@@ -96,8 +96,10 @@ def build(entry_id: str, fields: dict[str, str], *, payloads: bool = False,
     usage = _json(fields.get("usage")) or []
     usage = [u for u in usage if isinstance(u, dict)] if isinstance(usage, list) else []
     error = _json(fields.get("error"))
-    template = request.get("template") if isinstance(request.get("template"), dict) else {}
-    input_data = request.get("input_data") if isinstance(request.get("input_data"), dict) else {}
+    raw_template = request.get("template")
+    template: dict[str, Any] = raw_template if isinstance(raw_template, dict) else {}
+    raw_input = request.get("input_data")
+    input_data: dict[str, Any] = raw_input if isinstance(raw_input, dict) else {}
     model = next((u.get("model") for u in usage if u.get("model")), None) or (
         input_data.get("model") if isinstance(input_data.get("model"), str) else None)
     costs = [u["cost"] for u in usage if isinstance(u.get("cost"), int | float)]
