@@ -2,15 +2,15 @@
 expired rows in small batches (SQLite, PostgreSQL's DEFAULT partition) without scanning
 the whole table for each batch.
 
-Revision ID: 0002_retention
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-06
 """
 
 from alembic import op
 
-revision = "0002_retention"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
