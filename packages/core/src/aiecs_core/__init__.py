@@ -135,6 +135,7 @@ _MODELS = (
     "TaskRequest",
     "TaskResult",
     "TaskStatus",
+    "TemplateRef",
     "Usage",
 )
 _WHERE: dict[str, str] = {

@@ -22,6 +22,7 @@ __all__ = [
     "TaskRequest",
     "TaskResult",
     "TaskStatus",
+    "TemplateRef",
     "Usage",
 ]
 
@@ -51,6 +52,18 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
+class TemplateRef(BaseModel):
+    """The template version an execution's input was rendered from: resolved once, when
+    it was submitted (a label is never stored here, only the version it pointed at)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    """The template's name."""
+    version: int = Field(ge=1, le=2**31 - 1)
+    """The template's version number (1, 2, ...)."""
+
+
 class TaskRequest(BaseModel):
     """One execution request, as sent by ``execute_task.delay(...)``.
 
@@ -77,6 +90,9 @@ class TaskRequest(BaseModel):
     """The operation's input; validated against the operation's input model."""
     context: dict[str, Any] = Field(default_factory=dict)
     """Free-form context handed to the operation (language, model hints, ...)."""
+    template: TemplateRef | None = None
+    """The template version ``input_data`` was rendered from (None: not a template's);
+    carried by the message, the events and the history row."""
 
     @field_validator("step", mode="before")
     @classmethod
@@ -211,6 +227,9 @@ class TaskEvent(BaseModel):
     """Text already streamed when a failure happened."""
     timestamp: float = Field(default_factory=time.time)
     """Unix time of emission."""
+    template: TemplateRef | None = None
+    """The template version the execution's input was rendered from; absent from the
+    JSON of executions that are not a template's."""
 
     @property
     def terminal(self) -> bool:

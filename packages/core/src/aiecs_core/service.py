@@ -338,6 +338,7 @@ class OperationContext:
             user_id=r.user_id,
             task_name=r.task_name,
             status=status,
+            template=r.template,
             **fields,
         )
 

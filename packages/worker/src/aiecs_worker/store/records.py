@@ -57,7 +57,7 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     ttl = held_ttl(s, eta)
     event = TaskEvent(type="status", task_id=request.task_id, step=request.step,
                       user_id=request.user_id, task_name=request.task_name,
-                      status=TaskStatus.PENDING,
+                      status=TaskStatus.PENDING, template=request.template,
                       message="queued" if eta is None else f"scheduled for {_iso(eta)}")
     ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel, s.aiecs_events_maxlen,
                                    ttl)

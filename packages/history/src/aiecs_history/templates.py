@@ -1,0 +1,300 @@
+"""The templates store: templates, their immutable numbered versions, and labels moved by
+compare-and-swap with a history of every move. Pure database (SQLAlchemy Core), safe
+under concurrency on SQLite and PostgreSQL:
+
+- :func:`publish` numbers a new version ``max + 1`` in the INSERT itself; two publishers
+  racing for the same number collide on the primary key and the loser retries (it gets
+  the next number, or, when its content is identical, the winner's version: the unique
+  ``(template_id, content_hash)`` makes identical content one version, whoever wins).
+- :func:`move_label` is a conditional UPDATE (``WHERE version = expected``) or an INSERT
+  that does nothing when the label exists: exactly one of two concurrent movers changes
+  it, the other gets :class:`~.errors.LabelConflictError` naming the current version. The
+  move and its history row commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .errors import InvalidTemplateError, LabelConflictError, TemplateNotFoundError
+from .rendering import LABEL_PATTERN, NAME_PATTERN, TemplateContent, content_hash
+from .tables import template_label_moves, template_labels, template_versions, templates
+
+__all__ = ["DEFAULT_LABEL", "TemplateVersion", "check_label", "check_name", "describe", "export",
+           "get_version",
+           "label_history", "list_templates", "move_label", "publish", "resolve"]
+
+#: The label a reference without version or label means (as Langfuse's prompts do).
+DEFAULT_LABEL = "production"
+_RETRIES = 50
+
+
+@dataclass(frozen=True)
+class TemplateVersion:
+    """One published version."""
+
+    name: str
+    version: int
+    content: TemplateContent
+    content_hash: str
+    created_at: float
+    created_by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, **self.content.to_json(),
+                "content_hash": self.content_hash, "created_at": self.created_at,
+                "created_by": self.created_by}
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise InvalidTemplateError(f"invalid template name {name!r} (must match "
+                                   f"{NAME_PATTERN})")
+    return name
+
+
+def check_label(label: str) -> str:
+    if not isinstance(label, str) or not re.fullmatch(LABEL_PATTERN, label):
+        raise InvalidTemplateError(f"invalid label {label!r} (must match {LABEL_PATTERN})")
+    return label
+
+
+def _template_id(conn: Connection, name: str) -> int | None:
+    return conn.execute(select(templates.c.id).where(templates.c.name == name)).scalar()
+
+
+def _ensure_template(engine: Engine, name: str, created_by: str | None,
+                     source: str | None) -> int:
+    for _ in range(_RETRIES):
+        with engine.connect() as conn:
+            tid = _template_id(conn, name)
+        if tid is not None:
+            return tid
+        try:
+            with engine.begin() as conn:
+                return conn.execute(insert(templates).values(
+                    name=name, created_at=time.time(), created_by=created_by, source=source
+                ).returning(templates.c.id)).scalar_one()
+        except IntegrityError:
+            continue  # created meanwhile by another publisher: read it
+    raise RuntimeError(f"could not create template {name!r}")  # pragma: no cover
+
+
+def _version(name: str, row: Any) -> TemplateVersion:
+    content = TemplateContent.model_validate({
+        "mode": row.mode, "service": row.service, "operation": row.operation,
+        "input": json.loads(row.input_json),
+        "variables_schema": json.loads(row.variables_schema_json),
+        "defaults": json.loads(row.defaults_json), "description": row.description})
+    return TemplateVersion(name, row.version, content, row.content_hash, row.created_at,
+                           row.created_by)
+
+
+def publish(engine: Engine, name: str, content: TemplateContent | dict[str, Any], *,
+            created_by: str | None = None, source: str | None = None
+            ) -> tuple[TemplateVersion, bool]:
+    """Publish ``content`` as the next version of ``name`` (the template is created on its
+    first version). Identical content returns the existing version. Returns ``(version,
+    created)``."""
+    check_name(name)
+    if not isinstance(content, TemplateContent):
+        content = TemplateContent.parse(content)
+    digest = content_hash(content)
+    tid = _ensure_template(engine, name, created_by, source)
+    tv = template_versions
+    for _ in range(_RETRIES):
+        with engine.connect() as conn:
+            row = conn.execute(select(tv).where(tv.c.template_id == tid,
+                                                tv.c.content_hash == digest)).first()
+        if row is not None:
+            return _version(name, row), False
+        next_version = (select(func.coalesce(func.max(tv.c.version), 0) + 1)
+                        .where(tv.c.template_id == tid).scalar_subquery())
+        data = content.to_json()
+        try:
+            with engine.begin() as conn:
+                row = conn.execute(insert(tv).values(
+                    template_id=tid, version=next_version, mode=content.mode,
+                    service=content.service, operation=content.operation,
+                    input_json=json.dumps(data["input"]),
+                    variables_schema_json=json.dumps(data["variables_schema"]),
+                    defaults_json=json.dumps(data["defaults"]),
+                    description=content.description, content_hash=digest,
+                    created_at=time.time(), created_by=created_by,
+                ).returning(*tv.c)).one()
+        except IntegrityError:
+            continue  # that number (or that content) was taken meanwhile: look again
+        return _version(name, row), True
+    raise RuntimeError(f"could not publish a version of {name!r}")  # pragma: no cover
+
+
+def get_version(engine: Engine, name: str, version: int) -> TemplateVersion:
+    """Version ``version`` of ``name``, or TemplateNotFoundError."""
+    tv = template_versions
+    with engine.connect() as conn:
+        row = conn.execute(select(tv).join(templates, templates.c.id == tv.c.template_id)
+                           .where(templates.c.name == name, tv.c.version == version)).first()
+    if row is None:
+        raise TemplateNotFoundError(f"template {name!r} has no version {version}",
+                                    template=name, version=version)
+    return _version(name, row)
+
+
+def resolve(engine: Engine, name: str, *, version: int | None = None,
+            label: str | None = None) -> TemplateVersion:
+    """The version a reference means: ``version``, else the one ``label`` (default
+    :data:`DEFAULT_LABEL`) points at now."""
+    if version is not None:
+        return get_version(engine, name, version)
+    label = label or DEFAULT_LABEL
+    tl, tv = template_labels, template_versions
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(tv).join(tl, (tl.c.template_id == tv.c.template_id)
+                            & (tl.c.version == tv.c.version))
+            .join(templates, templates.c.id == tv.c.template_id)
+            .where(templates.c.name == name, tl.c.label == label)).first()
+        if row is None:
+            known = _template_id(conn, name) is not None
+    if row is None:
+        raise TemplateNotFoundError(
+            f"template {name!r} has no label {label!r}" if known
+            else f"no template {name!r}", template=name, label=label)
+    return _version(name, row)
+
+
+def list_templates(engine: Engine) -> list[dict[str, Any]]:
+    """Every template: name, source, newest version, its description, labels."""
+    tv = template_versions
+    with engine.connect() as conn:
+        newest = (select(tv.c.template_id, func.max(tv.c.version).label("v"))
+                  .group_by(tv.c.template_id).subquery())
+        rows = conn.execute(
+            select(templates, newest.c.v, tv.c.description, tv.c.mode, tv.c.service,
+                   tv.c.operation)
+            .join(newest, newest.c.template_id == templates.c.id)
+            .join(tv, (tv.c.template_id == templates.c.id) & (tv.c.version == newest.c.v))
+            .order_by(templates.c.name)).all()
+        labels = _labels(conn)
+    return [{"name": r.name, "latest_version": r.v, "description": r.description,
+             "mode": r.mode, "service": r.service, "operation": r.operation,
+             "source": r.source, "created_at": r.created_at,
+             "labels": labels.get(r.id, {})} for r in rows]
+
+
+def _labels(conn: Connection, template_id: int | None = None) -> dict[int, dict[str, int]]:
+    q = select(template_labels)
+    if template_id is not None:
+        q = q.where(template_labels.c.template_id == template_id)
+    out: dict[int, dict[str, int]] = {}
+    for r in conn.execute(q.order_by(template_labels.c.label)):
+        out.setdefault(r.template_id, {})[r.label] = r.version
+    return out
+
+
+def describe(engine: Engine, name: str) -> dict[str, Any]:
+    """One template: its versions (newest first, without their content) and labels."""
+    tv = template_versions
+    with engine.connect() as conn:
+        t = conn.execute(select(templates).where(templates.c.name == name)).first()
+        if t is None:
+            raise TemplateNotFoundError(f"no template {name!r}", template=name)
+        versions = conn.execute(
+            select(tv.c.version, tv.c.content_hash, tv.c.description, tv.c.created_at,
+                   tv.c.created_by).where(tv.c.template_id == t.id)
+            .order_by(tv.c.version.desc())).all()
+        labels = _labels(conn, t.id).get(t.id, {})
+    return {"name": t.name, "source": t.source, "created_at": t.created_at,
+            "labels": labels,
+            "versions": [dict(v._mapping) for v in versions]}
+
+
+def move_label(engine: Engine, name: str, label: str, version: int, *,
+               expected_version: int | None, moved_by: str | None = None) -> dict[str, Any]:
+    """Point ``label`` at ``version`` if it points at ``expected_version`` now (None: the
+    label must not exist yet); else LabelConflictError with the current version. The move
+    is recorded in the label's history in the same transaction."""
+    check_label(label)
+    tl = template_labels
+    now = time.time()
+    with engine.begin() as conn:
+        tid = _template_id(conn, name)
+        if tid is None:
+            raise TemplateNotFoundError(f"no template {name!r}", template=name)
+        exists = conn.execute(select(template_versions.c.version).where(
+            template_versions.c.template_id == tid,
+            template_versions.c.version == version)).first()
+        if exists is None:
+            raise TemplateNotFoundError(f"template {name!r} has no version {version}",
+                                        template=name, version=version)
+        if expected_version is None:
+            changed = conn.execute(_insert_if_absent(conn, tl).values(
+                template_id=tid, label=label, version=version, updated_at=now,
+                updated_by=moved_by).returning(tl.c.version)).first()
+        else:
+            changed = conn.execute(update(tl).where(
+                tl.c.template_id == tid, tl.c.label == label,
+                tl.c.version == expected_version).values(
+                version=version, updated_at=now, updated_by=moved_by
+            ).returning(tl.c.version)).first()
+        if changed is None:
+            current = conn.execute(select(tl.c.version).where(
+                tl.c.template_id == tid, tl.c.label == label)).scalar()
+            raise LabelConflictError(
+                f"label {label!r} of template {name!r} points at "
+                + (f"version {current}" if current is not None else "nothing")
+                + ", not " + (f"version {expected_version}" if expected_version is not None
+                              else "nothing (expected_version null: a new label)")
+                + "; read it again and retry with expected_version = its version",
+                current_version=current)
+        conn.execute(insert(template_label_moves).values(
+            template_id=tid, label=label, from_version=expected_version, to_version=version,
+            moved_at=now, moved_by=moved_by))
+    return {"name": name, "label": label, "version": version,
+            "previous_version": expected_version, "moved_at": now}
+
+
+def _insert_if_absent(conn: Connection, table: Any) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def label_history(engine: Engine, name: str, label: str, *, limit: int = 100
+                  ) -> list[dict[str, Any]]:
+    """The moves of ``label``, newest first."""
+    m = template_label_moves
+    with engine.connect() as conn:
+        tid = _template_id(conn, name)
+        if tid is None:
+            raise TemplateNotFoundError(f"no template {name!r}", template=name)
+        rows = conn.execute(select(m.c.from_version, m.c.to_version, m.c.moved_at,
+                                   m.c.moved_by)
+                            .where(m.c.template_id == tid, m.c.label == label)
+                            .order_by(m.c.id.desc()).limit(limit)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def export(engine: Engine, name: str | None = None) -> list[dict[str, Any]]:
+    """Every version of every template (or of ``name``), oldest first, and the labels: what
+    :func:`publish` and :func:`move_label` rebuild them from (``aiecs template export``)."""
+    names = [name] if name is not None else [t["name"] for t in list_templates(engine)]
+    out = []
+    for n in names:
+        info = describe(engine, n)
+        versions = [get_version(engine, n, v["version"]) for v in reversed(info["versions"])]
+        out.append({"name": n, "labels": info["labels"],
+                    "versions": [{"version": v.version, **v.content.to_json()}
+                                 for v in versions]})
+    return out
