@@ -25,6 +25,7 @@ class LabelConflictError(AiecsError):
 
     @property
     def current_version(self) -> int | None:
+        """The version the label points at now (None: the label does not exist)."""
         return self.details.get("current_version")
 
 

@@ -103,6 +103,7 @@ class TemplateContent(BaseModel):
         return content
 
     def to_json(self) -> dict[str, Any]:
+        """The content as JSON data (what is hashed, stored and exported)."""
         return self.model_dump(mode="json")
 
 

@@ -1,6 +1,7 @@
-"""The templates store: templates, their immutable numbered versions, and labels moved by
-compare-and-swap with a history of every move. Pure database (SQLAlchemy Core), safe
-under concurrency on SQLite and PostgreSQL:
+"""The templates store: templates, their immutable numbered versions, labels.
+
+Labels move by compare-and-swap, with a history of every move. Pure database
+(SQLAlchemy Core), safe under concurrency on SQLite and PostgreSQL:
 
 - :func:`publish` numbers a new version ``max + 1`` in the INSERT itself; two publishers
   racing for the same number collide on the primary key and the loser retries (it gets
@@ -48,12 +49,14 @@ class TemplateVersion:
     created_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The version as JSON data (the API's answer)."""
         return {"name": self.name, "version": self.version, **self.content.to_json(),
                 "content_hash": self.content_hash, "created_at": self.created_at,
                 "created_by": self.created_by}
 
 
 def check_name(name: str) -> str:
+    """``name`` if it is a valid template name, else InvalidTemplateError."""
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise InvalidTemplateError(f"invalid template name {name!r} (must match "
                                    f"{NAME_PATTERN})")
@@ -61,6 +64,7 @@ def check_name(name: str) -> str:
 
 
 def check_label(label: str) -> str:
+    """``label`` if it is a valid label name, else InvalidTemplateError."""
     if not isinstance(label, str) or not re.fullmatch(LABEL_PATTERN, label):
         raise InvalidTemplateError(f"invalid label {label!r} (must match {LABEL_PATTERN})")
     return label
