@@ -12,8 +12,8 @@ without breaking existing plugins.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -35,4 +35,17 @@ def register_services(register: Callable[[type[Service]], None]) -> None:
     :param register: call ``register(ServiceClass)`` once per :class:`aiecs_core.Service`
         subclass. The service becomes reachable under ``(ServiceClass.mode,
         ServiceClass.name)``.
+    """
+
+
+@hookspec
+def register_templates(register: Callable[[Mapping[str, Any]], None]) -> None:
+    """Register the prompt templates this plugin ships.
+
+    :param register: call ``register(template)`` once per template: a mapping with
+        ``name`` and the content of its version (``mode``, ``service``, ``operation``,
+        ``input`` with ``{{variables}}``, ``variables_schema``, ``defaults``,
+        ``description``). The progress server publishes each one when it starts, as a
+        new version of ``name`` unless identical content is already published (see
+        docs/templates.md).
     """

@@ -240,6 +240,28 @@ class ServiceRegistry:
         self.plugins.append(info)
         return info
 
+    def templates(self) -> tuple[list[tuple[PluginInfo, dict[str, Any]]], list[PluginFailure]]:
+        """The templates every loaded plugin ships (``register_templates``), each with its
+        plugin; a plugin whose hook raises is a failure (its templates are left out), the
+        others' are kept."""
+        out: list[tuple[PluginInfo, dict[str, Any]]] = []
+        failures: list[PluginFailure] = []
+        by_name = {p.name: p for p in self.plugins}
+        for impl in self.pm.hook.register_templates.get_hookimpls():
+            info = by_name.get(impl.plugin_name)
+            if info is None:
+                continue
+            staged: list[dict[str, Any]] = []
+            try:
+                kwargs = {"register": lambda t, staged=staged: staged.append(dict(t))}
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except Exception as exc:  # noqa: BLE001 - isolate what a plugin raises
+                failures.append(PluginFailure(info.name, info.distribution,
+                                              f"register_templates: {_describe(exc)}"))
+                continue
+            out += [(info, t) for t in staged]
+        return out, failures
+
     def unregister_plugin(self, name: str) -> None:
         """Remove a plugin and its services (tests use this to clean up)."""
         for key in list(self._claims):

@@ -8,7 +8,9 @@ below server/ and cli/).
 - :mod:`.retention`: the periodic per-kind retention job, one recorder at a time;
 - :mod:`.metrics`: the recorder's Prometheus metrics;
 - :mod:`.database`: the server's and the CLI's handle on the database (queries with a
-  deadline, on threads of their own).
+  deadline, on threads of their own);
+- :mod:`.engine`: a producer process's engine (template resolution at submission);
+- :mod:`.templates`: templates resolved once, at submission, for every producer path.
 
 ``aiecs_history`` (the database layer, the ``history`` extra) is imported by the modules
 that need it only, through :func:`require`, so a worker-only install imports this package

@@ -99,7 +99,8 @@ def _request(user_id: str, task_id: str, n: int, step: dict[str, Any],
     check_payload_size({"input_data": input_data, "context": context}, limit)  # depth too
     return TaskRequest(task_name=step["task_name"], user_id=user_id, task_id=task_id,
                        step=n, mode=step["mode"], service=step["service"],
-                       input_data=input_data, context=context)
+                       input_data=input_data, context=context,
+                       template=step.get("template"))
 
 
 def _cannot_release(exc: Exception, n: int) -> InvalidTaskError:

@@ -23,10 +23,18 @@ import time
 import uuid
 from typing import Any
 
-from aiecs_core import TaskCancelledError, TaskEvent, TaskRequest, TaskStatus
+from aiecs_core import (
+    AiecsError,
+    TaskCancelledError,
+    TaskEvent,
+    TaskRequest,
+    TaskStatus,
+    TemplateRef,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..app import app
+from ..history.templates import Resolver
 from ..ops import metrics
 from ..settings import get_settings
 from ..store import admission
@@ -82,6 +90,9 @@ class BatchItem(BaseModel):
     input_data: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     heavy: bool | None = None
+    template: TemplateRef | None = None
+    """The template version ``input_data`` was rendered from: set by the resolution of
+    ``template`` + ``variables`` (:mod:`aiecs_worker.history.templates`), never given."""
 
 
 def item_task_id(batch_id: str, index: int) -> str:
@@ -99,14 +110,21 @@ def _validate(user_id: str, batch_id: str, items: list[Any]) -> list[tuple[TaskR
         raise GroupError(f"{len(items)} items: a batch holds at most {limit} (limit set by "
                          "AIECS_MAX_BATCH_ITEMS)", status=413, limit=limit)
     out = []
+    resolver = Resolver()  # every item naming a template by label runs the same version
     for i, raw in enumerate(items):
         where = f"item {i}"
+        try:
+            if isinstance(raw, dict):
+                raw = resolver.expand(raw)
+        except AiecsError as exc:
+            raise GroupError(f"{where}: {type(exc).__name__}: {exc.message}",
+                             where=where) from None
         try:
             item = raw if isinstance(raw, BatchItem) else BatchItem.model_validate(raw)
             request = TaskRequest(task_name=item.task_name, user_id=user_id,
                                   task_id=item_task_id(batch_id, i), step=1, mode=item.mode,
                                   service=item.service, input_data=item.input_data,
-                                  context=item.context)
+                                  context=item.context, template=item.template)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'item'}: {e['msg']}"
                                  for e in exc.errors(include_url=False, include_input=False))
@@ -198,7 +216,8 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
                                          else heavy)
         event = TaskEvent(type="status", task_id=request.task_id, step=1,
                           user_id=user_id, task_name=request.task_name,
-                          status=TaskStatus.PENDING, message=f"queued (batch {batch_id})")
+                          status=TaskStatus.PENDING, message=f"queued (batch {batch_id})",
+                          template=request.template)
         ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel,
                                        s.aiecs_events_maxlen, s.aiecs_events_ttl)
         kwargs = request.model_dump(mode="json")

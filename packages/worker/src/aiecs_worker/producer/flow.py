@@ -46,9 +46,11 @@ from aiecs_core import (
     TaskEvent,
     TaskRequest,
     TaskStatus,
+    TemplateRef,
 )
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
+from ..history.templates import Resolver
 from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, celery_task_id, encode_event, packet_parts
@@ -112,6 +114,9 @@ class FlowStep(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[int] = Field(default_factory=list)
     heavy: bool | None = None
+    template: TemplateRef | None = None
+    """Set by the resolution of ``template`` + ``variables`` at submission (a variable
+    may be a ``$ref`` filling a whole string), never given."""
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -173,7 +178,8 @@ def _check_step(user_id: str, task_id: str, s: FlowStep, ancestors: set[int]) ->
     try:
         request = TaskRequest(task_name=s.task_name, user_id=user_id, task_id=task_id,
                               step=s.step, mode=s.mode, service=s.service,
-                              input_data=s.input_data, context=s.context)
+                              input_data=s.input_data, context=s.context,
+                              template=s.template)
         spec = admission.check(s, validate=False)  # the input: below, references aside
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
@@ -213,7 +219,15 @@ def validate_workflow(user_id: str, task_id: str, raw_steps: list[Any]
     if len(raw_steps) > MAX_FLOW_STEPS:
         raise GroupError(f"{len(raw_steps)} steps: a workflow has at most {MAX_FLOW_STEPS}")
     steps: dict[int, FlowStep] = {}
+    resolver = Resolver()  # each template looked up once: every step runs one version
     for i, raw in enumerate(raw_steps):
+        if isinstance(raw, dict):
+            try:
+                raw = resolver.expand(raw, refs=True)
+            except AiecsError as exc:
+                name = raw.get("step", f"#{i}")
+                raise GroupError(f"step {name}: {type(exc).__name__}: {exc.message}",
+                                 step=name) from None
         try:
             s = raw if isinstance(raw, FlowStep) else FlowStep.model_validate(raw)
         except ValidationError as exc:
@@ -262,12 +276,14 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
         spec["steps"][str(n)] = {
             "deps": sorted(set(st.depends_on)), "mode": st.mode, "service": st.service,
             "task_name": st.task_name, "input_data": st.input_data, "context": st.context,
-            "task": task, "queue": queue, "priority": priority}
+            "task": task, "queue": queue, "priority": priority,
+            "template": st.template.model_dump() if st.template else None}
         deps = sorted(set(st.depends_on))
         message = (f"waiting for step{'s' if len(deps) > 1 else ''} "
                    f"{', '.join(map(str, deps))}" if deps else "queued")
         event = TaskEvent(type="status", task_id=task_id, step=n, user_id=user_id,
-                          task_name=st.task_name, status=TaskStatus.PENDING, message=message)
+                          task_name=st.task_name, status=TaskStatus.PENDING, message=message,
+                          template=st.template)
         celery_id = celery_task_id(user_id, task_id, n)
         per_step += [TaskKeys(user_id, task_id).state(n), celery_id, st.task_name, n,
                      celery_index_key(celery_id), encode_event(event)]

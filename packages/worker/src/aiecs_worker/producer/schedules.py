@@ -27,7 +27,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiecs_core import ID_PATTERN, BudgetExceededError, QuotaExceededError, TaskRequest, TaskStatus
+from aiecs_core import (
+    ID_PATTERN,
+    BudgetExceededError,
+    QuotaExceededError,
+    TaskRequest,
+    TaskStatus,
+    TemplateRef,
+)
 from celery.schedules import crontab
 from celery.schedules import schedule as every_schedule
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -86,6 +93,9 @@ class Schedule(BaseModel):
     """Five-field cron expression (minute hour day-of-month month day-of-week), UTC."""
     heavy: bool = False
     """Queue of the runs: heavy_tasks when true (default: what the operation declares)."""
+    template: TemplateRef | None = None
+    """The template version the input was rendered from, resolved when the schedule was
+    created: every run runs that version (a label moved later does not change it)."""
     created: float = Field(default_factory=time.time)
 
     @field_validator("cron")
@@ -116,7 +126,7 @@ class Schedule(BaseModel):
         return TaskRequest(task_name=self.task_name, user_id=self.user_id,
                            task_id=self.task_id, step=step, mode=self.mode,
                            service=self.service, input_data=self.input_data,
-                           context=self.context)
+                           context=self.context, template=self.template)
 
 
 _key = schedule_key

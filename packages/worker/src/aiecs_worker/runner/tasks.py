@@ -18,6 +18,7 @@ from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
 from ..app import app
+from ..history.templates import expand
 from ..ops import tracing
 from ..producer.advance import after_step
 from ..producer.release import record_cancelled
@@ -52,6 +53,12 @@ class AiecsTask(Task):
 
     def apply_async(self, args=None, kwargs=None, task_id=None, **options):
         request = None
+        if kwargs and not args and _templated(kwargs):
+            # template + variables: the version resolved now, once; the rendered input
+            # checked before anything is queued (TemplateVariablesError, InputValidationError
+            # ... raised to the caller)
+            kwargs = expand(kwargs)
+            admission.check(TaskRequest.model_validate(kwargs))
         if kwargs and not args:
             try:
                 request = TaskRequest.model_validate(kwargs)
@@ -68,6 +75,12 @@ class AiecsTask(Task):
             if admitted == "held":  # kept in Redis; sent when it may run (aiecs_worker.store.hold)
                 return self.AsyncResult(task_id)
         return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)
+
+
+def _templated(kwargs: dict[str, Any]) -> bool:
+    """A ``.delay(template=..., variables=...)`` call, not a message that already carries
+    its resolved ``template`` (a redelivery or a release sends ``task_name`` with it)."""
+    return "variables" in kwargs or ("template" in kwargs and "task_name" not in kwargs)
 
 
 def eta_timestamp(options: dict[str, Any]) -> float | None:

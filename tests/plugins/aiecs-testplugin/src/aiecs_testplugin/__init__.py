@@ -36,3 +36,22 @@ class Buggy(Service):
 @hookimpl
 def register_services(register):
     register(Buggy)
+
+
+#: A template shipped by this plugin (``register_templates``): published by the progress
+#: server when it starts (tests/server/test_templates_api.py).
+GREETING_TEMPLATE = {
+    "name": "testplugin-greeting",
+    "mode": "test", "service": "echo", "operation": "echo",
+    "input": {"text": "Hello, {{who}}!", "chunks": "{{chunks}}"},
+    "variables_schema": {"type": "object", "properties": {
+        "who": {"type": "string", "maxLength": 100},
+        "chunks": {"type": "integer", "minimum": 1, "maximum": 10, "default": 2}},
+        "required": ["who"]},
+    "description": "greets someone, in chunks",
+}
+
+
+@hookimpl
+def register_templates(register):
+    register(GREETING_TEMPLATE)

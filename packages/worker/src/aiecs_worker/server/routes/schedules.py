@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ...history.templates import expand, is_templated
 from ...producer import schedules
 from ..bodies import ScheduleBody
 from ..errors import InvalidRequest, NotFound, run_checked
@@ -29,6 +30,8 @@ __all__ = ["ROUTES"]
 async def create_schedule(request: Request) -> Response:
     user_id = authenticate(request)
     body = await owned_body(request, request.app.state.max_payload_bytes + ENVELOPE_BYTES)
+    if is_templated(body):  # the version resolved now: every run runs it
+        body = await run_checked(lambda: expand(body))
     try:
         data = ScheduleBody.model_validate(body)
         schedule = schedules.Schedule(

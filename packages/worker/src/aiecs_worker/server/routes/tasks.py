@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ...history.templates import expand, is_templated
 from ...producer import control
 from ...routing import queue_name
 from ...store.events import TaskKeys
@@ -42,7 +43,10 @@ MAX_VIEW_STEPS = 1000
 async def submit_task(request: Request) -> Response:
     user_id = authenticate(request)
     s = request.app.state
-    data = validate(SubmitBody, await owned_body(request, s.max_payload_bytes + ENVELOPE_BYTES))
+    body = await owned_body(request, s.max_payload_bytes + ENVELOPE_BYTES)
+    if is_templated(body):  # template + variables: the version resolved now, once
+        body = await run_checked(lambda: expand(body))
+    data = validate(SubmitBody, body)
     if data.eta is not None and (data.countdown is not None
                                  or data.eta.timestamp() > time.time() + MAX_DELAY):
         raise InvalidRequest("give eta or countdown, not both, at most "
@@ -52,7 +56,7 @@ async def submit_task(request: Request) -> Response:
         task_name=data.task_name, user_id=user_id, task_id=task_id,
         step=data.step if data.step is not None else 0,
         mode=data.mode, service=data.service,
-        input_data=data.input_data, context=data.context,
+        input_data=data.input_data, context=data.context, template=data.template,
     ))
 
     def work() -> dict[str, Any]:

@@ -1,0 +1,143 @@
+"""Submitting by template: ``template`` (``{"name", "version"}`` or ``{"name", "label"}``)
+plus ``variables`` instead of ``mode``, ``service``, ``task_name`` and ``input_data``.
+
+:class:`Resolver` turns such a submission into an ordinary one, once, at submission: it
+looks the version up (a label is read now; the version it pointed at is what runs, however
+the label moves later), renders the input (:func:`aiecs_history.rendering.render`: unknown,
+missing or schema-invalid variables refused), and returns the fields of an ordinary
+submission with ``template = {"name", "version"}``: the message, the events and the
+history row carry that. Retries, redeliveries and workflow releases reuse the message or
+the stored step, never the label. The rendered input then goes through the normal
+submission check (:mod:`aiecs_worker.store.admission`) like any other.
+
+Every producer path calls it (HTTP ``POST /tasks``, batch items, workflow steps,
+schedules, ``execute_task.delay(template=..., variables=...)``, ``aiecs submit
+--template``). One Resolver per submission looks each reference up once: all the items
+of a batch run the same version.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .engine import engine, require_history
+
+__all__ = ["OPERATION_FIELDS", "Resolver", "TemplateSpec", "expand", "is_templated",
+           "parse_reference"]
+
+#: What a templated submission must not give itself: the template says it.
+OPERATION_FIELDS = ("mode", "service", "task_name", "operation", "input_data")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+_LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class TemplateSpec(BaseModel):
+    """A submission's reference to a template: a version, or a label (default
+    ``production``) read at submission."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    label: str | None = Field(default=None, pattern=_LABEL)
+
+    @model_validator(mode="after")
+    def _one(self) -> TemplateSpec:
+        if self.version is not None and self.label is not None:
+            raise ValueError("give version or label, not both")
+        return self
+
+
+def parse_reference(text: str) -> TemplateSpec:
+    """``NAME``, ``NAME@VERSION`` or ``NAME:LABEL`` (the CLI's form); ValueError."""
+    m = re.fullmatch(r"([^@:]+)(?:@(\d+)|:([^@:]+))?", text)
+    if m is None:
+        raise ValueError(f"{text!r} is not NAME, NAME@VERSION or NAME:LABEL")
+    try:
+        return TemplateSpec(name=m.group(1), version=int(m.group(2)) if m.group(2) else None,
+                            label=m.group(3))
+    except ValidationError as exc:
+        raise ValueError(f"{text!r}: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'template'}: {e['msg']}"
+                     for e in exc.errors(include_url=False, include_input=False))
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "$ref" in value
+
+
+def is_templated(raw: Any) -> bool:
+    """Whether a submission's fields ask for a template (``template`` or ``variables``)."""
+    return isinstance(raw, Mapping) and ("template" in raw or "variables" in raw)
+
+
+class Resolver:
+    """Resolves the templated submissions of one call (each reference looked up once)."""
+
+    def __init__(self) -> None:
+        self._versions: dict[TemplateSpec, Any] = {}
+
+    def version(self, spec: TemplateSpec) -> Any:
+        """The :class:`aiecs_history.templates.TemplateVersion` ``spec`` means now."""
+        found = self._versions.get(spec)
+        if found is None:
+            require_history()
+            from aiecs_history import templates as store
+
+            found = self._versions[spec] = store.resolve(
+                engine(), spec.name, version=spec.version, label=spec.label)
+        return found
+
+    def expand(self, raw: Mapping[str, Any], *, refs: bool = False) -> dict[str, Any]:
+        """``raw`` (a submission's fields) with ``template`` + ``variables`` replaced by
+        ``mode``, ``service``, ``task_name``, ``input_data`` and ``template = {"name",
+        "version"}``; ``raw`` itself (as a dict) when it names no template.
+
+        ``refs``: a variable may be a workflow reference (``{"$ref": ...}``), filling a
+        whole string. Raises TemplateVariablesError (422), TemplateNotFoundError (404),
+        HistoryUnavailableError (no ``history`` extra)."""
+        if not is_templated(raw):
+            return dict(raw)
+        require_history()
+        from aiecs_history.errors import TemplateVariablesError
+        from aiecs_history.rendering import render
+
+        given = [f for f in OPERATION_FIELDS if f in raw]
+        if "template" not in raw:
+            raise TemplateVariablesError("variables go with template: give template "
+                                         '({"name": ..., "label"|"version": ...})')
+        if given:
+            raise TemplateVariablesError(
+                f"a template says what to run: remove {', '.join(given)} (give template "
+                "and variables only)")
+        try:
+            spec = TemplateSpec.model_validate(raw["template"])
+        except ValidationError as exc:
+            raise TemplateVariablesError(f"template: {_problems(exc)}") from None
+        variables = raw.get("variables") or {}
+        if not isinstance(variables, Mapping):
+            raise TemplateVariablesError("variables must be a JSON object")
+        found = self.version(spec)
+        try:
+            input_data = render(found.content, variables, is_ref=_is_ref if refs else
+                                (lambda v: False))
+        except TemplateVariablesError as exc:
+            raise TemplateVariablesError(
+                f"template {found.name!r} version {found.version}: {exc.message}") from None
+        out = {k: v for k, v in raw.items() if k not in ("template", "variables")}
+        out.update(mode=found.content.mode, service=found.content.service,
+                   task_name=found.content.operation, input_data=input_data,
+                   template={"name": found.name, "version": found.version})
+        return out
+
+
+def expand(raw: Mapping[str, Any], *, refs: bool = False) -> dict[str, Any]:
+    """:meth:`Resolver.expand` with a resolver of its own (one submission)."""
+    return Resolver().expand(raw, refs=refs)
