@@ -18,6 +18,7 @@ of a batch run the same version.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .engine import engine, require_history
 
 __all__ = ["OPERATION_FIELDS", "Resolver", "TemplateSpec", "expand", "is_templated",
-           "parse_reference"]
+           "parse_reference", "publish_plugin_templates"]
 
 #: What a templated submission must not give itself: the template says it.
 OPERATION_FIELDS = ("mode", "service", "task_name", "operation", "input_data")
@@ -141,3 +142,35 @@ class Resolver:
 def expand(raw: Mapping[str, Any], *, refs: bool = False) -> dict[str, Any]:
     """:meth:`Resolver.expand` with a resolver of its own (one submission)."""
     return Resolver().expand(raw, refs=refs)
+
+
+def publish_plugin_templates(registry: Any) -> list[str]:
+    """Publish the templates the loaded plugins ship (hook ``register_templates``) into the
+    history database: a new version of each only when its content changed (the content
+    hash), and label ``production`` set to it when the template has no such label yet
+    (a later version never moves it: operators do). Returns one line per template for
+    the log; a template that is invalid is reported there, the others are published."""
+    require_history()
+    from aiecs_history import templates as store
+    from aiecs_history.errors import LabelConflictError
+
+    shipped, failures = registry.templates()
+    lines = [f"plugin {f.name}: {f.reason}" for f in failures]
+    for info, template in shipped:
+        name = template.get("name")
+        content = {k: v for k, v in template.items() if k != "name"}
+        source = info.distribution or info.name
+        try:
+            version, created = store.publish(engine(), name, content,
+                                             created_by=f"plugin:{info.name}", source=source)
+        except Exception as exc:  # noqa: BLE001 - one bad template never stops the others
+            lines.append(f"plugin {info.name}: template {name!r} not published: "
+                         f"{getattr(exc, 'message', None) or exc}")
+            continue
+        # production already pointing somewhere is the operators' choice: left as it is
+        with contextlib.suppress(LabelConflictError):
+            store.move_label(engine(), name, store.DEFAULT_LABEL, version.version,
+                             expected_version=None, moved_by=f"plugin:{info.name}")
+        lines.append(f"plugin {info.name}: template {name!r} version {version.version}"
+                     + (" published" if created else " (unchanged)"))
+    return lines

@@ -13,9 +13,10 @@ status code that says what went wrong (never a traceback):
 403     a browser request from an origin not in CORS_ALLOWED_ORIGINS, or an operator
         route without an operator token
 404     unknown route, or no such task, batch, workflow or schedule *for this user*
-        (other users' are indistinguishable from missing ones)
+        (other users' are indistinguishable from missing ones); no such template,
+        version or label
 409     the execution, batch or schedule already exists, or the task already finished
-        (cancel)
+        (cancel); a template label moved since it was read (``expected_version``)
 413     the body is larger than AIECS_MAX_PAYLOAD_BYTES (AIECS_MAX_GROUP_BODY_BYTES)
         allows
 422     the body does not validate: request model, unknown service or operation, or
@@ -45,6 +46,7 @@ from typing import Any
 
 import redis
 from aiecs_core import AiecsError, BudgetExceededError, PayloadTooLargeError, QuotaExceededError
+from aiecs_history.errors import LabelConflictError, TemplateNotFoundError
 from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -167,6 +169,11 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         return NotFound(f"no such batch or workflow: {exc.args[0]!r}")
     if isinstance(exc, ScheduleExistsError):
         return Conflict(str(exc))
+    if isinstance(exc, TemplateNotFoundError):
+        return NotFound(exc.message, type_="TemplateNotFoundError")
+    if isinstance(exc, LabelConflictError):
+        return Conflict(exc.message, type_="LabelConflictError",
+                        current_version=exc.current_version)
     if isinstance(exc, GroupError):  # a refused batch or workflow: 422, or 409/413
         return _GROUP_STATUSES.get(exc.details.get("status"), InvalidRequest)(exc.message)
     if isinstance(exc, PayloadTooLargeError):

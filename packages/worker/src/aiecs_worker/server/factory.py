@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from ..history.database import HistoryDatabase
+from ..history.templates import publish_plugin_templates
 from ..ops import metrics, tracing
 from ..ops.logs import install as install_json_logs
 from ..ops.redaction import install as install_redaction
@@ -29,7 +30,18 @@ from .errors import EXCEPTION_HANDLERS
 from .middleware import OriginGuard, SecurityHeaders
 from .realtime import ProgressSocket
 from .revocation import RevocationGate
-from .routes import budgets, dev, groups, health, history, pages, schedules, services, tasks
+from .routes import (
+    budgets,
+    dev,
+    groups,
+    health,
+    history,
+    pages,
+    schedules,
+    services,
+    tasks,
+    templates,
+)
 from .settings import ServerSettings, get_server_settings
 
 __all__ = ["create_app", "create_http_app"]
@@ -47,6 +59,7 @@ def create_http_app(*, allowed_origins: list[str], dev_mode: bool, lifespan=None
         *groups.ROUTES,  # /batches, /workflows
         *budgets.ROUTES,  # /budget, /budgets/{user}
         *history.ROUTES,  # /executions, /usage, /users/{user}/history
+        *templates.ROUTES,  # /templates
         *pages.ROUTES,  # /, /config, /static
         *(dev.ROUTES if dev_mode else []),
     ]
@@ -109,6 +122,12 @@ def create_app(settings: ServerSettings | None = None, *, worker_settings: Any =
         registry = await run_in_threadpool(load_plugins)
         for failure in registry.failures:
             log.warning("plugin %s not loaded: %s", failure.name, failure.reason)
+        try:  # the plugins' templates, published by content hash (idempotent)
+            for line in await run_in_threadpool(publish_plugin_templates, registry):
+                log.info("%s", line)
+        except Exception as exc:  # noqa: BLE001 - the server serves without them
+            log.warning("plugin templates not published (history database: %s: %s)",
+                        type(exc).__name__, exc)
         log.info("aiecs progress server ready (origins allowed: %s%s)", ", ".join(origins),
                  "; DEV MODE" if settings.aiecs_dev else "")
         try:
