@@ -22,6 +22,7 @@ from .recorder import recorder
 from .schedule import schedule
 from .serve import serve
 from .submit import submit, watch
+from .template import template
 from .token import token
 from .worker import worker
 from .workflow import workflow
@@ -37,5 +38,5 @@ def main() -> None:
 
 for _command in (serve, token, submit, watch, schedule, plugins, health_command, dev_command,
                  worker, batch, workflow, budget, history_command, usage_command,
-                 forget_command, recorder):
+                 forget_command, recorder, template):
     main.add_command(_command)

@@ -13,7 +13,7 @@ import click
 from aiecs_core import ConfigurationError
 
 from ..server.settings import ServerSettings, load_server_settings
-from ..server.tokens import issue_token
+from ..server.tokens import OPERATOR_SCOPE, issue_token
 from .client import ApiClientError, call
 
 __all__ = ["DEV_USER", "EXIT_CODES", "EXIT_WATCH_ERROR", "api", "client_options",
@@ -44,10 +44,12 @@ def env_has_secret() -> bool:
     return server_settings().secret_from_environment()
 
 
-def client_token(token_opt: str | None, user: str | None, url: str) -> str:
+def client_token(token_opt: str | None, user: str | None, url: str, *,
+                 operator: bool = False) -> str:
     """--token / AIECS_TOKEN; else a short-lived token for --user signed locally with
     AIECS_SECRET_KEY; else, when the server at ``url`` is in development mode (``aiecs
-    dev``), a token from its ``/dev/token`` for --user (default ``dev``)."""
+    dev``), a token from its ``/dev/token`` for --user (default ``dev``). ``operator``:
+    the signed or development token has the operator scope."""
     if token_opt:
         return token_opt
     settings = server_settings()
@@ -55,10 +57,11 @@ def client_token(token_opt: str | None, user: str | None, url: str) -> str:
         return settings.aiecs_token.get_secret_value()
     if user and env_has_secret():
         try:
-            return issue_token(user, settings.secret(), 3600)
+            return issue_token(user, settings.secret(), 3600,
+                               scopes=(OPERATOR_SCOPE,) if operator else ())
         except (ConfigurationError, ValueError) as exc:
             fail(str(exc), 2)
-    dev = _dev_token(url, user or DEV_USER)
+    dev = _dev_token(url, user or DEV_USER, operator)
     if dev is not None:
         click.echo(f"using a development token for user {user or DEV_USER!r} from {url}",
                    err=True)
@@ -67,14 +70,15 @@ def client_token(token_opt: str | None, user: str | None, url: str) -> str:
          f"(the server at {url} is not a development server, which would hand one out)", 2)
 
 
-def _dev_token(url: str, user: str) -> str | None:
+def _dev_token(url: str, user: str, operator: bool = False) -> str | None:
     """A token from a development server's ``/dev/token``; None when the server is not
     in development mode (or does not answer)."""
     try:
         config = call(url, "", "GET", "/config")
         if not (isinstance(config, dict) and config.get("dev") is True):
             return None
-        return call(url, "", "POST", "/dev/token", {"user_id": user})["token"]
+        body = {"user_id": user, **({"operator": True} if operator else {})}
+        return call(url, "", "POST", "/dev/token", body)["token"]
     except ApiClientError as exc:
         if exc.status == 0:  # unreachable: say so, it is the likelier problem
             fail(f"{exc.message} (is `aiecs dev` or `aiecs serve` running? pass --server)",
@@ -86,10 +90,12 @@ def server_url(url: str | None) -> str:
     return (url or server_settings().server_url()).rstrip("/")
 
 
-def connect(url: str | None, token_opt: str | None, user: str | None) -> tuple[str, str]:
-    """The server's URL and the token to use with it (the three client options)."""
+def connect(url: str | None, token_opt: str | None, user: str | None, *,
+            operator: bool = False) -> tuple[str, str]:
+    """The server's URL and the token to use with it (the three client options);
+    ``operator``: a token this command signs or asks for has the operator scope."""
     url = server_url(url)
-    return url, client_token(token_opt, user, url)
+    return url, client_token(token_opt, user, url, operator=operator)
 
 
 _client_options = [

@@ -83,7 +83,7 @@ def _from_dev_server(url: str, user_id: str) -> str | None:
                    "AIECS_TOKEN_MAX_LIFETIME).")
 @click.option("--operator", is_flag=True,
               help="An operator's token (scope \"operator\"): may set other users' "
-                   "budgets and read their data.")
+                   "budgets, read their data, publish templates and move their labels.")
 @click.option("--server", "server_url_", default=None, metavar="URL",
               help="Without AIECS_SECRET_KEY: the development server to ask for the token "
                    "(default AIECS_SERVER_URL or http://AIECS_HOST:AIECS_PORT).")

@@ -62,3 +62,5 @@ class DevTokenBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(pattern=ID_PATTERN)
     ttl: int | None = Field(default=None, gt=0, le=7 * 86400)
+    operator: bool = False
+    """A token with the operator scope (templates' writes, every user's history)."""

@@ -1,4 +1,4 @@
-"""``POST /dev/token`` ``{"user_id", "ttl"?}``: a token for any user, mounted in
+"""``POST /dev/token`` ``{"user_id", "ttl"?, "operator"?}``: a token for any user, mounted in
 development mode only (``aiecs dev``, ``aiecs serve --dev``)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from starlette.routing import Route
 from ..bodies import DevTokenBody
 from ..errors import InvalidRequest
 from ..params import read_json, validate
-from ..tokens import issue_token
+from ..tokens import OPERATOR_SCOPE, issue_token
 
 __all__ = ["ROUTES"]
 
@@ -22,7 +22,8 @@ async def dev_token(request: Request) -> Response:
     if ttl > s.token_max_lifetime:
         raise InvalidRequest(f"ttl: longer than AIECS_TOKEN_MAX_LIFETIME "
                              f"({s.token_max_lifetime} s)")
-    token = issue_token(data.user_id, s.secret, ttl)
+    token = issue_token(data.user_id, s.secret, ttl,
+                        scopes=(OPERATOR_SCOPE,) if data.operator else ())
     return JSONResponse({"user_id": data.user_id, "token": token, "ttl": ttl})
 
 
