@@ -52,7 +52,7 @@ def test_the_client_options_are_documented_once_with_the_commands_taking_them():
     takers = {path.split()[1] for path, command in COMMANDS
               if {o for p in command.params for o in p.opts} >= CLIENT_OPTIONS}
     assert takers == {"submit", "watch", "schedule", "batch", "workflow", "budget", "history",
-                      "usage"}
+                      "usage", "template"}
     assert all(f"`{name}`" in paragraph for name in takers), paragraph
 
 

@@ -90,9 +90,10 @@ class TaskRequest(BaseModel):
     """The operation's input; validated against the operation's input model."""
     context: dict[str, Any] = Field(default_factory=dict)
     """Free-form context handed to the operation (language, model hints, ...)."""
-    template: TemplateRef | None = None
-    """The template version ``input_data`` was rendered from (None: not a template's);
-    carried by the message, the events and the history row."""
+    template: TemplateRef | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The template version ``input_data`` was rendered from (None: not a template's, and
+    then absent from the JSON: messages without a template are as before); carried by
+    the message, the events and the history row."""
 
     @field_validator("step", mode="before")
     @classmethod
@@ -227,7 +228,7 @@ class TaskEvent(BaseModel):
     """Text already streamed when a failure happened."""
     timestamp: float = Field(default_factory=time.time)
     """Unix time of emission."""
-    template: TemplateRef | None = None
+    template: TemplateRef | None = Field(default=None, exclude_if=lambda v: v is None)
     """The template version the execution's input was rendered from; absent from the
     JSON of executions that are not a template's."""
 

@@ -131,10 +131,8 @@ BEGIN_PUBLISH_LUA = begin_lua(_publish_lua(
 
 def encode_event(event: TaskEvent) -> str:
     """Event JSON without ``seq`` (the Lua script prepends it), redacted: every event
-    (log, pub/sub) goes through here. ``template`` only when the execution is a
-    template's (no ``"template": null`` on every other event)."""
-    exclude = {"seq"} if event.template is not None else {"seq", "template"}
-    return redact_json(event.model_dump_json(exclude=exclude))
+    (log, pub/sub) goes through here."""
+    return redact_json(event.model_dump_json(exclude={"seq"}))
 
 
 def packet_parts(user_id: str) -> tuple[str, str]:
