@@ -216,7 +216,7 @@ def test_python_and_cli_submissions(stack, tmp_path, database_url):
     from aiecs_worker import execute_task
     from aiecs_worker.producer import control
 
-    server, ops = stack, _operator(stack)
+    server = stack
     # operators import YAML (versions and labels), export it back
     import yaml
 

@@ -99,3 +99,26 @@ def test_tracing_on_without_the_extra_is_refused_naming_it():
     assert proc.returncode != 0
     assert "AIECS_TRACING" in proc.stderr
     assert "pip install 'aiecs-worker[tracing]'" in proc.stderr
+
+
+def test_the_worker_loads_the_history_database_only_for_templates():
+    """A worker-only install has no aiecs-history: the worker never imports it (nor
+    SQLAlchemy), and a submission by template there says which extra to install."""
+    code = ("import json, sys, aiecs_worker, aiecs_worker.runner.tasks, "
+            "aiecs_worker.producer.flow; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    imported = set(json.loads(out.stdout.splitlines()[-1]))
+    assert imported.isdisjoint({"aiecs_history", "sqlalchemy", "alembic", "jsonschema"})
+    code = ("import sys; sys.modules['aiecs_history'] = None\n"
+            "from aiecs_worker.history.templates import expand\n"
+            "try:\n"
+            "    expand({'template': {'name': 'greet'}, 'variables': {}})\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.startswith("HistoryUnavailableError templates need the history "
+                                 "database"), out.stdout + out.stderr
+    assert "pip install 'aiecs-worker[history]'" in out.stdout

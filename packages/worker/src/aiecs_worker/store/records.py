@@ -146,7 +146,8 @@ def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],
     info = error.to_info()
     event = TaskEvent(type="status", task_id=task_id, step=step, user_id=user_id,
                       task_name=task_name, status=status,
-                      message=info.message if message is None else message, error=info)
+                      message=info.message if message is None else message, error=info,
+                      template=request.template if isinstance(request, TaskRequest) else None)
     state_key = state_key or TaskKeys(user_id, task_id).state(step)
     keys, args = finish_args(*script_args(event, s.aiecs_socketio_channel,
                                           s.aiecs_events_maxlen, s.aiecs_events_ttl),
