@@ -302,3 +302,24 @@ def test_a_redelivered_execution_runs_the_version_resolved_at_submission(
     running = [e for e in events if e["type"] == "status" and e["status"] == "running"]
     assert "redelivered after worker loss (delivery 2)" in running[1]["message"]
     assert {e["template"]["version"] for e in events} == {1}
+
+
+def test_history_database_down_templates_answer_503_the_rest_serves(aiecs_redis,
+                                                                     start_server):
+    """A server whose database does not answer starts (the plugins' templates are not
+    published, a warning says why), answers 503 to what needs templates, and serves
+    every other submission."""
+    from tests.support.redis_server import free_port
+
+    url = f"postgresql+psycopg://aiecs@127.0.0.1:{free_port()}/nowhere"
+    server = start_server(aiecs_redis.url, env={"AIECS_DATABASE_URL": url})
+    token = server.token(uid("eve"))
+    code, out = server.http("POST", "/tasks", {"template": {"name": "greet"},
+                                               "variables": {"who": "x"}}, token=token)
+    assert code == 503 and "history database" in out["error"]["message"], out
+    assert server.http("GET", "/templates", token=token)[0] == 503
+    code, out = server.http("POST", "/tasks", {"mode": "test", "service": "echo",
+                                               "task_name": "echo",
+                                               "input_data": {"text": "x"}}, token=token)
+    assert code == 202, out
+    assert "plugin templates not published" in server.log()

@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from aiecs_core import AiecsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .engine import engine, require_history
@@ -149,7 +150,8 @@ def publish_plugin_templates(registry: Any) -> list[str]:
     history database: a new version of each only when its content changed (the content
     hash), and label ``production`` set to it when the template has no such label yet
     (a later version never moves it: operators do). Returns one line per template for
-    the log; a template that is invalid is reported there, the others are published."""
+    the log; a template that is invalid is reported there, the others are published.
+    The database unreachable raises (SQLAlchemy's OperationalError)."""
     require_history()
     from aiecs_history import templates as store
     from aiecs_history.errors import LabelConflictError
@@ -163,9 +165,10 @@ def publish_plugin_templates(registry: Any) -> list[str]:
         try:
             version, created = store.publish(engine(), name, content,
                                              created_by=f"plugin:{info.name}", source=source)
-        except Exception as exc:  # noqa: BLE001 - one bad template never stops the others
+        except AiecsError as exc:  # an invalid template never stops the others (an
+            # unreachable database raises: the caller says so once)
             lines.append(f"plugin {info.name}: template {name!r} not published: "
-                         f"{getattr(exc, 'message', None) or exc}")
+                         f"{exc.message}")
             continue
         # production already pointing somewhere is the operators' choice: left as it is
         with contextlib.suppress(LabelConflictError):

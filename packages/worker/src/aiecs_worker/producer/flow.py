@@ -343,7 +343,8 @@ def get_workflow(user_id: str, task_id: str) -> dict[str, Any] | None:
         steps.append({"step": n, "depends_on": step["deps"], "mode": step["mode"],
                       "service": step["service"], "task_name": step["task_name"],
                       "status": state.get("status"), "result": result,
-                      "error": state.get("error")})
+                      "error": state.get("error"),
+                      **({"template": step["template"]} if step.get("template") else {})})
     statuses = [s["status"] for s in steps]
     if not all(st in _TERMINAL for st in statuses):
         status = "running"

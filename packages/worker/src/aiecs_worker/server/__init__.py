@@ -7,6 +7,7 @@ One ASGI application, served by ``aiecs serve`` or ``uvicorn aiecs_worker.server
     /tasks, /tasks/ID  the task API          /services  the registry listing
     /healthz           Redis and pub/sub listener health      /config  page settings
     /metrics           Prometheus metrics (aiecs_worker.ops.metrics)
+    /templates         the templates API (docs/templates.md)
     /dev/token         dev mode only: a token for any user id
 
 ``app`` is built on first access from the environment (see :mod:`.settings`), so importing

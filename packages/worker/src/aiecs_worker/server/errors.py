@@ -27,8 +27,9 @@ status code that says what went wrong (never a traceback):
 429     a per-user quota (``QuotaExceededError``: submissions per second, executions or
         batches in flight, schedules), with ``Retry-After`` in seconds; the message
         names the limit and its setting (docs/security.md, "Quotas per user")
-503     Redis or the broker is unreachable, or the history database
-        (``DatabaseUnavailable``: down, or no answer within AIECS_DATABASE_TIMEOUT)
+503     Redis or the broker is unreachable, or the history database (history routes,
+        ``DatabaseUnavailable``: down, or no answer within AIECS_DATABASE_TIMEOUT;
+        templates: the driver's OperationalError)
 ======  ==========================================================================
 
 Routes raise an :class:`ApiError` (or a subclass) for what they check themselves, and run
@@ -45,6 +46,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
+import sqlalchemy.exc
 from aiecs_core import AiecsError, BudgetExceededError, PayloadTooLargeError, QuotaExceededError
 from aiecs_history.errors import LabelConflictError, TemplateNotFoundError
 from kombu.exceptions import OperationalError
@@ -191,6 +193,9 @@ def as_api_error(exc: BaseException) -> ApiError | None:
     if is_backend_error(exc):
         log.warning("backend unavailable: %s: %s", type(exc).__name__, exc)
         return Unavailable("Redis or the task broker is unreachable; retry shortly")
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        log.warning("history database unavailable: %s", str(exc).splitlines()[0][:300])
+        return Unavailable("the history database (templates) is unreachable; retry shortly")
     return None
 
 
