@@ -481,3 +481,33 @@ def test_workspace_test_plugin_is_discovered_when_installed():
 def test_echo_module_is_a_plugin(registry):
     info = registry.register_plugin(echo, "echo")
     assert info is not None and info.services == [("test", "echo")]
+
+
+class _TemplatesPlugin(Plugin):
+    """Services, and templates through ``register_templates`` (or a hook that raises)."""
+
+    def __init__(self, *services, templates=(), boom=False):
+        super().__init__(*services)
+        self._templates, self._boom = templates, boom
+
+    @hookimpl
+    def register_templates(self, register):
+        if self._boom:
+            raise RuntimeError("template hook broke")
+        for t in self._templates:
+            register(t)
+
+
+def test_templates_are_collected_per_plugin_and_a_raising_hook_is_isolated():
+    registry = ServiceRegistry()
+    good = {"name": "shout", "mode": "chat", "service": "upper", "operation": "upper",
+            "input": {"text": "{{text}}"}}
+    registry.register_plugin(_TemplatesPlugin(Upper, templates=[good]), "good",
+                             distribution="good-dist", version="1")
+    registry.register_plugin(_TemplatesPlugin(Lower, boom=True), "bad")
+    shipped, failures = registry.templates()
+    assert [(info.name, info.distribution, t) for info, t in shipped] == [
+        ("good", "good-dist", good)]
+    assert [f.name for f in failures] == ["bad"]
+    assert failures[0].reason.startswith("register_templates: RuntimeError: template hook "
+                                         "broke")
