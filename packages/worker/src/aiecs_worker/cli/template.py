@@ -28,7 +28,7 @@ _CONTENT = ("mode", "service", "operation", "input", "variables_schema", "defaul
 
 
 def _yaml() -> Any:
-    import yaml  # deferred: only these commands read or write YAML
+    import yaml  # type: ignore[import-untyped]  # deferred: only these commands use YAML
 
     return yaml
 

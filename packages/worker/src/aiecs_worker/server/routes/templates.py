@@ -105,7 +105,7 @@ async def label_history(request: Request) -> Response:
     authenticate(request)
     name = _param(request, "name", NAME_PATTERN)
     label = _param(request, "label", LABEL_PATTERN)
-    limit = int_param(request, "limit", 100, 1, 1000)
+    limit = int_param(request, "limit", 100, 1, 1000) or 100
     moves = await run_checked(lambda: store.label_history(engine(), name, label, limit=limit))
     return JSONResponse({"name": name, "label": label, "moves": moves})
 
