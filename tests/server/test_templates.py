@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from tests.server.helpers import uid, wait_until
+from tests.support.processes import ServerProcess, WorkerProcess, report
 
 GREET = {
     "mode": "test", "service": "echo", "operation": "echo",
@@ -31,13 +32,32 @@ RAW = {"mode": "test", "service": "echo", "operation": "echo",
            "text": {"type": "string"}, "chunks": {"type": "integer", "default": 1}}}}
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request, tmp_path_factory):
+    """The module's history database: a SQLite file, then a database of the session's
+    PostgreSQL (each test taking it runs on both; template names are unique per test)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('history')}/history.db"
+    return request.getfixturevalue("postgres_server").create_database()
+
+
+@pytest.fixture(scope="module")
+def module_stack(database):
+    """A server and a worker on the session's Redis and the module's database."""
+    env = {"AIECS_DATABASE_URL": database}
+    server = ServerProcess(redis_url=os.environ["REDIS_URL"], env=env).start()
+    worker = WorkerProcess(redis_url=os.environ["REDIS_URL"], env=env).start()
+    yield server
+    for proc in (worker, server):
+        proc.stop()
+        report(proc, 60)
+        proc.close()
+
+
 @pytest.fixture
-def stack(database_url, aiecs_redis, start_server, start_worker, submitter_env):
-    env = {"AIECS_DATABASE_URL": database_url}
-    submitter_env(**env)  # this process submits from Python too
-    server = start_server(aiecs_redis.url, env=env)
-    start_worker(env=env)
-    return server
+def stack(module_stack, database, aiecs_redis, submitter_env):
+    submitter_env(AIECS_DATABASE_URL=database)  # this process submits from Python too
+    return module_stack
 
 
 def _operator(server, user="ops"):
@@ -70,6 +90,7 @@ def _refused(server, token, path, body, status=422):
 
 def test_operators_publish_and_label_users_submit_by_label_once(stack):
     server, ops = stack, _operator(stack)
+    greet = uid("greet")
     alice = server.token(uid("alice"))
     # the plugin's template was published at start-up, production set to it
     code, listing = server.http("GET", "/templates", token=alice)
@@ -77,27 +98,27 @@ def test_operators_publish_and_label_users_submit_by_label_once(stack):
     assert shipped["source"] == "aiecs-testplugin" and shipped["labels"] == {"production": 1}
 
     # writes need the operator scope; identical content is the same version
-    assert server.http("POST", "/templates", {"name": "greet", **GREET}, token=alice)[0] == 403
-    assert _publish(server, ops, "greet", GREET) == 1
-    assert _publish(server, ops, "greet", GREET, status=200) == 1
-    assert _publish(server, ops, "greet", {**GREET, "input": {
+    assert server.http("POST", "/templates", {"name": greet, **GREET}, token=alice)[0] == 403
+    assert _publish(server, ops, greet, GREET) == 1
+    assert _publish(server, ops, greet, GREET, status=200) == 1
+    assert _publish(server, ops, greet, {**GREET, "input": {
         **GREET["input"], "text": "v2 {{who}}"}}) == 2
     assert "not a valid JSON Schema" in _refused(
         server, ops, "/templates", {"name": "bad", **GREET, "variables_schema": {"type": 3}})
 
     # labels: compare-and-swap
-    put = "/templates/greet/labels/production"
+    put = f"/templates/{greet}/labels/production"
     assert server.http("PUT", put, {"version": 1, "expected_version": None}, token=alice)[0] == 403
     assert server.http("PUT", put, {"version": 1, "expected_version": None}, token=ops)[0] == 200
     code, out = server.http("PUT", put, {"version": 2, "expected_version": None}, token=ops)
     assert code == 409 and out["error"]["current_version"] == 1, out
 
     # in flight: resolved at submission to version 1, then the label moves to 2
-    slow = server.http("POST", "/tasks", {"template": {"name": "greet", "label": "production"},
+    slow = server.http("POST", "/tasks", {"template": {"name": greet, "label": "production"},
                                           "variables": {"who": "ann", "delay": 0.5}},
                        token=alice)
     assert slow[0] == 202, slow
-    held = server.http("POST", "/tasks", {"template": {"name": "greet"},  # production
+    held = server.http("POST", "/tasks", {"template": {"name": greet},  # production
                                           "variables": {"who": "bea"}, "countdown": 1.5},
                        token=alice)
     assert held[0] == 202, held
@@ -107,29 +128,30 @@ def test_operators_publish_and_label_users_submit_by_label_once(stack):
     assert {e["template"]["version"] for e in view["events"]} == {1}  # every event says it
     assert _result(server, alice, held[1]["task_id"])["result"]["text"] == "v1 bea"
     # new submissions get version 2; version 1 stays runnable by number
-    after = server.http("POST", "/tasks", {"template": {"name": "greet", "label": "production"},
+    after = server.http("POST", "/tasks", {"template": {"name": greet, "label": "production"},
                                            "variables": {"who": "cy"}}, token=alice)[1]
     assert _result(server, alice, after["task_id"])["result"]["text"] == "v2 cy"
-    old = server.http("POST", "/tasks", {"template": {"name": "greet", "version": 1},
+    old = server.http("POST", "/tasks", {"template": {"name": greet, "version": 1},
                                          "variables": {"who": "di"}}, token=alice)[1]
     assert _result(server, alice, old["task_id"])["result"]["text"] == "v1 di"
 
-    code, hist = server.http("GET", "/templates/greet/labels/production/history", token=alice)
+    code, hist = server.http("GET", f"/templates/{greet}/labels/production/history", token=alice)
     assert [(m["from_version"], m["to_version"], m["moved_by"]) for m in hist["moves"]] == [
         (1, 2, "ops"), (None, 1, "ops")]
-    code, info = server.http("GET", "/templates/greet", token=alice)
+    code, info = server.http("GET", f"/templates/{greet}", token=alice)
     assert info["labels"] == {"production": 2} and len(info["versions"]) == 2
-    code, v1 = server.http("GET", "/templates/greet/versions/1", token=alice)
+    code, v1 = server.http("GET", f"/templates/{greet}/versions/1", token=alice)
     assert v1["input"]["text"] == "v1 {{who}}"
-    assert server.http("GET", "/templates/greet/versions/9", token=alice)[0] == 404
+    assert server.http("GET", f"/templates/{greet}/versions/9", token=alice)[0] == 404
 
 
 def test_bad_variables_are_refused_before_anything_is_queued(stack):
     server, ops = stack, _operator(stack)
+    greet, raw = uid("greet"), uid("raw")
     alice = server.token(uid("alice"))
-    _publish(server, ops, "greet", GREET)
-    _publish(server, ops, "raw", RAW)
-    ref = {"name": "greet", "version": 1}
+    _publish(server, ops, greet, GREET)
+    _publish(server, ops, raw, RAW)
+    ref = {"name": greet, "version": 1}
     cases = [
         ({"who": "x", "tone": "dry"}, "unknown variable tone"),
         ({}, "missing variable: who"),
@@ -140,7 +162,7 @@ def test_bad_variables_are_refused_before_anything_is_queued(stack):
         assert message in _refused(server, alice, "/tasks", body)
         assert server.http("GET", f"/tasks/{body['task_id']}", token=alice)[0] == 404
     # the rendered input goes through the operation's own check
-    bad = {"template": {"name": "raw", "version": 1}, "variables": {"text": "x", "chunks": 0},
+    bad = {"template": {"name": raw, "version": 1}, "variables": {"text": "x", "chunks": 0},
            "task_id": uid("t")}
     assert "chunks" in _refused(server, alice, "/tasks", bad)
     assert server.http("GET", f"/tasks/{bad['task_id']}", token=alice)[0] == 404
@@ -165,13 +187,14 @@ def test_bad_variables_are_refused_before_anything_is_queued(stack):
 
 def test_templates_in_a_batch_a_workflow_and_a_schedule(stack):
     server, ops = stack, _operator(stack)
+    greet, raw = uid("greet"), uid("raw")
     alice = server.token(uid("alice"))
-    _publish(server, ops, "greet", GREET)
-    _publish(server, ops, "raw", RAW)
-    server.http("PUT", "/templates/greet/labels/production",
+    _publish(server, ops, greet, GREET)
+    _publish(server, ops, raw, RAW)
+    server.http("PUT", f"/templates/{greet}/labels/production",
                 {"version": 1, "expected_version": None}, token=ops)
     code, out = server.http("POST", "/batches", {"items": [
-        {"template": {"name": "greet"}, "variables": {"who": w}} for w in ("a", "b", "c")]},
+        {"template": {"name": greet}, "variables": {"who": w}} for w in ("a", "b", "c")]},
         token=alice)
     assert code == 202, out
     batch_id = out["batch_id"]
@@ -185,9 +208,9 @@ def test_templates_in_a_batch_a_workflow_and_a_schedule(stack):
 
     # a workflow: step 2's variable is step 1's result ($ref filling a whole string)
     code, out = server.http("POST", "/workflows", {"steps": [
-        {"step": 1, "template": {"name": "greet", "label": "production"},
+        {"step": 1, "template": {"name": greet, "label": "production"},
          "variables": {"who": "flow"}},
-        {"step": 2, "template": {"name": "raw", "version": 1}, "depends_on": [1],
+        {"step": 2, "template": {"name": raw, "version": 1}, "depends_on": [1],
          "variables": {"text": {"$ref": "steps.1.result.text"}}}]}, token=alice)
     assert code == 202, out
     task_id = out["task_id"]
@@ -195,38 +218,38 @@ def test_templates_in_a_batch_a_workflow_and_a_schedule(stack):
     assert step2["status"] == "completed" and step2["result"]["text"] == "v1 flow"
     events = server.http("GET", f"/tasks/{task_id}?events=100", token=alice)[1]["events"]
     assert {(e["step"], e["template"]["name"], e["template"]["version"])
-            for e in events} == {(1, "greet", 1), (2, "raw", 1)}
+            for e in events} == {(1, greet, 1), (2, raw, 1)}
     # a $ref only fills a whole string
     assert "only fill a whole string" in _refused(server, alice, "/workflows", {"steps": [
-        {"step": 1, "template": {"name": "raw", "version": 1}, "variables": {"text": "a"}},
-        {"step": 2, "template": {"name": "greet", "version": 1}, "depends_on": [1],
+        {"step": 1, "template": {"name": raw, "version": 1}, "variables": {"text": "a"}},
+        {"step": 2, "template": {"name": greet, "version": 1}, "depends_on": [1],
          "variables": {"who": {"$ref": "steps.1.result.text"}}}]})
 
     # a schedule keeps the version resolved when it was created
     code, out = server.http("POST", "/schedules", {
-        "template": {"name": "greet", "label": "production"}, "variables": {"who": "s"},
+        "template": {"name": greet, "label": "production"}, "variables": {"who": "s"},
         "every": 3600}, token=alice)
     assert code == 201, out
-    assert out["template"] == {"name": "greet", "version": 1}
+    assert out["template"] == {"name": greet, "version": 1}
     assert out["input_data"]["text"] == "v1 s"
 
 
-def test_python_and_cli_submissions(stack, tmp_path, database_url):
+def test_python_and_cli_submissions(stack, tmp_path, database):
     from aiecs_history.errors import TemplateVariablesError
     from aiecs_worker import execute_task
     from aiecs_worker.producer import control
 
-    server = stack
+    server, greet = stack, uid("greet")
     # operators import YAML (versions and labels), export it back
     import yaml
 
     src = tmp_path / "greet.yaml"
     src.write_text(yaml.safe_dump({"templates": [{
-        "name": "greet", "labels": {"production": 2},
+        "name": greet, "labels": {"production": 2},
         "versions": [{"version": i, **GREET, "input": {**GREET["input"],
                                                       "text": f"v{i} {{{{who}}}}"}}
                      for i in (1, 2)]}]}))
-    env = {**os.environ, "AIECS_SECRET_KEY": server.secret, "AIECS_DATABASE_URL": database_url}
+    env = {**os.environ, "AIECS_SECRET_KEY": server.secret, "AIECS_DATABASE_URL": database}
     cli = [sys.executable, "-m", "aiecs_worker.cli"]
 
     def run(*args, code=0):
@@ -237,71 +260,36 @@ def test_python_and_cli_submissions(stack, tmp_path, database_url):
 
     run("template", "import", str(src), "--server", server.url, "--user", "ops")
     run("template", "import", str(src), "--server", server.url, "--user", "ops")  # idempotent
-    exported = run("template", "export", "greet", "--server", server.url, "--user", "u").stdout
+    exported = run("template", "export", greet, "--server", server.url, "--user", "u").stdout
     doc = yaml.safe_load(exported)["templates"][0]
     assert doc["labels"] == {"production": 2} and [v["version"] for v in doc["versions"]] == [1, 2]
     listed = run("template", "list", "--server", server.url, "--user", "u").stdout
-    assert "greet  v2  test/echo.echo  labels: production=2" in listed
-    moved = run("template", "label", "greet", "staging", "1", "--server", server.url,
+    assert f"{greet}  v2  test/echo.echo  labels: production=2" in listed
+    moved = run("template", "label", greet, "staging", "1", "--server", server.url,
                 "--user", "ops").stdout
     assert "staging -> version 1 (was -)" in moved
-    run("template", "label", "greet", "staging", "2", "--expected", "2", "--server",
+    run("template", "label", greet, "staging", "2", "--expected", "2", "--server",
         server.url, "--user", "ops", code=5)
 
     user = uid("carl")
-    out = run("submit", "--template", "greet:staging", "--var", "who=cli", "--watch",
+    out = run("submit", "--template", f"{greet}:staging", "--var", "who=cli", "--watch",
               "--server", server.url, "--user", user)
     assert "v1 cli" in out.stdout + out.stderr
-    bad = run("submit", "--template", "greet@2", "--var", "who=1", "--var", "x=2",
+    bad = run("submit", "--template", f"{greet}@2", "--var", "who=1", "--var", "x=2",
               "--server", server.url, "--user", user, code=5)
     assert "unknown variable x" in bad.stderr
 
     # Python: the spec's .delay() with template + variables, resolved here
     res = execute_task.delay(user_id=user, task_id="py1", step=1,
-                             template={"name": "greet", "label": "production"},
+                             template={"name": greet, "label": "production"},
                              variables={"who": "py"})
     assert res.get(timeout=60)["result"]["text"] == "v2 py"
     state = control.get_state(user, "py1", 1)["steps"][1]
     assert state["status"] == "completed"
     with pytest.raises(TemplateVariablesError, match="missing variable: who"):
         execute_task.delay(user_id=user, task_id="py2", step=1,
-                           template={"name": "greet", "version": 1}, variables={})
+                           template={"name": greet, "version": 1}, variables={})
     assert control.get_state(user, "py2")["steps"] == {}
-
-
-def test_a_redelivered_execution_runs_the_version_resolved_at_submission(
-        database_url, aiecs_redis, start_worker, submitter_env):
-    """The worker running it is SIGKILLed after the label moved: the redelivered message
-    still holds version 1's rendered input and reference."""
-    import signal
-
-    from aiecs_history import templates as store
-    from aiecs_worker import execute_task
-    from aiecs_worker.history.database import engine
-
-    from tests.support.events import wait_for_event, wait_terminal
-
-    submitter_env(AIECS_DATABASE_URL=database_url)
-    store.publish(engine(), "greet", GREET)
-    store.publish(engine(), "greet", {**GREET, "input": {**GREET["input"],
-                                                         "text": "v2 {{who}}"}})
-    store.move_label(engine(), "greet", "production", 1, expected_version=None)
-    worker = start_worker(pool="prefork", concurrency=1,
-                          env={"AIECS_DATABASE_URL": database_url})
-    user, task_id = uid("dan"), uid("t")
-    res = execute_task.delay(user_id=user, task_id=task_id, step=1,
-                             template={"name": "greet", "label": "production"},
-                             variables={"who": "redelivered", "delay": 0.4})
-    client = aiecs_redis.client()
-    wait_for_event(client, user, task_id, lambda e: e["type"] == "stream")
-    store.move_label(engine(), "greet", "production", 2, expected_version=1)
-    (child,) = worker.children()
-    os.kill(child, signal.SIGKILL)
-    assert res.get(timeout=60)["result"]["text"] == "v1 redelivered"
-    terminal, events = wait_terminal(client, user, task_id)
-    running = [e for e in events if e["type"] == "status" and e["status"] == "running"]
-    assert "redelivered after worker loss (delivery 2)" in running[1]["message"]
-    assert {e["template"]["version"] for e in events} == {1}
 
 
 def test_history_database_down_templates_answer_503_the_rest_serves(aiecs_redis,
