@@ -63,7 +63,7 @@ def stack(module_stack, database, aiecs_redis, submitter_env):
 def _operator(server, user="ops"):
     from aiecs_worker.server.tokens import issue_token
 
-    return issue_token(user, server.secret, 600, scope="operator")
+    return issue_token(user, server.secret, 600, scopes=("operator",))
 
 
 def _publish(server, token, name, content, status=201):
