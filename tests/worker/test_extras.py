@@ -119,6 +119,6 @@ def test_the_worker_loads_the_history_database_only_for_templates():
             "    print(type(exc).__name__, exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
-    assert out.stdout.startswith("HistoryUnavailableError templates need the history "
-                                 "database"), out.stdout + out.stderr
+    assert out.stdout.startswith("HistoryUnavailableError templates: the history "
+                                 "database needs"), out.stdout + out.stderr
     assert "pip install 'aiecs-worker[history]'" in out.stdout

@@ -18,7 +18,7 @@ def test_a_redelivered_execution_runs_the_version_resolved_at_submission(
 
     from aiecs_history import templates as store
     from aiecs_worker import execute_task
-    from aiecs_worker.history.database import engine
+    from aiecs_worker.history.engine import engine
 
     from tests.support.events import wait_for_event, wait_terminal
 

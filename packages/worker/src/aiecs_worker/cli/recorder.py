@@ -29,12 +29,13 @@ __all__ = ["recorder"]
               help="Do not run the retention job in this recorder (another one does).")
 def recorder(database_url: str | None, metrics_port: int | None, no_retention: bool) -> None:
     """Record finished executions (the outbox in Redis) in the history database."""
+    from ..history import HistoryUnavailableError
     from ..history.recorder import Recorder
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         rec = Recorder(get_settings(), database_url=database_url, retention=not no_retention)
-    except RuntimeError as exc:
+    except HistoryUnavailableError as exc:
         fail(str(exc), 1)
     if metrics_port is not None:
         rec.metrics.serve(metrics_port)

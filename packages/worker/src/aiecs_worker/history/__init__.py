@@ -21,15 +21,25 @@ from __future__ import annotations
 
 from types import ModuleType
 
-__all__ = ["require"]
+from aiecs_core import ConfigurationError
+
+__all__ = ["MISSING_EXTRA", "HistoryUnavailableError", "require"]
+
+#: What to install for the history database (one message, every place that needs it).
+MISSING_EXTRA = ("the history database needs the aiecs-history package: "
+                 "pip install 'aiecs-worker[history]' (the [server] extra includes it)")
 
 
-def require() -> ModuleType:
-    """``aiecs_history``, or an error saying which extra installs it."""
+class HistoryUnavailableError(ConfigurationError):
+    """The history database's package (``aiecs-history``) is not installed here."""
+
+
+def require(what: str = "") -> ModuleType:
+    """``aiecs_history``, or HistoryUnavailableError saying which extra installs it
+    (``what``: what needed it, e.g. ``templates``)."""
     try:
-        import aiecs_history  # deferred: only the recorder and the server need the database
-    except ImportError as exc:
-        raise RuntimeError(
-            "the history database needs the aiecs-history package: install the worker "
-            "with its extra, pip install 'aiecs-worker[history]'") from exc
+        import aiecs_history  # deferred: only the recorder, the server, templates need it
+    except ImportError:
+        raise HistoryUnavailableError((f"{what}: " if what else "") + MISSING_EXTRA,
+                                      extra="history") from None
     return aiecs_history

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from . import MISSING_EXTRA
+
 __all__ = ["THREADS", "DatabaseUnavailable", "HistoryDatabase", "missing_extra"]
 
 log = logging.getLogger("aiecs.history")
@@ -37,8 +39,7 @@ class DatabaseUnavailable(Exception):
 
 
 def missing_extra() -> str:
-    return ("the history database needs the aiecs-history package: "
-            "pip install 'aiecs-worker[history]' (the [server] extra includes it)")
+    return MISSING_EXTRA
 
 
 def _reason(exc: BaseException) -> str:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from aiecs_core import ConfigurationError
-
 from ..settings import get_settings
+from . import HistoryUnavailableError, require
 
 __all__ = ["HistoryUnavailableError", "engine", "require_history"]
 
@@ -17,19 +16,9 @@ _lock = threading.Lock()
 _engines: dict[str, Any] = {}
 
 
-class HistoryUnavailableError(ConfigurationError):
-    """The history database's package (``aiecs-history``) is not installed here."""
-
-
 def require_history(what: str = "templates") -> None:
     """Raise HistoryUnavailableError naming the extra unless aiecs_history is installed."""
-    try:
-        import aiecs_history  # noqa: F401
-    except ImportError:
-        raise HistoryUnavailableError(
-            f"{what} need the history database, which this install lacks: "
-            "pip install 'aiecs-worker[history]' (the [server] extra includes it)",
-            extra="history") from None
+    require(what)
 
 
 def engine() -> Any:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...history.database import engine
+from ...history.engine import engine
 from ..errors import BadRequest, InvalidRequest, run_checked
 from ..params import ENVELOPE_BYTES, authenticate, int_param, operator, read_json, validate
 
