@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 import time
@@ -247,6 +248,21 @@ class OpenAIWireCases(StreamCases):
         assert len(ctx.usage) == 3  # one record per provider call
         progress = [e.progress for e in ctx.events if e.type == "progress"]
         assert progress == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+    def test_an_embedding_call_that_never_answers_is_reported_while_waiting(
+            self, service, fake, monkeypatch):
+        """Issue 21: as for chat, a server that never answers an embedding request is
+        reported every AIECS_WAIT_NOTICE seconds, naming provider, host and model."""
+        monkeypatch.setenv("AIECS_WAIT_NOTICE", "0.3")
+        fake.script(Hang())
+        error, ctx = run(service, lambda: call(
+            service, "embed", {"model": "e-slow", "texts": ["a"]}, deadline=1.0))
+        assert isinstance(error, ProviderTimeoutError), error
+        host = fake.base_url.split("://", 1)[1].split("/", 1)[0]
+        notices = [e.message for e in ctx.events if e.type == "progress"]
+        assert notices and re.fullmatch(
+            rf"{self.provider}: waiting for {re.escape(host)} \(model 'e-slow'\): no answer "
+            r"yet after 0\.[3-6] s \(the request gives up after [\d.]+ s\)", notices[0]), notices
 
     def test_embed_rejects_a_short_answer(self, service, fake):
         fake.script(Vectors([[0.0, 1.0]]))

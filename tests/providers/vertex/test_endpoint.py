@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,13 +21,14 @@ from aiecs_core import (
     ModelNotFoundError,
     ProviderConnectionError,
     ProviderServerError,
+    ProviderTimeoutError,
     RateLimitError,
 )
 from aiecs_providers_vertex.endpoint import EXTRA_HINT, EndpointService
 
 from tests.providers._common import call, run, streamed
 from tests.support.extras import installed
-from tests.support.fake_openai import Error, Text, ToolCalls
+from tests.support.fake_openai import Error, Hang, Text, ToolCalls
 from tests.support.fake_vertex_endpoints import GoogleError
 from tests.support.redis_server import free_port
 
@@ -194,6 +196,73 @@ def test_chat_errors_are_mapped_too(service, endpoints):
     error, ctx = op(service, "chat", data)
     assert isinstance(error, RateLimitError) and error.retry_after == 1.0
     assert "slow down" in str(error) and streamed(ctx) == ""
+
+
+def _host(endpoints):
+    return endpoints.api_endpoint.split("://", 1)[1]
+
+
+@pytest.mark.parametrize(("name", "data", "asked"), [
+    ("predict", {"instances": [1]}, "endpoint '1234567890'"),
+    ("raw_predict", {"body": {"x": 1}}, "endpoint '1234567890'"),
+    ("chat", {"endpoint": "4242", "model": "llama", "messages": USER},
+     "endpoint '4242', model 'llama'"),
+    ("chat", {"endpoint": "4242", "model": "llama", "messages": USER, "stream": True},
+     "endpoint '4242', model 'llama'"),
+])
+def test_an_endpoint_that_never_answers_is_reported_while_waiting(
+        service, endpoints, monkeypatch, name, data, asked):
+    """Issue 21: as for the other providers, an endpoint that accepts the request and never
+    answers is reported every AIECS_WAIT_NOTICE seconds, naming provider, host and
+    endpoint (and model), long before the request's timeout; the timeout error names
+    them too."""
+    monkeypatch.setenv("AIECS_WAIT_NOTICE", "0.3")
+    monkeypatch.setenv("VERTEX_TIMEOUT", "1.5")
+    endpoints.script(Hang())
+    error, ctx = op(service, name, data)
+    assert isinstance(error, ProviderTimeoutError) and error.is_retryable, error
+    host = _host(endpoints)
+    assert str(error).endswith(f"(at {host}, {asked})"), error
+    assert error.details["endpoint"] == host
+    notices = [e for e in ctx.events if e.type == "progress"]
+    assert notices, ctx.events
+    # the first after 0.3 s (measured, in the message): well before the 1.5 s timeout
+    assert re.fullmatch(
+        rf"vertex-endpoint: waiting for {re.escape(host)} \({asked}\): no answer yet after "
+        r"0\.[3-6] s \(the request gives up after 1\.5 s\)", notices[0].message), notices
+    assert 2 <= len(notices) <= 6, [n.message for n in notices]  # every 0.3 s until then
+
+
+@pytest.mark.parametrize(("name", "data", "path", "asked"), [
+    ("predict", {"endpoint": "999", "instances": [1]}, f"{BASE}/999:predict",
+     "endpoint '999'"),
+    ("raw_predict", {"endpoint": "999", "body": {}}, f"{BASE}/999:rawPredict",
+     "endpoint '999'"),
+    ("chat", {"model": "m", "messages": USER},
+     "/v1beta1/projects/test-project/locations/us-central1/endpoints/1234567890"
+     "/chat/completions", "endpoint '1234567890', model 'm'"),
+    ("chat", {"model": "m", "messages": USER, "stream": True},
+     "/v1beta1/projects/test-project/locations/us-central1/endpoints/1234567890"
+     "/chat/completions", "endpoint '1234567890', model 'm'"),
+])
+def test_a_404_names_host_path_and_endpoint(service, endpoints, name, data, path, asked):
+    """Issue 21: a 404 (an unknown endpoint, an endpoint without the chat route, a wrong
+    base URL) names the request's method, host and path, and what was asked for."""
+    error, _ = op(service, name, data)
+    assert isinstance(error, ModelNotFoundError), error
+    assert str(error).endswith(
+        f"(at POST {_host(endpoints)}{path}, {asked}: a wrong VERTEX_ENDPOINT_BASE_URL, an "
+        "endpoint this project and location do not have, or one without this route)"), error
+    assert error.details["endpoint"] == _host(endpoints)
+    assert error.details["endpoint_id"] == asked.split("'")[1]
+
+
+def test_a_base_url_with_a_wrong_path_names_it(endpoints_env, endpoints, monkeypatch):
+    monkeypatch.setenv("VERTEX_ENDPOINT_BASE_URL", endpoints.api_endpoint + "/proxy")
+    service = EndpointService()
+    error, _ = op(service, "raw_predict", {"body": {}})
+    assert isinstance(error, ModelNotFoundError), error
+    assert f"(at POST {_host(endpoints)}/proxy{BASE}/1234567890:rawPredict, " in str(error)
 
 
 @needs_aiplatform

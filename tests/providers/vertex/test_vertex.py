@@ -7,6 +7,7 @@ import base64
 import importlib.metadata
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -342,6 +343,24 @@ def test_embed_gemini_models_use_batch_embed_contents(service, fake, monkeypatch
         "embedContent",
     ]
     assert result["usage"]["input_tokens"] == 3
+
+
+@pytest.mark.parametrize("model", ["text-embedding-005", "gemini-embedding-001"])
+def test_an_embedding_call_that_never_answers_is_reported_while_waiting(
+        service, fake, monkeypatch, model):
+    """Issue 21: as for chat, Vertex not answering an embedding request is reported every
+    AIECS_WAIT_NOTICE seconds, naming the host and the model; so is its timeout."""
+    monkeypatch.setenv("AIECS_WAIT_NOTICE", "0.3")
+    fake.script(Hang())
+    error, ctx = run(service, lambda: call(
+        service, "embed", {"model": model, "texts": ["a"]}, deadline=1.0))
+    assert isinstance(error, ProviderTimeoutError), error
+    host = fake.base_url.split("://", 1)[1].split("/", 1)[0]
+    assert str(error).endswith(f"(at {host}, model {model!r})"), error
+    notices = [e.message for e in ctx.events if e.type == "progress"]
+    assert notices and re.fullmatch(
+        rf"vertex: waiting for {re.escape(host)} \(model '{model}'\): no answer yet after "
+        r"0\.[3-6] s \(the request gives up after [\d.]+ s\)", notices[0]), notices
 
 
 def test_embed_rejects_a_short_answer(service, fake):

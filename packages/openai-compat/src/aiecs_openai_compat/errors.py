@@ -29,7 +29,7 @@ from aiecs_core import (
     ProviderTimeoutError,
     register_secret,
 )
-from aiecs_core.llm import error_for_status, parse_retry_after
+from aiecs_core.llm import about, error_for_status, host_port, parse_retry_after, request_line
 
 __all__ = ["INVALID_PHRASES", "INVALID_TYPES", "convert_error", "endpoint", "invalid_reason"]
 
@@ -78,14 +78,7 @@ def invalid_reason(status: int | None, body: Any) -> str | None:
 
 def endpoint(request: Any) -> str | None:
     """``host:port`` of an httpx request (the port implied by the scheme when absent)."""
-    url = getattr(request, "url", None)
-    host = getattr(url, "host", None)
-    if not host:
-        return None
-    default_port = {"https": 443, "http": 80}.get(getattr(url, "scheme", ""))
-    port = getattr(url, "port", None) or default_port
-    host = f"[{host}]" if ":" in host else host
-    return host if port is None else f"{host}:{port}"
+    return host_port(getattr(request, "url", None))
 
 
 def _request_endpoint(exc: Any) -> str | None:
@@ -99,17 +92,9 @@ def _request_line(exc: Any) -> str | None:
     """``METHOD host:port/path`` of the request behind ``exc`` (no query string)."""
     try:
         request = exc.request
-        where = endpoint(request)
-        path = getattr(request.url, "path", "") or ""
+        return request_line(request.method, request.url)
     except (AttributeError, RuntimeError):
         return None
-    return None if where is None else f"{request.method} {where}{path}"
-
-
-def _about(where: str | None, model: str | None, hint: str = "") -> str:
-    """`` (at HOST, model 'M'[: hint])``: what a reader needs to find the wrong setting."""
-    parts = ([f"at {where}"] if where else []) + ([f"model {model!r}"] if model else [])
-    return f" ({', '.join(parts)}{hint})" if parts else ""
 
 
 def _aiohttp_connection_error(exc: BaseException) -> BaseException | None:
@@ -178,15 +163,15 @@ def convert_error(
         message = _body_message(exc.body) or exc.response.reason_phrase or "error"
         where = _request_endpoint(exc.response)
         if status == 404:
-            about = _about(_request_line(exc.response), model,
+            suffix = about(_request_line(exc.response), model,
                            ": a wrong base URL, or a model this server does not have")
         else:
-            about = _about(where, model)
+            suffix = about(where, model)
         reason = invalid_reason(status, exc.body)
         if reason is not None:
             return InvalidRequestError(
                 f"{provider}: HTTP {status}: {message} (not retried: the server says the "
-                f"request is invalid, {reason}){about}",
+                f"request is invalid, {reason}){suffix}",
                 provider=provider,
                 status_code=status,
                 request_id=exc.request_id,
@@ -195,7 +180,7 @@ def convert_error(
             )
         return error_for_status(
             status,
-            f"{provider}: HTTP {status}: {message}{about}",
+            f"{provider}: HTTP {status}: {message}{suffix}",
             provider=provider,
             retry_after=parse_retry_after(exc.response.headers),
             request_id=exc.request_id,
@@ -207,7 +192,7 @@ def convert_error(
         message = _body_message(exc.body) or exc.message
         where = _request_endpoint(exc)
         return ProviderServerError(
-            f"{provider}: error during the response: {message}{_about(where, model)}",
+            f"{provider}: error during the response: {message}{about(where, model)}",
             provider=provider, endpoint=where, model=model,
         )
     return None

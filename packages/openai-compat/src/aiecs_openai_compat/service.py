@@ -30,7 +30,6 @@ import functools
 import os
 import threading
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiecs_core import (
@@ -60,6 +59,7 @@ from aiecs_core.llm import (
     embed_batched,
     embed_batches,
     estimated_chat_usage,
+    host_port,
     make_usage,
     raise_converted,
     rate_limit_key,
@@ -67,10 +67,11 @@ from aiecs_core.llm import (
     request_timeout,
     stream_chat,
     timeout_setting,
+    waiting,
 )
 from pydantic import BaseModel
 
-from .errors import convert_error, endpoint
+from .errors import convert_error
 from .http import http_client
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -281,9 +282,7 @@ class OpenAICompatService(Service):
     def _wait_notice(self, ctx: OperationContext, client: AsyncOpenAI, model: str,
                      timeout: float) -> WaitNotice:
         """Tells the user while the server has sent nothing yet (see WaitNotice)."""
-        where = endpoint(SimpleNamespace(url=client.base_url)) or "the server"
-        return WaitNotice(ctx, f"{self.provider}: waiting for {where} (model {model!r})",
-                          timeout).start()
+        return waiting(ctx, self.provider, host_port(client.base_url), timeout, model=model)
 
     def _error(self, exc: BaseException, model: str | None = None) -> AiecsError | None:
         return convert_error(exc, provider=self.provider, secrets=[self._api_key],
@@ -538,13 +537,15 @@ class OpenAICompatService(Service):
             extra["dimensions"] = data.dimensions
 
         async def call(batch: list[str]) -> EmbedBatch:
-            response = await client.embeddings.create(
-                model=data.model,
-                input=batch,
-                encoding_format="float",
-                timeout=self._request_timeout(ctx),
-                **extra,
-            )
+            timeout = self._request_timeout(ctx)
+            with self._wait_notice(ctx, client, data.model, timeout):
+                response = await client.embeddings.create(
+                    model=data.model,
+                    input=batch,
+                    encoding_format="float",
+                    timeout=timeout,
+                    **extra,
+                )
             items = sorted(response.data, key=lambda item: item.index)
             return EmbedBatch(
                 vectors=[[float(x) for x in item.embedding] for item in items],

@@ -34,6 +34,7 @@ a cancelled ``predict`` stops waiting at once, its thread at the request's timeo
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -57,15 +58,20 @@ from aiecs_core import (
 )
 from aiecs_core.llm import (
     ChatResult,
+    WaitNotice,
     chat_result,
     chat_token_estimate,
     check_model_id,
     estimated_chat_usage,
+    host_port,
     make_usage,
+    named,
     raise_converted,
+    request_line,
     request_timeout,
     stream_chat,
     timeout_setting,
+    waiting,
 )
 from pydantic import BaseModel
 
@@ -96,12 +102,26 @@ EXTRA_HINT = "pip install 'aiecs-providers-vertex[endpoints]'"
 _HEADERS = {"deployed_model_id": "x-vertex-ai-deployed-model-id",
             "model": "x-vertex-ai-model", "model_version_id": "x-vertex-ai-model-version-id"}
 
+#: After a 404's request line: what is wrong.
+NOT_FOUND_HINT = (": a wrong VERTEX_ENDPOINT_BASE_URL, an endpoint this project and location "
+                  "do not have, or one without this route")
+
 T = TypeVar("T")
 _ENDPOINT_ID = re.compile(ENDPOINT_ID_PATTERN.strip("^$"))
 
 
 def _setting(name: str) -> str | None:
     return os.environ.get(name, "").strip() or None
+
+
+def _sdk_request_line(exc: BaseException) -> str | None:
+    """``METHOD host:port/path`` of the request behind a google.api_core error of the
+    REST transport (its ``response`` is a requests response), or None."""
+    request = getattr(getattr(exc, "response", None), "request", None)
+    method, url = getattr(request, "method", None), getattr(request, "url", None)
+    if isinstance(method, str) and isinstance(url, str):
+        return request_line(method, url)
+    return None
 
 
 def _import_aiplatform() -> Any:
@@ -260,8 +280,24 @@ class EndpointService(Service):
         if setup is not None:
             await setup.http.aclose()
 
-    def _error(self, exc: BaseException) -> AiecsError | None:
-        return convert_endpoint_error(exc, provider=self.provider)
+    def _error(self, exc: BaseException, *, setup: _Setup | None = None,
+               endpoint_id: str | None = None, model: str | None = None,
+               url: str | None = None) -> AiecsError | None:
+        """The aiecs error for ``exc``; once set up, naming where the call went (host and
+        port; a 404 the method and path of ``url``, or of the SDK's request), the
+        endpoint and the model asked for, as every provider's errors do."""
+        error = convert_endpoint_error(exc, provider=self.provider)
+        if setup is None:
+            return error
+        line = _sdk_request_line(exc) or (request_line("POST", url) if url else None)
+        return named(error, host_port(setup.base_url), model, endpoint_id=endpoint_id,
+                     line=line, hint=NOT_FOUND_HINT)
+
+    def _waiting(self, ctx: OperationContext, setup: _Setup, endpoint_id: str,
+                 model: str | None = None) -> WaitNotice:
+        """Tells the user while the endpoint has sent nothing yet (see WaitNotice)."""
+        return waiting(ctx, self.provider, host_port(setup.base_url),
+                       self._timeout(setup, ctx), model=model, endpoint_id=endpoint_id)
 
     def _timeout(self, setup: _Setup, ctx: OperationContext) -> float:
         return request_timeout(setup.timeout, ctx.time_remaining(), DEADLINE_GRACE)
@@ -284,13 +320,16 @@ class EndpointService(Service):
             return headers
         return await self._in_thread(authorization, credentials)
 
-    async def _post(self, ctx: OperationContext, setup: _Setup, url: str, body: Any) -> Any:
-        """POST ``body`` as JSON; the response (an error status raised as an aiecs error)."""
+    async def _post(self, ctx: OperationContext, setup: _Setup, url: str, body: Any,
+                    endpoint_id: str, model: str | None = None) -> Any:
+        """POST ``body`` as JSON; the response (an error status raised as an aiecs error).
+        Notices while the endpoint has not answered."""
         headers = await self._headers(setup)
-        response = await setup.http.post(url, content=json.dumps(body).encode(),
-                                         headers={**headers,
-                                                  "content-type": "application/json"},
-                                         timeout=self._timeout(setup, ctx))
+        with self._waiting(ctx, setup, endpoint_id, model):
+            response = await setup.http.post(url, content=json.dumps(body).encode(),
+                                             headers={**headers,
+                                                      "content-type": "application/json"},
+                                             timeout=self._timeout(setup, ctx))
         if response.status_code >= 400:
             raise error_for_response(response.status_code, response.headers,
                                      response.content, provider=self.provider)
@@ -302,6 +341,7 @@ class EndpointService(Service):
     async def predict(self, ctx: OperationContext, data: PredictInput) -> PredictResult:
         """Predict on a Vertex AI endpoint."""
         endpoint_id = self._endpoint_id(data.endpoint)
+        setup: _Setup | None = None
         try:
             setup = await self.setup()
             timeout = self._timeout(setup, ctx)
@@ -311,9 +351,12 @@ class EndpointService(Service):
                 return self._endpoint(setup, endpoint_id).predict(
                     instances=data.instances, parameters=data.parameters, timeout=timeout)
 
-            prediction = await self._in_thread(call)
+            with self._waiting(ctx, setup, endpoint_id):
+                prediction = await self._in_thread(call)
         except Exception as exc:  # noqa: BLE001 - converted or re-raised
-            raise_converted(exc, self._error(exc))
+            raise_converted(exc, self._error(
+                exc, setup=setup, endpoint_id=endpoint_id,
+                url=None if setup is None else setup.url(endpoint_id, ":predict")))
         return PredictResult(
             endpoint=setup.name(endpoint_id),
             predictions=list(prediction.predictions),
@@ -328,12 +371,14 @@ class EndpointService(Service):
     async def raw_predict(self, ctx: OperationContext, data: RawPredictInput) -> RawPredictResult:
         """Raw predict on a Vertex AI endpoint."""
         endpoint_id = self._endpoint_id(data.endpoint)
+        setup: _Setup | None = None
         try:
             setup = await self.setup()
-            response = await self._post(ctx, setup, setup.url(endpoint_id, ":rawPredict"),
-                                        data.body)
+            url = setup.url(endpoint_id, ":rawPredict")
+            response = await self._post(ctx, setup, url, data.body, endpoint_id)
         except Exception as exc:  # noqa: BLE001 - converted or re-raised
-            raise_converted(exc, self._error(exc))
+            raise_converted(exc, self._error(exc, setup=setup, endpoint_id=endpoint_id,
+                                             url=None if setup is None else url))
         try:
             body = json.loads(response.content)
         except ValueError:
@@ -363,18 +408,21 @@ class EndpointService(Service):
             raise_converted(exc, self._error(exc))
         url = setup.url(endpoint_id, "/chat/completions", version="v1beta1")
         body = endpoint_chat.chat_body(data)
+        error = functools.partial(self._error, setup=setup, endpoint_id=endpoint_id,
+                                  model=data.model, url=url)
         if data.stream:
             return await stream_chat(
-                ctx, data, self._stream(ctx, setup, url, body), provider=self.provider,
-                convert_error=self._error, usage=lambda m, u: self._usage(data, m, u),
+                ctx, data, self._stream(ctx, setup, url, body, endpoint_id, data.model),
+                provider=self.provider, convert_error=error,
+                usage=lambda m, u: self._usage(data, m, u),
                 finish_reason=endpoint_chat.finish_reason)
         try:
-            response = await self._post(ctx, setup, url, body)
+            response = await self._post(ctx, setup, url, body, endpoint_id, data.model)
         except asyncio.CancelledError:
             ctx.record_usage(estimated_chat_usage(self.provider, data, ""))
             raise
         except Exception as exc:  # noqa: BLE001 - converted or re-raised
-            raise_converted(exc, self._error(exc))
+            raise_converted(exc, error(exc))
         try:
             parsed = endpoint_chat.reply(json.loads(response.content))
         except ValueError:
@@ -392,16 +440,24 @@ class EndpointService(Service):
             else self._usage(data, model, usage))
 
     async def _stream(self, ctx: OperationContext, setup: _Setup, url: str,
-                      body: dict[str, Any]) -> AsyncIterator[Any]:
+                      body: dict[str, Any], endpoint_id: str,
+                      model: str) -> AsyncIterator[Any]:
+        """The streamed reply's deltas; notices until the first one (or an error) came."""
         headers = await self._headers(setup)
-        async with setup.http.stream(
-            "POST", url, content=json.dumps(body).encode(),
-            headers={**headers, "content-type": "application/json",
-                     "accept": "text/event-stream"},
-            timeout=self._timeout(setup, ctx),
-        ) as response:
-            if response.status_code >= 400:
-                raise error_for_response(response.status_code, response.headers,
-                                         await response.aread(), provider=self.provider)
-            async for delta in endpoint_chat.sse_deltas(response.aiter_lines()):
-                yield delta
+        notice = self._waiting(ctx, setup, endpoint_id, model)
+        try:
+            async with setup.http.stream(
+                "POST", url, content=json.dumps(body).encode(),
+                headers={**headers, "content-type": "application/json",
+                         "accept": "text/event-stream"},
+                timeout=self._timeout(setup, ctx),
+            ) as response:
+                if response.status_code >= 400:
+                    notice.stop()
+                    raise error_for_response(response.status_code, response.headers,
+                                             await response.aread(), provider=self.provider)
+                async for delta in endpoint_chat.sse_deltas(response.aiter_lines()):
+                    notice.stop()  # the first byte came
+                    yield delta
+        finally:
+            notice.stop()

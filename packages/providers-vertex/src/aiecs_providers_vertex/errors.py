@@ -22,7 +22,7 @@ from aiecs_core import (
     ProviderServerError,
     ProviderTimeoutError,
 )
-from aiecs_core.llm import error_for_status, parse_retry_after
+from aiecs_core.llm import error_for_status, host_port, parse_retry_after
 
 __all__ = [
     "INVALID_STATUSES",
@@ -54,17 +54,12 @@ def retry_delay(details: Any) -> float | None:
 
 
 def _endpoint(exc: Any) -> str | None:
-    """``host:port`` of the request an httpx2 error belongs to (None when unknown)."""
+    """``host:port`` of the request an httpx2 or requests error belongs to (None when
+    unknown)."""
     try:
-        url = exc.request.url
+        return host_port(exc.request.url)
     except (AttributeError, RuntimeError):  # httpx raises RuntimeError when unset
         return None
-    host = getattr(url, "host", None)
-    if not host:
-        return None
-    port = getattr(url, "port", None) or {"https": 443, "http": 80}.get(url.scheme)
-    host = f"[{host}]" if ":" in host else host
-    return host if port is None else f"{host}:{port}"
 
 
 def _status_error(status: int | None, message: str, google_status: str | None,
@@ -188,21 +183,6 @@ def error_for_response(
     return _status_error(status, message, google_status, retry_after, provider)
 
 
-def _requests_endpoint(exc: Any) -> str | None:
-    """``host:port`` of the request a requests error belongs to (None when unknown)."""
-    from urllib.parse import urlsplit
-
-    url = getattr(getattr(exc, "request", None), "url", None)
-    if not isinstance(url, str):
-        return None
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return None
-    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return host if port is None else f"{host}:{port}"
-
-
 def convert_endpoint_error(exc: BaseException, *, provider: str) -> AiecsError | None:
     """The aiecs error for an exception raised while calling a Vertex AI endpoint
     (google-cloud-aiplatform's REST transport: google.api_core and requests errors; our
@@ -228,6 +208,6 @@ def convert_endpoint_error(exc: BaseException, *, provider: str) -> AiecsError |
         )
     requests_errors = sys.modules.get("requests.exceptions")
     if requests_errors is not None and isinstance(exc, requests_errors.RequestException):
-        return _unreachable(provider, _requests_endpoint(exc),
+        return _unreachable(provider, _endpoint(exc),
                             isinstance(exc, requests_errors.Timeout), type(exc).__name__)
     return _transport_or_auth_error(exc, provider)

@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import threading
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,6 @@ from aiecs_core import (
     ConfigurationError,
     InputValidationError,
     OperationContext,
-    ProviderError,
     RateLimitKey,
     Service,
     Usage,
@@ -55,13 +53,16 @@ from aiecs_core.llm import (
     embed_batched,
     embed_batches,
     estimated_chat_usage,
+    host_port,
     make_usage,
+    named,
     parse_json,
     raise_converted,
     rate_limit_key,
     request_timeout,
     stream_chat,
     timeout_setting,
+    waiting,
 )
 from pydantic import BaseModel
 
@@ -256,9 +257,7 @@ class VertexService(Service):
         VERTEX_LOCATION."""
         base = self._setting(BASE_URL_ENV)
         if base:
-            parts = urllib.parse.urlsplit(base)
-            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-            return f"{parts.hostname}:{port}" if port else str(parts.hostname)
+            return host_port(base) or base
         location = self._setting(LOCATION_ENV) or DEFAULT_LOCATION
         host = ("aiplatform.googleapis.com" if location == "global"
                 else f"{location}-aiplatform.googleapis.com")
@@ -266,18 +265,13 @@ class VertexService(Service):
 
     def _error(self, exc: BaseException, model: str | None = None) -> AiecsError | None:
         error = convert_error(exc, provider=self.provider)
-        if model is None or not isinstance(error, ProviderError) or "model" in error.details:
-            return error
         # name where it went and the model asked for, as every provider's errors do
-        where = self._where()
-        return type(error)(f"{error.message} (at {where}, model {model!r})",
-                           {**error.details, "endpoint": where, "model": model})
+        return error if model is None else named(error, self._where(), model)
 
     def _wait_notice(self, ctx: OperationContext, model: str) -> WaitNotice:
         """Tells the user while Vertex has sent nothing yet (see WaitNotice)."""
         timeout = request_timeout(self._timeout, ctx.time_remaining(), DEADLINE_GRACE)
-        return WaitNotice(ctx, f"{self.provider}: waiting for {self._where()} (model "
-                               f"{model!r})", timeout).start()
+        return waiting(ctx, self.provider, self._where(), timeout, model=model)
 
     @classmethod
     def check_input(cls, operation: str, data: BaseModel) -> None:
@@ -537,9 +531,10 @@ class VertexService(Service):
             config = types.EmbedContentConfig(
                 output_dimensionality=data.dimensions, http_options=self._http_options(ctx)
             )
-            response = await client.aio.models.embed_content(
-                model=data.model, contents=contents, config=config
-            )
+            with self._wait_notice(ctx, data.model):
+                response = await client.aio.models.embed_content(
+                    model=data.model, contents=contents, config=config
+                )
             embeddings = response.embeddings or []
             counts = [
                 e.statistics.token_count

@@ -22,7 +22,9 @@ One concept per module, all re-exported here (import from ``aiecs_core.llm``):
 - :mod:`.modelid`: the one rule for model ids (never resource paths);
 - :mod:`.status`: HTTP status -> error class, ``Retry-After``, raising converted errors;
 - :mod:`.timeouts`: per-request timeouts under the task's deadline, and the notice while a
-  provider has not answered yet;
+  provider has not answered yet (:func:`waiting`);
+- :mod:`.where`: where a call went, as errors and wait notices name it (host and port,
+  model or endpoint);
 - :mod:`.pricing`: usage records priced from ``AIECS_PRICES``;
 - :mod:`.tokens`: token estimates and rate-limit keys;
 - :mod:`.stream`: the chat lifecycle (:func:`stream_chat`, :func:`chat_result`);
@@ -62,9 +64,10 @@ from .stream import (
     parse_json,
     stream_chat,
 )
-from .timeouts import WaitNotice, request_timeout, timeout_setting
+from .timeouts import WaitNotice, request_timeout, timeout_setting, waiting
 from .tokens import chat_token_estimate, estimate_tokens, rate_limit_key
 from .warmup import refused_url
+from .where import about, host_port, named, request_line
 
 __all__ = [
     "MODEL_ID_PATTERN",
@@ -84,6 +87,7 @@ __all__ = [
     "ToolCallDelta",
     "ToolDefinition",
     "WaitNotice",
+    "about",
     "chat_result",
     "chat_token_estimate",
     "check_model_id",
@@ -92,8 +96,10 @@ __all__ = [
     "error_for_status",
     "estimate_tokens",
     "estimated_chat_usage",
+    "host_port",
     "make_usage",
     "model_id_problem",
+    "named",
     "parse_json",
     "parse_retry_after",
     "price_for",
@@ -102,7 +108,9 @@ __all__ = [
     "rate_limit_key",
     "redact",
     "refused_url",
+    "request_line",
     "request_timeout",
     "stream_chat",
     "timeout_setting",
+    "waiting",
 ]

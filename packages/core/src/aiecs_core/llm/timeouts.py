@@ -9,11 +9,12 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
+from .where import names
 
 if TYPE_CHECKING:
     from ..service import OperationContext
 
-__all__ = ["WAIT_NOTICE", "WaitNotice", "request_timeout", "timeout_setting"]
+__all__ = ["WAIT_NOTICE", "WaitNotice", "request_timeout", "timeout_setting", "waiting"]
 
 #: Seconds without a first byte from a provider before the user is told (and again after
 #: each further period): ``AIECS_WAIT_NOTICE``.
@@ -83,3 +84,20 @@ class WaitNotice:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+
+    def __enter__(self) -> WaitNotice:
+        return self if self._task is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def waiting(ctx: OperationContext, provider: str, where: str | None, timeout: float, *,
+            model: str | None = None, endpoint_id: str | None = None) -> WaitNotice:
+    """The started :class:`WaitNotice` of a call to ``where`` (``host:port``), in every
+    provider's words: ``provider: waiting for HOST:PORT (endpoint 'E', model 'M'): no
+    answer yet after 10 s (the request gives up after 120 s)``. Stop it at the first byte
+    (or use it as a context manager around a call that answers all at once)."""
+    asked = names(model, endpoint_id)
+    what = f"{provider}: waiting for {where or 'the server'}"
+    return WaitNotice(ctx, f"{what} ({', '.join(asked)})" if asked else what, timeout).start()
