@@ -270,3 +270,32 @@ def test_dev_prefers_the_system_redis_and_submit_watch_need_no_token():
         assert dev.interrupt() == 0
     finally:
         dev.kill()
+
+
+def test_print_env_without_port_names_the_port_a_stack_runs_on(tmp_path):
+    """First hour: a stack started with --port (8000 was taken) and the README's
+    `eval "$(uv run aiecs dev --print-env)"` said only 'no aiecs dev stack runs on port
+    8000 (start one ...)', though one ran. It now names the port and the command."""
+    env = _env(TMPDIR=str(tmp_path))  # this test's own stacks' directory
+    stacks = tmp_path / f"aiecs-dev-{os.getuid()}"
+    stacks.mkdir(mode=0o700)
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)
+    (stacks / "port-41001.env").write_text(  # a SIGKILLed stack's file: not running
+        f"AIECS_DEV_PID={gone.stdout.strip()}\nCELERY_BROKER_URL=redis://127.0.0.1:1/0\n")
+    none = _aiecs("dev", "--print-env", env=env)
+    assert none.returncode == 1
+    assert none.stderr.strip() == ("error: no aiecs dev stack runs on port 8000 (start one "
+                                   "with: uv run aiecs dev)")
+    live = f"AIECS_DEV_PID={os.getpid()}\nCELERY_BROKER_URL=redis://127.0.0.1:2/0\n"
+    (stacks / "port-52349.env").write_text(live)
+    one = _aiecs("dev", "--print-env", env=env)
+    assert one.returncode == 1 and one.stdout == ""  # eval runs nothing
+    assert one.stderr.strip() == ("error: no aiecs dev stack runs on port 8000; one runs on "
+                                  "port 52349: uv run aiecs dev --print-env --port 52349")
+    assert _aiecs("dev", "--print-env", "--port", "52349", env=env).stdout == (
+        "export CELERY_BROKER_URL=redis://127.0.0.1:2/0\n")
+    (stacks / "port-41000.env").write_text(live)
+    two = _aiecs("dev", "--print-env", env=env)
+    assert two.stderr.strip() == ("error: no aiecs dev stack runs on port 8000; stacks run on "
+                                  "ports 41000, 52349: uv run aiecs dev --print-env --port "
+                                  "41000")

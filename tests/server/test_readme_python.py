@@ -97,7 +97,7 @@ def test_readme_python_blocks_run_against_aiecs_dev(tmp_path):
             [sys.executable, "-m", "aiecs_worker.cli", "dev", "--print-env", "--port",
              str(port)], env=env, capture_output=True, text=True, timeout=60)
         assert gone.returncode == 1
-        assert gone.stderr.strip() == (f"error: no aiecs dev stack runs on port {port} "
-                                       f"(start one with: uv run aiecs dev --port {port})")
+        # (other stacks of this user, e.g. other test runs', would be named after it)
+        assert gone.stderr.startswith(f"error: no aiecs dev stack runs on port {port}")
     finally:
         dev.kill()

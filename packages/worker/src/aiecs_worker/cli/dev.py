@@ -61,7 +61,7 @@ from ..settings import REDIS_SCHEMES
 from .common import fail
 
 __all__ = ["DevStack", "DevStackError", "dev_command", "env_file", "find_redis_server",
-           "plugin_entry_points", "read_env_file"]
+           "plugin_entry_points", "read_env_file", "running_ports"]
 
 #: The variables a Python program needs to use a running stack (``--print-env``).
 ENV_NAMES = ("CELERY_BROKER_URL", "REDIS_URL", "AIECS_TEST_SERVICES")
@@ -120,24 +120,49 @@ def env_file(port: int) -> Path:
 
 
 def read_env_file(port: int) -> dict[str, str]:
-    """The environment of the stack running on ``port``; DevStackError when none runs."""
-    path = env_file(port)
-    hint = (f"no aiecs dev stack runs on port {port} (start one with: uv run aiecs dev"
-            + ("" if port == 8000 else f" --port {port}") + ")")
+    """The environment of the stack running on ``port``; DevStackError when none runs,
+    naming the ports this user's stacks do run on (a stack started with ``--port`` is
+    found by ``--print-env --port`` only)."""
+    values = _live_env(port)
+    if values is not None:
+        return values
+    others = running_ports()
+    if others:
+        where = ", ".join(map(str, others))
+        some = "one runs on port" if len(others) == 1 else "stacks run on ports"
+        raise DevStackError(
+            f"no aiecs dev stack runs on port {port}; {some} {where}: "
+            f"uv run aiecs dev --print-env --port {others[0]}")
+    raise DevStackError(f"no aiecs dev stack runs on port {port} (start one with: uv run "
+                        "aiecs dev" + ("" if port == 8000 else f" --port {port}") + ")")
+
+
+def _live_env(port: int) -> dict[str, str] | None:
+    """The environment the stack on ``port`` wrote, if that stack's process is alive."""
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise DevStackError(hint) from None
+        lines = env_file(port).read_text().splitlines()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
     values = dict(line.split("=", 1) for line in lines if "=" in line
                   and not line.startswith("#"))
-    pid = int(values.pop("AIECS_DEV_PID", "0") or 0)
     try:
-        os.kill(pid, 0)
+        os.kill(int(values.pop("AIECS_DEV_PID", "0") or 0), 0)
     except (ProcessLookupError, ValueError):
-        raise DevStackError(hint) from None
+        return None
     except PermissionError:  # alive, someone else's (cannot be: the directory is ours)
         pass
     return values
+
+
+def running_ports() -> list[int]:
+    """The ports this user's running dev stacks serve on, in order."""
+    ports = []
+    for path in env_file(0).parent.glob("port-*.env"):
+        with contextlib.suppress(ValueError):
+            port = int(path.stem.removeprefix("port-"))
+            if port > 0 and _live_env(port) is not None:
+                ports.append(port)
+    return sorted(ports)
 
 
 def plugin_entry_points() -> frozenset[str]:
@@ -290,9 +315,9 @@ class DevStack:
         if path.parent.stat().st_uid != os.getuid():
             raise DevStackError(f"{path.parent} belongs to another user: remove it")
         for other in path.parent.glob("port-*.env"):  # left by a killed stack
-            with contextlib.suppress(OSError, ValueError, DevStackError):
-                read_env_file(int(other.stem.removeprefix("port-")))
-                continue
+            with contextlib.suppress(OSError, ValueError):
+                if _live_env(int(other.stem.removeprefix("port-"))) is not None:
+                    continue
             other.unlink(missing_ok=True)
         lines = [f"# aiecs dev on {self.url}: eval \"$(uv run aiecs dev --print-env)\"",
                  f"AIECS_DEV_PID={os.getpid()}"]
