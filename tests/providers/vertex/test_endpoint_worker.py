@@ -1,8 +1,9 @@
 """vertex/endpoint through a real ``celery -A aiecs_worker worker`` (threads pool, DEBUG
 logging) against the local Vertex AI endpoints server: google-cloud-aiplatform imported
 by the worker's warm-up, predictions COMPLETED, the runner retrying a 429 (Retry-After)
-and a 500, an unknown endpoint FAILED with its reason, and no credential in the log or
-in Redis.
+and a 500, an unknown endpoint FAILED with its reason (host and path named), an endpoint
+that never answers reported while the task waits, and no credential in the log or in
+Redis.
 
 One worker for the whole scenario: importing google-cloud-aiplatform costs seconds of
 CPU (about 13 s from source), once per process."""
@@ -18,6 +19,7 @@ execute_task = pytest.importorskip("aiecs_worker").execute_task  # not in per-pa
 
 from tests.support.events import dump_redis, wait_terminal  # noqa: E402 - needs aiecs_worker
 from tests.support.extras import installed  # noqa: E402
+from tests.support.fake_openai import Hang  # noqa: E402
 from tests.support.fake_vertex_endpoints import GoogleError  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -37,9 +39,11 @@ def submit(task_name: str, input_data: dict) -> str:
 
 
 def test_endpoint_tasks_through_a_worker(aiecs_redis, start_worker, endpoints, tmp_path):
-    worker = start_worker(env=endpoints.env(endpoints.write_credentials(tmp_path)),
+    worker = start_worker(env=endpoints.env(endpoints.write_credentials(tmp_path),
+                                            AIECS_WAIT_NOTICE="0.5", VERTEX_TIMEOUT="3"),
                           loglevel="DEBUG")
     client = aiecs_redis.client()
+    host = endpoints.api_endpoint.split("://", 1)[1]
 
     # predict: COMPLETED with the prediction
     task_id = submit("predict", {"instances": [{"text": "hi"}], "parameters": {"k": 1}})
@@ -71,8 +75,23 @@ def test_endpoint_tasks_through_a_worker(aiecs_redis, start_worker, endpoints, t
     assert terminal["status"] == "failed", terminal
     assert terminal["error"]["type"] == "ModelNotFoundError"
     assert "endpoints/999" in terminal["error"]["message"]
+    assert (f"(at POST {host}/v1/projects/test-project/locations/us-central1/endpoints/"
+            "999:predict, endpoint '999': ") in terminal["error"]["message"], terminal
     assert terminal["error"]["details"]["status_code"] == 404
     assert len(endpoints.api_requests()) == 1  # not retried
+
+    # an endpoint that accepts the request and never answers (issue 21): the task is told
+    # within AIECS_WAIT_NOTICE, naming provider, host and endpoint; the timeout is retried
+    endpoints.script(Hang())
+    task_id = submit("raw_predict", {"body": {"prompt": "slow"}})
+    terminal, events = wait_terminal(client, "alice", task_id, timeout=TIMEOUT)
+    assert terminal["status"] == "completed", terminal
+    messages = [e["message"] or "" for e in events if e["type"] == "progress"]
+    notices = [m for m in messages if "waiting for" in m]
+    assert notices and re.fullmatch(
+        rf"vertex-endpoint: waiting for {re.escape(host)} \(endpoint '1234567890'\): no "
+        r"answer yet after 0\.[5-9] s \(the request gives up after 3 s\)", notices[0]), messages
+    assert any("retrying" in m and "ProviderTimeoutError" in m for m in messages), messages
 
     # the credentials were used (a self-signed JWT by aiplatform, the OAuth token by
     # raw_predict), and are nowhere in the worker's DEBUG log nor in Redis
