@@ -318,6 +318,7 @@ class _VertexHandler(BaseHandler):
                 "promptTokenCount": prompt,
                 "candidatesTokenCount": output,
                 "totalTokenCount": prompt + output,
+                **fake.usage_extra,
             }
 
         if isinstance(reply, ToolCalls):
@@ -453,6 +454,8 @@ class FakeVertex(FakeHTTPServer):
         self.signatures_issued = 0
         #: The public key of the last service-account key file written.
         self.public_key: Any = None
+        #: More usageMetadata fields of every reply (thoughtsTokenCount, ...).
+        self.usage_extra: dict[str, int] = {}
 
     @property
     def base_url(self) -> str:

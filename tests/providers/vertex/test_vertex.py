@@ -72,6 +72,17 @@ def chat(service, data, **kw):
 # --- chat ------------------------------------------------------------------------------------
 
 
+def test_thinking_and_cached_tokens_are_recorded(service, fake):
+    """Gemini's thoughts count as output (they are billed so) and as reasoning tokens;
+    its cached input tokens are recorded (history rows keep both)."""
+    fake.usage_extra = {"thoughtsTokenCount": 5, "cachedContentTokenCount": 3}
+    result, _ = chat(service, {"model": MODEL,
+                               "messages": [{"role": "user", "content": "how are you"}]})
+    usage = result["usage"]
+    assert (usage["output_tokens"], usage["reasoning_tokens"], usage["cached_tokens"]) == (
+        4 + 5, 5, 3)
+
+
 def test_chat_request_shape_auth_and_result(service, fake):
     data = {
         "model": MODEL,
@@ -92,6 +103,8 @@ def test_chat_request_shape_auth_and_result(service, fake):
         "model": f"{MODEL}-001",
         "input_tokens": 8,
         "output_tokens": 4,
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
         "cost": None,
         "estimated": False,
     }

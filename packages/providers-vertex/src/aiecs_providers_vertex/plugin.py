@@ -375,15 +375,17 @@ class VertexService(Service):
         return contents, types.GenerateContentConfig(**config)
 
     def _usage(self, data: ChatInput, model: str, meta: Any) -> Usage:
-        output = (getattr(meta, "candidates_token_count", 0) or 0) + (
-            getattr(meta, "thoughts_token_count", 0) or 0
-        )
+        thoughts = getattr(meta, "thoughts_token_count", 0) or 0
+        output = (getattr(meta, "candidates_token_count", 0) or 0) + thoughts
         return make_usage(
             self.provider,
             model,
             getattr(meta, "prompt_token_count", 0) or 0,
             output,
             requested_model=data.model,
+            # the history's cached and reasoning tokens (both within the counts above)
+            cached_tokens=getattr(meta, "cached_content_token_count", 0) or 0,
+            reasoning_tokens=thoughts,
         )
 
     @staticmethod
