@@ -200,6 +200,21 @@ def delta(before: dict, after: dict) -> dict:
 
 AIECS_APP = "aiecs_worker"
 ANCHOR_APP = "bench.anchor_app"
+ARQ_APP = "bench.arq_app"
+ARQ_ENV = ROOT / "bench" / "arq_env"
+
+
+def arq_python() -> str:
+    """bench/arq_env's interpreter (arq has its own locked project: it pins redis<6),
+    synced on first use with ``uv sync --project bench/arq_env --locked``."""
+    python = ARQ_ENV / ".venv" / "bin" / "python"
+    if not python.exists():
+        uv = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
+        done = subprocess.run([uv, "sync", "--project", str(ARQ_ENV), "--locked"],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not python.exists():
+            raise RuntimeError(f"could not sync bench/arq_env: {done.stderr[-1000:]}")
+    return str(python)
 
 
 @dataclass
@@ -241,8 +256,52 @@ class Worker:
             stop(self.proc, timeout=20)
 
 
+@dataclass
+class ArqWorker:
+    """One arq worker process (bench/arq_app.py, in bench/arq_env's interpreter)."""
+
+    redis_url: str
+    max_jobs: int = 500
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    app: str = ARQ_APP
+
+    def start(self) -> ArqWorker:
+        self.log = tmpdir("arq") / "worker.log"
+        env = base_env(REDIS_URL=self.redis_url, BENCH_ARQ_MAX_JOBS=str(self.max_jobs),
+                       **self.env)
+        self.started = time.monotonic()
+        self.proc = spawn([arq_python(), "-m", ARQ_APP], env=env, log=self.log)
+        return self
+
+    tail = Worker.tail
+    close = Worker.close
+
+
+def wait_arq_ready(redis_url: str, workers: list[ArqWorker], timeout: float = 60.0) -> None:
+    """Until every arq worker has counted itself in ``bench:arq:ready``."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while int(client.get("bench:arq:ready") or 0) < len(workers):
+            for w in workers:
+                if w.proc.poll() is not None:
+                    raise RuntimeError(f"arq worker exited:\n{w.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"arq workers did not start:\n{workers[0].tail()}")
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 def wait_ready(redis_url: str, workers: list[Worker], timeout: float = 60.0) -> float:
     """Ping until every worker answers; the seconds from the first start to the last reply."""
+    if workers and isinstance(workers[0], ArqWorker):
+        wait_arq_ready(redis_url, workers, timeout)
+        return time.monotonic() - min(w.started for w in workers)
     from celery import Celery
 
     app = Celery("bench-ping", broker=redis_url)
@@ -269,9 +328,10 @@ class Child:
     """A ``python -m bench.<module>`` child speaking a line protocol: it prints ``ready``,
     waits for ``go`` on stdin, does its work and prints one JSON line."""
 
-    def __init__(self, module: str, config: dict, env: dict[str, str] | None = None):
+    def __init__(self, module: str, config: dict, env: dict[str, str] | None = None,
+                 python: str = PY):
         self.log = tmpdir("child") / "stderr.log"
-        self.proc = spawn([PY, "-m", module, json.dumps(config)], env=env or base_env(),
+        self.proc = spawn([python, "-m", module, json.dumps(config)], env=env or base_env(),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, log=self.log)
 
     def _tail(self) -> str:

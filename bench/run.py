@@ -30,7 +30,7 @@ RECOMMENDED = {"processes": 2, "pool": "threads", "concurrency": 200}
 
 FULL = {
     "repeats": 3, "noop_tasks": 2000, "noop_pools": ["threads", "prefork"],
-    "scaling": [1, 2, 4], "chat_tasks": 2000, "chat_concurrency": [200, 500],
+    "scaling": [1, 2, 4], "chat_tasks": 3000,
     "chat_anchor_tasks": 60, "sockets": 500, "progress_rate": 100, "progress_seconds": 20,
     "events_per_task": 5, "streams": 50, "stream_tokens": 100, "stream_interval": 0.02,
     "startup_repeats": 5, "imports": 7, "batch_tasks": 10_000, "tracing_tasks": 2000,
@@ -39,7 +39,7 @@ FULL = {
 # echo no-op makes (PENDING, RUNNING, progress, stream, COMPLETED).
 QUICK = {
     **FULL, "repeats": 1, "noop_tasks": 300, "scaling": [1, 4], "chat_tasks": 500,
-    "chat_concurrency": [200], "chat_anchor_tasks": 16, "progress_seconds": 5,
+    "chat_anchor_tasks": 16, "progress_seconds": 5,
     "stream_tokens": 40, "startup_repeats": 1, "imports": 3, "batch_tasks": 300,
     "tracing_tasks": 500,
 }

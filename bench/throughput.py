@@ -17,16 +17,23 @@ LLM server, and measures between the producer's ``go`` and its last result:
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from . import fake_llm
 from .procs import (
     AIECS_APP,
     ANCHOR_APP,
+    ARQ_APP,
+    PY,
+    ArqWorker,
     Child,
     Redis,
     Worker,
+    arq_python,
     base_env,
     cpu_of,
     delta,
@@ -39,22 +46,57 @@ from .procs import (
 CHAT_LATENCY = 0.2
 
 
+#: chat tasks spread over this many users (aiecs's per-user quotas are on, as deployed: one
+#: user's 3,000 at once would meet the submission bucket's burst of 1,000)
+CHAT_USERS = 20
+#: py-spy's samples per second in a profiled drain (bench/profile.py sets it)
+PROFILE_RATE = 100
+
+
+def _profile_start(folder: Path, name: str, pid: int, rate: int) -> subprocess.Popen:
+    """py-spy sampling ``pid`` (and its children), ``--gil``, collapsed stacks."""
+    py_spy = str(Path(PY).with_name("py-spy"))
+    return spawn([py_spy, "record", "--pid", str(pid), "--subprocesses", "--gil",
+                  "--rate", str(rate), "--format", "raw",
+                  "--output", str(folder / f"{name}.txt")],
+                 log=folder / f"{name}.py-spy.log")
+
+
+def _profile_stop(spies: list[subprocess.Popen]) -> None:
+    for spy in spies:  # py-spy writes its output on SIGINT
+        if spy.poll() is None:
+            spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop(spy)
+
+
 def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
           processes: int = 1, kind: str = "noop", warm: int = 8,
-          extra_env: dict[str, str] | None = None, recorder: str | None = None) -> dict:
-    """One drain. ``recorder``: a history database URL; an ``aiecs recorder`` runs on it,
-    its CPU counted with the workers' (``recorder_cpu_ms`` apart too), and the run waits
-    until it has recorded every task before reading the CPU counters."""
+          extra_env: dict[str, str] | None = None, recorder: str | None = None,
+          users: int = 1, profile: Path | None = None) -> dict:
+    """One drain of ``n`` tasks. ``recorder``: a history database URL; an ``aiecs
+    recorder`` runs on it, its CPU counted with the workers' (``recorder_cpu_ms`` apart
+    too), and the run waits until it has recorded every task before reading the CPU
+    counters. ``profile``: a folder for py-spy's collapsed stacks of every worker and the
+    producer over the measured span (CPU figures then include the sampling's pauses: a
+    profile run is not a measurement run)."""
     redis = Redis().start()
     llm = workers = child = rec = None
+    spies: list[subprocess.Popen] = []
     env: dict[str, str] = {}
     try:
         if kind not in ("noop", "batch"):
             llm, llm_port, base_url = fake_llm.start(latency=CHAT_LATENCY)
             env = {"OPENAI_API_KEY": "sk-bench-0123456789", "OPENAI_BASE_URL": base_url}
         env.update(extra_env or {})
-        workers = [Worker(app, redis.url, pool, concurrency, env).start()
-                   for _ in range(processes)]
+        if app == ARQ_APP:
+            workers = [ArqWorker(redis.url, concurrency, env).start() for _ in range(processes)]
+        else:
+            workers = [Worker(app, redis.url, pool, concurrency, env).start()
+                       for _ in range(processes)]
         wait_ready(redis.url, workers)
         if recorder:
             rec_log = tmpdir("recorder") / "recorder.log"
@@ -68,12 +110,22 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
                 if rec.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("recorder did not start: " + rec_log.read_text())
                 time.sleep(0.05)
-        child = Child("bench.submit", {"app": "aiecs" if app == AIECS_APP else "anchor",
-                                       "kind": kind, "n": n, "warm": warm},
-                      env=base_env(CELERY_BROKER_URL=redis.url, REDIS_URL=redis.url, **env))
+        child_env = base_env(CELERY_BROKER_URL=redis.url, REDIS_URL=redis.url, **env)
+        if app == ARQ_APP:
+            child = Child("bench.submit_arq", {"kind": kind, "n": n, "warm": warm},
+                          env=child_env, python=arq_python())
+        else:
+            child = Child("bench.submit", {"app": "aiecs" if app == AIECS_APP else "anchor",
+                                           "kind": kind, "n": n, "warm": warm,
+                                           "users": users}, env=child_env)
         child.ready()
         procs = [w.proc for w in workers]
         rec0 = cpu_of([rec]) if rec else 0.0
+        if profile:
+            profile.mkdir(parents=True, exist_ok=True)
+            spies = [_profile_start(profile, f"worker{i}", w.proc.pid, PROFILE_RATE)
+                     for i, w in enumerate(workers)]
+            spies.append(_profile_start(profile, "producer", child.proc.pid, PROFILE_RATE))
         before, cpu0 = redis.counters(), cpu_of(procs)
         llm0 = fake_llm.stats(llm_port) if llm else None
         child.go()
@@ -85,6 +137,7 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
                 time.sleep(0.05)
             rec_used = cpu_of([rec]) - rec0
         used, counts = cpu_of(procs) - cpu0 + rec_used, delta(before, redis.counters())
+        _profile_stop(spies)
         out = {
             "tasks": n, "failed": res["failed"], "seconds": res["seconds"],
             "submit_s": res["submit_s"],
@@ -109,6 +162,7 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
             out["worker_cores_busy"] = used / res["seconds"]
         return out
     finally:
+        _profile_stop(spies)
         if rec:
             stop(rec)
         if child:
@@ -148,33 +202,6 @@ def events(p: dict, alternate) -> dict:
     return out
 
 
-def tracing(p: dict, alternate) -> dict:
-    """Tracing off (the default) and on (``AIECS_TRACING=1`` in the worker and the
-    producer, exporting every span over OTLP/HTTP to a local receiver, bench/otlp_sink.py):
-    the chat drain, threads -c200."""
-    from .otlp_sink import Sink
-
-    n = p["tracing_tasks"]
-
-    def on() -> dict:
-        sink = Sink()
-        try:
-            out = drain(AIECS_APP, n=n, kind="chat", concurrency=200, extra_env={
-                "AIECS_TRACING": "1", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
-                "OTEL_SERVICE_NAME": "aiecs-bench"})
-            # the worker's last batch is exported when it stops (drain's finally)
-            out["spans_per_task"] = sink.spans / n
-            out["export_kb_per_task"] = sink.bytes / 1024 / n
-            return out
-        finally:
-            sink.close()
-
-    return {"chat, threads -c200": alternate({
-        "off": lambda: drain(AIECS_APP, n=n, kind="chat", concurrency=200),
-        "on": on,
-    })}
-
-
 def scaling(p: dict, alternate) -> dict:
     """Scenario 7: 1, 2, 4 threads worker processes (-c8 each) draining no-ops."""
     out = {}
@@ -197,20 +224,30 @@ def batch(p: dict, alternate) -> dict:
     })}
 
 
+#: issue 20's anchors of the chat scenario, each as its best user would configure it
+GEVENT = {"pool": "gevent", "concurrency": 500, "processes": 2}
+ARQ = {"concurrency": 500, "processes": 2}  # max_jobs 500 per worker
+
+
+def chat_variants(p: dict, recommended: dict, profile: Path | None = None) -> dict:
+    """aiecs's recommended deployment, bare Celery on gevent, arq: ``chat_tasks`` each."""
+    n, warm = p["chat_tasks"], 8
+
+    def run(app: str, cfg: dict, name: str):
+        return lambda: drain(app, n=n, kind="chat", warm=warm, users=CHAT_USERS,
+                             profile=profile / name if profile else None, **cfg)
+
+    return {"aiecs": run(AIECS_APP, recommended, "aiecs"),
+            "celery gevent": run(ANCHOR_APP, GEVENT, "celery-gevent"),
+            "arq": run(ARQ_APP, ARQ, "arq")}
+
+
 def chat(p: dict, alternate, recommended: dict) -> dict:
-    """Scenario 3: 200 ms chat calls through the openai SDK against the local server."""
-    out = {}
-    configs = {f"threads -c{c}": {"concurrency": c} for c in p["chat_concurrency"]}
-    configs["recommended"] = recommended
-    # the openai SDK's other HTTP backend (the default is aiohttp), same deployment
-    configs["recommended, httpx"] = {**recommended,
-                                     "extra_env": {"AIECS_OPENAI_HTTP": "httpx"}}
-    anchor_n = p["chat_anchor_tasks"]
-    for name, cfg in configs.items():
-        out[name] = alternate({
-            "aiecs": lambda cfg=cfg: drain(AIECS_APP, n=p["chat_tasks"], kind="chat",
-                                           warm=cfg.get("processes", 1) * 4, **cfg),
-            "anchor": lambda: drain(ANCHOR_APP, n=anchor_n, pool="prefork", concurrency=2,
-                                    kind="chat", warm=2),
-        })
+    """Scenario 3: 200 ms chat calls through the openai SDK against the local server:
+    aiecs's recommended deployment, bare Celery on gevent and arq, alternated; the old
+    anchor (bare Celery prefork -c2, ``chat_anchor_tasks``) as a footnote."""
+    out = {"recommended": alternate(chat_variants(p, recommended))}
+    out["prefork -c2"] = alternate({
+        "celery prefork": lambda: drain(ANCHOR_APP, n=p["chat_anchor_tasks"], pool="prefork",
+                                        concurrency=2, kind="chat", warm=2)}, repeats=1)
     return out
