@@ -17,18 +17,36 @@ NOOP = [
     ("Redis round trips per task", "round_trips", ".1f", None),
     ("cores busy", "cores_busy", ".2f", None),
 ]
+#: issue 20: aiecs against bare Celery on gevent and arq; targets against arq
+CHAT_VARIANTS = ("aiecs", "celery gevent", "arq")
 CHAT = [
-    ("tasks/s", "per_s", ".1f", None),
+    ("tasks/s", "per_s", ".1f", ("ratio_ge", 1.0, "≥ 1.0× arq")),
     ("calls in flight, mean / max", ("in_flight_mean", "in_flight_max"), ".0f", None),
-    ("worker CPU ms per chat task", "worker_cpu_ms", ".2f", None),
-    ("CPU ms per task, all-in (worker + redis + producer)", "cpu_ms", ".2f",
-     ("le", 6.0, "≤ 6 ms")),
+    ("CPU ms per task, all processes", "cpu_ms", ".2f", ("ratio_le", 1.1, "≤ 1.1× arq")),
+    ("  workers", "worker_cpu_ms", ".2f", None),
+    ("  redis-server", "redis_cpu_ms", ".2f", None),
+    ("  producer", "client_cpu_ms", ".2f", None),
     ("worker cores busy", "worker_cores_busy", ".2f", None),
     ("Redis commands per task", "commands", ".1f", None),
+    ("Redis round trips per task", "round_trips", ".1f", None),
+    ("seconds to submit", "submit_s", ".2f", None),
     ("failed tasks", "failed", ".0f", None),
 ]
-CHAT_RECOMMENDED = [("tasks/s", "per_s", ".1f", ("chat", (300, 30), "≥ 300/s and ≥ 30× anchor")),
-                    *CHAT[1:]]
+#: issue 20 item 5: submissions per core, no worker running
+SUBMIT_VARIANTS = ("aiecs .delay()", "aiecs POST /tasks", "celery .delay()",
+                   "arq enqueue_job")
+SUBMIT = [
+    ("submissions/s", "per_s", ".0f", None),
+    ("submissions per CPU second of the submitter (producer; for POST: the server)",
+     "per_core", ".0f", ("ratio_ge", 1.0, "≥ 1.0× arq")),
+    ("  submitter CPU µs per submission", "submitter_cpu_us", ".0f", None),
+    ("  redis-server CPU µs per submission", "redis_cpu_us", ".0f", None),
+    ("  HTTP client CPU µs per submission (POST only; the load generator)",
+     "http_client_cpu_us", ".0f", None),
+    ("Redis commands per submission", "commands", ".1f", None),
+    ("Redis round trips per submission", "round_trips", ".1f", None),
+    ("refused or failed", "failed", ".0f", None),
+]
 PROGRESS = [
     ("emit → client p50 ms", "p50_ms", ".2f", None),
     ("emit → client p99 ms", "p99_ms", ".2f", ("every_lt", 10.0, "< 10 ms in every run")),
@@ -79,7 +97,13 @@ STARTUP = {
 }
 ANCHORS = {
     "noop": "bare Celery (`bench/anchor_app.py`), same pool and concurrency",
-    "chat": "bare Celery prefork -c2, synchronous openai SDK (one client per child)",
+    "chat": "bare Celery on gevent (`--pool gevent --concurrency 500`, 2 workers, the sync "
+            "SDK, kombu's connection pools raised) and arq (`bench/arq_app.py`: 2 workers, "
+            "`max_jobs` 500, `AsyncOpenAI` with the aiohttp client, uvloop); targets are "
+            "issue 20's, against arq in the same run",
+    "submit": "`execute_task.delay` in a loop; `POST /tasks` to a real `aiecs serve` "
+              "(aiohttp client, keep-alive, 32 in flight); bare Celery's `.delay`; arq's "
+              "`enqueue_job` in a loop; no worker running",
     "progress": "plain python-socketio server + AsyncRedisManager emitter (`bench/plain_sio.py`)",
     "startup": "bare Celery worker; `import pydantic, pluggy`; `import celery, "
                "kombu.transport.redis, socketio`",
@@ -137,6 +161,54 @@ def _table(block: dict, rows: list, names: tuple[str, str] = ("aiecs", "anchor")
     return lines
 
 
+def _multi_table(block: dict, rows: list, names: tuple[str, ...],
+                 pairs: list[tuple[str, str]]) -> list[str]:
+    """One column per variant, then the ratio of each ``(a, b)`` of ``pairs``; a row's
+    target is judged on each pair of an aiecs variant against the last pair's anchor."""
+    med = block["median"]
+    names = tuple(n for n in names if n in med)
+    pairs = [(a, b) for a, b in pairs if a in med and b in med]
+    judged = [(a, b) for a, b in pairs if b == pairs[-1][1] and a.startswith("aiecs")]
+    lines = [f"| metric | {' | '.join(names)} | "
+             + " | ".join(f"{a} / {b}" for a, b in pairs) + " | target | result |",
+             "|---|" + "---:|" * (len(names) + len(pairs)) + "---|---|"]
+    for label, key, fmt, target in rows:
+        vals = {n: _get(med[n], key) for n in names}
+        if isinstance(key, tuple):
+            cells = [" / ".join(_fmt(v, fmt) for v in vals[n]) for n in names]
+            ratios = [""] * len(pairs)
+            verdict = ""
+        else:
+            cells = [_fmt(vals[n], fmt) for n in names]
+            ratios = [f"{vals[a] / vals[b]:.2f}×" if vals[a] is not None and vals[b] else ""
+                      for a, b in pairs]
+            verdicts = [_verdict(target, vals[a], vals[b], []) for a, b in judged]
+            verdict = (verdicts[0] if len(judged) == 1 else ", ".join(
+                f"{a}: {v}" for (a, _), v in zip(judged, verdicts, strict=True) if v))
+        lines.append(f"| {label} | {' | '.join(cells)} | {' | '.join(ratios)} | "
+                     f"{target[2] if target else ''} | {verdict} |")
+    return lines
+
+
+def _commands_table(block: dict, names: tuple[str, ...]) -> list[str]:
+    """Redis commands per task by command (Δ INFO commandstats), median run's order."""
+    runs = block["runs"]
+    names = tuple(n for n in names if runs.get(n))
+    per: dict[str, dict[str, float]] = {}
+    for n in names:
+        for cmd in {c for r in runs[n] for c in r.get("by_command", {})}:
+            values = sorted(r.get("by_command", {}).get(cmd, 0.0) for r in runs[n])
+            per.setdefault(cmd, {})[n] = values[len(values) // 2]
+    order = sorted(per, key=lambda c: -max(per[c].values()))
+    lines = [f"| command | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
+    for cmd in order:
+        if max(per[cmd].values()) < 0.05:
+            continue
+        lines.append(f"| `{cmd}` | " + " | ".join(f"{per[cmd].get(n, 0):.2f}"
+                                                  for n in names) + " |")
+    return lines
+
+
 def _startup_ms(block: dict) -> dict:
     """Import blocks store seconds; the table shows ms."""
     for runs in (block["median"], *block["runs"].values()):
@@ -144,6 +216,25 @@ def _startup_ms(block: dict) -> dict:
             if "seconds" in item:
                 item["ms"] = 1000 * item["seconds"]
     return block
+
+
+def _multi_section(name: str, config: str, block: dict, results: dict) -> list[str]:
+    if name == "submit":
+        return [f"### {config}", "", *_multi_table(block, SUBMIT, SUBMIT_VARIANTS, [
+                    (v, "arq enqueue_job") for v in SUBMIT_VARIANTS[:3]]), "",
+                "Redis commands per submission, by command:", "",
+                *_commands_table(block, SUBMIT_VARIANTS), ""]
+    if config != "recommended":  # the old anchor, a footnote
+        med = block["median"].get("celery prefork", {})
+        return [f"Footnote, the old anchor: bare Celery prefork -c2, sync SDK "
+                f"({med.get('tasks', 0):.0f} tasks): {_fmt(med.get('per_s'), '.1f')} tasks/s, "
+                f"{_fmt(med.get('cpu_ms'), '.2f')} CPU ms per task.", ""]
+    label = "aiecs: " + ", ".join(f"{k}={v}" for k, v in results.get("recommended", {}).items())
+    return [f"### {label}; bare Celery gevent -c500 ×2; arq max_jobs 500 ×2", "",
+            *_multi_table(block, CHAT, CHAT_VARIANTS,
+                          [("aiecs", "celery gevent"), ("aiecs", "arq")]), "",
+            "Redis commands per task, by command (Δ INFO commandstats; inside Lua scripts "
+            "included):", "", *_commands_table(block, CHAT_VARIANTS), ""]
 
 
 def _sections(results: dict) -> list[str]:
@@ -156,7 +247,8 @@ def _sections(results: dict) -> list[str]:
               "scaling": "7. Scaling: worker processes (threads -c8 each)",
               "events": "Celery task events: off (default) vs on (AIECS_TASK_EVENTS=1)",
               "batch": "8. A batch against as many single submissions (threads -c8)",
-              "tracing": "Tracing: off (default) vs on (AIECS_TRACING=1, OTLP/HTTP export)"}
+              "tracing": "Tracing: off (default) vs on (AIECS_TRACING=1, OTLP/HTTP export)",
+              "submit": "9. Submission throughput per core (issue 20, item 5)"}
     for name, title in titles.items():
         if name not in sc:
             continue
@@ -164,6 +256,9 @@ def _sections(results: dict) -> list[str]:
         if name in ANCHORS:
             out += [f"Anchor: {ANCHORS[name]}.", ""]
         for config, block in sc[name].items():
+            if name in ("chat", "submit"):
+                out += _multi_section(name, config, block, results)
+                continue
             if name == "startup":
                 rows = STARTUP.get(config, [("seconds", "seconds", ".2f", None)])
                 if config.startswith("import"):
@@ -172,12 +267,7 @@ def _sections(results: dict) -> list[str]:
                 rows = {"noop": NOOP, "progress": PROGRESS, "streaming": STREAMING,
                         "scaling": SCALING, "events": EVENTS,
                         "batch": BATCH, "tracing": TRACING}.get(name)
-                if name == "chat":
-                    rows = CHAT_RECOMMENDED if config == "recommended" else CHAT
             label = config
-            if name == "chat" and config == "recommended":
-                label = "recommended deployment: " + ", ".join(
-                    f"{k}={v}" for k, v in results.get("recommended", {}).items())
             out += [f"### {label}", "",
                     *_table(block, rows, VARIANTS.get(name, ("aiecs", "anchor"))), ""]
             if name == "progress" and block["median"].get("relay"):
@@ -213,10 +303,11 @@ def _plots(results: dict, folder: Path) -> dict[str, bool]:
     def bars(file: str, title: str, ylabel: str, blocks: dict, key: str) -> None:
         names = list(blocks)
         fig, ax = plt.subplots(figsize=(7, 3.6))
-        width = 0.38
-        for j, variant in enumerate(("aiecs", "anchor")):
+        variants = list(dict.fromkeys(v for n in names for v in blocks[n]["median"]))
+        width = 0.8 / max(1, len(variants))
+        for j, variant in enumerate(variants):
             values = [blocks[n]["median"].get(variant, {}).get(key) or 0 for n in names]
-            xs = [i + (j - 0.5) * width for i in range(len(names))]
+            xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(names))]
             ax.bar(xs, values, width, label=variant)
             for i, n in enumerate(names):  # each run as a dot
                 runs = [r.get(key) for r in blocks[n]["runs"].get(variant, []) if r.get(key)]
@@ -232,9 +323,9 @@ def _plots(results: dict, folder: Path) -> dict[str, bool]:
 
     if "noop" in sc:
         bars("throughput.png", "No-op drain", "tasks/s", sc["noop"], "per_s")
-    if "chat" in sc:
-        bars("chat.png", "200 ms chat calls (anchor: prefork -c2 sync SDK)", "tasks/s",
-             sc["chat"], "per_s")
+    if "chat" in sc and "recommended" in sc["chat"]:
+        bars("chat.png", "200 ms chat calls, 2 worker processes each", "tasks/s",
+             {"recommended": sc["chat"]["recommended"]}, "per_s")
     if "progress" in sc:
         bars("progress.png", "emit → client p99 (ms)", "ms", sc["progress"], "p99_ms")
     if "scaling" in sc:

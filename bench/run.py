@@ -1,7 +1,7 @@
 """The aiecs benchmark: every scenario of issue 8, aiecs against its anchor.
 
     uv run python -m bench                       # full run: bench/REPORT.md, bench/results/
-    uv run python -m bench --quick               # < 3 min: bench/results/quick/
+    uv run python -m bench --quick               # < 4 min: bench/results/quick/
     uv run python -m bench --scenarios noop,chat --repeats 5
 
 Every run starts its own redis-server, workers, servers and clients, and alternates aiecs
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import procs, progress, report, startup, throughput
+from . import procs, progress, report, startup, submission, throughput
 
 #: The README's recommended deployment of the fast queue (section "Worker pools"): two
 #: threads workers (aiecs worker -p 2), concurrency 200. Override with --recommended.
@@ -33,7 +33,8 @@ FULL = {
     "scaling": [1, 2, 4], "chat_tasks": 3000,
     "chat_anchor_tasks": 60, "sockets": 500, "progress_rate": 100, "progress_seconds": 20,
     "events_per_task": 5, "streams": 50, "stream_tokens": 100, "stream_interval": 0.02,
-    "startup_repeats": 5, "imports": 7, "batch_tasks": 10_000, "tracing_tasks": 2000,
+    "startup_repeats": 5, "imports": 7, "batch_tasks": 10_000, "submit_tasks": 5000,
+    "tracing_tasks": 2000,
 }
 # events_per_task: what the plain python-socketio anchor emits per task, as many as an aiecs
 # echo no-op makes (PENDING, RUNNING, progress, stream, COMPLETED).
@@ -41,13 +42,13 @@ QUICK = {
     **FULL, "repeats": 1, "noop_tasks": 300, "scaling": [1, 4], "chat_tasks": 500,
     "chat_anchor_tasks": 16, "progress_seconds": 5,
     "stream_tokens": 40, "startup_repeats": 1, "imports": 3, "batch_tasks": 300,
-    "tracing_tasks": 500,
+    "submit_tasks": 1000, "tracing_tasks": 500,
 }
 #: For the test suite's smoke test: seconds, one scenario, only to keep the harness working.
 SMOKE = {**QUICK, "noop_tasks": 20, "noop_pools": ["threads"], "tracing_tasks": 20}
 
 SCENARIOS = ["noop", "chat", "progress", "startup", "streaming", "scaling", "events",
-             "batch", "tracing"]
+             "batch", "tracing", "submit"]
 
 
 def _compile_workspace(log) -> None:
@@ -106,7 +107,7 @@ def _git() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[1])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="small sizes, one repeat (< 3 min)")
+    mode.add_argument("--quick", action="store_true", help="small sizes, one repeat (< 4 min)")
     mode.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)}")
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": lambda: throughput.events(params, alternate),
         "batch": lambda: throughput.batch(params, alternate),
         "tracing": lambda: throughput.tracing(params, alternate),
+        "submit": lambda: submission.submit(params, alternate),
     }
     started = dt.datetime.now(dt.UTC)
     results = {"date": started.isoformat(timespec="seconds"), "mode": mode_name,

@@ -1,6 +1,7 @@
 """The producer of a run (a child process, so each run imports its app with that run's
 Redis URL): warms the workers up, says ``ready``, waits for ``go``, then submits ``n``
-tasks (all at once, or paced at ``rate`` per second) and waits for every result.
+tasks (all at once, or paced at ``rate`` per second) and waits for every result (with
+``"wait": false``, only submits: the submission-rate scenario, no worker running).
 
 aiecs tasks go through ``execute_task.delay`` (so the producer's own work, the PENDING
 record and event, is counted); anchor tasks through the bare app's ``.delay``.
@@ -68,7 +69,8 @@ def main(cfg: dict) -> None:
         return task.delay(task_name=name, user_id=f"u{i % users}", task_id=f"{prefix}{tag}{i}",
                           step=1, mode=mode, service=service, input_data=data, context={})
 
-    for r in [submit(i, "w") for i in range(cfg.get("warm", 4))]:
+    warm = [submit(i, "w") for i in range(cfg.get("warm", 4))]
+    for r in warm if cfg.get("wait", True) else []:  # no worker: only the submissions warm
         r.get(timeout=120)
     if cfg.get("kind") == "batch":
         from aiecs_core import load_plugins
@@ -93,7 +95,7 @@ def main(cfg: dict) -> None:
         pending.append(submit(i, "t"))
     t1 = time.perf_counter()
     failed, deadline = 0, time.monotonic() + timeout
-    for r in pending:
+    for r in pending if cfg.get("wait", True) else []:
         try:
             r.get(timeout=max(0.01, deadline - time.monotonic()))
         except Exception:  # noqa: BLE001 - counted and reported, the run goes on

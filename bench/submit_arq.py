@@ -27,7 +27,7 @@ async def run(cfg: dict) -> None:
     pool = await create_pool(RedisSettings.from_dsn(os.environ["REDIS_URL"]))
     name, kwargs = ("chat", MODEL) if cfg.get("kind") == "chat" else ("noop", {"text": "hi"})
     warm = [await pool.enqueue_job(name, **kwargs) for _ in range(cfg.get("warm", 4))]
-    for job in warm:
+    for job in warm if cfg.get("wait", True) else []:  # no worker: only the submissions warm
         await job.result(timeout=120, poll_delay=0.02)
     ready()
     await asyncio.get_running_loop().run_in_executor(None, wait)

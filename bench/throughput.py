@@ -202,6 +202,33 @@ def events(p: dict, alternate) -> dict:
     return out
 
 
+def tracing(p: dict, alternate) -> dict:
+    """Tracing off (the default) and on (``AIECS_TRACING=1`` in the worker and the
+    producer, exporting every span over OTLP/HTTP to a local receiver, bench/otlp_sink.py):
+    the chat drain, threads -c200."""
+    from .otlp_sink import Sink
+
+    n = p["tracing_tasks"]
+
+    def on() -> dict:
+        sink = Sink()
+        try:
+            out = drain(AIECS_APP, n=n, kind="chat", concurrency=200, extra_env={
+                "AIECS_TRACING": "1", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                "OTEL_SERVICE_NAME": "aiecs-bench"})
+            # the worker's last batch is exported when it stops (drain's finally)
+            out["spans_per_task"] = sink.spans / n
+            out["export_kb_per_task"] = sink.bytes / 1024 / n
+            return out
+        finally:
+            sink.close()
+
+    return {"chat, threads -c200": alternate({
+        "off": lambda: drain(AIECS_APP, n=n, kind="chat", concurrency=200),
+        "on": on,
+    })}
+
+
 def scaling(p: dict, alternate) -> dict:
     """Scenario 7: 1, 2, 4 threads worker processes (-c8 each) draining no-ops."""
     out = {}
