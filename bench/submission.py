@@ -14,17 +14,23 @@ Redis's CPU and the HTTP load generator's are shown apart.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .procs import Child, Redis, arq_python, base_env, delta, group_cpu, stop
 
 HTTP_CONCURRENCY = 32
 WARM = 20
 
 
-def submit_once(variant: str, n: int) -> dict:
+def submit_once(variant: str, n: int, profile: Path | None = None) -> dict:
+    """One run; ``profile``: a folder for py-spy's collapsed stacks of the submitter (the
+    server for POST) over the measured span."""
     from .progress import SECRET, _server
+    from .throughput import PROFILE_RATE, _profile_start, _profile_stop
 
     redis = Redis().start()
     server = child = None
+    spies = []
     users = max(1, n // 100)
     try:
         env = base_env(CELERY_BROKER_URL=redis.url, REDIS_URL=redis.url,
@@ -42,12 +48,17 @@ def submit_once(variant: str, n: int) -> dict:
             child = Child("bench.submit", {"app": app, "kind": "noop", "n": n, "warm": WARM,
                                            "wait": False, "users": users}, env=env)
         child.ready()
+        if profile:
+            profile.mkdir(parents=True, exist_ok=True)
+            target = server.pid if server else child.proc.pid
+            spies = [_profile_start(profile, "submitter", target, PROFILE_RATE)]
         before = redis.counters()
         server0 = group_cpu(server.pid) if server else 0.0
         child.go()
         res = child.result(timeout=600)
         counts = delta(before, redis.counters())
         server_cpu = group_cpu(server.pid) - server0 if server else 0.0
+        _profile_stop(spies)
         submitter = server_cpu if server else res["client_cpu"]
         return {
             "tasks": n, "failed": res["failed"], "submit_s": res["submit_s"],
@@ -61,6 +72,7 @@ def submit_once(variant: str, n: int) -> dict:
                 counts["by_command"].items(), key=lambda kv: -kv[1]) if v / n >= 0.01},
         }
     finally:
+        _profile_stop(spies)
         if child:
             child.close()
         if server:

@@ -1,0 +1,208 @@
+"""Where a chat task's CPU goes: py-spy on the workers and producer of a chat drain, aiecs
+against arq (and bare Celery on gevent with ``--gevent``), samples sorted into components.
+
+    uv run python -m bench.profile                      # 3,000 tasks each, ~3 min quiet
+    uv run python -m bench.profile --tasks 1000 --out bench/results/profile
+
+Each variant runs one chat drain (bench/throughput.py's ``drain``, the chat scenario's
+deployment) with py-spy (``record --nonblocking --subprocesses``: threads on CPU are
+sampled, idle ones, waiting in a system call, are not; so samples / rate ≈ the process's
+CPU time) attached to every worker and the producer over the measured span. (``--gil``
+misled: it counted arq's uvloop workers busy 9.3 ms per task, against 3.1 ms of CPU from
+/proc; the loop waiting in C looked like the GIL held.) Each sample is given to the
+innermost frame that names a
+component (``COMPONENTS``; redis-py, json, pydantic and the standard library are never a
+component: their time goes to the caller that asked for them). The result, µs per task by
+component and process, lands in ``<out>/profile.json`` and ``<out>/profile.md``; the
+collapsed stacks (``<variant>/<process>.txt``) open in speedscope or flamegraph.pl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from . import procs, throughput
+from .run import RECOMMENDED
+
+#: (substring of a frame's file path, component), checked in order on each frame from the
+#: innermost out; the first frame that matches names the sample's component.
+COMPONENTS = [
+    ("/logging/", "logging"),
+    ("aiecs_openai_compat", "SDK call (openai SDK, HTTP client, parsing)"),
+    ("/openai/", "SDK call (openai SDK, HTTP client, parsing)"),
+    ("/aiohttp/", "SDK call (openai SDK, HTTP client, parsing)"),
+    ("/httpx2/", "SDK call (openai SDK, HTTP client, parsing)"),
+    ("/httpcore", "SDK call (openai SDK, HTTP client, parsing)"),
+    ("/anyio/", "SDK call (openai SDK, HTTP client, parsing)"),
+    ("aiecs_worker/store/events", "aiecs event publishing"),
+    ("aiecs_worker/store/", "aiecs state transitions (begin/finish Lua, records, lease)"),
+    ("aiecs_worker/runner/runtime", "aiecs runtime: thread → loop hop, loop"),
+    ("aiecs_worker/runner/", "aiecs task wrapper (runner)"),
+    ("aiecs_worker/producer/", "aiecs submission (producer)"),
+    ("aiecs_worker/ops/", "aiecs ops (metrics, redaction, logs)"),
+    ("aiecs_worker/server/", "aiecs HTTP API (routes, auth, body)"),
+    ("aiecs_worker/", "aiecs other"),
+    ("aiecs_core", "aiecs core (models, registry)"),
+    ("/celery/backends/", "Celery result backend"),
+    ("/celery/", "Celery / kombu message handling"),
+    ("/kombu/", "Celery / kombu message handling"),
+    ("/billiard/", "Celery / kombu message handling"),
+    ("/arq/", "arq"),
+    ("/gevent/", "gevent hub and greenlets"),
+    ("/starlette/", "ASGI server (uvicorn, starlette)"),
+    ("/uvicorn/", "ASGI server (uvicorn, starlette)"),
+    ("/h11/", "ASGI server (uvicorn, starlette)"),
+    ("/httptools/", "ASGI server (uvicorn, starlette)"),
+    ("/socketio/", "Socket.IO server"),
+    ("/engineio/", "Socket.IO server"),
+]
+#: the innermost frame of no component above: the loop or the thread machinery
+FALLBACK = [("/asyncio/", "event loop (asyncio/uvloop)"), ("uvloop", "event loop (asyncio/uvloop)"),
+            ("/threading.py", "threads, futures"), ("/concurrent/", "threads, futures"),
+            ("/redis/", "redis-py (no caller known)"),
+            ("/bench/", "bench harness (producer loop)")]
+_FRAME = re.compile(r"\((?P<path>[^:()]*)(?::\d+)?\)$")
+
+
+def component(stack: list[str]) -> str:
+    # py-spy names site-packages files from the package down ("celery/app/trace.py")
+    paths = ["/" + (m.group("path") if (m := _FRAME.search(f)) else f) for f in stack]
+    for rules in (COMPONENTS, FALLBACK):
+        for path in reversed(paths):
+            for needle, name in rules:
+                if needle in path:
+                    return name
+    return "other"
+
+
+def collapse(path: Path) -> tuple[Counter, Counter]:
+    """(samples by component, samples by innermost frame) of a py-spy raw file."""
+    by_component: Counter = Counter()
+    by_leaf: Counter = Counter()
+    if not path.exists():
+        return by_component, by_leaf
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames and frames[0].startswith("process "):
+            frames = frames[1:]
+        if frames and frames[0].startswith("thread "):
+            frames = frames[1:]
+        by_component[component(frames)] += int(count)
+        by_leaf[frames[-1] if frames else "?"] += int(count)
+    return by_component, by_leaf
+
+
+def summarize(folder: Path, n: int, rate: int) -> dict:
+    out: dict[str, dict] = {}
+    for role in ("workers", "producer"):
+        files = sorted(folder.glob("worker*.txt")) if role == "workers" else [
+            folder / "producer.txt"]
+        comp, leaf = Counter(), Counter()
+        for f in files:
+            c, lf = collapse(f)
+            comp.update(c)
+            leaf.update(lf)
+        us = 1e6 / rate / n
+        out[role] = {"sampled_us": sum(comp.values()) * us,
+                     "components": {k: v * us for k, v in comp.most_common()},
+                     "top_frames": {k: v * us for k, v in leaf.most_common(25)}}
+    return out
+
+
+def markdown(result: dict) -> str:
+    variants = list(result["variants"])
+    lines = [f"Chat drain, {result['tasks']} tasks per variant, py-spy {result['rate']} Hz "
+             "(threads on CPU), µs per task.", ""]
+    for role in ("workers", "producer"):
+        comps = sorted({c for v in variants for c in result["variants"][v][role]["components"]},
+                       key=lambda c: -max(result["variants"][v][role]["components"].get(c, 0)
+                                          for v in variants))
+        lines += [f"### {role}", "", f"| component | {' | '.join(variants)} |",
+                  "|---|" + "---:|" * len(variants)]
+        for c in comps:
+            lines.append(f"| {c} | " + " | ".join(
+                f"{result['variants'][v][role]['components'].get(c, 0):.0f}" for v in variants)
+                + " |")
+        lines.append("| **sampled (on CPU)** | " + " | ".join(
+            f"**{result['variants'][v][role]['sampled_us']:.0f}**" for v in variants) + " |")
+        key = "worker_cpu_ms" if role == "workers" else "client_cpu_ms"
+        lines.append("| CPU from /proc (with sampling's cost) | " + " | ".join(
+            f"{1000 * result['variants'][v]['drain'][key]:.0f}" for v in variants) + " |")
+        lines.append("")
+    sub = result.get("submit") or {}
+    if sub:
+        names = list(sub)
+        comps = sorted({c for v in names for c in sub[v]["components"]},
+                       key=lambda c: -max(sub[v]["components"].get(c, 0) for v in names))
+        lines += ["### submitter (the server for POST /tasks), per submission", "",
+                  f"| component | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
+        for c in comps:
+            lines.append(f"| {c} | " + " | ".join(
+                f"{sub[v]['components'].get(c, 0):.0f}" for v in names) + " |")
+        lines.append("| **sampled (on CPU)** | " + " | ".join(
+            f"**{sub[v]['sampled_us']:.0f}**" for v in names) + " |")
+        lines.append("| CPU from /proc (with sampling's cost) | " + " | ".join(
+            f"{sub[v]['run']['submitter_cpu_us']:.0f}" for v in names) + " |")
+        lines.append("")
+    for v in variants:
+        d = result["variants"][v]["drain"]
+        lines += [f"{v}: {d['per_s']:.0f} tasks/s, Redis commands per task "
+                  f"{d['commands']:.1f} (round trips {d['round_trips']:.1f}): "
+                  + ", ".join(f"`{k}` {x:g}" for k, x in d["by_command"].items()), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--gevent", action="store_true", help="profile bare Celery gevent too")
+    parser.add_argument("--submit", type=int, default=3000, metavar="N",
+                        help="then profile N submissions through .delay(), POST /tasks and "
+                             "arq's enqueue_job (0: skip)")
+    parser.add_argument("--out", type=Path, default=procs.ROOT / "bench" / "results" / "profile")
+    args = parser.parse_args(argv)
+    procs.install_signal_handlers()
+    params = {"chat_tasks": args.tasks}
+    runs = throughput.chat_variants(params, RECOMMENDED, profile=args.out)
+    names = ["aiecs", "arq"] + (["celery gevent"] if args.gevent else [])
+    folders = {"aiecs": "aiecs", "arq": "arq", "celery gevent": "celery-gevent"}
+    result = {"tasks": args.tasks, "rate": args.rate, "variants": {}}
+    throughput.PROFILE_RATE = args.rate
+    try:
+        for name in names:
+            drained = runs[name]()
+            result["variants"][name] = {"drain": drained,
+                                        **summarize(args.out / folders[name], args.tasks,
+                                                    args.rate)}
+        if args.submit:
+            from . import submission
+
+            result["submit"] = {}
+            for variant in submission.VARIANTS:
+                folder = args.out / ("submit-" + re.sub(r"[^a-z]+", "-", variant.lower()))
+                ran = submission.submit_once(variant, args.submit, profile=folder)
+                comp, leaf = collapse(folder / "submitter.txt")
+                us = 1e6 / args.rate / args.submit
+                result["submit"][variant] = {
+                    "run": ran, "sampled_us": sum(comp.values()) * us,
+                    "components": {k: v * us for k, v in comp.most_common()},
+                    "top_frames": {k: v * us for k, v in leaf.most_common(25)}}
+    finally:
+        procs.cleanup()
+    (args.out / "profile.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "profile.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
