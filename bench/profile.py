@@ -5,12 +5,15 @@ against arq (and bare Celery on gevent with ``--gevent``), samples sorted into c
     uv run python -m bench.profile --tasks 1000 --out bench/results/profile
 
 Each variant runs one chat drain (bench/throughput.py's ``drain``, the chat scenario's
-deployment) with py-spy (``record --nonblocking --subprocesses``: threads on CPU are
-sampled, idle ones, waiting in a system call, are not; so samples / rate ≈ the process's
-CPU time) attached to every worker and the producer over the measured span. (``--gil``
-misled: it counted arq's uvloop workers busy 9.3 ms per task, against 3.1 ms of CPU from
-/proc; the loop waiting in C looked like the GIL held.) Each sample is given to the
-innermost frame that names a
+deployment) with py-spy (``record --gil --subprocesses``) attached to every worker and the
+producer over the measured span. Only shares are trusted: each component's µs per task is
+its share of the working samples times the process's CPU per task from /proc. (On this
+machine py-spy's idle detection did not work: without ``--gil`` every blocked thread was
+sampled, 26 ms per task for a worker using 6; with ``--gil`` a many-threaded worker's
+samples matched its CPU, 8.5 against 7.6 ms, but a single-threaded process, arq's worker
+or a producer, was sampled whenever it had last held the GIL, idle or not: 13.6 against
+3.7 ms. Frames where a thread waits, ``WAITING``, are counted apart.) Each sample is given
+to the innermost frame that names a
 component (``COMPONENTS``; redis-py, json, pydantic and the standard library are never a
 component: their time goes to the caller that asked for them). The result, µs per task by
 component and process, lands in ``<out>/profile.json`` and ``<out>/profile.md``; the
@@ -65,6 +68,13 @@ FALLBACK = [("/asyncio/", "event loop (asyncio/uvloop)"), ("uvloop", "event loop
             ("/threading.py", "threads, futures"), ("/concurrent/", "threads, futures"),
             ("/redis/", "redis-py (no caller known)"),
             ("/bench/", "bench harness (producer loop)")]
+#: innermost frames where a sampled thread waits rather than works (a loop's poll, a
+#: thread's queue): counted apart, as "waiting", and left out of the shares
+WAITING = ("Worker.run (arq/worker.py", "_epoll.poll (kombu/", "Condition.wait (threading.py",
+           "_worker (concurrent/futures/thread.py", "Hub.run (gevent/", "poll.poll (gevent/",
+           "Runtime._run_loop (aiecs_worker/runner/runtime.py", "run_forever (asyncio/",
+           "_run_once (asyncio/base_events.py", "select (selectors.py", "poll (selectors.py",
+           "acquire_with_timeout (gevent/", "Event.wait (threading.py")
 _FRAME = re.compile(r"\((?P<path>[^:()]*)(?::\d+)?\)$")
 
 
@@ -94,12 +104,25 @@ def collapse(path: Path) -> tuple[Counter, Counter]:
             frames = frames[1:]
         if frames and frames[0].startswith("thread "):
             frames = frames[1:]
-        by_component[component(frames)] += int(count)
+        waiting = bool(frames) and frames[-1].startswith(WAITING)
+        by_component["(waiting)" if waiting else component(frames)] += int(count)
         by_leaf[frames[-1] if frames else "?"] += int(count)
     return by_component, by_leaf
 
 
-def summarize(folder: Path, n: int, rate: int) -> dict:
+def _scaled(comp: Counter, cpu_us: float | None) -> dict[str, float]:
+    """Each component's share of the working samples (waiting ones left out) times the
+    process's CPU per task from /proc: py-spy's ``--gil`` samples a single-threaded process
+    whenever it last held the GIL, idle or not, so only shares are trusted."""
+    working = {k: v for k, v in comp.items() if k != "(waiting)"}
+    total = sum(working.values())
+    if not total or cpu_us is None:
+        return {}
+    return {k: cpu_us * v / total for k, v in sorted(working.items(), key=lambda kv: -kv[1])}
+
+
+def summarize(folder: Path, n: int, rate: int, cpu_us: dict | None = None) -> dict:
+    """``cpu_us``: /proc CPU µs per task by role (``workers``, ``producer``)."""
     out: dict[str, dict] = {}
     for role in ("workers", "producer"):
         files = sorted(folder.glob("worker*.txt")) if role == "workers" else [
@@ -111,15 +134,22 @@ def summarize(folder: Path, n: int, rate: int) -> dict:
             leaf.update(lf)
         us = 1e6 / rate / n
         out[role] = {"sampled_us": sum(comp.values()) * us,
-                     "components": {k: v * us for k, v in comp.most_common()},
+                     "samples": dict(comp.most_common()),
+                     "components": _scaled(comp, (cpu_us or {}).get(role)),
                      "top_frames": {k: v * us for k, v in leaf.most_common(25)}}
     return out
+
+
+def _waiting(samples: dict) -> float:
+    total = sum(samples.values())
+    return samples.get("(waiting)", 0) / total if total else 0.0
 
 
 def markdown(result: dict) -> str:
     variants = list(result["variants"])
     lines = [f"Chat drain, {result['tasks']} tasks per variant, py-spy {result['rate']} Hz "
-             "(threads on CPU), µs per task.", ""]
+             "(`--gil`): each component's share of the working samples × the process's "
+             "CPU per task from /proc, µs per task.", ""]
     for role in ("workers", "producer"):
         comps = sorted({c for v in variants for c in result["variants"][v][role]["components"]},
                        key=lambda c: -max(result["variants"][v][role]["components"].get(c, 0)
@@ -130,11 +160,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {c} | " + " | ".join(
                 f"{result['variants'][v][role]['components'].get(c, 0):.0f}" for v in variants)
                 + " |")
-        lines.append("| **sampled (on CPU)** | " + " | ".join(
-            f"**{result['variants'][v][role]['sampled_us']:.0f}**" for v in variants) + " |")
         key = "worker_cpu_ms" if role == "workers" else "client_cpu_ms"
-        lines.append("| CPU from /proc (with sampling's cost) | " + " | ".join(
-            f"{1000 * result['variants'][v]['drain'][key]:.0f}" for v in variants) + " |")
+        lines.append("| **CPU from /proc (with sampling's cost)** | " + " | ".join(
+            f"**{1000 * result['variants'][v]['drain'][key]:.0f}**" for v in variants) + " |")
+        lines.append("| (py-spy: samples × period; waiting share) | " + " | ".join(
+            "{:.0f}; {:.0%}".format(result['variants'][v][role]['sampled_us'], _waiting(
+                result['variants'][v][role]['samples'])) for v in variants) + " |")
         lines.append("")
     sub = result.get("submit") or {}
     if sub:
@@ -146,10 +177,11 @@ def markdown(result: dict) -> str:
         for c in comps:
             lines.append(f"| {c} | " + " | ".join(
                 f"{sub[v]['components'].get(c, 0):.0f}" for v in names) + " |")
-        lines.append("| **sampled (on CPU)** | " + " | ".join(
-            f"**{sub[v]['sampled_us']:.0f}**" for v in names) + " |")
-        lines.append("| CPU from /proc (with sampling's cost) | " + " | ".join(
-            f"{sub[v]['run']['submitter_cpu_us']:.0f}" for v in names) + " |")
+        lines.append("| **CPU from /proc (with sampling's cost)** | " + " | ".join(
+            f"**{sub[v]['run']['submitter_cpu_us']:.0f}**" for v in names) + " |")
+        lines.append("| (py-spy: samples × period; waiting share) | " + " | ".join(
+            f"{sub[v]['sampled_us']:.0f}; {_waiting(sub[v]['samples']):.0%}" for v in names)
+            + " |")
         lines.append("")
     for v in variants:
         d = result["variants"][v]["drain"]
@@ -180,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in names:
             drained = runs[name]()
+            cpu = {"workers": 1000 * drained["worker_cpu_ms"],
+                   "producer": 1000 * drained["client_cpu_ms"]}
             result["variants"][name] = {"drain": drained,
                                         **summarize(args.out / folders[name], args.tasks,
-                                                    args.rate)}
+                                                    args.rate, cpu)}
         if args.submit:
             from . import submission
 
@@ -194,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 us = 1e6 / args.rate / args.submit
                 result["submit"][variant] = {
                     "run": ran, "sampled_us": sum(comp.values()) * us,
-                    "components": {k: v * us for k, v in comp.most_common()},
+                    "samples": dict(comp.most_common()),
+                    "components": _scaled(comp, ran["submitter_cpu_us"]),
                     "top_frames": {k: v * us for k, v in leaf.most_common(25)}}
     finally:
         procs.cleanup()
