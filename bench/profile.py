@@ -40,7 +40,7 @@ COMPONENTS = [
     ("/aiohttp/", "SDK call (openai SDK, HTTP client, parsing)"),
     ("/httpx2/", "SDK call (openai SDK, HTTP client, parsing)"),
     ("/httpcore", "SDK call (openai SDK, HTTP client, parsing)"),
-    ("/anyio/", "SDK call (openai SDK, HTTP client, parsing)"),
+    ("/anyio/", "anyio (to_thread: the server's hop to a thread)"),
     ("aiecs_worker/store/events", "aiecs event publishing"),
     ("aiecs_worker/store/", "aiecs state transitions (begin/finish Lua, records, lease)"),
     ("aiecs_worker/runner/runtime", "aiecs runtime: thread → loop hop, loop"),
@@ -191,6 +191,24 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def resort(folder: Path) -> dict:
+    """Sort an earlier run's stacks again (after a change of ``COMPONENTS``)."""
+    result = json.loads((folder / "profile.json").read_text())
+    folders = {"aiecs": "aiecs", "arq": "arq", "celery gevent": "celery-gevent"}
+    for name, v in result["variants"].items():
+        d = v["drain"]
+        cpu = {"workers": 1000 * d["worker_cpu_ms"], "producer": 1000 * d["client_cpu_ms"]}
+        v.update(summarize(folder / folders[name], result["tasks"], result["rate"], cpu))
+    for variant, v in (result.get("submit") or {}).items():
+        comp, _ = collapse(folder / ("submit-" + re.sub(r"[^a-z]+", "-", variant.lower()))
+                           / "submitter.txt")
+        v["samples"] = dict(comp.most_common())
+        v["components"] = _scaled(comp, v["run"]["submitter_cpu_us"])
+    (folder / "profile.json").write_text(json.dumps(result, indent=1) + "\n")
+    (folder / "profile.md").write_text(markdown(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile",
                                      description=__doc__.split("\n")[0])
@@ -201,7 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="then profile N submissions through .delay(), POST /tasks and "
                              "arq's enqueue_job (0: skip)")
     parser.add_argument("--out", type=Path, default=procs.ROOT / "bench" / "results" / "profile")
+    parser.add_argument("--resort", action="store_true",
+                        help="only sort the stacks of an earlier run in --out again")
     args = parser.parse_args(argv)
+    if args.resort:
+        result = resort(args.out)
+        print(markdown(result))
+        return 0
     procs.install_signal_handlers()
     params = {"chat_tasks": args.tasks}
     runs = throughput.chat_variants(params, RECOMMENDED, profile=args.out)
