@@ -257,12 +257,18 @@ ARQ = {"concurrency": 500, "processes": 2}  # max_jobs 500 per worker
 
 
 def chat_variants(p: dict, recommended: dict, profile: Path | None = None) -> dict:
-    """aiecs's recommended deployment, bare Celery on gevent, arq: ``chat_tasks`` each."""
+    """aiecs's recommended deployment (with its history recorder), bare Celery on gevent,
+    arq: ``chat_tasks`` each."""
     n, warm = p["chat_tasks"], 8
 
     def run(app: str, cfg: dict, name: str):
-        return lambda: drain(app, n=n, kind="chat", warm=warm, users=CHAT_USERS,
-                             profile=profile / name if profile else None, **cfg)
+        def one() -> dict:
+            # aiecs as deployed: the history outbox (AIECS_HISTORY, on by default) drained
+            # by an ``aiecs recorder`` into SQLite, its CPU counted with the workers'
+            db = f"sqlite:///{tmpdir('hist')}/h.db" if app == AIECS_APP else None
+            return drain(app, n=n, kind="chat", warm=warm, users=CHAT_USERS, recorder=db,
+                         profile=profile / name if profile else None, **cfg)
+        return one
 
     return {"aiecs": run(AIECS_APP, recommended, "aiecs"),
             "celery gevent": run(ANCHOR_APP, GEVENT, "celery-gevent"),
