@@ -30,6 +30,7 @@ from tests.support.postgres import database_url, postgres_server  # noqa: F401 -
 from tests.support.processes import (  # noqa: F401 - fixtures
     start_beat,
     start_recorder,
+    start_server,
     start_worker,
     worker,
 )

@@ -19,7 +19,6 @@ import redis
 from tests.faults.harness import REPORT, USER, FaultRun
 from tests.server.helpers import Recorder, async_wait_until
 from tests.support.events import TERMINAL
-from tests.support.processes import ServerProcess, process_factory
 from tests.support.sentinel import MASTER, SentinelDeployment
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
@@ -35,12 +34,6 @@ def sentinel(monkeypatch):
     monkeypatch.setenv("AIECS_SENTINEL_MASTER", MASTER)
     yield deployment
     deployment.close()
-
-
-@pytest.fixture
-def start_server():
-    yield from process_factory(
-        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs), 80)
 
 
 def _terminal(client, ids: list[str]) -> set[str]:

@@ -41,15 +41,6 @@ def history_server(request, tmp_path_factory):
 
 
 @pytest.fixture
-def start_server():
-    """Factory for servers of a test's own (``start_server(redis_url, env={...})``)."""
-    from tests.support.processes import process_factory
-
-    yield from process_factory(
-        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs), 80)
-
-
-@pytest.fixture
 def make_recorder(aiecs_redis):
     """Factory: ``make_recorder(database_url, **settings)`` -> a Recorder (this process)
     on the session's Redis, schema upgraded and consumer group made; ``.start()`` runs

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.support.processes import ServerProcess, process_factory, report
+from tests.support.processes import ServerProcess, report
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,3 @@ def progress_server():
     server.stop()
     report(server, 80)
     server.close()
-
-
-@pytest.fixture
-def start_server():
-    """Factory for servers of a test's own (``start_server(redis_url, env={...})``)."""
-    yield from process_factory(
-        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs), 80)

@@ -428,6 +428,14 @@ def start_recorder(aiecs_redis):
 
 
 @pytest.fixture
+def start_server():
+    """Factory for servers of a test's own (``start_server(redis_url, env={...})``); all
+    are stopped after the test."""
+    yield from process_factory(
+        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs), 80)
+
+
+@pytest.fixture
 def start_beat(aiecs_redis):
     """Factory: ``start_beat(max_interval=1, env={})`` starts a beat on the session's
     Redis (not waiting for its lock: ``.wait_lock()``); all are stopped after the test."""

@@ -24,7 +24,6 @@ from tests.server.helpers import uid
 from tests.support.events import wait_terminal
 from tests.support.fake_openai import Error, FakeOpenAI, Text
 from tests.support.otlp import Collector, Span
-from tests.support.processes import ServerProcess, process_factory
 
 PROMPT = "tell me the secret plan"
 MODEL = "gpt-trace"
@@ -40,12 +39,6 @@ def collector():
 def fake():
     with FakeOpenAI() as server:
         yield server
-
-
-@pytest.fixture
-def start_server():
-    yield from process_factory(
-        lambda redis_url, **kwargs: ServerProcess(redis_url=redis_url, **kwargs), 80)
 
 
 def tracing_env(collector: Collector, fake: FakeOpenAI) -> dict[str, str]:

@@ -383,13 +383,6 @@ class Settings(EnvSettings):
     one per period and kind; ``[]``: on, with no default budget. Set it alike in every
     process that submits (server, beat, workers, scripts calling ``.delay()``)."""
 
-    @field_validator("aiecs_budgets", mode="before")
-    @classmethod
-    def _budgets_json(cls, v: object) -> object:
-        if isinstance(v, str):
-            v = json.loads(v) if v.strip() else None  # a JSON error is a ValueError
-        return v
-
     @field_validator("aiecs_budgets")
     @classmethod
     def _budgets_unique(cls, v: list[Budget] | None) -> list[Budget] | None:
@@ -411,9 +404,9 @@ class Settings(EnvSettings):
     number for every provider, or a JSON object provider name -> ceiling (``"*"``: every
     other provider; a provider absent and no ``"*"``: no ceiling)."""
 
-    @field_validator("aiecs_models", mode="before")
+    @field_validator("aiecs_models", "aiecs_budgets", mode="before")
     @classmethod
-    def _models_json(cls, v: object) -> object:
+    def _json_value(cls, v: object) -> object:
         if isinstance(v, str):
             v = json.loads(v) if v.strip() else None  # a JSON error is a ValueError
         return v
