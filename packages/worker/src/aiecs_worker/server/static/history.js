@@ -263,8 +263,11 @@
       body = [typeof e.progress === "number" ? `${Math.round(e.progress * 100)}%` : "",
               e.message || ""].filter(Boolean).join(" ");
     } else {
-      body = [e.status, e.message, e.error ? `${e.error.type}: ${e.error.message}` : ""]
-        .filter(Boolean).join(" · ");
+      // the error once: its message only when the error's does not already say it
+      const error = e.error ? `${e.error.type}: ${e.error.message}` : "";
+      const message = e.message && !(e.error && String(e.error.message).includes(e.message))
+        ? e.message : "";
+      body = [e.status, message, error].filter(Boolean).join(" · ");
     }
     const code = document.createElement("code");
     code.textContent = head.trim();
