@@ -117,7 +117,7 @@ def test_operators_publish_and_label_users_submit_by_label_once(stack):
     slow = server.http("POST", "/tasks", {"template": {"name": greet, "label": "production"},
                                           "variables": {"who": "ann", "delay": 0.5}},
                        token=alice)
-    assert slow[0] == 202, slow
+    assert slow[0] == 202 and slow[1]["template"] == {"name": greet, "version": 1}, slow
     held = server.http("POST", "/tasks", {"template": {"name": greet},  # production
                                           "variables": {"who": "bea"}, "countdown": 1.5},
                        token=alice)
@@ -130,6 +130,7 @@ def test_operators_publish_and_label_users_submit_by_label_once(stack):
     # new submissions get version 2; version 1 stays runnable by number
     after = server.http("POST", "/tasks", {"template": {"name": greet, "label": "production"},
                                            "variables": {"who": "cy"}}, token=alice)[1]
+    assert after["template"] == {"name": greet, "version": 2}, after  # the answer says it
     assert _result(server, alice, after["task_id"])["result"]["text"] == "v2 cy"
     old = server.http("POST", "/tasks", {"template": {"name": greet, "version": 1},
                                          "variables": {"who": "di"}}, token=alice)[1]

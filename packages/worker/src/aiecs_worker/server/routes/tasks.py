@@ -81,6 +81,8 @@ async def submit_task(request: Request) -> Response:
                "queue": queue_name(heavy)}
         if eta is not None:
             out["eta"] = eta.timestamp()
+        if req.template is not None:  # the version a label meant, resolved just now
+            out["template"] = req.template.model_dump()
         return out
 
     return JSONResponse(await run_checked(work), status_code=202)

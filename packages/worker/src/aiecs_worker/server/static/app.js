@@ -91,6 +91,9 @@
       this.seq = new Sequencer(0);
       this.kind = info.kind || null;
       this.title = info.title || "";
+      // a template's execution: "name@version" (its events say which version ran),
+      // "name:label" until the first event arrives
+      this.template = info.template || "";
       this.steps = new Map(); // step -> its state (steps > 0)
       this.batch = null; // a batch's latest event (step 0)
       this.status = info.submitted ? "pending" : "checking";
@@ -143,6 +146,9 @@
         }
         if (!this.title && TERMINAL.has(e.status)) nameFromHistory(this, e.step);
         st.name = e.task_name || st.name;
+        if (e.template && e.template.name) {
+          this.template = `${e.template.name}@${e.template.version}`;
+        }
         st.at = ++tick;
         if (e.type === "status") {
           if (e.status === "running" && (st.text || st.status === "running")) {
@@ -202,6 +208,10 @@
       this.setStatus(this.computeStatus());
       el.dataset.kind = this.kind || "";
       el.querySelector(".task-name").textContent = this.titleText(focus);
+      const tpl = el.querySelector(".task-template");
+      tpl.hidden = !this.template;
+      tpl.textContent = this.template ? `template ${this.template}` : "";
+      el.dataset.template = this.template;
 
       // a workflow's steps, each with its state
       const list = el.querySelector(".steps");
@@ -335,6 +345,7 @@
     } else if (info.title && !task.title) {
       // its first event came on the socket before the POST's answer: name it now
       task.title = info.title;
+      task.template = task.template || info.template || "";
       task.kind = task.kind || info.kind || null;
       task.known = task.known || Boolean(info.submitted);
       task.render();
@@ -345,7 +356,7 @@
 
   function persistTasks() {
     const kept = [...state.tasks.values()].slice(-50)
-      .map((t) => ({ id: t.id, title: t.title, kind: t.kind }));
+      .map((t) => ({ id: t.id, title: t.title, kind: t.kind, template: t.template }));
     sessionStorage.setItem(STORE_TASKS, JSON.stringify(kept));
   }
 
@@ -496,6 +507,7 @@
     $("nav").hidden = false;
     $("submit").hidden = false;
     showView(viewFromHash());
+    if (window.aiecsTemplates) window.aiecsTemplates.signedIn();
     loadServices().catch((e) => {
       $("submit-error").textContent = `Could not list the services: ${e.message}`;
     });
@@ -529,6 +541,7 @@
     $("tasks-panel").hidden = true;
     setConn("offline", "conn-off");
     if (window.aiecsHistory) window.aiecsHistory.reset();
+    if (window.aiecsTemplates) window.aiecsTemplates.reset();
   }
 
   async function devLogin(user) {
@@ -662,7 +675,7 @@
 
   // ---- start -------------------------------------------------------------------------
   async function main() {
-    window.aiecs = { state, Sequencer, api, trackTask, showView, TERMINAL };
+    window.aiecs = { state, Sequencer, api, trackTask, showView, TERMINAL, devLogin };
     state.config = await api("GET", "/config");
     // the dev sign-in form exists only on a development server ([hidden] wins in the CSS)
     $("dev-login").hidden = !state.config.dev;
@@ -695,7 +708,9 @@
     }
     for (const t of kept) {
       if (typeof t === "string") trackTask(t);
-      else if (t && typeof t.id === "string") trackTask(t.id, { title: t.title, kind: t.kind });
+      else if (t && typeof t.id === "string") {
+        trackTask(t.id, { title: t.title, kind: t.kind, template: t.template });
+      }
     }
     if (state.token) await useToken(state.token);
     document.body.dataset.ready = "true";
