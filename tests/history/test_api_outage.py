@@ -63,7 +63,7 @@ def test_a_database_that_refuses_or_cannot_open_is_503(start_server, tmp_path):
                         (f"sqlite:///{tmp_path}", "unable to open database file")]:
         server = start_server(os.environ["REDIS_URL"], env={"AIECS_DATABASE_URL": url})
         tok = server.token("u1")
-        for path in ("/executions", "/usage", "/executions/t1/1"):
+        for path in ("/executions", "/usage", "/executions/t1/1", "/templates"):
             status, out, _ = _timed(server, "GET", path, tok)
             assert status == 503, out
             assert out["error"]["type"] == "database_unavailable"
@@ -95,8 +95,8 @@ def test_a_hung_database_is_503_within_the_timeout_and_starves_nothing(start_ser
         try:
             time.sleep(0.2)  # the SIGSTOP is sent at the thread's start
             with ThreadPoolExecutor(12) as pool:
-                hung = [pool.submit(_timed, server, "GET", "/executions", tok)
-                        for _ in range(12)]
+                hung = [pool.submit(_timed, server, "GET", path, tok)
+                        for path in ["/executions"] * 11 + ["/templates"]]
                 time.sleep(0.3)
                 status, out, took = _timed(server, "POST", "/tasks", tok, _echo())
                 assert status == 202 and took < 1.0, (status, out, took)

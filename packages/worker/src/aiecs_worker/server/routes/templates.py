@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiecs_history import templates as store
 from aiecs_history.rendering import LABEL_PATTERN, NAME_PATTERN
@@ -24,8 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...history.engine import engine
-from ..errors import BadRequest, InvalidRequest, run_checked
+from ..errors import BadRequest, InvalidRequest, mapped_errors
 from ..params import ENVELOPE_BYTES, authenticate, int_param, operator, read_json, validate
 
 __all__ = ["ROUTES"]
@@ -40,6 +40,17 @@ class LabelBody(BaseModel):
     """The version the label points at now, as the mover read it; null: a new label."""
 
 
+T = TypeVar("T")
+
+
+async def _run(request: Request, work: Callable[[Any], T]) -> T:
+    """``work(engine)`` on the server's history database: in its own threads, bounded by
+    AIECS_DATABASE_TIMEOUT (a hung database answers 503, never holds the request), its
+    errors mapped (templates' 404 / 409 / 422, the database's 503)."""
+    with mapped_errors():
+        return await request.app.state.history.run(work)
+
+
 def _param(request: Request, name: str, pattern: str) -> str:
     raw = request.path_params[name]
     if not re.fullmatch(pattern, raw):
@@ -49,7 +60,7 @@ def _param(request: Request, name: str, pattern: str) -> str:
 
 async def list_templates(request: Request) -> Response:
     authenticate(request)
-    out = await run_checked(lambda: store.list_templates(engine()))
+    out = await _run(request, lambda e: store.list_templates(e))
     return JSONResponse({"templates": out})
 
 
@@ -60,11 +71,11 @@ async def publish_template(request: Request) -> Response:
         raise InvalidRequest("send a JSON object with the template's name and content")
     content = {k: v for k, v in body.items() if k != "name"}
 
-    def work() -> tuple[Any, bool]:
-        return store.publish(engine(), body["name"], content, created_by=who.user_id,
+    def work(e: Any) -> tuple[Any, bool]:
+        return store.publish(e, body["name"], content, created_by=who.user_id,
                              source="api")
 
-    version, created = await run_checked(work)
+    version, created = await _run(request, work)
     return JSONResponse({"template": version.to_json(), "created": created},
                         status_code=201 if created else 200)
 
@@ -72,14 +83,14 @@ async def publish_template(request: Request) -> Response:
 async def get_template(request: Request) -> Response:
     authenticate(request)
     name = _param(request, "name", NAME_PATTERN)
-    return JSONResponse(await run_checked(lambda: store.describe(engine(), name)))
+    return JSONResponse(await _run(request, lambda e: store.describe(e, name)))
 
 
 async def get_version(request: Request) -> Response:
     authenticate(request)
     name = _param(request, "name", NAME_PATTERN)
     n = int_param_path(request, "version")
-    version = await run_checked(lambda: store.get_version(engine(), name, n))
+    version = await _run(request, lambda e: store.get_version(e, name, n))
     return JSONResponse(version.to_json())
 
 
@@ -95,8 +106,8 @@ async def move_label(request: Request) -> Response:
     name = _param(request, "name", NAME_PATTERN)
     label = _param(request, "label", LABEL_PATTERN)
     data = validate(LabelBody, await read_json(request, 4096))
-    out = await run_checked(lambda: store.move_label(
-        engine(), name, label, data.version, expected_version=data.expected_version,
+    out = await _run(request, lambda e: store.move_label(
+        e, name, label, data.version, expected_version=data.expected_version,
         moved_by=who.user_id))
     return JSONResponse(out)
 
@@ -106,7 +117,7 @@ async def label_history(request: Request) -> Response:
     name = _param(request, "name", NAME_PATTERN)
     label = _param(request, "label", LABEL_PATTERN)
     limit = int_param(request, "limit", 100, 1, 1000) or 100
-    moves = await run_checked(lambda: store.label_history(engine(), name, label, limit=limit))
+    moves = await _run(request, lambda e: store.label_history(e, name, label, limit=limit))
     return JSONResponse({"name": name, "label": label, "moves": moves})
 
 
