@@ -79,6 +79,18 @@ EVENTS = [(label, key, fmt, None) for label, key, fmt, _ in NOOP]
 TRACING = [*[(label, key, fmt, None) for label, key, fmt, _ in CHAT],
            ("spans exported per task", "spans_per_task", ".2f", None),
            ("OTLP KiB exported per task", "export_kb_per_task", ".2f", None)]
+ALLIN = [
+    ("tasks/s", "per_s", ".1f", None),
+    ("CPU ms per task, all processes", "cpu_ms", ".2f", ("ratio_le", 1.05, "≤ 1.05× off")),
+    ("  workers CPU ms per task", "workers_cpu_ms", ".2f", None),
+    ("  redis-server CPU ms per task", "redis_cpu_ms", ".2f", None),
+    ("  producer CPU ms per task", "client_cpu_ms", ".2f", None),
+    ("  recorder CPU ms per task", "recorder_cpu_ms", ".2f", None),
+    ("Redis commands per task", "commands", ".1f", None),
+    ("Redis round trips per task", "round_trips", ".1f", None),
+    ("calls in flight, mean / max", ("in_flight_mean", "in_flight_max"), ".0f", None),
+    ("failed tasks", "failed", ".0f", None),
+]
 BATCH = [
     ("tasks/s (first submit → last result)", "per_s", ".0f", ("ratio_ge", 0.85,
                                                               "≥ 0.85× single submissions")),
@@ -114,7 +126,7 @@ ANCHORS = {
              "aiecs column is one `submit_batch` call",
 }
 #: scenarios comparing two aiecs variants instead of aiecs and an anchor
-VARIANTS = {"events": ("on", "off"), "tracing": ("on", "off")}
+VARIANTS = {"events": ("on", "off"), "tracing": ("on", "off"), "allin": ("on", "off")}
 
 
 def _fmt(value, fmt: str) -> str:
@@ -249,7 +261,8 @@ def _sections(results: dict) -> list[str]:
               "events": "Celery task events: off (default) vs on (AIECS_TASK_EVENTS=1)",
               "batch": "8. A batch against as many single submissions (threads -c8)",
               "tracing": "Tracing: off (default) vs on (AIECS_TRACING=1, OTLP/HTTP export)",
-              "submit": "9. Submission throughput per core (issue 20, item 5)"}
+              "submit": "9. Submission throughput per core (issue 20, item 5)",
+              "allin": "History, budgets and templates all on vs all off (issue 18)"}
     for name, title in titles.items():
         if name not in sc:
             continue
@@ -267,7 +280,7 @@ def _sections(results: dict) -> list[str]:
             else:
                 rows = {"noop": NOOP, "progress": PROGRESS, "streaming": STREAMING,
                         "scaling": SCALING, "events": EVENTS,
-                        "batch": BATCH, "tracing": TRACING}.get(name)
+                        "batch": BATCH, "tracing": TRACING, "allin": ALLIN}.get(name)
             label = config
             out += [f"### {label}", "",
                     *_table(block, rows, VARIANTS.get(name, ("aiecs", "anchor"))), ""]
@@ -276,6 +289,12 @@ def _sections(results: dict) -> list[str]:
                         "The same aiecs worker's events relayed by `aiecs serve` and by the "
                         "plain python-socketio server (`relay`).", "",
                         *_table(block, PROGRESS_SERVER, ("aiecs", "relay")), ""]
+        if name == "allin":
+            on, off = (next(iter(sc[name].values()))["median"].get(v, {}) for v in ("on", "off"))
+            if on.get("cpu_ms") and off.get("cpu_ms"):
+                out += [f"Added CPU per chat task, all-in (workers + redis + producer + "
+                        f"recorder): {100 * (on['cpu_ms'] / off['cpu_ms'] - 1):+.1f} % "
+                        f"({on['cpu_ms'] - off['cpu_ms']:+.2f} ms; target ≤ 5 %).", ""]
         if name == "streaming":
             block = next(iter(sc[name].values()))["median"]
             a, d = block.get("aiecs", {}), block.get("anchor", {})

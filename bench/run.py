@@ -34,7 +34,7 @@ FULL = {
     "chat_anchor_tasks": 60, "sockets": 500, "progress_rate": 100, "progress_seconds": 20,
     "events_per_task": 5, "streams": 50, "stream_tokens": 100, "stream_interval": 0.02,
     "startup_repeats": 5, "imports": 7, "batch_tasks": 10_000, "submit_tasks": 5000,
-    "tracing_tasks": 2000,
+    "tracing_tasks": 2000, "allin_tasks": 2000,
 }
 # events_per_task: what the plain python-socketio anchor emits per task, as many as an aiecs
 # echo no-op makes (PENDING, RUNNING, progress, stream, COMPLETED).
@@ -42,13 +42,14 @@ QUICK = {
     **FULL, "repeats": 1, "noop_tasks": 300, "scaling": [1, 4], "chat_tasks": 500,
     "chat_anchor_tasks": 16, "progress_seconds": 5,
     "stream_tokens": 40, "startup_repeats": 1, "imports": 3, "batch_tasks": 300,
-    "submit_tasks": 1000, "tracing_tasks": 500,
+    "submit_tasks": 1000, "tracing_tasks": 500, "allin_tasks": 500,
 }
 #: For the test suite's smoke test: seconds, one scenario, only to keep the harness working.
-SMOKE = {**QUICK, "noop_tasks": 20, "noop_pools": ["threads"], "tracing_tasks": 20}
+SMOKE = {**QUICK, "noop_tasks": 20, "noop_pools": ["threads"], "tracing_tasks": 20,
+         "allin_tasks": 20}
 
 SCENARIOS = ["noop", "chat", "progress", "startup", "streaming", "scaling", "events",
-             "batch", "tracing", "submit"]
+             "batch", "tracing", "submit", "allin"]
 
 
 def _compile_workspace(log) -> None:
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": lambda: throughput.batch(params, alternate),
         "tracing": lambda: throughput.tracing(params, alternate),
         "submit": lambda: submission.submit(params, alternate),
+        "allin": lambda: throughput.allin(params, alternate),
     }
     started = dt.datetime.now(dt.UTC)
     results = {"date": started.isoformat(timespec="seconds"), "mode": mode_name,

@@ -19,6 +19,26 @@ from .procs import child_io, cpu_self
 
 MODEL = {"model": "bench-model", "messages": [{"role": "user", "content": "hello"}]}
 
+#: The ``all-in`` scenario's template (published by the producer before ``ready``): it
+#: renders to ``{**MODEL, "max_output_tokens": 16}``, the input of the run without it.
+TEMPLATE = {"mode": "llm", "service": "openai", "operation": "chat",
+            "input": {"messages": [{"role": "user", "content": "{{text}}"}],
+                      "max_output_tokens": "{{max_tokens}}"},
+            "variables_schema": {"type": "object", "required": ["text"], "properties": {
+                "text": {"type": "string"}, "max_tokens": {"type": "integer", "default": 16}}},
+            "defaults": {"model": "bench-model"}, "description": "bench: all-in chat"}
+
+
+def _publish_template() -> None:
+    """Publish :data:`TEMPLATE` as ``bench-chat`` and point ``production`` at it (in the
+    run's own history database, AIECS_DATABASE_URL): once, before the timed part."""
+    from aiecs_history import templates as store
+    from aiecs_worker.history.engine import engine
+
+    version, _ = store.publish(engine(), "bench-chat", TEMPLATE, created_by="bench")
+    store.move_label(engine(), "bench-chat", "production", version.version,
+                     expected_version=None, moved_by="bench")
+
 
 def _task(app: str, kind: str):
     """(task, mode, service, task_name, input_data) of one run."""
@@ -65,9 +85,18 @@ def main(cfg: dict) -> None:
     # for all results, from the last submit
     timeout = cfg.get("timeout", max(180, cfg["n"] // 10))
 
+    if cfg.get("max_output_tokens"):
+        data = {**data, "max_output_tokens": cfg["max_output_tokens"]}
+    if cfg.get("template"):  # the same input, rendered from a template at each submission
+        _publish_template()
+        fields = {"template": {"name": "bench-chat", "label": "production"},
+                  "variables": {"text": "hello"}}
+    else:
+        fields = {"task_name": name, "mode": mode, "service": service, "input_data": data}
+
     def submit(i: int, tag: str):
-        return task.delay(task_name=name, user_id=f"u{i % users}", task_id=f"{prefix}{tag}{i}",
-                          step=1, mode=mode, service=service, input_data=data, context={})
+        return task.delay(user_id=f"u{i % users}", task_id=f"{prefix}{tag}{i}", step=1,
+                          context={}, **fields)
 
     warm = [submit(i, "w") for i in range(cfg.get("warm", 4))]
     for r in warm if cfg.get("wait", True) else []:  # no worker: only the submissions warm

@@ -76,13 +76,15 @@ def _profile_stop(spies: list[subprocess.Popen]) -> None:
 def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
           processes: int = 1, kind: str = "noop", warm: int = 8,
           extra_env: dict[str, str] | None = None, recorder: str | None = None,
-          users: int = 1, profile: Path | None = None) -> dict:
+          users: int = 1, profile: Path | None = None,
+          submit: dict | None = None) -> dict:
     """One drain of ``n`` tasks. ``recorder``: a history database URL; an ``aiecs
     recorder`` runs on it, its CPU counted with the workers' (``recorder_cpu_ms`` apart
     too), and the run waits until it has recorded every task before reading the CPU
     counters. ``profile``: a folder for py-spy's collapsed stacks of every worker and the
     producer over the measured span (CPU figures then include the sampling's pauses: a
-    profile run is not a measurement run)."""
+    profile run is not a measurement run). ``submit``: more of the producer's configuration
+    (``template``, ``max_output_tokens``: bench/submit.py)."""
     redis = Redis().start()
     llm = workers = child = rec = None
     spies: list[subprocess.Popen] = []
@@ -117,7 +119,8 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
         else:
             child = Child("bench.submit", {"app": "aiecs" if app == AIECS_APP else "anchor",
                                            "kind": kind, "n": n, "warm": warm,
-                                           "users": users}, env=child_env)
+                                           "users": users, **(submit or {})},
+                          env=child_env)
         child.ready()
         procs = [w.proc for w in workers]
         rec0 = cpu_of([rec]) if rec else 0.0
@@ -150,6 +153,7 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
             "by_command": {k: round(v / n, 3) for k, v in sorted(
                 counts["by_command"].items(), key=lambda kv: -kv[1]) if v / n >= 0.01},
         }
+        out["workers_cpu_ms"] = 1000 * (used - rec_used) / n
         if rec:
             out["recorder_cpu_ms"] = 1000 * rec_used / n
         out["cpu_ms"] = out["worker_cpu_ms"] + out["redis_cpu_ms"] + out["client_cpu_ms"]
@@ -284,3 +288,35 @@ def chat(p: dict, alternate, recommended: dict) -> dict:
         "celery prefork": lambda: drain(ANCHOR_APP, n=p["chat_anchor_tasks"], pool="prefork",
                                         concurrency=2, kind="chat", warm=2)}, repeats=1)
     return out
+
+
+#: The ``allin`` scenario's budgets: a money and a tokens budget per user, per month, far
+#: above what any run spends (each chat reserves ~20 tokens, ~$0.00001): never refusing.
+ALLIN_BUDGETS = ('[{"period": "month", "kind": "usd", "soft": 1000000, "hard": 2000000},'
+                 ' {"period": "month", "kind": "tokens", "hard": 1000000000000}]')
+ALLIN_PRICES = '{"openai/bench-model": {"input": 0.15, "output": 0.6}}'
+
+
+def allin(p: dict, alternate) -> dict:
+    """Issue 18's features all on against all off, the chat drain (threads -c200, 200 ms
+    completions, real openai SDK): history (``AIECS_HISTORY=1`` and a real ``aiecs
+    recorder`` on SQLite, its CPU counted), budgets (``AIECS_BUDGETS`` with a per-user
+    money and tokens budget that never refuses, ``AIECS_PRICES``) and submissions by
+    template (published once before the run; every submission resolves its label and
+    renders). ``off``: ``AIECS_HISTORY=0``, no budgets, the same rendered input given
+    directly. Both send ``max_output_tokens: 16`` (a budget reserves it)."""
+    n = p["allin_tasks"]
+
+    def on() -> dict:
+        url = f"sqlite:///{tmpdir('history') / 'history.db'}"
+        return drain(AIECS_APP, n=n, kind="chat", concurrency=200, recorder=url,
+                     submit={"template": True}, extra_env={
+                         "AIECS_HISTORY": "1", "AIECS_DATABASE_URL": url,
+                         "AIECS_BUDGETS": ALLIN_BUDGETS, "AIECS_PRICES": ALLIN_PRICES})
+
+    return {"chat, threads -c200": alternate({
+        "off": lambda: drain(AIECS_APP, n=n, kind="chat", concurrency=200,
+                             submit={"max_output_tokens": 16},
+                             extra_env={"AIECS_HISTORY": "0"}),
+        "on": on,
+    })}
