@@ -32,3 +32,22 @@ def test_bench_smoke_writes_report_and_results(tmp_path):
         assert only["commands"] > 0
     report = (tmp_path / "REPORT.md").read_text()
     assert "No-op drain" in report and "| tasks/s |" in report
+
+
+def test_bench_smoke_allin_runs_history_budgets_and_templates(tmp_path):
+    """The issue 18 scenario still runs: 20 chats with history (a recorder), budgets and
+    templates on, and 20 with all off; no refusal, no failure, the recorder measured."""
+    run = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--scenarios", "allin",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [raw] = (tmp_path / "results").glob("bench-*-smoke.json")
+    results = json.loads(raw.read_text())
+    assert "errors" not in results, results.get("errors")
+    block = results["scenarios"]["allin"]["chat, threads -c200"]
+    [on], [off] = block["runs"]["on"], block["runs"]["off"]
+    assert on["tasks"] == off["tasks"] == 20 and on["failed"] == off["failed"] == 0
+    assert "recorder_cpu_ms" in on and "recorder_cpu_ms" not in off
+    # budgets reserve and settle (HINCRBY on the user's counters) only when on
+    assert on["by_command"].get("hincrby", 0) > 0 and "hincrby" not in off["by_command"]
+    assert "Added CPU per chat task, all-in" in (tmp_path / "REPORT.md").read_text()
