@@ -257,6 +257,7 @@ def test_a_404_names_host_path_and_endpoint(service, endpoints, name, data, path
     assert error.details["endpoint_id"] == asked.split("'")[1]
 
 
+@needs_aiplatform
 def test_a_base_url_with_a_wrong_path_names_it(endpoints_env, endpoints, monkeypatch):
     monkeypatch.setenv("VERTEX_ENDPOINT_BASE_URL", endpoints.api_endpoint + "/proxy")
     service = EndpointService()
