@@ -10,6 +10,7 @@ import signal
 import time
 import uuid
 
+import pytest
 from aiecs_core import TaskRequest
 from aiecs_worker.producer.batch import submit_batch
 from aiecs_worker.producer.control import cancel, get_state, submit
@@ -112,6 +113,9 @@ def test_a_sigkilled_worker_does_not_leak_window_slots(aiecs_redis, start_worker
     assert not client.sismember(BACKLOG_KEY, win)
 
 
+# 1,000 heavy items through real workers: a long run (about 2 min under load):
+# in the fault suite, which .ci/run runs too
+@pytest.mark.faults
 def test_another_users_task_starts_within_seconds_behind_1000_heavy_items(
         aiecs_redis, start_worker):
     """The README's heavy deployment (prefork -c2) and the default window (4): user A's

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 from aiecs_core import TaskRequest
 from aiecs_worker import execute_task
 from aiecs_worker.producer.control import cancel, get_state, submit
@@ -105,6 +106,9 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+# 10,000 held tasks over six visibility timeouts: a long run (about 1 min):
+# in the fault suite, which .ci/run runs too
+@pytest.mark.faults
 def test_worker_memory_stays_flat_with_10000_tasks_30_days_ahead(aiecs_redis, start_worker):
     """Today the broker hands every ETA message to the worker, which keeps it (and on
     Redis gets another copy every visibility timeout): 10,000 × 2 KB of context grew a
