@@ -1,7 +1,7 @@
 // What the browser scripts of tests/e2e share: their options, their JSON-lines output,
 // headless Chromium's launch and cleanup, and signing in on a development server.
 //
-// usage: import { opts, say, run, devSignIn } from "./chromium.mjs";
+// usage: import { opts, say, run, devSignIn, watchedPage } from "./chromium.mjs";
 //        await run(async (browser, errors) => { ... });
 // run() launches Chromium (opts.chromium) with a throw-away profile, prints
 // {"step": "error", ...} and exits non-zero if the body throws, and always closes the
@@ -33,6 +33,20 @@ export async function run(body) {
     await browser.close();
     fs.rmSync(profile, { recursive: true, force: true });
   }
+}
+
+// a new page of ``width`` x ``height`` whose page errors, and browser console errors other
+// than the ``expected`` ones (a RegExp: refusals the test provokes), go to ``errors``
+export async function watchedPage(browser, errors, { width, height, expected = null }) {
+  const page = await browser.newPage();
+  await page.setViewport({ width, height });
+  page.on("pageerror", (err) => errors.push(String(err)));
+  page.on("console", (msg) => {
+    if (msg.type() === "error" && !(expected && expected.test(msg.text()))) {
+      errors.push(msg.text());
+    }
+  });
+  return page;
 }
 
 // the dev sign-in form as a user fills it; resolves once the socket is on and the

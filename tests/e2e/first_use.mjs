@@ -17,7 +17,7 @@
 // 6. an unknown id: "not found", Cancel disabled;
 // 7. sign out: the sign-in panel is back, no cards, no token kept.
 import path from "node:path";
-import { opts, run, say } from "./chromium.mjs";
+import { opts, run, say, watchedPage } from "./chromium.mjs";
 
 const width = opts.width || 1280;
 
@@ -33,13 +33,8 @@ async function stage(name, body) {
 const shot = (name) => path.join(opts.screenshot_dir, `${width}-${name}.png`);
 
 await run(async (browser, errors) => {
-  const page = await browser.newPage();
-  await page.setViewport({ width, height: 900 });
-  page.on("pageerror", (err) => errors.push(String(err)));
-  page.on("console", (msg) => {
-    // the unknown id's lookups and the sign-out's refused reconnects are 404 / 401
-    if (msg.type() === "error" && !/404|401/.test(msg.text())) errors.push(msg.text());
-  });
+  // the unknown id's lookups and the sign-out's refused reconnects are 404 / 401
+  const page = await watchedPage(browser, errors, { width, height: 900, expected: /404|401/ });
   await page.goto(opts.url, { waitUntil: "networkidle0" });
   await page.waitForSelector("body[data-ready='true']", { timeout: 20000 });
   const overflow = () => page.evaluate(() => ({

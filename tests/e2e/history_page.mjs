@@ -11,19 +11,14 @@
 //   view draws the day and model charts and the budget.
 // Prints one JSON line per step; exits non-zero on the first failure.
 import path from "node:path";
-import { devSignIn, opts, run, say } from "./chromium.mjs";
+import { devSignIn, opts, run, say, watchedPage } from "./chromium.mjs";
 
 const width = opts.width || 1280;
 const shot = (name) => path.join(opts.screenshot_dir, `${width}-${name}.png`);
 
 await run(async (browser, errors) => {
-  const page = await browser.newPage();
-  await page.setViewport({ width, height: 900 });
-  page.on("pageerror", (err) => errors.push(String(err)));
-  page.on("console", (msg) => {
-    // the refused history requests are logged by the browser: expected in this mode
-    if (msg.type() === "error" && !/40[0-9]|50[0-9]/.test(msg.text())) errors.push(msg.text());
-  });
+  // the refused history requests are logged by the browser: expected in this mode
+  const page = await watchedPage(browser, errors, { width, height: 900, expected: /40[0-9]|50[0-9]/ });
   if (opts.mode === "unavailable") {
     await page.setRequestInterception(true);
     page.on("request", (req) => {

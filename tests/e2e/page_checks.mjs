@@ -12,7 +12,7 @@
 // Prints one JSON line per step; exits non-zero on the first failure.
 import fs from "node:fs";
 import path from "node:path";
-import { devSignIn, opts, run, say } from "./chromium.mjs";
+import { devSignIn, opts, run, say, watchedPage } from "./chromium.mjs";
 
 const shot = (name) => path.join(opts.screenshot_dir, name);
 
@@ -49,18 +49,9 @@ async function redPixels(browser, file) {
   }
 }
 
-async function newPage(browser, errors, width, height) {
-  const page = await browser.newPage();
-  await page.setViewport({ width, height });
-  page.on("pageerror", (err) => errors.push(String(err)));
-  page.on("console", (msg) => {
-    // a refused Socket.IO connection is logged by the browser: expected in step 2
-    if (msg.type() === "error" && !/401|refused|unauthori/i.test(msg.text())) {
-      errors.push(msg.text());
-    }
-  });
-  return page;
-}
+// a refused Socket.IO connection is logged by the browser: expected in step 2
+const newPage = (browser, errors, width, height) =>
+  watchedPage(browser, errors, { width, height, expected: /401|refused|unauthori/i });
 
 async function ready(page, url) {
   await page.goto(url, { waitUntil: "networkidle0" });

@@ -9,19 +9,14 @@
 // runs version 2; each card names its template@version.
 // Prints one JSON line per step; exits non-zero on the first failure.
 import path from "node:path";
-import { devSignIn, opts, run, say } from "./chromium.mjs";
+import { devSignIn, opts, run, say, watchedPage } from "./chromium.mjs";
 
 const width = opts.width || 1280;
 const shot = (name) => path.join(opts.screenshot_dir, `${width}-${name}.png`);
 
 await run(async (browser, errors) => {
-  const page = await browser.newPage();
-  await page.setViewport({ width, height: 900 });
-  page.on("pageerror", (err) => errors.push(String(err)));
-  page.on("console", (msg) => {
-    // the refused submissions are logged by the browser (422): expected
-    if (msg.type() === "error" && !/422/.test(msg.text())) errors.push(msg.text());
-  });
+  // the refused submissions are logged by the browser (422): expected
+  const page = await watchedPage(browser, errors, { width, height: 900, expected: /422/ });
   await page.goto(opts.url, { waitUntil: "networkidle0" });
   await devSignIn(page, opts.user);
   const overflow = () => page.evaluate(() => ({
