@@ -9,12 +9,14 @@ done; a provider's first call builds its client in a thread if it comes first an
 
 Here a real worker streams a long echo task (an event every ~20 ms, for about 5 s) while
 the first OpenAI (or Vertex) task of the process runs; the largest gap between consecutive
-stream events, by the timestamps in the Redis event log, stays far below the stall (a wide
-margin: 200 ms, for a loaded 2-core machine; about 25 ms is typical).
+stream events, by the timestamps in the Redis event log, stays far below the stall: under
+half the warm-up time the worker logged (and under 200 ms whenever that is shorter than
+400 ms; about 25 ms is typical on an idle machine).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -83,7 +85,12 @@ def test_first_provider_call_does_not_stall_a_running_stream(aiecs_redis, start_
     gaps = [b - a for a, b in zip(stream, stream[1:], strict=False)]
     worst = max(gaps)
     wait_until(lambda: f"llm/{service} " in worker.log(), message="the warm-up log line")
-    print(f"{service}: largest gap {worst * 1000:.0f} ms")
-    assert worst < MAX_GAP, (
+    # Done on the loop, the import would stall it for the whole warm-up, which this very
+    # process logged ("providers warmed: llm/openai 1.53s"); the machine's load slows both
+    # alike, so the bound is half of it (never below MAX_GAP).
+    warm = float(re.search(rf"llm/{service} ([0-9.]+)s", worker.log()).group(1))
+    bound = max(MAX_GAP, warm / 2)
+    print(f"{service}: largest gap {worst * 1000:.0f} ms, warm-up {warm:.2f} s")
+    assert worst < bound, (
         f"the stream stalled {worst * 1000:.0f} ms while {service} was first used "
         f"(gaps over 100 ms: {[round(g * 1000) for g in gaps if g > 0.1]})")
