@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Celery:
                       **celery_sentinel_options(s.redis_target(s.celery_broker_url))}
     backend_options = {**transport,
                        **celery_sentinel_options(s.redis_target(s.result_backend))}
-    beat_url, beat_options = redbeat_options(s.redis_target(s.state_redis_url))
+    beat_url, beat_options = redbeat_options(s.redis_target(s.beat_redis_url))
     if s.broker_is_amqp:
         # RabbitMQ has no visibility timeout: an unacknowledged message returns to its
         # queue when its consumer's connection closes. Publisher confirms: a submission

@@ -4,7 +4,9 @@
 of its name in capitals (matched case-insensitively); explicit arguments win. Its
 subclasses are :class:`Settings` (here: every process, the worker's) and
 :class:`aiecs_worker.server.settings.ServerSettings` (the progress server and the CLI).
-Nothing else in aiecs_worker reads ``os.environ`` for a setting.
+Nothing else in aiecs_worker reads ``os.environ`` for a setting, but for
+AIECS_REDIS_CLUSTER, which aiecs_worker.store.keys also reads as it is imported (the
+value names every key; it is checked here).
 
 An invalid value stops the process at start with a :class:`~aiecs_core.ConfigurationError`
 of one line per problem: the variable, what is wrong with its value and the fix
@@ -17,6 +19,7 @@ pydantic-settings: importing pydantic-settings costs every process 25-130 ms of 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -67,6 +70,8 @@ class RedisTarget:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
+    #: a Redis Cluster (AIECS_REDIS_CLUSTER, the state Redis only): ``url`` is one node
+    cluster: bool = False
 
     @property
     def is_sentinel(self) -> bool:
@@ -268,6 +273,13 @@ class Settings(EnvSettings):
     (the broker and the state Redis are two masters watched by the same sentinels;
     default: AIECS_SENTINEL_MASTER). The result backend follows the broker when it is the
     broker's URL."""
+    aiecs_redis_cluster: bool = False
+    """AIECS_REDIS_CLUSTER: REDIS_URL is a node of a Redis Cluster (a plain ``redis://``
+    URL, database 0): aiecs's keys carry the hash tag ``{aiecs}`` (one slot), its clients
+    follow the cluster's slots, pub/sub goes through the node of the URL. The broker, the
+    result backend and beat must be another Redis (or RabbitMQ): kombu and celery-redbeat
+    cannot use a cluster. Every process of a deployment sets the same value (it names the
+    keys). See docs/operations.md, "On a Redis Cluster"."""
     aiecs_sentinel_password: SecretStr | None = None
     """AIECS_SENTINEL_PASSWORD: the sentinels' own password (``requirepass`` of the
     sentinels); the master's password goes in the URL (``sentinel://:password@host``)."""
@@ -524,11 +536,27 @@ class Settings(EnvSettings):
         if self.aiecs_tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
             raise ValueError("AIECS_TRACING=1 needs OpenTelemetry; fix: pip install "
                              "'aiecs-worker[tracing]', or unset AIECS_TRACING")
+        if self.aiecs_redis_cluster:
+            self._cluster_roles()
         if self.broker_is_amqp and self.redis_url is None:
             raise ValueError("REDIS_URL is required when CELERY_BROKER_URL is a RabbitMQ "
                              "(amqp://) URL: execution state and events live in Redis; fix: "
                              "set REDIS_URL to a redis:// URL")
         return self
+
+    def _cluster_roles(self) -> None:
+        """AIECS_REDIS_CLUSTER: the state Redis is the cluster; nothing of Celery's is."""
+        if self.redis_url is None or is_sentinel(self.redis_url):
+            raise ValueError("AIECS_REDIS_CLUSTER=1 needs REDIS_URL: a redis:// URL of one "
+                             "node of the cluster (the broker cannot be a cluster); fix: set "
+                             "REDIS_URL to a cluster node and CELERY_BROKER_URL to another "
+                             "Redis or RabbitMQ")
+        for name, url in (("CELERY_BROKER_URL", self.celery_broker_url),
+                          ("CELERY_RESULT_BACKEND", self.result_backend)):
+            if url == self.redis_url:
+                raise ValueError(f"{name} is REDIS_URL, a Redis Cluster (AIECS_REDIS_CLUSTER"
+                                 "=1): Celery cannot use a cluster; fix: point it at a plain "
+                                 "Redis (or RabbitMQ for the broker)")
 
     @property
     def schedule_horizon(self) -> float:
@@ -561,14 +589,25 @@ class Settings(EnvSettings):
         """The Redis of execution state and events (REDIS_URL, else the broker)."""
         return self.redis_url or self.celery_broker_url
 
+    @property
+    def beat_redis_url(self) -> str:
+        """The Redis of celery-redbeat's entries: the state Redis, but on a Redis Cluster
+        (AIECS_REDIS_CLUSTER) the result backend's (a plain Redis: redbeat's client cannot
+        follow slots)."""
+        return self.result_backend if self.aiecs_redis_cluster else self.state_redis_url
+
     def redis_target(self, url: str) -> RedisTarget:
         """Where ``url`` (one of the Redis URLs above) lives: with the Sentinel form, the
         sentinels, the master's name (AIECS_BROKER_SENTINEL_MASTER for the broker's URL
         when it is not also the state's, else AIECS_SENTINEL_MASTER) and
         AIECS_SENTINEL_PASSWORD."""
         password = self.aiecs_sentinel_password
-        return parse_target(url, master=self._master_of(url),
-                            sentinel_password=password.get_secret_value() if password else None)
+        target = parse_target(url, master=self._master_of(url),
+                              sentinel_password=password.get_secret_value() if password
+                              else None)
+        if self.aiecs_redis_cluster and url == self.redis_url:
+            return dataclasses.replace(target, cluster=True)
+        return target
 
     def _master_of(self, url: str) -> str | None:
         if (url == self.celery_broker_url and url != self.state_redis_url

@@ -221,7 +221,7 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
         ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel,
                                        s.aiecs_events_maxlen, s.aiecs_events_ttl)
         kwargs = request.model_dump(mode="json")
-        pipe.evalsha(sha, 6, TaskKeys(user_id, request.task_id).state(1),
+        pipe.execute_command("EVALSHA", sha, 6, TaskKeys(user_id, request.task_id).state(1),
                      steps_key(user_id, request.task_id), celery_index_key(celery_id),
                      PENDING_KEY, *ev_keys, celery_id, s.aiecs_events_ttl, time.time(),
                      user_id, request.task_name, 1, json.dumps(kwargs), queue, task, key,
@@ -229,7 +229,7 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
         # sent now, or held behind the user's fair-share window (see aiecs_worker.store.hold)
         a_keys, a_args = admit_args(s, TaskKeys(user_id, request.task_id).state(1), user_id,
                                     queue, None)
-        pipe.evalsha(admit, len(a_keys), *a_keys, *a_args)
+        pipe.execute_command("EVALSHA", admit, len(a_keys), *a_keys, *a_args)
         sends.append((task, queue, priority, kwargs, celery_id))
     decisions = pipe.execute()[3::2]
     return [args for args, d in zip(sends, decisions, strict=True) if d != b"held"]
@@ -256,14 +256,14 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
         chunk = ids[start:start + _CHUNK]
         pipe = client.pipeline(transaction=False)
         for task_id in chunk:
-            pipe.evalsha(sha, 1, TaskKeys(user_id, task_id).state(1), time.time(),
+            pipe.execute_command("EVALSHA", sha, 1, TaskKeys(user_id, task_id).state(1), time.time(),
                          s.aiecs_events_ttl)
         marks = pipe.execute()
         now_marked = [celery_task_id(user_id, task_id, 1)
                       for task_id, ok in zip(chunk, marks, strict=True) if ok]
         pipe = client.pipeline(transaction=False)
         for celery_id in now_marked:  # running items stop now
-            pipe.publish(CANCEL_CHANNEL, celery_id)
+            pipe.execute_command("PUBLISH", CANCEL_CHANNEL, celery_id)
         pipe.execute()
         marked += now_marked
         _end_held(client, user_id, [t for t, ok in zip(chunk, marks, strict=True) if ok])

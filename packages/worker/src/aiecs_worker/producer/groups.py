@@ -117,6 +117,6 @@ def admitted(client: Any, sends: list[tuple]) -> list[tuple]:
     for _task, queue, _priority, kwargs, _celery_id in sends:
         state_key = TaskKeys(kwargs["user_id"], kwargs["task_id"]).state(kwargs["step"])
         keys, args = admit_args(s, state_key, kwargs["user_id"], queue, None)
-        pipe.evalsha(sha, len(keys), *keys, *args)
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
     decisions = pipe.execute()
     return [a for a, d in zip(sends, decisions, strict=True) if d != b"held"]

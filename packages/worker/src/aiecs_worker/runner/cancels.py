@@ -49,7 +49,7 @@ class CancelsMixin(RuntimeState):
         """Follow cancel requests (pub/sub) and Celery revocations seen by this process."""
         backoff = 0.5
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.pubsub_redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CANCEL_CHANNEL)
                 backoff = 0.5

@@ -101,6 +101,8 @@ class RuntimeState:
     loop: asyncio.AbstractEventLoop
     publisher: RedisEventPublisher
     redis: aioredis.Redis
+    #: the cancel listener's client (``redis`` but on a Redis Cluster)
+    pubsub_redis: aioredis.Redis
     limiter: RateLimiter | None
     #: this process as the owner of the executions it runs (see aiecs_worker.store.lease)
     owner: str

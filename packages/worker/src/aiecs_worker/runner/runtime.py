@@ -44,7 +44,7 @@ from aiecs_core import ServiceRegistry, TaskEvent, load_plugins
 from celery.exceptions import SoftTimeLimitExceeded
 
 from ..settings import Settings, get_settings
-from ..store.connection import async_client
+from ..store.connection import async_client, pubsub_client
 from ..store.events import BEGIN_PUBLISH_LUA, RedisEventPublisher
 from ..store.hold import ADMIT_LUA, CLAIM_DUE_LUA, KEEP_ALIVE_LUA, RELEASE_LUA
 from ..store.keys import OWNERS_KEY
@@ -98,6 +98,10 @@ class Runtime(ExecutionMixin, CancelsMixin, SweeperMixin):
         self.redis = async_client(
             state, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
+        #: the cancel listener's client (a plain one of the URL's node on a Redis Cluster)
+        self.pubsub_redis = pubsub_client(
+            state, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        ) if state.cluster else self.redis
         self._begin = self.redis.register_script(BEGIN_PUBLISH_LUA)
         self._heartbeat = self.redis.register_script(HEARTBEAT_LUA)
         self._sweep = self.redis.register_script(SWEEP_LUA)

@@ -10,7 +10,7 @@ import socketio
 
 from ..ops import metrics
 from ..settings import RedisTarget
-from ..store.connection import async_client
+from ..store.connection import pubsub_client
 
 __all__ = ["ProbedRedisManager"]
 
@@ -42,7 +42,7 @@ class ProbedRedisManager(socketio.AsyncRedisManager):
     def _redis_connect(self):
         """The client through aiecs's one factory (plain or Sentinel URL), in place of
         python-socketio's, which knows only its own ``redis+sentinel://`` form."""
-        self.redis = async_client(self.target, **self.redis_options)
+        self.redis = pubsub_client(self.target, **self.redis_options)
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self.connected = True
 

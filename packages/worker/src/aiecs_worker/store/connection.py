@@ -8,6 +8,12 @@ new connection, so a failover is followed by reconnecting (which the callers' re
 do). The password in the URL is the master's (as in Celery's form);
 ``AIECS_SENTINEL_PASSWORD`` is the sentinels' own.
 
+With AIECS_REDIS_CLUSTER, the state URL is one node of a Redis Cluster: its clients are
+``RedisCluster`` ones (they learn the slots from that node and follow them), but for
+pub/sub (:func:`pubsub_client`): a ``PUBLISH`` on any node of a cluster reaches the
+subscribers of every node, so the server's Socket.IO manager and listeners use a plain
+client of the URL's node.
+
 Every Redis client of aiecs is made here (the state, event, lease, rate-limit and beat
 clients, the progress server's log and pub/sub clients, the CLI's); Celery's broker,
 result backend and celery-redbeat are handed the same target through their own options
@@ -20,7 +26,8 @@ from typing import Any
 
 from ..settings import RedisTarget, get_settings
 
-__all__ = ["async_client", "celery_sentinel_options", "redbeat_options", "sync_client"]
+__all__ = ["async_client", "celery_sentinel_options", "pubsub_client", "redbeat_options",
+           "sync_client"]
 
 
 def _target(url: str | RedisTarget, settings: Any) -> RedisTarget:
@@ -37,6 +44,10 @@ def sync_client(url: str | RedisTarget, *, settings: Any = None, **options: Any)
     from redis.sentinel import Sentinel
 
     target = _target(url, settings)
+    if target.cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(target.url, **options)
     if not (target.sentinels and target.master):  # parse_target names a master or fails
         return redis.Redis.from_url(target.url, **options)
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(options))
@@ -49,10 +60,25 @@ def async_client(url: str | RedisTarget, *, settings: Any = None, **options: Any
     from redis.asyncio.sentinel import Sentinel
 
     target = _target(url, settings)
+    if target.cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(target.url, **options)
     if not (target.sentinels and target.master):
         return aioredis.Redis.from_url(target.url, **options)
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(options))
     return sentinel.master_for(target.master, **options, **target.master_kwargs())
+
+
+def pubsub_client(url: str | RedisTarget, *, settings: Any = None, **options: Any):
+    """A ``redis.asyncio.Redis`` for pub/sub: :func:`async_client`, but a plain client of
+    the URL's node when ``url`` is a Redis Cluster (its messages are cluster-wide)."""
+    import redis.asyncio as aioredis
+
+    target = _target(url, settings)
+    if target.cluster:
+        return aioredis.Redis.from_url(target.url, **options)
+    return async_client(target, **options)
 
 
 def celery_sentinel_options(target: RedisTarget) -> dict[str, Any]:

@@ -6,7 +6,10 @@ its name. Imports nothing from aiecs_worker.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
+    "CLUSTER_ENV",
     "BACKLOG_KEY", "BEAT_PREFIX", "BUDGET_HOLD_SUFFIX", "budget_counter_key",
     "budget_limits_key", "CANCEL_CHANNEL", "DEADLETTER_KEY", "DUE_KEY",
     "FLOWS_DUE_KEY", "FLOW_PREFIX", "OUTBOX_GROUP", "OUTBOX_KEY", "OWNED_PREFIX", "OWNERS_KEY",
@@ -17,8 +20,22 @@ __all__ = [
     "user_tasks_pattern", "window_key",
 ]
 
-#: The prefix of every key (the default of the functions' ``prefix`` arguments).
-PREFIX = "aiecs"
+#: The environment variable (AIECS_REDIS_CLUSTER, declared and checked in
+#: aiecs_worker.settings) that puts aiecs's keys in one Redis Cluster hash slot.
+CLUSTER_ENV = "AIECS_REDIS_CLUSTER"
+
+
+def _cluster_prefix() -> bool:
+    """Whether this process's keys carry the hash tag (read once, at import: a key name
+    is a deployment constant every process must agree on; the settings check the value)."""
+    return os.environ.get(CLUSTER_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+#: The prefix of every key (the default of the functions' ``prefix`` arguments):
+#: ``aiecs``, or on a Redis Cluster (AIECS_REDIS_CLUSTER) ``{aiecs}``: a hash tag that puts
+#: every key of aiecs in one slot, so each script's keys (those it is passed and those it
+#: names, such as an owner's set or an execution's celery index) are on one node.
+PREFIX = "{aiecs}" if _cluster_prefix() else "aiecs"
 
 # -- executions ---------------------------------------------------------------------------
 #: Sorted set: execution owner (one worker process) -> when its lease ends (Redis ms).

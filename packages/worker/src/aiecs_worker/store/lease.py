@@ -57,7 +57,7 @@ import os
 import socket
 import uuid
 
-from .keys import OWNERS_KEY, PENDING_KEY, SUSPECT_KEY
+from .keys import OWNED_PREFIX, OWNERS_KEY, PENDING_KEY, SUSPECT_KEY
 from .state import NOW_MS_LUA
 
 __all__ = [
@@ -91,7 +91,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, AR
 local lock = redis.call('GET', KEYS[2])
 for _, owner in ipairs(dead) do
   if redis.call('ZREM', KEYS[1], owner) == 1 then
-    local set = 'aiecs:owned:' .. owner
+    local set = '{OWNED_PREFIX}' .. owner
     local live = {{}}
     for _, k in ipairs(redis.call('SMEMBERS', set)) do
       if redis.call('HGET', k, 'status') == 'running'

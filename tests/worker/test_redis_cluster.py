@@ -1,0 +1,242 @@
+"""aiecs's state and events on a real Redis Cluster (three masters, every slot covered),
+the Celery broker and result backend on a plain Redis beside it (kombu cannot use a
+cluster): ``REDIS_URL`` names a cluster node, ``AIECS_REDIS_CLUSTER=1``.
+
+Every aiecs process here is a child (worker, server, ``aiecs health``): the key names are
+fixed as aiecs is imported, and this process's aiecs uses the plain names. The test reads
+the cluster with a ``RedisCluster`` client and the tagged key names (``{aiecs}:...``).
+
+One cluster and one broker for the module; every test uses users of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from redis.cluster import RedisCluster as RedisClusterClient
+
+from tests.server.helpers import Recorder, async_wait_until
+from tests.support.events import TERMINAL, wait_until
+from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(300)
+
+PREFIX = "{aiecs}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    nodes = RedisCluster().start()
+    yield nodes
+    nodes.close()
+
+
+@pytest.fixture(scope="module")
+def broker():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def env(cluster, broker) -> dict[str, str]:
+    return {"CELERY_BROKER_URL": broker.url, "REDIS_URL": cluster.url,
+            "AIECS_REDIS_CLUSTER": "1"}
+
+
+@pytest.fixture
+def client(cluster):
+    c = cluster.client()
+    yield c
+    c.close()
+
+
+def uid(what: str) -> str:
+    return f"{what}{uuid.uuid4().hex[:8]}"
+
+
+def body(chunks: int = 3, delay: float = 0.05, op: str = "echo", **extra) -> dict:
+    return {"mode": "test", "service": "echo", "task_name": op,
+            "input_data": {"text": "one two three four five six", "chunks": chunks,
+                           "delay": delay}, **extra}
+
+
+def state_key(user: str, task: str, step: int = 1) -> str:
+    return f"{PREFIX}:t:{user}:{task}:{step}:state"
+
+
+def events(client, user: str, task: str) -> list[dict]:
+    return [json.loads(f[b"e"]) for _, f in client.xrange(f"{PREFIX}:t:{user}:{task}:log")]
+
+
+def terminal(client, user: str, task: str, timeout: float = 60) -> dict:
+    def ended():
+        evs = events(client, user, task)
+        ends = [e for e in evs if e["type"] == "status" and e["status"] in TERMINAL]
+        return ends[-1] if ends else None
+    return wait_until(ended, timeout=timeout, message=f"{task} ended")
+
+
+def status(client, user: str, task: str) -> str | None:
+    raw = client.hget(state_key(user, task), "status")
+    return raw.decode() if raw else None
+
+
+def replay(server, token: str, task_id: str) -> list[dict]:
+    """The events a Socket.IO client subscribing now receives (the replay of the log)."""
+    async def run():
+        rec = Recorder(server, token)
+        await rec.connect()
+        try:
+            assert (await rec.subscribe(task_id))["ok"]
+            return rec.events(task_id)
+        finally:
+            await rec.close()
+    return asyncio.run(run())
+
+
+def test_settings_keep_celery_off_the_cluster(monkeypatch):
+    from aiecs_core import ConfigurationError
+    from aiecs_worker.settings import load_settings
+
+    node, plain = "redis://127.0.0.1:7000/0", "redis://127.0.0.1:6400/0"
+    s = load_settings(aiecs_redis_cluster=True, redis_url=node, celery_broker_url=plain)
+    assert s.redis_target(s.state_redis_url).cluster
+    assert not s.redis_target(s.celery_broker_url).cluster
+    assert s.beat_redis_url == plain  # redbeat cannot use a cluster
+    with pytest.raises(ConfigurationError, match="CELERY_BROKER_URL is REDIS_URL"):
+        load_settings(aiecs_redis_cluster=True, redis_url=node, celery_broker_url=node)
+    with pytest.raises(ConfigurationError, match="CELERY_RESULT_BACKEND is REDIS_URL"):
+        load_settings(aiecs_redis_cluster=True, redis_url=node, celery_broker_url=plain,
+                      celery_result_backend=node)
+    with pytest.raises(ConfigurationError, match="needs REDIS_URL"):
+        load_settings(aiecs_redis_cluster=True, redis_url=None, celery_broker_url=plain)
+
+
+def test_tasks_batch_workflow_and_cancel_on_a_cluster(env, client, start_worker, start_server):
+    start_worker(redis_url=env["REDIS_URL"], concurrency=4, env=env)
+    server = start_server(env["REDIS_URL"], env=env)
+    user = uid("cl")
+    token = server.token(user)
+
+    async def live():  # a client subscribed before the tasks run gets every event live
+        rec = Recorder(server, token)
+        await rec.connect()
+        ids = []
+        for _ in range(3):
+            code, out = await asyncio.to_thread(server.http, "POST", "/tasks", body(),
+                                                token=token)
+            assert code == 202, out
+            ids.append(out["task_id"])
+            assert (await rec.subscribe(out["task_id"]))["ok"]
+        await async_wait_until(lambda: all(
+            (evs := rec.events(t)) and evs[-1]["type"] == "status"
+            and evs[-1]["status"] in TERMINAL for t in ids), timeout=60,
+            message="every terminal event, live")
+        got = {t: rec.events(t) for t in ids}
+        await rec.close()
+        return ids, got
+
+    ids, got = asyncio.run(live())
+    for task in ids:
+        logged = events(client, user, task)
+        assert logged[-1]["status"] == "completed", logged[-1]
+        assert [e["seq"] for e in got[task]] == [e["seq"] for e in logged]
+        # a client subscribing afterwards gets the same events from the log
+        assert [e["seq"] for e in replay(server, token, task)] == [e["seq"] for e in logged]
+        code, view = server.http("GET", f"/tasks/{task}", token=token)
+        assert code == 200 and view["steps"][0]["status"] == "completed", view
+
+    # a batch and a workflow
+    code, out = server.http("POST", "/batches", {"items": [body(), body(), body()]},
+                            token=token)
+    assert code == 202, out
+    batch_id = out["batch_id"]
+    steps = [{"step": 1, "mode": "test", "service": "echo", "operation": "echo",
+              "input_data": {"text": "hello world"}},
+             {"step": 2, "mode": "test", "service": "echo", "operation": "echo",
+              "depends_on": [1], "input_data": {"text": {"$ref": "steps.1.result.text"}}}]
+    code, out = server.http("POST", "/workflows", {"steps": steps, "task_id": "wf"},
+                            token=token)
+    assert code == 202, out
+
+    def batch_done():
+        code, view = server.http("GET", f"/batches/{batch_id}", token=token)
+        return view if code == 200 and view["finished"] else None
+
+    assert wait_until(batch_done, timeout=60, message="the batch")["counts"]["completed"] == 3
+
+    def flow_done():
+        code, view = server.http("GET", "/workflows/wf", token=token)
+        return view if code == 200 and view["status"] != "running" else None
+
+    view = wait_until(flow_done, timeout=60, message="the workflow")
+    assert view["status"] == "completed", view
+    assert [s["result"]["text"] for s in view["steps"]] == ["hello world", "hello world"]
+
+    # a long task, cancelled through the API while it runs
+    code, out = server.http("POST", "/tasks", body(chunks=300, delay=0.1), token=token)
+    assert code == 202, out
+    long = out["task_id"]
+    wait_until(lambda: status(client, user, long) == "running", timeout=60,
+               message="the long task running")
+    code, out = server.http("DELETE", f"/tasks/{long}", token=token)
+    assert code == 202, out
+    assert terminal(client, user, long)["status"] == "cancelled"
+    wait_until(lambda: client.zcard(f"{PREFIX}:pending") == 0, timeout=20,
+               message="nothing left pending")
+    # every key of aiecs is in one slot (the {aiecs} hash tag): each script's keys are
+    keys = list(client.scan_iter(match=f"{PREFIX}:*", target_nodes=RedisClusterClient.ALL_NODES))
+    assert len(keys) > 20 and {client.keyslot(k) for k in keys} == {client.keyslot(PREFIX)}
+
+
+def test_a_dead_workers_executions_run_again(env, client, start_worker, start_server):
+    """The lease and the sweeper on the cluster: a worker SIGKILLed mid-run, its
+    executions run again on the other, each ends once."""
+    lease = {**env, "AIECS_LEASE_SECONDS": "3"}
+    doomed = start_worker(redis_url=env["REDIS_URL"], concurrency=2, env=lease)
+    server = start_server(env["REDIS_URL"], env=env)
+    user = uid("sw")
+    token = server.token(user)
+    ids = []
+    for _ in range(2):
+        code, out = server.http("POST", "/tasks", body(chunks=20, delay=0.1), token=token)
+        assert code == 202, out
+        ids.append(out["task_id"])
+    wait_until(lambda: all(status(client, user, t) == "running" for t in ids), timeout=60,
+               message="both running on the doomed worker")
+    os.kill(doomed.proc.pid, signal.SIGKILL)
+    doomed.proc.wait(10)
+    start_worker(redis_url=env["REDIS_URL"], concurrency=2, env=lease)
+    for task in ids:
+        assert terminal(client, user, task, timeout=120)["status"] == "completed"
+        logged = events(client, user, task)
+        assert sum(e["type"] == "status" and e["status"] in TERMINAL for e in logged) == 1
+        assert sum(e["type"] == "status" and e["status"] == "running" for e in logged) == 2
+    assert client.zcard(f"{PREFIX}:owners") >= 1
+
+
+def health(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aiecs_worker.cli", "health", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_health_tells_a_usable_cluster_from_one_it_cannot_use(env, cluster, broker):
+    ok = health(env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # the state URL on a cluster, but aiecs not told: its keys would span slots
+    bare = health({**env, "AIECS_REDIS_CLUSTER": "0"})
+    assert bare.returncode != 0 and "AIECS_REDIS_CLUSTER" in bare.stdout + bare.stderr, bare
+    # the broker on a cluster node: kombu cannot use a cluster
+    on_node = health({**env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{cluster.ports[1]}/0"})
+    assert on_node.returncode != 0 and "cluster" in on_node.stdout + on_node.stderr, on_node
