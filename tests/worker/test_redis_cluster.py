@@ -225,6 +225,35 @@ def test_a_dead_workers_executions_run_again(env, client, start_worker, start_se
     assert client.zcard(f"{PREFIX}:owners") >= 1
 
 
+def test_a_message_lost_on_the_broker_is_queued_again(env, client, broker, start_worker,
+                                                       start_server):
+    """The reaper of lost messages looks for the queue on the broker (not the cluster,
+    which holds no queue): the message removed from the broker by hand (the loss of a
+    worker killed between kombu's pop and its unacked record) comes back from the PENDING
+    record after 2 x CELERY_VISIBILITY_TIMEOUT; a message still queued does not."""
+    server = start_server(env["REDIS_URL"], env=env)
+    user = uid("lost")
+    token = server.token(user)
+    ids = []
+    for _ in range(2):
+        code, out = server.http("POST", "/tasks", body(), token=token)
+        assert code == 202, out
+        ids.append(out["task_id"])
+    plain = broker.client()
+    queues = [k for k in plain.keys("fast_tasks*") if plain.llen(k)]
+    assert len(queues) == 1 and plain.llen(queues[0]) == 2
+    plain.lpop(queues[0])  # one message is gone; only its PENDING record is left
+    worker = start_worker(redis_url=env["REDIS_URL"], concurrency=2, env={
+        **env, "CELERY_VISIBILITY_TIMEOUT": "2", "AIECS_LEASE_SECONDS": "3"})
+    for task in ids:
+        assert terminal(client, user, task)["status"] == "completed"
+        logged = [e["status"] for e in events(client, user, task) if e["type"] == "status"]
+        assert logged == ["pending", "running", "completed"], logged
+    assert worker.log().count("its message was lost in transit; queued again") == 1
+    wait_until(lambda: client.zcard(f"{PREFIX}:pending") == 0, timeout=20,
+               message="nothing left pending")
+
+
 def health(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aiecs_worker.cli", "health", *args],
                           env={**os.environ, **env}, capture_output=True, text=True,

@@ -1,8 +1,10 @@
 """``aiecs health``: the checks behind liveness and readiness probes.
 
 - **broker**: a connection to ``CELERY_BROKER_URL`` opens (kombu's Redis channel PINGs
-  as it opens);
-- **state**: the state Redis (``REDIS_URL``) answers a PING;
+  as it opens), and a Redis broker is not a Redis Cluster node (kombu cannot use one);
+- **state**: the state Redis (``REDIS_URL``) answers a PING, and is a Redis Cluster node
+  exactly when AIECS_REDIS_CLUSTER says so (aiecs's keys span slots on a cluster it was
+  not told of), a cluster that serves every slot (``cluster_state:ok``);
 - with ``--worker``, this host's worker:
   - **node**: each Celery node named by ``--node`` (``%h`` is this host's name, as in
     ``celery worker --hostname``) answers a control ``ping`` through the broker: its
@@ -69,7 +71,13 @@ def check_broker(app, timeout: float) -> Check:
                                   "socket_connect_timeout": timeout}
         try:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
-            conn.default_channel  # noqa: B018 - opening the channel PINGs a Redis broker
+            channel = conn.default_channel  # opening the channel PINGs a Redis broker
+            redis_client = getattr(channel, "client", None)
+            if (redis_client is not None and hasattr(redis_client, "info")
+                    and _cluster_enabled(redis_client)):
+                return Check("broker", False, f"{conn.as_uri()} is a Redis Cluster node: "
+                             "kombu cannot use a cluster; point CELERY_BROKER_URL at a plain "
+                             "Redis or RabbitMQ (docs/operations.md, \"On a Redis Cluster\")")
             return Check("broker", True, conn.as_uri())
         finally:
             conn.release()
@@ -77,8 +85,33 @@ def check_broker(app, timeout: float) -> Check:
     return _guard("broker", run)
 
 
-def check_state(client) -> Check:
-    return _guard("state", lambda: Check("state", bool(client.ping()), "Redis PING"))
+def _cluster_enabled(client) -> bool:
+    """Whether a Redis server runs in cluster mode (``INFO cluster``)."""
+    return bool(int(client.info("cluster").get("cluster_enabled", 0)))
+
+
+def check_state(client, cluster: bool = False) -> Check:
+    """The state Redis answers, and is a cluster (serving every slot) when ``cluster``
+    (AIECS_REDIS_CLUSTER), a plain Redis otherwise."""
+    def run() -> Check:
+        if not client.ping():
+            return Check("state", False, "Redis PING")
+        if not cluster:
+            if _cluster_enabled(client):
+                return Check("state", False, "REDIS_URL is a Redis Cluster node and "
+                             "AIECS_REDIS_CLUSTER is not set: aiecs's keys would span slots "
+                             "(MOVED, CROSSSLOT); set AIECS_REDIS_CLUSTER=1 in every process")
+            return Check("state", True, "Redis PING")
+        if not _cluster_enabled(client):
+            return Check("state", False, "AIECS_REDIS_CLUSTER is set but REDIS_URL is not a "
+                         "Redis Cluster node; unset it (and restart every process)")
+        state = client.cluster_info().get("cluster_state")
+        if state != "ok":
+            return Check("state", False, f"Redis Cluster state {state!r} (not every slot "
+                         "served)")
+        return Check("state", True, "Redis PING, Redis Cluster state ok")
+
+    return _guard("state", run)
 
 
 def node_names(patterns: list[str]) -> list[str]:
@@ -175,7 +208,7 @@ def check_all(*, worker: bool, nodes: list[str], server: str | None, timeout: fl
     client = sync_client(s.state_redis_url, socket_timeout=timeout,
                          socket_connect_timeout=timeout)
     try:
-        checks = [check_broker(app, timeout), check_state(client)]
+        checks = [check_broker(app, timeout), check_state(client, s.aiecs_redis_cluster)]
         if worker:
             # the ping needs the broker, the leases the state Redis
             checks.append(check_nodes(app, node_names(nodes), timeout) if checks[0].ok

@@ -13,12 +13,16 @@ from ..app import app
 from ..ops import background
 from ..producer.advance import sweep_due
 from ..store.keys import RETENTION_KEY
-from ..store.lease import HEARTBEAT_KEYS, REAP_KEYS, SWEEP_KEYS
+from ..store.connection import sync_client
+from ..store.lease import HEARTBEAT_KEYS, REAP_KEYS, SWEEP_KEYS, queue_names
 from .context import RuntimeState
 
 __all__ = ["SweeperMixin"]
 
 log = logging.getLogger("aiecs.worker")
+
+#: kombu's Redis transport names a queue's priority lists ``queue + this + step``.
+_PRIORITY_SEP = "\x06\x16"
 
 
 class SweeperMixin(RuntimeState):
@@ -57,12 +61,16 @@ class SweeperMixin(RuntimeState):
         how many were queued (or released or ended)."""
         queued = await self._sweep_dead_owners()
         queued += await self._release_held()
+        s = self.settings
+        elsewhere = not s.broker_is_amqp and s.celery_broker_url != s.state_redis_url
         lost = await self._reap(keys=REAP_KEYS, args=[
-            2 * self.settings.celery_visibility_timeout * 1000, 16, "\x06\x16",
-            "1" if self.settings.broker_is_amqp else ""])
+            2 * s.celery_visibility_timeout * 1000, 16, _PRIORITY_SEP,
+            "1" if s.broker_is_amqp else "2" if elsewhere else ""])
         lost = [x.decode() if isinstance(x, bytes) else x for x in lost]
         for i in range(0, len(lost), 5):
             state_key, celery_id, task, queue, request = lost[i:i + 5]
+            if elsewhere and await self.loop.run_in_executor(None, self._queued, queue):
+                continue  # its queue on the broker is not empty: the message may be there
             await self.loop.run_in_executor(None, self._send_again, task, queue, request,
                                             celery_id)
             log.warning("execution %s (%s) still PENDING with an empty queue: its message "
@@ -88,6 +96,15 @@ class SweeperMixin(RuntimeState):
                         state_key, "" if charged else " (crash not charged to it: suspect)")
             queued += 1
         return queued
+
+    def _queued(self, queue: str) -> int:
+        """Messages waiting in ``queue`` on the broker's Redis (when it is not the state
+        Redis: a Redis Cluster's, say)."""
+        client = getattr(self, "_broker_redis", None)
+        if client is None:
+            client = self._broker_redis = sync_client(self.settings.celery_broker_url,
+                                                      socket_timeout=5)
+        return sum(client.llen(name) for name in queue_names(queue, _PRIORITY_SEP))
 
     @staticmethod
     def _send_again(task: str, queue: str, request: str, celery_id: str) -> None:

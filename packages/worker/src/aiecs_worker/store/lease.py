@@ -67,6 +67,7 @@ __all__ = [
     "WORKER_HOST",
     "holder_is_dead_here",
     "make_owner",
+    "queue_names",
 ]
 
 # KEYS: owners, suspect.  ARGV: owner, lease_ms, suspect state key held ('' if none).
@@ -119,7 +120,9 @@ return out
 """
 
 # KEYS: pending.  ARGV: age (ms), how many at most, the queue-name separator of kombu's
-# priority queues, '1' to only drop stale entries (RabbitMQ: nothing is lost in transit).
+# priority queues, '1' to only drop stale entries (RabbitMQ: nothing is lost in transit),
+# '2' when the broker is another Redis (a Redis Cluster's state never holds the queues):
+# every old entry is returned (and stamped), the caller looks at its queue on the broker.
 # PENDING executions older than ``age`` whose queue is empty (so their message is
 # nowhere: kombu's Redis transport pops a message before it records it as
 # unacknowledged, and a worker killed in between loses it) are returned, flat:
@@ -127,6 +130,9 @@ return out
 # anew so it is sent again at most once per ``age``. Stale entries are dropped.
 REAP_LUA = f"""
 {NOW_MS_LUA}
+local function queue_names(q, sep)
+  return {{q, q .. sep .. '3', q .. sep .. '6', q .. sep .. '9'}}
+end
 local out = {{}}
 local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms - tonumber(ARGV[1]),
                        'LIMIT', 0, ARGV[2])
@@ -137,8 +143,8 @@ for _, k in ipairs(old) do
   elseif ARGV[4] ~= '1' then
     local q = f[4] or ''
     local n = 0
-    for _, name in ipairs({{q, q .. ARGV[3] .. '3', q .. ARGV[3] .. '6', q .. ARGV[3] .. '9'}}) do
-      n = n + redis.call('LLEN', name)
+    if ARGV[4] ~= '2' then
+      for _, name in ipairs(queue_names(q, ARGV[3])) do n = n + redis.call('LLEN', name) end
     end
     if n == 0 then
       redis.call('ZADD', KEYS[1], now_ms, k)
@@ -149,6 +155,12 @@ for _, k in ipairs(old) do
 end
 return out
 """
+
+def queue_names(queue: str, separator: str) -> list[str]:
+    """The broker lists of a queue (kombu's Redis transport: one per priority step), as
+    :data:`REAP_LUA` counts them."""
+    return [queue, *(f"{queue}{separator}{n}" for n in (3, 6, 9))]
+
 
 SWEEP_KEYS = [OWNERS_KEY, SUSPECT_KEY]
 HEARTBEAT_KEYS = [OWNERS_KEY, SUSPECT_KEY]

@@ -65,18 +65,19 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     try:
         # the PENDING record, its event and its admission: one round trip
         with client.pipeline(transaction=False) as pipe:
-            _script(client, PENDING_PUBLISH_LUA)(
-                keys=[state_key, steps_key(request.user_id, request.task_id),
-                      celery_index_key(celery_id), PENDING_KEY, *ev_keys],
-                args=[celery_id, ttl, time.time(), request.user_id, request.task_name,
-                      request.step, request.model_dump_json(), queue, task, *ev_args],
-                client=pipe)
+            _pipelined(client, pipe, PENDING_PUBLISH_LUA,
+                       keys=[state_key, steps_key(request.user_id, request.task_id),
+                             celery_index_key(celery_id), PENDING_KEY, *ev_keys],
+                       args=[celery_id, ttl, time.time(), request.user_id,
+                             request.task_name, request.step, request.model_dump_json(),
+                             queue, task, *ev_args])
             if eta is not None:
                 pipe.eval(_ETA_LUA, 2, state_key, PENDING_KEY, eta, int(eta * 1000))
             a_keys, a_args = admit_args(s, state_key, request.user_id, queue, eta)
-            _script(client, ADMIT_LUA)(keys=a_keys, args=a_args, client=pipe)
+            _pipelined(client, pipe, ADMIT_LUA, keys=a_keys, args=a_args)
             out = pipe.execute()
     except Exception:  # noqa: BLE001
+        _loaded.clear()  # a node restarted without its scripts, say: load them again
         return ""
     seq, decision = out[0], out[-1]
     if not seq:
@@ -103,6 +104,27 @@ def _script(client: Any, script: str) -> Any:
     if obj is None:
         obj = _registered[(id(client), script)] = client.register_script(script)
     return obj
+
+
+#: the (client, script) pairs loaded on a Redis Cluster's primaries (see _pipelined)
+_loaded: set[tuple[int, str]] = set()
+
+
+def _pipelined(client: Any, pipe: Any, script: str, *, keys: list[Any],
+               args: list[Any]) -> None:
+    """Queue a script in ``client``'s pipeline ``pipe``: a Script object (which loads it
+    as the pipeline runs), but on a Redis Cluster, whose pipeline refuses them, a plain
+    EVALSHA of the script loaded beforehand on every primary."""
+    obj = _script(client, script)
+    from redis.cluster import ClusterPipeline
+
+    if not isinstance(pipe, ClusterPipeline):
+        obj(keys=keys, args=args, client=pipe)
+        return
+    if (id(client), script) not in _loaded:
+        client.script_load(script)  # SCRIPT LOAD goes to every primary
+        _loaded.add((id(client), script))
+    pipe.execute_command("EVALSHA", obj.sha, len(keys), *keys, *args)
 
 
 def _iso(ts: float) -> str:
@@ -155,8 +177,12 @@ def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],
     # what the record was, read in the same transaction as the transition (for the metrics)
     with client.pipeline(transaction=True) as pipe:
         pipe.hmget(state_key, "status", "deliveries", "queue", "request")
-        _script(client, FINISH_PUBLISH_LUA)(keys=keys, args=args, client=pipe)
-        prior, seq = pipe.execute()
+        _pipelined(client, pipe, FINISH_PUBLISH_LUA, keys=keys, args=args)
+        try:
+            prior, seq = pipe.execute()
+        except Exception:
+            _loaded.clear()
+            raise
     seq = int(seq)
     if seq:
         _count_end(prior, request, status)
