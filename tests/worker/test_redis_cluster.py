@@ -20,7 +20,6 @@ import sys
 import uuid
 
 import pytest
-
 from redis.cluster import RedisCluster as RedisClusterClient
 
 from tests.server.helpers import Recorder, async_wait_until

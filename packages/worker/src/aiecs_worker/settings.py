@@ -264,7 +264,8 @@ class Settings(EnvSettings):
     # --- aiecs state and events ------------------------------------------------------------
     redis_url: str | None = None
     """REDIS_URL: Redis for task state, the event log and pub/sub (default: the broker);
-    a plain URL or the Sentinel form of CELERY_BROKER_URL."""
+    a plain URL, the Sentinel form of CELERY_BROKER_URL, or a Redis Cluster node (with
+    AIECS_REDIS_CLUSTER)."""
     aiecs_sentinel_master: str | None = None
     """AIECS_SENTINEL_MASTER: the name the sentinels know the master by (required when a
     Redis URL is a ``sentinel://`` one; every Sentinel URL of the deployment names it)."""

@@ -221,11 +221,11 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
         ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel,
                                        s.aiecs_events_maxlen, s.aiecs_events_ttl)
         kwargs = request.model_dump(mode="json")
-        pipe.execute_command("EVALSHA", sha, 6, TaskKeys(user_id, request.task_id).state(1),
-                     steps_key(user_id, request.task_id), celery_index_key(celery_id),
-                     PENDING_KEY, *ev_keys, celery_id, s.aiecs_events_ttl, time.time(),
-                     user_id, request.task_name, 1, json.dumps(kwargs), queue, task, key,
-                     *ev_args)
+        pipe.execute_command(
+            "EVALSHA", sha, 6, TaskKeys(user_id, request.task_id).state(1),
+            steps_key(user_id, request.task_id), celery_index_key(celery_id), PENDING_KEY,
+            *ev_keys, celery_id, s.aiecs_events_ttl, time.time(), user_id, request.task_name,
+            1, json.dumps(kwargs), queue, task, key, *ev_args)
         # sent now, or held behind the user's fair-share window (see aiecs_worker.store.hold)
         a_keys, a_args = admit_args(s, TaskKeys(user_id, request.task_id).state(1), user_id,
                                     queue, None)
@@ -256,8 +256,8 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
         chunk = ids[start:start + _CHUNK]
         pipe = client.pipeline(transaction=False)
         for task_id in chunk:
-            pipe.execute_command("EVALSHA", sha, 1, TaskKeys(user_id, task_id).state(1), time.time(),
-                         s.aiecs_events_ttl)
+            pipe.execute_command("EVALSHA", sha, 1, TaskKeys(user_id, task_id).state(1),
+                                 time.time(), s.aiecs_events_ttl)
         marks = pipe.execute()
         now_marked = [celery_task_id(user_id, task_id, 1)
                       for task_id, ok in zip(chunk, marks, strict=True) if ok]

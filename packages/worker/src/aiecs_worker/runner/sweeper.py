@@ -12,8 +12,8 @@ import time
 from ..app import app
 from ..ops import background
 from ..producer.advance import sweep_due
-from ..store.keys import RETENTION_KEY
 from ..store.connection import sync_client
+from ..store.keys import RETENTION_KEY
 from ..store.lease import HEARTBEAT_KEYS, REAP_KEYS, SWEEP_KEYS, queue_names
 from .context import RuntimeState
 

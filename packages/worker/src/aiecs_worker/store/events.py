@@ -368,7 +368,8 @@ class RedisEventPublisher:
                     pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
                 else:
                     keys, args = finish_args(keys, args, *finish)
-                    pipe.execute_command("EVALSHA", self._finish_script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("EVALSHA", self._finish_script.sha, len(keys),
+                                         *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
 
     async def aclose(self) -> None:
