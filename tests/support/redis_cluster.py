@@ -38,7 +38,9 @@ def cluster_port() -> int:
 
 @dataclass
 class RedisCluster:
-    ports: list[int] = field(default_factory=lambda: [cluster_port() for _ in range(3)])
+    #: replicas per primary (``--cluster-replicas``): 0, or 1 for six nodes
+    replicas: int = 0
+    ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="aiecs-cluster-")))
 
@@ -49,6 +51,8 @@ class RedisCluster:
     def start(self, timeout: float = 30.0) -> RedisCluster:
         import redis
 
+        if not self.ports:
+            self.ports = [cluster_port() for _ in range(3 * (1 + self.replicas))]
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if binary is None or cli is None:
             raise RuntimeError("redis-server / redis-cli are not installed")
@@ -65,14 +69,17 @@ class RedisCluster:
             self._wait(lambda p=port: redis.Redis(port=p, socket_timeout=0.5).ping(),
                        timeout, f"node {port} to answer")
         subprocess.run([cli, "--cluster", "create",
-                        *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
+                        *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=timeout)
 
         def ready() -> bool:
             for port in self.ports:
-                info = redis.Redis(port=port, socket_timeout=0.5).cluster("info")
-                if info.get("cluster_state") != "ok":
+                node = redis.Redis(port=port, socket_timeout=0.5)
+                if node.cluster("info").get("cluster_state") != "ok":
+                    return False
+                if node.info("replication").get("master_link_status", "up") != "up":
                     return False
             return True
 
@@ -96,6 +103,47 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out waiting for {what}: {self._logs()}")
             time.sleep(0.05)
+
+    def primary_of(self, key: str) -> int:
+        """The port of the primary serving ``key``'s slot now."""
+        client = self.client()
+        try:
+            return client.get_node_from_key(key).port
+        finally:
+            client.close()
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (nothing flushed, nothing handed over)."""
+        proc = self.procs[self.ports.index(port)]
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def wait_promoted(self, key: str, dead: int, timeout: float = 30.0) -> int:
+        """Wait until a replica serves ``key``'s slot in place of the dead primary."""
+        import redis
+
+        alive = next(p for p in self.ports if p != dead)
+
+        def promoted() -> int | None:
+            from redis.cluster import RedisCluster as Client
+
+            client = Client(host="127.0.0.1", port=alive, socket_timeout=0.5)
+            try:
+                port = client.get_node_from_key(key).port
+            finally:
+                client.close()
+            return port if port != dead else None
+
+        port = None
+
+        def ready() -> bool:
+            nonlocal port
+            port = promoted()
+            return port is not None and redis.Redis(port=alive).cluster("info").get(
+                "cluster_state") == "ok"
+
+        self._wait(ready, timeout, "a replica promoted")
+        return port
 
     def client(self, **kwargs):
         from redis.cluster import RedisCluster as Client

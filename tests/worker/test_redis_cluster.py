@@ -268,3 +268,46 @@ def test_health_tells_a_usable_cluster_from_one_it_cannot_use(env, cluster, brok
     # the broker on a cluster node: kombu cannot use a cluster
     on_node = health({**env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{cluster.ports[1]}/0"})
     assert on_node.returncode != 0 and "cluster" in on_node.stdout + on_node.stderr, on_node
+
+
+@pytest.mark.faults
+def test_the_primary_of_aiecs_slot_killed_mid_run(broker, start_worker, start_server):
+    """A cluster with a replica per primary; the primary serving ``{aiecs}``'s slot is
+    SIGKILLed while executions run; its replica is promoted and every execution ends
+    exactly once (asynchronous replication may lose the last writes: an execution may run
+    again, never end twice)."""
+    nodes = RedisCluster(replicas=1).start()
+    try:
+        doomed = nodes.primary_of(PREFIX)
+        # the URL (and the pub/sub node) is another primary's
+        other = next(p for p in nodes.ports if p != doomed)
+        url = f"redis://127.0.0.1:{other}/0"
+        env = {"CELERY_BROKER_URL": broker.url, "REDIS_URL": url, "AIECS_REDIS_CLUSTER": "1",
+               "AIECS_LEASE_SECONDS": "6"}
+        start_worker(redis_url=url, concurrency=8, env=env)
+        server = start_server(url, env=env)
+        user = uid("fo")
+        token = server.token(user)
+        ids = []
+        for _ in range(40):
+            code, out = server.http("POST", "/tasks", body(chunks=10, delay=0.2), token=token)
+            assert code == 202, out
+            ids.append(out["task_id"])
+        client = nodes.client()
+        wait_until(lambda: sum(status(client, user, t) == "completed" for t in ids) >= 5,
+                   timeout=60, message="some executions done")
+        client.close()
+        nodes.kill(doomed)
+        nodes.wait_promoted(PREFIX, doomed)
+        client = nodes.client()
+        for task in ids:
+            logged = wait_until(
+                lambda t=task: (evs := [e for e in events(client, user, t)
+                                        if e["type"] == "status"])
+                and evs[-1]["status"] in TERMINAL and evs, timeout=180,
+                message=f"{task} ended")
+            ends = [e["status"] for e in logged if e["status"] in TERMINAL]
+            assert ends == ["completed"], (task, ends)
+        client.close()
+    finally:
+        nodes.close()
