@@ -121,9 +121,13 @@ def test_settings_keep_celery_off_the_cluster(monkeypatch):
         load_settings(aiecs_redis_cluster=True, redis_url=None, celery_broker_url=plain)
 
 
-def test_tasks_batch_workflow_and_cancel_on_a_cluster(env, client, start_worker, start_server):
+def test_tasks_batch_workflow_and_cancel_on_a_cluster(env, client, start_worker, start_server,
+                                                      start_recorder, tmp_path):
     start_worker(redis_url=env["REDIS_URL"], concurrency=4, env=env)
-    server = start_server(env["REDIS_URL"], env=env)
+    # the history recorder reads the outbox on the cluster
+    database = f"sqlite:///{tmp_path / 'history.db'}"
+    start_recorder(redis_url=env["REDIS_URL"], env=env, database_url=database)
+    server = start_server(env["REDIS_URL"], env={**env, "AIECS_DATABASE_URL": database})
     user = uid("cl")
     token = server.token(user)
 
@@ -193,6 +197,13 @@ def test_tasks_batch_workflow_and_cancel_on_a_cluster(env, client, start_worker,
     assert terminal(client, user, long)["status"] == "cancelled"
     wait_until(lambda: client.zcard(f"{PREFIX}:pending") == 0, timeout=20,
                message="nothing left pending")
+    # the recorder wrote every finished execution to the history database
+    wait_until(lambda: client.xlen(f"{PREFIX}:outbox") == 0, timeout=30,
+               message="the outbox recorded")
+    code, out = server.http("GET", "/executions?limit=50", token=token)
+    assert code == 200, out
+    # 3 tasks, 3 batch items, 2 workflow steps, the cancelled one
+    assert len(out["items"]) == 9, out
     # every key of aiecs is in one slot (the {aiecs} hash tag): each script's keys are
     keys = list(client.scan_iter(match=f"{PREFIX}:*", target_nodes=RedisClusterClient.ALL_NODES))
     assert len(keys) > 20 and {client.keyslot(k) for k in keys} == {client.keyslot(PREFIX)}

@@ -163,6 +163,7 @@ def forget_command(user_id: str, yes: bool) -> None:
 
     from ..history.database import DatabaseUnavailable, HistoryDatabase
     from ..history.forget import forget
+    from ..store.connection import sync_client
     from ..settings import get_settings
 
     if not re.fullmatch(ID_PATTERN, user_id):
@@ -173,8 +174,8 @@ def forget_command(user_id: str, yes: bool) -> None:
                       "and their ended executions in Redis?", abort=True)
     database = HistoryDatabase(settings.database_url,
                                timeout=max(settings.aiecs_database_timeout, 300))
-    client = redis.Redis.from_url(settings.state_redis_url, socket_connect_timeout=5,
-                                  socket_timeout=30)
+    client = sync_client(settings.state_redis_url, socket_connect_timeout=5,
+                         socket_timeout=30)
     try:
         out = database.run_sync(lambda engine: forget(engine, client, user_id))
     except DatabaseUnavailable as exc:

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from ..settings import Settings, get_settings
+from ..store.connection import sync_client
 from ..store.keys import OUTBOX_GROUP, OUTBOX_KEY, TaskKeys, schedule_key
 from . import require
 from .metrics import RecorderMetrics
@@ -60,7 +61,7 @@ class Recorder:
         self._writes = writes
         self.database_url = database_url or s.database_url
         self.engine = db.connect(self.database_url)
-        self.redis = redis.Redis.from_url(redis_url or s.state_redis_url, socket_timeout=10)
+        self.redis = sync_client(redis_url or s.state_redis_url, settings=s, socket_timeout=10)
         # the event logs as Redis sends them ([id, [field, value, ...]] per entry): redis-py's
         # XRANGE callback builds a dict per entry, a third of the recorder's CPU per row
         self.redis.set_response_callback("XRANGE", _raw)
