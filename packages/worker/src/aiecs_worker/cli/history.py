@@ -163,8 +163,8 @@ def forget_command(user_id: str, yes: bool) -> None:
 
     from ..history.database import DatabaseUnavailable, HistoryDatabase
     from ..history.forget import forget
-    from ..store.connection import sync_client
     from ..settings import get_settings
+    from ..store.connection import sync_client
 
     if not re.fullmatch(ID_PATTERN, user_id):
         fail(f"USER_ID must match {ID_PATTERN}", 2)
