@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="runs of each overhead variant")
     parser.add_argument("--scenarios", default="noop,chat", help="overhead drains to run")
     parser.add_argument("--recorders", type=int, default=1, help="recorders of the rate part")
+    parser.add_argument("--databases", default="sqlite,postgresql",
+                        help="databases of the rate and latency parts")
     args = parser.parse_args(argv)
     size = dict(SIZES["quick" if args.quick else "full"])
     if args.repeats:
@@ -304,13 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     procs.install_signal_handlers()
     out: dict = {"sizes": size, "cpus": os.cpu_count(),
                  "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    pg = _postgres() if {"rate", "latency"} & set(parts) else None
+    pg = (_postgres() if {"rate", "latency"} & set(parts)
+          and "postgresql" in args.databases.split(",") else None)
     try:
         if "overhead" in parts:
             log("overhead (history off / on)")
             out["overhead"] = overhead(size, log)
         for name, url in (("sqlite", lambda: f"sqlite:///{tmpdir('hist')}/h.db"),
                           ("postgresql", lambda: pg.create_database())):
+            if name not in args.databases.split(","):
+                continue
             if "rate" in parts:
                 out.setdefault("rate", {})[name] = r = rate(url(), size["rate"],
                                                             args.recorders)

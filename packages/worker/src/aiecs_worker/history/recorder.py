@@ -9,6 +9,12 @@ One loop per process (``aiecs recorder``; ``aiecs dev`` starts one); several may
 3. write them in one transaction, idempotently (``ON CONFLICT DO NOTHING`` on the identity);
 4. after the commit, ``XACK`` + ``XDEL`` them (one pipeline).
 
+:meth:`Recorder.run` overlaps the steps: while one batch is written and acknowledged (a
+writer thread; the driver waits on the database without the GIL), the next is read and
+built. At most one batch is being written and one more is ready, so at most two batches
+are pending under this consumer; the one waiting keeps its claim fresh like the one being
+written. :meth:`Recorder.step` does the same steps one after the other (tests, tools).
+
 A crash between 3 and 4 leaves the entries pending: another recorder claims them
 (``XAUTOCLAIM`` once idle AIECS_RECORDER_CLAIM_IDLE) and writes them again, adding nothing.
 A database that does not answer slows no task: the recorder retries with backoff (keeping
@@ -24,6 +30,7 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -34,7 +41,7 @@ from ..store.keys import OUTBOX_GROUP, OUTBOX_KEY, TaskKeys, schedule_key
 from . import require
 from .metrics import RecorderMetrics
 from .retention import RetentionJob
-from .rows import Record, build, compact_events, decode_entry
+from .rows import Record, build, compact_events_json, decode_entry
 
 __all__ = ["Recorder", "consumer_name"]
 
@@ -92,13 +99,25 @@ class Recorder:
             self.prepare()
         log.info("recorder %s: outbox %s -> %s", self.consumer, OUTBOX_KEY,
                  self.engine.url.render_as_string(hide_password=True))
-        while not self.stop_event.is_set():
-            try:
-                self.step()
-            except redis.RedisError as exc:  # Redis away: wait for it
-                log.warning("recorder: Redis unreachable (%s); retrying", exc)
-                self.stop_event.wait(1.0)
-        self.engine.dispose()
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiecs-recorder-write")
+        writing: Future[int] | None = None
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    batch = self._next_batch()
+                    if writing is not None and (batch is not None or writing.done()):
+                        self._finish(writing, batch)
+                        writing = None
+                    if batch is not None and not self.stop_event.is_set():
+                        writing = writer.submit(self._commit, *batch)
+                except redis.RedisError as exc:  # Redis away: wait for it
+                    log.warning("recorder: Redis unreachable (%s); retrying", exc)
+                    self.stop_event.wait(1.0)
+            if writing is not None:
+                self._finish(writing, None)
+        finally:
+            writer.shutdown(wait=True)
+            self.engine.dispose()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -106,13 +125,38 @@ class Recorder:
     def step(self) -> int:
         """One round: retention when due, claim idle entries when due, read and record a
         batch. Returns the number of entries acknowledged."""
+        batch = self._next_batch()
+        return 0 if batch is None else self._commit(*batch)
+
+    def _next_batch(self) -> tuple[list[Record], list[str]] | None:
+        """Retention when due, claim idle entries when due, read a batch and build its
+        records (``(records, entry ids)``); None when there is nothing to record."""
         if self.retention is not None:
             self.retention.maybe_run()
         entries = self._claim_idle() or self._read()
         self._gauges()
         if not entries:
-            return 0
-        return self.record(entries)
+            return None
+        return self._build(entries), [e[0] for e in entries]
+
+    def _finish(self, writing: Future[int], ready: tuple[list[Record], list[str]] | None
+                ) -> None:
+        """Wait for the batch being written; meanwhile keep the claim on the ``ready``
+        batch's entries fresh (a slow database must not let another recorder take them
+        over while they wait here). A failure to acknowledge leaves the entries pending
+        (written again later, adding nothing): logged."""
+        touch = self.settings.aiecs_recorder_claim_idle / 3
+        while True:
+            try:
+                writing.result(timeout=touch)
+                return
+            except TimeoutError:
+                if ready is not None:
+                    self._touch(ready[1])
+            except redis.RedisError as exc:
+                log.warning("recorder: acknowledging a batch failed (%s); its entries stay "
+                            "pending and are recorded again, adding nothing", _short(exc))
+                return
 
     def _read(self) -> list[tuple[str, dict[str, str]]]:
         """A batch: wait up to AIECS_RECORDER_WAIT_MS for a first entry, then fill the
@@ -174,6 +218,10 @@ class Recorder:
     def record(self, entries: list[tuple[str, dict[str, str]]]) -> int:
         """Write ``entries`` (retrying until the database answers), then acknowledge and
         delete them. Returns how many were acknowledged."""
+        return self._commit(self._build(entries), [e[0] for e in entries])
+
+    def _build(self, entries: list[tuple[str, dict[str, str]]]) -> list[Record]:
+        """The records of ``entries``, with their event logs (one Redis round trip)."""
         s = self.settings
         records: list[Record] = []
         for entry_id, fields in entries:
@@ -184,10 +232,15 @@ class Recorder:
             else:
                 records.append(rec)
         self._attach_events(records)
-        written = self._write_until_done(records, [e[0] for e in entries])
+        return records
+
+    def _commit(self, records: list[Record], ids: list[str]) -> int:
+        """Write ``records`` (retrying until the database answers), then acknowledge and
+        delete the entries ``ids``. Returns how many were acknowledged (0 when stopping:
+        the entries stay pending for the next recorder)."""
+        written = self._write_until_done(records, ids)
         if written is None:
-            return 0  # stopping: the entries stay pending for the next recorder
-        ids = [e[0] for e in entries]
+            return 0
         with self.redis.pipeline(transaction=False) as p:
             p.xack(OUTBOX_KEY, OUTBOX_GROUP, *ids)
             p.xdel(OUTBOX_KEY, *ids)
@@ -210,7 +263,7 @@ class Recorder:
         for i, rec in enumerate(records):
             raw, scheduled = out[2 * i], out[2 * i + 1]
             if isinstance(raw, list):
-                rec.events = compact_events(raw, rec.row["step"])
+                rec.events = compact_events_json(raw, rec.row["step"])
             if scheduled == 1 and not rec.row["schedule_id"]:
                 rec.row["schedule_id"] = rec.row["task_id"]
 
@@ -228,18 +281,18 @@ class Recorder:
                 return None
             delay = min(delay * 2, 5.0)
             if time.monotonic() - last_touch > self.settings.aiecs_recorder_claim_idle / 3:
-                # keep these entries ours: reset their idle time so no one claims them
-                self.redis.xclaim(OUTBOX_KEY, OUTBOX_GROUP, self.consumer, 0,
-                                  list[Any](ids), justid=True)
+                self._touch(ids)
                 last_touch = time.monotonic()
             self._gauges()
 
-    def _write(self, records: list[Record]) -> int:
-        import json
+    def _touch(self, ids: list[str]) -> None:
+        """Keep these entries ours: reset their idle time so no one claims them."""
+        self.redis.xclaim(OUTBOX_KEY, OUTBOX_GROUP, self.consumer, 0, list[Any](ids),
+                          justid=True)
 
+    def _write(self, records: list[Record]) -> int:
         rows = [r.row for r in records]
-        events = [{**r.identity, "events_json": json.dumps(r.events, separators=(",", ":"))}
-                  for r in records if r.events]
+        events = [{**r.identity, "events_json": r.events} for r in records if r.events]
         payloads = [r.payload for r in records if r.payload is not None]
         with self.engine.begin() as conn:
             return self._writes.write_batch(conn, rows, events, payloads)

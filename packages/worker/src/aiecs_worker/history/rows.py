@@ -16,14 +16,16 @@ from aiecs_core import redact, redact_json
 
 from ..store.keys import group_ids, parse_state_key
 
-__all__ = ["ERROR_MESSAGE_CAP", "Record", "build", "compact_events", "decode_entry"]
+__all__ = ["ERROR_MESSAGE_CAP", "Record", "build", "compact_events", "compact_events_json",
+           "decode_entry"]
 
 #: Characters of an error message a row keeps (the column's size).
 ERROR_MESSAGE_CAP = 1000
 
 
 class Record:
-    """One finished execution: its row, and the keys of its event log."""
+    """One finished execution: its row, its payload (opt-in) and its compacted event log
+    (JSON text, set by the recorder)."""
 
     __slots__ = ("entry_id", "events", "payload", "row")
 
@@ -31,7 +33,7 @@ class Record:
         self.entry_id = entry_id
         self.row = row
         self.payload = payload
-        self.events: list[dict[str, Any]] | None = None
+        self.events: str | None = None
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -159,11 +161,22 @@ def build(entry_id: str, fields: dict[str, str], *, payloads: bool = False,
 
 
 def compact_events(raw: list[Any], step: int) -> list[dict[str, Any]]:
+    """:func:`compact_events_json`'s events as data (an empty list when there are none)."""
+    text = compact_events_json(raw, step)
+    return json.loads(text) if text is not None else []
+
+
+def compact_events_json(raw: list[Any], step: int) -> str | None:
     """The events of ``step`` from a task's log (XRANGE entries, field ``e``; the fields as
-    a dict or as Redis sends them, a flat list), compacted:
-    the deltas of the stream events between two status events are merged into the first of
-    them (the text a client saw, in one event; progress events in between are kept)."""
-    out: list[dict[str, Any]] = []
+    a dict or as Redis sends them, a flat list), compacted, as one JSON array (None when
+    there are none): the deltas of the stream events between two status events are merged
+    into the first of them (the text a client saw, in one event; progress events in
+    between are kept).
+
+    Every event is parsed (its step and type decide), but only a merged stream event is
+    encoded again: the others go into the array as the text the log holds (the recorder's
+    CPU per row: encoding the whole log again cost as much as parsing it)."""
+    parts: list[str | dict[str, Any]] = []
     open_stream: dict[str, Any] | None = None
     for _id, fields in raw:
         if isinstance(fields, dict):
@@ -174,8 +187,9 @@ def compact_events(raw: list[Any], step: int) -> list[dict[str, Any]]:
         if data is None:
             continue
         try:
-            ev = json.loads(data)
-        except ValueError:
+            text = data.decode() if isinstance(data, bytes) else str(data)
+            ev = _loads(text)
+        except ValueError:  # not UTF-8 (UnicodeDecodeError) or not JSON
             continue
         if not isinstance(ev, dict) or ev.get("step") != step:
             continue
@@ -184,7 +198,18 @@ def compact_events(raw: list[Any], step: int) -> list[dict[str, Any]]:
                 open_stream["delta"] += ev["delta"]
                 continue
             open_stream = ev
-        elif ev.get("type") == "status":
+            parts.append(ev)  # encoded at the end: later deltas join it
+            continue
+        if ev.get("type") == "status":
             open_stream = None
-        out.append(ev)
-    return out
+        parts.append(text)
+    if not parts:
+        return None
+    return "[" + ",".join(p if isinstance(p, str) else _dumps(p) for p in parts) + "]"
+
+
+_loads = json.JSONDecoder().decode
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
