@@ -144,3 +144,47 @@ def test_a_finished_batch_keeps_the_workers_ttl(aiecs_redis, start_worker):
     seq, log = client.hmget(key, "seq", "log")
     ttls = {k: client.ttl(k) for k in (key, f"{key}:items", seq.decode(), log.decode())}
     assert all(0 < t <= WORKER_TTL for t in ttls.values()), ttls
+
+
+def test_a_finished_workflow_keeps_the_workers_ttl(aiecs_redis, start_worker):
+    from aiecs_worker.producer.flow import get_workflow, submit_workflow
+    from aiecs_worker.store.keys import flow_key
+
+    start_worker(env={"AIECS_EVENTS_TTL": str(WORKER_TTL)})
+    client = aiecs_redis.client()
+    user, task = _ids()
+    step = {"mode": "test", "service": "echo", "task_name": "echo",
+            "input_data": {"text": "kept", "chunks": 1}}
+    # made here, with this process's one-day TTL; step 2 waits for step 1
+    submit_workflow(user, [{**step, "step": 1}, {**step, "step": 2, "depends_on": [1]}],
+                    task_id=task)
+    key = flow_key(user, task)
+    assert client.ttl(key) > WORKER_TTL
+    wait_until(lambda: _ended(user, task, 1), timeout=30, message="step 1")
+    # one step ended, one to go: the workflow keeps what it had
+    assert client.ttl(key) > WORKER_TTL
+    wait_until(lambda: get_workflow(user, task)["status"] == "completed", timeout=30,
+               message="the workflow to complete")
+    ttls = {"workflow": client.ttl(key), **_ttls(client, user, task, 2)}
+    assert all(0 < t <= WORKER_TTL for t in ttls.values()), ttls
+
+
+def test_a_workflow_cancelled_from_another_process_gets_the_workers_ttl(
+        aiecs_redis, start_worker):
+    from aiecs_worker.producer.flow import cancel_workflow, get_workflow, submit_workflow
+    from aiecs_worker.store.keys import flow_key
+
+    start_worker(env={"AIECS_EVENTS_TTL": str(WORKER_TTL)})
+    client = aiecs_redis.client()
+    wait_until(lambda: client.get(RETENTION_KEY), timeout=30,
+               message="the worker's retention")
+    user, task = _ids()
+    step = {"mode": "test", "service": "echo", "task_name": "echo",
+            "input_data": {"text": "slow", "chunks": 1, "delay": 60}}
+    submit_workflow(user, [{**step, "step": 1}, {**step, "step": 2, "depends_on": [1]}],
+                    task_id=task)
+    assert cancel_workflow(user, task)  # here: the workers' TTL all the same
+    wait_until(lambda: get_workflow(user, task)["status"] == "failed", timeout=30,
+               message="the workflow to end")
+    ttl = client.ttl(flow_key(user, task))
+    assert 0 < ttl <= WORKER_TTL, ttl

@@ -73,6 +73,8 @@ _TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 # maxlen, packet head, packet tail, n steps, then per step: state key, celery id, task
 # name, step, celery index key, PENDING event json (no seq).  Creates the workflow and
 # every step's PENDING record with its event, unless the task exists (returns 0). The
+# workflow's ``left`` counts its steps not ended (store/hook.py: the last one to end gives
+# the workflow hash the workers' TTL; until then it has this process's). The
 # workflow starts in the due set: should the submitter fail before its first advance
 # settles it, a sweeper releases its first steps.
 CREATE_FLOW_LUA = NOW_MS_LUA + """
@@ -80,7 +82,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'kind', 'flow', 'user', ARGV[4], 'task', ARGV[5], 'spec',
-           ARGV[1], 'ver', 0, 'created', ARGV[3])
+           ARGV[1], 'ver', 0, 'created', ARGV[3], 'left', ARGV[10])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 for i = 0, tonumber(ARGV[10]) - 1 do
   local b = 11 + i * 6

@@ -12,7 +12,10 @@ once, whatever process dies afterwards:
 - a **workflow** bumps ``ver`` and stamps itself in ``aiecs:flows:due``: the process that
   ran the step advances the workflow right after (releases or cancels dependents, see
   :mod:`aiecs_worker.producer.advance`); when that process died first, any worker's sweeper
-  does it.
+  does it. It counts down ``left`` (its steps not ended): the last step to end gives the
+  workflow hash the workers' TTL, as its own keys get (the task's steps, seq and log are
+  one task's keys: the terminal transition gives them theirs). A workflow created before
+  ``left`` existed keeps its submitter's TTL.
 
 This module imports only key names (:mod:`aiecs_worker.store.keys`).
 Lua locals it may use: ``f[4]`` (the group key), ``ARGV[1]`` (the terminal status),
@@ -85,6 +88,9 @@ if f[4] and f[4] ~= '' then
     end
   elseif kind == 'flow' then
     redis.call('HINCRBY', g, 'ver', 1)
+    if redis.call('HINCRBY', g, 'left', -1) == 0 then  -- its last step: the workers' TTL
+      redis.call('EXPIRE', g, ttl)
+    end
     local _t = redis.call('TIME')
     redis.call('ZADD', '{FLOWS_DUE_KEY}', _t[1] * 1000 + math.floor(_t[2] / 1000), g)
   end
