@@ -189,3 +189,36 @@ def test_a_failed_execution_marks_its_span_with_the_error_type_only(
     assert call.status_code == 2 and call.attributes["error.type"] == error_type
     text = json.dumps([(s.name, s.attributes, s.events) for s in collector.spans])
     assert PROMPT not in text and "bad request echoing" not in text
+
+
+@pytest.mark.slow
+def test_the_trace_goes_on_through_the_fair_share_hold(
+        collector, fake, aiecs_redis, start_worker, start_server):
+    # a window of one: the user's second execution is held in Redis (no message), and the
+    # worker that ends the first sends it later: its send span continues POST /tasks's
+    env = {**tracing_env(collector, fake), "AIECS_FAIR_WINDOW_FAST": "1"}
+    server = start_server(aiecs_redis.url, env=env)
+    fake.script(Text("first", model=MODEL), Text("second", model=MODEL))
+    user, first, second = uid("trace"), uid("t"), uid("t")
+    token = server.token(user)
+    status, body = server.http("POST", "/tasks", chat(first), token=token)
+    assert status == 202, body
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    status, body = server.http("POST", "/tasks", chat(second), token=token,
+                               headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    assert status == 202, body
+    client = aiecs_redis.client()
+    assert client.hget(f"aiecs:t:{user}:{second}:1:state", "held") == b"fair"
+
+    start_worker(pool="threads", concurrency=2, env=env)  # runs the first, releases the second
+    terminal, _ = wait_terminal(client, user, second)
+    assert terminal["status"] == "completed", terminal
+
+    trace = collector.wait(lambda spans: trace_of(spans, second, 1), what="the trace")
+    send, process, [call] = check_trace(trace, 1)
+    assert process.trace_id == trace_id
+    [http] = [s for s in trace if s.kind == "SERVER"]
+    assert http.name == "POST /tasks" and http.parent_id == "00f067aa0ba902b7"
+    # sent by the worker that released it, as the child of the request that submitted it
+    assert send.parent_id == http.span_id and send.service == "aiecs-worker"
+    assert "trace" not in control.get_state(user, second, 1)["steps"][1]  # internal

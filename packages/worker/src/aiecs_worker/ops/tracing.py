@@ -22,13 +22,14 @@ not recorded either: a span carries the error's type (``error.type``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
 from typing import Any
 
-__all__ = ["TracingMiddleware", "execution", "install", "provider_call", "setup",
-           "shutdown", "terminal"]
+__all__ = ["TracingMiddleware", "carrier", "execution", "install", "provider_call",
+           "resumed", "setup", "shutdown", "terminal"]
 
 #: Set by :func:`install` (AIECS_TRACING=1); every hook returns at once while it is False.
 _on = False
@@ -155,6 +156,48 @@ def _on_publish(sender: Any = None, headers: dict[str, Any] | None = None,
         propagate.inject(headers, context=t.trace.set_span_in_context(span))
     finally:
         span.end()
+
+
+def carrier() -> str:
+    """The current trace context as a W3C carrier (JSON: ``traceparent``, ``tracestate``),
+    for an execution held in Redis instead of sent (see aiecs_worker.store.hold): whoever
+    releases it later sends its message in this context (:func:`resumed`), so its trace
+    goes on from the submission. "" when tracing is off or no span is current."""
+    if not _on:
+        return ""
+    from opentelemetry import propagate
+
+    out: dict[str, str] = {}
+    propagate.inject(out)
+    return json.dumps(out, separators=(",", ":")) if out else ""
+
+
+def resumed(stored: str | bytes | None) -> contextlib.AbstractContextManager[Any]:
+    """Make the context :func:`carrier` stored current (its ``send`` span's parent) while
+    a released execution's message is published; nothing when tracing is off or there is
+    none (or it does not parse)."""
+    if not _on or not stored:
+        return contextlib.nullcontext()
+    return _resumed(stored)
+
+
+@contextlib.contextmanager
+def _resumed(stored: str | bytes) -> Any:
+    from opentelemetry import context, propagate
+
+    try:
+        values = json.loads(stored)
+    except ValueError:
+        values = None
+    if not isinstance(values, dict):
+        yield
+        return
+    token = context.attach(propagate.extract(
+        {k: v for k, v in values.items() if isinstance(v, str)}))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def execution(request: Any, task: str, queue: str) -> contextlib.AbstractContextManager[Any]:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..app import app
+from ..ops import tracing
 from ..settings import get_settings
 from ..store.events import run_script
 from ..store.hold import RELEASE_LUA, decode, release_args
@@ -20,16 +21,19 @@ __all__ = ["record_cancelled", "release_window", "send_released"]
 
 
 def send_released(released: list[str]) -> int:
-    """Send the messages of executions :data:`RELEASE_LUA` released (flat list); how many.
+    """Send the messages of executions :data:`RELEASE_LUA` released (flat list: celery
+    id, task, queue, request, eta, trace); how many.
 
-    A failed send leaves them PENDING in the pending index: the reaper sends them again."""
+    Each is sent in the trace context its submission stored (``trace``): its trace goes
+    on from there. A failed send leaves them PENDING in the pending index: the reaper
+    sends them again."""
     if not released:
         return 0
     routes = app.conf.task_routes or {}
     conf = app.conf
     with app.producer_or_acquire() as producer:
-        for i in range(0, len(released), 5):
-            celery_id, task, queue, request, eta = released[i:i + 5]
+        for i in range(0, len(released), 6):
+            celery_id, task, queue, request, eta, trace = released[i:i + 6]
             when = None
             if eta and float(eta) > time.time():
                 when = datetime.fromtimestamp(float(eta), UTC)
@@ -37,9 +41,10 @@ def send_released(released: list[str]) -> int:
                 celery_id, task, (), json.loads(request), eta=when,
                 time_limit=conf.task_time_limit, soft_time_limit=conf.task_soft_time_limit)
             priority = (routes.get(task) or {}).get("priority")
-            app.amqp.send_task_message(producer, task, message, queue=queue or None,
-                                       priority=priority)
-    return len(released) // 5
+            with tracing.resumed(trace):
+                app.amqp.send_task_message(producer, task, message, queue=queue or None,
+                                           priority=priority)
+    return len(released) // 6
 
 
 def release_window(client: Any, settings: Any, *, state_key: str = "", window: str = "",

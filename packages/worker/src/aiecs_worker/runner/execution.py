@@ -482,13 +482,13 @@ class ExecutionMixin(RuntimeState):
             claimed = decode(await self._claim_due(keys=[DUE_KEY, PENDING_KEY],
                                                    args=[int(s.schedule_horizon * 1000), 500]))
             due += claimed
-            if len(claimed) < 8 * 500:
+            if len(claimed) < 9 * 500:
                 break
-        for i in range(0, len(due), 8):
-            state_key, user_id, queue, celery_id, task, request, eta, _ = due[i:i + 8]
+        for i in range(0, len(due), 9):
+            state_key, user_id, queue, celery_id, task, request, eta, trace, _ = due[i:i + 9]
             keys_, args_ = admit_args(s, state_key, user_id, queue, None)
             if decode([await self._admit(keys=keys_, args=args_)]) == ["send"]:
-                sends += [celery_id, task, queue, request, eta]
+                sends += [celery_id, task, queue, request, eta, trace]
         for window in decode(list(await self.redis.smembers(BACKLOG_KEY))):
             keys_, args_ = release_args(s, window=window, clean=True)
             sends += decode(await self._release(keys=keys_, args=args_))

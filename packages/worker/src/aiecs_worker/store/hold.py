@@ -40,6 +40,7 @@ import logging
 import time
 from typing import Any
 
+from ..ops import tracing
 from ..routing import HEAVY_QUEUE
 from .keys import BACKLOG_KEY, DUE_KEY, PENDING_KEY, celery_index_key, window_key
 from .state import _TERMINAL, NOW_MS_LUA
@@ -62,9 +63,10 @@ log = logging.getLogger("aiecs.worker")
 
 
 # KEYS: state, pending, due, backlog.  ARGV: window key, window width (0: no window),
-# due time ms ('' if none), horizon ms, ttl.  Returns 'send' (send the message now:
-# counted in the window, or not aiecs's to hold: not pending, or already admitted) or
-# 'held' (no message: the releaser sends it).
+# due time ms ('' if none), horizon ms, ttl, trace context ('' if none).  Returns 'send'
+# (send the message now: counted in the window, or not aiecs's to hold: not pending, or
+# already admitted) or 'held' (no message: the releaser sends it, in the trace context
+# the record keeps as ``trace``).
 ADMIT_LUA = f"""
 local f = redis.call('HMGET', KEYS[1], 'status', 'held', 'window')
 if f[1] ~= 'pending' then return 'send' end
@@ -73,6 +75,7 @@ if f[3] then return 'send' end
 {NOW_MS_LUA}
 if ARGV[3] ~= '' and tonumber(ARGV[3]) > now_ms + tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 'held', 'due')
+  if (ARGV[6] or '') ~= '' then redis.call('HSET', KEYS[1], 'trace', ARGV[6]) end
   redis.call('ZADD', KEYS[3], ARGV[3], KEYS[1])
   redis.call('ZREM', KEYS[2], KEYS[1])
   return 'held'
@@ -92,6 +95,7 @@ redis.call('EXPIRE', fifo, ARGV[5])
 redis.call('EXPIRE', win, ARGV[5])
 redis.call('SADD', KEYS[4], win)
 redis.call('HSET', KEYS[1], 'held', 'fair')
+if (ARGV[6] or '') ~= '' then redis.call('HSET', KEYS[1], 'trace', ARGV[6]) end
 redis.call('ZREM', KEYS[2], KEYS[1])
 return 'held'
 """
@@ -99,7 +103,7 @@ return 'held'
 # KEYS: due, pending.  ARGV: horizon ms, how many at most.  Claims the executions held
 # until a time now within the horizon (ZREM: one sweeper gets each), puts them back in
 # the pending index (scored by their due time), and returns them flat:
-# {state key, user id, queue, due ms, celery id, task, request, eta, ...}; the caller
+# {state key, user id, queue, celery id, task, request, eta, trace, due ms, ...}; the caller
 # admits each again (:data:`ADMIT_LUA`) and sends those it may.
 CLAIM_DUE_LUA = f"""
 {NOW_MS_LUA}
@@ -110,12 +114,12 @@ for _, k in ipairs(due) do
   local score = redis.call('ZSCORE', KEYS[1], k)
   if redis.call('ZREM', KEYS[1], k) == 1 then
     local f = redis.call('HMGET', k, 'status', 'held', 'user_id', 'queue', 'celery_id',
-                         'task', 'request', 'eta')
+                         'task', 'request', 'eta', 'trace')
     if f[1] == 'pending' and f[2] == 'due' and f[7] then
       redis.call('HDEL', k, 'held')
       redis.call('ZADD', KEYS[2], score, k)
       out[#out + 1] = k
-      for i = 3, 8 do out[#out + 1] = f[i] or '' end
+      for i = 3, 9 do out[#out + 1] = f[i] or '' end
       out[#out + 1] = score
     end
   end
@@ -128,7 +132,7 @@ return out
 # drop window entries whose execution ended or expired, heavy width, the heavy windows'
 # key prefix.  Fills the window from the user's FIFO (first dropping, when asked and the
 # window is full, its entries whose execution ended or expired: a crash's leftovers);
-# returns the released executions flat: {celery id, task, queue, request, eta, ...}.
+# returns the released executions flat: {celery id, task, queue, request, eta, trace, ...}.
 RELEASE_LUA = f"""
 local terminal = {_TERMINAL}
 local win = ARGV[1]
@@ -155,7 +159,7 @@ while free > 0 and popped < tonumber(ARGV[3]) do
   if not k then break end
   popped = popped + 1
   local f = redis.call('HMGET', k, 'status', 'held', 'celery_id', 'task', 'queue', 'request',
-                       'eta')
+                       'eta', 'trace')
   if f[1] == 'pending' and f[2] == 'fair' and f[6] then
     redis.call('HDEL', k, 'held')
     redis.call('ZADD', win, now_ms, k)
@@ -167,6 +171,7 @@ while free > 0 and popped < tonumber(ARGV[3]) do
     out[#out + 1] = f[5] or ''
     out[#out + 1] = f[6]
     out[#out + 1] = f[7] or ''
+    out[#out + 1] = f[8] or ''
     free = free - 1
   end
 end
@@ -216,11 +221,13 @@ def width(settings: Any, queue: str) -> int:
 
 def admit_args(settings: Any, state_key: str, user_id: str, queue: str,
                eta: float | None) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of :data:`ADMIT_LUA` for one execution."""
+    """KEYS and ARGV of :data:`ADMIT_LUA` for one execution (admitted in the current
+    trace context: the one its release continues, should it be held)."""
     return ([state_key, PENDING_KEY, DUE_KEY, BACKLOG_KEY],
             [window_key(queue, user_id), width(settings, queue),
              "" if eta is None else int(eta * 1000),
-             int(settings.schedule_horizon * 1000), settings.aiecs_events_ttl])
+             int(settings.schedule_horizon * 1000), settings.aiecs_events_ttl,
+             tracing.carrier()])
 
 
 def held_ttl(settings: Any, eta: float | None) -> int:

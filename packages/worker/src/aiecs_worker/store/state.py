@@ -234,8 +234,9 @@ def decode_state(raw: dict[bytes | str, bytes | str]) -> dict[str, Any]:
     for k, v in raw.items():
         key = k.decode() if isinstance(k, bytes) else k
         val = v.decode() if isinstance(v, bytes) else v
-        if key == "request":
-            continue  # the task's arguments, kept only while it runs (for re-delivery)
+        if key in ("request", "trace"):
+            continue  # the task's arguments, kept only while it runs (for re-delivery);
+            # the trace context a held execution is released in
         if key in ("result", "error", "usage", "meta"):
             val = json.loads(val) if val else None
         elif key in ("step", "deliveries", "spared"):
