@@ -49,3 +49,16 @@ def test_three_sentinels_monitor_the_master_aiecs_names():
     assert sorted(h.split("//")[1].split(":")[0] for h in hosts.split(";")) == [
         "sentinel-1", "sentinel-2", "sentinel-3"]
     assert "--replicaof" in over["services"]["redis-replica"]["command"]
+
+
+def test_the_kubernetes_overlay_names_the_master_the_settings_read():
+    kust = yaml.safe_load((DEPLOY / "k8s" / "sentinel" / "kustomization.yaml").read_text())
+    assert kust["resources"] == ["../"]
+    [patch] = kust["patches"]
+    assert patch["target"] == {"kind": "ConfigMap", "name": "aiecs-config"}
+    [op] = yaml.safe_load(patch["patch"])
+    assert op["op"] == "add" and op["path"] == "/data/AIECS_SENTINEL_MASTER"
+    assert "aiecs_sentinel_master" in Settings.model_fields
+    url = ";".join(f"sentinel://redis-sentinel-{i}.redis-sentinel:26379" for i in range(3))
+    settings = Settings(celery_broker_url=url, redis_url=url, aiecs_sentinel_master=op["value"])
+    assert settings.aiecs_sentinel_master == "aiecs"

@@ -218,7 +218,7 @@ def test_k8s_one_deployment_per_queue_with_resources_and_probes():
 def test_kustomization_lists_every_manifest():
     """Each kustomization lists every manifest of its folder (an overlay: its base too)."""
     kustomizations = sorted((DEPLOY / "k8s").rglob("kustomization.yaml"))
-    assert len(kustomizations) == 2  # the base and the KEDA overlay
+    assert len(kustomizations) == 3  # the base, the KEDA and the Sentinel overlays
     for path in kustomizations:
         listed = set(yaml.safe_load(path.read_text())["resources"])
         present = {p.name for p in path.parent.glob("*.yaml")} - {"kustomization.yaml"}
