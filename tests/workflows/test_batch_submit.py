@@ -36,6 +36,8 @@ def test_big_batch_is_one_call_with_pipelined_records(aiecs_redis):
     single_reads = (reads() - before - 1) / 200
     # Redis counts reads of its socket: a pipeline of 500 messages (~700 kB) takes dozens,
     # more on a loaded machine (the kernel hands the server smaller chunks: 255-550 reads
-    # per batch measured); unpipelined, each item would cost as many as a single's.
-    assert single_reads >= 2, single_reads
+    # per batch measured); unpipelined, each item would cost as many as a single's. These
+    # singles wait behind alice's fair-share window (the batch filled it): one round trip
+    # each, the PENDING record with its admission, no message sent yet.
+    assert single_reads >= 1, single_reads
     assert batch_reads * 4 < single_reads * n, (batch_reads, single_reads)

@@ -43,6 +43,7 @@ from ..store.hold import ADMIT_LUA, admit_args
 from ..store.hook import PUBLISH_GROUP_EVENT_LUA
 from ..store.keys import CANCEL_CHANNEL, PENDING_KEY, batch_key, celery_index_key, steps_key
 from ..store.records import state_redis
+from ..store.scripts import pipelined
 from ..store.state import CANCEL_LUA, decode_state, pending_lua
 from .groups import (
     GroupError,
@@ -171,11 +172,10 @@ def submit_batch(user_id: str, items: list[Any], *, batch_id: str | None = None,
     if not created:
         admission.unreserve(client, held)
         raise GroupError(f"batch {batch_id!r} already exists", status=409)
-    sha = client.script_load(ITEM_PENDING_LUA)
     with app.producer_or_acquire() as producer:
         for start in range(0, total, _CHUNK):
             chunk = checked[start:start + _CHUNK]
-            sends = _record_chunk(client, sha, key, batch_id, chunk, heavy)
+            sends = _record_chunk(client, key, batch_id, chunk, heavy)
             # this chunk's messages now (one round trip): workers start while the next
             # records are written
             with pipelined_sends(producer):
@@ -200,14 +200,12 @@ def _create(client: Any, key: str, user_id: str, batch_id: str, total: int) -> b
                             s.aiecs_events_ttl, *fields))
 
 
-def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
+def _record_chunk(client: Any, key: str, batch_id: str,
                   chunk: list[tuple[TaskRequest, BatchItem]], heavy: bool | None) -> list:
     """The PENDING records of ``chunk`` in one round trip; the messages to send."""
     s = get_settings()
-    admit = client.script_load(ADMIT_LUA)
-    pipe = client.pipeline(transaction=False)
-    pipe.rpush(f"{key}:items", *[r.task_id for r, _ in chunk])
-    pipe.expire(f"{key}:items", s.aiecs_events_ttl)
+    calls: list[tuple] = [(None, "RPUSH", f"{key}:items", *[r.task_id for r, _ in chunk]),
+                          (None, "EXPIRE", f"{key}:items", s.aiecs_events_ttl)]
     sends = []
     for request, item in chunk:
         user_id = request.user_id
@@ -221,17 +219,17 @@ def _record_chunk(client: Any, sha: str, key: str, batch_id: str,
         ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel,
                                        s.aiecs_events_maxlen, s.aiecs_events_ttl)
         kwargs = request.model_dump(mode="json")
-        pipe.execute_command(
-            "EVALSHA", sha, 6, TaskKeys(user_id, request.task_id).state(1),
-            steps_key(user_id, request.task_id), celery_index_key(celery_id), PENDING_KEY,
-            *ev_keys, celery_id, s.aiecs_events_ttl, time.time(), user_id, request.task_name,
-            1, json.dumps(kwargs), queue, task, key, *ev_args)
+        calls.append((ITEM_PENDING_LUA, 6, TaskKeys(user_id, request.task_id).state(1),
+                      steps_key(user_id, request.task_id), celery_index_key(celery_id),
+                      PENDING_KEY, *ev_keys, celery_id, s.aiecs_events_ttl, time.time(),
+                      user_id, request.task_name, 1, json.dumps(kwargs), queue, task, key,
+                      *ev_args))
         # sent now, or held behind the user's fair-share window (see aiecs_worker.store.hold)
         a_keys, a_args = admit_args(s, TaskKeys(user_id, request.task_id).state(1), user_id,
                                     queue, None)
-        pipe.execute_command("EVALSHA", admit, len(a_keys), *a_keys, *a_args)
+        calls.append((ADMIT_LUA, len(a_keys), *a_keys, *a_args))
         sends.append((task, queue, priority, kwargs, celery_id))
-    decisions = pipe.execute()[3::2]
+    decisions = pipelined(client, calls)[3::2]
     return [args for args, d in zip(sends, decisions, strict=True) if d != b"held"]
 
 
@@ -250,15 +248,11 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
         raise NotFoundError(batch_id)
     client.hset(key, "cancel_requested", time.time())
     ids = _item_ids(client, key)
-    sha = client.script_load(CANCEL_LUA)
     marked: list[str] = []
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
-        pipe = client.pipeline(transaction=False)
-        for task_id in chunk:
-            pipe.execute_command("EVALSHA", sha, 1, TaskKeys(user_id, task_id).state(1),
-                                 time.time(), s.aiecs_events_ttl)
-        marks = pipe.execute()
+        marks = pipelined(client, [(CANCEL_LUA, 1, TaskKeys(user_id, task_id).state(1),
+                                    time.time(), s.aiecs_events_ttl) for task_id in chunk])
         now_marked = [celery_task_id(user_id, task_id, 1)
                       for task_id, ok in zip(chunk, marks, strict=True) if ok]
         pipe = client.pipeline(transaction=False)

@@ -15,6 +15,7 @@ from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, packet_parts
 from ..store.hold import ADMIT_LUA, admit_args
+from ..store.scripts import pipelined
 
 __all__ = ["GroupError", "NotFoundError", "admitted", "group_fields", "pipelined_sends",
            "send_execution", "task_for"]
@@ -112,11 +113,10 @@ def admitted(client: Any, sends: list[tuple]) -> list[tuple]:
     if not sends:
         return sends
     s = get_settings()
-    sha = client.script_load(ADMIT_LUA)
-    pipe = client.pipeline(transaction=False)
+    calls = []
     for _task, queue, _priority, kwargs, _celery_id in sends:
         state_key = TaskKeys(kwargs["user_id"], kwargs["task_id"]).state(kwargs["step"])
         keys, args = admit_args(s, state_key, kwargs["user_id"], queue, None)
-        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-    decisions = pipe.execute()
+        calls.append((ADMIT_LUA, len(keys), *keys, *args))
+    decisions = pipelined(client, calls)
     return [a for a, d in zip(sends, decisions, strict=True) if d != b"held"]

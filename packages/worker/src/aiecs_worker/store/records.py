@@ -23,6 +23,7 @@ from .events import FINISH_PUBLISH_LUA, PENDING_PUBLISH_LUA, TaskKeys, finish_ar
 from .hold import ADMIT_LUA, admit_args, held_ttl
 from .keys import OUTBOX_KEY, PENDING_KEY, celery_index_key, steps_key
 from .requests import routable_call
+from .scripts import pipelined
 
 __all__ = ["end_cancelled", "end_execution", "record_pending", "state_redis",
            "terminal_fields"]
@@ -62,22 +63,19 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     ev_keys, ev_args = script_args(event, s.aiecs_socketio_channel, s.aiecs_events_maxlen,
                                    ttl)
     client = state_redis()
+    a_keys, a_args = admit_args(s, state_key, request.user_id, queue, eta)
+    pending_keys = [state_key, steps_key(request.user_id, request.task_id),
+                    celery_index_key(celery_id), PENDING_KEY, *ev_keys]
+    calls = [(PENDING_PUBLISH_LUA, len(pending_keys), *pending_keys,
+              celery_id, ttl, time.time(), request.user_id, request.task_name,
+              request.step, request.model_dump_json(), queue, task, *ev_args)]
+    if eta is not None:
+        calls.append((_ETA_LUA, 2, state_key, PENDING_KEY, eta, int(eta * 1000)))
+    calls.append((ADMIT_LUA, len(a_keys), *a_keys, *a_args))
     try:
         # the PENDING record, its event and its admission: one round trip
-        with client.pipeline(transaction=False) as pipe:
-            _pipelined(client, pipe, PENDING_PUBLISH_LUA,
-                       keys=[state_key, steps_key(request.user_id, request.task_id),
-                             celery_index_key(celery_id), PENDING_KEY, *ev_keys],
-                       args=[celery_id, ttl, time.time(), request.user_id,
-                             request.task_name, request.step, request.model_dump_json(),
-                             queue, task, *ev_args])
-            if eta is not None:
-                pipe.eval(_ETA_LUA, 2, state_key, PENDING_KEY, eta, int(eta * 1000))
-            a_keys, a_args = admit_args(s, state_key, request.user_id, queue, eta)
-            _pipelined(client, pipe, ADMIT_LUA, keys=a_keys, args=a_args)
-            out = pipe.execute()
+        out = pipelined(client, calls)
     except Exception:  # noqa: BLE001
-        _loaded.clear()  # a node restarted without its scripts, say: load them again
         return ""
     seq, decision = out[0], out[-1]
     if not seq:
@@ -95,37 +93,6 @@ redis.call('HSET', KEYS[1], 'eta', ARGV[1])
 redis.call('ZADD', KEYS[2], 'XX', ARGV[2], KEYS[1])
 return 1
 """
-
-_registered: dict[tuple[int, str], Any] = {}
-
-
-def _script(client: Any, script: str) -> Any:
-    obj = _registered.get((id(client), script))
-    if obj is None:
-        obj = _registered[(id(client), script)] = client.register_script(script)
-    return obj
-
-
-#: the (client, script) pairs loaded on a Redis Cluster's primaries (see _pipelined)
-_loaded: set[tuple[int, str]] = set()
-
-
-def _pipelined(client: Any, pipe: Any, script: str, *, keys: list[Any],
-               args: list[Any]) -> None:
-    """Queue a script in ``client``'s pipeline ``pipe``: a Script object (which loads it
-    as the pipeline runs), but on a Redis Cluster, whose pipeline refuses them, a plain
-    EVALSHA of the script loaded beforehand on every primary."""
-    obj = _script(client, script)
-    from redis.cluster import ClusterPipeline
-
-    if not isinstance(pipe, ClusterPipeline):
-        obj(keys=keys, args=args, client=pipe)
-        return
-    if (id(client), script) not in _loaded:
-        client.script_load(script)  # SCRIPT LOAD goes to every primary
-        _loaded.add((id(client), script))
-    pipe.execute_command("EVALSHA", obj.sha, len(keys), *keys, *args)
-
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -175,14 +142,9 @@ def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],
                                           s.aiecs_events_maxlen, s.aiecs_events_ttl),
                              state_key, terminal_fields(status, s.aiecs_events_ttl, error=info))
     # what the record was, read in the same transaction as the transition (for the metrics)
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hmget(state_key, "status", "deliveries", "queue", "request")
-        _pipelined(client, pipe, FINISH_PUBLISH_LUA, keys=keys, args=args)
-        try:
-            prior, seq = pipe.execute()
-        except Exception:
-            _loaded.clear()
-            raise
+    prior, seq = pipelined(client, [
+        (None, "HMGET", state_key, "status", "deliveries", "queue", "request"),
+        (FINISH_PUBLISH_LUA, len(keys), *keys, *args)], transaction=True)
     seq = int(seq)
     if seq:
         _count_end(prior, request, status)

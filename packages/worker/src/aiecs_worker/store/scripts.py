@@ -1,0 +1,67 @@
+"""Lua scripts in a pipeline, one round trip: ``EVALSHA``, loading on ``NOSCRIPT``.
+
+redis-py's ``Script`` objects, called on a pipeline, make the pipeline send ``SCRIPT
+EXISTS`` for every script first, on every ``execute()``: one more round trip per
+submission. Here a pipeline sends ``EVALSHA`` with the script's SHA1 computed locally;
+when Redis answers ``NOSCRIPT`` (a new, restarted or flushed Redis), the scripts it
+refused are loaded and only the refused commands are sent again: a script that Redis
+refused did not run, so sending it again runs it once. In a transaction (``MULTI`` …
+``EXEC``) the whole transaction is sent again instead, to keep it atomic: its other
+commands must be safe to repeat (reads).
+
+Imports nothing from aiecs_worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+__all__ = ["Call", "pipelined", "sha1"]
+
+#: One command of a pipeline: ``(script, numkeys, *keys_and_args)`` runs a Lua script by
+#: its SHA1; ``(None, "HMGET", ...)`` any other command.
+Call = tuple[Any, ...]
+
+_shas: dict[str, str] = {}
+
+
+def sha1(script: str) -> str:
+    """The SHA1 Redis knows ``script`` by (computed once per script per process)."""
+    sha = _shas.get(script)
+    if sha is None:
+        sha = _shas[script] = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324
+    return sha
+
+
+def pipelined(client: Any, calls: Sequence[Call], *, transaction: bool = False) -> list[Any]:
+    """Run ``calls`` in one pipeline of a synchronous client and return their replies;
+    an error reply other than NOSCRIPT is raised (the first one), as ``execute()`` does."""
+    out = _run(client, calls, transaction)
+    refused = [i for i, r in enumerate(out) if isinstance(r, NoScriptError)]
+    if refused:
+        for script in {calls[i][0] for i in refused}:
+            client.script_load(script)
+        if transaction:
+            out = _run(client, calls, transaction)
+        else:
+            again = _run(client, [calls[i] for i in refused], transaction)
+            for i, r in zip(refused, again, strict=True):
+                out[i] = r
+    for r in out:
+        if isinstance(r, Exception):
+            raise r
+    return out
+
+
+def _run(client: Any, calls: Sequence[Call], transaction: bool) -> list[Any]:
+    with client.pipeline(transaction=transaction) as pipe:
+        for script, *args in calls:
+            if script is None:
+                pipe.execute_command(*args)
+            else:
+                pipe.evalsha(sha1(script), *args)
+        return list(pipe.execute(raise_on_error=False))
