@@ -129,3 +129,22 @@ def test_path_in_origin_rejected(monkeypatch):
     monkeypatch.setenv("CORS_ALLOWED_ORIGINS", "http://localhost:3000/app")
     with pytest.raises(ConfigurationError, match="not an origin"):
         load_server_settings()
+
+
+def test_a_verified_token_is_checked_once_and_still_expires(monkeypatch):
+    """The HMAC and claims checks run once per token (the revocation gate and the route
+    both verify it); its expiry is still checked at every call, and another secret does
+    not find it."""
+    import aiecs_worker.server.tokens as tokens
+
+    decoded = []
+    real = jwt.decode
+    monkeypatch.setattr(tokens.jwt, "decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    token = issue_token("alice", "s" * 32, ttl=60)
+    first = verify_token(token, "s" * 32)
+    assert verify_token(token, "s" * 32) == first and len(decoded) == 1
+    with pytest.raises(TokenError, match="signature"):
+        verify_token(token, "t" * 32)
+    monkeypatch.setattr(tokens.time, "time", lambda: first.expires_at)
+    with pytest.raises(TokenError, match="expired"):
+        verify_token(token, "s" * 32)

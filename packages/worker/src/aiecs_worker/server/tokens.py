@@ -20,9 +20,11 @@ check it with :func:`is_operator`, the one place that decides. ``aiecs token USE
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -81,15 +83,48 @@ def issue_token(user_id: str, secret: str, ttl: float = 3600, *, now: float | No
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+#: Tokens verified lately: (token, secret, max_lifetime) -> Identity, oldest first.
+_verified: OrderedDict[tuple[str, str, float], Identity] = OrderedDict()
+#: How many verified tokens are remembered (the least recently used are forgotten).
+_VERIFIED_MAX = 1024
+
+
 def verify_token(token: object, secret: str, *,
                  max_lifetime: float = DEFAULT_MAX_LIFETIME) -> Identity:
     """The identity a token proves, or :class:`TokenError` (fails closed on anything odd).
 
-    Revocation is not checked here (it needs Redis): see :mod:`.revocation`."""
+    Revocation is not checked here (it needs Redis): see :mod:`.revocation`.
+
+    A token that verified is remembered (the last 1,024, keyed by the token, the secret
+    and the maximum lifetime), so the HMAC check and the claims' checks run once per token
+    instead of twice per request (the revocation gate, then the route): what made it valid
+    cannot change but its expiry, which is checked at every call. Nothing else is stale: a
+    changed secret is another key, and revocation is checked per request elsewhere."""
     if not token:
         raise TokenError("missing token")
     if not isinstance(token, str) or len(token) > 4096:
         raise TokenError("malformed token")
+    key = (token, secret, max_lifetime)
+    known = _verified.get(key)
+    if known is not None:
+        fresh = time.time() < known.expires_at  # PyJWT's test: expired at exp, no leeway
+        with contextlib.suppress(KeyError):  # another thread may have dropped it
+            if fresh:
+                _verified.move_to_end(key)
+            else:
+                del _verified[key]
+        if fresh:
+            return known
+        raise TokenError("token expired")
+    identity = _verify(token, secret, max_lifetime)
+    _verified[key] = identity
+    if len(_verified) > _VERIFIED_MAX:
+        with contextlib.suppress(KeyError):
+            _verified.popitem(last=False)
+    return identity
+
+
+def _verify(token: str, secret: str, max_lifetime: float) -> Identity:
     try:
         claims = jwt.decode(
             token,
