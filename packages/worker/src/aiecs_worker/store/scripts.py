@@ -7,7 +7,8 @@ when Redis answers ``NOSCRIPT`` (a new, restarted or flushed Redis), the scripts
 refused are loaded and only the refused commands are sent again: a script that Redis
 refused did not run, so sending it again runs it once. In a transaction (``MULTI`` …
 ``EXEC``) the whole transaction is sent again instead, to keep it atomic: its other
-commands must be safe to repeat (reads).
+commands must be safe to repeat (reads). On a Redis Cluster, ``SCRIPT LOAD`` goes to
+every primary (redis-py's ``RedisCluster.script_load``).
 
 Imports nothing from aiecs_worker.
 """
@@ -63,5 +64,6 @@ def _run(client: Any, calls: Sequence[Call], transaction: bool) -> list[Any]:
             if script is None:
                 pipe.execute_command(*args)
             else:
-                pipe.evalsha(sha1(script), *args)
+                # a plain command: a Redis Cluster's pipeline refuses .evalsha
+                pipe.execute_command("EVALSHA", sha1(script), *args)
         return list(pipe.execute(raise_on_error=False))
