@@ -69,8 +69,10 @@ class SweeperMixin(RuntimeState):
         lost = [x.decode() if isinstance(x, bytes) else x for x in lost]
         for i in range(0, len(lost), 5):
             state_key, celery_id, task, queue, request = lost[i:i + 5]
-            if elsewhere and await self.loop.run_in_executor(None, self._queued, queue):
-                continue  # its queue on the broker is not empty: the message may be there
+            if elsewhere:
+                waiting: int = await self.loop.run_in_executor(None, self._queued, queue)
+                if waiting:
+                    continue  # its queue on the broker is not empty: the message may be there
             await self.loop.run_in_executor(None, self._send_again, task, queue, request,
                                             celery_id)
             log.warning("execution %s (%s) still PENDING with an empty queue: its message "
