@@ -190,14 +190,24 @@ class WorkerProcess(ChildProcess):
     without: tuple[str, ...] = ("gossip", "mingle", "heartbeat")
 
     def command(self) -> list[str]:
+        # "asyncio": aiecs's pool (`aiecs worker --pool asyncio`), Celery's custom pool
+        pool = "custom" if self.pool == "asyncio" else self.pool
         cmd = [
             self.celery, "-A", "aiecs_worker", "worker",
-            "--pool", self.pool, "--concurrency", str(self.concurrency),
+            "--pool", pool, "--concurrency", str(self.concurrency),
             "--hostname", f"{self.name}@%h", "--loglevel", self.loglevel,
             *(f"--without-{feature}" for feature in self.without),
             *self.extra_args,
         ]
         return cmd + (["--queues", self.queues] if self.queues else [])
+
+    def environ(self) -> dict[str, str]:
+        env = super().environ()
+        if self.pool == "asyncio":
+            from aiecs_worker.cli.worker import ASYNCIO_POOL, CUSTOM_POOL_ENV
+
+            env[CUSTOM_POOL_ENV] = ASYNCIO_POOL
+        return env
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
         self.spawn()

@@ -19,7 +19,7 @@ from celery.exceptions import TaskRevokedError
 from tests.support.events import read_events, step_events, wait_for_event, wait_terminal
 from tests.support.examples import with_site
 
-POOLS = ["threads", "prefork"]
+POOLS = ["threads", "prefork", "asyncio"]
 
 
 def uid(prefix: str = "t") -> str:

@@ -32,6 +32,33 @@ from .common import fail
 __all__ = ["Supervisor", "default_processes", "worker"]
 
 CELERY = str(Path(sys.executable).with_name("celery"))
+#: ``--pool asyncio``: Celery's custom pool (``--pool custom``) naming this class
+#: (see aiecs_worker.runner.aiopool; a string: this module must not import Celery).
+ASYNCIO_POOL = "aiecs_worker.runner.aiopool:TaskPool"
+CUSTOM_POOL_ENV = "CELERY_CUSTOM_WORKER_POOL"
+
+
+def celery_pool_args(celery_args: Sequence[str]) -> tuple[list[str], bool]:
+    """``celery_args`` with ``--pool asyncio`` (``--pool=asyncio``, ``-P asyncio``,
+    ``-Pasyncio``) made Celery's ``--pool custom``; and whether it was there."""
+    out: list[str] = []
+    found = False
+    args = list(celery_args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--pool", "-P") and i + 1 < len(args) and args[i + 1] == "asyncio":
+            out += [arg, "custom"]
+            found = True
+            i += 2
+            continue
+        if arg in ("--pool=asyncio", "-Pasyncio", "-P=asyncio"):
+            out.append("--pool=custom")
+            found = True
+        else:
+            out.append(arg)
+        i += 1
+    return out, found
 
 
 class Supervisor:
@@ -126,11 +153,17 @@ def worker(processes: int | None, celery_args: tuple[str, ...]) -> None:
 
     Arguments after the options go to each ``celery worker``, e.g.
     ``aiecs worker -p 2 -- -Q fast_tasks --pool threads --concurrency 200``.
+    ``--pool asyncio`` consumes the aiecs queues on each worker's event loop (see
+    docs/performance.md); it is Celery's ``--pool custom`` with
+    ``CELERY_CUSTOM_WORKER_POOL=aiecs_worker.runner.aiopool:TaskPool``.
     A worker that exits is started again; SIGTERM / Ctrl-C stops them all.
     """
     n = processes or default_processes()
     if n < 1:
         fail("--processes must be at least 1", 2)
+    args, asyncio_pool = celery_pool_args(celery_args)
+    if asyncio_pool:  # read by Celery's command line in each worker, before the app
+        os.environ[CUSTOM_POOL_ENV] = ASYNCIO_POOL
     echo = (lambda text: click.echo(json_line(text, "aiecs.supervise"))) if json_mode() \
         else click.echo
-    raise SystemExit(Supervisor(n, celery_args, echo=echo).run())
+    raise SystemExit(Supervisor(n, args, echo=echo).run())

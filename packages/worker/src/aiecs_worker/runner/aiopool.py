@@ -1,0 +1,526 @@
+"""``--pool asyncio``: the aiecs queues consumed on the runtime's event loop.
+
+Under the threads pool every message goes through Celery's consumer (kombu's ``BRPOP``,
+its unacked record, Celery's ``Request``, the strategy, the pool's hand-off to a thread,
+the tracer, the result, the acknowledgement) and then hops from the pool thread to the
+runtime's event loop, where the execution itself runs. For aiecs's own tasks all of that
+is bookkeeping around one ``await``; this pool does the same bookkeeping on the loop,
+with redis-py's asyncio client, and runs :meth:`Runtime.execute` directly:
+
+- **the same messages**: Celery's message protocol 2 as ``.delay()`` sends it, taken from
+  the same Redis lists kombu's transport uses (one list per priority step, ``BRPOP`` over
+  them in kombu's order, the queues rotated as kombu rotates them);
+- **the same unacked semantics**: before a message runs it is recorded in kombu's
+  ``unacked`` hash and ``unacked_index`` sorted set exactly as kombu's ``QoS.append``
+  does, and removed from both once its execution is terminal (``QoS.ack``). A worker
+  killed meanwhile leaves it there, and kombu's ``restore_visible`` (run by this pool
+  every ``unacked_restore_interval`` × ``unacked_restore_throttle`` seconds, and by any
+  Celery worker consuming the queue) puts it back after the visibility timeout;
+- **the same results**: Celery's result backend record (``SUCCESS`` with the redacted
+  result, ``FAILURE`` with the detached, redacted error, ``REVOKED`` for a cancelled
+  execution), so ``.delay().get()`` is unchanged;
+- **the same checks**: the poison guard's envelope and message checks (dead-lettered,
+  acknowledged), Celery's revocations (``revoke()`` of a queued or running task), the
+  message's ``expires``, ``eta`` and soft time limit, the providers' warm-up.
+
+What it does not do, and then leaves the queues to Celery's consumer (this pool is then
+the threads pool, and says why in the log): a RabbitMQ broker, Celery's task events on
+(``AIECS_TASK_EVENTS``: Flower's ``task-received`` / ``task-started`` come from Celery's
+``Request``), a broker ``global_keyprefix``. A message it cannot run natively (another
+task than aiecs's, or one with Celery callbacks, a chain or a chord) runs through Celery's
+tracer in a thread, as under the threads pool.
+
+Select it with ``aiecs worker --pool asyncio`` (which passes Celery ``--pool custom`` with
+``CELERY_CUSTOM_WORKER_POOL`` naming :class:`TaskPool`); ``--concurrency`` bounds the
+executions in flight. Queues other than ``fast_tasks`` / ``heavy_tasks`` given with ``-Q``
+stay with Celery's consumer and this pool's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import types
+from typing import Any
+
+from aiecs_core import TaskStatus, redact_data
+from celery import signals, states
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
+from celery.exceptions import Reject, TaskRevokedError
+from celery.utils.time import maybe_iso8601, maybe_make_aware
+from celery.worker import state as worker_state
+
+from ..ops import logs, tracing
+from ..producer.advance import after_step
+from ..routing import FAST_QUEUE, FAST_TASK, FLOW_HEAVY_TASK, FLOW_TASK, FLOW_TASKS, \
+    HEAVY_QUEUE, HEAVY_TASK
+from ..settings import get_settings
+from ..store.connection import async_client
+from . import poison, warm
+from .runtime import Runtime, StateUnavailableError, get_runtime
+from .tasks import _detached
+
+__all__ = ["POOL", "TaskPool", "why_not_native"]
+
+log = logging.getLogger("aiecs.worker")
+
+#: What ``CELERY_CUSTOM_WORKER_POOL`` names for ``--pool custom``.
+POOL = f"{__name__}:TaskPool"
+#: The tasks run natively (the others on these queues go through Celery's tracer).
+NATIVE_TASKS = frozenset((FAST_TASK, HEAVY_TASK, FLOW_TASK, FLOW_HEAVY_TASK))
+#: The queues this pool takes from Celery's consumer.
+NATIVE_QUEUES = (FAST_QUEUE, HEAVY_QUEUE)
+_BRPOP_TIMEOUT = 1  # seconds: how long a stop waits for the blocked BRPOP at most
+
+
+def why_not_native(app: Any) -> str | None:
+    """Why this worker's aiecs queues must stay with Celery's consumer, or None."""
+    s = get_settings()
+    if s.broker_is_amqp:
+        return "the broker is RabbitMQ (this pool reads kombu's Redis lists)"
+    if app.conf.worker_send_task_events:
+        return "Celery's task events are on (AIECS_TASK_EVENTS / -E come from Celery's consumer)"
+    if (app.conf.broker_transport_options or {}).get("global_keyprefix"):
+        return "the broker transport has a global_keyprefix"
+    return None
+
+
+class TaskPool(ThreadTaskPool):
+    """The threads pool, whose aiecs queues are consumed by a :class:`Feeder` on the
+    runtime's loop (``--pool custom`` + ``CELERY_CUSTOM_WORKER_POOL``)."""
+
+    feeder: Feeder | None = None
+
+    def on_start(self) -> None:
+        super().on_start()
+        app = self.app
+        consume_from = app.amqp.queues.consume_from
+        names = [name for name in NATIVE_QUEUES if name in consume_from]
+        if not names:
+            return
+        reason = why_not_native(app)
+        if reason is not None:
+            log.warning("--pool asyncio: %s; Celery's consumer takes the queues, as under "
+                        "the threads pool", reason)
+            return
+        for name in names:  # before Celery's consumer starts: it never sees them
+            consume_from.pop(name)
+        self.feeder = Feeder(get_runtime(), app, names, self.limit)
+        self.feeder.start()
+        log.info("--pool asyncio: %s consumed on the event loop, %d at a time",
+                 ", ".join(names), self.limit)
+
+    def on_stop(self) -> None:
+        if self.feeder is not None:
+            self.feeder.stop(warm=True)
+        super().on_stop()
+
+    def on_terminate(self) -> None:
+        if self.feeder is not None:
+            self.feeder.stop(warm=False)
+        super().on_terminate()
+
+    def _get_info(self) -> dict[str, Any]:
+        info = super()._get_info()
+        if self.feeder is not None:
+            info["asyncio"] = {"queues": self.feeder.queues,
+                               "running": len(self.feeder.inflight)}
+        return info
+
+
+class Feeder:
+    """Takes messages of ``queues`` from the broker and runs them on ``runtime``'s loop,
+    at most ``limit`` at a time (see the module's docstring)."""
+
+    def __init__(self, runtime: Runtime, app: Any, queues: list[str], limit: int):
+        self.runtime = runtime
+        self.app = app
+        self.queues = list(queues)
+        self.limit = max(1, int(limit))
+        s = get_settings()
+        options = app.conf.broker_transport_options or {}
+        from kombu.transport import redis as kombu_redis  # the worker's transport already
+
+        channel = kombu_redis.Channel
+        self.sep = options.get("sep", channel.sep)
+        self.steps = list(options.get("priority_steps", kombu_redis.PRIORITY_STEPS))
+        self.unacked_key = options.get("unacked_key", channel.unacked_key)
+        self.unacked_index_key = options.get("unacked_index_key", channel.unacked_index_key)
+        self.restore_every = (options.get("unacked_restore_interval",
+                                          channel.unacked_restore_interval)
+                              * options.get("unacked_restore_throttle",
+                                            channel.unacked_restore_throttle))
+        self.broker = async_client(s.redis_target(s.celery_broker_url),
+                                   socket_connect_timeout=2, socket_timeout=_BRPOP_TIMEOUT + 10,
+                                   health_check_interval=30)
+        self.backend = app.backend
+        self._native_backend = _redis_backend(self.backend)
+        if self._native_backend:
+            self.results = async_client(
+                s.redis_target(s.result_backend), socket_connect_timeout=2,
+                socket_timeout=5, health_check_interval=30)
+        self.inflight: dict[str, asyncio.Task] = {}
+        self.loop = runtime.loop
+        self._stopping = False
+        self._main: Any = None
+
+    # -- life ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._main = asyncio.run_coroutine_threadsafe(self._run(), self.loop)
+
+    def stop(self, warm: bool, timeout: float | None = None) -> None:
+        """Stop taking messages; ``warm``: wait for the running executions (they finish
+        and are acknowledged), else leave them unacknowledged (they come back after the
+        visibility timeout)."""
+        self._stopping = True
+        if self._main is None:
+            return
+        with contextlib.suppress(Exception):
+            self._main.result(timeout=_BRPOP_TIMEOUT + 5)
+        if warm:
+            fut = asyncio.run_coroutine_threadsafe(self._drain(), self.loop)
+            with contextlib.suppress(Exception):
+                fut.result(timeout)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._aclose(), self.loop).result(5)
+
+    async def _drain(self) -> None:
+        while self.inflight:
+            await asyncio.wait(list(self.inflight.values()))
+
+    async def _aclose(self) -> None:
+        await self.broker.aclose()
+        if self._native_backend:
+            await self.results.aclose()
+
+    async def _run(self) -> None:
+        slots = asyncio.Semaphore(self.limit)
+        restorer = asyncio.ensure_future(self._restore_visible())
+        order = list(self.queues)
+        backoff = 0.1
+        try:
+            while not self._stopping:
+                await slots.acquire()
+                keys = [self._key(q, pri) for pri in self.steps for q in order]
+                try:
+                    reply = await self.broker.brpop(keys, timeout=_BRPOP_TIMEOUT)
+                except Exception as exc:  # noqa: BLE001 - the broker away: wait for it
+                    slots.release()
+                    log.warning("--pool asyncio: broker unreachable (%s); retrying", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+                if reply is None:
+                    slots.release()
+                    continue
+                key, item = reply
+                queue = key.decode().rsplit(self.sep, 1)[0]
+                if queue in order:  # kombu's rotation: the queue served goes last
+                    order.remove(queue)
+                    order.append(queue)
+                self._spawn(self._handle(queue, item), slots)
+        finally:
+            restorer.cancel()
+
+    def _spawn(self, coro: Any, slots: asyncio.Semaphore) -> None:
+        task = self.loop.create_task(coro)
+        key = str(id(task))
+        self.inflight[key] = task
+
+        def done(t: asyncio.Task) -> None:
+            self.inflight.pop(key, None)
+            slots.release()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("--pool asyncio: a message's handling failed",
+                          exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    def _key(self, queue: str, pri: int) -> str:
+        return f"{queue}{self.sep}{pri}" if pri else queue
+
+    async def _restore_visible(self) -> None:
+        """kombu's own restore of messages past the visibility timeout (none of this
+        worker's channels consumes the queues, so kombu's poller would not run it)."""
+        while True:
+            try:
+                await self.loop.run_in_executor(None, self._restore_visible_sync)
+            except Exception as exc:  # noqa: BLE001 - next time
+                log.warning("--pool asyncio: restoring unacked messages failed: %s", exc)
+            await asyncio.sleep(self.restore_every)
+
+    def _restore_visible_sync(self) -> None:
+        with self.app.connection_for_read() as conn:
+            channel = conn.default_channel
+            channel.qos.restore_visible(num=channel.unacked_restore_limit, interval=1)
+
+    # -- one message ----------------------------------------------------------------------------
+    async def _handle(self, queue: str, raw: bytes) -> None:
+        try:
+            payload = json.loads(raw)
+        except Exception as exc:  # noqa: BLE001 - not JSON
+            await self._dead_letter(raw, f"the envelope is not JSON: {type(exc).__name__}: "
+                                    f"{exc}", queue, "transport", None)
+            return
+        problem = poison.envelope_problem(payload)
+        if problem is not None:
+            await self._dead_letter(raw, problem, queue, "transport", payload)
+            return
+        props = payload["properties"]
+        tag = props["delivery_tag"]
+        info = props["delivery_info"]
+        # kombu's QoS.append: the message is the delivery's until it is acknowledged
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        record = f"[{text}, {json.dumps(info['exchange'])}, {json.dumps(info['routing_key'])}]"
+        await (self.broker.pipeline(transaction=True)
+               .zadd(self.unacked_index_key, {tag: time.time()})
+               .hset(self.unacked_key, tag, record).execute())
+        message = _Message(payload)
+        try:
+            problem = poison.task_problem(message, self.app.tasks)
+        except Exception as exc:  # noqa: BLE001 - a check that fails is a reason too
+            problem = f"the message could not be checked: {type(exc).__name__}: {exc}"
+        if problem is not None:
+            await self._dead_letter(raw, problem, queue, "consumer", payload)
+            await self._ack(tag)
+            return
+        try:
+            requeue = await self._take(message, queue)
+        except Exception:
+            log.exception("--pool asyncio: message %s failed; acknowledged",
+                          message.headers.get("id"))
+            requeue = False
+        if requeue:
+            await self.loop.run_in_executor(None, self._requeue_sync, tag)
+        else:
+            await self._ack(tag)
+
+    async def _ack(self, tag: str) -> None:
+        """kombu's QoS.ack."""
+        try:
+            await (self.broker.pipeline(transaction=True)
+                   .zrem(self.unacked_index_key, tag).hdel(self.unacked_key, tag).execute())
+        except Exception as exc:  # noqa: BLE001 - as kombu: the message comes back later
+            log.warning("--pool asyncio: acknowledging %s failed (%s); it will be "
+                        "redelivered after the visibility timeout", tag, exc)
+
+    def _requeue_sync(self, tag: str) -> None:
+        """kombu's ``reject(requeue=True)``: back to the queue's far end."""
+        with self.app.connection_for_read() as conn:
+            conn.default_channel.qos.restore_by_tag(tag, leftmost=True)
+
+    async def _dead_letter(self, raw: bytes, reason: str, queue: str, layer: str,
+                           payload: Any) -> None:
+        def run() -> None:
+            with self.app.connection_for_read() as conn:
+                poison.reject(raw, reason, queue=queue, layer=layer,
+                              redis=conn.default_channel.conn_or_acquire, payload=payload)
+
+        try:
+            await self.loop.run_in_executor(None, run)
+        except Exception:  # noqa: BLE001 - the guard itself must never stop the worker
+            log.exception("could not dead-letter a message; dropped it")
+
+    async def _take(self, message: _Message, queue: str) -> bool:
+        """Run one task message; True when it goes back to its queue."""
+        headers = message.headers
+        name, task_id = headers["task"], headers["id"]
+        task = self.app.tasks.get(name)
+        if task is None:
+            log.error("Received unregistered task of type %r (id %s); acknowledged, as "
+                      "Celery does", name, task_id)
+            return False
+        args, kwargs, embed = message.decode()
+        request = _request(message, args, kwargs, embed)
+        expires = headers.get("expires")
+        if task_id in worker_state.revoked or (
+                expires and _timestamp(expires) < time.time()):
+            await self.loop.run_in_executor(None, self._revoked_sync, task, request,
+                                            bool(expires and task_id not in
+                                                 worker_state.revoked))
+            return False
+        eta = headers.get("eta")
+        if eta and (wait := _timestamp(eta) - time.time()) > 0:
+            await asyncio.sleep(wait)
+            if task_id in worker_state.revoked:
+                await self.loop.run_in_executor(None, self._revoked_sync, task, request, False)
+                return False
+        if not warm.wait_warm(0):
+            await self.loop.run_in_executor(None, _wait_warm)
+        if name not in NATIVE_TASKS or any((embed or {}).values()):
+            return await self.loop.run_in_executor(None, self._trace_sync, task, args,
+                                                   kwargs, request)
+        return await self._native(task, args, kwargs, request, queue)
+
+    async def _native(self, task: Any, args: list, kwargs: dict[str, Any],
+                      request: types.SimpleNamespace, queue: str) -> bool:
+        rt = self.runtime
+        routing_key = request.delivery_info.get("routing_key") or queue
+        timelimit = request.timelimit or (None, None)
+        token = logs.bind(args, kwargs, request.id) if logs.json_mode() else None
+        try:
+            with tracing.execution(request, task.name, routing_key):
+                outcome = await rt.execute(args, kwargs, celery_id=request.id,
+                                           soft_limit=timelimit[1], task=task.name,
+                                           queue=routing_key)
+        except StateUnavailableError as exc:
+            log.warning("task %s not started: %s; returned to its queue", request.id, exc)
+            return True
+        finally:
+            if token is not None:
+                logs._identity.reset(token)
+        if task.name in FLOW_TASKS:
+            await self.loop.run_in_executor(None, after_step, kwargs)
+        if outcome.duplicate:
+            return False  # a live worker runs this execution; it stores the result
+        if outcome.status == TaskStatus.COMPLETED:
+            await self._store(request.id, redact_data(outcome.result or {}), states.SUCCESS,
+                              request)
+        elif outcome.status == TaskStatus.CANCELLED:
+            error = TaskRevokedError(str(outcome.error or "cancelled"))
+            await self._store(request.id, error, states.REVOKED, request)
+        else:
+            error = _detached(outcome.error or TaskRevokedError("task did not complete"))
+            await self._store(request.id, error, states.FAILURE, request)
+        return False
+
+    async def _store(self, task_id: str, result: Any, state: str,
+                     request: types.SimpleNamespace) -> None:
+        """Celery's result backend record, as the tracer stores it."""
+        backend = self.backend
+        if not self._native_backend:
+            await self.loop.run_in_executor(
+                None, lambda: backend.store_result(task_id, result, state, request=request))
+            return
+        meta = backend._get_result_meta(result=backend.encode_result(result, state),
+                                        state=state, traceback=None, request=request)
+        meta["task_id"] = task_id
+        value = backend.encode(meta)
+        key = backend.get_key_for_task(task_id)
+        expires = backend.failure_expires if state == states.FAILURE else backend.expires
+        delay = 0.05
+        give_up = time.monotonic() + 30
+        while True:
+            try:
+                if state == states.SUCCESS:
+                    pipe = self.results.pipeline(transaction=False)
+                    (pipe.setex(key, expires, value) if expires else pipe.set(key, value))
+                    await pipe.publish(key, value).execute()
+                else:  # never over a SUCCESS (Celery's own check, one round trip here)
+                    await self.results.eval(_STORE_UNLESS_SUCCESS, 1, key, value,
+                                            int(expires or 0))
+                return
+            except Exception as exc:  # noqa: BLE001 - as result_backend_always_retry
+                if time.monotonic() > give_up:
+                    log.error("task %s: result not stored: %s", task_id, exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _revoked_sync(self, task: Any, request: types.SimpleNamespace,
+                      expired: bool) -> None:
+        """What Celery's ``Request`` does for a revoked (or expired) message."""
+        reason = "expired" if expired else "revoked"
+        log.info("Discarding revoked task: %s[%s]", task.name, request.id)
+        with contextlib.suppress(Exception):
+            task.backend.mark_as_revoked(request.id, reason, request=request)
+        signals.task_revoked.send(sender=task, request=request, terminated=False,
+                                  signum=None, expired=expired)
+
+    def _trace_sync(self, task: Any, args: list, kwargs: dict[str, Any],
+                    request: types.SimpleNamespace) -> bool:
+        """Celery's tracer, as under the threads pool; True when it asks to requeue."""
+        from celery.app.trace import trace_task
+
+        try:
+            trace_task(task, request.id, args, kwargs, dict(vars(request)), app=self.app,
+                       hostname=request.hostname, eager=False)
+        except Reject as exc:
+            return bool(exc.requeue)
+        return False
+
+
+_STORE_UNLESS_SUCCESS = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def _wait_warm() -> None:
+    if not warm.wait_warm():
+        log.warning("the providers' warm-up takes over %.0fs; tasks start anyway",
+                    warm.WARM_WAIT)
+
+
+def _redis_backend(backend: Any) -> bool:
+    """Whether the result backend is Celery's plain Redis backend (written here with the
+    asyncio client); any other is written through its own client, in a thread."""
+    from celery.backends.redis import RedisBackend, SentinelBackend
+
+    return type(backend) is RedisBackend and not isinstance(backend, SentinelBackend) \
+        and backend.serializer == "json" and not backend.app.conf.result_extended
+
+
+def _timestamp(value: str) -> float:
+    return maybe_make_aware(maybe_iso8601(value)).timestamp()
+
+
+class _Message:
+    """What the poison guard's :func:`~aiecs_worker.runner.poison.task_problem` reads of a
+    kombu message, built from the popped envelope."""
+
+    def __init__(self, payload: dict[str, Any]):
+        self.payload = payload
+        self.headers = payload.get("headers") or {}
+        self.properties = payload["properties"]
+        self.content_type = payload.get("content-type")
+        self.content_encoding = payload.get("content-encoding")
+        self._decoded: Any = None
+
+    def decode(self) -> Any:
+        if self._decoded is None:
+            from kombu.serialization import loads
+
+            body = self.payload.get("body")
+            if self.properties.get("body_encoding") == "base64" and body:
+                import base64
+
+                body = base64.b64decode(body)
+            self._decoded = loads(body, self.content_type, self.content_encoding,
+                                  accept=["application/json"])
+        return self._decoded
+
+
+def _request(message: _Message, args: list, kwargs: dict[str, Any],
+             embed: dict[str, Any] | None) -> types.SimpleNamespace:
+    """Celery's request context of a message (what the tracer, the result backend and
+    the tracing span read of it)."""
+    props = message.properties
+    info = props.get("delivery_info") or {}
+    fields = dict(message.headers)
+    fields.update(embed or {})
+    fields.update(
+        args=args, kwargs=kwargs, is_eager=False, hostname=poison._hostname,
+        reply_to=props.get("reply_to"), correlation_id=props.get("correlation_id"),
+        delivery_info={"exchange": info.get("exchange"), "routing_key": info.get("routing_key"),
+                       "priority": props.get("priority"),
+                       "redelivered": info.get("redelivered", False)},
+        properties=props,
+    )
+    fields.setdefault("children", [])
+    return types.SimpleNamespace(**fields)
+
