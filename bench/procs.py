@@ -234,8 +234,13 @@ class Worker:
         queues = ["-Q", "fast_tasks"] if self.app == AIECS_APP else []
         self.log = tmpdir("worker") / "worker.log"
         env = base_env(CELERY_BROKER_URL=self.redis_url, REDIS_URL=self.redis_url, **self.env)
+        pool = self.pool
+        if pool == "asyncio":  # `aiecs worker --pool asyncio`: Celery's custom pool
+            from aiecs_worker.cli.worker import ASYNCIO_POOL, CUSTOM_POOL_ENV
+
+            pool, env[CUSTOM_POOL_ENV] = "custom", ASYNCIO_POOL
         self.started = time.monotonic()
-        self.proc = spawn([CELERY, "-A", self.app, "worker", "--pool", self.pool,
+        self.proc = spawn([CELERY, "-A", self.app, "worker", "--pool", pool,
                            "--concurrency", str(self.concurrency), "--hostname",
                            f"{self.name}@bench", "--without-gossip", "--without-mingle",
                            "--without-heartbeat", "--loglevel", "WARNING", *queues],

@@ -18,7 +18,7 @@ NOOP = [
     ("cores busy", "cores_busy", ".2f", None),
 ]
 #: issue 20: aiecs against bare Celery on gevent and arq; targets against arq
-CHAT_VARIANTS = ("aiecs", "celery gevent", "arq")
+CHAT_VARIANTS = ("aiecs", "aiecs asyncio", "celery gevent", "arq")
 CHAT = [
     ("tasks/s", "per_s", ".1f", ("ratio_ge", 1.0, "≥ 1.0× arq")),
     ("calls in flight, mean / max", ("in_flight_mean", "in_flight_max"), ".0f", None),
@@ -245,7 +245,8 @@ def _multi_section(name: str, config: str, block: dict, results: dict) -> list[s
     label = "aiecs: " + ", ".join(f"{k}={v}" for k, v in results.get("recommended", {}).items())
     return [f"### {label}; bare Celery gevent -c500 ×2; arq max_jobs 500 ×2", "",
             *_multi_table(block, CHAT, CHAT_VARIANTS,
-                          [("aiecs", "celery gevent"), ("aiecs", "arq")]), "",
+                          [("aiecs asyncio", "aiecs"), ("aiecs", "celery gevent"),
+                           ("aiecs", "arq"), ("aiecs asyncio", "arq")]), "",
             "Redis commands per task, by command (Δ INFO commandstats; inside Lua scripts "
             "included):", "", *_commands_table(block, CHAT_VARIANTS), ""]
 

@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="runs of each variant (median reported)")
     parser.add_argument("--recommended", default=None, metavar="processes=1,concurrency=200",
                         help="the recommended deployment measured in the chat scenario")
+    parser.add_argument("--chat-also", default="", metavar="asyncio",
+                        help="chat: the recommended deployment also with these pools "
+                             "(comma-separated), alternated in the same run")
     parser.add_argument("--out", type=Path, help="directory of REPORT.md and results/")
     parser.add_argument("--shared", action="store_true",
                         help="say in the report that the machine was shared during the run")
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     for item in filter(None, (args.recommended or "").split(",")):
         key, _, value = item.partition("=")
         recommended[key.strip()] = value.strip() if key.strip() == "pool" else int(value)
+    also = [p.strip() for p in args.chat_also.split(",") if p.strip()]
+    if also:
+        recommended["also"] = also
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     out = args.out or (procs.ROOT / "bench" if mode_name == "full"
                        else procs.ROOT / "bench" / "results" / mode_name)

@@ -274,8 +274,11 @@ def chat_variants(p: dict, recommended: dict, profile: Path | None = None) -> di
                          profile=profile / name if profile else None, **cfg)
         return one
 
-    return {"aiecs": run(AIECS_APP, recommended, "aiecs"),
-            "celery gevent": run(ANCHOR_APP, GEVENT, "celery-gevent"),
+    base = {k: v for k, v in recommended.items() if k != "also"}
+    variants = {"aiecs": run(AIECS_APP, base, "aiecs")}
+    for pool in recommended.get("also", ()):  # --chat-also: the same deployment, other pools
+        variants[f"aiecs {pool}"] = run(AIECS_APP, {**base, "pool": pool}, f"aiecs-{pool}")
+    return {**variants, "celery gevent": run(ANCHOR_APP, GEVENT, "celery-gevent"),
             "arq": run(ARQ_APP, ARQ, "arq")}
 
 

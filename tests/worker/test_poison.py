@@ -341,7 +341,7 @@ def log_problems(worker, client) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", ["threads", "prefork", "asyncio"])
 def test_malformed_messages_are_dead_lettered_and_the_worker_serves_on(
         aiecs_redis, start_worker, template, pool):
     from aiecs_worker import execute_task

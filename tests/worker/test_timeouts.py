@@ -17,7 +17,7 @@ from aiecs_core import TaskTimeoutError
 from tests.support.events import wait_terminal
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", ["threads", "prefork", "asyncio"])
 def test_message_soft_limit_stores_task_timeout_error(aiecs_redis, start_worker, pool):
     from aiecs_worker import execute_task
 

@@ -159,9 +159,9 @@ class Feeder:
         self.backend = app.backend
         self._native_backend = _redis_backend(self.backend)
         if self._native_backend:
-            self.results = async_client(
-                s.redis_target(s.result_backend), socket_connect_timeout=2,
-                socket_timeout=5, health_check_interval=30)
+            self.results = self.broker if s.result_backend == s.celery_broker_url else \
+                async_client(s.redis_target(s.result_backend), socket_connect_timeout=2,
+                             socket_timeout=5, health_check_interval=30)
         self.inflight: dict[str, asyncio.Task] = {}
         self.loop = runtime.loop
         self._stopping = False
@@ -193,12 +193,13 @@ class Feeder:
 
     async def _aclose(self) -> None:
         await self.broker.aclose()
-        if self._native_backend:
+        if self._native_backend and self.results is not self.broker:
             await self.results.aclose()
 
     async def _run(self) -> None:
         slots = asyncio.Semaphore(self.limit)
         restorer = asyncio.ensure_future(self._restore_visible())
+        claim = self.broker.register_script(_CLAIM)
         order = list(self.queues)
         backoff = 0.1
         try:
@@ -206,7 +207,13 @@ class Feeder:
                 await slots.acquire()
                 keys = [self._key(q, pri) for pri in self.steps for q in order]
                 try:
-                    reply = await self.broker.brpop(keys, timeout=_BRPOP_TIMEOUT)
+                    # a message waiting: popped and recorded unacked in one atomic call;
+                    # none: wait for one (BRPOP, then recorded as kombu does)
+                    reply = await claim(keys=[self.unacked_index_key, self.unacked_key,
+                                              *keys])
+                    if reply is None:
+                        reply = await self.broker.brpop(keys, timeout=_BRPOP_TIMEOUT)
+                        reply = None if reply is None else (*reply, 0)
                 except Exception as exc:  # noqa: BLE001 - the broker away: wait for it
                     slots.release()
                     log.warning("--pool asyncio: broker unreachable (%s); retrying", exc)
@@ -217,12 +224,12 @@ class Feeder:
                 if reply is None:
                     slots.release()
                     continue
-                key, item = reply
+                key, item, recorded = reply
                 queue = key.decode().rsplit(self.sep, 1)[0]
                 if queue in order:  # kombu's rotation: the queue served goes last
                     order.remove(queue)
                     order.append(queue)
-                self._spawn(self._handle(queue, item), slots)
+                self._spawn(self._handle(queue, item, bool(recorded)), slots)
         finally:
             restorer.cancel()
 
@@ -259,7 +266,7 @@ class Feeder:
             channel.qos.restore_visible(num=channel.unacked_restore_limit, interval=1)
 
     # -- one message ----------------------------------------------------------------------------
-    async def _handle(self, queue: str, raw: bytes) -> None:
+    async def _handle(self, queue: str, raw: bytes, recorded: bool) -> None:
         try:
             payload = json.loads(raw)
         except Exception as exc:  # noqa: BLE001 - not JSON
@@ -269,16 +276,20 @@ class Feeder:
         problem = poison.envelope_problem(payload)
         if problem is not None:
             await self._dead_letter(raw, problem, queue, "transport", payload)
+            if recorded:  # the claim script recorded what looked like an envelope
+                await self._ack(payload["properties"]["delivery_tag"])
             return
         props = payload["properties"]
         tag = props["delivery_tag"]
         info = props["delivery_info"]
-        # kombu's QoS.append: the message is the delivery's until it is acknowledged
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        record = f"[{text}, {json.dumps(info['exchange'])}, {json.dumps(info['routing_key'])}]"
-        await (self.broker.pipeline(transaction=True)
-               .zadd(self.unacked_index_key, {tag: time.time()})
-               .hset(self.unacked_key, tag, record).execute())
+        if not recorded:
+            # kombu's QoS.append: the message is the delivery's until it is acknowledged
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            record = (f"[{text}, {json.dumps(info['exchange'])}, "
+                      f"{json.dumps(info['routing_key'])}]")
+            await (self.broker.pipeline(transaction=True)
+                   .zadd(self.unacked_index_key, {tag: time.time()})
+                   .hset(self.unacked_key, tag, record).execute())
         message = _Message(payload)
         try:
             problem = poison.task_problem(message, self.app.tasks)
@@ -288,6 +299,7 @@ class Feeder:
             await self._dead_letter(raw, problem, queue, "consumer", payload)
             await self._ack(tag)
             return
+        message.tag = tag
         try:
             requeue = await self._take(message, queue)
         except Exception:
@@ -296,14 +308,18 @@ class Feeder:
             requeue = False
         if requeue:
             await self.loop.run_in_executor(None, self._requeue_sync, tag)
-        else:
+        elif not message.acked:
             await self._ack(tag)
+
+    def _ack_into(self, pipe: Any, tag: str) -> Any:
+        """kombu's QoS.ack, queued in ``pipe`` (the hash entry first: an index entry
+        left alone is dropped by kombu's restore)."""
+        return pipe.hdel(self.unacked_key, tag).zrem(self.unacked_index_key, tag)
 
     async def _ack(self, tag: str) -> None:
         """kombu's QoS.ack."""
         try:
-            await (self.broker.pipeline(transaction=True)
-                   .zrem(self.unacked_index_key, tag).hdel(self.unacked_key, tag).execute())
+            await self._ack_into(self.broker.pipeline(transaction=False), tag).execute()
         except Exception as exc:  # noqa: BLE001 - as kombu: the message comes back later
             log.warning("--pool asyncio: acknowledging %s failed (%s); it will be "
                         "redelivered after the visibility timeout", tag, exc)
@@ -354,10 +370,10 @@ class Feeder:
         if name not in NATIVE_TASKS or any((embed or {}).values()):
             return await self.loop.run_in_executor(None, self._trace_sync, task, args,
                                                    kwargs, request)
-        return await self._native(task, args, kwargs, request, queue)
+        return await self._native(task, args, kwargs, request, queue, message)
 
     async def _native(self, task: Any, args: list, kwargs: dict[str, Any],
-                      request: types.SimpleNamespace, queue: str) -> bool:
+                      request: types.SimpleNamespace, queue: str, message: _Message) -> bool:
         rt = self.runtime
         routing_key = request.delivery_info.get("routing_key") or queue
         timelimit = request.timelimit or (None, None)
@@ -379,18 +395,19 @@ class Feeder:
             return False  # a live worker runs this execution; it stores the result
         if outcome.status == TaskStatus.COMPLETED:
             await self._store(request.id, redact_data(outcome.result or {}), states.SUCCESS,
-                              request)
+                              request, message)
         elif outcome.status == TaskStatus.CANCELLED:
             error = TaskRevokedError(str(outcome.error or "cancelled"))
-            await self._store(request.id, error, states.REVOKED, request)
+            await self._store(request.id, error, states.REVOKED, request, message)
         else:
             error = _detached(outcome.error or TaskRevokedError("task did not complete"))
-            await self._store(request.id, error, states.FAILURE, request)
+            await self._store(request.id, error, states.FAILURE, request, message)
         return False
 
     async def _store(self, task_id: str, result: Any, state: str,
-                     request: types.SimpleNamespace) -> None:
-        """Celery's result backend record, as the tracer stores it."""
+                     request: types.SimpleNamespace, message: _Message) -> None:
+        """Celery's result backend record, as the tracer stores it; a SUCCESS on the
+        broker's Redis carries the message's acknowledgement in the same round trip."""
         backend = self.backend
         if not self._native_backend:
             await self.loop.run_in_executor(
@@ -409,7 +426,11 @@ class Feeder:
                 if state == states.SUCCESS:
                     pipe = self.results.pipeline(transaction=False)
                     (pipe.setex(key, expires, value) if expires else pipe.set(key, value))
-                    await pipe.publish(key, value).execute()
+                    pipe.publish(key, value)
+                    if self.results is self.broker:
+                        self._ack_into(pipe, message.tag)
+                        message.acked = True
+                    await pipe.execute()
                 else:  # never over a SUCCESS (Celery's own check, one round trip here)
                     await self.results.eval(_STORE_UNLESS_SUCCESS, 1, key, value,
                                             int(expires or 0))
@@ -443,6 +464,34 @@ class Feeder:
             return bool(exc.requeue)
         return False
 
+
+#: Pop the first message of KEYS[3:] (kombu's priority order) and record it unacked as
+#: kombu's QoS.append does (``unacked_index`` score: the time; ``unacked``: ``[message,
+#: exchange, routing_key]``), atomically; {key, item, 1}, or {key, item, 0} for an item
+#: that is no envelope (not recorded: the poison guard dead-letters it), or nil.
+_CLAIM = """
+for i = 3, #KEYS do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    local ok, m = pcall(cjson.decode, item)
+    if ok and type(m) == 'table' and type(m['properties']) == 'table' then
+      local p = m['properties']
+      local info = p['delivery_info']
+      local tag = p['delivery_tag']
+      if type(tag) == 'string' and tag ~= '' and type(info) == 'table'
+          and type(info['exchange']) == 'string' and type(info['routing_key']) == 'string' then
+        local t = redis.call('TIME')
+        redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, tag)
+        redis.call('HSET', KEYS[2], tag, '[' .. item .. ', ' .. cjson.encode(info['exchange'])
+          .. ', ' .. cjson.encode(info['routing_key']) .. ']')
+        return {KEYS[i], item, 1}
+      end
+    end
+    return {KEYS[i], item, 0}
+  end
+end
+return nil
+"""
 
 _STORE_UNLESS_SUCCESS = """
 local current = redis.call('GET', KEYS[1])
@@ -490,6 +539,8 @@ class _Message:
         self.content_type = payload.get("content-type")
         self.content_encoding = payload.get("content-encoding")
         self._decoded: Any = None
+        self.tag = ""
+        self.acked = False
 
     def decode(self) -> Any:
         if self._decoded is None:
