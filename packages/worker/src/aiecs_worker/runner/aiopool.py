@@ -55,8 +55,15 @@ from celery.worker import state as worker_state
 
 from ..ops import logs, tracing
 from ..producer.advance import after_step
-from ..routing import FAST_QUEUE, FAST_TASK, FLOW_HEAVY_TASK, FLOW_TASK, FLOW_TASKS, \
-    HEAVY_QUEUE, HEAVY_TASK
+from ..routing import (
+    FAST_QUEUE,
+    FAST_TASK,
+    FLOW_HEAVY_TASK,
+    FLOW_TASK,
+    FLOW_TASKS,
+    HEAVY_QUEUE,
+    HEAVY_TASK,
+)
 from ..settings import get_settings
 from ..store.connection import async_client
 from . import poison, warm
