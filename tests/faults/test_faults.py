@@ -23,8 +23,10 @@ from tests.support.redis_server import RedisServer
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 N = int(os.environ.get("AIECS_FAULT_N", "40"))
-POOLS = ["threads", "prefork"]
-CONCURRENCY = {"threads": 8, "prefork": 2}
+POOLS = ["threads", "prefork", "asyncio"]
+#: on RabbitMQ --pool asyncio is the threads pool (it leaves AMQP queues to Celery)
+RABBIT_POOLS = ["threads", "prefork"]
+CONCURRENCY = {"threads": 8, "prefork": 2, "asyncio": 8}
 
 
 @pytest.fixture
@@ -183,7 +185,7 @@ def test_crashing_operation_spares_innocent_executions(fault_redis, fault_worker
     assert b"WorkerLostError" in state[b"error"]
 
 
-@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("pool", RABBIT_POOLS)
 def test_worker_main_process_sigkilled_on_rabbitmq(fault_redis, fault_worker, rabbit_vhost,
                                                    pool):
     """The same kill with RabbitMQ as broker (a private vhost of the machine's server;
@@ -205,7 +207,7 @@ def test_worker_main_process_sigkilled_on_rabbitmq(fault_redis, fault_worker, ra
     assert tally.reruns >= 1
 
 
-@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("pool", RABBIT_POOLS)
 def test_rabbitmq_connections_closed(fault_redis, fault_worker, rabbit_vhost, pool):
     """RabbitMQ closes every connection of the workers while executions run (what a
     RabbitMQ restart looks like to them): the running executions' messages go back to the

@@ -231,10 +231,11 @@ def test_cancel_running(aiecs_redis, start_worker, pool, how):
     assert sum(e["type"] == "stream" for e in events) < 100
 
 
-def test_plain_celery_revoke_cancels_a_running_task_under_threads(aiecs_redis, start_worker):
+@pytest.mark.parametrize("pool", ["threads", "asyncio"])
+def test_plain_celery_revoke_cancels_a_running_task_under_threads(aiecs_redis, start_worker, pool):
     from aiecs_worker import execute_task
 
-    start_worker(pool="threads", concurrency=1)
+    start_worker(pool=pool, concurrency=1)
     task_id = uid()
     res = execute_task.delay(**echo_kwargs(task_id, chunks=100, delay=0.2))
     client = aiecs_redis.client()
@@ -247,10 +248,11 @@ def test_plain_celery_revoke_cancels_a_running_task_under_threads(aiecs_redis, s
         res.get(timeout=30)
 
 
-def test_plain_celery_revoke_of_a_queued_task_records_cancelled(aiecs_redis, start_worker):
+@pytest.mark.parametrize("pool", ["threads", "asyncio"])
+def test_plain_celery_revoke_of_a_queued_task_records_cancelled(aiecs_redis, start_worker, pool):
     from aiecs_worker import control, execute_task
 
-    start_worker(pool="threads", concurrency=1)
+    start_worker(pool=pool, concurrency=1)
     busy, queued = uid(), uid()
     execute_task.delay(**echo_kwargs(busy, chunks=100, delay=0.2))
     client = aiecs_redis.client()
