@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -319,6 +320,96 @@ def test_the_primary_of_aiecs_slot_killed_mid_run(broker, start_worker, start_se
                 message=f"{task} ended")
             ends = [e["status"] for e in logged if e["status"] in TERMINAL]
             assert ends == ["completed"], (task, ends)
+        client.close()
+    finally:
+        nodes.close()
+
+
+def test_pubsub_nodes_move_on_round_the_cluster():
+    from aiecs_worker.settings import RedisTarget
+    from aiecs_worker.store.connection import PubSubNodes
+
+    nodes = PubSubNodes(RedisTarget(url="redis://:pw@10.0.0.2:7001/0", cluster=True),
+                        lambda: [("10.0.0.1", 7000), ("10.0.0.2", 7001), ("10.0.0.3", 7002)])
+    # the URL's node first, then the next one at each reconnection, round the list
+    assert [nodes.url() for _ in range(4)] == [
+        "redis://:pw@10.0.0.2:7001/0", "redis://:pw@10.0.0.3:7002/0",
+        "redis://:pw@10.0.0.1:7000/0", "redis://:pw@10.0.0.2:7001/0"]
+    lone = PubSubNodes(RedisTarget(url="redis://10.0.0.2:7001/0", cluster=True))
+    assert lone.url() == lone.url() == "redis://10.0.0.2:7001/0"  # nothing else known yet
+
+
+def test_events_and_cancels_outlive_the_url_node(broker, start_worker, start_server):
+    """The node REDIS_URL names (a replica here, so the cluster keeps every slot) is
+    SIGKILLed: the server's event subscriber moves to another node of the cluster (live
+    events still reach a Socket.IO client), and cancel broadcasts, on AIECS_PUBSUB_URL
+    (the broker's Redis), still reach the worker."""
+    import redis
+    from aiecs_worker.store.events import celery_task_id
+
+    nodes = RedisCluster(replicas=1).start()
+    try:
+        doomed = next(p for p in nodes.ports
+                      if redis.Redis(port=p).info("replication")["role"] == "slave")
+        url = f"redis://127.0.0.1:{doomed}/0"
+        env = {"CELERY_BROKER_URL": broker.url, "REDIS_URL": url, "AIECS_REDIS_CLUSTER": "1",
+               "AIECS_PUBSUB_URL": broker.url}
+        start_worker(redis_url=url, concurrency=2, env=env)
+        server = start_server(url, env=env)
+        user = uid("node")
+        token = server.token(user)
+        plain = broker.client()
+        # the worker follows cancels on the pub/sub Redis, not on the cluster
+        wait_until(lambda: plain.pubsub_numsub(f"{PREFIX}:cancel")[0][1] >= 1, timeout=30,
+                   message="the cancel listener on AIECS_PUBSUB_URL")
+        nodes.kill(doomed)
+        killed = time.monotonic()
+
+        def probed_since_kill():
+            code, health = server.health()
+            age = health.get("pubsub_last_probe_age")
+            return (code == 200 and health["pubsub_listener"] and age is not None
+                    and age < time.monotonic() - killed)
+
+        wait_until(probed_since_kill, timeout=60, message="the listener on another node")
+        client = nodes.client()
+
+        async def live():
+            rec = Recorder(server, token)
+            await rec.connect()
+            code, out = await asyncio.to_thread(server.http, "POST", "/tasks",
+                                                body(chunks=10, delay=0.1), token=token)
+            assert code == 202, out
+            task = out["task_id"]
+            assert (await rec.subscribe(task))["ok"]
+            await async_wait_until(lambda: any(
+                name == "task_event" and e["task_id"] == task and e["type"] == "status"
+                and e["status"] in TERMINAL for name, e in rec.raw), timeout=60,
+                message="the terminal event, live")
+            await rec.close()
+            return task, [e for name, e in rec.raw if name == "task_event"]
+
+        task, got = asyncio.run(live())
+        assert got[-1]["status"] == "completed"
+        assert [e["seq"] for e in events(client, user, task)][-len(got):] == [
+            e["seq"] for e in got]
+
+        # a cancel, broadcast on the broker's Redis, reaches the running execution
+        listener = plain.pubsub()
+        listener.subscribe(f"{PREFIX}:cancel")
+        code, out = server.http("POST", "/tasks", body(chunks=300, delay=0.1), token=token)
+        assert code == 202, out
+        long = out["task_id"]
+        wait_until(lambda: status(client, user, long) == "running", timeout=60,
+                   message="the long task running")
+        code, out = server.http("DELETE", f"/tasks/{long}", token=token)
+        assert code == 202, out
+        assert terminal(client, user, long)["status"] == "cancelled"
+        heard = wait_until(lambda: listener.get_message(ignore_subscribe_messages=True,
+                                                        timeout=0.5), timeout=10,
+                           message="the cancel broadcast on AIECS_PUBSUB_URL")
+        assert heard["data"].decode() == celery_task_id(user, long, 1)
+        listener.close()
         client.close()
     finally:
         nodes.close()

@@ -281,6 +281,11 @@ class Settings(EnvSettings):
     result backend and beat must be another Redis (or RabbitMQ): kombu and celery-redbeat
     cannot use a cluster. Every process of a deployment sets the same value (it names the
     keys). See docs/operations.md, "On a Redis Cluster"."""
+    aiecs_pubsub_url: str | None = None
+    """AIECS_PUBSUB_URL: the Redis of cancel broadcasts (default: REDIS_URL); any plain
+    Redis, e.g. the broker's, or the Sentinel form. On a Redis Cluster it spares them the
+    loss of one node (the events stay on the cluster: Lua scripts publish them there, and
+    their subscriber moves to another node when its node dies)."""
     aiecs_sentinel_password: SecretStr | None = None
     """AIECS_SENTINEL_PASSWORD: the sentinels' own password (``requirepass`` of the
     sentinels); the master's password goes in the URL (``sentinel://:password@host``)."""
@@ -502,7 +507,8 @@ class Settings(EnvSettings):
                              "sentinel://... URL")
         return v if v is None else _sentinel_form(v)
 
-    @field_validator("aiecs_sentinel_master", "aiecs_broker_sentinel_master", mode="before")
+    @field_validator("aiecs_sentinel_master", "aiecs_broker_sentinel_master",
+                     "aiecs_pubsub_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -589,6 +595,11 @@ class Settings(EnvSettings):
     def state_redis_url(self) -> str:
         """The Redis of execution state and events (REDIS_URL, else the broker)."""
         return self.redis_url or self.celery_broker_url
+
+    @property
+    def pubsub_redis_url(self) -> str:
+        """The Redis of cancel broadcasts (AIECS_PUBSUB_URL, else the state Redis)."""
+        return self.aiecs_pubsub_url or self.state_redis_url
 
     @property
     def beat_redis_url(self) -> str:

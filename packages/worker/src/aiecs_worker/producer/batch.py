@@ -42,7 +42,7 @@ from ..store.events import TaskKeys, _publish_lua, celery_task_id, script_args
 from ..store.hold import ADMIT_LUA, admit_args
 from ..store.hook import PUBLISH_GROUP_EVENT_LUA
 from ..store.keys import CANCEL_CHANNEL, PENDING_KEY, batch_key, celery_index_key, steps_key
-from ..store.records import state_redis
+from ..store.records import pubsub_redis, state_redis
 from ..store.scripts import pipelined
 from ..store.state import CANCEL_LUA, decode_state, pending_lua
 from .groups import (
@@ -255,7 +255,7 @@ def cancel_batch(user_id: str, batch_id: str) -> dict[str, Any]:
                                     time.time(), s.aiecs_events_ttl) for task_id in chunk])
         now_marked = [celery_task_id(user_id, task_id, 1)
                       for task_id, ok in zip(chunk, marks, strict=True) if ok]
-        pipe = client.pipeline(transaction=False)
+        pipe = pubsub_redis().pipeline(transaction=False)
         for celery_id in now_marked:  # running items stop now
             pipe.execute_command("PUBLISH", CANCEL_CHANNEL, celery_id)
         pipe.execute()

@@ -19,7 +19,7 @@ from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, celery_task_id, run_script
 from ..store.keys import CANCEL_CHANNEL, celery_index_key, steps_key
-from ..store.records import record_pending, state_redis
+from ..store.records import pubsub_redis, record_pending, state_redis
 from ..store.state import CANCEL_LUA, decode_state
 from .advance import after_cancel
 from .release import record_cancelled
@@ -66,7 +66,7 @@ def cancel_celery(celery_id: str) -> bool:
     """
     state_key = state_redis().get(celery_index_key(celery_id))
     if state_key is None:
-        state_redis().publish(CANCEL_CHANNEL, celery_id)
+        pubsub_redis().publish(CANCEL_CHANNEL, celery_id)
         app.control.revoke(celery_id)
         return True
     return _cancel_state(state_key.decode(), celery_id)
@@ -77,7 +77,7 @@ def _cancel_state(state_key: str, celery_id: str) -> bool:
     client = state_redis()
     marked = run_script(client, CANCEL_LUA, [state_key], [time.time(), s.aiecs_events_ttl])
     if marked:
-        client.publish(CANCEL_CHANNEL, celery_id)
+        pubsub_redis().publish(CANCEL_CHANNEL, celery_id)
         app.control.revoke(celery_id)
         after_cancel(client, state_key)  # a waiting workflow step ends now
         _end_if_not_due(client, state_key)

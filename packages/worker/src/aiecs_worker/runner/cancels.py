@@ -49,7 +49,7 @@ class CancelsMixin(RuntimeState):
         """Follow cancel requests (pub/sub) and Celery revocations seen by this process."""
         backoff = 0.5
         while True:
-            pubsub = self.pubsub_redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._cancel_pubsub()
             try:
                 await pubsub.subscribe(CANCEL_CHANNEL)
                 backoff = 0.5
@@ -69,8 +69,18 @@ class CancelsMixin(RuntimeState):
                 log.debug("cancel listener reconnecting: %s", exc)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+                if self._pubsub_nodes is not None:  # a plain client of one node: drop it
+                    with contextlib.suppress(Exception):
+                        await self.pubsub_redis.aclose()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
+
+    def _cancel_pubsub(self):
+        """A pub/sub of the cancel broadcasts' Redis; on a Redis Cluster (no
+        AIECS_PUBSUB_URL), of the next node each time (the previous one failed)."""
+        if self._pubsub_nodes is not None:
+            self.pubsub_redis = self._pubsub_nodes.client(**self._pubsub_options)
+        return self.pubsub_redis.pubsub(ignore_subscribe_messages=True)
 
     def _check_revoked(self) -> None:
         """Plain ``AsyncResult.revoke()`` of a running task (in-process pools)."""

@@ -101,8 +101,11 @@ class RuntimeState:
     loop: asyncio.AbstractEventLoop
     publisher: RedisEventPublisher
     redis: aioredis.Redis
-    #: the cancel listener's client (``redis`` but on a Redis Cluster)
-    pubsub_redis: aioredis.Redis
+    #: the cancel listener's client (AIECS_PUBSUB_URL's, else ``redis``; on a Redis
+    #: Cluster, a plain client of the node ``_pubsub_nodes`` chose)
+    pubsub_redis: aioredis.Redis | None
+    _pubsub_nodes: Any
+    _pubsub_options: dict[str, Any]
     limiter: RateLimiter | None
     #: this process as the owner of the executions it runs (see aiecs_worker.store.lease)
     owner: str

@@ -44,7 +44,7 @@ from aiecs_core import ServiceRegistry, TaskEvent, load_plugins
 from celery.exceptions import SoftTimeLimitExceeded
 
 from ..settings import Settings, get_settings
-from ..store.connection import async_client, pubsub_client
+from ..store.connection import PubSubNodes, async_client, cluster_addresses
 from ..store.events import BEGIN_PUBLISH_LUA, RedisEventPublisher
 from ..store.hold import ADMIT_LUA, CLAIM_DUE_LUA, KEEP_ALIVE_LUA, RELEASE_LUA
 from ..store.keys import OWNERS_KEY
@@ -98,10 +98,15 @@ class Runtime(ExecutionMixin, CancelsMixin, SweeperMixin):
         self.redis = async_client(
             state, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
-        #: the cancel listener's client (a plain one of the URL's node on a Redis Cluster)
-        self.pubsub_redis = pubsub_client(
-            state, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-        ) if state.cluster else self.redis
+        # The cancel listener's Redis: AIECS_PUBSUB_URL's, else the state's; on a Redis
+        # Cluster, one node at a time, the next one when it fails (see _cancel_pubsub).
+        pubsub = s.redis_target(s.pubsub_redis_url)
+        self._pubsub_options = {"socket_connect_timeout": 2, "socket_timeout": 5,
+                                "health_check_interval": 30}
+        self._pubsub_nodes = PubSubNodes(pubsub, lambda: cluster_addresses(self.redis)) \
+            if pubsub.cluster else None
+        self.pubsub_redis = None if pubsub.cluster else (
+            self.redis if pubsub == state else async_client(pubsub, **self._pubsub_options))
         self._begin = self.redis.register_script(BEGIN_PUBLISH_LUA)
         self._heartbeat = self.redis.register_script(HEARTBEAT_LUA)
         self._sweep = self.redis.register_script(SWEEP_LUA)
@@ -213,6 +218,8 @@ class Runtime(ExecutionMixin, CancelsMixin, SweeperMixin):
                 log.exception("closing %r failed", instance)
         await self.publisher.aclose()
         await self.redis.aclose()
+        if self.pubsub_redis is not None and self.pubsub_redis is not self.redis:
+            await self.pubsub_redis.aclose()
 
     def close(self, timeout: float = 10) -> None:
         if os.getpid() != self.pid or not self.loop.is_running():

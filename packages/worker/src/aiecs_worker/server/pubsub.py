@@ -1,5 +1,9 @@
 """The Redis manager of the progress server's Socket.IO: events published by the workers
-reach every server process through it, and its listener proves it is alive."""
+reach every server process through it, and its listener proves it is alive.
+
+The events are published by Lua scripts on the state Redis, so the manager subscribes
+there; on a Redis Cluster, to one node at a time, another when that one dies
+(:class:`~aiecs_worker.store.connection.PubSubNodes`)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import socketio
 
 from ..ops import metrics
 from ..settings import RedisTarget
-from ..store.connection import pubsub_client
+from ..store.connection import PubSubNodes, pubsub_client
 
 __all__ = ["ProbedRedisManager"]
 
@@ -38,11 +42,17 @@ class ProbedRedisManager(socketio.AsyncRedisManager):
         )
         self.probe_heard: dict[str, float] = {}
         self.target = url
+        #: on a Redis Cluster, the node to subscribe to (the server tells it the nodes)
+        self.nodes = (PubSubNodes(url) if isinstance(url, RedisTarget) and url.cluster
+                      else None)
 
     def _redis_connect(self):
         """The client through aiecs's one factory (plain or Sentinel URL), in place of
         python-socketio's, which knows only its own ``redis+sentinel://`` form."""
-        self.redis = pubsub_client(self.target, **self.redis_options)
+        if self.nodes is not None:  # each (re)connection: the next node after a failure
+            self.redis = self.nodes.client(**self.redis_options)
+        else:
+            self.redis = pubsub_client(self.target, **self.redis_options)
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self.connected = True
 

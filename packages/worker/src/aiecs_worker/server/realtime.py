@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from ..ops import metrics
 from ..settings import RedisTarget
-from ..store.connection import async_client
+from ..store.connection import async_client, cluster_addresses
 from ..store.events import EVENT_NAME, user_room
 from .admission import TOO_MANY_CONNECTIONS, SocketAdmission, SocketLimits
 from .pubsub import ProbedRedisManager
@@ -138,6 +138,8 @@ class ProgressSocket:
         self.redis = async_client(
             self.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
+        if self.manager.nodes is not None:  # a Redis Cluster: the nodes it lists now
+            self.manager.nodes.known = lambda: cluster_addresses(self.redis)
         # Start the pub/sub listener now rather than at the first connection, so that
         # /healthz reflects it from the start.
         if not self.sio.manager_initialized:

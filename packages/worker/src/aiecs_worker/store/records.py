@@ -25,7 +25,7 @@ from .keys import OUTBOX_KEY, PENDING_KEY, celery_index_key, steps_key
 from .requests import routable_call
 from .scripts import pipelined
 
-__all__ = ["end_cancelled", "end_execution", "record_pending", "state_redis",
+__all__ = ["end_cancelled", "end_execution", "pubsub_redis", "record_pending", "state_redis",
            "terminal_fields"]
 
 
@@ -33,6 +33,12 @@ __all__ = ["end_cancelled", "end_execution", "record_pending", "state_redis",
 def state_redis():
     """This process's synchronous client of the state Redis."""
     return sync_client(get_settings().state_redis_url, socket_timeout=5)
+
+
+def pubsub_redis():
+    """This process's synchronous client of the cancel broadcasts' Redis
+    (AIECS_PUBSUB_URL, else the state Redis)."""
+    return sync_client(get_settings().pubsub_redis_url, socket_timeout=5)
 
 
 def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
