@@ -69,9 +69,10 @@ class CancelsMixin(RuntimeState):
                 log.debug("cancel listener reconnecting: %s", exc)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-                if self._pubsub_nodes is not None:  # a plain client of one node: drop it
-                    with contextlib.suppress(Exception):
-                        await self.pubsub_redis.aclose()
+                dropped = self.pubsub_redis
+                if self._pubsub_nodes is not None and dropped is not None:
+                    with contextlib.suppress(Exception):  # a plain client of one node
+                        await dropped.aclose()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
 
