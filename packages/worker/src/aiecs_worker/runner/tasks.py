@@ -58,8 +58,9 @@ class AiecsTask(Task):
             # checked before anything is queued (TemplateVariablesError, InputValidationError
             # ... raised to the caller)
             kwargs = expand(kwargs)
-            admission.check(TaskRequest.model_validate(kwargs))
-        if kwargs and not args:
+            request = TaskRequest.model_validate(kwargs)  # invalid: raised to the caller
+            admission.check(request)
+        elif kwargs and not args:
             try:
                 request = TaskRequest.model_validate(kwargs)
             except ValidationError:
