@@ -182,7 +182,7 @@ def _check(content: TemplateContent, variables: Mapping[str, Any], is_ref: _IsRe
         raise TemplateVariablesError(
             f"missing variable{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     refs = {k for k, v in values.items() if is_ref(v)}
-    validator = jsonschema.Draft202012Validator(content.variables_schema)
+    validator = _validator(json.dumps(content.variables_schema, sort_keys=True))
     errors = [e for e in validator.iter_errors(values)
               if not (e.absolute_path and e.absolute_path[0] in refs)]
     if errors:
@@ -190,6 +190,12 @@ def _check(content: TemplateContent, variables: Mapping[str, Any], is_ref: _IsRe
         where = ".".join(str(p) for p in e.absolute_path) or "variables"
         raise TemplateVariablesError(f"variable {where}: {e.message}")
     return values
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
+    """The compiled validator of a variables schema (its canonical JSON), once per schema."""
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
 
 
 def render(content: TemplateContent, variables: Mapping[str, Any], *,

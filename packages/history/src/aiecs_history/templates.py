@@ -181,6 +181,27 @@ def resolve(engine: Engine, name: str, *, version: int | None = None,
     return _version(name, row)
 
 
+_LABEL_VERSION = (
+    select(template_labels.c.version)
+    .join(templates, templates.c.id == template_labels.c.template_id)
+    .where(templates.c.name == bindparam("name"), template_labels.c.label == bindparam("label")))
+
+
+def label_version(engine: Engine, name: str, label: str | None = None) -> int:
+    """The version number ``label`` (default :data:`DEFAULT_LABEL`) points at now: one
+    indexed query, for a caller that keeps the (immutable) versions themselves."""
+    label = label or DEFAULT_LABEL
+    with engine.connect() as conn:
+        found = conn.execute(_LABEL_VERSION, {"name": name, "label": label}).scalar()
+        if found is None:
+            known = _template_id(conn, name) is not None
+    if found is None:
+        raise TemplateNotFoundError(
+            f"template {name!r} has no label {label!r}" if known
+            else f"no template {name!r}", template=name, label=label)
+    return int(found)
+
+
 def list_templates(engine: Engine) -> list[dict[str, Any]]:
     """Every template: name, source, newest version, its description, labels."""
     tv = template_versions

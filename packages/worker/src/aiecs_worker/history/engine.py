@@ -42,6 +42,9 @@ def engine() -> Any:
 
 def dispose() -> None:
     """Close every engine (tests; a forked child must not share its parent's sockets)."""
+    from .templates import clear_cache
+
+    clear_cache()  # the versions kept were read from these databases
     with _lock:
         for eng in _engines.values():
             eng.dispose()

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 from aiecs_core import AiecsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..settings import get_settings
 from .engine import engine, require_history
 
 __all__ = ["OPERATION_FIELDS", "Resolver", "TemplateSpec", "expand", "is_templated",
@@ -80,6 +83,33 @@ def is_templated(raw: Any) -> bool:
     return isinstance(raw, Mapping) and ("template" in raw or "variables" in raw)
 
 
+#: Versions are immutable: this process keeps the newest it read (name, version) -> version.
+_CACHE_SIZE = 256
+_cache: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _cached_version(store: Any, name: str, version: int) -> Any:
+    key = (get_settings().database_url, name, version)
+    with _cache_lock:
+        found = _cache.get(key)
+        if found is not None:
+            _cache.move_to_end(key)
+            return found
+    found = store.get_version(engine(), name, version)
+    with _cache_lock:
+        _cache[key] = found
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return found
+
+
+def clear_cache() -> None:
+    """Forget the kept versions (tests)."""
+    with _cache_lock:
+        _cache.clear()
+
+
 class Resolver:
     """Resolves the templated submissions of one call (each reference looked up once)."""
 
@@ -93,8 +123,11 @@ class Resolver:
             require_history()
             from aiecs_history import templates as store
 
-            found = self._versions[spec] = store.resolve(
-                engine(), spec.name, version=spec.version, label=spec.label)
+            # a label is read now (one indexed query; it moves by compare-and-swap); the
+            # version it names is immutable, so kept
+            number = spec.version if spec.version is not None else store.label_version(
+                engine(), spec.name, spec.label)
+            found = self._versions[spec] = _cached_version(store, spec.name, number)
         return found
 
     def expand(self, raw: Mapping[str, Any], *, refs: bool = False) -> dict[str, Any]:
