@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from aiecs_core import ConfigurationError
+from aiecs_core import AiecsError, ConfigurationError
 
-__all__ = ["MISSING_EXTRA", "HistoryUnavailableError", "require"]
+__all__ = ["MISSING_EXTRA", "HistoryDatabaseUnreachableError", "HistoryUnavailableError",
+           "require"]
 
 #: What to install for the history database (one message, every place that needs it).
 MISSING_EXTRA = ("the history database needs the aiecs-history package: "
@@ -32,6 +33,11 @@ MISSING_EXTRA = ("the history database needs the aiecs-history package: "
 
 class HistoryUnavailableError(ConfigurationError):
     """The history database's package (``aiecs-history``) is not installed here."""
+
+
+class HistoryDatabaseUnreachableError(AiecsError):
+    """The history database did not answer (refused, or no answer within
+    AIECS_DATABASE_TIMEOUT): a template could not be resolved; nothing was queued."""
 
 
 def require(what: str = "") -> ModuleType:

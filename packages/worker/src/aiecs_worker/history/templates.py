@@ -29,7 +29,8 @@ from aiecs_core import AiecsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..settings import get_settings
-from .engine import engine, require_history
+from . import engine as engines
+from .engine import bounded, engine, require_history
 
 __all__ = ["OPERATION_FIELDS", "Resolver", "TemplateSpec", "expand", "is_templated",
            "parse_reference", "publish_plugin_templates"]
@@ -89,14 +90,14 @@ _cache: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _cached_version(store: Any, name: str, version: int) -> Any:
+def _cached_version(store: Any, name: str, version: int, what: str) -> Any:
     key = (get_settings().database_url, name, version)
     with _cache_lock:
         found = _cache.get(key)
         if found is not None:
             _cache.move_to_end(key)
             return found
-    found = store.get_version(engine(), name, version)
+    found = bounded(lambda eng: store.get_version(eng, name, version), what)
     with _cache_lock:
         _cache[key] = found
         while len(_cache) > _CACHE_SIZE:
@@ -108,6 +109,9 @@ def clear_cache() -> None:
     """Forget the kept versions (tests)."""
     with _cache_lock:
         _cache.clear()
+
+
+engines._on_dispose.append(clear_cache)
 
 
 class Resolver:
@@ -125,9 +129,10 @@ class Resolver:
 
             # a label is read now (one indexed query; it moves by compare-and-swap); the
             # version it names is immutable, so kept
-            number = spec.version if spec.version is not None else store.label_version(
-                engine(), spec.name, spec.label)
-            found = self._versions[spec] = _cached_version(store, spec.name, number)
+            what = f"template {spec.name!r} could not be resolved"
+            number = spec.version if spec.version is not None else bounded(
+                lambda eng: store.label_version(eng, spec.name, spec.label), what)
+            found = self._versions[spec] = _cached_version(store, spec.name, number, what)
         return found
 
     def expand(self, raw: Mapping[str, Any], *, refs: bool = False) -> dict[str, Any]:
