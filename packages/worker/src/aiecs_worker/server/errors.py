@@ -55,6 +55,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..history import HistoryDatabaseUnreachableError
 from ..history.database import DatabaseUnavailable
 from ..producer.groups import GroupError, NotFoundError
 from ..producer.schedules import ScheduleExistsError
@@ -188,6 +189,9 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         log.warning("history database unavailable: %s", exc.reason)
         return Unavailable(f"the history database is unavailable: {exc.reason}",
                            type_="database_unavailable")
+    if isinstance(exc, HistoryDatabaseUnreachableError):  # a template not resolved
+        log.warning("history database unavailable: %s", exc.message)
+        return Unavailable(exc.message, type_="HistoryDatabaseUnreachableError")
     if isinstance(exc, AiecsError):  # ServiceNotFoundError, InputValidationError, ...
         return ApiError(422, type(exc).__name__, exc.message)
     if is_backend_error(exc):
