@@ -85,6 +85,20 @@ def terminal(client, user: str, task: str, timeout: float = 60) -> dict:
         return ends[-1] if ends else None
     return wait_until(ended, timeout=timeout, message=f"{task} ended")
 
+def cancel_a_running_task(server, client, user: str, token: str) -> str:
+    """A long task submitted through the API, cancelled there once it runs: it ends
+    cancelled (its id)."""
+    code, out = server.http("POST", "/tasks", body(chunks=300, delay=0.1), token=token)
+    assert code == 202, out
+    long = out["task_id"]
+    wait_until(lambda: status(client, user, long) == "running", timeout=60,
+               message="the long task running")
+    code, out = server.http("DELETE", f"/tasks/{long}", token=token)
+    assert code == 202, out
+    assert terminal(client, user, long)["status"] == "cancelled"
+    return long
+
+
 
 def status(client, user: str, task: str) -> str | None:
     raw = client.hget(state_key(user, task), "status")
@@ -188,14 +202,7 @@ def test_tasks_batch_workflow_and_cancel_on_a_cluster(env, client, start_worker,
     assert [s["result"]["text"] for s in view["steps"]] == ["hello world", "hello world"]
 
     # a long task, cancelled through the API while it runs
-    code, out = server.http("POST", "/tasks", body(chunks=300, delay=0.1), token=token)
-    assert code == 202, out
-    long = out["task_id"]
-    wait_until(lambda: status(client, user, long) == "running", timeout=60,
-               message="the long task running")
-    code, out = server.http("DELETE", f"/tasks/{long}", token=token)
-    assert code == 202, out
-    assert terminal(client, user, long)["status"] == "cancelled"
+    cancel_a_running_task(server, client, user, token)
     wait_until(lambda: client.zcard(f"{PREFIX}:pending") == 0, timeout=20,
                message="nothing left pending")
     # the recorder wrote every finished execution to the history database
@@ -397,14 +404,7 @@ def test_events_and_cancels_outlive_the_url_node(broker, start_worker, start_ser
         # a cancel, broadcast on the broker's Redis, reaches the running execution
         listener = plain.pubsub()
         listener.subscribe(f"{PREFIX}:cancel")
-        code, out = server.http("POST", "/tasks", body(chunks=300, delay=0.1), token=token)
-        assert code == 202, out
-        long = out["task_id"]
-        wait_until(lambda: status(client, user, long) == "running", timeout=60,
-                   message="the long task running")
-        code, out = server.http("DELETE", f"/tasks/{long}", token=token)
-        assert code == 202, out
-        assert terminal(client, user, long)["status"] == "cancelled"
+        long = cancel_a_running_task(server, client, user, token)
         heard = wait_until(lambda: listener.get_message(ignore_subscribe_messages=True,
                                                         timeout=0.5), timeout=10,
                            message="the cancel broadcast on AIECS_PUBSUB_URL")

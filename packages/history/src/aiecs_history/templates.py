@@ -173,12 +173,16 @@ def resolve(engine: Engine, name: str, *, version: int | None = None,
     with engine.connect() as conn:
         row = conn.execute(_VERSION_BY_LABEL, {"name": name, "label": label}).first()
         if row is None:
-            known = _template_id(conn, name) is not None
-    if row is None:
-        raise TemplateNotFoundError(
-            f"template {name!r} has no label {label!r}" if known
-            else f"no template {name!r}", template=name, label=label)
+            raise _label_missing(conn, name, label)
     return _version(name, row)
+
+
+def _label_missing(conn: Connection, name: str, label: str) -> TemplateNotFoundError:
+    """The error of a label that points nowhere: no such template, or no such label."""
+    known = _template_id(conn, name) is not None
+    return TemplateNotFoundError(
+        f"template {name!r} has no label {label!r}" if known
+        else f"no template {name!r}", template=name, label=label)
 
 
 _LABEL_VERSION = (
@@ -194,11 +198,7 @@ def label_version(engine: Engine, name: str, label: str | None = None) -> int:
     with engine.connect() as conn:
         found = conn.execute(_LABEL_VERSION, {"name": name, "label": label}).scalar()
         if found is None:
-            known = _template_id(conn, name) is not None
-    if found is None:
-        raise TemplateNotFoundError(
-            f"template {name!r} has no label {label!r}" if known
-            else f"no template {name!r}", template=name, label=label)
+            raise _label_missing(conn, name, label)
     return int(found)
 
 
