@@ -16,6 +16,7 @@ Imports nothing from aiecs_worker.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,10 @@ __all__ = ["Call", "pipelined", "sha1"]
 Call = tuple[Any, ...]
 
 _shas: dict[str, str] = {}
+#: The scripts loaded through each client (once, before its first pipeline that uses
+#: them): re-sending only what Redis refused must never reorder calls, and it would if a
+#: later script of a pipeline was known to Redis and an earlier one was not.
+_loaded: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
 def sha1(script: str) -> str:
@@ -41,10 +46,18 @@ def sha1(script: str) -> str:
 def pipelined(client: Any, calls: Sequence[Call], *, transaction: bool = False) -> list[Any]:
     """Run ``calls`` in one pipeline of a synchronous client and return their replies;
     an error reply other than NOSCRIPT is raised (the first one), as ``execute()`` does."""
+    scripts = {c[0] for c in calls if c[0] is not None}
+    known = _loaded.setdefault(client, set())
+    for script in scripts - known:
+        client.script_load(script)
+        known.add(script)
     out = _run(client, calls, transaction)
     refused = [i for i, r in enumerate(out) if isinstance(r, NoScriptError)]
     if refused:
-        for script in {calls[i][0] for i in refused}:
+        # Redis lost its scripts (a restart, SCRIPT FLUSH): every script refused here was
+        # refused alike; load every script this process knows, so that no later pipeline
+        # finds some loaded and others not
+        for script in known | scripts:
             client.script_load(script)
         if transaction:
             out = _run(client, calls, transaction)
