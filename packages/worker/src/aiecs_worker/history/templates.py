@@ -19,9 +19,8 @@ of a batch run the same version.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,31 +83,19 @@ def is_templated(raw: Any) -> bool:
     return isinstance(raw, Mapping) and ("template" in raw or "variables" in raw)
 
 
-#: Versions are immutable: this process keeps the newest it read (name, version) -> version.
-_CACHE_SIZE = 256
-_cache: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
-_cache_lock = threading.Lock()
+@functools.lru_cache(maxsize=256)
+def _cached_version(database_url: str, name: str, version: int) -> Any:
+    """A template version of the database at ``database_url`` (the cache's key): versions
+    are immutable, so this process keeps the 256 it used last (a failure is not kept)."""
+    from aiecs_history import templates as store
 
-
-def _cached_version(store: Any, name: str, version: int, what: str) -> Any:
-    key = (get_settings().database_url, name, version)
-    with _cache_lock:
-        found = _cache.get(key)
-        if found is not None:
-            _cache.move_to_end(key)
-            return found
-    found = bounded(lambda eng: store.get_version(eng, name, version), what)
-    with _cache_lock:
-        _cache[key] = found
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return found
+    return bounded(lambda eng: store.get_version(eng, name, version),
+                   f"template {name!r} could not be resolved")
 
 
 def clear_cache() -> None:
-    """Forget the kept versions (tests)."""
-    with _cache_lock:
-        _cache.clear()
+    """Forget the kept versions (tests; engines disposed)."""
+    _cached_version.cache_clear()
 
 
 engines._on_dispose.append(clear_cache)
@@ -132,7 +119,8 @@ class Resolver:
             what = f"template {spec.name!r} could not be resolved"
             number = spec.version if spec.version is not None else bounded(
                 lambda eng: store.label_version(eng, spec.name, spec.label), what)
-            found = self._versions[spec] = _cached_version(store, spec.name, number, what)
+            found = self._versions[spec] = _cached_version(
+                get_settings().database_url, spec.name, number)
         return found
 
     def expand(self, raw: Mapping[str, Any], *, refs: bool = False) -> dict[str, Any]:

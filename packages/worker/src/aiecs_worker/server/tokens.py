@@ -20,11 +20,10 @@ check it with :func:`is_operator`, the one place that decides. ``aiecs token USE
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import re
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -83,12 +82,6 @@ def issue_token(user_id: str, secret: str, ttl: float = 3600, *, now: float | No
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-#: Tokens verified lately: (token, secret, max_lifetime) -> Identity, oldest first.
-_verified: OrderedDict[tuple[str, str, float], Identity] = OrderedDict()
-#: How many verified tokens are remembered (the least recently used are forgotten).
-_VERIFIED_MAX = 1024
-
-
 def verify_token(token: object, secret: str, *,
                  max_lifetime: float = DEFAULT_MAX_LIFETIME) -> Identity:
     """The identity a token proves, or :class:`TokenError` (fails closed on anything odd).
@@ -104,23 +97,9 @@ def verify_token(token: object, secret: str, *,
         raise TokenError("missing token")
     if not isinstance(token, str) or len(token) > 4096:
         raise TokenError("malformed token")
-    key = (token, secret, max_lifetime)
-    known = _verified.get(key)
-    if known is not None:
-        fresh = time.time() < known.expires_at  # PyJWT's test: expired at exp, no leeway
-        with contextlib.suppress(KeyError):  # another thread may have dropped it
-            if fresh:
-                _verified.move_to_end(key)
-            else:
-                del _verified[key]
-        if fresh:
-            return known
+    identity = _verified(token, secret, max_lifetime)
+    if time.time() >= identity.expires_at:  # PyJWT's test: expired at exp, no leeway
         raise TokenError("token expired")
-    identity = _verify(token, secret, max_lifetime)
-    _verified[key] = identity
-    if len(_verified) > _VERIFIED_MAX:
-        with contextlib.suppress(KeyError):
-            _verified.popitem(last=False)
     return identity
 
 
@@ -158,3 +137,7 @@ def _verify(token: str, secret: str, max_lifetime: float) -> Identity:
         raise TokenError("invalid token: bad scope")
     return Identity(user_id=user_id, expires_at=float(expires), issued_at=float(issued),
                     jti=jti, scopes=frozenset(scope.split()) if scope else frozenset())
+
+
+#: Tokens verified lately, the last 1,024 (a failure is not kept: it is checked again).
+_verified = functools.lru_cache(maxsize=1024)(_verify)

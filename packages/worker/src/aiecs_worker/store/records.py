@@ -35,6 +35,7 @@ def state_redis():
     return sync_client(get_settings().state_redis_url, socket_timeout=5)
 
 
+@functools.lru_cache(maxsize=1)
 def pubsub_redis():
     """This process's synchronous client of the cancel broadcasts' Redis
     (AIECS_PUBSUB_URL, else the state Redis)."""

@@ -57,7 +57,7 @@ def pipelined(client: Any, calls: Sequence[Call], *, transaction: bool = False) 
         # Redis lost its scripts (a restart, SCRIPT FLUSH): every script refused here was
         # refused alike; load every script this process knows, so that no later pipeline
         # finds some loaded and others not
-        for script in known | scripts:
+        for script in known:  # this call's scripts among them
             client.script_load(script)
         if transaction:
             out = _run(client, calls, transaction)
