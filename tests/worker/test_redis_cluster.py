@@ -85,12 +85,21 @@ def terminal(client, user: str, task: str, timeout: float = 60) -> dict:
         return ends[-1] if ends else None
     return wait_until(ended, timeout=timeout, message=f"{task} ended")
 
+
+def post_tasks(server, token: str, n: int, **kw) -> list[str]:
+    """``n`` echo tasks (``body(**kw)``) submitted through the API: their ids."""
+    ids = []
+    for _ in range(n):
+        code, out = server.http("POST", "/tasks", body(**kw), token=token)
+        assert code == 202, out
+        ids.append(out["task_id"])
+    return ids
+
+
 def cancel_a_running_task(server, client, user: str, token: str) -> str:
     """A long task submitted through the API, cancelled there once it runs: it ends
     cancelled (its id)."""
-    code, out = server.http("POST", "/tasks", body(chunks=300, delay=0.1), token=token)
-    assert code == 202, out
-    long = out["task_id"]
+    [long] = post_tasks(server, token, 1, chunks=300, delay=0.1)
     wait_until(lambda: status(client, user, long) == "running", timeout=60,
                message="the long task running")
     code, out = server.http("DELETE", f"/tasks/{long}", token=token)
@@ -225,11 +234,7 @@ def test_a_dead_workers_executions_run_again(env, client, start_worker, start_se
     server = start_server(env["REDIS_URL"], env=env)
     user = uid("sw")
     token = server.token(user)
-    ids = []
-    for _ in range(2):
-        code, out = server.http("POST", "/tasks", body(chunks=20, delay=0.1), token=token)
-        assert code == 202, out
-        ids.append(out["task_id"])
+    ids = post_tasks(server, token, 2, chunks=20, delay=0.1)
     wait_until(lambda: all(status(client, user, t) == "running" for t in ids), timeout=60,
                message="both running on the doomed worker")
     os.kill(doomed.proc.pid, signal.SIGKILL)
@@ -252,11 +257,7 @@ def test_a_message_lost_on_the_broker_is_queued_again(env, client, broker, start
     server = start_server(env["REDIS_URL"], env=env)
     user = uid("lost")
     token = server.token(user)
-    ids = []
-    for _ in range(2):
-        code, out = server.http("POST", "/tasks", body(), token=token)
-        assert code == 202, out
-        ids.append(out["task_id"])
+    ids = post_tasks(server, token, 2)
     plain = broker.client()
     queues = [k for k in plain.keys("fast_tasks*") if plain.llen(k)]
     assert len(queues) == 1 and plain.llen(queues[0]) == 2
@@ -307,11 +308,7 @@ def test_the_primary_of_aiecs_slot_killed_mid_run(broker, start_worker, start_se
         server = start_server(url, env=env)
         user = uid("fo")
         token = server.token(user)
-        ids = []
-        for _ in range(40):
-            code, out = server.http("POST", "/tasks", body(chunks=10, delay=0.2), token=token)
-            assert code == 202, out
-            ids.append(out["task_id"])
+        ids = post_tasks(server, token, 40, chunks=10, delay=0.2)
         client = nodes.client()
         wait_until(lambda: sum(status(client, user, t) == "completed" for t in ids) >= 5,
                    timeout=60, message="some executions done")
