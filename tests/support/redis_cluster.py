@@ -28,12 +28,23 @@ def _free(port: int) -> bool:
     return True
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000, at most 65535) is free too."""
-    while True:
-        port = random.randint(20000, 45000)
+#: node ports come from 20000-22767, so their cluster bus ports (+10000) stay under
+#: 32768, where Linux's ephemeral range begins: no outgoing connection (another test's
+#: client, a free_port() server) can take a bus port between the check and the bind
+_LOW, _HIGH = 20000, 22767
+
+
+def cluster_ports(count: int) -> list[int]:
+    """``count`` free ports whose bus ports are free too, none a bus port of another."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randint(_LOW, _HIGH)
+        taken = {p for c in chosen for p in (c, c + 10000)}
+        if {port, port + 10000} & taken:
+            continue
         if _free(port) and _free(port + 10000):
-            return port
+            chosen.append(port)
+    return chosen
 
 
 @dataclass
@@ -48,13 +59,42 @@ class RedisCluster:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
-    def start(self, timeout: float = 30.0) -> RedisCluster:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> RedisCluster:
+        """Start the nodes and join them. A node that cannot bind (a port taken between
+        the check and the bind, by a test in another process) ends the attempt: every
+        node stops and the next attempt draws new ports."""
+        for attempt in range(attempts):
+            self.ports = cluster_ports(3 * (1 + self.replicas))
+            self._launch()
+            if self._all_bound(timeout) or attempt == attempts - 1:
+                break
+            self.close(remove=False)
+            for node_dir in self.dir.iterdir():
+                shutil.rmtree(node_dir, ignore_errors=True)
+        self._join(timeout)
+        return self
+
+    def _all_bound(self, timeout: float) -> bool:
+        """True once every node answers; False as soon as one has exited."""
         import redis
 
-        if not self.ports:
-            self.ports = [cluster_port() for _ in range(3 * (1 + self.replicas))]
-        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-        if binary is None or cli is None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.ports)
+        while pending and time.monotonic() < deadline:
+            for port in list(pending):
+                if self.procs[self.ports.index(port)].poll() is not None:
+                    return False
+                try:
+                    if redis.Redis(port=port, socket_timeout=0.5).ping():
+                        pending.remove(port)
+                except redis.RedisError:
+                    pass
+            time.sleep(0.05)
+        return not pending
+
+    def _launch(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server / redis-cli are not installed")
         for port in self.ports:
             node_dir = self.dir / str(port)
@@ -65,10 +105,14 @@ class RedisCluster:
                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  "--cluster-node-timeout", "2000", "--logfile", str(node_dir / "log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def _join(self, timeout: float) -> None:
+        import redis
+
         for port in self.ports:
             self._wait(lambda p=port: redis.Redis(port=p, socket_timeout=0.5).ping(),
                        timeout, f"node {port} to answer")
-        subprocess.run([cli, "--cluster", "create",
+        subprocess.run([shutil.which("redis-cli"), "--cluster", "create",
                         *(f"127.0.0.1:{p}" for p in self.ports),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -84,7 +128,6 @@ class RedisCluster:
             return True
 
         self._wait(ready, timeout, "the cluster to cover every slot")
-        return self
 
     def _logs(self) -> str:
         return "\n".join(f"{p.parent.name}: {p.read_text(errors='replace')[-2000:]}"
@@ -150,10 +193,11 @@ class RedisCluster:
 
         return Client(host="127.0.0.1", port=self.ports[0], **kwargs)
 
-    def close(self) -> None:
+    def close(self, remove: bool = True) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
         self.procs.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -150,19 +150,25 @@ def test_a_finished_workflow_keeps_the_workers_ttl(aiecs_redis, start_worker):
     from aiecs_worker.producer.flow import get_workflow, submit_workflow
     from aiecs_worker.store.keys import flow_key
 
-    start_worker(env={"AIECS_EVENTS_TTL": str(WORKER_TTL)})
     client = aiecs_redis.client()
     user, task = _ids()
     step = {"mode": "test", "service": "echo", "task_name": "echo",
             "input_data": {"text": "kept", "chunks": 1}}
-    # made here, with this process's one-day TTL; step 2 waits for step 1
-    submit_workflow(user, [{**step, "step": 1}, {**step, "step": 2, "depends_on": [1]}],
+    # made here, with this process's one-day TTL, before any worker runs; step 2 waits
+    # for step 1 and then takes a few seconds
+    submit_workflow(user, [{**step, "step": 1},
+                           {**step, "step": 2, "depends_on": [1],
+                            "input_data": {"text": "kept", "chunks": 1, "delay": 3}}],
                     task_id=task)
     key = flow_key(user, task)
     assert client.ttl(key) > WORKER_TTL
+    start_worker(env={"AIECS_EVENTS_TTL": str(WORKER_TTL)})
     wait_until(lambda: _ended(user, task, 1), timeout=30, message="step 1")
-    # one step ended, one to go: the workflow keeps what it had
-    assert client.ttl(key) > WORKER_TTL
+    # one step ended, one to go: the workflow keeps what it had. The TTL is read first,
+    # so if step 2 has not ended after it, it had not ended when it was read.
+    ttl = client.ttl(key)
+    assert not _ended(user, task, 2), "step 2 ended within its delay"
+    assert ttl > WORKER_TTL
     wait_until(lambda: get_workflow(user, task)["status"] == "completed", timeout=30,
                message="the workflow to complete")
     ttls = {"workflow": client.ttl(key), **_ttls(client, user, task, 2)}
