@@ -159,14 +159,20 @@ def test_threads_worker_consumes_again_after_its_connections_close(
     first = [new_id() for _ in range(8)]
     rest = [new_id() for _ in range(32)]
     # the last of the eight ends first: its pool thread takes the returned copy of the
-    # first while that one still runs here
-    send_from_client([call(t, chunks=4, delay=1.0) for t in first[:-1]]
+    # first while that one still runs here. The seven run 12 s: the sender is a process
+    # of its own, and on a loaded machine it has been seen to exit 4 s after its sends
+    send_from_client([call(t, chunks=8, delay=1.5) for t in first[:-1]]
                      + [call(first[-1], chunks=4, delay=0.3)]
                      + [call(t, chunks=1, delay=0.02) for t in rest],
                      broker_url=rabbit_vhost.url, redis_url=aiecs_redis.url)
     client = aiecs_redis.client()
-    wait_until(lambda: all(state(client, t).get("status") == "running" for t in first),
-               timeout=60, message="the first eight executions running")
+    def all_running() -> bool:
+        statuses = [state(client, t).get("status") for t in first]
+        assert not {"completed", "failed"} & set(statuses[:-1]), \
+            f"one of the seven long executions ended before all eight ran: {statuses}"
+        return all(s == "running" for s in statuses)
+
+    wait_until(all_running, timeout=60, message="the first eight executions running")
     rabbit_vhost.close_connections()
     for t in first + rest:
         terminal, events = wait_terminal(client, USER, t, timeout=60)
