@@ -14,7 +14,7 @@ import pytest
 from aiecs_core import TaskRequest
 from aiecs_worker.producer.batch import submit_batch
 from aiecs_worker.producer.control import cancel, get_state, submit
-from aiecs_worker.store.keys import BACKLOG_KEY, window_key
+from aiecs_worker.store.keys import PREFIX, backlog_key, window_key
 
 from tests.support.events import TERMINAL, read_events, wait_until
 
@@ -67,7 +67,7 @@ def test_items_over_the_window_wait_in_redis_and_run_in_order(
         assert started[i] >= min(finished[i - 2], finished[i - 1]) - 0.01, (i, started,
                                                                             finished)
     assert client.zcard(win) == 0 and client.llen(win + ":held") == 0
-    assert not client.sismember(BACKLOG_KEY, win)
+    assert not client.sismember(backlog_key(PREFIX), win)
 
 
 def test_cancelling_a_held_item_ends_it_at_once(aiecs_redis, start_worker, submitter_env):
@@ -110,7 +110,7 @@ def test_a_sigkilled_worker_does_not_leak_window_slots(aiecs_redis, start_worker
         assert len(terminal) == 1, (t, terminal)
     win = window_key("heavy_tasks", user)
     assert client.zcard(win) == 0 and client.llen(win + ":held") == 0
-    assert not client.sismember(BACKLOG_KEY, win)
+    assert not client.sismember(backlog_key(PREFIX), win)
 
 
 # 1,000 heavy items through real workers: a long run (about 2 min under load):
@@ -180,7 +180,7 @@ def test_cancelling_a_batch_ends_its_held_items_at_once(aiecs_redis, start_worke
             "pending", "cancelled"]
     win = window_key("heavy_tasks", user)
     wait_until(lambda: client.zcard(win) == 0 and client.llen(win + ":held") == 0
-               and not client.sismember(BACKLOG_KEY, win), timeout=10,
+               and not client.sismember(backlog_key(PREFIX), win), timeout=10,
                message="the window and its FIFO emptied")
 
 

@@ -12,7 +12,7 @@ import pytest
 from aiecs_core import TaskRequest
 from aiecs_worker import execute_task
 from aiecs_worker.producer.control import cancel, get_state, submit
-from aiecs_worker.store.keys import DUE_KEY, PENDING_KEY
+from aiecs_worker.store.keys import PREFIX, due_key, pending_key
 
 from tests.support.events import TERMINAL, read_events, wait_until
 
@@ -49,8 +49,8 @@ def test_a_far_future_submission_has_no_broker_message_and_outlives_its_eta(aiec
         state_key = f"aiecs:t:{u}:{t}:1:state"
         state = get_state(u, t, 1)["steps"][1]
         assert state["status"] == "pending" and state["held"] == "due"
-        assert client.zscore(DUE_KEY, state_key) is not None
-        assert client.zscore(PENDING_KEY, state_key) is None  # the reaper must not send it
+        assert client.zscore(due_key(PREFIX), state_key) is not None
+        assert client.zscore(pending_key(PREFIX), state_key) is None  # the reaper must not send it
         # state and log live until the eta, then AIECS_EVENTS_TTL (1 day by default)
         assert client.ttl(state_key) > ahead
         assert client.ttl(f"aiecs:t:{u}:{t}:log") > ahead
@@ -66,7 +66,7 @@ def test_cancelling_a_held_submission_frees_what_it_held(aiecs_redis):
     assert cancel(user, task, 1)
     state = get_state(user, task, 1)["steps"][1]
     assert state["status"] == "cancelled"  # at once, not in seven days
-    assert client.zscore(DUE_KEY, state_key) is None
+    assert client.zscore(due_key(PREFIX), state_key) is None
     assert not client.hexists(state_key, "request")  # the 100 KB input is gone
     assert not client.hexists(state_key, "held")
     assert client.ttl(state_key) <= 86_400  # kept AIECS_EVENTS_TTL from now, no longer
@@ -93,7 +93,7 @@ def test_a_held_submission_is_released_by_the_sweep_and_runs_on_time(
     assert final["status"] == "completed"
     assert final["started"] >= before + 6 - 0.05
     assert final["started"] < before + 6 + 5  # released within the sweep's period
-    assert client.zcard(DUE_KEY) == 0
+    assert client.zcard(due_key(PREFIX)) == 0
     statuses = [e["status"] for e in read_events(client, user, task) if e["type"] == "status"]
     assert statuses == ["pending", "running", "completed"]
 
@@ -124,7 +124,7 @@ def test_worker_memory_stays_flat_with_10000_tasks_30_days_ahead(aiecs_redis, st
         execute_task.apply_async(kwargs={**_kwargs("memuser", f"far{i}"), "context": context},
                                  countdown=30 * DAY)
     submitted_in = time.monotonic() - began
-    assert client.zcard(DUE_KEY) == 10_000
+    assert client.zcard(due_key(PREFIX)) == 10_000
     # several visibility timeouts (2 s) and sweeps (1 s) go by
     samples = []
     end = time.monotonic() + 12
@@ -136,4 +136,4 @@ def test_worker_memory_stays_flat_with_10000_tasks_30_days_ahead(aiecs_redis, st
     print(f"\nsubmitted 10,000 in {submitted_in:.1f}s; worker RSS {start_rss:.1f} MB -> "
           f"max {max(samples):.1f} MB (growth {growth:.1f} MB) over 12 s")
     assert growth < 30, (start_rss, samples)
-    assert client.zcard(DUE_KEY) == 10_000  # none released early
+    assert client.zcard(due_key(PREFIX)) == 10_000  # none released early

@@ -12,10 +12,11 @@ from aiecs_worker import execute_task
 from aiecs_worker.producer.control import cancel, get_state
 from aiecs_worker.store.events import celery_task_id
 from aiecs_worker.store.keys import (
-    DUE_KEY,
-    PENDING_KEY,
-    RETENTION_KEY,
+    PREFIX,
     celery_index_key,
+    due_key,
+    pending_key,
+    retention_key,
     steps_key,
 )
 
@@ -37,7 +38,7 @@ def _ids() -> tuple[str, str]:
 def _ttls(client, user: str, task: str, step: int = 1) -> dict[str, int]:
     base = f"aiecs:t:{user}:{task}"
     keys = {"state": f"{base}:{step}:state", "steps": steps_key(user, task),
-            "celery index": celery_index_key(celery_task_id(user, task, step)),
+            "celery index": celery_index_key(celery_task_id(user, task, step), PREFIX),
             "seq": f"{base}:seq", "log": f"{base}:log"}
     return {name: client.ttl(key) for name, key in keys.items()}
 
@@ -61,7 +62,7 @@ def test_the_workers_ttl_holds_whatever_the_submitters(aiecs_redis, start_worker
 def test_a_cancel_from_another_process_gets_the_workers_ttl(aiecs_redis, start_worker):
     start_worker(env={"AIECS_EVENTS_TTL": str(WORKER_TTL)})
     client = aiecs_redis.client()
-    wait_until(lambda: client.get(RETENTION_KEY), timeout=30,
+    wait_until(lambda: client.get(retention_key(PREFIX)), timeout=30,
                message="the worker's retention")
     user, task = _ids()
     # held in Redis a week ahead, then cancelled here (one day of TTL in this process)
@@ -72,8 +73,8 @@ def test_a_cancel_from_another_process_gets_the_workers_ttl(aiecs_redis, start_w
     assert get_state(user, task, 1)["steps"][1]["status"] == "cancelled"
     ttls = _ttls(client, user, task)
     assert all(0 < t <= WORKER_TTL for t in ttls.values()), ttls
-    assert client.zscore(PENDING_KEY, state_key) is None
-    assert client.zscore(DUE_KEY, state_key) is None
+    assert client.zscore(pending_key(PREFIX), state_key) is None
+    assert client.zscore(due_key(PREFIX), state_key) is None
 
 
 def test_a_step_scheduled_beyond_the_ttl_keeps_its_tasks_keys(aiecs_redis, start_worker):
@@ -122,10 +123,10 @@ def test_a_cancelled_eta_execution_leaves_nothing_in_pending(aiecs_redis):
     user, task = _ids()
     execute_task.apply_async(kwargs=_kwargs(user, task), countdown=30)
     state_key = f"aiecs:t:{user}:{task}:1:state"
-    assert client.zscore(PENDING_KEY, state_key) is not None
+    assert client.zscore(pending_key(PREFIX), state_key) is not None
     assert cancel(user, task, 1)
     assert get_state(user, task, 1)["steps"][1]["status"] == "cancelled"
-    assert client.zscore(PENDING_KEY, state_key) is None
+    assert client.zscore(pending_key(PREFIX), state_key) is None
 
 
 def test_a_finished_batch_keeps_the_workers_ttl(aiecs_redis, start_worker):
@@ -182,7 +183,7 @@ def test_a_workflow_cancelled_from_another_process_gets_the_workers_ttl(
 
     start_worker(env={"AIECS_EVENTS_TTL": str(WORKER_TTL)})
     client = aiecs_redis.client()
-    wait_until(lambda: client.get(RETENTION_KEY), timeout=30,
+    wait_until(lambda: client.get(retention_key(PREFIX)), timeout=30,
                message="the worker's retention")
     user, task = _ids()
     step = {"mode": "test", "service": "echo", "task_name": "echo",

@@ -5,7 +5,7 @@ refused commands sent again, each script running once."""
 from __future__ import annotations
 
 from aiecs_core import TaskCancelledError, TaskRequest, TaskStatus
-from aiecs_worker.store.keys import celery_index_key
+from aiecs_worker.store.keys import PREFIX, celery_index_key
 from aiecs_worker.store.records import end_execution, record_pending
 from aiecs_worker.store.scripts import pipelined
 
@@ -56,8 +56,9 @@ def test_a_submission_sends_no_script_exists(aiecs_redis):
     after = calls(client)
     assert "script|exists" not in after
     assert after.get("script|load", 0) == before.get("script|load", 0)
-    assert client.get(celery_index_key("c2")) is not None
+    assert client.get(celery_index_key("c2", PREFIX)) is not None
     client.script_flush()
     assert end_execution(client, request("t1"), TaskStatus.CANCELLED,
                          TaskCancelledError("no")) > 0
-    assert client.hget(client.get(celery_index_key("c1")).decode(), "status") == b"cancelled"
+    indexed = client.get(celery_index_key("c1", PREFIX)).decode()
+    assert client.hget(indexed, "status") == b"cancelled"

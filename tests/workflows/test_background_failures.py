@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiecs_core import TaskStatus
 from aiecs_worker.producer.flow import submit_workflow
 from aiecs_worker.store.events import TaskKeys
-from aiecs_worker.store.keys import FLOWS_DUE_KEY
+from aiecs_worker.store.keys import PREFIX, flows_due_key
 from aiecs_worker.store.records import state_redis
 
 from tests.support.events import wait_until
@@ -31,7 +31,7 @@ def test_repeated_sweeper_failures_warn_once_count_each_and_spare_other_workflow
     bad = "aiecs:flow:mallory:corrupt"
     client.hset(bad, mapping={"spec": "{not json", "ver": 0, "user": "mallory",
                               "task": "corrupt"})
-    client.zadd(FLOWS_DUE_KEY, {bad: 0})  # first in line
+    client.zadd(flows_due_key(PREFIX), {bad: 0})  # first in line
     submit_workflow("alice", _steps("ignored"), task_id="r1")
     _record("r1", 1, TaskStatus.COMPLETED, {"text": "from step 1"})
 

@@ -8,7 +8,7 @@ import pytest
 from aiecs_worker.producer.flow import get_workflow, submit_workflow
 from aiecs_worker.producer.groups import GroupError
 from aiecs_worker.store.events import TaskKeys
-from aiecs_worker.store.keys import FLOWS_DUE_KEY
+from aiecs_worker.store.keys import PREFIX, flows_due_key
 from aiecs_worker.store.records import state_redis
 
 from tests.support.events import read_events
@@ -119,7 +119,7 @@ def test_a_workflow_whose_submitter_died_before_releasing_it_is_swept(
                                    "input_data": {"text": {"$ref": "steps.1.result.text"}}}],
                         task_id="orphan")
     monkeypatch.undo()
-    assert state_redis().zscore(FLOWS_DUE_KEY, "aiecs:flow:alice:orphan") is not None
+    assert state_redis().zscore(flows_due_key(PREFIX), "aiecs:flow:alice:orphan") is not None
     view = ended("alice", "orphan", timeout=60)  # the module worker sweeps every 10 s
     assert statuses(view) == {1: "completed", 2: "completed"}
     assert view["steps"][1]["result"] == {"text": "one", "chunks": 3}

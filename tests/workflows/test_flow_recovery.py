@@ -16,7 +16,7 @@ from aiecs_core import TaskEvent, TaskStatus
 from aiecs_worker.producer.flow import get_workflow, submit_workflow
 from aiecs_worker.settings import get_settings
 from aiecs_worker.store.events import TaskKeys, finish_sync
-from aiecs_worker.store.keys import FLOWS_DUE_KEY
+from aiecs_worker.store.keys import PREFIX, flows_due_key
 from aiecs_worker.store.records import state_redis
 
 from tests.support.events import read_events, wait_until
@@ -62,7 +62,7 @@ def test_sweeper_advances_workflows_a_dead_process_left(aiecs_redis, start_worke
     submit_workflow("alice", _steps("x"), task_id="r2")
     _record("r1", 1, TaskStatus.COMPLETED, {"text": "from step 1"})
     _record("r2", 1, TaskStatus.FAILED, None)
-    assert client.zscore(FLOWS_DUE_KEY, "aiecs:flow:alice:r1") is not None
+    assert client.zscore(flows_due_key(PREFIX), "aiecs:flow:alice:r1") is not None
 
     queued = wait_until(lambda: 2 in (q := _queued_kwargs(client)) and q, timeout=30,
                         message="the sweeper to release step 2")
@@ -77,5 +77,5 @@ def test_sweeper_advances_workflows_a_dead_process_left(aiecs_redis, start_worke
     events = read_events(client, "alice", "r2")
     for n in (2, 3):
         assert [e["status"] for e in events if e["step"] == n] == ["pending", "cancelled"]
-    wait_until(lambda: client.zcard(FLOWS_DUE_KEY) == 0, timeout=10,
+    wait_until(lambda: client.zcard(flows_due_key(PREFIX)) == 0, timeout=10,
                message="the workflows to leave the due set")

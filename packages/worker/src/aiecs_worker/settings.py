@@ -5,8 +5,8 @@ of its name in capitals (matched case-insensitively); explicit arguments win. It
 subclasses are :class:`Settings` (here: every process, the worker's) and
 :class:`aiecs_worker.server.settings.ServerSettings` (the progress server and the CLI).
 Nothing else in aiecs_worker reads ``os.environ`` for a setting, but for
-AIECS_REDIS_CLUSTER, which aiecs_worker.store.keys also reads as it is imported (the
-value names every key; it is checked here).
+AIECS_REDIS_CLUSTER and AIECS_REDIS_SHARDS, which aiecs_worker.store.keys also reads as
+it is imported (the values name every key; they are checked here).
 
 An invalid value stops the process at start with a :class:`~aiecs_core.ConfigurationError`
 of one line per problem: the variable, what is wrong with its value and the fix
@@ -276,11 +276,19 @@ class Settings(EnvSettings):
     broker's URL."""
     aiecs_redis_cluster: bool = False
     """AIECS_REDIS_CLUSTER: REDIS_URL is a node of a Redis Cluster (a plain ``redis://``
-    URL, database 0): aiecs's keys carry the hash tag ``{aiecs}`` (one slot), its clients
-    follow the cluster's slots, pub/sub goes through the node of the URL. The broker, the
-    result backend and beat must be another Redis (or RabbitMQ): kombu and celery-redbeat
-    cannot use a cluster. Every process of a deployment sets the same value (it names the
-    keys). See docs/operations.md, "On a Redis Cluster"."""
+    URL, database 0): aiecs's keys carry hash tags (one per shard, AIECS_REDIS_SHARDS),
+    its clients follow the cluster's slots, pub/sub goes through the node of the URL. The
+    broker, the result backend and beat must be another Redis (or RabbitMQ): kombu and
+    celery-redbeat cannot use a cluster. Every process of a deployment sets the same value
+    (it names the keys). See docs/operations.md, "On a Redis Cluster"."""
+    aiecs_redis_shards: int | None = Field(default=None, ge=1, le=16384)
+    """AIECS_REDIS_SHARDS: how many hash tags aiecs's keys spread over on a Redis Cluster
+    (default 16; only with AIECS_REDIS_CLUSTER). A user's keys and executions are in one
+    shard (CRC-32 of the user id modulo the count); each shard has its own pending, held,
+    owners, outbox, fair-share backlog and workflows-due sets. ``1``: every key under
+    ``{aiecs}``, one slot. Every process of a deployment sets the same value (it names the
+    keys); changing it is a migration (docs/migration.md). See docs/operations.md, "On a
+    Redis Cluster"."""
     aiecs_pubsub_url: str | None = None
     """AIECS_PUBSUB_URL: the Redis of cancel broadcasts (default: REDIS_URL); any plain
     Redis, e.g. the broker's, or the Sentinel form. On a Redis Cluster it spares them the
@@ -543,8 +551,7 @@ class Settings(EnvSettings):
         if self.aiecs_tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
             raise ValueError("AIECS_TRACING=1 needs OpenTelemetry; fix: pip install "
                              "'aiecs-worker[tracing]', or unset AIECS_TRACING")
-        if self.aiecs_redis_cluster:
-            self._cluster_roles()
+        self._cluster_roles()
         if self.broker_is_amqp and self.redis_url is None:
             raise ValueError("REDIS_URL is required when CELERY_BROKER_URL is a RabbitMQ "
                              "(amqp://) URL: execution state and events live in Redis; fix: "
@@ -553,6 +560,13 @@ class Settings(EnvSettings):
 
     def _cluster_roles(self) -> None:
         """AIECS_REDIS_CLUSTER: the state Redis is the cluster; nothing of Celery's is."""
+        if not self.aiecs_redis_cluster:
+            if self.aiecs_redis_shards not in (None, 1):
+                raise ValueError("AIECS_REDIS_SHARDS is set without AIECS_REDIS_CLUSTER=1: "
+                                 "shards spread aiecs's keys over a Redis Cluster's slots; fix: "
+                                 "unset it, or set AIECS_REDIS_CLUSTER=1 with REDIS_URL a "
+                                 "cluster node")
+            return
         if self.redis_url is None or is_sentinel(self.redis_url):
             raise ValueError("AIECS_REDIS_CLUSTER=1 needs REDIS_URL: a redis:// URL of one "
                              "node of the cluster (the broker cannot be a cluster); fix: set "

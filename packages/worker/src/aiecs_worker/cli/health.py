@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import click
 
 from ..settings import get_settings
-from ..store.keys import OWNERS_KEY
+from ..store.keys import SHARD_PREFIXES, owners_key
 from ..store.lease import holder_is_dead_here
 
 __all__ = ["Check", "check_all", "health_command"]
@@ -165,8 +165,12 @@ def check_loops(client, lease_seconds: int) -> Check:
         max_age_ms = lease_ms * 2 // 3
         host = socket.gethostname()
         live, stale = [], []
-        for raw, until in client.zrange(OWNERS_KEY, 0, -1, withscores=True):
-            owner = raw.decode()
+        leases: dict[str, float] = {}  # each owner's oldest renewal (every shard has one)
+        for shard in SHARD_PREFIXES:
+            for raw, until in client.zrange(owners_key(shard), 0, -1, withscores=True):
+                owner = raw.decode()
+                leases[owner] = min(until, leases.get(owner, until))
+        for owner, until in leases.items():
             if owner.rsplit(":", 2)[0] != host or holder_is_dead_here(owner):
                 continue
             age_ms = now_ms - (until - lease_ms)

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from ..store.keys import FLOW_PREFIX, batch_key
+from ..store.keys import batch_key, is_flow_key
 
 __all__ = ["COLUMNS", "row_from_state"]
 
@@ -66,7 +66,7 @@ def row_from_state(user_id: str, task_id: str, step: int, state: dict[str, Any],
         user_id=user_id, task_id=task_id, step=step, celery_id=state.get("celery_id"),
         batch_id=(group[len(batch_key(user_id, "")):]
                   if group.startswith(batch_key(user_id, "")) else None),
-        workflow_id=task_id if group.startswith(FLOW_PREFIX) else None,
+        workflow_id=task_id if is_flow_key(group) else None,
         mode=req.get("mode") or result.get("mode"),
         service=req.get("service") or result.get("service"),
         operation=state.get("task_name") or req.get("task_name"),

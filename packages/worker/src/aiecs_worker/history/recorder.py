@@ -1,4 +1,5 @@
-"""The recorder: the outbox (``aiecs:outbox``) -> the history database.
+"""The recorder: the outbox (``aiecs:outbox``; one per shard on a sharded Redis Cluster,
+read in turn, a batch from one of them) -> the history database.
 
 One loop per process (``aiecs recorder``; ``aiecs dev`` starts one); several may run:
 
@@ -37,7 +38,7 @@ import redis
 
 from ..settings import Settings, get_settings
 from ..store.connection import sync_client
-from ..store.keys import OUTBOX_GROUP, OUTBOX_KEY, TaskKeys, schedule_key
+from ..store.keys import OUTBOX_GROUP, SHARD_PREFIXES, TaskKeys, outbox_key, schedule_key
 from . import require
 from .metrics import RecorderMetrics
 from .retention import RetentionJob
@@ -74,22 +75,26 @@ class Recorder:
         self.redis.set_response_callback("XRANGE", _raw)
         self.redis.set_response_callback("XREADGROUP", _raw)
         self.consumer = consumer or consumer_name()
+        #: the outbox of every shard; each batch comes from one, taken in turn
+        self.streams = [outbox_key(shard) for shard in SHARD_PREFIXES]
+        self._turn = 0
+        self._last_claims: dict[str, float] = {}
         self.metrics = metrics or RecorderMetrics()
         self.retention = (RetentionJob(self.engine, self.redis, s, self.metrics,
                                        owner=self.consumer) if retention else None)
         self.stop_event = threading.Event()
-        self._last_claim = 0.0
         self._last_gauges = 0.0
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Bring the database schema up to date and make sure the consumer group exists."""
         self._db.upgrade(self.engine)
-        try:
-            self.redis.xgroup_create(OUTBOX_KEY, OUTBOX_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.streams:
+            try:
+                self.redis.xgroup_create(stream, OUTBOX_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, prepare: bool = True) -> None:
@@ -97,7 +102,7 @@ class Recorder:
         :meth:`prepare` (unless the caller did)."""
         if prepare:
             self.prepare()
-        log.info("recorder %s: outbox %s -> %s", self.consumer, OUTBOX_KEY,
+        log.info("recorder %s: outbox %s -> %s", self.consumer, ", ".join(self.streams),
                  self.engine.url.render_as_string(hide_password=True))
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiecs-recorder-write")
         writing: Future[int] | None = None
@@ -128,18 +133,21 @@ class Recorder:
         batch = self._next_batch()
         return 0 if batch is None else self._commit(*batch)
 
-    def _next_batch(self) -> tuple[list[Record], list[str]] | None:
-        """Retention when due, claim idle entries when due, read a batch and build its
-        records (``(records, entry ids)``); None when there is nothing to record."""
+    def _next_batch(self) -> tuple[list[Record], list[str], str] | None:
+        """Retention when due, claim idle entries when due, read a batch from the next
+        shard's outbox and build its records (``(records, entry ids, outbox)``); None
+        when there is nothing to record."""
         if self.retention is not None:
             self.retention.maybe_run()
-        entries = self._claim_idle() or self._read()
+        stream = self.streams[self._turn % len(self.streams)]
+        self._turn += 1
+        entries = self._claim_idle(stream) or self._read(stream)
         self._gauges()
         if not entries:
             return None
-        return self._build(entries), [e[0] for e in entries]
+        return self._build(entries), [e[0] for e in entries], stream
 
-    def _finish(self, writing: Future[int], ready: tuple[list[Record], list[str]] | None
+    def _finish(self, writing: Future[int], ready: tuple[list[Record], list[str], str] | None
                 ) -> None:
         """Wait for the batch being written; meanwhile keep the claim on the ``ready``
         batch's entries fresh (a slow database must not let another recorder take them
@@ -152,45 +160,50 @@ class Recorder:
                 return
             except TimeoutError:
                 if ready is not None:
-                    self._touch(ready[1])
+                    self._touch(ready[1], ready[2])
             except redis.RedisError as exc:
                 log.warning("recorder: acknowledging a batch failed (%s); its entries stay "
                             "pending and are recorded again, adding nothing", _short(exc))
                 return
 
-    def _read(self) -> list[tuple[str, dict[str, str]]]:
-        """A batch: wait up to AIECS_RECORDER_WAIT_MS for a first entry, then fill the
-        batch for at most as long again."""
+    def _read(self, stream: str | None = None) -> list[tuple[str, dict[str, str]]]:
+        """A batch of one outbox: wait up to AIECS_RECORDER_WAIT_MS (divided among the
+        shards: a round of them waits that long) for a first entry, then fill the batch
+        for at most as long again. ``stream``: default the first shard's."""
+        stream = stream or self.streams[0]
         s = self.settings
-        wait = s.aiecs_recorder_wait_ms
-        out = self._xread(s.aiecs_recorder_batch, wait)
+        wait = max(1, s.aiecs_recorder_wait_ms // len(self.streams))
+        out = self._xread(s.aiecs_recorder_batch, wait, stream)
         deadline = time.monotonic() + wait / 1000
         while out and len(out) < s.aiecs_recorder_batch:
             left = int((deadline - time.monotonic()) * 1000)
             if left < 1:
                 break
-            more = self._xread(s.aiecs_recorder_batch - len(out), left)
+            more = self._xread(s.aiecs_recorder_batch - len(out), left, stream)
             if not more:
                 break
             out += more
         return out
 
-    def _xread(self, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        got: Any = self.redis.xreadgroup(OUTBOX_GROUP, self.consumer, {OUTBOX_KEY: ">"},
+    def _xread(self, count: int, block_ms: int, stream: str | None = None
+               ) -> list[tuple[str, dict[str, str]]]:
+        got: Any = self.redis.xreadgroup(OUTBOX_GROUP, self.consumer,
+                                         {stream or self.streams[0]: ">"},
                                     count=count, block=max(1, block_ms))
         # raw reply: [[stream, [[id, [field, value, ...]], ...]]] (RESP3: a map)
         streams: Any = got.values() if isinstance(got, dict) else [s[1] for s in got or []]
         return [(_s(i), decode_entry(f)) for entries in streams for i, f in entries]
 
-    def _claim_idle(self) -> list[tuple[str, dict[str, str]]]:
-        """Entries another recorder read and never acknowledged (it died), once idle."""
+    def _claim_idle(self, stream: str) -> list[tuple[str, dict[str, str]]]:
+        """Entries of one outbox another recorder read and never acknowledged (it died),
+        once idle."""
         s = self.settings
         now = time.monotonic()
-        if now - self._last_claim < min(5.0, s.aiecs_recorder_claim_idle / 2):
+        if now - self._last_claims.get(stream, 0.0) < min(5.0, s.aiecs_recorder_claim_idle / 2):
             return []
-        self._last_claim = now
+        self._last_claims[stream] = now
         reply: Any = self.redis.xautoclaim(
-            OUTBOX_KEY, OUTBOX_GROUP, self.consumer, int(s.aiecs_recorder_claim_idle * 1000),
+            stream, OUTBOX_GROUP, self.consumer, int(s.aiecs_recorder_claim_idle * 1000),
             start_id="0-0", count=s.aiecs_recorder_batch)
         claimed = reply[1]  # [next id, [(id, fields)...], deleted ids]
         out = [(_s(i), decode_entry(f)) for i, f in claimed if f]
@@ -206,19 +219,24 @@ class Recorder:
             return
         self._last_gauges = now
         with self.redis.pipeline(transaction=False) as p:
-            p.xlen(OUTBOX_KEY)
-            p.xpending(OUTBOX_KEY, OUTBOX_GROUP)
-            length, pending = p.execute(raise_on_error=False)
-        if isinstance(length, int):
-            self.metrics.backlog.set(length)
-        if isinstance(pending, dict):
-            self.metrics.pending.set(pending.get("pending") or 0)
+            for stream in self.streams:
+                p.xlen(stream)
+                p.xpending(stream, OUTBOX_GROUP)
+            got = p.execute(raise_on_error=False)
+        lengths, pendings = got[0::2], got[1::2]
+        if all(isinstance(n, int) for n in lengths):
+            self.metrics.backlog.set(sum(lengths))
+        if all(isinstance(n, dict) for n in pendings):
+            self.metrics.pending.set(sum(n.get("pending") or 0 for n in pendings))
 
     # -- one batch ----------------------------------------------------------------------------
-    def record(self, entries: list[tuple[str, dict[str, str]]]) -> int:
-        """Write ``entries`` (retrying until the database answers), then acknowledge and
-        delete them. Returns how many were acknowledged."""
-        return self._commit(self._build(entries), [e[0] for e in entries])
+    def record(self, entries: list[tuple[str, dict[str, str]]], stream: str | None = None
+               ) -> int:
+        """Write ``entries`` of the outbox ``stream`` (default: the first shard's),
+        retrying until the database answers, then acknowledge and delete them. Returns how
+        many were acknowledged."""
+        return self._commit(self._build(entries), [e[0] for e in entries],
+                            stream or self.streams[0])
 
     def _build(self, entries: list[tuple[str, dict[str, str]]]) -> list[Record]:
         """The records of ``entries``, with their event logs (one Redis round trip)."""
@@ -234,16 +252,17 @@ class Recorder:
         self._attach_events(records)
         return records
 
-    def _commit(self, records: list[Record], ids: list[str]) -> int:
+    def _commit(self, records: list[Record], ids: list[str], stream: str) -> int:
         """Write ``records`` (retrying until the database answers), then acknowledge and
-        delete the entries ``ids``. Returns how many were acknowledged (0 when stopping:
+        delete the entries ``ids`` of the outbox ``stream``. Returns how many were
+        acknowledged (0 when stopping:
         the entries stay pending for the next recorder)."""
-        written = self._write_until_done(records, ids)
+        written = self._write_until_done(records, ids, stream)
         if written is None:
             return 0
         with self.redis.pipeline(transaction=False) as p:
-            p.xack(OUTBOX_KEY, OUTBOX_GROUP, *ids)
-            p.xdel(OUTBOX_KEY, *ids)
+            p.xack(stream, OUTBOX_GROUP, *ids)
+            p.xdel(stream, *ids)
             p.execute()
         self.metrics.rows.inc(written)
         self.metrics.duplicates.inc(len(records) - written)
@@ -267,7 +286,8 @@ class Recorder:
             if scheduled == 1 and not rec.row["schedule_id"]:
                 rec.row["schedule_id"] = rec.row["task_id"]
 
-    def _write_until_done(self, records: list[Record], ids: list[str]) -> int | None:
+    def _write_until_done(self, records: list[Record], ids: list[str], stream: str
+                          ) -> int | None:
         delay = 0.1
         last_touch = time.monotonic()
         while True:
@@ -281,13 +301,13 @@ class Recorder:
                 return None
             delay = min(delay * 2, 5.0)
             if time.monotonic() - last_touch > self.settings.aiecs_recorder_claim_idle / 3:
-                self._touch(ids)
+                self._touch(ids, stream)
                 last_touch = time.monotonic()
             self._gauges()
 
-    def _touch(self, ids: list[str]) -> None:
+    def _touch(self, ids: list[str], stream: str) -> None:
         """Keep these entries ours: reset their idle time so no one claims them."""
-        self.redis.xclaim(OUTBOX_KEY, OUTBOX_GROUP, self.consumer, 0, list[Any](ids),
+        self.redis.xclaim(stream, OUTBOX_GROUP, self.consumer, 0, list[Any](ids),
                           justid=True)
 
     def _write(self, records: list[Record]) -> int:

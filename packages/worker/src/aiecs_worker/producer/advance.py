@@ -31,7 +31,14 @@ from ..ops import background
 from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, celery_task_id
-from ..store.keys import FLOW_PREFIX, FLOWS_DUE_KEY, PENDING_KEY, flow_key
+from ..store.keys import (
+    SHARD_PREFIXES,
+    flow_key,
+    flows_due_key,
+    is_flow_key,
+    pending_key,
+    prefix_of,
+)
 from ..store.records import end_execution, state_redis
 from ..store.requests import check_payload_size
 from ..store.state import NOW_MS_LUA
@@ -152,7 +159,7 @@ def _release(client: Any, user_id: str, task_id: str, n: int, step: dict[str, An
     except AiecsError:
         held = None  # an operation this process lacks: the worker refuses it, at no cost
     try:
-        released = client.eval(RELEASE_LUA, 2, keys.state(n), PENDING_KEY,
+        released = client.eval(RELEASE_LUA, 2, keys.state(n), pending_key(prefix_of(keys.state(n))),
                                json.dumps(kwargs), step["queue"], step["task"])
         if held is not None:
             if released:
@@ -228,14 +235,14 @@ def advance(client: Any, key: str) -> int:
         acted, ver, done = _advance_once(client, key)
         total += acted
         if ver is None:
-            client.zrem(FLOWS_DUE_KEY, key)
+            client.zrem(flows_due_key(prefix_of(key)), key)
             break
         if done:
             client.hsetnx(key, "finished", time.time())
         if acted:
             continue  # its own transitions bumped ver: look again
         # settled: leave the due set, unless a step ended meanwhile (its process advances)
-        client.eval(SETTLED_LUA, 2, FLOWS_DUE_KEY, key, ver)
+        client.eval(SETTLED_LUA, 2, flows_due_key(prefix_of(key)), key, ver)
         break
     return total
 
@@ -253,7 +260,7 @@ def after_step(kwargs: dict[str, Any]) -> None:
 def after_cancel(client: Any, state_key: str) -> None:
     """A cancel request reached an execution: a waiting workflow step ends now."""
     group = client.hget(state_key, "group")
-    if group and group.startswith(FLOW_PREFIX.encode()):
+    if group and is_flow_key(group.decode()):
         advance(client, group.decode())
 
 
@@ -263,8 +270,10 @@ def sweep_due() -> int:
     client = state_redis()
     secs, micros = client.time()
     now_ms = secs * 1000 + micros // 1000
-    keys = client.zrangebyscore(FLOWS_DUE_KEY, "-inf", now_ms - DUE_AFTER * 1000,
-                                start=0, num=16)
+    keys = []
+    for shard in SHARD_PREFIXES:
+        keys += client.zrangebyscore(flows_due_key(shard), "-inf", now_ms - DUE_AFTER * 1000,
+                                     start=0, num=16)
     acted = 0
     for key in keys:
         key = key.decode()

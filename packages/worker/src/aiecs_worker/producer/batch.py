@@ -41,7 +41,14 @@ from ..store import admission
 from ..store.events import TaskKeys, _publish_lua, celery_task_id, script_args
 from ..store.hold import ADMIT_LUA, admit_args
 from ..store.hook import PUBLISH_GROUP_EVENT_LUA
-from ..store.keys import CANCEL_CHANNEL, PENDING_KEY, batch_key, celery_index_key, steps_key
+from ..store.keys import (
+    CANCEL_CHANNEL,
+    batch_key,
+    celery_index_key,
+    pending_key,
+    steps_key,
+    user_prefix,
+)
 from ..store.records import pubsub_redis, state_redis
 from ..store.scripts import pipelined
 from ..store.state import CANCEL_LUA, decode_state, pending_lua
@@ -220,8 +227,10 @@ def _record_chunk(client: Any, key: str, batch_id: str,
                                        s.aiecs_events_maxlen, s.aiecs_events_ttl)
         kwargs = request.model_dump(mode="json")
         calls.append((ITEM_PENDING_LUA, 6, TaskKeys(user_id, request.task_id).state(1),
-                      steps_key(user_id, request.task_id), celery_index_key(celery_id),
-                      PENDING_KEY, *ev_keys, celery_id, s.aiecs_events_ttl, time.time(),
+                      steps_key(user_id, request.task_id),
+                      celery_index_key(celery_id, user_prefix(user_id)),
+                      pending_key(user_prefix(user_id)), *ev_keys, celery_id,
+                      s.aiecs_events_ttl, time.time(),
                       user_id, request.task_name, 1, json.dumps(kwargs), queue, task, key,
                       *ev_args))
         # sent now, or held behind the user's fair-share window (see aiecs_worker.store.hold)

@@ -18,7 +18,7 @@ from ..routing import route
 from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, celery_task_id, run_script
-from ..store.keys import CANCEL_CHANNEL, celery_index_key, steps_key
+from ..store.keys import CANCEL_CHANNEL, SHARD_PREFIXES, celery_index_key, steps_key
 from ..store.records import pubsub_redis, record_pending, state_redis
 from ..store.state import CANCEL_LUA, decode_state
 from .advance import after_cancel
@@ -64,7 +64,10 @@ def cancel_celery(celery_id: str) -> bool:
     An id this deployment has never seen (submitted by ``.delay()`` and not yet picked up)
     is still revoked and broadcast, so a worker that holds or later receives it skips it.
     """
-    state_key = state_redis().get(celery_index_key(celery_id))
+    with state_redis().pipeline(transaction=False) as pipe:  # its user's shard is unknown
+        for shard in SHARD_PREFIXES:
+            pipe.get(celery_index_key(celery_id, shard))
+        state_key = next((k for k in pipe.execute() if k is not None), None)
     if state_key is None:
         pubsub_redis().publish(CANCEL_CHANNEL, celery_id)
         app.control.revoke(celery_id)

@@ -54,7 +54,7 @@ from ..history.templates import Resolver
 from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, celery_task_id, encode_event, packet_parts
-from ..store.keys import FLOWS_DUE_KEY, celery_index_key, flow_key, steps_key
+from ..store.keys import celery_index_key, flow_key, flows_due_key, steps_key, user_prefix
 from ..store.records import state_redis
 from ..store.state import NOW_MS_LUA, decode_state
 from . import control
@@ -288,7 +288,7 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
                           template=st.template)
         celery_id = celery_task_id(user_id, task_id, n)
         per_step += [TaskKeys(user_id, task_id).state(n), celery_id, st.task_name, n,
-                     celery_index_key(celery_id), encode_event(event)]
+                     celery_index_key(celery_id, user_prefix(user_id)), encode_event(event)]
     keys = TaskKeys(user_id, task_id)
     head, tail = packet_parts(user_id)
     client = state_redis()
@@ -302,7 +302,7 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
         admission.admit(user_id, [keys.state(n) for n in order], client=client)
         created = client.eval(
             CREATE_FLOW_LUA, 5, key, steps_key(user_id, task_id), keys.seq, keys.log,
-            FLOWS_DUE_KEY,
+            flows_due_key(user_prefix(user_id)),
             json.dumps(spec), s.aiecs_events_ttl, time.time(), user_id, task_id,
             s.aiecs_socketio_channel, s.aiecs_events_maxlen, head, tail, len(order),
             *per_step)

@@ -34,15 +34,18 @@ from aiecs_core.llm import price_version
 from ..ops import logs, metrics, tracing
 from ..producer.release import send_released
 from ..store.events import TaskKeys, celery_task_id, script_args
-from ..store.hold import BACKLOG_KEY, admit_args, decode, keep_alive_args, release_args
+from ..store.hold import admit_args, decode, keep_alive_args, release_args
 from ..store.keys import (
-    DUE_KEY,
-    OWNERS_KEY,
-    PENDING_KEY,
-    SUSPECT_KEY,
+    SHARD_PREFIXES,
+    backlog_key,
     celery_index_key,
+    due_key,
     owned_key,
+    owners_key,
+    pending_key,
+    prefix_of,
     steps_key,
+    suspect_key,
 )
 from ..store.lease import WORKER_HOST, holder_is_dead_here
 from ..store.records import terminal_fields
@@ -300,8 +303,11 @@ class ExecutionMixin(RuntimeState):
         ev_keys, ev_args = script_args(ctx.make_event("status", message=MESSAGE_SLOT),
                                        s.aiecs_socketio_channel, s.aiecs_events_maxlen,
                                        s.aiecs_events_ttl)
-        keys_ = [keys.state(request.step), steps_key(request.user_id, request.task_id),
-                 celery_index_key(celery_id), OWNERS_KEY, owned_key(self.owner), *ev_keys]
+        state_key = keys.state(request.step)
+        shard = prefix_of(state_key)
+        keys_ = [state_key, steps_key(request.user_id, request.task_id),
+                 celery_index_key(celery_id, shard), owners_key(shard),
+                 owned_key(self.owner, shard), *ev_keys]
         args = [celery_id, s.aiecs_events_ttl, time.time(), request.user_id, request.task_name,
                 request.step, s.aiecs_max_deliveries, self.owner, s.aiecs_lease_seconds * 1000,
                 request.model_dump_json(), queue, task, "" if start else "x", *ev_args]
@@ -349,12 +355,14 @@ class ExecutionMixin(RuntimeState):
             metrics.redelivered(queue)
 
     async def _isolate(self, ctx: WorkerContext, state_key: str) -> None:
-        """Run a crash suspect alone among suspects, cluster-wide (see lease.py)."""
+        """Run a crash suspect alone among the suspects of its shard, cluster-wide (see
+        lease.py)."""
         lease_ms = self.settings.aiecs_lease_seconds * 1000
+        lock = suspect_key(prefix_of(state_key))
         told = False
         while True:
-            if await self.redis.set(SUSPECT_KEY, state_key, nx=True, px=lease_ms) or (
-                await self.redis.get(SUSPECT_KEY)
+            if await self.redis.set(lock, state_key, nx=True, px=lease_ms) or (
+                await self.redis.get(lock)
             ) == state_key.encode():
                 self._suspect = state_key
                 return
@@ -478,18 +486,23 @@ class ExecutionMixin(RuntimeState):
         s = self.settings
         sends: list[str] = []
         due: list[str] = []
-        for _ in range(10):  # up to 5,000 per sweep, 500 per script call
-            claimed = decode(await self._claim_due(keys=[DUE_KEY, PENDING_KEY],
-                                                   args=[int(s.schedule_horizon * 1000), 500]))
-            due += claimed
-            if len(claimed) < 9 * 500:
-                break
+        for shard in SHARD_PREFIXES:
+            for _ in range(10):  # up to 5,000 per shard and sweep, 500 per script call
+                claimed = decode(await self._claim_due(
+                    keys=[due_key(shard), pending_key(shard)],
+                    args=[int(s.schedule_horizon * 1000), 500]))
+                due += claimed
+                if len(claimed) < 9 * 500:
+                    break
         for i in range(0, len(due), 9):
             state_key, user_id, queue, celery_id, task, request, eta, trace, _ = due[i:i + 9]
             keys_, args_ = admit_args(s, state_key, user_id, queue, None)
             if decode([await self._admit(keys=keys_, args=args_)]) == ["send"]:
                 sends += [celery_id, task, queue, request, eta, trace]
-        for window in decode(list(await self.redis.smembers(BACKLOG_KEY))):
+        windows = []
+        for shard in SHARD_PREFIXES:
+            windows += decode(list(await self.redis.smembers(backlog_key(shard))))
+        for window in windows:
             keys_, args_ = release_args(s, window=window, clean=True)
             sends += decode(await self._release(keys=keys_, args=args_))
             keys_, args_ = keep_alive_args(s, window)

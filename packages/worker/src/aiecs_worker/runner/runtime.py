@@ -47,7 +47,7 @@ from ..settings import Settings, get_settings
 from ..store.connection import PubSubNodes, async_client, cluster_addresses
 from ..store.events import BEGIN_PUBLISH_LUA, RedisEventPublisher
 from ..store.hold import ADMIT_LUA, CLAIM_DUE_LUA, KEEP_ALIVE_LUA, RELEASE_LUA
-from ..store.keys import OWNERS_KEY
+from ..store.keys import SHARD_PREFIXES, owners_key
 from ..store.lease import HEARTBEAT_LUA, REAP_LUA, SWEEP_LUA, make_owner
 from .cancels import CancelsMixin
 from .context import Outcome, StateUnavailableError, WorkerContext, _Running, sleep_at_least
@@ -210,7 +210,8 @@ class Runtime(ExecutionMixin, CancelsMixin, SweeperMixin):
         self._cancel_listener.cancel()
         self._lease_keeper.cancel()
         with contextlib.suppress(Exception):
-            await self.redis.zrem(OWNERS_KEY, self.owner)
+            for shard in SHARD_PREFIXES:
+                await self.redis.zrem(owners_key(shard), self.owner)
         for instance in self.registry.drop_instances():
             try:
                 await instance.aclose()

@@ -13,8 +13,8 @@ from ..app import app
 from ..ops import background
 from ..producer.advance import sweep_due
 from ..store.connection import sync_client
-from ..store.keys import RETENTION_KEY
-from ..store.lease import HEARTBEAT_KEYS, REAP_KEYS, SWEEP_KEYS, queue_names
+from ..store.keys import SHARD_PREFIXES, retention_key
+from ..store.lease import queue_names, reap_keys, sweep_keys
 from .context import RuntimeState
 
 __all__ = ["SweeperMixin"]
@@ -40,10 +40,12 @@ class SweeperMixin(RuntimeState):
                 if not announced:  # at start, and again after Redis was away (or replaced)
                     # the TTL every terminal transition gives an execution's keys, whoever
                     # makes it (see aiecs_worker.store.state.finish_lua)
-                    await self.redis.set(RETENTION_KEY, s.aiecs_events_ttl)
+                    for shard in SHARD_PREFIXES:
+                        await self.redis.set(retention_key(shard), s.aiecs_events_ttl)
                     announced = True
-                await self._heartbeat(keys=HEARTBEAT_KEYS, args=[
-                    self.owner, s.aiecs_lease_seconds * 1000, self._suspect or ""])
+                for shard in SHARD_PREFIXES:  # its lease is read where its executions are
+                    await self._heartbeat(keys=sweep_keys(shard), args=[
+                        self.owner, s.aiecs_lease_seconds * 1000, self._suspect or ""])
                 await self.sweep()
                 delay = interval
             except asyncio.CancelledError:
@@ -63,9 +65,11 @@ class SweeperMixin(RuntimeState):
         queued += await self._release_held()
         s = self.settings
         elsewhere = not s.broker_is_amqp and s.celery_broker_url != s.state_redis_url
-        lost = await self._reap(keys=REAP_KEYS, args=[
-            2 * s.celery_visibility_timeout * 1000, 16, _PRIORITY_SEP,
-            "1" if s.broker_is_amqp else "2" if elsewhere else ""])
+        lost = []
+        for shard in SHARD_PREFIXES:
+            lost += await self._reap(keys=reap_keys(shard), args=[
+                2 * s.celery_visibility_timeout * 1000, 16, _PRIORITY_SEP,
+                "1" if s.broker_is_amqp else "2" if elsewhere else ""])
         lost = [x.decode() if isinstance(x, bytes) else x for x in lost]
         for i in range(0, len(lost), 5):
             state_key, celery_id, task, queue, request = lost[i:i + 5]
@@ -82,7 +86,9 @@ class SweeperMixin(RuntimeState):
         return queued + await self.loop.run_in_executor(None, sweep_due)
 
     async def _sweep_dead_owners(self) -> int:
-        out = await self._sweep(keys=SWEEP_KEYS, args=[16, time.time()])
+        out = []
+        for shard in SHARD_PREFIXES:
+            out += await self._sweep(keys=sweep_keys(shard), args=[16, time.time()])
         out = [x.decode() if isinstance(x, bytes) else x for x in out]
         queued = 0
         for i in range(0, len(out), 6):

@@ -34,7 +34,7 @@ from redis.exceptions import NoScriptError
 from ..ops import metrics
 from ..settings import RedisTarget
 from .connection import async_client
-from .keys import PREFIX, TaskKeys
+from .keys import TaskKeys
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
 __all__ = [
@@ -146,7 +146,7 @@ def packet_parts(user_id: str) -> tuple[str, str]:
 
 
 def script_args(
-    event: TaskEvent, channel: str, maxlen: int, ttl: int, prefix: str = PREFIX
+    event: TaskEvent, channel: str, maxlen: int, ttl: int, prefix: str | None = None
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of :data:`PUBLISH_LUA` for one event."""
     keys = TaskKeys(event.user_id, event.task_id, prefix)
@@ -256,7 +256,7 @@ class RedisEventPublisher:
         channel: str = "socketio",
         maxlen: int = 10_000,
         ttl: int = 86_400,
-        prefix: str = PREFIX,
+        prefix: str | None = None,
         batch: int = 256,
     ):
         self.redis = async_client(

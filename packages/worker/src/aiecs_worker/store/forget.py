@@ -14,7 +14,14 @@ from typing import Any
 from aiecs_core import TERMINAL_STATUSES
 
 from .events import run_script
-from .keys import TaskKeys, celery_index_key, steps_key, task_of_key, user_tasks_pattern
+from .keys import (
+    TaskKeys,
+    celery_index_key,
+    steps_key,
+    task_of_key,
+    user_prefix,
+    user_tasks_pattern,
+)
 
 __all__ = ["FORGET_TASK_LUA", "forget_user"]
 
@@ -68,7 +75,7 @@ def forget_user(client: Any, user_id: str, *, scan_count: int = 1000) -> dict[st
         if rest[1] == "state" and rest[0].isdigit():
             seen.add(int(rest[0]))
     out = {"tasks": 0, "states": 0, "live": 0}
-    celery_prefix = celery_index_key("")
+    celery_prefix = celery_index_key("", user_prefix(user_id))
     for task_id, scanned in tasks.items():
         keys = TaskKeys(user_id, task_id)
         listed = {int(s) for s in client.smembers(steps_key(user_id, task_id))

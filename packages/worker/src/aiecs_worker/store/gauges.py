@@ -28,7 +28,7 @@ from ..ops.metrics_http import scrape_collector
 from ..routing import FAST_QUEUE, HEAVY_QUEUE
 from ..settings import get_settings
 from .connection import sync_client
-from .keys import DEADLETTER_KEY, PENDING_KEY
+from .keys import DEADLETTER_KEY, SHARD_PREFIXES, pending_key
 
 __all__ = ["QUEUES", "RedisGauges", "priority_lists"]
 
@@ -82,13 +82,17 @@ class RedisGauges:
                 yield depth
         try:
             with _client(s.state_redis_url).pipeline(transaction=False) as pipe:
-                pending, dead = pipe.zcard(PENDING_KEY).llen(DEADLETTER_KEY).execute()
+                for shard in SHARD_PREFIXES:
+                    pipe.zcard(pending_key(shard))
+                *pending_each, dead = pipe.llen(DEADLETTER_KEY).execute()
+                pending = sum(pending_each)
         except redis.RedisError:
             up.add_metric(["state"], 0)
         else:
             up.add_metric(["state"], 1)
             yield GaugeMetricFamily("aiecs_pending_executions",
-                                    "Executions recorded PENDING and not begun (aiecs:pending)",
+                                    "Executions recorded PENDING and not begun "
+                                    "(aiecs:pending, every shard's)",
                                     value=pending)
             yield GaugeMetricFamily("aiecs_deadletter_length",
                                     "Malformed broker messages kept (aiecs:deadletter)",

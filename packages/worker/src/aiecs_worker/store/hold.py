@@ -42,13 +42,18 @@ from typing import Any
 
 from ..ops import tracing
 from ..routing import HEAVY_QUEUE
-from .keys import BACKLOG_KEY, DUE_KEY, PENDING_KEY, celery_index_key, window_key
+from .keys import (
+    CELERY_INDEX,
+    backlog_key,
+    due_key,
+    pending_key,
+    prefix_of,
+    window_key,
+)
 from .state import _TERMINAL, NOW_MS_LUA
 
 __all__ = [
     "ADMIT_LUA",
-    "BACKLOG_KEY",
-    "DUE_KEY",
     "KEEP_ALIVE_LUA",
     "RELEASE_LUA",
     "admit_args",
@@ -194,7 +199,9 @@ for _, k in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     for _, key in ipairs({base .. ':steps', base .. ':seq', base .. ':log'}) do
       redis.call('EXPIRE', key, ARGV[1])
     end
-    if f[1] then redis.call('EXPIRE', '__CELERY_INDEX__' .. f[1], ARGV[1]) end
+    if f[1] then
+      redis.call('EXPIRE', string.match(k, '^[^:]+') .. '__CELERY_INDEX__' .. f[1], ARGV[1])
+    end
     if f[2] then
       redis.call('EXPIRE', f[2], ARGV[1])
       redis.call('EXPIRE', f[2] .. ':items', ARGV[1])
@@ -203,7 +210,7 @@ for _, k in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return n
-""".replace("__CELERY_INDEX__", celery_index_key(""))
+""".replace("__CELERY_INDEX__", CELERY_INDEX)
 
 
 def keep_alive_args(settings: Any, window: str) -> tuple[list[str], list[Any]]:
@@ -223,7 +230,8 @@ def admit_args(settings: Any, state_key: str, user_id: str, queue: str,
                eta: float | None) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of :data:`ADMIT_LUA` for one execution (admitted in the current
     trace context: the one its release continues, should it be held)."""
-    return ([state_key, PENDING_KEY, DUE_KEY, BACKLOG_KEY],
+    shard = prefix_of(state_key)
+    return ([state_key, pending_key(shard), due_key(shard), backlog_key(shard)],
             [window_key(queue, user_id), width(settings, queue),
              "" if eta is None else int(eta * 1000),
              int(settings.schedule_horizon * 1000), settings.aiecs_events_ttl,
@@ -244,6 +252,7 @@ def release_args(settings: Any, *, state_key: str = "", window: str = "",
                  clean: bool = False) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of :data:`RELEASE_LUA`: fill ``window``, or the window of the
     execution ``state_key`` (one that just ended)."""
-    return ([BACKLOG_KEY, PENDING_KEY, state_key or BACKLOG_KEY],
+    shard = prefix_of(state_key or window)
+    return ([backlog_key(shard), pending_key(shard), state_key or backlog_key(shard)],
             [window, settings.aiecs_fair_window_fast, 1000, "1" if clean else "",
-             settings.aiecs_fair_window_heavy, window_key(HEAVY_QUEUE, "")])
+             settings.aiecs_fair_window_heavy, window_key(HEAVY_QUEUE, "", shard)])

@@ -18,14 +18,15 @@ once, whatever process dies afterwards:
   ``left`` existed keeps its submitter's TTL.
 
 This module imports only key names (:mod:`aiecs_worker.store.keys`).
-Lua locals it may use: ``f[4]`` (the group key), ``ARGV[1]`` (the terminal status),
+Lua locals it may use: ``P`` (the shard prefix), ``f[4]`` (the group key), ``ARGV[1]``
+(the terminal status),
 ``ARGV[5]`` (now, seconds) and ``ttl`` (the workers' retention, see
 :func:`aiecs_worker.store.state.finish_lua`).
 """
 
 from __future__ import annotations
 
-from .keys import FLOWS_DUE_KEY
+from .keys import FLOWS_DUE
 
 __all__ = ["GROUP_HOOK_LUA", "PUBLISH_GROUP_EVENT_LUA"]
 
@@ -92,7 +93,7 @@ if f[4] and f[4] ~= '' then
       redis.call('EXPIRE', g, ttl)
     end
     local _t = redis.call('TIME')
-    redis.call('ZADD', '{FLOWS_DUE_KEY}', _t[1] * 1000 + math.floor(_t[2] / 1000), g)
+    redis.call('ZADD', P .. '{FLOWS_DUE}', _t[1] * 1000 + math.floor(_t[2] / 1000), g)
   end
 end
 """

@@ -57,8 +57,8 @@ import os
 import socket
 import uuid
 
-from .keys import OWNED_PREFIX, OWNERS_KEY, PENDING_KEY, SUSPECT_KEY
-from .state import NOW_MS_LUA
+from .keys import OWNED, owners_key, pending_key, suspect_key
+from .state import NOW_MS_LUA, SHARD_LUA
 
 __all__ = [
     "HEARTBEAT_LUA",
@@ -82,17 +82,19 @@ end
 return until_ms
 """
 
-# KEYS: owners, suspect.  ARGV: how many dead owners at most, now (seconds, for records).
+# KEYS: owners, suspect (of one shard: the owned sets are the shard's).  ARGV: how many dead
+# owners at most, now (seconds, for records).
 # Claims owners whose lease ended and returns their orphaned executions, flat:
 # {state key, celery id, celery task name, queue, request json, charged ('1'/''), ...}.
 SWEEP_LUA = f"""
 {NOW_MS_LUA}
+{SHARD_LUA}
 local out = {{}}
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, ARGV[1])
 local lock = redis.call('GET', KEYS[2])
 for _, owner in ipairs(dead) do
   if redis.call('ZREM', KEYS[1], owner) == 1 then
-    local set = '{OWNED_PREFIX}' .. owner
+    local set = P .. '{OWNED}' .. owner
     local live = {{}}
     for _, k in ipairs(redis.call('SMEMBERS', set)) do
       if redis.call('HGET', k, 'status') == 'running'
@@ -162,9 +164,15 @@ def queue_names(queue: str, separator: str) -> list[str]:
     return [queue, *(f"{queue}{separator}{n}" for n in (3, 6, 9))]
 
 
-SWEEP_KEYS = [OWNERS_KEY, SUSPECT_KEY]
-HEARTBEAT_KEYS = [OWNERS_KEY, SUSPECT_KEY]
-REAP_KEYS = [PENDING_KEY]
+def sweep_keys(shard: str) -> list[str]:
+    """KEYS of :data:`SWEEP_LUA` (and :data:`HEARTBEAT_LUA`) in one shard: each shard has
+    its owners' leases and its crash suspect; a worker renews its lease in every shard."""
+    return [owners_key(shard), suspect_key(shard)]
+
+
+def reap_keys(shard: str) -> list[str]:
+    """KEYS of :data:`REAP_LUA` in one shard."""
+    return [pending_key(shard)]
 
 _HOST = socket.gethostname()
 #: This host's name (the history's ``worker``).

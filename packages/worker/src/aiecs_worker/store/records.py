@@ -21,7 +21,7 @@ from ..settings import get_settings
 from .connection import sync_client
 from .events import FINISH_PUBLISH_LUA, PENDING_PUBLISH_LUA, TaskKeys, finish_args, script_args
 from .hold import ADMIT_LUA, admit_args, held_ttl
-from .keys import OUTBOX_KEY, PENDING_KEY, celery_index_key, steps_key
+from .keys import celery_index_key, pending_key, steps_key, user_prefix
 from .requests import routable_call
 from .scripts import pipelined
 
@@ -71,13 +71,14 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
                                    ttl)
     client = state_redis()
     a_keys, a_args = admit_args(s, state_key, request.user_id, queue, eta)
+    shard = user_prefix(request.user_id)
     pending_keys = [state_key, steps_key(request.user_id, request.task_id),
-                    celery_index_key(celery_id), PENDING_KEY, *ev_keys]
+                    celery_index_key(celery_id, shard), pending_key(shard), *ev_keys]
     calls = [(PENDING_PUBLISH_LUA, len(pending_keys), *pending_keys,
               celery_id, ttl, time.time(), request.user_id, request.task_name,
               request.step, request.model_dump_json(), queue, task, *ev_args)]
     if eta is not None:
-        calls.append((_ETA_LUA, 2, state_key, PENDING_KEY, eta, int(eta * 1000)))
+        calls.append((_ETA_LUA, 2, state_key, pending_key(shard), eta, int(eta * 1000)))
     calls.append((ADMIT_LUA, len(a_keys), *a_keys, *a_args))
     try:
         # the PENDING record, its event and its admission: one round trip
@@ -114,7 +115,7 @@ def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | No
 
     ``meta``: what the history row needs that the state does not hold (the worker's
     ``first_output_at``, ``worker``, ``plugin``, ``plugin_version``, ``price_version``);
-    the outbox is ``aiecs:outbox`` unless AIECS_HISTORY is off.
+    the execution's shard's outbox gets it unless AIECS_HISTORY is off.
 
     Every terminal record is built here: the worker's outcome, a revocation, a malformed
     message, a workflow step that cannot run."""
@@ -124,7 +125,7 @@ def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | No
             json.dumps(usage if usage is not None else []),
             time.time(), ttl,
             json.dumps(meta, separators=(",", ":")) if meta else "",
-            OUTBOX_KEY if get_settings().aiecs_history else ""]
+            "1" if get_settings().aiecs_history else ""]
 
 
 def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],

@@ -15,19 +15,13 @@ from typing import Any
 from aiecs_core import TERMINAL_STATUSES
 
 from .hook import GROUP_HOOK_LUA
-from .keys import (
-    DUE_KEY,
-    OWNED_PREFIX,
-    PENDING_KEY,
-    RETENTION_KEY,
-    SUSPECT_KEY,
-    celery_index_key,
-)
+from .keys import CELERY_INDEX, DUE, OUTBOX, OWNED, PENDING, RETENTION, SUSPECT
 from .settle import SETTLE_LUA
 
 __all__ = [
     "CANCEL_LUA",
     "MESSAGE_SLOT",
+    "SHARD_LUA",
     "decode_state",
     "begin_lua",
     "finish_lua",
@@ -36,6 +30,10 @@ __all__ = [
 
 _TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
 
+
+#: Lua: ``P``, the shard prefix of KEYS[1] (an execution's key): the script's per-shard
+#: sets are ``P .. <suffix>`` (aiecs_worker.store.keys), in KEYS[1]'s hash slot.
+SHARD_LUA = "local P = string.match(KEYS[1], '^[^:]+')"
 
 NOW_MS_LUA = "local _t = redis.call('TIME'); local now_ms = _t[1] * 1000 + math.floor(_t[2] / 1000)"
 
@@ -66,6 +64,7 @@ def begin_lua(then: str) -> str:
     """
     return f"""
 local terminal = {_TERMINAL}
+{SHARD_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'deliveries', 'spared',
                      'cancel_requested', 'suspect')
 local st = f[1]
@@ -90,7 +89,7 @@ if run then
   fields[#fields + 1] = 'started'; fields[#fields + 1] = ARGV[3]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-if st == 'pending' then redis.call('ZREM', '{PENDING_KEY}', KEYS[1]) end
+if st == 'pending' then redis.call('ZREM', P .. '{PENDING}', KEYS[1]) end
 if not st then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('SADD', KEYS[2], ARGV[6])
@@ -108,13 +107,13 @@ return {{'running', n, cancel, f[6] or '', '', st or '', delivered}}
 
 
 #: Retention at the terminal transition (KEYS[1]: the state; ``terminal`` in scope): the
-#: Lua local ``ttl`` is the workers' AIECS_EVENTS_TTL (RETENTION_KEY, which every worker
+#: Lua local ``ttl`` is the workers' AIECS_EVENTS_TTL (the shard's RETENTION key, which every worker
 #: sets) or, before any worker started, ARGV[6] (the caller's); ``retain(k)`` gives a key
 #: the task's steps share (steps, seq, log) that TTL, unless it holds a longer one for
 #: another step still waiting (one scheduled further ahead than the TTL, say): then it is
 #: left alone. The other steps are looked at only when the key's TTL is longer than ``ttl``.
 _RETAIN_LUA = f"""
-local ttl = tonumber(redis.call('GET', '{RETENTION_KEY}') or '') or tonumber(ARGV[6])
+local ttl = tonumber(redis.call('GET', P .. '{RETENTION}') or '') or tonumber(ARGV[6])
 local steps = string.gsub(KEYS[1], ':%d+:state$', ':steps')
 local waiting = nil
 local function retain(k)
@@ -142,49 +141,50 @@ def finish_lua(then: str, extra: int = 7) -> str:
 
     KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl; ARGV[extra] and
     ARGV[extra + 1] (optional): ``meta`` (JSON: what the history row needs that the state
-    lacks, see :func:`aiecs_worker.store.records.terminal_fields`) and the outbox stream
-    (empty: history off).  Returns 0 when the execution was already terminal (nothing
-    changes), else what ``then`` returns.
+    lacks, see :func:`aiecs_worker.store.records.terminal_fields`) and ``1`` to append to
+    the outbox of the execution's shard (empty: history off).  Returns 0 when the
+    execution was already terminal (nothing changes), else what ``then`` returns.
     Every key of the execution gets the workers' TTL (:data:`_RETAIN_LUA`: ``then`` calls
     ``retain`` on the task's seq and log).
     A batch item or workflow step (field ``group``) tells its group in the same script
     (see aiecs_worker.store.hook). The execution leaves its fair-share window and
     the index of held executions (see aiecs_worker.store.hold). Its budget reservation is
     replaced by what it used (see aiecs_worker.store.settle). The finished state, its
-    ``request`` included (read before it is deleted), is appended to the outbox
-    (:data:`aiecs_worker.store.keys.OUTBOX_KEY`) for the history recorders: two commands
-    (HGETALL, XADD) in the same atomic step, so every terminal state has its entry.
+    ``request`` included (read before it is deleted), is appended to the outbox of its
+    shard (:func:`aiecs_worker.store.keys.outbox_key`) for the history recorders: two
+    commands (HGETALL, XADD) in the same atomic step, so every terminal state has its
+    entry.
     """
     return f"""
 local terminal = {_TERMINAL}
+{SHARD_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'suspect', 'group', 'window',
                      'held', 'celery_id')
 if f[1] and terminal[f[1]] then return 0 end
 if f[5] then redis.call('ZREM', f[5], KEYS[1]) end
-if f[6] == 'due' then redis.call('ZREM', '{DUE_KEY}', KEYS[1]) end
+if f[6] == 'due' then redis.call('ZREM', P .. '{DUE}', KEYS[1]) end
 if f[6] then redis.call('HDEL', KEYS[1], 'held') end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5],
            'meta', ARGV[{extra}] or '')
 {_RETAIN_LUA}
 redis.call('EXPIRE', KEYS[1], ttl)
-if f[7] then redis.call('EXPIRE', '{celery_index_key("")}' .. f[7], ttl) end
+if f[7] then redis.call('EXPIRE', P .. '{CELERY_INDEX}' .. f[7], ttl) end
 retain(steps)
 do
-  local outbox = ARGV[{extra + 1}]
-  if outbox and outbox ~= '' then
-    redis.call('XADD', outbox, '*', 'key', KEYS[1], unpack(redis.call('HGETALL', KEYS[1])))
+  if ARGV[{extra + 1}] == '1' then
+    redis.call('XADD', P .. '{OUTBOX}', '*', 'key', KEYS[1], unpack(redis.call('HGETALL', KEYS[1])))
   end
 end
-if f[1] == 'pending' then redis.call('ZREM', '{PENDING_KEY}', KEYS[1]) end
+if f[1] == 'pending' then redis.call('ZREM', P .. '{PENDING}', KEYS[1]) end
 if f[2] then
-  if f[2] ~= '' then redis.call('SREM', '{OWNED_PREFIX}' .. f[2], KEYS[1]) end
+  if f[2] ~= '' then redis.call('SREM', P .. '{OWNED}' .. f[2], KEYS[1]) end
   redis.call('HDEL', KEYS[1], 'request', 'owner')
 elseif f[1] == 'pending' then
   redis.call('HDEL', KEYS[1], 'request')
 end
-if f[3] == '1' and redis.call('GET', '{SUSPECT_KEY}') == KEYS[1] then
-  redis.call('DEL', '{SUSPECT_KEY}')
+if f[3] == '1' and redis.call('GET', P .. '{SUSPECT}') == KEYS[1] then
+  redis.call('DEL', P .. '{SUSPECT}')
 end
 {GROUP_HOOK_LUA}
 {SETTLE_LUA}
