@@ -4,7 +4,9 @@ cluster): ``REDIS_URL`` names a cluster node, ``AIECS_REDIS_CLUSTER=1``.
 
 Every aiecs process here is a child (worker, server, ``aiecs health``): the key names are
 fixed as aiecs is imported, and this process's aiecs uses the plain names. The test reads
-the cluster with a ``RedisCluster`` client and the tagged key names (``{aiecs}:...``).
+the cluster with a ``RedisCluster`` client and the tagged key names: a user's keys under
+its shard's tag (``{aiecs-<n>}:...``, AIECS_REDIS_SHARDS's default of 16 shards), the keys
+of no user under ``{aiecs}``.
 
 One cluster and one broker for the module; every test uses users of its own.
 """
@@ -21,16 +23,32 @@ import time
 import uuid
 
 import pytest
+from aiecs_worker.store.keys import DEFAULT_CLUSTER_SHARDS, shard_number, shard_tag
 from redis.cluster import RedisCluster as RedisClusterClient
 
 from tests.server.helpers import Recorder, async_wait_until
 from tests.support.events import TERMINAL, wait_until
+from tests.support.metrics import metrics_url, scrape, total
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(300)
 
+#: the prefix of the keys that belong to no user (cancel channel, dead letters, beat)
 PREFIX = "{aiecs}"
+SHARDS = DEFAULT_CLUSTER_SHARDS
+#: every shard's tag
+TAGS = [shard_tag(n, SHARDS) for n in range(SHARDS)]
+
+
+def tag(user: str) -> str:
+    """The hash tag of a user's keys on the cluster (its shard's)."""
+    return shard_tag(shard_number(user, SHARDS), SHARDS)
+
+
+def every_shard(client, suffix: str, count) -> int:
+    """``count`` (e.g. ZCARD) of the per-shard key ``suffix`` summed over the shards."""
+    return sum(count(t + suffix) for t in TAGS)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +89,11 @@ def body(chunks: int = 3, delay: float = 0.05, op: str = "echo", **extra) -> dic
 
 
 def state_key(user: str, task: str, step: int = 1) -> str:
-    return f"{PREFIX}:t:{user}:{task}:{step}:state"
+    return f"{tag(user)}:t:{user}:{task}:{step}:state"
 
 
 def events(client, user: str, task: str) -> list[dict]:
-    return [json.loads(f[b"e"]) for _, f in client.xrange(f"{PREFIX}:t:{user}:{task}:log")]
+    return [json.loads(f[b"e"]) for _, f in client.xrange(f"{tag(user)}:t:{user}:{task}:log")]
 
 
 def terminal(client, user: str, task: str, timeout: float = 60) -> dict:
@@ -143,6 +161,97 @@ def test_settings_keep_celery_off_the_cluster(monkeypatch):
                       celery_result_backend=node)
     with pytest.raises(ConfigurationError, match="needs REDIS_URL"):
         load_settings(aiecs_redis_cluster=True, redis_url=None, celery_broker_url=plain)
+    # shards spread keys over a cluster's slots: meaningless (and refused) without one
+    with pytest.raises(ConfigurationError, match="AIECS_REDIS_SHARDS is set without"):
+        load_settings(aiecs_redis_shards=4, celery_broker_url=plain)
+    assert load_settings(aiecs_redis_cluster=True, redis_url=node, celery_broker_url=plain,
+                         aiecs_redis_shards=4).aiecs_redis_shards == 4
+
+
+def users_on_every_primary(client) -> list[str]:
+    """One new user whose shard is served by each primary of the cluster (in port order)."""
+    found: dict[int, str] = {}
+    primaries = {n.port for n in client.get_primaries()}
+    while set(found) != primaries:
+        user = uid("sp")
+        found.setdefault(client.get_node_from_key(tag(user)).port, user)
+    return [found[port] for port in sorted(found)]
+
+
+def test_users_keys_and_work_spread_over_the_nodes(env, cluster, client, start_worker,
+                                                   start_server, start_recorder, start_beat,
+                                                   tmp_path):
+    """With AIECS_REDIS_SHARDS (default 16) the users' keys sit on different nodes, each
+    user's in one slot; tasks, a task due later, a schedule run by beat, a cancel, the
+    pending gauge, the history recorder and forgetting a user all work across them. (With
+    one hash tag for everything, every key would be on one node: the first check fails.)"""
+    from aiecs_worker.server.tokens import issue_token
+
+    users = users_on_every_primary(client)
+    assert len(users) == 3
+    env = {**env, "AIECS_SCHEDULE_MIN_PERIOD": "1"}
+    database = f"sqlite:///{tmp_path / 'history.db'}"
+    server = start_server(env["REDIS_URL"], env={**env, "AIECS_DATABASE_URL": database})
+    tokens = {u: server.token(u) for u in users}
+    # a worker of the heavy queue only, exporting the gauges: the fast tasks wait
+    gauges = start_worker(redis_url=env["REDIS_URL"], concurrency=1, queues="heavy_tasks",
+                          env={**env, "AIECS_METRICS_PORT": "0",
+                               "AIECS_METRICS_HOST": "127.0.0.1"})
+    ids = {u: post_tasks(server, tokens[u], 2) for u in users}
+    # the PENDING records are in three shards on three nodes: the gauge sums them
+    pending = {client.get_node_from_key(tag(u)).port: client.zcard(f"{tag(u)}:pending")
+               for u in users}
+    assert pending == {port: 2 for port in pending} and len(pending) == 3, pending
+    assert total(scrape(metrics_url(gauges.log)), "aiecs_pending_executions") == 6
+
+    start_worker(redis_url=env["REDIS_URL"], concurrency=4, env=env)
+    start_recorder(redis_url=env["REDIS_URL"], env=env, database_url=database)
+    # one task due in 2 s (held, then sent by a sweeper), a schedule run by beat
+    code, later = server.http("POST", "/tasks", body(countdown=2), token=tokens[users[0]])
+    assert code == 202, later
+    code, made = server.http("POST", "/schedules", body(every=1), token=tokens[users[1]])
+    assert code == 201, made
+    start_beat(redis_url=env["REDIS_URL"], env=env).wait_lock()
+    for user in users:
+        for task in ids[user]:
+            assert terminal(client, user, task)["status"] == "completed"
+    assert terminal(client, users[0], later["task_id"])["status"] == "completed"
+
+    def two_runs():
+        code, view = server.http("GET", f"/tasks/{made['task_id']}", token=tokens[users[1]])
+        return code == 200 and sum(s["status"] == "completed" for s in view["steps"]) >= 2
+
+    wait_until(two_runs, timeout=60, message="two scheduled runs")
+    assert server.http("DELETE", f"/schedules/{made['task_id']}",
+                       token=tokens[users[1]])[0] in (200, 204)
+    cancel_a_running_task(server, client, users[2], tokens[users[2]])
+
+    # each user's keys are in its shard's slot, and the users' slots are on 3 nodes
+    nodes = set()
+    for user in users:
+        keys = list(client.scan_iter(match=f"{tag(user)}:*{user}*",
+                                     target_nodes=RedisClusterClient.ALL_NODES))
+        assert len(keys) >= 6, keys
+        assert {client.keyslot(k) for k in keys} == {client.keyslot(tag(user))}
+        nodes.add(client.get_node_from_key(tag(user)).port)
+    assert len(nodes) == 3, nodes
+
+    # the recorder read every shard's outbox: each user's executions are in the history
+    wait_until(lambda: every_shard(client, ":outbox", client.xlen) == 0, timeout=30,
+               message="every outbox recorded")
+    wait_until(lambda: every_shard(client, ":pending", client.zcard) == 0, timeout=30,
+               message="nothing left pending")
+    for user, n in zip(users, (3, 2, 3), strict=True):
+        code, out = server.http("GET", "/executions?limit=50", token=tokens[user])
+        assert code == 200 and len(out["items"]) >= n, (user, out)
+
+    # forgetting a user removes its keys from its node, not the others'
+    operator = issue_token("ops", server.secret, 600, scopes=("operator",))
+    code, out = server.http("DELETE", f"/users/{users[0]}/history", token=operator)
+    assert code == 200 and out["redis"]["tasks"] == 3, out
+    assert list(client.scan_iter(match=f"{tag(users[0])}:t:{users[0]}:*",
+                                 target_nodes=RedisClusterClient.ALL_NODES)) == []
+    assert status(client, users[1], ids[users[1]][0]) == "completed"
 
 
 def test_tasks_batch_workflow_and_cancel_on_a_cluster(env, client, start_worker, start_server,
@@ -212,18 +321,19 @@ def test_tasks_batch_workflow_and_cancel_on_a_cluster(env, client, start_worker,
 
     # a long task, cancelled through the API while it runs
     cancel_a_running_task(server, client, user, token)
-    wait_until(lambda: client.zcard(f"{PREFIX}:pending") == 0, timeout=20,
+    wait_until(lambda: every_shard(client, ":pending", client.zcard) == 0, timeout=20,
                message="nothing left pending")
     # the recorder wrote every finished execution to the history database
-    wait_until(lambda: client.xlen(f"{PREFIX}:outbox") == 0, timeout=30,
+    wait_until(lambda: every_shard(client, ":outbox", client.xlen) == 0, timeout=30,
                message="the outbox recorded")
     code, out = server.http("GET", "/executions?limit=50", token=token)
     assert code == 200, out
     # 3 tasks, 3 batch items, 2 workflow steps, the cancelled one
     assert len(out["items"]) == 9, out
-    # every key of aiecs is in one slot (the {aiecs} hash tag): each script's keys are
-    keys = list(client.scan_iter(match=f"{PREFIX}:*", target_nodes=RedisClusterClient.ALL_NODES))
-    assert len(keys) > 20 and {client.keyslot(k) for k in keys} == {client.keyslot(PREFIX)}
+    # every key of the user is in its shard's slot: each script's keys are
+    keys = list(client.scan_iter(match=f"{tag(user)}:*",
+                                 target_nodes=RedisClusterClient.ALL_NODES))
+    assert len(keys) > 20 and {client.keyslot(k) for k in keys} == {client.keyslot(tag(user))}
 
 
 def test_a_dead_workers_executions_run_again(env, client, start_worker, start_server):
@@ -245,7 +355,7 @@ def test_a_dead_workers_executions_run_again(env, client, start_worker, start_se
         logged = events(client, user, task)
         assert sum(e["type"] == "status" and e["status"] in TERMINAL for e in logged) == 1
         assert sum(e["type"] == "status" and e["status"] == "running" for e in logged) == 2
-    assert client.zcard(f"{PREFIX}:owners") >= 1
+    assert client.zcard(f"{tag(user)}:owners") >= 1
 
 
 def test_a_message_lost_on_the_broker_is_queued_again(env, client, broker, start_worker,
@@ -269,7 +379,7 @@ def test_a_message_lost_on_the_broker_is_queued_again(env, client, broker, start
         logged = [e["status"] for e in events(client, user, task) if e["type"] == "status"]
         assert logged == ["pending", "running", "completed"], logged
     assert worker.log().count("its message was lost in transit; queued again") == 1
-    wait_until(lambda: client.zcard(f"{PREFIX}:pending") == 0, timeout=20,
+    wait_until(lambda: every_shard(client, ":pending", client.zcard) == 0, timeout=20,
                message="nothing left pending")
 
 
@@ -292,13 +402,14 @@ def test_health_tells_a_usable_cluster_from_one_it_cannot_use(env, cluster, brok
 
 @pytest.mark.faults
 def test_the_primary_of_aiecs_slot_killed_mid_run(broker, start_worker, start_server):
-    """A cluster with a replica per primary; the primary serving ``{aiecs}``'s slot is
+    """A cluster with a replica per primary; the primary serving the user's shard is
     SIGKILLed while executions run; its replica is promoted and every execution ends
     exactly once (asynchronous replication may lose the last writes: an execution may run
     again, never end twice)."""
     nodes = RedisCluster(replicas=1).start()
     try:
-        doomed = nodes.primary_of(PREFIX)
+        user = uid("fo")
+        doomed = nodes.primary_of(tag(user))
         # the URL (and the pub/sub node) is another primary's
         other = next(p for p in nodes.ports if p != doomed)
         url = f"redis://127.0.0.1:{other}/0"
@@ -306,7 +417,6 @@ def test_the_primary_of_aiecs_slot_killed_mid_run(broker, start_worker, start_se
                "AIECS_LEASE_SECONDS": "6"}
         start_worker(redis_url=url, concurrency=8, env=env)
         server = start_server(url, env=env)
-        user = uid("fo")
         token = server.token(user)
         ids = post_tasks(server, token, 40, chunks=10, delay=0.2)
         client = nodes.client()
@@ -314,7 +424,7 @@ def test_the_primary_of_aiecs_slot_killed_mid_run(broker, start_worker, start_se
                    timeout=60, message="some executions done")
         client.close()
         nodes.kill(doomed)
-        nodes.wait_promoted(PREFIX, doomed)
+        nodes.wait_promoted(tag(user), doomed)
         client = nodes.client()
         for task in ids:
             logged = wait_until(

@@ -19,7 +19,7 @@ __all__ = [
     "flow_key", "flows_due_key", "group_ids",
     "outbox_key", "owned_key", "owners_key", "parse_state_key", "pending_key", "prefix_of",
     "quota_key", "rate_limit_base", "retention_key", "schedule_key", "schedule_tick_key",
-    "shard_of", "shard_prefix", "steps_key", "suspect_key", "task_of_key", "user_prefix",
+    "shard_number", "shard_of", "shard_prefix", "shard_tag", "steps_key", "suspect_key", "task_of_key", "user_prefix",
     "user_schedules_key", "user_tasks_pattern", "window_key",
 ]
 
@@ -63,11 +63,24 @@ BASE_PREFIX = "{aiecs}" if _CLUSTER else "aiecs"
 PREFIX = BASE_PREFIX
 
 
+def shard_tag(shard: int, shards: int) -> str:
+    """The hash tag of shard ``shard`` of ``shards`` on a Redis Cluster: ``{aiecs}`` when
+    there is one, else ``{aiecs-<n>}``: every key of a shard is in one slot, different
+    shards in (usually) different slots."""
+    return "{aiecs}" if shards == 1 else f"{{aiecs-{shard}}}"
+
+
+def shard_number(user_id: str, shards: int) -> int:
+    """A user's shard of ``shards``: CRC-32 of the id modulo ``shards`` (stable across
+    processes and versions)."""
+    return zlib.crc32(user_id.encode()) % shards
+
+
 def shard_prefix(shard: int) -> str:
-    """The prefix of shard ``shard``'s keys: :data:`BASE_PREFIX` when there is one shard
-    (the key names of a deployment without shards), else the hash tag ``{aiecs-<n>}``:
-    every key of a shard is in one slot, different shards in (usually) different slots."""
-    return BASE_PREFIX if SHARDS == 1 else f"{{aiecs-{shard}}}"
+    """The prefix of shard ``shard``'s keys in this process: :data:`BASE_PREFIX` when
+    there is one shard (the key names of a deployment without shards), else
+    :func:`shard_tag`."""
+    return BASE_PREFIX if SHARDS == 1 else shard_tag(shard, SHARDS)
 
 
 #: Every shard's prefix, shard 0 first: what the readers of the per-shard sets loop over.
@@ -75,11 +88,10 @@ SHARD_PREFIXES = tuple(shard_prefix(n) for n in range(SHARDS))
 
 
 def shard_of(user_id: str) -> int:
-    """The shard of a user: CRC-32 of the id modulo :data:`SHARDS` (stable across
-    processes and versions). A user's keys and executions are all in its shard, so a script
+    """The shard of a user (:func:`shard_number` of :data:`SHARDS`). A user's keys and executions are all in its shard, so a script
     that touches several of them (an execution and its user's quotas, budgets, fair-share
     window) touches one slot."""
-    return zlib.crc32(user_id.encode()) % SHARDS if SHARDS > 1 else 0
+    return shard_number(user_id, SHARDS) if SHARDS > 1 else 0
 
 
 def user_prefix(user_id: str) -> str:
