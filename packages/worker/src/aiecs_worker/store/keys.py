@@ -19,7 +19,8 @@ __all__ = [
     "flow_key", "flows_due_key", "group_ids",
     "outbox_key", "owned_key", "owners_key", "parse_state_key", "pending_key", "prefix_of",
     "quota_key", "rate_limit_base", "retention_key", "schedule_key", "schedule_tick_key",
-    "shard_number", "shard_of", "shard_prefix", "shard_tag", "steps_key", "suspect_key", "task_of_key", "user_prefix",
+    "shard_number", "shard_of", "shard_prefix", "shard_tag", "steps_key", "suspect_key",
+    "task_of_key", "user_prefix", "DEFAULT_CLUSTER_SHARDS",
     "user_schedules_key", "user_tasks_pattern", "window_key",
 ]
 
@@ -88,9 +89,9 @@ SHARD_PREFIXES = tuple(shard_prefix(n) for n in range(SHARDS))
 
 
 def shard_of(user_id: str) -> int:
-    """The shard of a user (:func:`shard_number` of :data:`SHARDS`). A user's keys and executions are all in its shard, so a script
-    that touches several of them (an execution and its user's quotas, budgets, fair-share
-    window) touches one slot."""
+    """The shard of a user (:func:`shard_number` of :data:`SHARDS`). A user's keys and
+    executions are all in its shard, so a script that touches several of them (an
+    execution and its user's quotas, budgets, fair-share window) touches one slot."""
     return shard_number(user_id, SHARDS) if SHARDS > 1 else 0
 
 
