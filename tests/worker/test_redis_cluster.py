@@ -401,7 +401,7 @@ def test_health_tells_a_usable_cluster_from_one_it_cannot_use(env, cluster, brok
 
 
 @pytest.mark.faults
-def test_the_primary_of_aiecs_slot_killed_mid_run(broker, start_worker, start_server):
+def test_the_primary_of_a_users_shard_killed_mid_run(broker, start_worker, start_server):
     """A cluster with a replica per primary; the primary serving the user's shard is
     SIGKILLed while executions run; its replica is promoted and every execution ends
     exactly once (asynchronous replication may lose the last writes: an execution may run
