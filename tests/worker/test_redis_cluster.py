@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 
 import pytest
 from aiecs_worker.store.keys import DEFAULT_CLUSTER_SHARDS, shard_number, shard_tag
@@ -520,3 +521,11 @@ def test_events_and_cancels_outlive_the_url_node(broker, start_worker, start_ser
         client.close()
     finally:
         nodes.close()
+
+
+def test_a_users_shard_is_stable():
+    """A user's shard is CRC-32 of its id modulo the count: the same in every process and
+    release (a change would move users to shards no process reads: a migration)."""
+    assert [shard_number(u, 16) for u in ("alice", "bob", "carol")] == [
+        zlib.crc32(u.encode()) % 16 for u in ("alice", "bob", "carol")] == [7, 0, 3]
+    assert shard_tag(7, 16) == "{aiecs-7}" and shard_tag(0, 1) == "{aiecs}"
