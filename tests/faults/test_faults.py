@@ -156,10 +156,9 @@ def test_redis_restarted_without_persistence(fault_redis, fault_worker, pool):
     assert worker.alive()
 
 
-# Not yet --pool asyncio (an option, not the default): there a restarted worker took the
-# crashing operation again before it was ready and died with it (SIGKILL during start-up),
-# so the crash suspect's isolation does not hold yet; docs/performance.md, "--pool asyncio".
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+# --pool asyncio takes its first message once the worker is ready (before that fix a
+# restarted worker took the crashing operation during start-up and died with it there).
+@pytest.mark.parametrize("pool", ["threads", "prefork", "asyncio"])
 def test_crashing_operation_spares_innocent_executions(fault_redis, fault_worker, pool):
     """One operation kills its process each time it runs (SIGKILL), 20 innocent
     executions beside it. The poison ends FAILED (WorkerLostError) once it has crashed

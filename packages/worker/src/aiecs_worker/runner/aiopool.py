@@ -100,6 +100,8 @@ class TaskPool(ThreadTaskPool):
     runtime's loop (``--pool custom`` + ``CELERY_CUSTOM_WORKER_POOL``)."""
 
     feeder: Feeder | None = None
+    _native_queues: list[str] = []
+    _closed = False
 
     def on_start(self) -> None:
         super().on_start()
@@ -115,17 +117,31 @@ class TaskPool(ThreadTaskPool):
             return
         for name in names:  # before Celery's consumer starts: it never sees them
             consume_from.pop(name)
-        self.feeder = Feeder(get_runtime(), app, names, self.limit)
+        self._native_queues = names
+        # the first message is taken once the worker is ready, as Celery's consumer takes
+        # its first then (the runtime, tracing and the warm-up start at worker_ready): a
+        # worker restarted beside a message that kills its process must come up first
+        signals.worker_ready.connect(self._on_ready, weak=False)
+
+    def _on_ready(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "pool", None) is not self or self.feeder is not None:
+            return
+        signals.worker_ready.disconnect(self._on_ready)
+        if self._closed:  # stopped before it was ready
+            return
+        self.feeder = Feeder(get_runtime(), self.app, self._native_queues, self.limit)
         self.feeder.start()
         log.info("--pool asyncio: %s consumed on the event loop, %d at a time",
-                 ", ".join(names), self.limit)
+                 ", ".join(self._native_queues), self.limit)
 
     def on_stop(self) -> None:
+        self._closed = True
         if self.feeder is not None:
             self.feeder.stop(warm=True)
         super().on_stop()
 
     def on_terminate(self) -> None:
+        self._closed = True
         if self.feeder is not None:
             self.feeder.stop(warm=False)
         super().on_terminate()
