@@ -42,3 +42,27 @@ def test_message_soft_limit_stores_task_timeout_error(aiecs_redis, start_worker,
         terminal, events = wait_terminal(client, "alice", task_id)
         assert terminal["status"] == "timed_out"
         assert sum(e["type"] == "status" and e["status"] == "timed_out" for e in events) == 1
+
+
+# Not prefork: there Celery's own hard limit kills the child at the same second (the
+# execution is then redelivered, as a crash), a race with the runner's deadline.
+@pytest.mark.parametrize("pool", ["threads", "asyncio"])
+def test_message_hard_limit_alone_times_out_in_process(aiecs_redis, start_worker, pool):
+    """A message with only a hard limit (``time_limit``): the in-process pools enforce
+    it as the runner's deadline (TIMED_OUT, TaskTimeoutError), not the worker's 300 s."""
+    from aiecs_worker import execute_task
+
+    start_worker(pool=pool, concurrency=2)
+    client = aiecs_redis.client()
+    task_id = f"t{uuid.uuid4().hex[:10]}"
+    res = execute_task.apply_async(
+        kwargs=dict(task_name="echo", user_id="alice", task_id=task_id, step=1,
+                    mode="test", service="echo", context={},
+                    input_data={"text": "a b c d e f g h", "chunks": 8, "delay": 4.0}),
+        time_limit=1,
+    )
+    with pytest.raises(TaskTimeoutError):
+        res.get(timeout=20)
+    terminal, events = wait_terminal(client, "alice", task_id)
+    assert terminal["status"] == "timed_out"
+    assert sum(e["type"] == "status" and e["status"] == "timed_out" for e in events) == 1

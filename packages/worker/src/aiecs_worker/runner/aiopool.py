@@ -68,7 +68,7 @@ from ..settings import get_settings
 from ..store.connection import async_client
 from . import poison, warm
 from .runtime import Runtime, StateUnavailableError, get_runtime
-from .tasks import _detached
+from .tasks import _detached, message_limit
 
 __all__ = ["POOL", "TaskPool", "why_not_native"]
 
@@ -399,12 +399,12 @@ class Feeder:
                       request: types.SimpleNamespace, queue: str, message: _Message) -> bool:
         rt = self.runtime
         routing_key = request.delivery_info.get("routing_key") or queue
-        timelimit = request.timelimit or (None, None)
         token = logs.bind(args, kwargs, request.id) if logs.json_mode() else None
         try:
             with tracing.execution(request, task.name, routing_key):
                 outcome = await rt.execute(args, kwargs, celery_id=request.id,
-                                           soft_limit=timelimit[1], task=task.name,
+                                           soft_limit=message_limit(request.timelimit),
+                                           task=task.name,
                                            queue=routing_key)
         except StateUnavailableError as exc:
             log.warning("task %s not started: %s; returned to its queue", request.id, exc)

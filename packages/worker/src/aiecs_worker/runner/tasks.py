@@ -97,6 +97,17 @@ def eta_timestamp(options: dict[str, Any]) -> float | None:
     return None
 
 
+def message_limit(timelimit: Any) -> float | None:
+    """The seconds an execution may run by its message's ``(time_limit, soft_time_limit)``
+    (``apply_async(time_limit=..., soft_time_limit=...)``): the smaller one given.
+
+    The runner's deadline (TIMED_OUT, the operation cancelled) is the only limit the
+    in-process pools (threads, asyncio) enforce, so a message's hard limit bounds it too:
+    under them nothing else would stop the execution at that limit."""
+    given = [float(x) for x in (timelimit or ()) if x]
+    return min(given) if given else None
+
+
 def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     runtime = get_runtime()
     delivery = task.request.delivery_info or {}
@@ -107,7 +118,7 @@ def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
                 args,
                 kwargs,
                 celery_id=task.request.id,
-                soft_limit=task.request.timelimit[1] if task.request.timelimit else None,
+                soft_limit=message_limit(task.request.timelimit),
                 task=task.name,
                 queue=queue,
             )
