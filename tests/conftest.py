@@ -33,6 +33,7 @@ from tests.support.processes import (  # noqa: F401 - fixtures
     start_server,
     start_worker,
     worker,
+    worker_pool,
 )
 from tests.support.rabbitmq import rabbit_vhost  # noqa: F401 - fixture
 from tests.support.redis_server import RedisServer

@@ -34,10 +34,10 @@ import pytest
 
 from tests.support.redis_server import free_port
 
-__all__ = ["ALLOWED_ORIGIN", "CELERY", "SECRET", "BeatProcess", "ChildProcess",
-           "FlowerProcess", "RecorderProcess", "ServerProcess", "WorkerProcess",
-           "process_factory", "report", "start_beat", "start_recorder", "start_worker",
-           "worker"]
+__all__ = ["ALLOWED_ORIGIN", "CELERY", "IN_PROCESS_POOLS", "SECRET", "BeatProcess",
+           "ChildProcess", "FlowerProcess", "RecorderProcess", "ServerProcess",
+           "WorkerProcess", "in_process_pools", "process_factory", "report", "start_beat",
+           "start_recorder", "start_worker", "worker", "worker_pool"]
 
 #: The celery executable of the environment running the tests.
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -412,20 +412,36 @@ class ServerProcess(ChildProcess):
 
 
 # -- fixtures ----------------------------------------------------------------------------------
+#: The pools whose consumer runs in the worker's own process: a test of a guarantee they
+#: must both keep runs under each (``@in_process_pools``).
+IN_PROCESS_POOLS = ("threads", "asyncio")
+#: Runs a test once per in-process pool: its workers started without a ``pool``
+#: (``start_worker()``, ``worker``) use that pool (``--pool asyncio`` is aiecs's own).
+in_process_pools = pytest.mark.parametrize("worker_pool", IN_PROCESS_POOLS)
+
+
 @pytest.fixture
-def start_worker(aiecs_redis):
-    """Factory: ``start_worker(pool="threads", concurrency=8, queues=None, env={},
+def worker_pool() -> str:
+    """The pool of the workers a test starts without naming one: ``threads`` unless the
+    test is parametrized over it (``@in_process_pools``)."""
+    return "threads"
+
+
+@pytest.fixture
+def start_worker(aiecs_redis, worker_pool):
+    """Factory: ``start_worker(pool=worker_pool, concurrency=8, queues=None, env={},
     loglevel="INFO")``.
 
     Workers use the session's Redis (``aiecs_redis``) unless ``redis_url`` is given.
     """
     yield from process_factory(
-        lambda **kwargs: WorkerProcess(**{"redis_url": aiecs_redis.url, **kwargs}), 60)
+        lambda **kwargs: WorkerProcess(**{"redis_url": aiecs_redis.url, "pool": worker_pool,
+                                          **kwargs}), 60)
 
 
 @pytest.fixture
 def worker(start_worker):
-    """One threads-pool worker on both queues."""
+    """One worker on both queues (the threads pool unless ``worker_pool`` says)."""
     return start_worker()
 
 

@@ -10,6 +10,7 @@ import pytest
 from aiecs_core import WorkerLostError
 
 from tests.support.events import wait_for_event, wait_terminal, wait_until
+from tests.support.processes import in_process_pools
 
 
 def kwargs(task_id: str, **inp):
@@ -69,6 +70,7 @@ def test_task_that_always_kills_its_worker_stops_after_the_bound(aiecs_redis, st
     assert worker.alive()
 
 
+@in_process_pools
 def test_message_lost_in_transit_is_queued_again_from_the_pending_record(aiecs_redis,
                                                                          start_worker):
     """kombu pops a message before it records it as unacknowledged: a worker killed in

@@ -11,8 +11,10 @@ from aiecs_worker import execute_task
 from aiecs_worker.producer.control import get_state
 
 from tests.support.events import TERMINAL, read_events, wait_until
+from tests.support.processes import in_process_pools
 
 
+@in_process_pools
 def test_an_eta_execution_is_not_resent_early_by_the_sweeper(aiecs_redis, start_worker):
     # visibility timeout 1 s: the sweeper looks for PENDING executions whose queue is
     # empty after 2 s, every second (lease 3 s); the worker holds the ETA message meanwhile

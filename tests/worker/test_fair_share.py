@@ -17,6 +17,7 @@ from aiecs_worker.producer.control import cancel, get_state, submit
 from aiecs_worker.store.keys import PREFIX, backlog_key, window_key
 
 from tests.support.events import TERMINAL, read_events, wait_until
+from tests.support.processes import in_process_pools
 
 
 def _item(delay: float, text: str = "x") -> dict:
@@ -36,6 +37,7 @@ def _wait_all_ended(user: str, task_ids: list[str], timeout: float) -> dict[str,
     return wait_until(ended, timeout=timeout, interval=0.2, message="every item ending")
 
 
+@in_process_pools
 def test_items_over_the_window_wait_in_redis_and_run_in_order(
         aiecs_redis, start_worker, submitter_env):
     client = aiecs_redis.client()
@@ -70,6 +72,7 @@ def test_items_over_the_window_wait_in_redis_and_run_in_order(
     assert not client.sismember(backlog_key(PREFIX), win)
 
 
+@in_process_pools
 def test_cancelling_a_held_item_ends_it_at_once(aiecs_redis, start_worker, submitter_env):
     client = aiecs_redis.client()
     env = {"AIECS_FAIR_WINDOW_HEAVY": "1"}
@@ -90,6 +93,7 @@ def test_cancelling_a_held_item_ends_it_at_once(aiecs_redis, start_worker, submi
     assert states[ids[3]]["started"] >= states[ids[1]]["finished"] - 0.01
 
 
+@in_process_pools
 def test_a_sigkilled_worker_does_not_leak_window_slots(aiecs_redis, start_worker,
                                                        submitter_env):
     client = aiecs_redis.client()
@@ -157,6 +161,7 @@ def test_another_users_task_starts_within_seconds_behind_1000_heavy_items(
     assert client.zcard(window_key("heavy_tasks", user_a)) == 0
 
 
+@in_process_pools
 def test_cancelling_a_batch_ends_its_held_items_at_once(aiecs_redis, start_worker,
                                                         submitter_env):
     from aiecs_worker.producer.batch import cancel_batch
@@ -184,6 +189,7 @@ def test_cancelling_a_batch_ends_its_held_items_at_once(aiecs_redis, start_worke
                message="the window and its FIFO emptied")
 
 
+@in_process_pools
 def test_a_backlog_longer_than_the_events_ttl_loses_nothing(aiecs_redis, start_worker,
                                                             submitter_env):
     """Items waiting behind the window keep their state (and arguments) alive: the sweep

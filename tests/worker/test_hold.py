@@ -15,6 +15,7 @@ from aiecs_worker.producer.control import cancel, get_state, submit
 from aiecs_worker.store.keys import PREFIX, due_key, pending_key
 
 from tests.support.events import TERMINAL, read_events, wait_until
+from tests.support.processes import in_process_pools
 
 DAY = 86_400
 QUEUES = ("fast_tasks", "heavy_tasks")
@@ -75,6 +76,7 @@ def test_cancelling_a_held_submission_frees_what_it_held(aiecs_redis):
     assert statuses == ["pending", "cancelled"]
 
 
+@in_process_pools
 def test_a_held_submission_is_released_by_the_sweep_and_runs_on_time(
         aiecs_redis, start_worker, submitter_env):
     client = aiecs_redis.client()

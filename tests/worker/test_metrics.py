@@ -22,7 +22,7 @@ def submit(**input_data) -> str:
     return task_id
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", ["threads", "prefork", "asyncio"])
 def test_the_specification_queries_have_their_series(aiecs_redis, start_worker, pool):
     worker = start_worker(pool=pool, concurrency=2, env=ENV)
     url = metrics_url(worker.log)

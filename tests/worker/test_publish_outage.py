@@ -6,6 +6,7 @@ import uuid
 
 from tests.support.events import wait_for_event, wait_terminal, wait_until
 from tests.support.metrics import metrics_url, scrape, total
+from tests.support.processes import in_process_pools
 
 
 def kwargs(task_id: str, **inp):
@@ -14,6 +15,7 @@ def kwargs(task_id: str, **inp):
                 service="echo", input_data=inp, context={})
 
 
+@in_process_pools
 def test_events_redis_down_mid_task_outcome_recorded_when_it_is_back(
         aiecs_redis, redis_server, start_worker):
     """Progress events published while the state Redis is away are dropped (logged once);
