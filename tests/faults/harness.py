@@ -21,6 +21,10 @@ from pathlib import Path
 from tests.support.events import TERMINAL, read_events
 from tests.support.redis_server import RedisServer
 
+#: The pools every fault run goes through, and each one's worker concurrency.
+POOLS = ["threads", "prefork", "asyncio"]
+CONCURRENCY = {"threads": 8, "prefork": 2, "asyncio": 8}
+
 USER = "fault"
 REPORT = Path(__file__).resolve().parents[2] / "test-output" / "faults"
 

@@ -16,17 +16,15 @@ import time
 
 import pytest
 
-from tests.faults.harness import FaultRun
+from tests.faults.harness import CONCURRENCY, POOLS, FaultRun
 from tests.support.events import wait_until
 from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 N = int(os.environ.get("AIECS_FAULT_N", "40"))
-POOLS = ["threads", "prefork", "asyncio"]
 #: on RabbitMQ --pool asyncio is the threads pool (it leaves AMQP queues to Celery)
 RABBIT_POOLS = ["threads", "prefork"]
-CONCURRENCY = {"threads": 8, "prefork": 2, "asyncio": 8}
 
 
 @pytest.fixture
@@ -158,7 +156,7 @@ def test_redis_restarted_without_persistence(fault_redis, fault_worker, pool):
 
 # --pool asyncio takes its first message once the worker is ready (before that fix a
 # restarted worker took the crashing operation during start-up and died with it there).
-@pytest.mark.parametrize("pool", ["threads", "prefork", "asyncio"])
+@pytest.mark.parametrize("pool", POOLS)
 def test_crashing_operation_spares_innocent_executions(fault_redis, fault_worker, pool):
     """One operation kills its process each time it runs (SIGKILL), 20 innocent
     executions beside it. The poison ends FAILED (WorkerLostError) once it has crashed

@@ -16,7 +16,7 @@ import time
 import pytest
 import redis
 
-from tests.faults.harness import REPORT, USER, FaultRun
+from tests.faults.harness import CONCURRENCY, POOLS, REPORT, USER, FaultRun
 from tests.server.helpers import Recorder, async_wait_until
 from tests.support.events import TERMINAL
 from tests.support.sentinel import MASTER, SentinelDeployment
@@ -24,7 +24,6 @@ from tests.support.sentinel import MASTER, SentinelDeployment
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 N = int(os.environ.get("AIECS_SENTINEL_FAULT_N", "300"))
-CONCURRENCY = {"threads": 8, "prefork": 2}
 
 
 @pytest.fixture
@@ -70,7 +69,7 @@ def _first_done(deployment: SentinelDeployment, ids: list[str], before: set[str]
 VISIBILITY = "30"
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", POOLS)
 def test_sentinel_master_sigkilled_mid_run(sentinel, start_worker, pool):
     start_worker(redis_url=sentinel.url, pool=pool, concurrency=CONCURRENCY[pool],
                  env={**sentinel.env, "CELERY_VISIBILITY_TIMEOUT": VISIBILITY})

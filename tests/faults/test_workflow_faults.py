@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.faults.harness import CONCURRENCY, POOLS
 from tests.support.events import TERMINAL, read_events, wait_until
 from tests.support.redis_server import RedisServer
 
@@ -18,7 +19,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 USER = "fault"
 FLOWS = int(os.environ.get("AIECS_FAULT_FLOWS", "12"))
-CONCURRENCY = {"threads": 8, "prefork": 2}
 
 
 def diamond(i: int) -> list[dict]:
@@ -59,7 +59,7 @@ def check(client, task_ids: list[str]) -> list[str]:
     return wrong
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", POOLS)
 def test_workflows_survive_sigkilled_workers(start_worker, pool):
     """Kill the worker's main process twice while workflows run (each time a replacement
     starts, as a supervisor would). Default lease; CELERY_VISIBILITY_TIMEOUT is 20 s (as
