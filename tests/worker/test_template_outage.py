@@ -38,7 +38,10 @@ def test_a_templated_delay_fails_clearly_when_the_database_hangs_or_is_down(subm
 
     pg = PostgresServer().start()
     try:
-        submitter_env(AIECS_DATABASE_URL=pg.create_database(), AIECS_DATABASE_TIMEOUT="1")
+        # the label read at every submission (AIECS_TEMPLATE_LABEL_TTL 0): each one waits on
+        # the database
+        submitter_env(AIECS_DATABASE_URL=pg.create_database(), AIECS_DATABASE_TIMEOUT="1",
+                      AIECS_TEMPLATE_LABEL_TTL="0")
         store.publish(engines.engine(), "greet", GREET)
         store.move_label(engines.engine(), "greet", "production", 1, expected_version=None)
         sub = {"user_id": "u", "task_id": "t", "step": 1,

@@ -30,7 +30,7 @@ from .tables import template_label_moves, template_labels, template_versions, te
 
 __all__ = ["DEFAULT_LABEL", "TemplateVersion", "check_label", "check_name", "describe", "export",
            "get_version",
-           "label_history", "list_templates", "move_label", "publish", "resolve"]
+           "label_history", "list_templates", "move_label", "moves", "publish", "resolve"]
 
 #: The label a reference without version or label means (as Langfuse's prompts do).
 DEFAULT_LABEL = "production"
@@ -253,9 +253,31 @@ def move_label(engine: Engine, name: str, label: str, version: int, *,
     """Point ``label`` at ``version`` if it points at ``expected_version`` now (None: the
     label must not exist yet); else LabelConflictError with the current version. The move
     is recorded in the label's history in the same transaction."""
+    global _moves
     check_label(label)
-    tl = template_labels
     now = time.time()
+    try:
+        return _move_label(engine, name, label, version, expected_version, moved_by, now)
+    finally:
+        # tried here: a cache of label reads in this process reads again (its own moves are
+        # seen at once; a conflict says another process moved it)
+        _moves += 1
+
+
+#: Label moves tried by this process (:func:`move_label`, successful or not).
+_moves = 0
+
+
+def moves() -> int:
+    """How many label moves this process has tried: a cache of label reads compares it to
+    forget what this process may have changed."""
+    return _moves
+
+
+def _move_label(engine: Engine, name: str, label: str, version: int,
+                expected_version: int | None, moved_by: str | None, now: float
+                ) -> dict[str, Any]:
+    tl = template_labels
     with engine.begin() as conn:
         tid = _template_id(conn, name)
         if tid is None:

@@ -328,6 +328,11 @@ class Settings(EnvSettings):
     aiecs_database_timeout: float = Field(default=10.0, gt=0, le=300)
     """AIECS_DATABASE_TIMEOUT: seconds the server waits for the history database (a
     connection, one query) before answering 503; PostgreSQL also cancels the statement."""
+    aiecs_template_label_ttl: float = Field(default=1.0, ge=0, le=60)
+    """AIECS_TEMPLATE_LABEL_TTL: seconds a producer keeps what a template label points at
+    (a submission by label reads it at most this often; a move made by this process is
+    seen at its next submission, one made elsewhere within this bound). 0: read at every
+    submission."""
     aiecs_history: bool = True
     """AIECS_HISTORY: the terminal step appends each finished execution to the outbox
     (``aiecs:outbox``) that ``aiecs recorder`` writes to the history database. Off: no

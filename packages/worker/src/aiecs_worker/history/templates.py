@@ -2,13 +2,15 @@
 plus ``variables`` instead of ``mode``, ``service``, ``task_name`` and ``input_data``.
 
 :class:`Resolver` turns such a submission into an ordinary one, once, at submission: it
-looks the version up (a label is read now; the version it pointed at is what runs, however
-the label moves later), renders the input (:func:`aiecs_history.rendering.render`: unknown,
-missing or schema-invalid variables refused), and returns the fields of an ordinary
-submission with ``template = {"name", "version"}``: the message, the events and the
-history row carry that. Retries, redeliveries and workflow releases reuse the message or
-the stored step, never the label. The rendered input then goes through the normal
-submission check (:mod:`aiecs_worker.store.admission`) like any other.
+looks the version up (a label is read now, or was at most AIECS_TEMPLATE_LABEL_TTL
+seconds ago by this process, which then tried no label move; the version it pointed at is
+what runs, however the label moves later), renders the input
+(:func:`aiecs_history.rendering.render`: unknown, missing or schema-invalid variables
+refused), and returns the fields of an ordinary submission with ``template = {"name",
+"version"}``: the message, the events and the history row carry that. Retries,
+redeliveries and workflow releases reuse the message or the stored step, never the label.
+The rendered input then goes through the normal submission check
+(:mod:`aiecs_worker.store.admission`) like any other.
 
 Every producer path calls it (HTTP ``POST /tasks``, batch items, workflow steps,
 schedules, ``execute_task.delay(template=..., variables=...)``, ``aiecs submit
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,9 +96,42 @@ def _cached_version(database_url: str, name: str, version: int) -> Any:
                    f"template {name!r} could not be resolved")
 
 
+#: What a label pointed at when this process last read it: ``(database URL, name, label)``
+#: -> ``(read before this time.monotonic(), moves tried here by then, version)``; at most
+#: :data:`_LABELS_KEPT` entries (then emptied).
+_labels: dict[tuple[str, str, str], tuple[float, int, int]] = {}
+_LABELS_KEPT = 1024
+#: The clock of the labels kept (time.monotonic; a test moves it).
+_now = time.monotonic
+
+
+def _label_version(spec: TemplateSpec) -> int:
+    """The version ``spec``'s label points at: read from the database, or what this process
+    read less than AIECS_TEMPLATE_LABEL_TTL seconds ago if it has tried no label move since
+    (:func:`aiecs_history.templates.moves`). A label that does not exist is not kept."""
+    from aiecs_history import templates as store
+
+    s = get_settings()
+    label = spec.label or store.DEFAULT_LABEL
+    key = (s.database_url, spec.name, label)
+    started, moved = _now(), store.moves()  # before the read: a move after it reads again
+    kept = _labels.get(key)
+    if kept is not None and started - kept[0] < s.aiecs_template_label_ttl \
+            and kept[1] == moved:
+        return kept[2]
+    number = bounded(lambda eng: store.label_version(eng, spec.name, label),
+                     f"template {spec.name!r} could not be resolved")
+    if s.aiecs_template_label_ttl > 0:
+        if len(_labels) >= _LABELS_KEPT:
+            _labels.clear()
+        _labels[key] = (started, moved, number)
+    return number
+
+
 def clear_cache() -> None:
-    """Forget the kept versions (tests; engines disposed)."""
+    """Forget the kept versions and labels (tests; engines disposed)."""
     _cached_version.cache_clear()
+    _labels.clear()
 
 
 engines._on_dispose.append(clear_cache)
@@ -112,13 +148,9 @@ class Resolver:
         found = self._versions.get(spec)
         if found is None:
             require_history()
-            from aiecs_history import templates as store
-
-            # a label is read now (one indexed query; it moves by compare-and-swap); the
+            # a label is read now, or was less than AIECS_TEMPLATE_LABEL_TTL ago; the
             # version it names is immutable, so kept
-            what = f"template {spec.name!r} could not be resolved"
-            number = spec.version if spec.version is not None else bounded(
-                lambda eng: store.label_version(eng, spec.name, spec.label), what)
+            number = spec.version if spec.version is not None else _label_version(spec)
             found = self._versions[spec] = _cached_version(
                 get_settings().database_url, spec.name, number)
         return found
