@@ -148,3 +148,56 @@ def test_budgets_are_off_unless_set():
     assert Settings.load({}).aiecs_budgets is None
     assert Settings.load({"AIECS_BUDGETS": ""}).aiecs_budgets is None
     assert Settings.load({"AIECS_BUDGETS": "[]"}).aiecs_budgets == []
+
+
+def test_a_delay_reserves_in_the_script_that_records_it(aiecs_redis, submitter_env):
+    """``.delay`` / ``apply_async`` reserves with its PENDING record (one script): a refusal (a hard limit,
+    an unpriced model) records and reserves nothing; the submission reaching the soft
+    limit warns after its PENDING event; the same execution sent again is not charged
+    again; a period counter gets its TTL when its first reservation creates it."""
+    from aiecs_core import BudgetExceededError
+    from aiecs_worker import execute_task
+    from aiecs_worker.store import budgets
+    from aiecs_worker.store.events import TaskKeys
+
+    from tests.support.events import read_events
+
+    submitter_env(AIECS_PRICES=PRICES, AIECS_BUDGETS=json.dumps(
+        [{"period": "day", "kind": "usd", "soft": 0.1, "hard": 0.2}]))
+    client = aiecs_redis.client()
+
+    def send(task_id: str, **changes):
+        return execute_task.apply_async(kwargs={
+            "task_name": "chat", "user_id": "ann", "task_id": task_id, "step": 1,
+            "mode": "llm", "service": "openai", "input_data": {**INPUT, **changes},
+            "context": {}}, countdown=600)  # held in Redis: no worker takes it
+
+    send("d1")
+    key = TaskKeys("ann", "d1").state(1)
+    r_usd = int(client.hget(budgets.hold_key(key), "usd"))
+    assert 0.1 * NANO <= r_usd <= 0.2 * NANO < 2 * r_usd  # one reaches the soft limit,
+    # two pass the hard one
+    assert client.hget(key, "status") == b"pending"
+    c = spent(client)
+    assert c["usd_held"] == r_usd
+    [day] = client.scan_iter(match="aiecs:budget:ann:day:*")
+    assert 0 < client.ttl(day) <= budgets.COUNTER_TTL["day"]
+    events = read_events(client, "ann", "d1")
+    assert [e["status"] for e in events] == ["pending", "pending"]
+    assert events[1]["type"] == "progress" and events[1]["message"].startswith(
+        "budget warning: daily spend")
+
+    with pytest.raises(BudgetExceededError, match="daily usd hard limit of \\$0.2") as exc:
+        send("d2")
+    assert exc.value.period == "day" and exc.value.kind == "usd"
+    with pytest.raises(BudgetExceededError, match="has no price in AIECS_PRICES"):
+        send("d3", model="gpt-unpriced")
+    for refused in ("d2", "d3"):
+        key2 = TaskKeys("ann", refused).state(1)
+        assert not client.exists(key2) and not client.exists(budgets.hold_key(key2))
+        assert read_events(client, "ann", refused) == []
+    assert spent(client)["usd_held"] == r_usd
+
+    send("d1")  # the same execution again: it has a state, nothing more is reserved
+    assert spent(client)["usd_held"] == r_usd
+    assert len(read_events(client, "ann", "d1")) == 2

@@ -67,12 +67,13 @@ class AiecsTask(Task):
                 request = None  # invalid: the runner reports exactly what is wrong
         if request is not None:
             task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
-            held = admission.reserve_sent(request, client=state_redis())
+            hold = admission.hold_sent(request)  # reserved with the PENDING record
             queue = options.get("queue") or queue_of_task(self.name)
             admitted = record_pending(request, task_id, queue=getattr(queue, "name", queue),
-                                      task=self.name, eta=eta_timestamp(options))
-            admission.warn(state_redis(), held, request.user_id, request.task_id,
-                           request.step, request.task_name)
+                                      task=self.name, eta=eta_timestamp(options), hold=hold)
+            if hold is not None:
+                admission.warn(state_redis(), hold.reserved, request.user_id,
+                               request.task_id, request.step, request.task_name)
             if admitted == "held":  # kept in Redis; sent when it may run (aiecs_worker.store.hold)
                 return self.AsyncResult(task_id)
         return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)

@@ -12,18 +12,16 @@ checked with ``input_data=None`` (its input is validated when the step is releas
 before the quotas, and :func:`unreserve` undoes it when a later check refuses the
 submission. A single execution (:func:`check_request`) and a batch reserve at submission;
 a workflow reserves its first steps at submission and the others when they are released;
-a ``.delay()`` / ``apply_async`` and a schedule's run reserve when they are sent
-(:func:`reserve_sent`).
+a ``.delay()`` / ``apply_async`` and a schedule's run reserve when they are sent, in the
+script that records them PENDING (:func:`hold_sent`).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from aiecs_core import AiecsError, OperationSpec, TaskRequest, load_plugins, validate_input
 
 from ..settings import get_settings
@@ -31,10 +29,9 @@ from . import budgets, quotas
 from .keys import TaskKeys
 from .requests import check_payload_size
 
-__all__ = ["admit", "admit_one", "check", "check_request", "operation", "reserve",
-           "reserve_sent", "unreserve", "warn"]
+__all__ = ["admit", "admit_one", "check", "check_request", "hold_sent", "operation",
+           "reserve", "unreserve", "warn"]
 
-log = logging.getLogger("aiecs.budgets")
 #: The execution :func:`check_request` reserved for in this thread, so that the
 #: ``apply_async`` that follows it (``control.submit``) does not reserve again.
 _just_checked = threading.local()
@@ -70,7 +67,7 @@ def check(request: Any, *, validate: bool = True, max_bytes: int | None = None
 def check_request(request: TaskRequest, *, client: Any) -> OperationSpec:
     """:func:`check`, :func:`reserve` and :func:`admit_one`: the whole check of a single
     submission (BudgetExceededError / QuotaExceededError: nothing reserved or counted).
-    The ``apply_async`` that sends it (:func:`reserve_sent`) publishes any budget
+    The ``apply_async`` that sends it (:func:`hold_sent`) publishes any budget
     warning, once its PENDING record exists."""
     spec = check(request)
     if not budgets.enabled():
@@ -112,29 +109,26 @@ def warn(client: Any, held: budgets.Reserved | None, user_id: str, task_id: str,
         budgets.warn(client, user_id, task_id, step, task_name, held.crossed)
 
 
-def reserve_sent(request: TaskRequest, *, client: Any) -> budgets.Reserved | None:
-    """The budget check of an execution as it is sent (``execute_task.delay`` /
-    ``apply_async``, a schedule's run, ``control.submit``): reserve, or raise
-    BudgetExceededError; what to :func:`warn` about once it is recorded. An execution
-    :func:`check_request` just reserved for is not reserved again; an operation this
-    process does not know reserves nothing (the worker refuses it before any call); an
-    unreachable Redis lets it through, as its PENDING record does (docs/budgets.md)."""
+def hold_sent(request: TaskRequest) -> budgets.Hold | None:
+    """The budget reservation of an execution as it is sent (``execute_task.delay`` /
+    ``apply_async``, a schedule's run, ``control.submit``), for
+    :func:`aiecs_worker.store.records.record_pending` to make with its PENDING record (one
+    script: BudgetExceededError, nothing recorded or queued), then :func:`warn` about.
+    None when budgets are off or this process does not know its operation (it reserves
+    nothing: the worker refuses it before any call). An execution :func:`check_request`
+    just reserved for is not reserved again. An unreachable Redis lets it through, as its
+    PENDING record does (docs/budgets.md)."""
     if not budgets.enabled():
         return None
     state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
     if getattr(_just_checked, "key", None) == state_key:
         _just_checked.key = None  # control.submit reserved it a moment ago
-        return _just_checked.held
+        return budgets.Hold(request.user_id, state_key, reserved=_just_checked.held)
     try:
         spec = operation(request)
     except AiecsError:
         return None
-    try:
-        return reserve(request.user_id, [(state_key, spec, request.input_data)],
-                       client=client)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        log.warning("budget of %s not checked (Redis unreachable): %s", request.user_id, exc)
-        return None
+    return budgets.Hold(request.user_id, state_key, budgets.estimate(spec, request.input_data))
 
 
 def admit_one(request: TaskRequest, *, client: Any) -> None:

@@ -69,11 +69,12 @@ from aiecs_core.llm.tokens import estimate_tokens
 from ..ops import metrics
 from ..ops.modelpolicy import current_policy
 from ..settings import get_settings
-from .events import publish_sync, run_script
+from .events import PENDING_ARGS, PENDING_KEYS, pending_publish_lua, publish_sync, run_script
 from .keys import BUDGET_HOLD_SUFFIX, budget_counter_key, budget_limits_key
-from .settle import NANO
+from .settle import NANO, RECREATED_TTL
 
-__all__ = ["DEFAULT_MAX_OUTPUT", "BudgetsOffError", "Estimate", "Reserved", "budgets_of",
+__all__ = ["DEFAULT_MAX_OUTPUT", "RESERVE_PENDING_PUBLISH_LUA", "BudgetsOffError", "Estimate",
+           "Hold", "Reserved", "budgets_of",
            "enabled", "estimate", "release", "reserve", "set_budgets", "status", "warn"]
 
 #: Output tokens reserved for a call that sets no ``max_output_tokens`` when
@@ -81,9 +82,12 @@ __all__ = ["DEFAULT_MAX_OUTPUT", "BudgetsOffError", "Estimate", "Reserved", "bud
 DEFAULT_MAX_OUTPUT = 131_072
 #: Seconds a reservation record is kept (longer than any execution can wait or run).
 HOLD_TTL = 40 * 86400
-#: Seconds a period counter is kept after its last change, by period.
+#: Seconds a period counter is kept after its period's first reservation, by period
+#: (the day's: its day and two more; the month's: at least four days past its month).
 COUNTER_TTL = {"day": 3 * 86400, "month": 35 * 86400}
 _TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
+#: A period as an adjective, in messages.
+_EVERY = {"day": "daily", "month": "monthly"}
 #: (period, kind) of the four budget slots, in the scripts' order.
 SLOTS = (("day", "usd"), ("day", "tokens"), ("month", "usd"), ("month", "tokens"))
 
@@ -217,55 +221,67 @@ def _iso(when: datetime) -> str:
 
 
 # -- reservation -------------------------------------------------------------------------------
-# KEYS: limits, day counter, month counter, then one hold key per execution (an execution
-# that holds one already, or has ended, is skipped: a repeated submission of it runs
-# nothing new).
-# ARGV: the 8 default limits (soft, hard per slot; '' none), day ttl, month ttl, hold ttl,
-# then per execution: nano-dollars (-1: unpriced), tokens.
-# Returns {0} the user has no budgets (nothing done); {1, new, slot, committed, ...}
-# reserved (``new``: how many executions had no reservation yet), with the slots whose soft
-# limit it reached for the first time this period; {2, slot,
-# committed, requested, limit} refused by a hard limit; {3, index} unpriced under a money
-# budget.
-_RESERVE_LUA = """
-local terminal = """ + _TERMINAL + """
-local cut = -1 - string.len('""" + BUDGET_HOLD_SUFFIX + """')
-local fields = {'set'}
-for _, p in ipairs({'day', 'month'}) do
-  for _, k in ipairs({'usd', 'tokens'}) do
-    fields[#fields + 1] = p .. ':' .. k .. ':soft'
-    fields[#fields + 1] = p .. ':' .. k .. ':hard'
+def _reserve_lua(k: int, a: int, *, one_new: bool = False) -> str:
+    """Lua defining ``reserve()``, the reservation (its keys from ``KEYS[k + 1]``, its
+    arguments from ``ARGV[a + 1]`` to the end):
+
+    KEYS: limits, day counter, month counter, then one hold key per execution (an
+    execution that holds one already, or has ended, is skipped: a repeated submission of
+    it runs nothing new). ARGV: the 8 default limits (soft, hard per slot; '' none), day
+    ttl, month ttl, hold ttl, then per execution: nano-dollars (-1: unpriced), tokens.
+    Returns {0} the user has no budgets (nothing done); {1, new, slot, committed, ...}
+    reserved (``new``: how many executions had no reservation yet), with the slots whose
+    soft limit it reached for the first time this period; {2, slot, committed, requested,
+    limit} refused by a hard limit; {3, index} unpriced under a money budget.
+
+    ``one_new``: the caller knows the executions have no state yet (the PENDING record's
+    script, :data:`RESERVE_PENDING_PUBLISH_LUA`): their status is not read. A period
+    counter gets its TTL when this creates it (a settlement that finds it expired gives it
+    one again)."""
+    ended = "" if one_new else (
+        "local st = redis.call('HGET', string.sub(KEYS[K + 3 + i], 1, cut), 'status')\n"
+        "    if st and terminal[st] then break end\n    ")
+    return f"""
+local function reserve()
+local K, A = {k}, {a}
+local terminal = {_TERMINAL}
+local cut = -1 - string.len('{BUDGET_HOLD_SUFFIX}')
+local fields = {{'set'}}
+for _, p in ipairs({{'day', 'month'}}) do
+  for _, kind in ipairs({{'usd', 'tokens'}}) do
+    fields[#fields + 1] = p .. ':' .. kind .. ':soft'
+    fields[#fields + 1] = p .. ':' .. kind .. ':hard'
   end
 end
-local d = redis.call('HMGET', KEYS[1], unpack(fields))
-local L = {}
+local d = redis.call('HMGET', KEYS[K + 1], unpack(fields))
+local L = {{}}
 local any = false
 for i = 1, 8 do
-  if d[1] then L[i] = d[i + 1] or '' else L[i] = ARGV[i] end
+  if d[1] then L[i] = d[i + 1] or '' else L[i] = ARGV[A + i] end
   if L[i] ~= '' then any = true end
 end
-if not any then return {0} end
+if not any then return {{0}} end
 local money = L[1] ~= '' or L[2] ~= '' or L[5] ~= '' or L[6] ~= ''
-local n = (#ARGV - 11) / 2
+local n = (#ARGV - A - 11) / 2
 local usd, tok = 0, 0
-local new = {}
+local new = {{}}
 for i = 1, n do
-  local st = redis.call('HGET', string.sub(KEYS[3 + i], 1, cut), 'status')
-  if redis.call('EXISTS', KEYS[3 + i]) == 0 and not (st and terminal[st]) then
-    local u, t = tonumber(ARGV[10 + 2 * i]), tonumber(ARGV[11 + 2 * i])
+  repeat
+    {ended}if redis.call('EXISTS', KEYS[K + 3 + i]) == 1 then break end
+    local u, t = tonumber(ARGV[A + 10 + 2 * i]), tonumber(ARGV[A + 11 + 2 * i])
     if u < 0 then
-      if money then return {3, i} end
+      if money then return {{3, i}} end
       u = 0
     end
-    new[#new + 1] = {KEYS[3 + i], u, t}
+    new[#new + 1] = {{KEYS[K + 3 + i], u, t}}
     usd = usd + u
     tok = tok + t
-  end
+  until true  -- break: skipped
 end
-if #new == 0 then return {1, 0} end
-local c = {redis.call('HMGET', KEYS[2], 'usd_spent', 'usd_held', 'tok_spent', 'tok_held'),
-           redis.call('HMGET', KEYS[3], 'usd_spent', 'usd_held', 'tok_spent', 'tok_held')}
-local committed, need = {}, {}
+if #new == 0 then return {{1, 0}} end
+local c = {{redis.call('HMGET', KEYS[K + 2], 'usd_spent', 'usd_held', 'tok_spent', 'tok_held'),
+           redis.call('HMGET', KEYS[K + 3], 'usd_spent', 'usd_held', 'tok_spent', 'tok_held')}}
+local committed, need = {{}}, {{}}
 for b = 1, 4 do
   local cnt = c[math.floor((b + 1) / 2)]
   local off = 0
@@ -275,45 +291,66 @@ for b = 1, 4 do
   local hard = L[2 * b]
   if hard ~= '' and (committed[b] + need[b] > tonumber(hard)
                      or committed[b] >= tonumber(hard)) then
-    return {2, b, string.format('%d', committed[b]), string.format('%d', need[b]), hard}
+    return {{2, b, string.format('%d', committed[b]), string.format('%d', need[b]), hard}}
   end
 end
 for p = 1, 2 do
-  if usd > 0 then redis.call('HINCRBY', KEYS[1 + p], 'usd_held', string.format('%d', usd)) end
-  if tok > 0 then redis.call('HINCRBY', KEYS[1 + p], 'tok_held', string.format('%d', tok)) end
-  redis.call('HSETNX', KEYS[1 + p], 'usd_spent', 0)
-  redis.call('EXPIRE', KEYS[1 + p], ARGV[8 + p])
+  local ck = KEYS[K + 1 + p]
+  if usd > 0 then redis.call('HINCRBY', ck, 'usd_held', string.format('%d', usd)) end
+  if tok > 0 then redis.call('HINCRBY', ck, 'tok_held', string.format('%d', tok)) end
+  local cp = c[p]
+  if not (cp[1] or cp[2] or cp[3] or cp[4]) then  -- this period's first reservation
+    redis.call('HSETNX', ck, 'usd_spent', 0)
+    redis.call('EXPIRE', ck, ARGV[A + 8 + p])
+  end
 end
 for _, h in ipairs(new) do
   redis.call('HSET', h[1], 'usd', string.format('%d', h[2]), 'tok', string.format('%d', h[3]),
-             'day', KEYS[2], 'month', KEYS[3])
-  redis.call('EXPIRE', h[1], ARGV[11])
+             'day', KEYS[K + 2], 'month', KEYS[K + 3])
+  redis.call('EXPIRE', h[1], ARGV[A + 11])
 end
-local out = {1, #new}
+local out = {{1, #new}}
 for b = 1, 4 do
   local soft = L[2 * b - 1]
   if soft ~= '' and committed[b] + need[b] >= tonumber(soft) then
     local kind = 'usd'
     if b % 2 == 0 then kind = 'tok' end
-    if redis.call('HSETNX', KEYS[1 + math.floor((b + 1) / 2)], 'warned_' .. kind, 1) == 1 then
+    if redis.call('HSETNX', KEYS[K + 1 + math.floor((b + 1) / 2)], 'warned_' .. kind, 1) == 1
+    then
       out[#out + 1] = b
       out[#out + 1] = string.format('%d', committed[b] + need[b])
     end
   end
 end
 return out
+end
 """
+
+
+_RESERVE_LUA = _reserve_lua(0, 0) + "return reserve()\n"
+
+#: The PENDING record of one execution (:data:`aiecs_worker.store.events.
+#: PENDING_PUBLISH_LUA`'s keys and arguments) with its reservation made first in the same
+#: script (then :func:`_reserve_lua`'s, for that execution): one round trip. Returns 0
+#: when the execution already has a state (nothing done, nothing reserved), ``{-1,
+#: ...}`` (the reservation's refusal: nothing recorded), or ``{seq, ...}`` (the
+#: reservation's outcome).
+RESERVE_PENDING_PUBLISH_LUA = pending_publish_lua(
+    before=_reserve_lua(PENDING_KEYS, PENDING_ARGS, one_new=True)
+    + "local rv = reserve()\nif rv[1] >= 2 then return {-1, unpack(rv)} end\n",
+    result="{seq, unpack(rv)}")
 
 # KEYS: hold keys.  Undoes reservations that :func:`reserve` made for a submission refused
 # afterwards (a quota, an id that exists): each hold leaves its counters.  Returns how many.
-_RELEASE_LUA = """
+_RELEASE_LUA = f"""
 local n = 0
 for i = 1, #KEYS do
   local h = redis.call('HMGET', KEYS[i], 'usd', 'tok', 'day', 'month')
   if h[3] then
-    for _, ck in ipairs({h[3], h[4]}) do
+    for _, ck in ipairs({{h[3], h[4]}}) do
       redis.call('HINCRBY', ck, 'usd_held', string.format('%d', -tonumber(h[1])))
       redis.call('HINCRBY', ck, 'tok_held', string.format('%d', -tonumber(h[2])))
+      if redis.call('TTL', ck) < 0 then redis.call('EXPIRE', ck, {RECREATED_TTL}) end
     end
     redis.call('DEL', KEYS[i])
     n = n + 1
@@ -343,20 +380,32 @@ def reserve(client: Any, user_id: str, items: Sequence[tuple[str, Estimate]],
     the user's budgets, all or none; raise :class:`~aiecs_core.BudgetExceededError` (and
     count it in ``aiecs_budget_refusals_total``) when a hard limit refuses them. An
     execution that holds a reservation already is not charged again."""
-    s = get_settings()
-    if s.aiecs_budgets is None or not items:
+    if get_settings().aiecs_budgets is None or not items:
         return Reserved([], [])
     now = now or datetime.now(UTC)
+    keys, args = _script_input(user_id, items, now)
+    return _outcome(client, user_id, items, now, run_script(client, _RESERVE_LUA, keys, args))
+
+
+def _script_input(user_id: str, items: Sequence[tuple[str, Estimate]], now: datetime
+                  ) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of :func:`_reserve_lua` for ``items``."""
     periods = _periods(now)
     keys = [budget_limits_key(user_id),
             budget_counter_key(user_id, periods["day"][0]),
             budget_counter_key(user_id, periods["month"][0]),
             *(hold_key(k) for k, _ in items)]
-    args: list[Any] = [*_slots(s.aiecs_budgets), COUNTER_TTL["day"], COUNTER_TTL["month"],
-                       HOLD_TTL]
+    args: list[Any] = [*_slots(get_settings().aiecs_budgets or []), COUNTER_TTL["day"],
+                       COUNTER_TTL["month"], HOLD_TTL]
     for _, e in items:
         args += [e.usd, e.tokens]
-    out = run_script(client, _RESERVE_LUA, keys, args)
+    return keys, args
+
+
+def _outcome(client: Any, user_id: str, items: Sequence[tuple[str, Estimate]],
+             now: datetime, out: Sequence[Any]) -> Reserved:
+    """What the reservation script's reply ``out`` says: Reserved, or the refusal raised."""
+    periods = _periods(now)
     code = int(out[0])
     if code == 0:
         return Reserved([], [])
@@ -374,7 +423,7 @@ def reserve(client: Any, user_id: str, items: Sequence[tuple[str, Estimate]],
         metrics.budget_refused(period, kind)
         shown = _shown(kind)
         raise BudgetExceededError(
-            f"budget exceeded: user {user_id!r} has a {period}ly {kind} hard limit of "
+            f"budget exceeded: user {user_id!r} has a {_EVERY[period]} {kind} hard limit of "
             f"{shown(limit)}; {shown(committed)} is spent or reserved this {period} and this "
             f"submission would reserve {shown(requested)} (its estimated input plus "
             f"max_output_tokens); the {period} resets at {_iso(periods[period][1])}",
@@ -392,6 +441,36 @@ def reserve(client: Any, user_id: str, items: Sequence[tuple[str, Estimate]],
                         soft.soft if soft is not None and soft.soft is not None else 0.0))
     new = int(out[1])
     return Reserved([k for k, _ in items] if new == len(items) else [], crossed)
+
+
+@dataclass
+class Hold:
+    """The reservation of one execution that its PENDING record's script makes
+    (:data:`RESERVE_PENDING_PUBLISH_LUA`, run by
+    :func:`aiecs_worker.store.records.record_pending`: one round trip for both), or, with
+    ``reserved`` already set, one made a moment ago (``control.submit``): nothing more to
+    reserve. ``reserved`` holds the outcome once the record is made (for :func:`warn`)."""
+
+    user_id: str
+    state_key: str
+    estimate: Estimate | None = None
+    reserved: Reserved | None = None
+    now: datetime | None = None
+
+    def script(self) -> tuple[list[str], list[Any]] | None:
+        """The reservation's KEYS and ARGV for the PENDING script, or None when there is
+        nothing to reserve here."""
+        if self.reserved is not None or self.estimate is None:
+            return None
+        self.now = datetime.now(UTC)
+        return _script_input(self.user_id, [(self.state_key, self.estimate)], self.now)
+
+    def settle(self, client: Any, out: Sequence[Any]) -> None:
+        """Take the reservation's reply (the script's, after the seq or the refusal's
+        -1): ``reserved`` set, or BudgetExceededError raised (nothing was recorded)."""
+        assert self.estimate is not None and self.now is not None
+        self.reserved = _outcome(client, self.user_id, [(self.state_key, self.estimate)],
+                                 self.now, out)
 
 
 def release(client: Any, reserved: Reserved) -> int:
@@ -423,10 +502,10 @@ def warn(client: Any, user_id: str, task_id: str, step: int, task_name: str,
     parts = []
     for period, kind, committed, soft in crossed:
         if kind == "usd":
-            parts.append(f"{period}ly spend ${committed:.6g} (spent + reserved) reached "
+            parts.append(f"{_EVERY[period]} spend ${committed:.6g} (spent + reserved) reached "
                          f"the soft limit ${soft:.6g}")
         else:
-            parts.append(f"{period}ly tokens {committed} (spent + reserved) reached the "
+            parts.append(f"{_EVERY[period]} tokens {committed} (spent + reserved) reached the "
                          f"soft limit {soft:g}")
     event = TaskEvent(type="progress", task_id=task_id, step=step, user_id=user_id,
                       task_name=task_name, status=TaskStatus.PENDING,

@@ -39,10 +39,13 @@ from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
 __all__ = [
     "EVENT_NAME",
+    "PENDING_ARGS",
+    "PENDING_KEYS",
     "EventPublisher",
     "RedisEventPublisher",
     "TaskKeys",
     "celery_task_id",
+    "pending_publish_lua",
     "user_room",
 ]
 
@@ -114,11 +117,22 @@ PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1) + "return seq\n"
 FINISH_PUBLISH_LUA = finish_lua(
     _publish_lua("KEYS[2]", "KEYS[3]", 7, expire="retain") + "return seq\n", extra=13)
 
-# KEYS: state, steps, celery index, pending, seq, log.  ARGV: PENDING's nine, then
-# PUBLISH_LUA's.  A submission's PENDING record and event in one round trip. Returns 0 or
-# the seq.
-PENDING_PUBLISH_LUA = pending_lua(
-    _publish_lua("KEYS[5]", "KEYS[6]", 10, expire="extend") + "return seq\n")
+#: How many KEYS and ARGV :data:`PENDING_PUBLISH_LUA` takes (a script built on it by
+#: :func:`pending_publish_lua` takes its own after them).
+PENDING_KEYS, PENDING_ARGS = 6, 15
+
+
+def pending_publish_lua(*, before: str = "", result: str = "seq") -> str:
+    """A submission's PENDING record and event in one round trip. KEYS: state, steps,
+    celery index, pending, seq, log.  ARGV: PENDING's nine, then PUBLISH_LUA's.  Returns 0
+    (the execution has a state: nothing done) or ``result`` (a Lua expression; ``seq``
+    holds the event's seq). ``before``: Lua run first when the execution has no state
+    (it may return: then nothing is recorded)."""
+    return pending_lua(_publish_lua("KEYS[5]", "KEYS[6]", 10, expire="extend")
+                       + f"return {result}\n", before=before)
+
+
+PENDING_PUBLISH_LUA = pending_publish_lua()
 
 # KEYS: begin's five, seq, log.  ARGV: begin's thirteen, then PUBLISH_LUA's, whose event
 # JSON holds MESSAGE_SLOT where the RUNNING event's message goes.  The begin transition

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from aiecs_core import AiecsError, ErrorInfo, TaskCancelledError, TaskEvent, Tas
 
 from ..ops import metrics
 from ..settings import get_settings
+from . import budgets
 from .connection import sync_client
 from .events import FINISH_PUBLISH_LUA, PENDING_PUBLISH_LUA, TaskKeys, finish_args, script_args
 from .hold import ADMIT_LUA, admit_args, held_ttl
@@ -27,6 +29,8 @@ from .scripts import pipelined
 
 __all__ = ["end_cancelled", "end_execution", "pubsub_redis", "record_pending", "state_redis",
            "terminal_fields"]
+
+log = logging.getLogger("aiecs.budgets")
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,7 +47,8 @@ def pubsub_redis():
 
 
 def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
-                   task: str = "", eta: float | None = None) -> str:
+                   task: str = "", eta: float | None = None,
+                   hold: budgets.Hold | None = None) -> str:
     """Record a queued execution as PENDING (and publish it) unless it already has a
     state, and admit it (see :mod:`aiecs_worker.store.hold`): ``"send"`` (send its message
     now), ``"held"`` (do not: a releaser sends it when it may run), or ``""`` when nothing
@@ -58,6 +63,11 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     ``countdown``): its state keeps it, its PENDING event says it, the sweeper counts
     its wait from then, not from the submission, and its state and log are kept until
     then plus AIECS_EVENTS_TTL.
+
+    ``hold``: the execution's budget reservation, made by the same script before its
+    record (:data:`aiecs_worker.store.budgets.RESERVE_PENDING_PUBLISH_LUA`): refused, it
+    raises BudgetExceededError and nothing is recorded; made, ``hold.reserved`` says what
+    to warn about. An execution that already has a state reserves nothing.
     """
     s = get_settings()
     keys = TaskKeys(request.user_id, request.task_id)
@@ -74,18 +84,31 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     shard = user_prefix(request.user_id)
     pending_keys = [state_key, steps_key(request.user_id, request.task_id),
                     celery_index_key(celery_id, shard), pending_key(shard), *ev_keys]
-    calls = [(PENDING_PUBLISH_LUA, len(pending_keys), *pending_keys,
-              celery_id, ttl, time.time(), request.user_id, request.task_name,
-              request.step, request.model_dump_json(), queue, task, *ev_args)]
+    pending_args = [celery_id, ttl, time.time(), request.user_id, request.task_name,
+                    request.step, request.model_dump_json(), queue, task, *ev_args]
+    reservation = hold.script() if hold is not None else None
+    if reservation is None:
+        calls = [(PENDING_PUBLISH_LUA, len(pending_keys), *pending_keys, *pending_args)]
+    else:
+        calls = [(budgets.RESERVE_PENDING_PUBLISH_LUA, len(pending_keys) + len(reservation[0]),
+                  *pending_keys, *reservation[0], *pending_args, *reservation[1])]
     if eta is not None:
         calls.append((_ETA_LUA, 2, state_key, pending_key(shard), eta, int(eta * 1000)))
     calls.append((ADMIT_LUA, len(a_keys), *a_keys, *a_args))
     try:
-        # the PENDING record, its event and its admission: one round trip
+        # the reservation, the PENDING record, its event and its admission: one round trip
+        # (a refused reservation records nothing: the later scripts find no pending state)
         out = pipelined(client, calls)
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001
+        if reservation is not None:
+            log.warning("budget of %s not checked (Redis unreachable): %s", request.user_id,
+                        exc)
         return ""
     seq, decision = out[0], out[-1]
+    if reservation is not None and isinstance(seq, list):
+        assert hold is not None
+        seq, outcome = int(seq[0]), seq[1:]
+        hold.settle(client, outcome)  # raises BudgetExceededError when refused (seq -1)
     if not seq:
         return ""
     # not counted here: a worker counts it when it begins it, or whoever ends it first

@@ -191,9 +191,10 @@ end
 {then}"""
 
 
-def pending_lua(then: str) -> str:
+def pending_lua(then: str, *, before: str = "") -> str:
     """Record a submitted execution as pending unless it already has a state, then run the
-    Lua code ``then`` (it publishes the PENDING event).
+    Lua code ``then`` (it publishes the PENDING event). ``before``: Lua run first when it
+    has no state (its budget reservation, which may refuse it: nothing recorded then).
 
     KEYS: state, steps, celery index, pending.  ARGV: celery_id, ttl, now, user_id,
     task_name, step, request json, queue, celery task name, then ``then``'s.  Returns 0
@@ -201,6 +202,7 @@ def pending_lua(then: str) -> str:
     """
     return f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+{before}
 redis.call('HSET', KEYS[1], 'status', 'pending', 'celery_id', ARGV[1], 'user_id', ARGV[4],
            'task_name', ARGV[5], 'step', ARGV[6], 'submitted', ARGV[3], 'updated', ARGV[3],
            'request', ARGV[7], 'queue', ARGV[8], 'task', ARGV[9])
