@@ -153,8 +153,9 @@ def test_budgets_are_off_unless_set():
 def test_a_delay_reserves_in_the_script_that_records_it(aiecs_redis, submitter_env):
     """``.delay`` / ``apply_async`` reserves with its PENDING record (one script): a
     refusal (a hard limit, an unpriced model) records and reserves nothing; the
-    submission reaching the soft limit warns after its PENDING event; the same execution sent again is not charged
-    again; a period counter gets its TTL when its first reservation creates it."""
+    submission reaching the soft limit warns after its PENDING event; the same execution
+    sent again is not charged again; a period counter gets its TTL when its first
+    reservation creates it."""
     from aiecs_core import BudgetExceededError
     from aiecs_worker import execute_task
     from aiecs_worker.store import budgets
