@@ -96,6 +96,16 @@ class TemplateContent(BaseModel):
     defaults: TemplateDefaults = Field(default_factory=TemplateDefaults)
     description: str = Field(default="", max_length=10_000)
 
+    @functools.cached_property
+    def used_variables(self) -> list[str]:
+        """:func:`placeholders` of the input (worked out once per content)."""
+        return placeholders(self.input)
+
+    @functools.cached_property
+    def validator(self) -> jsonschema.Draft202012Validator:
+        """The compiled validator of ``variables_schema`` (shared by equal schemas)."""
+        return _validator(json.dumps(self.variables_schema, sort_keys=True))
+
     @field_validator("variables_schema")
     @classmethod
     def _valid_schema(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +173,7 @@ def _check(content: TemplateContent, variables: Mapping[str, Any], is_ref: _IsRe
            ) -> dict[str, Any]:
     if not isinstance(variables, Mapping):
         raise TemplateVariablesError("variables must be a JSON object")
-    used = placeholders(content.input)
+    used = content.used_variables
     props = content.variables_schema.get("properties")
     props = props if isinstance(props, dict) else {}
     known = set(used) | set(props)
@@ -182,8 +192,7 @@ def _check(content: TemplateContent, variables: Mapping[str, Any], is_ref: _IsRe
         raise TemplateVariablesError(
             f"missing variable{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     refs = {k for k, v in values.items() if is_ref(v)}
-    validator = _validator(json.dumps(content.variables_schema, sort_keys=True))
-    errors = [e for e in validator.iter_errors(values)
+    errors = [e for e in content.validator.iter_errors(values)
               if not (e.absolute_path and e.absolute_path[0] in refs)]
     if errors:
         e = min(errors, key=lambda x: len(x.absolute_path))
