@@ -19,6 +19,7 @@ from kombu import Exchange, Queue
 from .ops import tracing
 from .routing import FAST_QUEUE, HEAVY_QUEUE, MAX_PRIORITY, task_routes
 from .settings import Settings, get_settings
+from .store import results
 from .store.connection import celery_sentinel_options, redbeat_options
 from .store.keys import BEAT_PREFIX
 
@@ -27,7 +28,10 @@ __all__ = ["app", "create_app"]
 
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=s.result_backend)
+    # One record, not two: results read from the executions' terminal records when the
+    # result backend is the state Redis (aiecs_worker.store.results)
+    backend = results.backend_url(s.result_backend) if s.one_result_record else s.result_backend
+    celery_app = Celery("aiecs", broker=s.celery_broker_url, backend=backend)
     # A dead worker's received-but-unstarted messages come back after the visibility
     # timeout (5 min by default: redelivered copies are harmless, see lease.py); kombu
     # looks for them every 30 s instead of every 100 s.

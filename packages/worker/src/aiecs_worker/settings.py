@@ -604,6 +604,15 @@ class Settings(EnvSettings):
         return self.state_redis_url if self.broker_is_amqp else self.celery_broker_url
 
     @property
+    def one_result_record(self) -> bool:
+        """Whether Celery's results are read from the executions' terminal records instead
+        of being stored a second time (see aiecs_worker.store.results): when the result
+        backend is the state Redis (not on a Redis Cluster, where Celery's Redis is
+        another)."""
+        return (self.result_backend == self.state_redis_url and not self.aiecs_redis_cluster
+                and self.result_backend.startswith(("redis://", "rediss://", "sentinel://")))
+
+    @property
     def database_url(self) -> str:
         """The history database's URL (AIECS_DATABASE_URL, else SQLite in AIECS_DATA_DIR)."""
         if self.aiecs_database_url:

@@ -65,6 +65,7 @@ from ..routing import (
     HEAVY_TASK,
 )
 from ..settings import get_settings
+from ..store import results
 from ..store.connection import async_client
 from . import poison, warm
 from .runtime import Runtime, StateUnavailableError, get_runtime
@@ -180,6 +181,7 @@ class Feeder:
                                    socket_connect_timeout=2, socket_timeout=_BRPOP_TIMEOUT + 10,
                                    health_check_interval=30)
         self.backend = app.backend
+        self._one_record = isinstance(self.backend, results.RedisBackend | results.SentinelBackend)
         self._native_backend = _redis_backend(self.backend)
         if self._native_backend:
             self.results = self.broker if s.result_backend == s.celery_broker_url else \
@@ -416,6 +418,8 @@ class Feeder:
             await self.loop.run_in_executor(None, after_step, kwargs)
         if outcome.duplicate:
             return False  # a live worker runs this execution; it stores the result
+        if outcome.recorded and self._one_record:
+            return False  # Celery's result is read from the record (store.results)
         if outcome.status == TaskStatus.COMPLETED:
             await self._store(request.id, redact_data(outcome.result or {}), states.SUCCESS,
                               request, message)

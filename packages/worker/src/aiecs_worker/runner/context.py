@@ -45,6 +45,9 @@ class Outcome:
     replayed: bool = False
     #: another live worker holds this execution: this delivery was a duplicate, dropped
     duplicate: bool = False
+    #: the outcome is the execution's terminal record, which this delivery's Celery id
+    #: names: Celery's result backend reads it there (see aiecs_worker.store.results)
+    recorded: bool = False
 
 
 class StateUnavailableError(Exception):

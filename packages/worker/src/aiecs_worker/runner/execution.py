@@ -444,7 +444,8 @@ class ExecutionMixin(RuntimeState):
             self._suspect = None  # the finish script released the lock
         if seq:
             await self._release_next(keys.state(request.step))
-        return Outcome(status, result=result, error=error, celery_id=celery_id)
+        return Outcome(status, result=result, error=error, celery_id=celery_id,
+                       recorded=celery_id is not None)
 
     def _history_meta(self, ctx: OperationContext) -> dict[str, Any]:
         """What the history row needs that the state does not hold (see

@@ -34,6 +34,7 @@ from ..routing import (
 from ..store import admission
 from ..store.events import celery_task_id
 from ..store.records import record_pending, state_redis
+from ..store.results import RECORDED
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 from .taskevents import ExecutionCancelled
 
@@ -128,6 +129,8 @@ def _run(task: Task, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
         raise Reject(str(exc), requeue=True) from None
     if outcome.duplicate:
         raise Ignore()  # a live worker runs this execution; it stores the result
+    if outcome.recorded:  # Celery's result is read from the record (store.results)
+        setattr(task.request, RECORDED, True)
     if outcome.status == TaskStatus.COMPLETED:
         return redact_data(outcome.result or {})  # for the result backend and Celery's log
     if outcome.status == TaskStatus.CANCELLED and task.request.id:

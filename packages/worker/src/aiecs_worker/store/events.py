@@ -35,6 +35,7 @@ from ..ops import metrics
 from ..settings import RedisTarget
 from .connection import async_client
 from .keys import TaskKeys
+from .results import celery_meta
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
 __all__ = [
@@ -110,10 +111,10 @@ redis.call('PUBLISH', {a[3]}, {a[4]} .. ev .. {a[5]})
 PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1) + "return seq\n"
 
 # KEYS: state, seq, log.  ARGV: status, result, error, usage, now, ttl (the state's), then
-# PUBLISH_LUA's, then (optional) meta and outbox.  The terminal transition and its event in
-# one atomic step: no process death between them can leave a finished execution without its
-# terminal event, and the loser of a race appends nothing.  Returns the event's seq, or 0
-# when already terminal.
+# PUBLISH_LUA's, then (optional) meta, outbox and the Celery result meta.  The terminal
+# transition and its event in one atomic step: no process death between them can leave a
+# finished execution without its terminal event, and the loser of a race appends nothing.
+# Returns the event's seq, or 0 when already terminal.
 FINISH_PUBLISH_LUA = finish_lua(
     _publish_lua("KEYS[2]", "KEYS[3]", 7, expire="retain") + "return seq\n", extra=13)
 
@@ -189,9 +190,11 @@ def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: 
 def finish_args(keys: list[str], args: list[Any], state_key: str,
                 finish: Sequence[Any]) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``FINISH_PUBLISH_LUA`` from PUBLISH_LUA's and the terminal state's
-    fields (status, result, error, usage, now, ttl, then optionally meta and outbox); the
-    JSON fields are redacted."""
+    fields (status, result, error, usage, now, ttl, then optionally meta, outbox and
+    whether Celery's result is published from the record); the JSON fields are redacted."""
     finish = [redact_json(f) if isinstance(f, str) else f for f in finish]
+    if len(finish) > 8 and finish[8]:  # the Celery result, from the redacted record
+        finish[8] = celery_meta(finish[0], finish[1], finish[2], finish[4])
     return [state_key, *keys], [*finish[:6], *args, *finish[6:]]
 
 

@@ -134,7 +134,8 @@ def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | No
                     meta: dict[str, Any] | None = None) -> list[Any]:
     """The terminal record of an execution: the ARGV of the terminal transition
     (:func:`aiecs_worker.store.state.finish_lua`: status, result, error, usage, now, ttl,
-    meta, outbox).
+    meta, outbox, and whether the script publishes Celery's result from the record:
+    :func:`aiecs_worker.store.events.finish_args` makes it the Celery result meta).
 
     ``meta``: what the history row needs that the state does not hold (the worker's
     ``first_output_at``, ``worker``, ``plugin``, ``plugin_version``, ``price_version``);
@@ -142,13 +143,15 @@ def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | No
 
     Every terminal record is built here: the worker's outcome, a revocation, a malformed
     message, a workflow step that cannot run."""
+    s = get_settings()
     return [status.value,
             json.dumps(result) if result is not None else "",
             error.model_dump_json() if error is not None else "",
             json.dumps(usage if usage is not None else []),
             time.time(), ttl,
             json.dumps(meta, separators=(",", ":")) if meta else "",
-            "1" if get_settings().aiecs_history else ""]
+            "1" if s.aiecs_history else "",
+            "1" if s.one_result_record else ""]
 
 
 def end_execution(client: Any, request: TaskRequest | tuple[str, str, int, str],

@@ -16,6 +16,7 @@ from aiecs_core import TERMINAL_STATUSES
 
 from .hook import GROUP_HOOK_LUA
 from .keys import CELERY_INDEX, DUE, OUTBOX, OWNED, PENDING, RETENTION, SUSPECT
+from .results import PUBLISH_LUA as CELERY_PUBLISH_LUA
 from .settle import SETTLE_LUA
 
 __all__ = [
@@ -66,7 +67,7 @@ def begin_lua(then: str) -> str:
 local terminal = {_TERMINAL}
 {SHARD_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'deliveries', 'spared',
-                     'cancel_requested', 'suspect')
+                     'cancel_requested', 'suspect', 'celery_id')
 local st = f[1]
 local delivered = tonumber(f[3] or '0')
 if st and terminal[st] then return {{st, delivered, '', '', ''}} end
@@ -94,6 +95,10 @@ if not st then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('SADD', KEYS[2], ARGV[6])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
+elseif f[7] ~= ARGV[1] then
+  -- another Celery id for this execution (a resubmission with its own id): its index
+  -- too, so its result is found in the record (aiecs_worker.store.results)
   redis.call('SET', KEYS[3], KEYS[1], 'EX', ARGV[2])
 end
 redis.call('SADD', KEYS[5], KEYS[1])
@@ -139,11 +144,14 @@ end
 def finish_lua(then: str, extra: int = 7) -> str:
     """The terminal transition, then the Lua code ``then`` (run only by the winner).
 
-    KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl; ARGV[extra] and
-    ARGV[extra + 1] (optional): ``meta`` (JSON: what the history row needs that the state
-    lacks, see :func:`aiecs_worker.store.records.terminal_fields`) and ``1`` to append to
-    the outbox of the execution's shard (empty: history off).  Returns 0 when the
-    execution was already terminal (nothing changes), else what ``then`` returns.
+    KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl; ARGV[extra],
+    ARGV[extra + 1] and ARGV[extra + 2] (optional): ``meta`` (JSON: what the history row
+    needs that the state lacks, see :func:`aiecs_worker.store.records.terminal_fields`),
+    ``1`` to append to the outbox of the execution's shard (empty: history off) and the
+    Celery result meta the script publishes
+    on Celery's channel (empty: Celery stores its own; see aiecs_worker.store.results).
+    Returns 0 when the execution was already terminal (nothing changes), else what
+    ``then`` returns.
     Every key of the execution gets the workers' TTL (:data:`_RETAIN_LUA`: ``then`` calls
     ``retain`` on the task's seq and log).
     A batch item or workflow step (field ``group``) tells its group in the same script
@@ -188,6 +196,10 @@ if f[3] == '1' and redis.call('GET', P .. '{SUSPECT}') == KEYS[1] then
 end
 {GROUP_HOOK_LUA}
 {SETTLE_LUA}
+do
+  local meta = ARGV[{extra + 2}] or ''
+  {CELERY_PUBLISH_LUA}
+end
 {then}"""
 
 
