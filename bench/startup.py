@@ -53,10 +53,18 @@ def _first_task(app: str) -> dict:
                              check=True, env=base_env(CELERY_BROKER_URL=redis.url,
                                                       REDIS_URL=redis.url))
         key = f"celery-task-meta-{json.loads(out.stdout.strip().splitlines()[-1])}"
+        if which == "aiecs":  # Celery's result is read from the terminal record
+            key = "aiecs:t:u0:first1:1:state"
+
+        def done() -> bool:
+            if which == "aiecs":
+                return redis.client.hget(key, "status") == b"completed"
+            return bool(redis.client.exists(key))
+
         worker = Worker(app, redis.url, "threads", 8).start()
         try:
             deadline = worker.started + 120
-            while not redis.client.exists(key):
+            while not done():
                 if worker.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"no result from {app}:\n{worker.tail()}")
                 time.sleep(0.005)

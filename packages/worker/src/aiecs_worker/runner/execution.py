@@ -421,7 +421,7 @@ class ExecutionMixin(RuntimeState):
             terminal_fields(status, self.settings.aiecs_events_ttl, result=result, error=info,
                             usage=usage,
                             meta=self._history_meta(ctx) if self.settings.aiecs_history
-                            else None),
+                            else None, worker=True),
         )
         # Retried until Redis answers; this task waits AIECS_REDIS_WAIT at most, then the
         # record goes on being retried in the background (and if this process dies first,

@@ -131,12 +131,14 @@ def _iso(ts: float) -> str:
 
 def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | None = None,
                     error: ErrorInfo | None = None, usage: list[Any] | None = None,
-                    meta: dict[str, Any] | None = None) -> list[Any]:
+                    meta: dict[str, Any] | None = None, worker: bool = False) -> list[Any]:
     """The terminal record of an execution: the ARGV of the terminal transition
     (:func:`aiecs_worker.store.state.finish_lua`: status, result, error, usage, now, ttl,
     meta, outbox, and whether the script publishes Celery's result from the record:
     :func:`aiecs_worker.store.events.finish_args` makes it the Celery result meta).
 
+    ``worker``: ``ttl`` is a worker's own AIECS_EVENTS_TTL, the workers' retention as
+    is (the script does not read it from Redis; see aiecs_worker.store.state).
     ``meta``: what the history row needs that the state does not hold (the worker's
     ``first_output_at``, ``worker``, ``plugin``, ``plugin_version``, ``price_version``);
     the execution's shard's outbox gets it unless AIECS_HISTORY is off.
@@ -148,7 +150,7 @@ def terminal_fields(status: TaskStatus, ttl: int, *, result: dict[str, Any] | No
             json.dumps(result) if result is not None else "",
             error.model_dump_json() if error is not None else "",
             json.dumps(usage if usage is not None else []),
-            time.time(), ttl,
+            time.time(), f"={ttl}" if worker else ttl,
             json.dumps(meta, separators=(",", ":")) if meta else "",
             "1" if s.aiecs_history else "",
             "1" if s.one_result_record else ""]

@@ -112,16 +112,26 @@ return {{'running', n, cancel, f[6] or '', '', st or '', delivered}}
 
 
 #: Retention at the terminal transition (KEYS[1]: the state; ``terminal`` in scope): the
-#: Lua local ``ttl`` is the workers' AIECS_EVENTS_TTL (the shard's RETENTION key, which every worker
-#: sets) or, before any worker started, ARGV[6] (the caller's); ``retain(k)`` gives a key
-#: the task's steps share (steps, seq, log) that TTL, unless it holds a longer one for
-#: another step still waiting (one scheduled further ahead than the TTL, say): then it is
-#: left alone. The other steps are looked at only when the key's TTL is longer than ``ttl``.
+#: Lua local ``ttl`` is the workers' AIECS_EVENTS_TTL: ARGV[6] as given when it starts with
+#: ``=`` (a worker's own, the value every worker writes to the shard's RETENTION key: no
+#: read), else that key's or, before any worker started, ARGV[6] (the caller's: a cancel
+#: from the server, say). ``retain(k)`` gives a key the task's steps share (steps, seq,
+#: log) that TTL, unless it holds a longer one for another step still waiting (one
+#: scheduled further ahead than the TTL, say): then it is left alone. The keys' TTLs are
+#: read only when the task has another step (its steps set has more than this one): a
+#: one-step task's keys get the TTL directly, with no ``TTL`` read each.
 _RETAIN_LUA = f"""
-local ttl = tonumber(redis.call('GET', P .. '{RETENTION}') or '') or tonumber(ARGV[6])
+local ttl
+if string.sub(ARGV[6], 1, 1) == '=' then ttl = tonumber(string.sub(ARGV[6], 2))
+else ttl = tonumber(redis.call('GET', P .. '{RETENTION}') or '') or tonumber(ARGV[6]) end
 local steps = string.gsub(KEYS[1], ':%d+:state$', ':steps')
+local alone = redis.call('SCARD', steps) <= 1
 local waiting = nil
 local function retain(k)
+  if alone then
+    redis.call('EXPIRE', k, ttl)
+    return
+  end
   local left = redis.call('TTL', k)
   if left == -2 then return end
   if left > ttl then
