@@ -56,7 +56,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiecs_core import (
-    TERMINAL_STATUSES,
     Budget,
     BudgetExceededError,
     OperationSpec,
@@ -71,6 +70,7 @@ from ..ops.modelpolicy import current_policy
 from ..settings import get_settings
 from .events import PENDING_ARGS, PENDING_KEYS, pending_publish_lua, publish_sync, run_script
 from .keys import BUDGET_HOLD_SUFFIX, budget_counter_key, budget_limits_key
+from .scripts import TERMINAL_LUA
 from .settle import NANO, RECREATED_TTL
 
 __all__ = ["DEFAULT_MAX_OUTPUT", "RESERVE_PENDING_PUBLISH_LUA", "BudgetsOffError", "Estimate",
@@ -85,7 +85,7 @@ HOLD_TTL = 40 * 86400
 #: Seconds a period counter is kept after its period's first reservation, by period
 #: (the day's: its day and two more; the month's: at least four days past its month).
 COUNTER_TTL = {"day": 3 * 86400, "month": 35 * 86400}
-_TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
+_TERMINAL = TERMINAL_LUA
 #: A period as an adjective, in messages.
 _EVERY = {"day": "daily", "month": "monthly"}
 #: (period, kind) of the four budget slots, in the scripts' order.

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiecs_core import TERMINAL_STATUSES
-
 from .events import run_script
 from .keys import (
     TaskKeys,
@@ -22,10 +20,11 @@ from .keys import (
     user_prefix,
     user_tasks_pattern,
 )
+from .scripts import TERMINAL_LUA
 
 __all__ = ["FORGET_TASK_LUA", "forget_user"]
 
-_TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
+_TERMINAL = TERMINAL_LUA
 
 # KEYS: seq, log, steps, then the state key of each step in ARGV[2..].  ARGV[1]: the
 # prefix of the Celery index keys.  Deletes the ended steps' states (and their Celery

@@ -31,11 +31,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from aiecs_core import TERMINAL_STATUSES, AiecsError, TaskStatus
+from aiecs_core import AiecsError, TaskStatus
 from celery.backends import redis as celery_redis
 
 from .keys import BASE_PREFIX, celery_index_key
-from .scripts import pipelined
+from .scripts import TERMINAL_LUA, pipelined
 
 __all__ = ["META_PREFIX", "PUBLISH_LUA", "READ_LUA", "RECORDED", "RedisBackend",
            "SentinelBackend", "backend_url", "celery_meta"]
@@ -45,7 +45,7 @@ META_PREFIX = "celery-task-meta-"
 #: The request attribute a task sets when the runner recorded its outcome.
 RECORDED = "aiecs_recorded"
 
-_TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
+_TERMINAL = TERMINAL_LUA
 
 #: Lua, run by the terminal script's winner (``f[7]``: the record's celery id; ``meta``:
 #: the Lua expression of :func:`celery_meta`'s JSON, '' when Celery stores its own).

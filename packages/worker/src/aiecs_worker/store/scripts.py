@@ -20,9 +20,16 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from aiecs_core import TERMINAL_STATUSES
 from redis.exceptions import NoScriptError
 
-__all__ = ["Call", "pipelined", "sha1"]
+__all__ = ["TERMINAL_LUA", "Call", "pipelined", "sha1"]
+
+#: A Lua table literal: terminal status -> true. Sorted: a script's text (so its SHA1) must
+#: be the same in every process (a frozenset's order changes with each interpreter's hash
+#: seed, and Redis then kept one copy of every script per order).
+TERMINAL_LUA = "{" + ",".join(f"['{v}']=true"
+                             for v in sorted(s.value for s in TERMINAL_STATUSES)) + "}"
 
 #: One command of a pipeline: ``(script, numkeys, *keys_and_args)`` runs a Lua script by
 #: its SHA1; ``(None, "HMGET", ...)`` any other command.

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aiecs_core import TERMINAL_STATUSES
-
 from .hook import GROUP_HOOK_LUA
 from .keys import CELERY_INDEX, DUE, OUTBOX, OWNED, PENDING, RETENTION, SUSPECT
 from .results import PUBLISH_LUA as CELERY_PUBLISH_LUA
+from .scripts import TERMINAL_LUA
 from .settle import SETTLE_LUA
 
 __all__ = [
@@ -29,7 +28,7 @@ __all__ = [
     "pending_lua",
 ]
 
-_TERMINAL = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
+_TERMINAL = TERMINAL_LUA
 
 
 #: Lua: ``P``, the shard prefix of KEYS[1] (an execution's key): the script's per-shard
