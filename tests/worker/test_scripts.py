@@ -62,3 +62,19 @@ def test_a_submission_sends_no_script_exists(aiecs_redis):
                          TaskCancelledError("no")) > 0
     indexed = client.get(celery_index_key("c1", PREFIX)).decode()
     assert client.hget(indexed, "status") == b"cancelled"
+
+
+def test_a_script_is_the_same_text_in_every_process():
+    """Redis knows a script by its SHA1: every process (whatever its hash seed) must send
+    the same text, or Redis keeps one copy per process and each loads its own."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from aiecs_worker.store import events, results; print("
+            "*(hashlib.sha1(s.encode()).hexdigest() for s in (events.FINISH_PUBLISH_LUA,"
+            " events.BEGIN_PUBLISH_LUA, results.READ_LUA)))")
+    shas = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}
+                           ).stdout for seed in range(1, 7)}
+    assert len(shas) == 1, shas
