@@ -40,7 +40,7 @@ from ..settings import get_settings
 from ..store import admission
 from ..store.events import TaskKeys, _publish_lua, celery_task_id, script_args
 from ..store.hold import ADMIT_LUA, admit_args
-from ..store.hook import PUBLISH_GROUP_EVENT_LUA
+from ..store.hook import publish_group_event_lua
 from ..store.keys import (
     CANCEL_CHANNEL,
     batch_key,
@@ -74,15 +74,16 @@ ITEM_PENDING_LUA = pending_lua(
     "redis.call('HSET', KEYS[1], 'group', ARGV[10])\n"
     + _publish_lua("KEYS[5]", "KEYS[6]", 11) + "return seq\n")
 
-# KEYS: batch, items.  ARGV: the event body, ttl, then the batch hash's fields.  Creates
-# the batch unless it exists (returns 0) and publishes its first event.
+# KEYS: batch, items, the batch log's seq and log (the hash's ``seq`` and ``log``).  ARGV:
+# the event body, ttl, then the batch hash's fields.  Creates the batch unless it exists
+# (returns 0) and publishes its first event.
 CREATE_BATCH_LUA = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local g = KEYS[1]
 local body = ARGV[1]
-{PUBLISH_GROUP_EVENT_LUA}
+{publish_group_event_lua("KEYS[3]", "KEYS[4]")}
 return 1
 """
 
@@ -203,8 +204,9 @@ def _create(client: Any, key: str, user_id: str, batch_id: str, total: int) -> b
     body = _event_body(head, "pending", f"batch of {total} items queued", counts)
     fields += [k for kv in counts.items() for k in kv] + ["created", time.time(),
                                                           "status", "running"]
-    return bool(client.eval(CREATE_BATCH_LUA, 2, key, f"{key}:items", body,
-                            s.aiecs_events_ttl, *fields))
+    return bool(client.eval(CREATE_BATCH_LUA, 4, key, f"{key}:items",
+                            fields[fields.index("seq") + 1], fields[fields.index("log") + 1],
+                            body, s.aiecs_events_ttl, *fields))
 
 
 def _record_chunk(client: Any, key: str, batch_id: str,

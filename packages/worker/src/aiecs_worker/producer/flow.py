@@ -69,14 +69,13 @@ log = logging.getLogger("aiecs.workflows")
 
 _TERMINAL = {"completed", "failed", "timed_out", "cancelled"}
 
-# KEYS: workflow, steps, seq, log, due.  ARGV: spec json, ttl, now, user, task, channel,
-# maxlen, packet head, packet tail, n steps, then per step: state key, celery id, task
-# name, step, celery index key, PENDING event json (no seq).  Creates the workflow and
-# every step's PENDING record with its event, unless the task exists (returns 0). The
-# workflow's ``left`` counts its steps not ended (store/hook.py: the last one to end gives
-# the workflow hash the workers' TTL; until then it has this process's). The
-# workflow starts in the due set: should the submitter fail before its first advance
-# settles it, a sweeper releases its first steps.
+# KEYS: workflow, steps, seq, log, due, then per step: state key, celery index key. ARGV: spec json,
+# ttl, now, user, task, channel, maxlen, packet head, packet tail, n steps, then per step: celery
+# id, task name, step, PENDING event json (no seq). Creates the workflow and every step's PENDING
+# record with its event, unless the task exists (returns 0). The workflow's ``left`` counts its
+# steps not ended (store/hook.py: the last one to end gives the workflow hash the workers' TTL;
+# until then it has this process's). The workflow starts in the due set: should the submitter fail
+# before its first advance settles it, a sweeper releases its first steps.
 CREATE_FLOW_LUA = NOW_MS_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
@@ -85,16 +84,16 @@ redis.call('HSET', KEYS[1], 'kind', 'flow', 'user', ARGV[4], 'task', ARGV[5], 's
            ARGV[1], 'ver', 0, 'created', ARGV[3], 'left', ARGV[10])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 for i = 0, tonumber(ARGV[10]) - 1 do
-  local b = 11 + i * 6
-  local sk = ARGV[b]
-  redis.call('HSET', sk, 'status', 'pending', 'celery_id', ARGV[b + 1], 'user_id', ARGV[4],
-             'task_name', ARGV[b + 2], 'step', ARGV[b + 3], 'submitted', ARGV[3],
+  local b = 11 + i * 4
+  local sk = KEYS[6 + i * 2]
+  redis.call('HSET', sk, 'status', 'pending', 'celery_id', ARGV[b], 'user_id', ARGV[4],
+             'task_name', ARGV[b + 1], 'step', ARGV[b + 2], 'submitted', ARGV[3],
              'updated', ARGV[3], 'group', KEYS[1])
   redis.call('EXPIRE', sk, ARGV[2])
-  redis.call('SADD', KEYS[2], ARGV[b + 3])
-  redis.call('SET', ARGV[b + 4], sk, 'EX', ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[b + 2])
+  redis.call('SET', KEYS[7 + i * 2], sk, 'EX', ARGV[2])
   local seq = redis.call('INCR', KEYS[3])
-  local ev = '{"seq":' .. seq .. ',' .. string.sub(ARGV[b + 5], 2)
+  local ev = '{"seq":' .. seq .. ',' .. string.sub(ARGV[b + 3], 2)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], seq .. '-0', 'e', ev)
   redis.call('PUBLISH', ARGV[6], ARGV[8] .. ev .. ARGV[9])
 end
@@ -272,6 +271,7 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
     s = get_settings()
     spec: dict[str, Any] = {"order": order, "steps": {}}
     per_step: list[Any] = []
+    step_keys: list[str] = []
     for n in order:
         st, req = parsed[n], requests[n]
         task, queue, priority = task_for(req, st.heavy, flow=True)
@@ -287,8 +287,9 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
                           task_name=st.task_name, status=TaskStatus.PENDING, message=message,
                           template=st.template)
         celery_id = celery_task_id(user_id, task_id, n)
-        per_step += [TaskKeys(user_id, task_id).state(n), celery_id, st.task_name, n,
-                     celery_index_key(celery_id, user_prefix(user_id)), encode_event(event)]
+        step_keys += [TaskKeys(user_id, task_id).state(n),
+                      celery_index_key(celery_id, user_prefix(user_id))]
+        per_step += [celery_id, st.task_name, n, encode_event(event)]
     keys = TaskKeys(user_id, task_id)
     head, tail = packet_parts(user_id)
     client = state_redis()
@@ -301,8 +302,8 @@ def submit_workflow(user_id: str, steps: list[Any], *, task_id: str | None = Non
     try:
         admission.admit(user_id, [keys.state(n) for n in order], client=client)
         created = client.eval(
-            CREATE_FLOW_LUA, 5, key, steps_key(user_id, task_id), keys.seq, keys.log,
-            flows_due_key(user_prefix(user_id)),
+            CREATE_FLOW_LUA, 5 + len(step_keys), key, steps_key(user_id, task_id), keys.seq,
+            keys.log, flows_due_key(user_prefix(user_id)), *step_keys,
             json.dumps(spec), s.aiecs_events_ttl, time.time(), user_id, task_id,
             s.aiecs_socketio_channel, s.aiecs_events_maxlen, head, tail, len(order),
             *per_step)

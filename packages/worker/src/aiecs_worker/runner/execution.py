@@ -307,7 +307,7 @@ class ExecutionMixin(RuntimeState):
         shard = prefix_of(state_key)
         keys_ = [state_key, steps_key(request.user_id, request.task_id),
                  celery_index_key(celery_id, shard), owners_key(shard),
-                 owned_key(self.owner, shard), *ev_keys]
+                 owned_key(self.owner, shard), *ev_keys, pending_key(shard)]
         args = [celery_id, s.aiecs_events_ttl, time.time(), request.user_id, request.task_name,
                 request.step, s.aiecs_max_deliveries, self.owner, s.aiecs_lease_seconds * 1000,
                 request.model_dump_json(), queue, task, "" if start else "x", *ev_args]

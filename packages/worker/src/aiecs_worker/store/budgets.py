@@ -394,6 +394,8 @@ def _script_input(user_id: str, items: Sequence[tuple[str, Estimate]], now: date
     keys = [budget_limits_key(user_id),
             budget_counter_key(user_id, periods["day"][0]),
             budget_counter_key(user_id, periods["month"][0]),
+# Keys not in KEYS: the counters each hold names (its ``day`` and ``month`` fields,
+# written by the reservation from its KEYS: the user's, in the hold's hash slot).
             *(hold_key(k) for k, _ in items)]
     args: list[Any] = [*_slots(get_settings().aiecs_budgets or []), COUNTER_TTL["day"],
                        COUNTER_TTL["month"], HOLD_TTL]

@@ -34,7 +34,7 @@ from redis.exceptions import NoScriptError
 from ..ops import metrics
 from ..settings import RedisTarget
 from .connection import async_client
-from .keys import TaskKeys
+from .keys import TaskKeys, finish_keys
 from .results import celery_meta
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
@@ -110,7 +110,8 @@ redis.call('PUBLISH', {a[3]}, {a[4]} .. ev .. {a[5]})
 # KEYS: seq, log.  ARGV: event json, maxlen, ttl, channel, packet prefix, packet suffix.
 PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1) + "return seq\n"
 
-# KEYS: state, seq, log.  ARGV: status, result, error, usage, now, ttl (the state's), then
+# KEYS: keys.FINISH_KEYS (state, seq, log, then the keys finish_lua touches; finish_args
+# builds them).  ARGV: status, result, error, usage, now, ttl (the state's), then
 # PUBLISH_LUA's, then (optional) meta, outbox and the Celery result meta.  The terminal
 # transition and its event in one atomic step: no process death between them can leave a
 # finished execution without its terminal event, and the loser of a race appends nothing.
@@ -135,7 +136,7 @@ def pending_publish_lua(*, before: str = "", result: str = "seq") -> str:
 
 PENDING_PUBLISH_LUA = pending_publish_lua()
 
-# KEYS: begin's five, seq, log.  ARGV: begin's thirteen, then PUBLISH_LUA's, whose event
+# KEYS: begin's five, seq, log, pending.  ARGV: begin's thirteen, then PUBLISH_LUA's, whose event
 # JSON holds MESSAGE_SLOT where the RUNNING event's message goes.  The begin transition
 # and, when the execution starts, its RUNNING event, in one round trip before the
 # operation is called.
@@ -195,7 +196,7 @@ def finish_args(keys: list[str], args: list[Any], state_key: str,
     finish = [redact_json(f) if isinstance(f, str) else f for f in finish]
     if len(finish) > 8 and finish[8]:  # the Celery result, from the redacted record
         finish[8] = celery_meta(finish[0], finish[1], finish[2], finish[4])
-    return [state_key, *keys], [*finish[:6], *args, *finish[6:]]
+    return finish_keys(state_key, *keys), [*finish[:6], *args, *finish[6:]]
 
 
 def finish_sync(client: Any, event: TaskEvent, state_key: str, finish: Sequence[Any],

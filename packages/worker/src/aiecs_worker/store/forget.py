@@ -13,25 +13,27 @@ from typing import Any
 
 from .events import run_script
 from .keys import (
+    CELERY_INDEX,
     TaskKeys,
-    celery_index_key,
     steps_key,
     task_of_key,
-    user_prefix,
     user_tasks_pattern,
 )
 from .scripts import TERMINAL_LUA
+from .state import SHARD_LUA
 
 __all__ = ["FORGET_TASK_LUA", "forget_user"]
 
 _TERMINAL = TERMINAL_LUA
 
-# KEYS: seq, log, steps, then the state key of each step in ARGV[2..].  ARGV[1]: the
-# prefix of the Celery index keys.  Deletes the ended steps' states (and their Celery
-# index entries that point at them); the log, seq and step set too when no step is live.
-# Returns {states deleted, steps live}.
+# KEYS: seq, log, steps, then the state key of each step in ARGV[2..].  ARGV[1]: unused
+# (''). Deletes the ended steps' states (and their Celery index entries that point at
+# them); the log, seq and step set too when no step is live.  Returns {states deleted,
+# steps live}.  Keys not in KEYS: the Celery index entries ``P .. ':celery:' .. id``
+# (``P``: KEYS[1]'s shard prefix; the ids are the states').
 FORGET_TASK_LUA = f"""
 local terminal = {_TERMINAL}
+{SHARD_LUA}
 local known = {{}}
 for i = 2, #ARGV do known[ARGV[i]] = KEYS[i + 2] end
 local live, deleted = 0, 0
@@ -44,8 +46,9 @@ for i = 2, #ARGV do
   if f[1] and not terminal[f[1]] then
     live = live + 1
   else
-    if f[2] and redis.call('GET', ARGV[1] .. f[2]) == sk then
-      redis.call('DEL', ARGV[1] .. f[2])
+    local index = P .. '{CELERY_INDEX}' .. (f[2] or '')
+    if f[2] and redis.call('GET', index) == sk then
+      redis.call('DEL', index)
     end
     deleted = deleted + redis.call('DEL', sk)
     redis.call('SREM', KEYS[3], ARGV[i])
@@ -74,7 +77,6 @@ def forget_user(client: Any, user_id: str, *, scan_count: int = 1000) -> dict[st
         if rest[1] == "state" and rest[0].isdigit():
             seen.add(int(rest[0]))
     out = {"tasks": 0, "states": 0, "live": 0}
-    celery_prefix = celery_index_key("", user_prefix(user_id))
     for task_id, scanned in tasks.items():
         keys = TaskKeys(user_id, task_id)
         listed = {int(s) for s in client.smembers(steps_key(user_id, task_id))
@@ -83,7 +85,7 @@ def forget_user(client: Any, user_id: str, *, scan_count: int = 1000) -> dict[st
         deleted, live = run_script(
             client, FORGET_TASK_LUA,
             [keys.seq, keys.log, steps_key(user_id, task_id), *(keys.state(s) for s in steps)],
-            [celery_prefix, *(str(s) for s in steps)])
+            ["", *(str(s) for s in steps)])
         out["states"] += int(deleted)
         out["live"] += int(live)
         out["tasks"] += int(live) == 0

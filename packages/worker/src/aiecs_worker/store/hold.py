@@ -67,40 +67,40 @@ log = logging.getLogger("aiecs.worker")
 
 
 
-# KEYS: state, pending, due, backlog.  ARGV: window key, window width (0: no window),
-# due time ms ('' if none), horizon ms, ttl, trace context ('' if none).  Returns 'send'
-# (send the message now: counted in the window, or not aiecs's to hold: not pending, or
-# already admitted) or 'held' (no message: the releaser sends it, in the trace context
-# the record keeps as ``trace``).
+# KEYS: state, pending, due, backlog, the user's window on the queue, its FIFO.  ARGV:
+# window width (0: no window), due time ms ('' if none), horizon ms, ttl, trace context
+# ('' if none).  Returns 'send' (send the message now: counted in the window, or not
+# aiecs's to hold: not pending, or already admitted) or 'held' (no message: the releaser
+# sends it, in the trace context the record keeps as ``trace``).
 ADMIT_LUA = f"""
 local f = redis.call('HMGET', KEYS[1], 'status', 'held', 'window')
 if f[1] ~= 'pending' then return 'send' end
 if f[2] then return 'held' end
 if f[3] then return 'send' end
 {NOW_MS_LUA}
-if ARGV[3] ~= '' and tonumber(ARGV[3]) > now_ms + tonumber(ARGV[4]) then
+if ARGV[2] ~= '' and tonumber(ARGV[2]) > now_ms + tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'held', 'due')
-  if (ARGV[6] or '') ~= '' then redis.call('HSET', KEYS[1], 'trace', ARGV[6]) end
-  redis.call('ZADD', KEYS[3], ARGV[3], KEYS[1])
+  if (ARGV[5] or '') ~= '' then redis.call('HSET', KEYS[1], 'trace', ARGV[5]) end
+  redis.call('ZADD', KEYS[3], ARGV[2], KEYS[1])
   redis.call('ZREM', KEYS[2], KEYS[1])
   return 'held'
 end
-local w = tonumber(ARGV[2])
+local w = tonumber(ARGV[1])
 if w <= 0 then return 'send' end
-local win = ARGV[1]
-local fifo = win .. ':held'
+local win = KEYS[5]
+local fifo = KEYS[6]
 redis.call('HSET', KEYS[1], 'window', win)
 if redis.call('LLEN', fifo) == 0 and redis.call('ZCARD', win) < w then
   redis.call('ZADD', win, now_ms, KEYS[1])
-  redis.call('EXPIRE', win, ARGV[5])
+  redis.call('EXPIRE', win, ARGV[4])
   return 'send'
 end
 redis.call('RPUSH', fifo, KEYS[1])
-redis.call('EXPIRE', fifo, ARGV[5])
-redis.call('EXPIRE', win, ARGV[5])
+redis.call('EXPIRE', fifo, ARGV[4])
+redis.call('EXPIRE', win, ARGV[4])
 redis.call('SADD', KEYS[4], win)
 redis.call('HSET', KEYS[1], 'held', 'fair')
-if (ARGV[6] or '') ~= '' then redis.call('HSET', KEYS[1], 'trace', ARGV[6]) end
+if (ARGV[5] or '') ~= '' then redis.call('HSET', KEYS[1], 'trace', ARGV[5]) end
 redis.call('ZREM', KEYS[2], KEYS[1])
 return 'held'
 """
@@ -109,7 +109,8 @@ return 'held'
 # until a time now within the horizon (ZREM: one sweeper gets each), puts them back in
 # the pending index (scored by their due time), and returns them flat:
 # {state key, user id, queue, celery id, task, request, eta, trace, due ms, ...}; the caller
-# admits each again (:data:`ADMIT_LUA`) and sends those it may.
+# admits each again (:data:`ADMIT_LUA`) and sends those it may.  Keys not in KEYS: the
+# claimed executions' states (members of the shard's held index, in its hash slot).
 CLAIM_DUE_LUA = f"""
 {NOW_MS_LUA}
 local out = {{}}
@@ -132,20 +133,25 @@ end
 return out
 """
 
-# KEYS: backlog, pending, state (any key when ARGV[1] names the window).  ARGV: window
-# key ('': the window of the state's execution), fast width, how many at most, '1' to
-# drop window entries whose execution ended or expired, heavy width, the heavy windows'
-# key prefix.  Fills the window from the user's FIFO (first dropping, when asked and the
-# window is full, its entries whose execution ended or expired: a crash's leftovers);
-# returns the released executions flat: {celery id, task, queue, request, eta, trace, ...}.
+# KEYS: backlog, pending, state, window, its FIFO (the state: any key of the shard when
+# the window is given; the window and FIFO: any key of the shard when it is not).  ARGV:
+# '1' the window is KEYS[4] ('': the window of the state's execution, read from its
+# ``window`` field), fast width, how many at most, '1' to drop window entries whose
+# execution ended or expired, heavy width, the heavy windows' key prefix.  Fills the window
+# from the user's FIFO (first dropping, when asked and the window is full, its entries
+# whose execution ended or expired: a crash's leftovers); returns the released executions
+# flat: {celery id, task, queue, request, eta, trace, ...}.
+# Keys not in KEYS: the window of the state's execution (its ``window`` field, written by
+# ADMIT_LUA from its KEYS: the user's window, in the state's hash slot) and its FIFO;
+# the executions popped from the FIFO (their state keys: the shard's).
 RELEASE_LUA = f"""
 local terminal = {_TERMINAL}
-local win = ARGV[1]
-if win == '' then
+local win, fifo = KEYS[4], KEYS[5]
+if ARGV[1] == '' then
   win = redis.call('HGET', KEYS[3], 'window')
   if not win then return {{}} end
+  fifo = win .. ':held'
 end
-local fifo = win .. ':held'
 local w = tonumber(ARGV[2])
 if string.sub(win, 1, #ARGV[6]) == ARGV[6] then w = tonumber(ARGV[5]) end
 if ARGV[4] == '1' and redis.call('ZCARD', win) >= w then
@@ -188,6 +194,9 @@ return out
 # renews the TTL of everything each execution waiting in the FIFO keeps (state, steps,
 # celery index, seq, log, group hash and its item list): a backlog longer than
 # AIECS_EVENTS_TTL loses nothing. Returns how many executions it renewed.
+# Keys not in KEYS: each waiting execution's keys, named from its state key (a member of
+# the FIFO: the shard's) and its fields (Celery id, group: the user's keys), all in the
+# FIFO's hash slot.
 KEEP_ALIVE_LUA = """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 0 end
 local n = 0
@@ -231,8 +240,10 @@ def admit_args(settings: Any, state_key: str, user_id: str, queue: str,
     """KEYS and ARGV of :data:`ADMIT_LUA` for one execution (admitted in the current
     trace context: the one its release continues, should it be held)."""
     shard = prefix_of(state_key)
-    return ([state_key, pending_key(shard), due_key(shard), backlog_key(shard)],
-            [window_key(queue, user_id), width(settings, queue),
+    window = window_key(queue, user_id)
+    return ([state_key, pending_key(shard), due_key(shard), backlog_key(shard), window,
+             window + ":held"],
+            [width(settings, queue),
              "" if eta is None else int(eta * 1000),
              int(settings.schedule_horizon * 1000), settings.aiecs_events_ttl,
              tracing.carrier()])
@@ -253,6 +264,7 @@ def release_args(settings: Any, *, state_key: str = "", window: str = "",
     """KEYS and ARGV of :data:`RELEASE_LUA`: fill ``window``, or the window of the
     execution ``state_key`` (one that just ended)."""
     shard = prefix_of(state_key or window)
-    return ([backlog_key(shard), pending_key(shard), state_key or backlog_key(shard)],
-            [window, settings.aiecs_fair_window_fast, 1000, "1" if clean else "",
+    return ([backlog_key(shard), pending_key(shard), state_key or backlog_key(shard),
+             window or backlog_key(shard), window + ":held" if window else backlog_key(shard)],
+            ["1" if window else "", settings.aiecs_fair_window_fast, 1000, "1" if clean else "",
              settings.aiecs_fair_window_heavy, window_key(HEAVY_QUEUE, "", shard)])

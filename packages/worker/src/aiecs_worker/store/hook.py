@@ -18,31 +18,45 @@ once, whatever process dies afterwards:
   ``left`` existed keeps its submitter's TTL.
 
 This module imports only key names (:mod:`aiecs_worker.store.keys`).
-Lua locals it may use: ``P`` (the shard prefix), ``f[4]`` (the group key), ``ARGV[1]``
+Lua it may use: the terminal transition's KEYS (:data:`aiecs_worker.store.keys.FINISH_KEYS`:
+the shard's due workflows), ``f[4]`` (the group key), ``ARGV[1]``
 (the terminal status),
 ``ARGV[5]`` (now, seconds) and ``ttl`` (the workers' retention, see
 :func:`aiecs_worker.store.state.finish_lua`).
+
+The group's keys are not in KEYS: the group hash is named by the execution's ``group``
+field, its item list after it, its seq and log by the hash's own fields; all were written
+by the submission as the user's keys (:func:`aiecs_worker.store.keys.batch_key`,
+:func:`~aiecs_worker.store.keys.flow_key`, :class:`~aiecs_worker.store.keys.TaskKeys`),
+so they are in the execution's hash slot.
 """
 
 from __future__ import annotations
 
-from .keys import FLOWS_DUE
+from .keys import finish_key
 
-__all__ = ["GROUP_HOOK_LUA", "PUBLISH_GROUP_EVENT_LUA"]
+__all__ = ["GROUP_HOOK_LUA", "PUBLISH_GROUP_EVENT_LUA", "publish_group_event_lua"]
 
 
-#: Lua: append and publish the event body ``body`` (JSON without seq, starting with '{')
-#: on the group ``g``'s log (fields seq, log, channel, phead, ptail, maxlen, ttl of g).
-PUBLISH_GROUP_EVENT_LUA = """
+def publish_group_event_lua(seq: str = "p[1]", log: str = "p[2]") -> str:
+    """Lua: append and publish the event body ``body`` (JSON without seq, starting with
+    '{') on the group ``g``'s log (fields seq, log, channel, phead, ptail, maxlen, ttl of
+    g). ``seq`` and ``log`` name the group's seq and log: KEYS when the caller knows them
+    (the batch's creation), else the fields just read (``p[1]``, ``p[2]``)."""
+    return f"""
 local p = redis.call('HMGET', g, 'seq', 'log', 'channel', 'phead', 'ptail', 'maxlen', 'ttl')
-local gseq = redis.call('INCR', p[1])
-local gev = '{"seq":' .. gseq .. ',' .. string.sub(body, 2)
-redis.call('XADD', p[2], 'MAXLEN', '~', p[6], gseq .. '-0', 'e', gev)
-redis.call('EXPIRE', p[1], p[7])
-redis.call('EXPIRE', p[2], p[7])
+local gseq = redis.call('INCR', {seq})
+local gev = '{{"seq":' .. gseq .. ',' .. string.sub(body, 2)
+redis.call('XADD', {log}, 'MAXLEN', '~', p[6], gseq .. '-0', 'e', gev)
+redis.call('EXPIRE', {seq}, p[7])
+redis.call('EXPIRE', {log}, p[7])
 redis.call('EXPIRE', g, p[7])
 redis.call('PUBLISH', p[3], p[4] .. gev .. p[5])
 """
+
+
+#: :func:`publish_group_event_lua` with the group's seq and log read from its hash.
+PUBLISH_GROUP_EVENT_LUA = publish_group_event_lua()
 
 #: Lua: the body of a batch event from g's counters (locals: g, now).
 BATCH_EVENT_LUA = """
@@ -93,7 +107,7 @@ if f[4] and f[4] ~= '' then
       redis.call('EXPIRE', g, ttl)
     end
     local _t = redis.call('TIME')
-    redis.call('ZADD', P .. '{FLOWS_DUE}', _t[1] * 1000 + math.floor(_t[2] / 1000), g)
+    redis.call('ZADD', {finish_key('flows_due')}, _t[1] * 1000 + math.floor(_t[2] / 1000), g)
   end
 end
 """

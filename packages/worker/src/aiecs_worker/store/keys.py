@@ -22,6 +22,7 @@ __all__ = [
     "shard_number", "shard_of", "shard_prefix", "shard_tag", "steps_key", "suspect_key",
     "task_of_key", "user_prefix", "DEFAULT_CLUSTER_SHARDS",
     "user_schedules_key", "user_tasks_pattern", "window_key",
+    "FINISH_KEYS", "finish_key", "finish_keys", "steps_of_state",
 ]
 
 #: The environment variable (AIECS_REDIS_CLUSTER, declared and checked in
@@ -244,6 +245,11 @@ def steps_key(user_id: str, task_id: str) -> str:
     return f"{user_prefix(user_id)}:t:{user_id}:{task_id}:steps"
 
 
+def steps_of_state(state_key: str) -> str:
+    """The step set of the task a state key (:meth:`TaskKeys.state`) belongs to."""
+    return state_key.rsplit(":", 2)[0] + ":steps"
+
+
 #: Appended to a shard's prefix, then the Celery id: :func:`celery_index_key`.
 CELERY_INDEX = ":celery:"
 
@@ -253,6 +259,29 @@ def celery_index_key(celery_id: str, prefix: str) -> str:
     of the execution's user (a Celery id alone names no user: a lookup by id reads every
     shard's)."""
     return f"{prefix}{CELERY_INDEX}{celery_id}"
+
+
+# -- the terminal transition's KEYS (aiecs_worker.store.state.finish_lua) -------------------------
+#: What the terminal transition's KEYS hold, in order: every key whose name its caller
+#: knows (the execution's state, its task's seq, log and step set, its shard's sets, its
+#: budget reservation); the keys it can only learn from the state it reads are listed in
+#: finish_lua's docstring.
+FINISH_KEYS = ("state", "seq", "log", "steps", "pending", "due", "retention", "outbox",
+               "suspect", "flows_due", "budget_hold")
+
+
+def finish_key(name: str) -> str:
+    """The Lua expression of the terminal transition's key ``name`` (``KEYS[i]``)."""
+    return f"KEYS[{FINISH_KEYS.index(name) + 1}]"
+
+
+def finish_keys(state_key: str, seq: str, log: str) -> list[str]:
+    """The KEYS of the terminal transition of the execution ``state_key`` (its task's
+    ``seq`` and ``log`` given: the publisher may name them with another prefix)."""
+    shard = prefix_of(state_key)
+    return [state_key, seq, log, steps_of_state(state_key), pending_key(shard),
+            due_key(shard), retention_key(shard), outbox_key(shard), suspect_key(shard),
+            flows_due_key(shard), state_key + BUDGET_HOLD_SUFFIX]
 
 
 # -- fair share (aiecs_worker.store.hold) --------------------------------------------------------

@@ -86,6 +86,8 @@ return until_ms
 # owners at most, now (seconds, for records).
 # Claims owners whose lease ended and returns their orphaned executions, flat:
 # {state key, celery id, celery task name, queue, request json, charged ('1'/''), ...}.
+# Keys not in KEYS: each dead owner's set ``P .. ':owned:' .. owner`` (``P``: KEYS[1]'s
+# shard prefix; the owners are found here) and the states it lists (the shard's).
 SWEEP_LUA = f"""
 {NOW_MS_LUA}
 {SHARD_LUA}
@@ -130,6 +132,8 @@ return out
 # unacknowledged, and a worker killed in between loses it) are returned, flat:
 # {state key, celery id, celery task name, queue, request json, ...}; each is stamped
 # anew so it is sent again at most once per ``age``. Stale entries are dropped.
+# Keys not in KEYS: the entries' states (the shard's) and, when the broker is this same
+# Redis (never on a cluster: ARGV[4] is '2' there), the queue's broker lists.
 REAP_LUA = f"""
 {NOW_MS_LUA}
 local function queue_names(q, sep)

@@ -9,7 +9,7 @@ This module imports only key names (:mod:`aiecs_worker.store.keys`).
 
 from __future__ import annotations
 
-from .keys import BUDGET_HOLD_SUFFIX
+from .keys import finish_key
 
 __all__ = ["NANO", "SETTLE_LUA"]
 
@@ -20,12 +20,16 @@ RECREATED_TTL = 3 * 86400
 
 #: Lua run by the terminal transition (:func:`aiecs_worker.store.state.finish_lua`):
 #: replace the execution's reservation by what it used (see
-#: :mod:`aiecs_worker.store.budgets`). It reads ``KEYS[1]`` (the state key) and
-#: ``ARGV[4]`` (the usage JSON); its own locals stay in a ``do`` block. Amounts go to
-#: Redis formatted with ``%d``: always an integer's text, which HINCRBY requires.
+#: :mod:`aiecs_worker.store.budgets`). It reads ``KEYS[1]`` (the state key), the
+#: reservation's key (the terminal transition's KEYS, ``budget_hold``) and ``ARGV[4]``
+#: (the usage JSON); its own locals stay in a ``do`` block. The period counters it
+#: charges are the reservation's ``day`` and ``month`` fields (the periods it was made
+#: in, which the caller cannot know): written by the reservation from its KEYS, the
+#: user's keys, in the execution's hash slot. Amounts go to Redis formatted with ``%d``:
+#: always an integer's text, which HINCRBY requires.
 SETTLE_LUA = f"""
 do
-local bh = redis.call('HMGET', KEYS[1] .. '{BUDGET_HOLD_SUFFIX}', 'usd', 'tok', 'day', 'month')
+local bh = redis.call('HMGET', {finish_key('budget_hold')}, 'usd', 'tok', 'day', 'month')
 if bh[3] then
   local rusd, rtok = tonumber(bh[1]), tonumber(bh[2])
   local cusd, ctok, unknown = 0, 0, false
@@ -50,7 +54,7 @@ if bh[3] then
     redis.call('HINCRBY', ck, 'tok_spent', string.format('%d', ctok))
     if redis.call('TTL', ck) < 0 then redis.call('EXPIRE', ck, {RECREATED_TTL}) end
   end
-  redis.call('DEL', KEYS[1] .. '{BUDGET_HOLD_SUFFIX}')
+  redis.call('DEL', {finish_key('budget_hold')})
 end
 end
 """

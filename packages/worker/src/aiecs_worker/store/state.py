@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from .hook import GROUP_HOOK_LUA
-from .keys import CELERY_INDEX, DUE, OUTBOX, OWNED, PENDING, RETENTION, SUSPECT
+from .keys import CELERY_INDEX, OWNED, finish_key
 from .results import PUBLISH_LUA as CELERY_PUBLISH_LUA
 from .scripts import TERMINAL_LUA
 from .settle import SETTLE_LUA
@@ -45,7 +45,8 @@ def begin_lua(then: str) -> str:
     """The ``begin`` transition, then the Lua code ``then`` when the execution starts
     running (it publishes the RUNNING event; the Lua local ``msg`` holds its message).
 
-    KEYS: state, steps, celery index, owners, owned (this owner's).
+    KEYS: state, steps, celery index, owners, owned (this owner's), then ``then``'s
+    (the seq and log: KEYS[6], KEYS[7]), then the shard's pending index (KEYS[8]).
     ARGV: celery_id, ttl, now, user_id, task_name, step, max_deliveries, owner, lease_ms,
     request json, queue, celery task name, flags ('1': take over from a live holder;
     'x': do not start it, it cannot run: the caller ends it), then ``then``'s.  Returns
@@ -61,10 +62,10 @@ def begin_lua(then: str) -> str:
 
     One HMGET reads what it decides on; the keys a submission already created (steps,
     celery index, TTL) are written only when the execution has no record yet.
+    Every key it touches is in KEYS.
     """
     return f"""
 local terminal = {_TERMINAL}
-{SHARD_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'deliveries', 'spared',
                      'cancel_requested', 'suspect', 'celery_id')
 local st = f[1]
@@ -89,7 +90,7 @@ if run then
   fields[#fields + 1] = 'started'; fields[#fields + 1] = ARGV[3]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-if st == 'pending' then redis.call('ZREM', P .. '{PENDING}', KEYS[1]) end
+if st == 'pending' then redis.call('ZREM', KEYS[8], KEYS[1]) end
 if not st then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('SADD', KEYS[2], ARGV[6])
@@ -110,20 +111,20 @@ return {{'running', n, cancel, f[6] or '', '', st or '', delivered}}
 """
 
 
-#: Retention at the terminal transition (KEYS[1]: the state; ``terminal`` in scope): the
-#: Lua local ``ttl`` is the workers' AIECS_EVENTS_TTL: ARGV[6] as given when it starts with
-#: ``=`` (a worker's own, the value every worker writes to the shard's RETENTION key: no
-#: read), else that key's or, before any worker started, ARGV[6] (the caller's: a cancel
-#: from the server, say). ``retain(k)`` gives a key the task's steps share (steps, seq,
-#: log) that TTL, unless it holds a longer one for another step still waiting (one
+#: Retention at the terminal transition (KEYS as :func:`finish_lua`'s; ``terminal`` in
+#: scope): the Lua local ``ttl`` is the workers' AIECS_EVENTS_TTL: ARGV[6] as given when it
+#: starts with ``=`` (a worker's own, the value every worker writes to the shard's RETENTION
+#: key: no read), else that key's or, before any worker started, ARGV[6] (the caller's: a
+#: cancel from the server, say). ``retain(k)`` gives a key the task's steps share (steps,
+#: seq, log) that TTL, unless it holds a longer one for another step still waiting (one
 #: scheduled further ahead than the TTL, say): then it is left alone. The keys' TTLs are
 #: read only when the task has another step (its steps set has more than this one): a
 #: one-step task's keys get the TTL directly, with no ``TTL`` read each.
 _RETAIN_LUA = f"""
 local ttl
 if string.sub(ARGV[6], 1, 1) == '=' then ttl = tonumber(string.sub(ARGV[6], 2))
-else ttl = tonumber(redis.call('GET', P .. '{RETENTION}') or '') or tonumber(ARGV[6]) end
-local steps = string.gsub(KEYS[1], ':%d+:state$', ':steps')
+else ttl = tonumber(redis.call('GET', {finish_key("retention")}) or '') or tonumber(ARGV[6]) end
+local steps = {finish_key("steps")}
 local alone = redis.call('SCARD', steps) <= 1
 local waiting = nil
 local function retain(k)
@@ -153,14 +154,17 @@ end
 def finish_lua(then: str, extra: int = 7) -> str:
     """The terminal transition, then the Lua code ``then`` (run only by the winner).
 
-    KEYS[1]: state.  ARGV[1..6]: status, result, error, usage, now, ttl; ARGV[extra],
-    ARGV[extra + 1] and ARGV[extra + 2] (optional): ``meta`` (JSON: what the history row
-    needs that the state lacks, see :func:`aiecs_worker.store.records.terminal_fields`),
-    ``1`` to append to the outbox of the execution's shard (empty: history off) and the
-    Celery result meta the script publishes
-    on Celery's channel (empty: Celery stores its own; see aiecs_worker.store.results).
-    Returns 0 when the execution was already terminal (nothing changes), else what
-    ``then`` returns.
+    KEYS: :data:`aiecs_worker.store.keys.FINISH_KEYS` (state, the task's seq and log, which
+    ``then`` uses, its step set, the shard's pending index, held index, retention, outbox,
+    crash suspect and due workflows, the execution's budget reservation; built by
+    :func:`aiecs_worker.store.keys.finish_keys`).  ARGV[1..6]: status, result, error, usage,
+    now, ttl; ARGV[extra], ARGV[extra + 1] and ARGV[extra + 2] (optional): ``meta`` (JSON:
+    what the history row needs that the state lacks, see
+    :func:`aiecs_worker.store.records.terminal_fields`), ``1`` to append to the outbox of
+    the execution's shard (empty: history off) and the Celery result meta the script
+    publishes on Celery's channel (empty: Celery stores its own; see
+    aiecs_worker.store.results).  Returns 0 when the execution was already terminal
+    (nothing changes), else what ``then`` returns.
     Every key of the execution gets the workers' TTL (:data:`_RETAIN_LUA`: ``then`` calls
     ``retain`` on the task's seq and log).
     A batch item or workflow step (field ``group``) tells its group in the same script
@@ -171,6 +175,22 @@ def finish_lua(then: str, extra: int = 7) -> str:
     shard (:func:`aiecs_worker.store.keys.outbox_key`) for the history recorders: two
     commands (HGETALL, XADD) in the same atomic step, so every terminal state has its
     entry.
+
+    Keys not in KEYS, known only from what the script reads (each in KEYS[1]'s hash slot
+    by construction; ``tests/worker/test_script_keys.py`` lists them):
+
+    - the fair-share window (field ``window``, written by the admission from its KEYS:
+      the user's shard);
+    - the Celery index entry ``P .. ':celery:' .. celery_id`` (``P``: KEYS[1]'s shard
+      prefix; the Celery id is the state's: a cancel or a sweep does not know it);
+    - the owner's set ``P .. ':owned:' .. owner`` (the owner is the state's: the process
+      ending the execution may be another one);
+    - the other steps' states of the task (``retain``: the step numbers are the step
+      set's members);
+    - the group hash and its item list, seq and log (the ``group`` field and the group
+      hash's fields: batch and workflow keys of the user, see aiecs_worker.store.hook);
+    - the budget counters the reservation charged (the reservation's ``day`` and
+      ``month`` fields: the periods it was made in, see aiecs_worker.store.settle).
     """
     return f"""
 local terminal = {_TERMINAL}
@@ -179,7 +199,7 @@ local f = redis.call('HMGET', KEYS[1], 'status', 'owner', 'suspect', 'group', 'w
                      'held', 'celery_id')
 if f[1] and terminal[f[1]] then return 0 end
 if f[5] then redis.call('ZREM', f[5], KEYS[1]) end
-if f[6] == 'due' then redis.call('ZREM', P .. '{DUE}', KEYS[1]) end
+if f[6] == 'due' then redis.call('ZREM', {finish_key('due')}, KEYS[1]) end
 if f[6] then redis.call('HDEL', KEYS[1], 'held') end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
            'usage', ARGV[4], 'finished', ARGV[5], 'updated', ARGV[5],
@@ -190,18 +210,19 @@ if f[7] then redis.call('EXPIRE', P .. '{CELERY_INDEX}' .. f[7], ttl) end
 retain(steps)
 do
   if ARGV[{extra + 1}] == '1' then
-    redis.call('XADD', P .. '{OUTBOX}', '*', 'key', KEYS[1], unpack(redis.call('HGETALL', KEYS[1])))
+    redis.call('XADD', {finish_key('outbox')}, '*', 'key', KEYS[1],
+               unpack(redis.call('HGETALL', KEYS[1])))
   end
 end
-if f[1] == 'pending' then redis.call('ZREM', P .. '{PENDING}', KEYS[1]) end
+if f[1] == 'pending' then redis.call('ZREM', {finish_key('pending')}, KEYS[1]) end
 if f[2] then
   if f[2] ~= '' then redis.call('SREM', P .. '{OWNED}' .. f[2], KEYS[1]) end
   redis.call('HDEL', KEYS[1], 'request', 'owner')
 elseif f[1] == 'pending' then
   redis.call('HDEL', KEYS[1], 'request')
 end
-if f[3] == '1' and redis.call('GET', P .. '{SUSPECT}') == KEYS[1] then
-  redis.call('DEL', P .. '{SUSPECT}')
+if f[3] == '1' and redis.call('GET', {finish_key('suspect')}) == KEYS[1] then
+  redis.call('DEL', {finish_key('suspect')})
 end
 {GROUP_HOOK_LUA}
 {SETTLE_LUA}
