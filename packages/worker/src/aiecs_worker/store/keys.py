@@ -107,7 +107,7 @@ def prefix_of(key: str) -> str:
     return key.split(":", 1)[0]
 
 
-# -- per-shard sets (one per shard; a script names them with its shard's prefix) ------------
+# -- per-shard sets (one per shard; passed to the scripts in KEYS) ---------------------------
 #: Sorted set: execution owner (one worker process) -> when its lease ends (Redis ms).
 OWNERS = ":owners"
 #: Set per owner (``+ owner``): the state keys of the shard it is executing.

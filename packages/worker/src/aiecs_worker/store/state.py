@@ -31,8 +31,9 @@ __all__ = [
 _TERMINAL = TERMINAL_LUA
 
 
-#: Lua: ``P``, the shard prefix of KEYS[1] (an execution's key): the script's per-shard
-#: sets are ``P .. <suffix>`` (aiecs_worker.store.keys), in KEYS[1]'s hash slot.
+#: Lua: ``P``, the shard prefix of KEYS[1] (an execution's key): what a script names the
+#: few keys it learns from what it reads with (an owner's set, a Celery index entry), so
+#: they are in KEYS[1]'s hash slot. Every key the caller can name is in KEYS.
 SHARD_LUA = "local P = string.match(KEYS[1], '^[^:]+')"
 
 NOW_MS_LUA = "local _t = redis.call('TIME'); local now_ms = _t[1] * 1000 + math.floor(_t[2] / 1000)"
