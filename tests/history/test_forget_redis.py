@@ -44,6 +44,6 @@ def test_a_step_submitted_meanwhile_keeps_the_log(redis_server):
     keys = TaskKeys("bob", "t")
     deleted, live = run_script(client, FORGET_TASK_LUA,
                                [keys.seq, keys.log, steps_key("bob", "t"), keys.state(1)],
-                               [celery_index_key("", PREFIX), "1"])
+                               ["", "1"])
     assert (deleted, live) == (1, 1)
     assert client.exists(keys.log, keys.seq) == 2 and not client.exists(keys.state(1))

