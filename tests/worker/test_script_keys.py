@@ -78,6 +78,12 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "the counters a reservation names (its 'day' and 'month' fields)",
     ("store.budgets._RESERVE_LUA", "h[1]"):
         "an entry of 'new': a hold key taken from KEYS[3 + i]",
+    ("store.budgets.RESERVE_PENDING_PUBLISH_LUA", "h[1]"):
+        "an entry of 'new': a hold key taken from KEYS[K + 3 + i]",
+    # Celery's result read from the one record (store/results.py)
+    ("store.results.READ_LUA", "state"):
+        "the state key the Celery index entry (KEYS[1]) holds: the backend knows only the "
+        "Celery id; off a cluster only (on one, Celery stores its own result)",
 }
 
 SRC = Path(aiecs_worker.__file__).parent

@@ -227,7 +227,8 @@ def _reserve_lua(k: int, a: int, *, one_new: bool = False) -> str:
 
     KEYS: limits, day counter, month counter, then one hold key per execution (an
     execution that holds one already, or has ended, is skipped: a repeated submission of
-    it runs nothing new). ARGV: the 8 default limits (soft, hard per slot; '' none), day
+    it runs nothing new), then the state key of each execution, in the same order.
+    ARGV: the 8 default limits (soft, hard per slot; '' none), day
     ttl, month ttl, hold ttl, then per execution: nano-dollars (-1: unpriced), tokens.
     Returns {0} the user has no budgets (nothing done); {1, new, slot, committed, ...}
     reserved (``new``: how many executions had no reservation yet), with the slots whose
@@ -239,13 +240,12 @@ def _reserve_lua(k: int, a: int, *, one_new: bool = False) -> str:
     counter gets its TTL when this creates it (a settlement that finds it expired gives it
     one again)."""
     ended = "" if one_new else (
-        "local st = redis.call('HGET', string.sub(KEYS[K + 3 + i], 1, cut), 'status')\n"
+        "local st = redis.call('HGET', KEYS[K + 3 + n + i], 'status')\n"
         "    if st and terminal[st] then break end\n    ")
     return f"""
 local function reserve()
 local K, A = {k}, {a}
 local terminal = {_TERMINAL}
-local cut = -1 - string.len('{BUDGET_HOLD_SUFFIX}')
 local fields = {{'set'}}
 for _, p in ipairs({{'day', 'month'}}) do
   for _, kind in ipairs({{'usd', 'tokens'}}) do
@@ -340,6 +340,8 @@ RESERVE_PENDING_PUBLISH_LUA = pending_publish_lua(
     + "local rv = reserve()\nif rv[1] >= 2 then return {-1, unpack(rv)} end\n",
     result="{seq, unpack(rv)}")
 
+# Keys not in KEYS: the counters each hold names (its ``day`` and ``month`` fields,
+# written by the reservation from its KEYS: the user's, in the hold's hash slot).
 # KEYS: hold keys.  Undoes reservations that :func:`reserve` made for a submission refused
 # afterwards (a quota, an id that exists): each hold leaves its counters.  Returns how many.
 _RELEASE_LUA = f"""
@@ -394,9 +396,7 @@ def _script_input(user_id: str, items: Sequence[tuple[str, Estimate]], now: date
     keys = [budget_limits_key(user_id),
             budget_counter_key(user_id, periods["day"][0]),
             budget_counter_key(user_id, periods["month"][0]),
-# Keys not in KEYS: the counters each hold names (its ``day`` and ``month`` fields,
-# written by the reservation from its KEYS: the user's, in the hold's hash slot).
-            *(hold_key(k) for k, _ in items)]
+            *(hold_key(k) for k, _ in items), *(k for k, _ in items)]
     args: list[Any] = [*_slots(get_settings().aiecs_budgets or []), COUNTER_TTL["day"],
                        COUNTER_TTL["month"], HOLD_TTL]
     for _, e in items:
