@@ -43,17 +43,16 @@ import contextlib
 import json
 import logging
 import time
-import types
 from typing import Any
 
 from aiecs_core import TaskStatus, redact_data
 from celery import signals, states
 from celery.concurrency.thread import TaskPool as ThreadTaskPool
-from celery.exceptions import Reject, TaskRevokedError
+from celery.exceptions import Ignore, Reject, TaskRevokedError
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from celery.worker import state as worker_state
 
-from ..ops import logs, tracing
+from ..ops import tracing
 from ..producer.advance import after_step
 from ..routing import (
     FAST_QUEUE,
@@ -67,8 +66,9 @@ from ..routing import (
 from ..settings import get_settings
 from ..store import results
 from ..store.connection import async_client
-from . import poison, warm
+from . import aiotrace, poison, warm
 from .runtime import Runtime, StateUnavailableError, get_runtime
+from .taskevents import ExecutionCancelled
 from .tasks import _detached, message_limit
 
 __all__ = ["POOL", "TaskPool", "why_not_native"]
@@ -130,7 +130,8 @@ class TaskPool(ThreadTaskPool):
         signals.worker_ready.disconnect(self._on_ready)
         if self._closed:  # stopped before it was ready
             return
-        self.feeder = Feeder(get_runtime(), self.app, self._native_queues, self.limit)
+        self.feeder = Feeder(get_runtime(), self.app, self._native_queues, self.limit,
+                             consumer=sender)
         self.feeder.start()
         log.info("--pool asyncio: %s consumed on the event loop, %d at a time",
                  ", ".join(self._native_queues), self.limit)
@@ -159,8 +160,10 @@ class Feeder:
     """Takes messages of ``queues`` from the broker and runs them on ``runtime``'s loop,
     at most ``limit`` at a time (see the module's docstring)."""
 
-    def __init__(self, runtime: Runtime, app: Any, queues: list[str], limit: int):
+    def __init__(self, runtime: Runtime, app: Any, queues: list[str], limit: int,
+                 consumer: Any = None):
         self.runtime = runtime
+        self.consumer = consumer  #: the sender of ``task_received``, as in Celery
         self.app = app
         self.queues = list(queues)
         self.limit = max(1, int(limit))
@@ -376,63 +379,98 @@ class Feeder:
                       "Celery does", name, task_id)
             return False
         args, kwargs, embed = message.decode()
-        request = _request(message, args, kwargs, embed)
-        expires = headers.get("expires")
-        if task_id in worker_state.revoked or (
-                expires and _timestamp(expires) < time.time()):
-            await self.loop.run_in_executor(None, self._revoked_sync, task, request,
-                                            bool(expires and task_id not in
-                                                 worker_state.revoked))
+        req = aiotrace.make_request(self.app, task, message, (args, kwargs, embed),
+                                    poison._hostname)
+        if await self._revoked(req):
             return False
+        signals.task_received.send(sender=self.consumer, request=req)
         eta = headers.get("eta")
         if eta and (wait := _timestamp(eta) - time.time()) > 0:
-            await asyncio.sleep(wait)
-            if task_id in worker_state.revoked:
-                await self.loop.run_in_executor(None, self._revoked_sync, task, request, False)
+            worker_state.task_scheduled(req)
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                aiotrace.ready(req)  # a stop meanwhile: no longer this worker's
+            if await self._revoked(req):
                 return False
-        if not warm.wait_warm(0):
-            await self.loop.run_in_executor(None, _wait_warm)
-        if name not in NATIVE_TASKS or any((embed or {}).values()):
-            return await self.loop.run_in_executor(None, self._trace_sync, task, args,
-                                                   kwargs, request)
-        return await self._native(task, args, kwargs, request, queue, message)
-
-    async def _native(self, task: Any, args: list, kwargs: dict[str, Any],
-                      request: types.SimpleNamespace, queue: str, message: _Message) -> bool:
-        rt = self.runtime
-        routing_key = request.delivery_info.get("routing_key") or queue
-        token = logs.bind(args, kwargs, request.id) if logs.json_mode() else None
+        worker_state.task_reserved(req)
         try:
-            with tracing.execution(request, task.name, routing_key):
-                outcome = await rt.execute(args, kwargs, celery_id=request.id,
-                                           soft_limit=message_limit(request.timelimit),
-                                           task=task.name,
-                                           queue=routing_key)
-        except StateUnavailableError as exc:
-            log.warning("task %s not started: %s; returned to its queue", request.id, exc)
-            return True
+            if not warm.wait_warm(0):
+                await self.loop.run_in_executor(None, _wait_warm)
+            ctx = aiotrace.context(req)
+            aiotrace.accepted(req)
+            if name not in NATIVE_TASKS or any((embed or {}).values()):
+                return await self.loop.run_in_executor(None, self._trace_sync, task, args,
+                                                       kwargs, ctx)
+            return await self._native(task, args, kwargs, ctx, req, queue, message)
         finally:
-            if token is not None:
-                logs._identity.reset(token)
-        if task.name in FLOW_TASKS:
-            await self.loop.run_in_executor(None, after_step, kwargs)
-        if outcome.duplicate:
-            return False  # a live worker runs this execution; it stores the result
-        if outcome.recorded and self._one_record:
-            return False  # Celery's result is read from the record (store.results)
-        if outcome.status == TaskStatus.COMPLETED:
-            await self._store(request.id, redact_data(outcome.result or {}), states.SUCCESS,
-                              request, message)
-        elif outcome.status == TaskStatus.CANCELLED:
-            error = TaskRevokedError(str(outcome.error or "cancelled"))
-            await self._store(request.id, error, states.REVOKED, request, message)
-        else:
-            error = _detached(outcome.error or TaskRevokedError("task did not complete"))
-            await self._store(request.id, error, states.FAILURE, request, message)
-        return False
+            aiotrace.ready(req)  # after the execution's own (Celery's Request.on_success)
 
-    async def _store(self, task_id: str, result: Any, state: str,
-                     request: types.SimpleNamespace, message: _Message) -> None:
+    async def _revoked(self, req: Any) -> bool:
+        """Celery's ``Request.revoked()`` (revoked by id or stamp, or expired: stored
+        REVOKED, ``task_revoked`` sent), in a thread when it has to write."""
+        if req.id not in worker_state.revoked and not worker_state.revoked_stamps and not (
+                req.expires and req.expires.timestamp() < time.time()):
+            return False
+        return await self.loop.run_in_executor(None, req.revoked)
+
+    async def _native(self, task: Any, args: list, kwargs: dict[str, Any], ctx: Any,
+                      req: Any, queue: str, message: _Message) -> bool:
+        """One execution on the loop, inside Celery's task signals as its tracer sends
+        them (:mod:`aiecs_worker.runner.aiotrace`)."""
+        rt = self.runtime
+        routing_key = ctx.delivery_info.get("routing_key") or queue
+        began = time.monotonic()
+        state: str | None = None
+        retval: Any = None
+        aiotrace.prerun(task, ctx)  # binds the logs' identity (ops/logs.py) in this task
+        try:
+            try:
+                with tracing.execution(ctx, task.name, routing_key):
+                    outcome = await rt.execute(args, kwargs, celery_id=ctx.id,
+                                               soft_limit=message_limit(ctx.timelimit),
+                                               task=task.name,
+                                               queue=routing_key)
+            except StateUnavailableError as exc:
+                log.warning("task %s not started: %s; returned to its queue", ctx.id, exc)
+                state, retval = states.REJECTED, Reject(str(exc), requeue=True)
+                return True
+            except Exception as exc:  # noqa: BLE001 - the tracer's FAILURE of a body that raised
+                log.exception("task %s raised", ctx.id)
+                outcome = None
+                error: BaseException = _detached(exc)
+            if task.name in FLOW_TASKS:
+                await self.loop.run_in_executor(None, after_step, kwargs)
+            if outcome is not None and outcome.duplicate:
+                state, retval = states.IGNORED, Ignore()
+                return False  # a live worker runs this execution; it stores the result
+            # Celery's result is read from the record (store.results): nothing to store
+            store = not (outcome is not None and outcome.recorded and self._one_record)
+            if outcome is not None and outcome.status == TaskStatus.COMPLETED:
+                retval = redact_data(outcome.result or {})
+                if store:
+                    await self._store(ctx.id, retval, states.SUCCESS, ctx, message)
+                state = states.SUCCESS
+                aiotrace.success(task, ctx, retval, time.monotonic() - began)
+            elif outcome is not None and outcome.status == TaskStatus.CANCELLED:
+                error = TaskRevokedError(str(outcome.error or "cancelled"))
+                if store:
+                    await self._store(ctx.id, error, states.REVOKED, ctx, message)
+                state, retval = states.IGNORED, ExecutionCancelled()
+            else:
+                if outcome is not None:
+                    error = _detached(outcome.error or TaskRevokedError("task did not complete"))
+                if store:
+                    await self._store(ctx.id, error, states.FAILURE, ctx, message)
+                state, retval = states.FAILURE, error
+                aiotrace.failure(task, ctx, error)
+            return False
+        finally:
+            aiotrace.postrun(task, ctx, retval, state)
+            aiotrace.ready(req, successful=state == states.SUCCESS)
+
+    async def _store(self, task_id: str, result: Any, state: str, request: Any,
+                     message: _Message) -> None:
         """Celery's result backend record, as the tracer stores it; a SUCCESS on the
         broker's Redis carries the message's acknowledgement in the same round trip."""
         backend = self.backend
@@ -469,24 +507,13 @@ class Feeder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    def _revoked_sync(self, task: Any, request: types.SimpleNamespace,
-                      expired: bool) -> None:
-        """What Celery's ``Request`` does for a revoked (or expired) message."""
-        reason = "expired" if expired else "revoked"
-        log.info("Discarding revoked task: %s[%s]", task.name, request.id)
-        with contextlib.suppress(Exception):
-            task.backend.mark_as_revoked(request.id, reason, request=request)
-        signals.task_revoked.send(sender=task, request=request, terminated=False,
-                                  signum=None, expired=expired)
-
-    def _trace_sync(self, task: Any, args: list, kwargs: dict[str, Any],
-                    request: types.SimpleNamespace) -> bool:
+    def _trace_sync(self, task: Any, args: list, kwargs: dict[str, Any], ctx: Any) -> bool:
         """Celery's tracer, as under the threads pool; True when it asks to requeue."""
         from celery.app.trace import trace_task
 
         try:
-            trace_task(task, request.id, args, kwargs, dict(vars(request)), app=self.app,
-                       hostname=request.hostname, eager=False)
+            trace_task(task, ctx.id, args, kwargs, dict(vars(ctx)), app=self.app,
+                       hostname=ctx.hostname, eager=False)
         except Reject as exc:
             return bool(exc.requeue)
         return False
@@ -565,6 +592,7 @@ class _Message:
         self.properties = payload["properties"]
         self.content_type = payload.get("content-type")
         self.content_encoding = payload.get("content-encoding")
+        self.delivery_info = self.properties.get("delivery_info") or {}
         self._decoded: Any = None
         self.tag = ""
         self.acked = False
@@ -581,24 +609,3 @@ class _Message:
             self._decoded = loads(body, self.content_type, self.content_encoding,
                                   accept=["application/json"])
         return self._decoded
-
-
-def _request(message: _Message, args: list, kwargs: dict[str, Any],
-             embed: dict[str, Any] | None) -> types.SimpleNamespace:
-    """Celery's request context of a message (what the tracer, the result backend and
-    the tracing span read of it)."""
-    props = message.properties
-    info = props.get("delivery_info") or {}
-    fields = dict(message.headers)
-    fields.update(embed or {})
-    fields.update(
-        args=args, kwargs=kwargs, is_eager=False, hostname=poison._hostname,
-        reply_to=props.get("reply_to"), correlation_id=props.get("correlation_id"),
-        delivery_info={"exchange": info.get("exchange"), "routing_key": info.get("routing_key"),
-                       "priority": props.get("priority"),
-                       "redelivered": info.get("redelivered", False)},
-        properties=props,
-    )
-    fields.setdefault("children", [])
-    return types.SimpleNamespace(**fields)
-

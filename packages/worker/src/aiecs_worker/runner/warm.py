@@ -22,6 +22,7 @@ a thread (the providers' ``client()``), still off the loop, while other executio
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -113,6 +114,18 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 
 @signals.task_prerun.connect
 def _on_task_prerun(**_: Any) -> None:
-    """A task starts once the warm-up is done (in its pool thread, not on the loop)."""
-    if not _warmed.is_set() and not _warmed.wait(WARM_WAIT):
+    """A task starts once the warm-up is done (in its pool thread, not on the loop:
+    ``--pool asyncio`` sends this signal on the loop, having waited in a thread before)."""
+    if _warmed.is_set() or _on_loop():
+        return
+    if not _warmed.wait(WARM_WAIT):
         log.warning("the providers' warm-up takes over %.0fs; tasks start anyway", WARM_WAIT)
+
+
+def _on_loop() -> bool:
+    """Whether this thread runs an event loop (which must never block)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
