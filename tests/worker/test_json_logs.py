@@ -13,6 +13,7 @@ from aiecs_worker import execute_task
 from tests.support.events import wait_terminal, wait_until
 from tests.support.fake_echo import EchoingOpenAI
 from tests.support.fake_openai import Error, Text
+from tests.support.processes import in_process_pools
 
 CHAT = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -25,6 +26,7 @@ def run(client, service: str, task_name: str, input_data: dict, mode: str = "llm
     return task_id, terminal["status"]
 
 
+@in_process_pools  # asyncio: the identity bound by task_prerun sent on the loop
 def test_json_lines_with_identity_and_no_secret(aiecs_redis, start_worker):
     canary = f"plain{uuid.uuid4().hex}"
     secret_key = f"aiecs-secret-canary-{uuid.uuid4().hex}"

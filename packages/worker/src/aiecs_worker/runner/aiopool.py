@@ -20,8 +20,15 @@ with redis-py's asyncio client, and runs :meth:`Runtime.execute` directly:
   result, ``FAILURE`` with the detached, redacted error, ``REVOKED`` for a cancelled
   execution), so ``.delay().get()`` is unchanged;
 - **the same checks**: the poison guard's envelope and message checks (dead-lettered,
-  acknowledged), Celery's revocations (``revoke()`` of a queued or running task), the
-  message's ``expires``, ``eta`` and soft time limit, the providers' warm-up.
+  acknowledged), Celery's revocations (``revoke()`` of a queued or running task, through
+  Celery's ``Request.revoked()``), the message's ``expires``, ``eta`` and soft time limit,
+  the providers' warm-up;
+- **the same task signals and worker state**: ``task_received``, ``task_prerun``,
+  ``task_success`` / ``task_failure``, ``task_postrun`` (``task_revoked`` for a revoked
+  message) with the tracer's arguments and order, sent on the loop from the execution's
+  own asyncio task; the message's Celery ``Request`` reserved, active while it runs and
+  ready after, in ``celery.worker.state`` (``celery inspect active`` lists it). See
+  :mod:`aiecs_worker.runner.aiotrace`.
 
 What it does not do, and then leaves the queues to Celery's consumer (this pool is then
 the threads pool, and says why in the log): a RabbitMQ broker, Celery's task events on
