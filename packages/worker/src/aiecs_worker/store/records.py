@@ -107,7 +107,8 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     seq, decision = out[0], out[-1]
     if reservation is not None and isinstance(seq, list):
         assert hold is not None
-        seq, outcome = int(seq[0]), seq[1:]
+        reply: list[Any] = seq
+        seq, outcome = int(reply[0]), reply[1:]
         hold.settle(client, outcome)  # raises BudgetExceededError when refused (seq -1)
     if not seq:
         return ""

@@ -108,6 +108,9 @@ def celery_meta(status: str, result: str, error: str, finished: Any) -> str:
 class _OneRecord:
     """Celery's Redis backend, reading aiecs's terminal record (mixed into Celery's)."""
 
+    #: Celery's Redis backend's client (the class this is mixed into sets it)
+    client: Any
+
     def get(self, key: str | bytes) -> Any:
         return self.mget([key])[0]
 
