@@ -94,3 +94,55 @@ def test_terminal_transition_waits_out_a_redis_outage_and_is_recorded_once(redis
     (only,) = read_events(client, "alice", "t1")
     assert only["status"] == "completed" and only["seq"] == 1
     assert client.hget(state_key, "status") == b"completed"
+
+
+def test_order_holds_when_redis_knows_the_terminal_script_but_not_the_event_one(
+        redis_server):
+    """Another process (a server cancelling, say) loaded the terminal transition's script
+    into a Redis that had none, and not the events' one. The publisher's first pipeline
+    carries a task's last events and its terminal transition: before, Redis refused the
+    events (NOSCRIPT) and ran the terminal transition, and the events, sent again, went
+    into the log after it (seen in CI: pending, running, completed, stream, progress...)."""
+    from aiecs_worker.store.events import FINISH_PUBLISH_LUA
+
+    client = redis_server.client()
+    client.script_flush()
+    client.script_load(FINISH_PUBLISH_LUA)
+    keys = TaskKeys("alice", "t2")
+
+    def ev(status: TaskStatus, type_: str = "status", **kw) -> TaskEvent:
+        return TaskEvent(type=type_, task_id="t2", step=1, user_id="alice",
+                         task_name="echo", status=status, **kw)
+
+    async def main():
+        pub = RedisEventPublisher(redis_server.url)
+        pub.publish_nowait(ev(TaskStatus.RUNNING))
+        pub.publish_nowait(ev(TaskStatus.RUNNING, "progress", progress=0.5))
+        won = await pub.publish_terminal(ev(TaskStatus.COMPLETED), keys.state(1),
+                                         fields("completed"))
+        await pub.aclose()
+        return won
+
+    assert asyncio.run(main()) == 3
+    events = read_events(client, "alice", "t2")
+    assert [(e["type"], e["status"]) for e in events] == [
+        ("status", "running"), ("progress", "running"), ("status", "completed")]
+
+
+def test_a_process_loading_one_event_script_loads_both(redis_server):
+    """Whoever loads the terminal transition's script (run_script, pipelined) loads the
+    events' script with it, so no publisher finds one known and not the other."""
+    from aiecs_worker.store.events import FINISH_PUBLISH_LUA, PUBLISH_LUA
+    from aiecs_worker.store.scripts import sha1
+
+    client = redis_server.client()
+    client.script_flush()
+    keys = TaskKeys("alice", "t3")
+    finish_sync(client, event(TaskStatus.CANCELLED), keys.state(1), fields("cancelled"),
+                "socketio", 100, 600)
+    assert client.script_exists(sha1(FINISH_PUBLISH_LUA), sha1(PUBLISH_LUA)) == [True, True]
+    # and again after Redis lost them
+    client.script_flush()
+    finish_sync(client, event(TaskStatus.CANCELLED), keys.state(2), fields("cancelled"),
+                "socketio", 100, 600)
+    assert client.script_exists(sha1(FINISH_PUBLISH_LUA), sha1(PUBLISH_LUA)) == [True, True]

@@ -36,6 +36,7 @@ from ..settings import RedisTarget
 from .connection import async_client
 from .keys import TaskKeys, finish_keys
 from .results import celery_meta
+from .scripts import load_together, partners, sha1
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
 __all__ = [
@@ -136,6 +137,9 @@ def pending_publish_lua(*, before: str = "", result: str = "seq") -> str:
 
 PENDING_PUBLISH_LUA = pending_publish_lua()
 
+# a process that loads one of the publisher's scripts loads both (see RedisEventPublisher._send)
+load_together(PUBLISH_LUA, FINISH_PUBLISH_LUA)
+
 # KEYS: begin's five, seq, log, pending.  ARGV: begin's thirteen, then PUBLISH_LUA's, whose event
 # JSON holds MESSAGE_SLOT where the RUNNING event's message goes.  The begin transition
 # and, when the execution starts, its RUNNING event, in one round trip before the
@@ -170,16 +174,23 @@ def script_args(
     return [keys.seq, keys.log], [encode_event(event), maxlen, ttl, channel, head, tail]
 
 
-_scripts: dict[tuple[int, str], Any] = {}
+_loaded: dict[tuple[int, str], bool] = {}
 
 
 def run_script(client: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    """Run a Lua script with a synchronous client: EVALSHA, loading it on first use (the
-    Script object is kept per client, so it is not rebuilt and re-hashed per call)."""
-    obj = _scripts.get((id(client), script))
-    if obj is None:
-        obj = _scripts[(id(client), script)] = client.register_script(script)
-    return obj(keys=list(keys), args=list(args))
+    """Run a Lua script with a synchronous client: EVALSHA, the script loaded on its first
+    use by this client and again when Redis lost it, each time with the scripts declared
+    to be loaded with it (:func:`aiecs_worker.store.scripts.load_together`)."""
+    if (id(client), script) not in _loaded:
+        for other in partners({script}):
+            client.script_load(other)
+        _loaded[(id(client), script)] = True
+    try:
+        return client.evalsha(sha1(script), len(keys), *keys, *args)
+    except NoScriptError:  # a restarted or flushed Redis
+        for other in partners({script}):
+            client.script_load(other)
+        return client.evalsha(sha1(script), len(keys), *keys, *args)
 
 
 def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: int) -> int:
@@ -290,6 +301,8 @@ class RedisEventPublisher:
         self._queue: asyncio.Queue[_Item] | None = None
         self._consumer: asyncio.Task | None = None
         self._down = False
+        #: both scripts loaded on this client before its first pipeline (see _send)
+        self._loaded = False
 
     def _ensure(self) -> asyncio.Queue:
         if self._queue is None:
@@ -354,8 +367,20 @@ class RedisEventPublisher:
     async def _send(self, items: Sequence[_Item]) -> list[int | None]:
         """One pipeline of EVALSHAs (redis-py's Script in a pipeline would send SCRIPT
         EXISTS first, every time); scripts are loaded when Redis says NOSCRIPT (a new or
-        restarted Redis), and only the items it refused are sent again."""
+        restarted Redis), and only the items it refused are sent again.
+
+        Both scripts are loaded before the first pipeline: had another process loaded one
+        of them (its own terminal transitions, say) and not the other, a pipeline of a
+        task's last events and its terminal transition would run the terminal one and be
+        refused the others, which then, sent again, went into the log after it. A Redis
+        that lost its scripts (a restart, SCRIPT FLUSH) refuses both alike: the refused
+        items are sent again in their order, and every process that loads one of these
+        scripts loads both (:func:`aiecs_worker.store.scripts.load_together`)."""
         try:
+            if not self._loaded:
+                for script in (self._script, self._finish_script):
+                    await self.redis.script_load(script.script)
+                self._loaded = True
             seqs = await self._pipeline(items)
             retry = [i for i, r in enumerate(seqs) if _is_noscript(r)]
             if retry:

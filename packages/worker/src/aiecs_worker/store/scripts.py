@@ -23,7 +23,7 @@ from typing import Any
 from aiecs_core import TERMINAL_STATUSES
 from redis.exceptions import NoScriptError
 
-__all__ = ["TERMINAL_LUA", "Call", "pipelined", "sha1"]
+__all__ = ["TERMINAL_LUA", "Call", "load_together", "partners", "pipelined", "sha1"]
 
 #: A Lua table literal: terminal status -> true. Sorted: a script's text (so its SHA1) must
 #: be the same in every process (a frozenset's order changes with each interpreter's hash
@@ -42,6 +42,26 @@ _shas: dict[str, str] = {}
 _loaded: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
+#: Scripts that must be known to Redis together (see :func:`load_together`).
+_together: list[frozenset[str]] = []
+
+
+def load_together(*scripts: str) -> None:
+    """Declare that whoever loads one of ``scripts`` loads all of them: a pipeline that
+    sends several of them must never find one known to Redis and another not (re-sending
+    the refused one would put it after the other)."""
+    _together.append(frozenset(scripts))
+
+
+def partners(scripts: set[str]) -> set[str]:
+    """``scripts`` and every script declared to be loaded with one of them."""
+    out = set(scripts)
+    for group in _together:
+        if group & scripts:
+            out |= group
+    return out
+
+
 def sha1(script: str) -> str:
     """The SHA1 Redis knows ``script`` by (computed once per script per process)."""
     sha = _shas.get(script)
@@ -53,7 +73,7 @@ def sha1(script: str) -> str:
 def pipelined(client: Any, calls: Sequence[Call], *, transaction: bool = False) -> list[Any]:
     """Run ``calls`` in one pipeline of a synchronous client and return their replies;
     an error reply other than NOSCRIPT is raised (the first one), as ``execute()`` does."""
-    scripts = {c[0] for c in calls if c[0] is not None}
+    scripts = partners({c[0] for c in calls if c[0] is not None})
     known = _loaded.setdefault(client, set())
     for script in scripts - known:
         client.script_load(script)
