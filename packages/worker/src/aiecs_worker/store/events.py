@@ -36,7 +36,7 @@ from ..settings import RedisTarget
 from .connection import async_client
 from .keys import TaskKeys, finish_keys
 from .results import celery_meta
-from .scripts import load_together, partners, sha1
+from .scripts import load_together, pipelined
 from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
 __all__ = [
@@ -174,23 +174,11 @@ def script_args(
     return [keys.seq, keys.log], [encode_event(event), maxlen, ttl, channel, head, tail]
 
 
-_loaded: dict[tuple[int, str], bool] = {}
-
-
 def run_script(client: Any, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    """Run a Lua script with a synchronous client: EVALSHA, the script loaded on its first
-    use by this client and again when Redis lost it, each time with the scripts declared
-    to be loaded with it (:func:`aiecs_worker.store.scripts.load_together`)."""
-    if (id(client), script) not in _loaded:
-        for other in partners({script}):
-            client.script_load(other)
-        _loaded[(id(client), script)] = True
-    try:
-        return client.evalsha(sha1(script), len(keys), *keys, *args)
-    except NoScriptError:  # a restarted or flushed Redis
-        for other in partners({script}):
-            client.script_load(other)
-        return client.evalsha(sha1(script), len(keys), *keys, *args)
+    """Run a Lua script with a synchronous client: one EVALSHA through
+    :func:`aiecs_worker.store.scripts.pipelined` (the script, and those declared to be
+    loaded with it, loaded on first use and again when Redis lost them)."""
+    return pipelined(client, [(script, len(keys), *keys, *args)])[0]
 
 
 def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: int) -> int:

@@ -73,11 +73,12 @@ def sha1(script: str) -> str:
 def pipelined(client: Any, calls: Sequence[Call], *, transaction: bool = False) -> list[Any]:
     """Run ``calls`` in one pipeline of a synchronous client and return their replies;
     an error reply other than NOSCRIPT is raised (the first one), as ``execute()`` does."""
-    scripts = partners({c[0] for c in calls if c[0] is not None})
     known = _loaded.setdefault(client, set())
-    for script in scripts - known:
-        client.script_load(script)
-        known.add(script)
+    missing = {c[0] for c in calls if c[0] is not None} - known
+    if missing:  # first use by this client: with the scripts loaded together with them
+        for script in partners(missing) - known:
+            client.script_load(script)
+            known.add(script)
     out = _run(client, calls, transaction)
     refused = [i for i, r in enumerate(out) if isinstance(r, NoScriptError)]
     if refused:
