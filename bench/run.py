@@ -25,8 +25,8 @@ from pathlib import Path
 from . import procs, progress, report, startup, submission, throughput
 
 #: The README's recommended deployment of the fast queue (section "Worker pools"): two
-#: threads workers (aiecs worker -p 2), concurrency 200. Override with --recommended.
-RECOMMENDED = {"processes": 2, "pool": "threads", "concurrency": 200}
+#: asyncio-pool workers (aiecs worker -p 2), concurrency 200. Override with --recommended.
+RECOMMENDED = {"processes": 2, "pool": "asyncio", "concurrency": 200}
 
 FULL = {
     "repeats": 3, "noop_tasks": 2000, "noop_pools": ["threads", "prefork"],
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="runs of each variant (median reported)")
     parser.add_argument("--recommended", default=None, metavar="processes=1,concurrency=200",
                         help="the recommended deployment measured in the chat scenario")
-    parser.add_argument("--chat-also", default="", metavar="asyncio",
+    parser.add_argument("--chat-also", default="", metavar="threads",
                         help="chat: the recommended deployment also with these pools "
                              "(comma-separated), alternated in the same run")
     parser.add_argument("--out", type=Path, help="directory of REPORT.md and results/")

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import uuid
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tests.support.deploy_files import (  # noqa: E402 - after the importorskip
     containers,
     dockerfile,
     k8s_docs,
+    option,
     worker_version,
 )
 
@@ -156,7 +158,11 @@ def test_compose_services():
     services = compose()["services"]
     assert {"redis", "worker-fast", "worker-heavy", "server", "flower", "beat"} <= set(services)
     fast, heavy = services["worker-fast"]["command"], services["worker-heavy"]["command"]
-    assert fast[fast.index("-Q") + 1] == "fast_tasks" and "threads" in fast
+    assert fast[fast.index("-Q") + 1] == "fast_tasks" and "custom" in fast
+    # the custom pool is aiecs's asyncio pool (README, "Worker pools")
+    from aiecs_worker.cli.worker import ASYNCIO_POOL, CUSTOM_POOL_ENV
+
+    assert services["worker-fast"]["environment"][CUSTOM_POOL_ENV] == ASYNCIO_POOL
     assert heavy[heavy.index("-Q") + 1] == "heavy_tasks" and "prefork" in heavy
     for name in ("server", "flower"):
         assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
@@ -321,6 +327,32 @@ def test_beat_command_starts(aiecs_redis, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_fast_worker_command_runs_tasks_on_the_event_loop(aiecs_redis, start_worker):
+    """The deploy files' fast worker, as they run it (the compose command and its pool
+    variable; the Kubernetes container runs the same): aiecs's asyncio pool consumes
+    fast_tasks on the worker's loop and runs a submitted task to COMPLETED."""
+    from aiecs_worker import execute_task
+    from aiecs_worker.cli.worker import CUSTOM_POOL_ENV
+
+    svc = compose()["services"]["worker-fast"]
+    command = svc["command"]
+    (container,) = [c for name, c in containers() if name == "aiecs-worker-fast"]
+    k8s_env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert container["command"] == command
+    assert k8s_env[CUSTOM_POOL_ENV] == svc["environment"][CUSTOM_POOL_ENV]
+
+    worker = start_worker(pool=option(command, "--pool"),
+                          concurrency=int(option(command, "--concurrency")),
+                          queues=option(command, "-Q"),
+                          env={CUSTOM_POOL_ENV: svc["environment"][CUSTOM_POOL_ENV]})
+    task_id = f"deploy-{uuid.uuid4().hex[:8]}"
+    res = execute_task.delay(task_name="echo", user_id="alice", task_id=task_id, step=1,
+                             mode="test", service="echo", input_data={"text": "a b"},
+                             context={})
+    assert res.get(timeout=30)["status"] == "completed"
+    assert "--pool asyncio: fast_tasks consumed on the event loop" in worker.log()
 
 
 def test_scraped_workers_bind_metrics_explicitly():
