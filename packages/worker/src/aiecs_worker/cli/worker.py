@@ -1,7 +1,7 @@
 """``aiecs worker --processes N``: N Celery workers on one host, one event loop each.
 
 One worker process runs every provider call of its pool on one event loop thread, and the
-GIL keeps that loop on one core; AI calls are I/O-bound, so a host runs one threads-pool
+GIL keeps that loop on one core; AI calls are I/O-bound, so a host runs one asyncio-pool
 worker per core (bench: 2 processes on 2 cores, 192 chat tasks/s against 128 for one).
 This starts them as one command and keeps them running: a worker that exits is started
 again (after a back-off when it keeps dying); SIGTERM or SIGINT stops them all (warm
@@ -152,9 +152,9 @@ def worker(processes: int | None, celery_args: tuple[str, ...]) -> None:
     """Run N Celery workers, one event loop each (the recommended deployment for AI calls).
 
     Arguments after the options go to each ``celery worker``, e.g.
-    ``aiecs worker -p 2 -- -Q fast_tasks --pool threads --concurrency 200``.
-    ``--pool asyncio`` consumes the aiecs queues on each worker's event loop (see
-    docs/performance.md); it is Celery's ``--pool custom`` with
+    ``aiecs worker -p 2 -- -Q fast_tasks --pool asyncio --concurrency 200`` (the
+    recommended pool: the aiecs queues consumed on each worker's event loop, README
+    "Worker pools"); it is Celery's ``--pool custom`` with
     ``CELERY_CUSTOM_WORKER_POOL=aiecs_worker.runner.aiopool:TaskPool``.
     A worker that exits is started again; SIGTERM / Ctrl-C stops them all.
     """
