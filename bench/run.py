@@ -29,7 +29,7 @@ from . import procs, progress, report, startup, submission, throughput
 RECOMMENDED = {"processes": 2, "pool": "asyncio", "concurrency": 200}
 
 FULL = {
-    "repeats": 3, "noop_tasks": 2000, "noop_pools": ["threads", "prefork"],
+    "repeats": 3, "noop_tasks": 2000, "noop_pools": ["threads", "prefork", "asyncio"],
     "scaling": [1, 2, 4], "chat_tasks": 3000,
     "chat_anchor_tasks": 60, "sockets": 500, "progress_rate": 100, "progress_seconds": 20,
     "events_per_task": 5, "streams": 50, "stream_tokens": 100, "stream_interval": 0.02,

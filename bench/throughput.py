@@ -179,14 +179,21 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
 
 
 def noop(p: dict, alternate) -> dict:
-    """Scenarios 1 and 2: no-op drain, threads -c8 and prefork -c2."""
+    """Scenarios 1 and 2: no-op drain, threads -c8 and prefork -c2, the same pool for
+    aiecs and the anchor; then aiecs's recommended pool for the fast queue (asyncio -c8)
+    against bare Celery's threads -c8 (Celery has no asyncio pool)."""
     out = {}
-    for pool, conc in (("threads", 8), ("prefork", 2)):
-        out[f"{pool} -c{conc}"] = alternate({
+    for pool, conc in (("threads", 8), ("prefork", 2), ("asyncio", 8)):
+        anchor_pool = "threads" if pool == "asyncio" else pool
+        if pool not in p["noop_pools"]:
+            continue
+        name = f"{pool} -c{conc}" + (f" (anchor: {anchor_pool} -c{conc})"
+                                     if anchor_pool != pool else "")
+        out[name] = alternate({
             "aiecs": lambda pool=pool, conc=conc: drain(AIECS_APP, n=p["noop_tasks"],
                                                         pool=pool, concurrency=conc),
-            "anchor": lambda pool=pool, conc=conc: drain(ANCHOR_APP, n=p["noop_tasks"],
-                                                         pool=pool, concurrency=conc),
+            "anchor": lambda pool=anchor_pool, conc=conc: drain(
+                ANCHOR_APP, n=p["noop_tasks"], pool=pool, concurrency=conc),
         })
     return out
 
