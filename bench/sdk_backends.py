@@ -7,7 +7,9 @@ Each run reuses one ``AsyncOpenAI`` client for every call (as a worker process d
 warms it with 50 calls, then times ``calls`` non-streamed chat completions, ``in_flight``
 at once, against bench/fake_llm.py (20 ms latency). CPU is the process's user + system
 time per call: on a worker, that is what bounds calls per second per core. The result
-decided ``AIECS_OPENAI_HTTP``'s default (aiecs_openai_compat/http.py).
+decided ``AIECS_OPENAI_HTTP``'s default (aiecs_openai_compat/http.py). The ``aiecs``
+backend makes the same calls through aiecs's ``llm/openai`` ``chat`` operation (on the
+SDK's aiohttp client, its default): the provider plugin's own cost per call.
 """
 
 from __future__ import annotations
@@ -27,7 +29,42 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+async def _run_aiecs(base_url: str, calls: int, in_flight: int) -> dict:
+    """The same calls through aiecs's ``llm/openai`` ``chat`` operation (its input model,
+    the SDK on its default HTTP client, the response made into aiecs's result and usage),
+    as the runner invokes it, without the runner: what the provider plugin adds to the SDK."""
+    import os
+
+    from aiecs_core import OperationContext, TaskRequest, load_plugins
+    from aiecs_core.service import invoke_operation
+
+    os.environ.update(OPENAI_API_KEY="sk-bench-0123456789", OPENAI_BASE_URL=base_url)
+    registry = load_plugins()
+    spec = registry.operation("llm", "openai", "chat")
+    service = registry.instance("llm", "openai")
+    data = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "max_output_tokens": 16}
+    request = TaskRequest(task_name="chat", user_id="bench", task_id="t", step=1, mode="llm",
+                          service="openai", input_data=data, context={})
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with sem:
+            ctx = OperationContext(request)
+            ctx.emit = lambda *a, **k: None  # events: the runner's part, not measured here
+            await invoke_operation(service, spec, ctx, spec.input_model.model_validate(data))
+
+    await asyncio.gather(*[one() for _ in range(50)])
+    c0, t0 = _cpu(), time.perf_counter()
+    await asyncio.gather(*[one() for _ in range(calls)])
+    c1, t1 = _cpu(), time.perf_counter()
+    await service.aclose()
+    return {"cpu_ms_per_call": 1000 * (c1 - c0) / calls, "calls_per_s": calls / (t1 - t0)}
+
+
 async def _run(backend: str, base_url: str, calls: int, in_flight: int) -> dict:
+    if backend == "aiecs":
+        return await _run_aiecs(base_url, calls, in_flight)
     import openai
 
     kw = {"http_client": openai.DefaultAioHttpClient()} if backend == "aiohttp" else {}
@@ -55,7 +92,7 @@ def main(calls: int = 2000, in_flight: int = 100, repeats: int = 3) -> list[dict
     out = []
     try:
         for rep in range(repeats):
-            for backend in ("httpx", "aiohttp"):
+            for backend in ("httpx", "aiohttp", "aiecs"):
                 for loop in ("asyncio", "uvloop"):
                     run = uvloop.run if loop == "uvloop" else asyncio.run
                     r = run(_run(backend, base_url, calls, in_flight))

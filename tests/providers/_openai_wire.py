@@ -107,6 +107,55 @@ class OpenAIWireCases(StreamCases):
         assert req.body["max_tokens"] == 50 and "max_completion_tokens" not in req.body
         assert "stream" not in req.body and "tools" not in req.body
 
+    def test_chat_request_is_the_one_the_sdks_create_sends(self, service, fake):
+        """A non-streamed chat goes through the SDK's request path without its parameter
+        transform (aiecs_openai_compat.service, ``_post_chat``): the server receives the
+        same request ``chat.completions.create`` would send with the same parameters,
+        body and headers, tools, tool choice and response format included."""
+        from aiecs_core.llm import ChatInput
+
+        data = {
+            "model": "m-1",
+            "messages": [{"role": "system", "content": "be brief"},
+                         {"role": "user", "content": "weather in Paris?"}],
+            "temperature": 0.2,
+            "max_output_tokens": 64,
+            "tools": [{"name": "weather", "description": "the weather",
+                       "parameters": {"type": "object",
+                                      "properties": {"city": {"type": "string"}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "weather"}},
+        }
+        fake.script(ToolCalls([("weather", '{"city": "Paris"}')]),
+                    ToolCalls([("weather", '{"city": "Paris"}')]))
+
+        async def both():
+            result, _ = await call(service, "chat", data)
+            client = await service.aclient()
+            params = service._chat_params(ChatInput.model_validate(data))
+            await client.chat.completions.create(**params)
+            return result
+
+        result = run(service, both)
+        assert [c["name"] for c in result["tool_calls"]] == ["weather"]
+        ours, sdks = fake.requests
+        assert ours.path == sdks.path == "/v1/chat/completions"
+        assert ours.body == sdks.body and ours.body["tools"] and ours.body["tool_choice"]
+        varying = {"content-length"}  # the same body, serialized alike: checked above
+        assert {k: v for k, v in ours.headers.items() if k not in varying} == {
+            k: v for k, v in sdks.headers.items() if k not in varying}
+
+    @pytest.mark.parametrize("reply", [[{"choices": []}], "OK", {"id": "x", "choices": []}])
+    def test_a_success_reply_that_is_no_completion_is_a_server_error(self, service, fake,
+                                                                       reply):
+        """A 200 whose JSON is not a completion object (a gateway's list, a bare string, no
+        choices) is the provider's error, said so, not a crash inside the operation."""
+        fake.script(Error(200, body=reply))
+        result, _ = run(service, lambda: call(service, "chat", {
+            "model": "m-1", "messages": [{"role": "user", "content": "hi"}]}))
+        assert isinstance(result, ProviderServerError), result
+        assert self.provider in str(result)
+        assert "JSON object" in str(result) or "no choices" in str(result)
+
     def test_cost_only_when_a_price_is_configured(self, service, fake, monkeypatch):
         monkeypatch.setenv(
             "AIECS_PRICES", json.dumps({f"{self.provider}/m-1": {"input": 2.0, "output": 8.0}})

@@ -27,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiecs_core import (
@@ -100,6 +101,14 @@ def _finish_reason(raw: str | None, tool_calls: list[ToolCall]) -> str:
     if raw is None:
         return "tool_calls" if tool_calls else "stop"
     return _FINISH.get(raw, str(raw).lower())
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj``'s field ``name``: a JSON object's key or an SDK model's attribute (None
+    when missing)."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
 
 
 def _tool_call_delta(call: Any) -> ToolCallDelta:
@@ -368,17 +377,44 @@ class OpenAICompatService(Service):
             self._learned_limit_field = field
 
     async def _create(self, client: AsyncOpenAI, params: dict[str, Any], **kw: Any) -> Any:
-        """``chat.completions.create``, retried once when a 400 is explained by a server
-        difference (:meth:`_retry_params`)."""
+        """``chat.completions.create`` (a streamed reply) or :meth:`_post_chat` (the whole
+        reply, as JSON), retried once when a 400 is explained by a server difference
+        (:meth:`_retry_params`)."""
+        send = client.chat.completions.create if kw.get("stream") else self._post_chat(client)
         try:
-            return await client.chat.completions.create(**params, **kw)
+            return await send(**params, **kw)
         except Exception as exc:
             retry = self._retry_params(params, exc)
             if retry is None:
                 raise
-        response = await client.chat.completions.create(**retry, **kw)
+        response = await send(**retry, **kw)
         self._learn(params, retry)
         return response
+
+    def _post_chat(self, client: AsyncOpenAI) -> Callable[..., Awaitable[dict[str, Any]]]:
+        """A non-streamed chat completion through the SDK's own request path (its client,
+        headers, auth, retries, timeouts and errors), less two per-call costs that buy
+        nothing here: the SDK's transform of the parameters (``_chat_params`` builds them
+        JSON-ready; the body sent is the same, tests/providers/test_openai_wire.py) and the
+        reply's models (the reply is read as JSON). About a third of the SDK's CPU per
+        call (docs/performance.md, "The SDK's per-call cost")."""
+
+        async def post(*, timeout: Any = None, **params: Any) -> dict[str, Any]:
+            options = {} if timeout is None else {"timeout": timeout}
+            reply = await client.post("/chat/completions", body=params, cast_to=object,
+                                      options=options)  # type: ignore[call-overload]
+            if isinstance(reply, str | bytes):  # not labelled JSON: the SDK gave the text
+                try:
+                    reply = json.loads(reply)
+                except ValueError:
+                    reply = None
+            if not isinstance(reply, dict):
+                raise ProviderServerError(
+                    f"{self.provider}: the chat completion reply is not a JSON object",
+                    provider=self.provider)
+            return reply
+
+        return post
 
     # -- chat ------------------------------------------------------------------------------
     def _chat_params(self, data: ChatInput) -> dict[str, Any]:
@@ -423,18 +459,19 @@ class OpenAICompatService(Service):
         return params
 
     def _usage(self, data: ChatInput, model: str, usage: Any) -> Usage:
-        # the SDK's usage details, where the server sends them (OpenAI, xAI): cached
-        # prompt tokens and reasoning tokens
-        prompt_details = getattr(usage, "prompt_tokens_details", None)
-        completion_details = getattr(usage, "completion_tokens_details", None)
+        # the usage details, where the server sends them (OpenAI, xAI): cached prompt
+        # tokens and reasoning tokens; ``usage`` is the SDK's model (a stream's last chunk)
+        # or the reply's JSON object
+        prompt_details = _field(usage, "prompt_tokens_details")
+        completion_details = _field(usage, "completion_tokens_details")
         return make_usage(
             self.provider,
             model,
-            getattr(usage, "prompt_tokens", 0) or 0,
-            getattr(usage, "completion_tokens", 0) or 0,
+            _field(usage, "prompt_tokens") or 0,
+            _field(usage, "completion_tokens") or 0,
             requested_model=data.model,
-            cached_tokens=getattr(prompt_details, "cached_tokens", 0) or 0,
-            reasoning_tokens=getattr(completion_details, "reasoning_tokens", 0) or 0,
+            cached_tokens=_field(prompt_details, "cached_tokens") or 0,
+            reasoning_tokens=_field(completion_details, "reasoning_tokens") or 0,
         )
 
     @operation(description="Chat completion: messages in; text, tool calls and usage out.")
@@ -467,28 +504,31 @@ class OpenAICompatService(Service):
             raise_converted(exc, self._error(exc, data.model))
         finally:
             notice.stop()
-        if not response.choices:
+        choices = response.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             raise ProviderServerError(
                 f"{self.provider}: the response has no choices", provider=self.provider
             )
-        choice = response.choices[0]
-        message = choice.message
+        choice = choices[0]
+        message = choice.get("message") or {}
         tool_calls = [
-            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
-            for call in (message.tool_calls or [])
-            if getattr(call, "function", None) is not None
+            ToolCall(id=call.get("id"), name=function.get("name"),
+                     arguments=function.get("arguments"))
+            for call in (message.get("tool_calls") or [])
+            if isinstance(call, dict) and isinstance(function := call.get("function"), dict)
         ]
-        text = message.content or ""
-        model = response.model or data.model
+        text = message.get("content") or ""
+        model = response.get("model") or data.model
+        usage = response.get("usage")
         return chat_result(
             ctx,
             data,
             provider=self.provider,
             text=text,
-            finish_reason=_finish_reason(choice.finish_reason, tool_calls),
+            finish_reason=_finish_reason(choice.get("finish_reason"), tool_calls),
             tool_calls=tool_calls,
             model=model,
-            usage=None if response.usage is None else self._usage(data, model, response.usage),
+            usage=None if not isinstance(usage, dict) else self._usage(data, model, usage),
         )
 
     async def _stream_deltas(
