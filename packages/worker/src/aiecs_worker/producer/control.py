@@ -5,8 +5,10 @@ These functions use a synchronous Redis client; call them from a thread in async
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +22,7 @@ from ..store import admission
 from ..store.events import TaskKeys, celery_task_id, run_script
 from ..store.keys import CANCEL_CHANNEL, SHARD_PREFIXES, celery_index_key, steps_key
 from ..store.records import pubsub_redis, record_pending, state_redis
+from ..store.results import unwatched
 from ..store.state import CANCEL_LUA, decode_state
 from .advance import after_cancel
 from .release import record_cancelled
@@ -31,7 +34,8 @@ __all__ = ["cancel", "cancel_celery", "get_state", "record_cancelled", "record_p
 
 
 def submit(request: TaskRequest, *, heavy: bool | None = None,
-           eta: datetime | None = None, countdown: float | None = None) -> AsyncResult:
+           eta: datetime | None = None, countdown: float | None = None,
+           steps: Collection[int] | None = None, watch: bool = True) -> AsyncResult:
     """Queue one execution; the queue follows the operation's declaration unless overridden.
 
     With ``eta`` (an aware datetime; naive is UTC) or ``countdown`` (seconds) it runs no
@@ -41,14 +45,20 @@ def submit(request: TaskRequest, *, heavy: bool | None = None,
     InputValidationError before anything is queued (it loads the same plugins as the
     workers), and QuotaExceededError when a quota of the user refuses it: the one
     submission check, :mod:`aiecs_worker.store.admission`.
+
+    ``steps``: the task's steps (:func:`task_steps`) when the caller has just read them
+    (the step limit is checked against them, not read again). ``watch=False``: this
+    process will not wait for the result, so the send does not subscribe to its channel
+    (:func:`aiecs_worker.store.results.unwatched`); ``.get()`` on the answer still works.
     """
-    spec = admission.check_request(request, client=state_redis())
+    spec = admission.check_request(request, client=state_redis(), steps=steps)
     # the task by its name: registered by aiecs_worker.runner.tasks (the package init imports it)
     task = app.tasks[route(spec.heavy if heavy is None else heavy).task]
     celery_id = celery_task_id(request.user_id, request.task_id, request.step)
     timing = {k: v for k, v in (("eta", eta), ("countdown", countdown)) if v is not None}
-    return task.apply_async(kwargs=request.model_dump(mode="json"), task_id=celery_id,
-                            **timing)
+    with contextlib.nullcontext() if watch else unwatched():
+        return task.apply_async(kwargs=request.model_dump(mode="json"), task_id=celery_id,
+                                **timing)
 
 
 def cancel(user_id: str, task_id: str, step: int) -> bool:

@@ -8,8 +8,11 @@ a time.
 Every key expires once no token it refuses can still be valid: a token lives at most
 AIECS_TOKEN_MAX_LIFETIME after its ``iat``, so a revoked ``jti`` needs remembering for that
 long and a user's cut-off for that long after T. The progress server checks the list on
-every authenticated HTTP request and on every Socket.IO connect, and polls ``gen`` every
-AIECS_REVOCATION_POLL seconds to disconnect the sockets whose token was revoked.
+every authenticated HTTP request (nothing is cached: a revocation is honoured by every
+server process from the next request on) and on every Socket.IO connect, and polls
+``gen`` every AIECS_REVOCATION_POLL seconds to disconnect the sockets whose token was
+revoked. The gate (:class:`RevocationGate`) checks before any route runs; ``POST /tasks``
+checks in its own first round trip instead (:data:`SELF_CHECKED`).
 
 Operators revoke with ``aiecs token revoke --jti ID`` / ``--user USER`` or
 :func:`revoke_jti` / :func:`revoke_user`.
@@ -30,7 +33,9 @@ from starlette.responses import JSONResponse
 from ..store.keys import REVOKED_PREFIX
 from .tokens import Identity, TokenError, verify_token
 
-__all__ = ["GEN_KEY", "RevocationGate", "revoke_jti", "revoke_user", "revoked", "revoked_many"]
+__all__ = ["DEFERRED", "GEN_KEY", "REVOKED_HEADERS", "SELF_CHECKED", "RevocationGate",
+           "queue_reads", "reason_of", "revoke_jti", "revoke_user", "revoked", "revoked_many",
+           "unauthorized"]
 
 log = logging.getLogger("aiecs.server")
 PREFIX = REVOKED_PREFIX
@@ -91,6 +96,25 @@ def _reason(identity: Identity, jti_revoked: Any, cutoff: Any) -> str | None:
     return None
 
 
+def queue_reads(pipe: Any, identity: Identity) -> int:
+    """Queue in ``pipe`` (a pipeline, synchronous or not) the reads that say whether
+    ``identity``'s token is revoked; returns how many answers they add, for
+    :func:`reason_of`. A route that reads Redis anyway checks the token in its own first
+    round trip this way (:data:`SELF_CHECKED`)."""
+    if identity.jti is not None:
+        pipe.exists(jti_key(identity.jti))
+    pipe.get(user_key(identity.user_id))
+    return 2 if identity.jti is not None else 1
+
+
+def reason_of(identity: Identity, answers: list[Any]) -> str | None:
+    """Why ``identity``'s token is revoked (None: it is not), from the answers of
+    :func:`queue_reads`."""
+    if identity.jti is not None:
+        return _reason(identity, answers[0], answers[1])
+    return _reason(identity, 0, answers[0])
+
+
 async def revoked_many(client: Any, identities: list[Identity]
                        ) -> tuple[bytes | None, list[str | None]]:
     """The list's generation, and for each identity why its token is revoked (None: it
@@ -99,15 +123,13 @@ async def revoked_many(client: Any, identities: list[Identity]
     again, so a holder of this answer that polls the generation misses none."""
     async with client.pipeline(transaction=False) as pipe:
         pipe.get(GEN_KEY)
-        for identity in identities:
-            if identity.jti is not None:
-                pipe.exists(jti_key(identity.jti))
-            else:
-                pipe.echo("")  # keep the answers in step
-            pipe.get(user_key(identity.user_id))
+        counts = [queue_reads(pipe, identity) for identity in identities]
         gen, *answers = await pipe.execute()
-    return gen, [_reason(identity, answers[2 * i] if identity.jti is not None else 0,
-                         answers[2 * i + 1]) for i, identity in enumerate(identities)]
+    out, at = [], 0
+    for identity, n in zip(identities, counts, strict=True):
+        out.append(reason_of(identity, answers[at:at + n]))
+        at += n
+    return gen, out
 
 
 async def revoked(client: Any, identity: Identity) -> str | None:
@@ -115,18 +137,45 @@ async def revoked(client: Any, identity: Identity) -> str | None:
     return (await revoked_many(client, [identity]))[1][0]
 
 
+#: Requests (method, path) whose route checks the token's revocation itself, in the
+#: round trip that reads what it needs anyway, before it reads or writes anything else:
+#: ``POST /tasks`` (one round trip fewer per submission). The gate lets them through
+#: unchecked and says so in the scope (:data:`DEFERRED`); a route reached any other way
+#: (the app mounted under a prefix) finds the gate checked it.
+SELF_CHECKED = frozenset({("POST", "/tasks")})
+#: The scope key the gate sets when it left the check to the route.
+DEFERRED = "aiecs.revocation_deferred"
+
+
+#: The ``WWW-Authenticate`` of a revoked token.
+REVOKED_HEADERS = (("WWW-Authenticate", 'Bearer realm="aiecs", error="invalid_token"'),)
+
+
+def unauthorized(reason: str) -> JSONResponse:
+    """The answer to a revoked token (the gate's and the routes' of :data:`SELF_CHECKED`)."""
+    return JSONResponse(
+        {"error": {"type": "unauthorized", "message": reason}}, status_code=401,
+        headers=dict(REVOKED_HEADERS))
+
+
 class RevocationGate:
     """ASGI middleware of the HTTP API: a request whose bearer token verifies but is
     revoked is answered 401 before any route runs (routes verify the token themselves; a
     request without one, or with one that does not verify, passes to them). Reads the
     secret, the maximum lifetime and the Redis client from the app's state. Fails closed:
-    when the list cannot be read the request is answered 503."""
+    when the list cannot be read the request is answered 503. The requests of
+    :data:`SELF_CHECKED` are checked by their route instead, first thing, with the same
+    answers."""
 
     def __init__(self, app: Any):
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if (scope["method"], scope["path"]) in SELF_CHECKED:
+                scope[DEFERRED] = True
+                await self.app(scope, receive, send)
+                return
             refusal = await self._check(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -154,6 +203,4 @@ class RevocationGate:
                 status_code=503)
         if reason is None:
             return None
-        return JSONResponse(
-            {"error": {"type": "unauthorized", "message": reason}}, status_code=401,
-            headers={"WWW-Authenticate": 'Bearer realm="aiecs", error="invalid_token"'})
+        return unauthorized(reason)

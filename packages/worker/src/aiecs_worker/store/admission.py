@@ -19,7 +19,7 @@ script that records them PENDING (:func:`hold_sent`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from aiecs_core import AiecsError, OperationSpec, TaskRequest, load_plugins, validate_input
@@ -64,19 +64,21 @@ def check(request: Any, *, validate: bool = True, max_bytes: int | None = None
     return spec
 
 
-def check_request(request: TaskRequest, *, client: Any) -> OperationSpec:
+def check_request(request: TaskRequest, *, client: Any,
+                  steps: Collection[int] | None = None) -> OperationSpec:
     """:func:`check`, :func:`reserve` and :func:`admit_one`: the whole check of a single
     submission (BudgetExceededError / QuotaExceededError: nothing reserved or counted).
     The ``apply_async`` that sends it (:func:`hold_sent`) publishes any budget
-    warning, once its PENDING record exists."""
+    warning, once its PENDING record exists. ``steps``: the task's steps, when the caller
+    has just read them (:func:`admit_one`)."""
     spec = check(request)
     if not budgets.enabled():
-        admit_one(request, client=client)
+        admit_one(request, client=client, steps=steps)
         return spec
     state_key = TaskKeys(request.user_id, request.task_id).state(request.step)
     held = reserve(request.user_id, [(state_key, spec, request.input_data)], client=client)
     try:
-        admit_one(request, client=client)
+        admit_one(request, client=client, steps=steps)
     except BaseException:
         unreserve(client, held)
         raise
@@ -131,9 +133,11 @@ def hold_sent(request: TaskRequest) -> budgets.Hold | None:
     return budgets.Hold(request.user_id, state_key, budgets.estimate(spec, request.input_data))
 
 
-def admit_one(request: TaskRequest, *, client: Any) -> None:
+def admit_one(request: TaskRequest, *, client: Any,
+              steps: Collection[int] | None = None) -> None:
     """Count one execution against its user's quotas (QuotaExceededError, nothing
-    counted, when one refuses it); the step must not be past the user's step limit."""
-    quotas.check_steps(client, request.user_id, request.task_id, request.step)
+    counted, when one refuses it); the step must not be past the user's step limit.
+    ``steps``: the task's steps as the caller just read them (else they are read)."""
+    quotas.check_steps(client, request.user_id, request.task_id, request.step, steps)
     quotas.admit(request.user_id, [TaskKeys(request.user_id, request.task_id)
                                    .state(request.step)], client=client)

@@ -23,7 +23,7 @@ with ``retry_after`` (HTTP 429 with ``Retry-After``) and names the limit and its
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from aiecs_core import TERMINAL_STATUSES, QuotaExceededError
@@ -191,14 +191,20 @@ def _prune(client: Any, user_id: str) -> bool:
     return True
 
 
-def check_steps(client: Any, user_id: str, task_id: str, step: int) -> None:
-    """Refuse a new step of a task that has AIECS_MAX_STEPS_PER_TASK steps already."""
+def check_steps(client: Any, user_id: str, task_id: str, step: int,
+                steps: Collection[int] | None = None) -> None:
+    """Refuse a new step of a task that has AIECS_MAX_STEPS_PER_TASK steps already.
+    ``steps``: the task's steps as the caller just read them (``POST /tasks`` reads them
+    to number the step): the check reads nothing more."""
     limit = get_settings().aiecs_max_steps_per_task
-    key = steps_key(user_id, task_id)
-    pipe = client.pipeline(transaction=False)
-    pipe.scard(key)
-    pipe.sismember(key, step)
-    count, known = pipe.execute()
+    if steps is not None:
+        count, known = len(steps), step in steps
+    else:
+        key = steps_key(user_id, task_id)
+        pipe = client.pipeline(transaction=False)
+        pipe.scard(key)
+        pipe.sismember(key, step)
+        count, known = pipe.execute()
     if count >= limit and not known:
         raise never(f"task {task_id!r} has {count} steps: limit {limit} steps per task, set "
                     "by AIECS_MAX_STEPS_PER_TASK; submit to a new task_id",

@@ -15,7 +15,12 @@ trips per task). Here, when the result backend is the state Redis
   Celery's own key: a task that is not aiecs's, or an outcome the runner did not record
   (arguments naming no execution, an answer replayed to another Celery id);
 - the worker does not store what the record holds: the task marks its request
-  (:data:`RECORDED`) and :meth:`RedisBackend.store_result` skips it.
+  (:data:`RECORDED`) and :meth:`RedisBackend.store_result` skips it;
+- a send made inside :func:`unwatched` (the progress server's ``POST /tasks``: nobody in
+  that process waits for the result) does not subscribe to the result's channel. Celery
+  subscribes at every send so that a result published before ``.get()`` is not missed;
+  ``.get()`` subscribes itself and then reads the record, so an unwatched result can
+  still be waited for, from any process (``AsyncResult(id).get()``).
 
 What a Celery user sees is what the tracer stored: ``SUCCESS`` and the task's (redacted)
 result; ``FAILURE`` and the aiecs error rebuilt with ``cls(message, details)`` (no
@@ -26,8 +31,11 @@ execution. Pending and running executions are ``PENDING``, as with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +46,7 @@ from .keys import BASE_PREFIX, celery_index_key
 from .scripts import TERMINAL_LUA, pipelined
 
 __all__ = ["META_PREFIX", "PUBLISH_LUA", "READ_LUA", "RECORDED", "RedisBackend",
-           "SentinelBackend", "backend_url", "celery_meta"]
+           "SentinelBackend", "backend_url", "celery_meta", "unwatched"]
 
 #: Celery's result key and channel prefix (``celery.backends.base.KeyValueStoreBackend``).
 META_PREFIX = "celery-task-meta-"
@@ -105,11 +113,33 @@ def celery_meta(status: str, result: str, error: str, finished: Any) -> str:
             + ',"traceback":null,"children":[],"date_done":"' + done + '"}')
 
 
+#: ``on``: this thread's sends subscribe to nothing (:func:`unwatched`).
+_sends = threading.local()
+
+
+@contextlib.contextmanager
+def unwatched() -> Iterator[None]:
+    """The sends of this block (this thread) do not subscribe to their results' channels:
+    for a process that never waits for them. One ``SUBSCRIBE`` and, when the
+    ``AsyncResult`` is dropped, one ``UNSUBSCRIBE`` fewer per send, each a round trip."""
+    before = getattr(_sends, "on", False)
+    _sends.on = True
+    try:
+        yield
+    finally:
+        _sends.on = before
+
+
 class _OneRecord:
     """Celery's Redis backend, reading aiecs's terminal record (mixed into Celery's)."""
 
     #: Celery's Redis backend's client (the class this is mixed into sets it)
     client: Any
+
+    def on_task_call(self, producer: Any, task_id: str) -> Any:
+        if getattr(_sends, "on", False):
+            return None  # nobody here waits: a later .get() subscribes, then reads
+        return super().on_task_call(producer, task_id)  # type: ignore[misc]
 
     def get(self, key: str | bytes) -> Any:
         return self.mget([key])[0]

@@ -20,16 +20,28 @@ from ...history.templates import expand, is_templated
 from ...producer import control
 from ...routing import queue_name
 from ...store.events import TaskKeys
+from ...store.keys import steps_key
+from ...store.records import state_redis
 from ..bodies import MAX_DELAY, SubmitBody
-from ..errors import Conflict, InvalidRequest, NotFound, mapped_errors, run_checked
+from ..errors import (
+    ApiError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    mapped_errors,
+    run_checked,
+)
 from ..params import (
     ENVELOPE_BYTES,
     authenticate,
+    identity,
     int_param,
     owned_body,
     task_id_param,
     validate,
 )
+from ..revocation import DEFERRED, REVOKED_HEADERS, queue_reads, reason_of
 
 __all__ = ["MAX_VIEW_STEPS", "ROUTES", "VIEW_STEPS"]
 
@@ -41,31 +53,55 @@ MAX_VIEW_STEPS = 1000
 
 
 async def submit_task(request: Request) -> Response:
-    user_id = authenticate(request)
+    """One thread hop, and in it: the token's revocation read with the task's steps (one
+    round trip), the one submission check, the PENDING record, the send (which subscribes
+    to no result: this process never waits for it)."""
+    who = identity(request)
     s = request.app.state
-    body = await owned_body(request, s.max_payload_bytes + ENVELOPE_BYTES)
-    if is_templated(body):  # template + variables: the version resolved now, once
-        body = await run_checked(lambda: expand(body))
-    data = validate(SubmitBody, body)
-    if data.eta is not None and (data.countdown is not None
-                                 or data.eta.timestamp() > time.time() + MAX_DELAY):
-        raise InvalidRequest("give eta or countdown, not both, at most "
-                             f"{MAX_DELAY // 86400} days ahead")
-    task_id = data.task_id or uuid.uuid4().hex
-    request_model = validate(TaskRequest, dict(
-        task_name=data.task_name, user_id=user_id, task_id=task_id,
-        step=data.step if data.step is not None else 0,
-        mode=data.mode, service=data.service,
-        input_data=data.input_data, context=data.context, template=data.template,
-    ))
+    checked = not request.scope.get(DEFERRED)  # the gate checked the token already
+    body: Any = None
+    refused: ApiError | None = None  # answered once the token is known not revoked
+    try:
+        body = await owned_body(request, s.max_payload_bytes + ENVELOPE_BYTES)
+    except ApiError as exc:
+        if checked:
+            raise
+        refused = exc
 
     def work() -> dict[str, Any]:
+        nonlocal body
+        data = request_model = None
+        templated = refused is None and is_templated(body)
+        pipe = state_redis().pipeline(transaction=False)
+        n_rev = 0 if checked else queue_reads(pipe, who)
+        problem = refused
+        if problem is None and not templated:
+            try:
+                data, request_model = _parsed(body, who.user_id)
+            except ApiError as exc:
+                problem = exc
+        if data is not None and data.task_id:
+            pipe.smembers(steps_key(who.user_id, request_model.task_id))
+        replies = pipe.execute()
+        reason = None if checked else reason_of(who, replies[:n_rev])
+        if reason is not None:
+            raise Unauthorized(reason, headers=dict(REVOKED_HEADERS))
+        if problem is not None:
+            raise problem
+        existing: list[int] = []
+        if templated:  # template + variables: the version resolved now, once
+            body = expand(body)
+            data, request_model = _parsed(body, who.user_id)
+            if data.task_id:
+                existing = control.task_steps(who.user_id, data.task_id)
+        elif data.task_id:
+            existing = sorted(int(x) for x in replies[n_rev])
+        task_id = request_model.task_id
         step = data.step
-        existing = control.task_steps(user_id, task_id) if data.task_id else []
         if step is None:
             step = max(existing, default=0) + 1
         elif step in existing:
-            prior = control.get_state(user_id, task_id, step)["steps"].get(step) or {}
+            prior = control.get_state(who.user_id, task_id, step)["steps"].get(step) or {}
             raise Conflict(f"task {task_id!r} step {step} was already submitted "
                            f"(status {prior.get('status')})")
         req = request_model.model_copy(update={"step": step})
@@ -76,7 +112,8 @@ async def submit_task(request: Request) -> Response:
         eta = data.eta
         if data.countdown is not None:
             eta = datetime.now(UTC) + timedelta(seconds=data.countdown)
-        control.submit(req, heavy=heavy, eta=eta)
+        # nobody here waits for the result: the send subscribes to nothing
+        control.submit(req, heavy=heavy, eta=eta, steps=existing, watch=False)
         out = {"task_id": task_id, "step": step, "status": "pending",
                "queue": queue_name(heavy)}
         if eta is not None:
@@ -86,6 +123,23 @@ async def submit_task(request: Request) -> Response:
         return out
 
     return JSONResponse(await run_checked(work), status_code=202)
+
+
+def _parsed(body: Any, user_id: str) -> tuple[SubmitBody, TaskRequest]:
+    """The body of ``POST /tasks`` as its model, and the TaskRequest it asks for (step 0
+    until it is numbered), or 422 naming what is wrong."""
+    data = validate(SubmitBody, body)
+    if data.eta is not None and (data.countdown is not None
+                                 or data.eta.timestamp() > time.time() + MAX_DELAY):
+        raise InvalidRequest("give eta or countdown, not both, at most "
+                             f"{MAX_DELAY // 86400} days ahead")
+    request_model = validate(TaskRequest, dict(
+        task_name=data.task_name, user_id=user_id, task_id=data.task_id or uuid.uuid4().hex,
+        step=data.step if data.step is not None else 0,
+        mode=data.mode, service=data.service,
+        input_data=data.input_data, context=data.context, template=data.template,
+    ))
+    return data, request_model
 
 
 async def _task_view(request: Request, user_id: str, task_id: str, step: int | None,
