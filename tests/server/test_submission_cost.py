@@ -63,8 +63,9 @@ def test_a_submission_subscribes_to_nothing_in_four_round_trips(redis_server, st
     for command in ("subscribe", "unsubscribe", "scard", "sismember"):
         assert calls.get(command, 0) == 0, calls
     # revocation + steps (1), the quotas' admission (1), the PENDING record (1), the send
-    # (1): at most four, with room for one stray background read
-    assert reads <= 4 * n + 1, (reads / n, calls)
+    # (1): at most four (eight before), with room for a few background reads of the
+    # server's (its listener's health-check PING, a revocation poll) on a slow machine
+    assert reads <= 4 * n + 5, (reads / n, calls)
     client.close()
 
 

@@ -69,19 +69,17 @@ async def submit_task(request: Request) -> Response:
         refused = exc
 
     def work() -> dict[str, Any]:
-        nonlocal body
-        data = request_model = None
-        templated = refused is None and is_templated(body)
         pipe = state_redis().pipeline(transaction=False)
         n_rev = 0 if checked else queue_reads(pipe, who)
         problem = refused
-        if problem is None and not templated:
+        parsed: tuple[SubmitBody, TaskRequest] | None = None
+        if problem is None and not is_templated(body):
             try:
-                data, request_model = _parsed(body, who.user_id)
+                parsed = _parsed(body, who.user_id)
             except ApiError as exc:
                 problem = exc
-        if data is not None and data.task_id:
-            pipe.smembers(steps_key(who.user_id, request_model.task_id))
+        if parsed is not None and parsed[0].task_id:
+            pipe.smembers(steps_key(who.user_id, parsed[1].task_id))
         replies = pipe.execute()
         reason = None if checked else reason_of(who, replies[:n_rev])
         if reason is not None:
@@ -89,13 +87,13 @@ async def submit_task(request: Request) -> Response:
         if problem is not None:
             raise problem
         existing: list[int] = []
-        if templated:  # template + variables: the version resolved now, once
-            body = expand(body)
-            data, request_model = _parsed(body, who.user_id)
-            if data.task_id:
-                existing = control.task_steps(who.user_id, data.task_id)
-        elif data.task_id:
+        if parsed is None:  # template + variables: the version resolved now, once
+            parsed = _parsed(expand(body), who.user_id)
+            if parsed[0].task_id:
+                existing = control.task_steps(who.user_id, parsed[0].task_id)
+        elif parsed[0].task_id:
             existing = sorted(int(x) for x in replies[n_rev])
+        data, request_model = parsed
         task_id = request_model.task_id
         step = data.step
         if step is None:
