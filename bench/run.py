@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chat-also", default="", metavar="threads",
                         help="chat: the recommended deployment also with these pools "
                              "(comma-separated), alternated in the same run")
+    parser.add_argument("--aiecs-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every aiecs process (workers, producer, "
+                             "recorder), not the anchors' (repeatable): an ablation, e.g. "
+                             "AIECS_HISTORY=0")
     parser.add_argument("--out", type=Path, help="directory of REPORT.md and results/")
     parser.add_argument("--shared", action="store_true",
                         help="say in the report that the machine was shared during the run")
@@ -137,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     also = [p.strip() for p in args.chat_also.split(",") if p.strip()]
     if also:
         recommended["also"] = also
+    for item in args.aiecs_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--aiecs-env wants KEY=VALUE, not {item!r}")
+        throughput.AIECS_ENV[key.strip()] = value
+    if throughput.AIECS_ENV:
+        params["aiecs_env"] = dict(throughput.AIECS_ENV)
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     out = args.out or (procs.ROOT / "bench" if mode_name == "full"
                        else procs.ROOT / "bench" / "results" / mode_name)

@@ -45,6 +45,11 @@ from .procs import (
 
 CHAT_LATENCY = 0.2
 
+#: Settings given to every aiecs process of every drain (workers, producer, recorder):
+#: ``python -m bench --aiecs-env KEY=VALUE`` (an ablation: a guarantee switched off by
+#: configuration, e.g. AIECS_HISTORY=0). Not given to the anchors' processes.
+AIECS_ENV: dict[str, str] = {}
+
 
 #: chat tasks spread over this many users (aiecs's per-user quotas are on, as deployed: one
 #: user's 3,000 at once would meet the submission bucket's burst of 1,000)
@@ -93,6 +98,8 @@ def drain(app: str, *, n: int, pool: str = "threads", concurrency: int = 8,
         if kind not in ("noop", "batch"):
             llm, llm_port, base_url = fake_llm.start(latency=CHAT_LATENCY)
             env = {"OPENAI_API_KEY": "sk-bench-0123456789", "OPENAI_BASE_URL": base_url}
+        if app == AIECS_APP:
+            env.update(AIECS_ENV)
         env.update(extra_env or {})
         if app == ARQ_APP:
             workers = [ArqWorker(redis.url, concurrency, env).start() for _ in range(processes)]
@@ -277,6 +284,8 @@ def chat_variants(p: dict, recommended: dict, profile: Path | None = None) -> di
             # aiecs as deployed: the history outbox (AIECS_HISTORY, on by default) drained
             # by an ``aiecs recorder`` into SQLite, its CPU counted with the workers'
             db = f"sqlite:///{tmpdir('hist')}/h.db" if app == AIECS_APP else None
+            if AIECS_ENV.get("AIECS_HISTORY", "1").lower() in ("0", "false", "no", "off"):
+                db = None  # --aiecs-env AIECS_HISTORY=0: no outbox, no recorder
             return drain(app, n=n, kind="chat", warm=warm, users=CHAT_USERS, recorder=db,
                          profile=profile / name if profile else None, **cfg)
         return one
