@@ -44,8 +44,11 @@ from typing import Any
 from . import procs
 from .procs import ROOT, Redis, base_env, stop, tmpdir
 
-#: users the executions are spread over (the chat scenario's 20)
+#: users the executions of a part are spread over (the chat scenario's 20, more for a large
+#: --n): each part has its own users, so no user's fair-share window (400 wide) fills and
+#: holds executions (then a part would pay for another's backlog)
 USERS = 20
+PER_USER = 100
 NOOP_INPUT = {"text": "hello world", "chunks": 1}
 CHAT_INPUT = {"model": "bench-model", "messages": [{"role": "user", "content": "hello"}],
               "max_output_tokens": 16}
@@ -166,6 +169,7 @@ def measure(n: int, parts: list[str] | None = None, log=print) -> dict:
             child.go()
             res = json.loads(lines(900))
             after = _counters(client, redis.proc.pid)
+            child.go("next")
             calls = res["n"]
             row = {"who": PARTS[name][0], "what": PARTS[name][1], "n": calls,
                    "client_us": 1e6 * res["cpu_s"] / calls,
@@ -399,12 +403,13 @@ def _configure(**env: str | None) -> None:
     get_settings.cache_clear()
 
 
-def _kwargs(tag: str, i: int, chat: bool = False) -> dict:
+def _kwargs(tag: str, i: int, chat: bool = False, n: int = 0) -> dict:
+    user = f"{tag}-u{i % max(USERS, n // PER_USER)}"
     if chat:
-        return {"user_id": f"u{i % USERS}", "task_id": f"{tag}{i}", "step": 1, "context": {},
+        return {"user_id": user, "task_id": f"{tag}{i}", "step": 1, "context": {},
                 "mode": "llm", "service": "openai", "task_name": "chat",
                 "input_data": CHAT_INPUT}
-    return {"user_id": f"u{i % USERS}", "task_id": f"{tag}{i}", "step": 1, "context": {},
+    return {"user_id": user, "task_id": f"{tag}{i}", "step": 1, "context": {},
             "mode": "test", "service": "echo", "task_name": "echo", "input_data": NOOP_INPUT}
 
 
@@ -438,7 +443,7 @@ def _child(cfg: dict) -> None:
         return asyncio.run_coroutine_threadsafe(coro, rt.loop).result()
 
     def requests(tag: str, chat: bool = False) -> list[TaskRequest]:
-        return [TaskRequest.model_validate(_kwargs(tag, i, chat)) for i in range(n)]
+        return [TaskRequest.model_validate(_kwargs(tag, i, chat, n)) for i in range(n)]
 
     def record(reqs: list[TaskRequest]) -> None:
         for r in reqs:
@@ -486,6 +491,7 @@ def _child(cfg: dict) -> None:
         run()
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         print(json.dumps({"n": calls, "cpu_s": cpu, "wall_s": wall}), flush=True)
+        sys.stdin.readline()  # nothing more until the parent has read Redis's counters
 
     # warm-up: every script loaded, every client connected, every module imported
     warm = [execute_task.delay(**_kwargs("warm", i)) for i in range(4)]
@@ -502,7 +508,7 @@ def _child(cfg: dict) -> None:
     # -- Celery alone (references) ---------------------------------------------------------
     def celery_delay() -> None:
         for i in range(n):
-            anchor_app.noop.delay(user_id=f"u{i % USERS}", task_id=f"c{i}", step=1)
+            anchor_app.noop.delay(**_kwargs("c", i, n=n))
     timed("celery.delay", celery_delay)
 
     def celery_result() -> None:
@@ -514,7 +520,7 @@ def _child(cfg: dict) -> None:
     # -- the producer ------------------------------------------------------------------------
     def aiecs_delay() -> None:
         for i in range(n):
-            execute_task.delay(**_kwargs("d", i))
+            execute_task.delay(**_kwargs("d", i, n=n))
     timed("aiecs.delay", aiecs_delay)
 
     reqs_r = requests("r")
@@ -546,6 +552,8 @@ def _child(cfg: dict) -> None:
             pipelined(client, [(ADMIT_LUA, len(a_keys), *a_keys, *a_args)])
     timed("admission.window", admit_alone)
 
+    admission.admit_one(TaskRequest.model_validate(_kwargs("warmq", 0)), client=client)
+
     def quotas_alone() -> None:
         for r in reqs_r:
             admission.admit_one(r, client=client)
@@ -562,8 +570,10 @@ def _child(cfg: dict) -> None:
     reqs_b0, reqs_bn, reqs_b = requests("b0", True), requests("bn", True), requests("b", True)
     timed("budgets.off", lambda: send_held(reqs_b0))
     _configure(AIECS_BUDGETS="[]")
+    send_held([TaskRequest.model_validate(_kwargs("warmbn", 0, True))])  # its script loaded
     timed("budgets.none", lambda: send_held(reqs_bn))
     _configure(AIECS_BUDGETS=BUDGETS)
+    send_held([TaskRequest.model_validate(_kwargs("warmbo", 0, True))])
     if "worker.terminal_budgets" in wanted and "budgets.on" not in wanted:
         send_held(reqs_b)
     timed("budgets.on", lambda: send_held(reqs_b))
@@ -593,7 +603,7 @@ def _child(cfg: dict) -> None:
     if worker_parts & wanted:
         if "aiecs.delay" not in wanted:
             for i in range(n):
-                execute_task.delay(**_kwargs("d", i))
+                execute_task.delay(**_kwargs("d", i, n=n))
         ctx_d = contexts(requests("d"))
         timed("worker.begin", lambda: on_loop(begin_all(ctx_d)))
         if "worker.begin" not in wanted:
@@ -621,7 +631,7 @@ def _child(cfg: dict) -> None:
         if "worker.terminal_nohistory" in wanted:
             reqs_h = requests("h")
             for i in range(n):
-                execute_task.delay(**_kwargs("h", i))
+                execute_task.delay(**_kwargs("h", i, n=n))
             ctx_h = contexts(reqs_h)
             on_loop(begin_all(ctx_h))
             res_h = [outcome(c) for c in ctx_h]
@@ -642,7 +652,7 @@ def _child(cfg: dict) -> None:
             rt.settings = get_settings()
 
     if "runner.execute" in wanted:
-        calls = [_kwargs("x", i) for i in range(n)]
+        calls = [_kwargs("x", i, n=n) for i in range(n)]
         for kw in calls:
             execute_task.delay(**kw)
 
