@@ -1,12 +1,14 @@
 """What each guarantee costs per task, in µs, by measurement (issue 20, item 4).
 
-    uv run python -m bench.guarantees                 # --n 5000: bench/results/guarantees-<date>.json
-    uv run python -m bench.guarantees --n 500 --out /tmp/g.json --no-recorder
+    uv run python -m bench.guarantees  # bench/results/guarantees-<date>.json
+    uv run python -m bench.guarantees --n 500 --rounds 1 --out /tmp/g.json --no-recorder
 
 A fresh redis-server (free port) and one child process that calls aiecs's real store
 functions and scripts (and the real runtime's methods: a ``Runtime`` built as a worker
 builds it, its lease keeper and cancel listener stopped so nothing else talks to Redis)
-``--n`` times in a tight loop per *part*, one part after the other. Around each part the
+``--n`` times in a tight loop per *part*, one part after the other, the whole sequence
+``--rounds`` times (medians reported: a switched pair, history on and off say, is
+measured side by side in every round). Around each part the
 parent reads Redis's counters (one ``INFO all``: commandstats, ``total_reads_processed``,
 ``used_cpu_user + used_cpu_sys``) and the child its own CPU (``time.process_time()``: every
 thread of the process, the runtime's loop thread included). Per call: the client's CPU µs
@@ -149,13 +151,29 @@ class _Lines:
         return line.decode().strip()
 
 
-def measure(n: int, parts: list[str] | None = None, log=print) -> dict:
-    """Run the child against a fresh Redis; every part's figures per call."""
+_FIGURES = ("client_us", "redis_us", "wall_us", "commands", "round_trips")
+
+
+def _median_row(rows: list[dict]) -> dict:
+    """One part's rounds: the median of each figure, the rounds' own figures kept."""
+    import statistics
+
+    out = dict(rows[-1])
+    for key in _FIGURES:
+        out[key] = statistics.median(r[key] for r in rows)
+    out["rounds"] = [{k: round(r[k], 2) for k in _FIGURES} for r in rows]
+    return out
+
+
+def measure(n: int, parts: list[str] | None = None, log=print, rounds: int = 1) -> dict:
+    """Run the child against a fresh Redis; every part's figures per call (medians of
+    ``rounds``)."""
     redis = Redis().start()
     client = redis.client
     env = base_env(CELERY_BROKER_URL=redis.url, REDIS_URL=redis.url, AIECS_PRICES=PRICES)
-    child = procs.Child("bench.guarantees", {"child": True, "n": n, "parts": parts}, env=env)
-    out: dict[str, dict] = {}
+    child = procs.Child("bench.guarantees", {"child": True, "n": n, "parts": parts,
+                                             "rounds": rounds}, env=env)
+    out: dict[str, list[dict]] = {}
     lines = _Lines(child)
     try:
         while True:
@@ -174,27 +192,28 @@ def measure(n: int, parts: list[str] | None = None, log=print) -> dict:
             row = {"who": PARTS[name][0], "what": PARTS[name][1], "n": calls,
                    "client_us": 1e6 * res["cpu_s"] / calls,
                    "wall_us": 1e6 * res["wall_s"] / calls, **_delta(before, after, calls)}
-            out[name] = row
+            out.setdefault(name, []).append(row)
             log(f"  {name:28s} client {row['client_us']:7.1f} µs  redis {row['redis_us']:6.1f}"
                 f" µs  commands {row['commands']:5.2f}  round trips {row['round_trips']:4.2f}")
         outbox = client.xlen("aiecs:outbox")
     finally:
         child.close()
-    return {"parts": out, "redis": redis, "outbox": outbox}
+    return {"parts": {k: _median_row(v) for k, v in out.items()}, "redis": redis,
+            "outbox": outbox}
 
 
-def recorder_part(redis: Redis, log=print) -> dict:
+def recorder_part(redis: Redis, log=print, rows: int = 5000) -> dict:
     """An ``aiecs recorder`` (SQLite) draining the outbox entries the terminal parts
     appended: its CPU and Redis's per recorded row. The entries are taken out of the
     outbox while the recorder starts (its start-up, migrations and consumer group, is not
     measured), then put back as they were while it is stopped (SIGSTOP), and the recorder
-    is let go."""
+    is let go. At most ``rows`` entries (the rest are dropped)."""
     import signal
 
     from .history import _count, _engine, _recorder
 
     client = redis.client
-    entries = client.xrange("aiecs:outbox")
+    entries = client.xrange("aiecs:outbox", count=rows)
     client.delete("aiecs:outbox")
     db = f"sqlite:///{tmpdir('guarantees')}/h.db"
     rec, _ = _recorder(db, redis.url)
@@ -316,8 +335,9 @@ def _fmt(v: float, digits: int = 1) -> str:
 
 
 def table(result: dict) -> str:
-    lines = [f"{result['n']} calls per part; load average {result['loadavg_before']} → "
-             f"{result['loadavg_after']}; redis-server {result.get('redis_version')}", "",
+    lines = [f"{result['n']} calls per part, medians of {result['rounds']} rounds; load "
+             f"average {result['loadavg_before']} → {result['loadavg_after']}; "
+             f"redis-server {result.get('redis_version')}", "",
              "| part | who pays | client µs | Redis µs | commands | round trips | by command |",
              "|---|---|---:|---:|---:|---:|---|"]
     for name, r in result["parts"].items():
@@ -344,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.guarantees",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=5000, help="calls per part (default 5000)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="times the whole sequence runs; medians reported (default 3)")
     ap.add_argument("--out", type=Path, help="JSON out (default: "
                     "bench/results/guarantees-<date>.json)")
     ap.add_argument("--parts", default="", help=f"comma-separated subset of {','.join(PARTS)}")
@@ -365,14 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     load0 = [round(x, 2) for x in os.getloadavg()]
     try:
-        measured = measure(args.n, parts, log)
+        measured = measure(args.n, parts, log, args.rounds)
         redis = measured["redis"]
         version = redis.client.info("server")["redis_version"]
         if not args.no_recorder and measured["outbox"]:
-            measured["parts"]["recorder.row"] = recorder_part(redis, log)
+            measured["parts"]["recorder.row"] = recorder_part(redis, log, args.n)
     finally:
         procs.cleanup()
     result = {"date": started.isoformat(timespec="seconds"), "n": args.n,
+              "rounds": args.rounds,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                        capture_output=True, text=True).stdout.strip(),
               "cpus": os.cpu_count(), "redis_version": version,
@@ -404,7 +427,7 @@ def _configure(**env: str | None) -> None:
 
 
 def _kwargs(tag: str, i: int, chat: bool = False, n: int = 0) -> dict:
-    user = f"{tag}-u{i % max(USERS, n // PER_USER)}"
+    user = f"{tag}u{i % max(USERS, n // PER_USER)}"
     if chat:
         return {"user_id": user, "task_id": f"{tag}{i}", "step": 1, "context": {},
                 "mode": "llm", "service": "openai", "task_name": "chat",
@@ -505,163 +528,174 @@ def _child(cfg: dict) -> None:
     publish_sync(client, wctx[0].make_event("progress"), "socketio", 10_000, 86_400)
     del warm
 
-    # -- Celery alone (references) ---------------------------------------------------------
-    def celery_delay() -> None:
-        for i in range(n):
-            anchor_app.noop.delay(**_kwargs("c", i, n=n))
-    timed("celery.delay", celery_delay)
+    def one_round(rnd: int) -> None:
+        """Every part once, on executions of this round's own."""
 
-    def celery_result() -> None:
-        backend = anchor_app.app.backend
-        for i in range(n):
-            backend.store_result(f"cr{i}", {"ok": True}, "SUCCESS")
-    timed("celery.result", celery_result)
+        def tg(tag: str) -> str:
+            return f"{tag}{rnd}-"
 
-    # -- the producer ------------------------------------------------------------------------
-    def aiecs_delay() -> None:
-        for i in range(n):
-            execute_task.delay(**_kwargs("d", i, n=n))
-    timed("aiecs.delay", aiecs_delay)
-
-    reqs_r = requests("r")
-    timed("pending.record", lambda: record(reqs_r))
-    reqs_r0 = requests("r0")
-    _configure(AIECS_FAIR_WINDOW_FAST="0", AIECS_FAIR_WINDOW_HEAVY="0")
-    if "admission.window" in wanted and "pending.record_nowindow" not in wanted:
-        record(reqs_r0)  # what the admission part admits
-    timed("pending.record_nowindow", lambda: record(reqs_r0))
-    _configure(AIECS_FAIR_WINDOW_FAST=None, AIECS_FAIR_WINDOW_HEAVY=None)
-
-    def events_alone() -> None:
-        s = get_settings()
-        for ev in evs:
-            publish_sync(client, ev, s.aiecs_socketio_channel, s.aiecs_events_maxlen,
-                         s.aiecs_events_ttl)
-    if "pending.event" in wanted:
-        if "pending.record" not in wanted:
-            record(reqs_r)
-        evs = [c.make_event("status", status=TaskStatus.PENDING, message="queued")
-               for c in contexts(reqs_r)]
-    timed("pending.event", events_alone)
-
-    def admit_alone() -> None:
-        s = get_settings()
-        for r in reqs_r0:  # recorded without a window: admitted here for the first time
-            state_key = TaskKeys(r.user_id, r.task_id).state(r.step)
-            a_keys, a_args = admit_args(s, state_key, r.user_id, queue, None)
-            pipelined(client, [(ADMIT_LUA, len(a_keys), *a_keys, *a_args)])
-    timed("admission.window", admit_alone)
-
-    admission.admit_one(TaskRequest.model_validate(_kwargs("warmq", 0)), client=client)
-
-    def quotas_alone() -> None:
-        for r in reqs_r:
-            admission.admit_one(r, client=client)
-    timed("quotas.admit_one", quotas_alone)
-
-    def send_held(reqs: list[TaskRequest]) -> None:
-        for r in reqs:  # what apply_async does before its Celery send
-            hold = admission.hold_sent(r)
-            record_pending(r, celery_task_id(r.user_id, r.task_id, r.step), queue=queue,
-                           task=task_name, hold=hold)
-            if hold is not None:
-                admission.warn(client, hold.reserved, r.user_id, r.task_id, r.step,
-                               r.task_name)
-    reqs_b0, reqs_bn, reqs_b = requests("b0", True), requests("bn", True), requests("b", True)
-    timed("budgets.off", lambda: send_held(reqs_b0))
-    _configure(AIECS_BUDGETS="[]")
-    send_held([TaskRequest.model_validate(_kwargs("warmbn", 0, True))])  # its script loaded
-    timed("budgets.none", lambda: send_held(reqs_bn))
-    _configure(AIECS_BUDGETS=BUDGETS)
-    send_held([TaskRequest.model_validate(_kwargs("warmbo", 0, True))])
-    if "worker.terminal_budgets" in wanted and "budgets.on" not in wanted:
-        send_held(reqs_b)
-    timed("budgets.on", lambda: send_held(reqs_b))
-    _configure(AIECS_BUDGETS=None)
-
-    # -- the worker ---------------------------------------------------------------------------
-    execute_task.delay(**_kwargs("env", 0))  # a real envelope, from its queue's lists
-    raw = next(filter(None, (client.rpop(k) for k in client.scan_iter(f"{queue}*")
-                             if client.type(k) == b"list")))
-    payload = kombu_loads(raw.decode())
-    with anchor_app.app.connection_for_read() as conn:
-        channel = conn.default_channel
-        message = channel.Message(payload, channel=channel)
-        tasks = execute_task.app.tasks
-
-        def guard() -> None:
-            text = raw.decode()
-            for _ in range(n):
-                poison.envelope_problem(kombu_loads(text))
-                poison.task_problem(message, tasks)
-        if poison.envelope_problem(payload) is not None or poison.task_problem(message, tasks):
-            raise RuntimeError("the envelope does not pass the guard")
-        timed("poison.guard", guard)
-
-    worker_parts = {"worker.begin", "worker.event", "worker.terminal", "worker.release",
-                    "worker.terminal_nohistory", "worker.terminal_budgets"}
-    if worker_parts & wanted:
-        if "aiecs.delay" not in wanted:
+        # -- Celery alone (references) ---------------------------------------------------------
+        def celery_delay() -> None:
             for i in range(n):
-                execute_task.delay(**_kwargs("d", i, n=n))
-        ctx_d = contexts(requests("d"))
-        timed("worker.begin", lambda: on_loop(begin_all(ctx_d)))
-        if "worker.begin" not in wanted:
-            on_loop(begin_all(ctx_d))
-        evs = [c.make_event("progress", message="working", progress=0.5) for c in ctx_d]
+                anchor_app.noop.delay(**_kwargs(tg("c"), i, n=n))
+        timed("celery.delay", celery_delay)
 
-        async def publish_all() -> None:
+        def celery_result() -> None:
+            backend = anchor_app.app.backend
+            for i in range(n):
+                backend.store_result(f"cr{rnd}-{i}", {"ok": True}, "SUCCESS")
+        timed("celery.result", celery_result)
+
+        # -- the producer ------------------------------------------------------------------------
+        def aiecs_delay() -> None:
+            for i in range(n):
+                execute_task.delay(**_kwargs(tg("d"), i, n=n))
+        timed("aiecs.delay", aiecs_delay)
+
+        reqs_r = requests(tg("r"))
+        timed("pending.record", lambda: record(reqs_r))
+        reqs_r0 = requests(tg("r0"))
+        _configure(AIECS_FAIR_WINDOW_FAST="0", AIECS_FAIR_WINDOW_HEAVY="0")
+        if "admission.window" in wanted and "pending.record_nowindow" not in wanted:
+            record(reqs_r0)  # what the admission part admits
+        timed("pending.record_nowindow", lambda: record(reqs_r0))
+        _configure(AIECS_FAIR_WINDOW_FAST=None, AIECS_FAIR_WINDOW_HEAVY=None)
+
+        def events_alone() -> None:
+            s = get_settings()
             for ev in evs:
-                await rt.publisher.publish(ev)
-        timed("worker.event", lambda: on_loop(publish_all()))
+                publish_sync(client, ev, s.aiecs_socketio_channel, s.aiecs_events_maxlen,
+                             s.aiecs_events_ttl)
+        if "pending.event" in wanted:
+            if "pending.record" not in wanted:
+                record(reqs_r)
+            evs = [c.make_event("status", status=TaskStatus.PENDING, message="queued")
+                   for c in contexts(reqs_r)]
+        timed("pending.event", events_alone)
 
-        no_release()
-        res_d = [outcome(c) for c in ctx_d]
-        timed("worker.terminal", lambda: on_loop(finish_all(ctx_d, res_d)))
-        if "worker.terminal" not in wanted:
-            on_loop(finish_all(ctx_d, res_d))
-        rt.settings = get_settings()
+        def admit_alone() -> None:
+            s = get_settings()
+            for r in reqs_r0:  # recorded without a window: admitted here for the first time
+                state_key = TaskKeys(r.user_id, r.task_id).state(r.step)
+                a_keys, a_args = admit_args(s, state_key, r.user_id, queue, None)
+                pipelined(client, [(ADMIT_LUA, len(a_keys), *a_keys, *a_args)])
+        timed("admission.window", admit_alone)
 
-        async def release_all() -> None:
-            for c in ctx_d:
-                r = c.request
-                await rt._release_next(TaskKeys(r.user_id, r.task_id).state(r.step))
-        timed("worker.release", lambda: on_loop(release_all()))
+        admission.admit_one(TaskRequest.model_validate(_kwargs(tg("warmq"), 0)),
+                            client=client)
 
-        if "worker.terminal_nohistory" in wanted:
-            reqs_h = requests("h")
-            for i in range(n):
-                execute_task.delay(**_kwargs("h", i, n=n))
-            ctx_h = contexts(reqs_h)
-            on_loop(begin_all(ctx_h))
-            res_h = [outcome(c) for c in ctx_h]
-            _configure(AIECS_HISTORY="0")
+        def quotas_alone() -> None:
+            for r in reqs_r:
+                admission.admit_one(r, client=client)
+        timed("quotas.admit_one", quotas_alone)
+
+        def send_held(reqs: list[TaskRequest]) -> None:
+            for r in reqs:  # what apply_async does before its Celery send
+                hold = admission.hold_sent(r)
+                record_pending(r, celery_task_id(r.user_id, r.task_id, r.step), queue=queue,
+                               task=task_name, hold=hold)
+                if hold is not None:
+                    admission.warn(client, hold.reserved, r.user_id, r.task_id, r.step,
+                                   r.task_name)
+        reqs_b0, reqs_bn = requests(tg("b0"), True), requests(tg("bn"), True)
+        reqs_b = requests(tg("b"), True)
+        timed("budgets.off", lambda: send_held(reqs_b0))
+        _configure(AIECS_BUDGETS="[]")
+        # the script loaded before the timed loop
+        send_held([TaskRequest.model_validate(_kwargs(tg("warmbn"), 0, True))])
+        timed("budgets.none", lambda: send_held(reqs_bn))
+        _configure(AIECS_BUDGETS=BUDGETS)
+        send_held([TaskRequest.model_validate(_kwargs(tg("warmbo"), 0, True))])
+        if "worker.terminal_budgets" in wanted and "budgets.on" not in wanted:
+            send_held(reqs_b)
+        timed("budgets.on", lambda: send_held(reqs_b))
+        _configure(AIECS_BUDGETS=None)
+
+        # -- the worker ---------------------------------------------------------------------------
+        execute_task.delay(**_kwargs(tg("env"), 0))  # a real envelope, from its queue
+        raw = next(filter(None, (client.rpop(k) for k in client.scan_iter(f"{queue}*")
+                                 if client.type(k) == b"list")))
+        payload = kombu_loads(raw.decode())
+        with anchor_app.app.connection_for_read() as conn:
+            channel = conn.default_channel
+            message = channel.Message(payload, channel=channel)
+            tasks = execute_task.app.tasks
+
+            def guard() -> None:
+                text = raw.decode()
+                for _ in range(n):
+                    poison.envelope_problem(kombu_loads(text))
+                    poison.task_problem(message, tasks)
+            if poison.envelope_problem(payload) is not None or poison.task_problem(message, tasks):
+                raise RuntimeError("the envelope does not pass the guard")
+            timed("poison.guard", guard)
+
+        worker_parts = {"worker.begin", "worker.event", "worker.terminal", "worker.release",
+                        "worker.terminal_nohistory", "worker.terminal_budgets"}
+        if worker_parts & wanted:
+            if "aiecs.delay" not in wanted:
+                for i in range(n):
+                    execute_task.delay(**_kwargs(tg("d"), i, n=n))
+            ctx_d = contexts(requests(tg("d")))
+            timed("worker.begin", lambda: on_loop(begin_all(ctx_d)))
+            if "worker.begin" not in wanted:
+                on_loop(begin_all(ctx_d))
+            evs = [c.make_event("progress", message="working", progress=0.5) for c in ctx_d]
+
+            async def publish_all() -> None:
+                for ev in evs:
+                    await rt.publisher.publish(ev)
+            timed("worker.event", lambda: on_loop(publish_all()))
+
             no_release()
-            timed("worker.terminal_nohistory", lambda: on_loop(finish_all(ctx_h, res_h)))
-            _configure(AIECS_HISTORY=None)
+            res_d = [outcome(c) for c in ctx_d]
+            timed("worker.terminal", lambda: on_loop(finish_all(ctx_d, res_d)))
+            if "worker.terminal" not in wanted:
+                on_loop(finish_all(ctx_d, res_d))
             rt.settings = get_settings()
 
-        if "worker.terminal_budgets" in wanted:
-            _configure(AIECS_BUDGETS=BUDGETS)
-            ctx_b = contexts(reqs_b)
-            on_loop(begin_all(ctx_b))
-            res_b = [outcome(c) for c in ctx_b]
-            no_release()
-            timed("worker.terminal_budgets", lambda: on_loop(finish_all(ctx_b, res_b)))
-            _configure(AIECS_BUDGETS=None)
-            rt.settings = get_settings()
+            async def release_all() -> None:
+                for c in ctx_d:
+                    r = c.request
+                    await rt._release_next(TaskKeys(r.user_id, r.task_id).state(r.step))
+            timed("worker.release", lambda: on_loop(release_all()))
 
-    if "runner.execute" in wanted:
-        calls = [_kwargs("x", i, n=n) for i in range(n)]
-        for kw in calls:
-            execute_task.delay(**kw)
+            if "worker.terminal_nohistory" in wanted:
+                reqs_h = requests(tg("h"))
+                for i in range(n):
+                    execute_task.delay(**_kwargs(tg("h"), i, n=n))
+                ctx_h = contexts(reqs_h)
+                on_loop(begin_all(ctx_h))
+                res_h = [outcome(c) for c in ctx_h]
+                _configure(AIECS_HISTORY="0")
+                no_release()
+                timed("worker.terminal_nohistory", lambda: on_loop(finish_all(ctx_h, res_h)))
+                _configure(AIECS_HISTORY=None)
+                rt.settings = get_settings()
 
-        async def execute_all() -> None:
+            if "worker.terminal_budgets" in wanted:
+                _configure(AIECS_BUDGETS=BUDGETS)
+                ctx_b = contexts(reqs_b)
+                on_loop(begin_all(ctx_b))
+                res_b = [outcome(c) for c in ctx_b]
+                no_release()
+                timed("worker.terminal_budgets", lambda: on_loop(finish_all(ctx_b, res_b)))
+                _configure(AIECS_BUDGETS=None)
+                rt.settings = get_settings()
+
+        if "runner.execute" in wanted:
+            calls = [_kwargs(tg("x"), i, n=n) for i in range(n)]
             for kw in calls:
-                await rt.execute((), kw, celery_id=celery_task_id(kw["user_id"],
-                                                                    kw["task_id"], 1),
-                                 task=task_name, queue=queue)
-        timed("runner.execute", lambda: on_loop(execute_all()))
+                execute_task.delay(**kw)
+
+            async def execute_all() -> None:
+                for kw in calls:
+                    await rt.execute((), kw, celery_id=celery_task_id(kw["user_id"],
+                                                                        kw["task_id"], 1),
+                                     task=task_name, queue=queue)
+            timed("runner.execute", lambda: on_loop(execute_all()))
+    for rnd in range(cfg.get("rounds", 1)):
+        one_round(rnd)
     print("done", flush=True)
     os._exit(0)  # the runtime's loop thread and Celery's result consumer: no teardown
 
