@@ -245,14 +245,20 @@ def recorder_part(redis: Redis, log=print, rows: int = 5000) -> dict:
     return row
 
 
-def _get(parts: dict, name: str, key: str) -> float:
-    return parts[name][key] if name in parts else float("nan")
-
-
 def _diff(parts: dict, a: str, b: str) -> dict:
+    """Part ``a`` − part ``b``: the median of the rounds' differences (the two were
+    measured side by side in each round), or of the medians."""
+    import statistics
+
+    if a not in parts or b not in parts:
+        return {}
+    ra, rb = parts[a].get("rounds", []), parts[b].get("rounds", [])
     out = {}
     for key in ("client_us", "redis_us", "commands", "round_trips"):
-        out[key] = _get(parts, a, key) - _get(parts, b, key)
+        if ra and len(ra) == len(rb):
+            out[key] = statistics.median(x[key] - y[key] for x, y in zip(ra, rb, strict=True))
+        else:
+            out[key] = parts[a][key] - parts[b][key]
     return out
 
 
