@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chat-also", default="", metavar="threads",
                         help="chat: the recommended deployment also with these pools "
                              "(comma-separated), alternated in the same run")
+    parser.add_argument("--noop-pools", default=None, metavar="asyncio",
+                        help="noop: only these of threads,prefork,asyncio (comma-separated)")
     parser.add_argument("--aiecs-env", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for every aiecs process (workers, producer, "
                              "recorder), not the anchors' (repeatable): an ablation, e.g. "
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     also = [p.strip() for p in args.chat_also.split(",") if p.strip()]
     if also:
         recommended["also"] = also
+    if args.noop_pools:
+        params["noop_pools"] = [p.strip() for p in args.noop_pools.split(",") if p.strip()]
     for item in args.aiecs_env:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
