@@ -51,3 +51,21 @@ def test_bench_smoke_allin_runs_history_budgets_and_templates(tmp_path):
     # budgets reserve and settle (HINCRBY on the user's counters) only when on
     assert on["by_command"].get("hincrby", 0) > 0 and "hincrby" not in off["by_command"]
     assert "Added CPU per chat task, all-in" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_bench_aiecs_env_reaches_aiecs_processes_only(tmp_path):
+    """``--aiecs-env AIECS_HISTORY=0`` (an ablation) switches the history outbox off in
+    aiecs's workers (no HGETALL + XADD in the terminal script) and is recorded in the
+    results; the anchor's run is the same as ever."""
+    run = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--scenarios", "noop",
+                          "--aiecs-env", "AIECS_HISTORY=0", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    [raw] = (tmp_path / "results").glob("bench-*-smoke.json")
+    results = json.loads(raw.read_text())
+    assert results["params"]["aiecs_env"] == {"AIECS_HISTORY": "0"}
+    block = results["scenarios"]["noop"]["threads -c8"]
+    [aiecs], [anchor] = block["runs"]["aiecs"], block["runs"]["anchor"]
+    assert aiecs["failed"] == 0 and aiecs["by_command"]["xadd"] > 0  # the task events
+    assert "hgetall" not in aiecs["by_command"]  # the outbox's, in the terminal script
+    assert anchor["commands"] == pytest.approx(18, abs=1)
