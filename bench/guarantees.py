@@ -61,6 +61,8 @@ PRICES = '{"openai/bench-model": {"input": 0.15, "output": 0.6}}'
 
 #: part -> (who pays, what it is). Order = the order the child runs them.
 PARTS: dict[str, tuple[str, str]] = {
+    "celery.send": ("producer", "bare Celery's `apply_async(ignore_result=True)`: the "
+                    "message alone (kombu publish, `LPUSH`), no result subscription"),
     "celery.delay": ("producer", "bare Celery's `.delay()` (kombu publish + result "
                      "subscription), no aiecs: the anchor's own send"),
     "celery.result": ("worker", "bare Celery's result store (`store_result`: the `GET` "
@@ -312,6 +314,8 @@ def guarantees(parts: dict) -> list[dict]:
         "sent", "worker", part("worker.release"), "worker.release")
     add("history recorder, per row", "the history row written (SQLite)", "recorder",
         part("recorder.row"), "recorder.row")
+    add("Celery's message alone (reference)", "bare Celery `apply_async`, no result",
+        "producer", part("celery.send"), "celery.send")
     add("Celery's send (reference)", "bare Celery `.delay()`", "producer",
         part("celery.delay"), "celery.delay")
     add("Celery's result store (reference)", "bare Celery `SETEX` + `PUBLISH`", "worker",
@@ -541,6 +545,12 @@ def _child(cfg: dict) -> None:
             return f"{tag}{rnd}-"
 
         # -- Celery alone (references) ---------------------------------------------------------
+        def celery_send() -> None:
+            for i in range(n):
+                anchor_app.noop.apply_async(kwargs=_kwargs(tg("s"), i, n=n),
+                                            ignore_result=True)
+        timed("celery.send", celery_send)
+
         def celery_delay() -> None:
             for i in range(n):
                 anchor_app.noop.delay(**_kwargs(tg("c"), i, n=n))
