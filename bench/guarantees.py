@@ -67,6 +67,8 @@ PARTS: dict[str, tuple[str, str]] = {
                      "subscription), no aiecs: the anchor's own send"),
     "celery.result": ("worker", "bare Celery's result store (`store_result`: the `GET` "
                       "guard, `SETEX` + `PUBLISH`), as the anchor's worker pays it"),
+    "celery.get": ("producer", "bare Celery's `AsyncResult.get()` of a stored result "
+                   "(already there: no wait)"),
     "aiecs.delay": ("producer", "aiecs's whole `execute_task.delay()`: Celery's send + "
                     "the PENDING record + admission"),
     "pending.record": ("producer", "`record_pending` (default: fair window on): the "
@@ -98,6 +100,8 @@ PARTS: dict[str, tuple[str, str]] = {
                                 "in the terminal script"),
     "worker.release": ("worker", "`Runtime._release_next`: `RELEASE_LUA` after the "
                        "terminal step (no one held)"),
+    "result.get": ("producer", "aiecs's `AsyncResult.get()` of a finished execution: "
+                   "the one record read (`READ_LUA`), already there: no wait"),
     "runner.execute": ("worker", "the whole `Runtime.execute` of an echo no-op (parse, "
                        "begin, 2 events, terminal, release), awaited, no Celery"),
 }
@@ -320,6 +324,10 @@ def guarantees(parts: dict) -> list[dict]:
         part("celery.delay"), "celery.delay")
     add("Celery's result store (reference)", "bare Celery `SETEX` + `PUBLISH`", "worker",
         part("celery.result"), "celery.result")
+    add("the result read from the one record (`.get()`)", "`.get()` / `AsyncResult` "
+        "without a second copy of the outcome", "producer", part("result.get"), "result.get")
+    add("Celery's result read (reference)", "bare Celery `.get()`: `GET`", "producer",
+        part("celery.get"), "celery.get")
     return rows
 
 
@@ -535,6 +543,10 @@ def _child(cfg: dict) -> None:
     on_loop(rt.publisher.publish(wctx[0].make_event("progress", message="warm")))
     on_loop(finish_all(wctx, [outcome(c) for c in wctx]))
     on_loop(rt._release_next(TaskKeys(wctx[0].request.user_id, "warm0").state(1)))
+    for c in wctx:  # the result read's script loaded, the result consumer started
+        r = c.request
+        execute_task.AsyncResult(celery_task_id(r.user_id, r.task_id, r.step)).get(timeout=10)
+    anchor_app.app.AsyncResult("warm").get(timeout=10)
     publish_sync(client, wctx[0].make_event("progress"), "socketio", 10_000, 86_400)
     del warm
 
@@ -561,6 +573,14 @@ def _child(cfg: dict) -> None:
             for i in range(n):
                 backend.store_result(f"cr{rnd}-{i}", {"ok": True}, "SUCCESS")
         timed("celery.result", celery_result)
+
+        def celery_get() -> None:
+            app = anchor_app.app
+            for i in range(n):
+                app.AsyncResult(f"cr{rnd}-{i}").get(timeout=10)
+        if "celery.result" not in wanted and "celery.get" in wanted:
+            celery_result()
+        timed("celery.get", celery_get)
 
         # -- the producer ------------------------------------------------------------------------
         def aiecs_delay() -> None:
@@ -647,6 +667,7 @@ def _child(cfg: dict) -> None:
             timed("poison.guard", guard)
 
         worker_parts = {"worker.begin", "worker.event", "worker.terminal", "worker.release",
+                    "result.get",
                         "worker.terminal_nohistory", "worker.terminal_budgets"}
         if worker_parts & wanted:
             if "aiecs.delay" not in wanted:
@@ -675,6 +696,13 @@ def _child(cfg: dict) -> None:
                     r = c.request
                     await rt._release_next(TaskKeys(r.user_id, r.task_id).state(r.step))
             timed("worker.release", lambda: on_loop(release_all()))
+
+            def results_get() -> None:
+                for c in ctx_d:
+                    r = c.request
+                    execute_task.AsyncResult(
+                        celery_task_id(r.user_id, r.task_id, r.step)).get(timeout=10)
+            timed("result.get", results_get)
 
             if "worker.terminal_nohistory" in wanted:
                 reqs_h = requests(tg("h"))
