@@ -27,7 +27,8 @@ def test_guarantees_measures_every_part_and_counts_what_the_scripts_do(tmp_path)
 
     assert set(parts) == {*PARTS, "recorder.row"}
     for name, part in parts.items():
-        assert part["n"] > 0 and part["client_us"] > 0, name
+        # the recorder's CPU is read from /proc in clock ticks (10 ms): 30 rows may be 0
+        assert part["n"] > 0 and (part["client_us"] > 0 or name == "recorder.row"), name
         assert part["redis_us"] >= 0, name
         if name != "poison.guard":  # the guard talks to no one
             assert part["commands"] > 0 and part["round_trips"] > 0, name
