@@ -28,7 +28,6 @@ from tests.support.deploy_files import (  # noqa: E402 - after the importorskip
     containers,
     dockerfile,
     k8s_docs,
-    option,
     worker_version,
 )
 
@@ -343,9 +342,11 @@ def test_fast_worker_command_runs_tasks_on_the_event_loop(aiecs_redis, start_wor
     assert container["command"] == command
     assert k8s_env[CUSTOM_POOL_ENV] == svc["environment"][CUSTOM_POOL_ENV]
 
-    worker = start_worker(pool=option(command, "--pool"),
-                          concurrency=int(option(command, "--concurrency")),
-                          queues=option(command, "-Q"),
+    def value(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    worker = start_worker(pool=value("--pool"), concurrency=int(value("--concurrency")),
+                          queues=value("-Q"),
                           env={CUSTOM_POOL_ENV: svc["environment"][CUSTOM_POOL_ENV]})
     task_id = f"deploy-{uuid.uuid4().hex[:8]}"
     res = execute_task.delay(task_name="echo", user_id="alice", task_id=task_id, step=1,
