@@ -30,6 +30,9 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     # the terminal transition (store/state.py finish_lua, store/hook.py, store/settle.py)
     ("store.events.FINISH_PUBLISH_LUA", "f[5]"):
         "the fair-share window: the state's 'window' field, " + _FROM_STATE,
+    ("store.events.FINISH_PUBLISH_LUA", "f[5] .. ':held'"):
+        "the fair-share window's FIFO of held executions (is one waiting?): the window's "
+        "(the 'window' field, " + _FROM_STATE + ") with a suffix, in its slot",
     ("store.events.FINISH_PUBLISH_LUA", "P .. ':celery:' .. f[7]"):
         "the Celery index entry of the state's Celery id (a cancel or sweep does not know "
         "it); " + _SHARD,

@@ -442,7 +442,9 @@ class ExecutionMixin(RuntimeState):
             logs.finished(celery_id, status.value, getattr(ctx, "began", None))
         if self._suspect == keys.state(request.step):
             self._suspect = None  # the finish script released the lock
-        if seq:
+        # the user's next held executions, sent now: only when the terminal script said
+        # some wait behind this one (a publisher that cannot tell: always, as before)
+        if seq and getattr(seq, "held", True):
             await self._release_next(keys.state(request.step))
         return Outcome(status, result=result, error=error, celery_id=celery_id,
                        recorded=celery_id is not None)

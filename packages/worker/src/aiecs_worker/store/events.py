@@ -41,8 +41,10 @@ from .state import MESSAGE_SLOT, begin_lua, finish_lua, pending_lua
 
 __all__ = [
     "EVENT_NAME",
+    "HELD_ARG",
     "PENDING_ARGS",
     "PENDING_KEYS",
+    "Ended",
     "EventPublisher",
     "RedisEventPublisher",
     "TaskKeys",
@@ -111,14 +113,31 @@ redis.call('PUBLISH', {a[3]}, {a[4]} .. ev .. {a[5]})
 # KEYS: seq, log.  ARGV: event json, maxlen, ttl, channel, packet prefix, packet suffix.
 PUBLISH_LUA = _publish_lua("KEYS[1]", "KEYS[2]", 1) + "return seq\n"
 
+#: ARGV index of the terminal script's last, optional argument: ``1`` asks whether the
+#: execution's fair-share window has executions held behind it (see :data:`HELD_LUA`).
+HELD_ARG = 16
+
+#: The end of :data:`FINISH_PUBLISH_LUA` (``f``: the state's fields finish_lua read, ``f[5]``
+#: its fair-share window, which the transition has just left): asked (ARGV[HELD_ARG]), it
+#: answers ``{seq, 1}`` when the window's FIFO of held executions is not empty, so the
+#: worker that ended it runs the release (store/hold.py RELEASE_LUA) only then: with
+#: nothing held, no second script call. The FIFO, ``f[5] .. ':held'``, is in the window's
+#: hash slot (the user's key, see store/keys.py window_key).
+HELD_LUA = f"""if ARGV[{HELD_ARG}] == '1' and f[5] and redis.call('LLEN', f[5] .. ':held') > 0 then
+  return {{seq, 1}}
+end
+"""
+
 # KEYS: keys.FINISH_KEYS (state, seq, log, then the keys finish_lua touches; finish_args
 # builds them).  ARGV: status, result, error, usage, now, ttl (the state's), then
-# PUBLISH_LUA's, then (optional) meta, outbox and the Celery result meta.  The terminal
-# transition and its event in one atomic step: no process death between them can leave a
-# finished execution without its terminal event, and the loser of a race appends nothing.
-# Returns the event's seq, or 0 when already terminal.
+# PUBLISH_LUA's, then (optional) meta, outbox, the Celery result meta and HELD_ARG.  The
+# terminal transition and its event in one atomic step: no process death between them can
+# leave a finished execution without its terminal event, and the loser of a race appends
+# nothing. Returns the event's seq, or 0 when already terminal; {seq, 1} when asked and
+# executions are held behind it (HELD_LUA).
 FINISH_PUBLISH_LUA = finish_lua(
-    _publish_lua("KEYS[2]", "KEYS[3]", 7, expire="retain") + "return seq\n", extra=13)
+    _publish_lua("KEYS[2]", "KEYS[3]", 7, expire="retain") + HELD_LUA + "return seq\n",
+    extra=13)
 
 #: How many KEYS and ARGV :data:`PENDING_PUBLISH_LUA` takes (a script built on it by
 #: :func:`pending_publish_lua` takes its own after them).
@@ -188,14 +207,36 @@ def publish_sync(client: Any, event: TaskEvent, channel: str, maxlen: int, ttl: 
 
 
 def finish_args(keys: list[str], args: list[Any], state_key: str,
-                finish: Sequence[Any]) -> tuple[list[str], list[Any]]:
+                finish: Sequence[Any], *, held: bool = False) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``FINISH_PUBLISH_LUA`` from PUBLISH_LUA's and the terminal state's
     fields (status, result, error, usage, now, ttl, then optionally meta, outbox and
-    whether Celery's result is published from the record); the JSON fields are redacted."""
+    whether Celery's result is published from the record); the JSON fields are redacted.
+    ``held``: the script also says whether executions are held behind this one
+    (:data:`HELD_LUA`)."""
     finish = [redact_json(f) if isinstance(f, str) else f for f in finish]
     if len(finish) > 8 and finish[8]:  # the Celery result, from the redacted record
         finish[8] = celery_meta(finish[0], finish[1], finish[2], finish[4])
-    return finish_keys(state_key, *keys), [*finish[:6], *args, *finish[6:]]
+    argv = [*finish[:6], *args, *finish[6:]]
+    if held:
+        assert len(argv) < HELD_ARG, "the terminal script's ARGV grew: move HELD_ARG"
+        argv += [""] * (HELD_ARG - 1 - len(argv)) + ["1"]
+    return finish_keys(state_key, *keys), argv
+
+
+class Ended(int):
+    """What the publisher's terminal step resolves to: the terminal event's seq (0: the
+    execution was already terminal), and ``held``: whether its fair-share window has
+    executions held behind it (the worker that ended it releases them, store/hold.py)."""
+
+    held: bool = False
+
+    @classmethod
+    def of(cls, reply: Any) -> Ended:
+        if isinstance(reply, list):  # {seq, 1}: held executions wait (HELD_LUA)
+            out = cls(int(reply[0]))
+            out.held = True
+            return out
+        return cls(int(reply))
 
 
 def finish_sync(client: Any, event: TaskEvent, state_key: str, finish: Sequence[Any],
@@ -256,7 +297,8 @@ class EventPublisher(Protocol):
                          finish: Sequence[Any]) -> asyncio.Future[int | None]:
         """Queue, now, the step that makes the execution terminal and publishes ``event``
         atomically, after everything queued before it; the future resolves to its seq, 0
-        if it was already terminal. Queued at the call, not when the future is awaited:
+        if it was already terminal (:class:`Ended`, whose ``held`` says whether executions
+        are held behind it, when the publisher knows; a plain int when it does not). Queued at the call, not when the future is awaited:
         the events an operation emitted just before it ended go out in the same pipeline.
         """
 
@@ -389,7 +431,8 @@ class RedisEventPublisher:
         if self._down:
             log.warning("event publishing recovered")
             self._down = False
-        return [int(s) for s in seqs]
+        return [Ended.of(s) if finish is not None else int(s)
+                for (_, _, finish), s in zip(items, seqs, strict=True)]
 
     async def _pipeline(self, items: Sequence[_Item]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -398,7 +441,7 @@ class RedisEventPublisher:
                 if finish is None:
                     pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
                 else:
-                    keys, args = finish_args(keys, args, *finish)
+                    keys, args = finish_args(keys, args, *finish, held=True)
                     pipe.execute_command("EVALSHA", self._finish_script.sha, len(keys),
                                          *keys, *args)
             return list(await pipe.execute(raise_on_error=False))

@@ -181,7 +181,8 @@ def finish_lua(then: str, extra: int = 7) -> str:
     by construction; ``tests/worker/test_script_keys.py`` lists them):
 
     - the fair-share window (field ``window``, written by the admission from its KEYS:
-      the user's shard);
+      the user's shard), and its FIFO of held executions (``window .. ':held'``, which
+      the worker's terminal step asks about: events.HELD_LUA);
     - the Celery index entry ``P .. ':celery:' .. celery_id`` (``P``: KEYS[1]'s shard
       prefix; the Celery id is the state's: a cancel or a sweep does not know it);
     - the owner's set ``P .. ':owned:' .. owner`` (the owner is the state's: the process
