@@ -298,8 +298,9 @@ class EventPublisher(Protocol):
         """Queue, now, the step that makes the execution terminal and publishes ``event``
         atomically, after everything queued before it; the future resolves to its seq, 0
         if it was already terminal (:class:`Ended`, whose ``held`` says whether executions
-        are held behind it, when the publisher knows; a plain int when it does not). Queued at the call, not when the future is awaited:
-        the events an operation emitted just before it ended go out in the same pipeline.
+        are held behind it, when the publisher knows; a plain int when it does not).
+        Queued at the call, not when the future is awaited: the events an operation
+        emitted just before it ended go out in the same pipeline.
         """
 
     async def aclose(self) -> None: ...
