@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--gevent", action="store_true", help="profile bare Celery gevent too")
+    parser.add_argument("--pool", default=RECOMMENDED["pool"],
+                        help="aiecs's worker pool (threads, the recommended; asyncio)")
+    parser.add_argument("--no-arq", action="store_true", help="profile aiecs only")
     parser.add_argument("--submit", type=int, default=3000, metavar="N",
                         help="then profile N submissions through .delay(), POST /tasks and "
                              "arq's enqueue_job (0: skip)")
@@ -228,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     procs.install_signal_handlers()
     params = {"chat_tasks": args.tasks}
-    runs = throughput.chat_variants(params, RECOMMENDED, profile=args.out)
-    names = ["aiecs", "arq"] + (["celery gevent"] if args.gevent else [])
+    runs = throughput.chat_variants(params, {**RECOMMENDED, "pool": args.pool},
+                                    profile=args.out)
+    names = ["aiecs"] + ([] if args.no_arq else ["arq"]) + (
+        ["celery gevent"] if args.gevent else [])
     folders = {"aiecs": "aiecs", "arq": "arq", "celery gevent": "celery-gevent"}
     result = {"tasks": args.tasks, "rate": args.rate, "variants": {}}
     throughput.PROFILE_RATE = args.rate

@@ -5,16 +5,25 @@ SLOWLOG logging every command (a real worker, real tasks, the session's redis-se
   when the terminal script says executions are held behind it (store/events.py
   ``HELD_LUA``): none held, no second script call; held, released at once, under both
   in-process pools.
+- ``--pool asyncio`` claims a backlog in batches (runner/aiopool.py ``_CLAIM``: up to
+  ``CLAIM_BATCH`` messages popped and recorded unacked per script call) and makes no empty
+  claim calls while the queue trickles (``BRPOP``, whose record says whether more wait);
+  a SIGKILLed worker's claimed, not yet started messages come back through kombu's
+  ``restore_visible`` and run once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import signal
+import time
 import uuid
 
 from aiecs_worker.producer.batch import submit_batch
 from aiecs_worker.producer.control import get_state
+from aiecs_worker.runner.aiopool import _CLAIM, CLAIM_BATCH
 from aiecs_worker.store.events import FINISH_PUBLISH_LUA
 from aiecs_worker.store.hold import RELEASE_LUA
 
@@ -31,7 +40,7 @@ def _every_command(client):
     """Log every command (SLOWLOG, threshold 0) meanwhile; yields a function counting the
     EVALSHA calls of a script so far. The scripts counted are loaded first (a first call's
     NOSCRIPT would be logged as a call too)."""
-    for script in (RELEASE_LUA, FINISH_PUBLISH_LUA):
+    for script in (RELEASE_LUA, _CLAIM, FINISH_PUBLISH_LUA):
         client.script_load(script)
     old = client.config_get("slowlog-*")
     client.config_set("slowlog-log-slower-than", 0)
@@ -101,3 +110,74 @@ def test_release_runs_only_when_an_execution_is_held_behind(aiecs_redis, start_w
             assert out["status"] == "completed"
         assert calls(FINISH_PUBLISH_LUA) == 9
         assert calls(RELEASE_LUA) == 3
+
+
+def test_asyncio_pool_claims_a_backlog_in_batches(aiecs_redis, start_worker):
+    """40 messages waiting when the worker starts: taken in a few claim calls of up to
+    CLAIM_BATCH each (before: one call per message, 40), each run once, none left unacked."""
+    from aiecs_worker import execute_task
+
+    client = aiecs_redis.client()
+    n = 40
+    with _every_command(client) as calls:
+        results = [execute_task.delay(**_echo(f"b{i}-{uuid.uuid4().hex[:6]}"))
+                   for i in range(n)]
+        start_worker(pool="asyncio", concurrency=n)
+        assert [r.get(timeout=60)["status"] for r in results] == ["completed"] * n
+        claims = calls(_CLAIM)
+    assert claims <= n // CLAIM_BATCH + 3, claims
+    wait_until(lambda: client.hlen("unacked") == 0, timeout=10, message="all acknowledged")
+
+
+def test_asyncio_pool_makes_no_empty_claims_while_the_queue_trickles(aiecs_redis,
+                                                                    start_worker):
+    """Tasks sent one at a time to an idle worker: each taken by BRPOP, none by a claim
+    call (before: an empty claim call before every BRPOP, and every idle second)."""
+    from aiecs_worker import execute_task
+
+    client = aiecs_redis.client()
+    start_worker(pool="asyncio", concurrency=8)
+    execute_task.delay(**_echo(f"w-{uuid.uuid4().hex[:6]}")).get(timeout=30)
+    with _every_command(client) as calls:
+        for i in range(6):
+            out = execute_task.delay(**_echo(f"t{i}-{uuid.uuid4().hex[:6]}")).get(timeout=30)
+            assert out["status"] == "completed"
+        time.sleep(1.5)  # idle: the pool waits in BRPOP (1 s at a time)
+        assert calls(_CLAIM) == 0
+
+
+def test_asyncio_pool_sigkilled_with_a_claimed_batch(aiecs_redis, start_worker,
+                                                     submitter_env):
+    """Twenty messages with a countdown (sent to the broker: within the horizon) are
+    claimed in a batch and wait on the worker's loop for their time; the worker is
+    SIGKILLed before any starts. All twenty are in kombu's unacked record, and come back
+    through kombu's restore_visible after the visibility timeout: each runs once."""
+    from aiecs_worker import execute_task
+
+    client = aiecs_redis.client()
+    env = {"CELERY_VISIBILITY_TIMEOUT": "8"}  # the horizon: 4 s
+    submitter_env(**env)
+    n = 20
+    with _every_command(client) as calls:
+        doomed = start_worker(pool="asyncio", concurrency=32, env=env)
+        user = f"k{uuid.uuid4().hex[:8]}"
+        ids = [f"c{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+        for task_id in ids:
+            execute_task.apply_async(kwargs=_echo(task_id, user), countdown=3)
+        wait_until(lambda: client.hlen("unacked") == n and not client.keys("fast_tasks*"),
+                   timeout=30, message="every message claimed")
+        assert calls(_CLAIM) <= 3  # before: one per message
+    assert all(get_state(user, t, 1)["steps"][1]["status"] == "pending" for t in ids)
+    os.killpg(doomed.proc.pid, signal.SIGKILL)
+    doomed.stop()
+    assert client.hlen("unacked") == n  # still the dead worker's: not lost, not queued
+    start_worker(pool="asyncio", concurrency=32, env=env)
+
+    def ended():
+        states = [get_state(user, t, 1)["steps"].get(1, {}) for t in ids]
+        return all(st.get("status") in TERMINAL for st in states) and states
+
+    states = wait_until(ended, timeout=90, interval=0.2, message="every execution ending")
+    assert [st["status"] for st in states] == ["completed"] * n
+    for task_id in ids:
+        assert len(_terminal_events(client, user, task_id)) == 1

@@ -8,8 +8,11 @@ is bookkeeping around one ``await``; this pool does the same bookkeeping on the 
 with redis-py's asyncio client, and runs :meth:`Runtime.execute` directly:
 
 - **the same messages**: Celery's message protocol 2 as ``.delay()`` sends it, taken from
-  the same Redis lists kombu's transport uses (one list per priority step, ``BRPOP`` over
-  them in kombu's order, the queues rotated as kombu rotates them);
+  the same Redis lists kombu's transport uses (one list per priority step, taken in
+  kombu's order, the queues rotated as kombu rotates them): while messages wait, up to
+  :data:`CLAIM_BATCH` at a time (no more than the free slots) popped and recorded unacked
+  in one script call; when the queues are empty, ``BRPOP`` (the record's round trip says
+  whether more wait behind: then batches again);
 - **the same unacked semantics**: before a message runs it is recorded in kombu's
   ``unacked`` hash and ``unacked_index`` sorted set exactly as kombu's ``QoS.append``
   does, and removed from both once its execution is terminal (``QoS.ack``). A worker
@@ -89,6 +92,10 @@ NATIVE_TASKS = frozenset((FAST_TASK, HEAVY_TASK, FLOW_TASK, FLOW_HEAVY_TASK))
 #: The queues this pool takes from Celery's consumer.
 NATIVE_QUEUES = (FAST_QUEUE, HEAVY_QUEUE)
 _BRPOP_TIMEOUT = 1  # seconds: how long a stop waits for the blocked BRPOP at most
+#: Most messages one claim takes (and records unacked) in one script call, when the pool
+#: has that many free slots: a backlog costs one call per batch, not one per message,
+#: and one process does not take a burst its peers could start as soon.
+CLAIM_BATCH = 16
 
 
 def why_not_native(app: Any) -> str | None:
@@ -198,6 +205,9 @@ class Feeder:
                 async_client(s.redis_target(s.result_backend), socket_connect_timeout=2,
                              socket_timeout=5, health_check_interval=30)
         self.inflight: dict[str, asyncio.Task] = {}
+        #: messages wait in the queues (as far as this pool knows): claim a batch
+        self.backlog = True
+        self._room = asyncio.Event()  # set when an execution ends (a slot is free)
         self.loop = runtime.loop
         self._stopping = False
         self._main: Any = None
@@ -232,50 +242,60 @@ class Feeder:
             await self.results.aclose()
 
     async def _run(self) -> None:
-        slots = asyncio.Semaphore(self.limit)
+        """Take messages while there is room: with a backlog (``self.backlog``), up to
+        :data:`CLAIM_BATCH` at once, popped and recorded unacked in one atomic script
+        call; with none, ``BRPOP`` (kombu's own two steps: the pop, then the record, whose
+        round trip also says whether more wait behind it, so a trickle makes no empty
+        claim calls and a backlog is claimed in batches again)."""
         restorer = asyncio.ensure_future(self._restore_visible())
         claim = self.broker.register_script(_CLAIM)
         order = list(self.queues)
         backoff = 0.1
         try:
             while not self._stopping:
-                await slots.acquire()
+                room = self.limit - len(self.inflight)
+                if room <= 0:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
                 keys = [self._key(q, pri) for pri in self.steps for q in order]
                 try:
-                    # a message waiting: popped and recorded unacked in one atomic call;
-                    # none: wait for one (BRPOP, then recorded as kombu does)
-                    reply = await claim(keys=[self.unacked_index_key, self.unacked_key,
-                                              *keys])
-                    if reply is None:
-                        reply = await self.broker.brpop(keys, timeout=_BRPOP_TIMEOUT)
-                        reply = None if reply is None else (*reply, 0)
+                    taken: list[tuple[bytes, bytes, bool]] = []
+                    if self.backlog:
+                        want = min(room, CLAIM_BATCH)
+                        reply = await claim(keys=[self.unacked_index_key, self.unacked_key,
+                                                  *keys], args=[want])
+                        taken = [(reply[i], reply[i + 1], bool(reply[i + 2]))
+                                 for i in range(0, len(reply), 3)]
+                        self.backlog = len(taken) == want  # fewer: the queues are empty
+                    if not taken:
+                        popped = await self.broker.brpop(keys, timeout=_BRPOP_TIMEOUT)
+                        if popped is not None:
+                            taken = [(popped[0], popped[1], False)]
                 except Exception as exc:  # noqa: BLE001 - the broker away: wait for it
-                    slots.release()
                     log.warning("--pool asyncio: broker unreachable (%s); retrying", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
                 backoff = 0.1
-                if reply is None:
-                    slots.release()
-                    continue
-                key, item, recorded = reply
-                queue = key.decode().rsplit(self.sep, 1)[0]
-                if queue in order:  # kombu's rotation: the queue served goes last
-                    order.remove(queue)
-                    order.append(queue)
-                self._spawn(self._handle(queue, item, bool(recorded)), slots)
+                for key, item, recorded in taken:
+                    name = key.decode() if isinstance(key, bytes) else key
+                    queue = name.rsplit(self.sep, 1)[0]
+                    if queue in order:  # kombu's rotation: the queue served goes last
+                        order.remove(queue)
+                        order.append(queue)
+                    self._spawn(self._handle(queue, item, recorded, name))
         finally:
             restorer.cancel()
 
-    def _spawn(self, coro: Any, slots: asyncio.Semaphore) -> None:
+    def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
         key = str(id(task))
         self.inflight[key] = task
 
         def done(t: asyncio.Task) -> None:
             self.inflight.pop(key, None)
-            slots.release()
+            self._room.set()
             if not t.cancelled() and t.exception() is not None:
                 log.error("--pool asyncio: a message's handling failed",
                           exc_info=t.exception())
@@ -301,7 +321,7 @@ class Feeder:
             channel.qos.restore_visible(num=channel.unacked_restore_limit, interval=1)
 
     # -- one message ----------------------------------------------------------------------------
-    async def _handle(self, queue: str, raw: bytes, recorded: bool) -> None:
+    async def _handle(self, queue: str, raw: bytes, recorded: bool, key: str = "") -> None:
         try:
             payload = json.loads(raw)
         except Exception as exc:  # noqa: BLE001 - not JSON
@@ -318,13 +338,19 @@ class Feeder:
         tag = props["delivery_tag"]
         info = props["delivery_info"]
         if not recorded:
-            # kombu's QoS.append: the message is the delivery's until it is acknowledged
+            # kombu's QoS.append: the message is the delivery's until it is acknowledged;
+            # and the length of the list it came from: more waiting, claim them in batches
             text = raw.decode() if isinstance(raw, bytes) else raw
             record = (f"[{text}, {json.dumps(info['exchange'])}, "
                       f"{json.dumps(info['routing_key'])}]")
-            await (self.broker.pipeline(transaction=True)
-                   .zadd(self.unacked_index_key, {tag: time.time()})
-                   .hset(self.unacked_key, tag, record).execute())
+            pipe = (self.broker.pipeline(transaction=True)
+                    .zadd(self.unacked_index_key, {tag: time.time()})
+                    .hset(self.unacked_key, tag, record))
+            if key:
+                pipe.llen(key)
+            replies = await pipe.execute()
+            if key and replies[-1]:
+                self.backlog = True
         message = _Message(payload)
         try:
             problem = poison.task_problem(message, self.app.tasks)
@@ -526,14 +552,19 @@ class Feeder:
         return False
 
 
-#: Pop the first message of KEYS[3:] (kombu's priority order) and record it unacked as
-#: kombu's QoS.append does (``unacked_index`` score: the time; ``unacked``: ``[message,
-#: exchange, routing_key]``), atomically; {key, item, 1}, or {key, item, 0} for an item
-#: that is no envelope (not recorded: the poison guard dead-letters it), or nil.
+#: Pop up to ARGV[1] messages of KEYS[3:] (kombu's priority order) and record each unacked
+#: as kombu's QoS.append does (``unacked_index`` score: the time; ``unacked``: ``[message,
+#: exchange, routing_key]``), atomically; flat {key, item, 1, ...}, with 0 for an item that
+#: is no envelope (not recorded: the poison guard dead-letters it); empty when none waits.
 _CLAIM = """
+local out = {}
+local want = tonumber(ARGV[1])
+local now = nil
 for i = 3, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
+  while #out < 3 * want do
+    local item = redis.call('RPOP', KEYS[i])
+    if not item then break end
+    local recorded = 0
     local ok, m = pcall(cjson.decode, item)
     if ok and type(m) == 'table' and type(m['properties']) == 'table' then
       local p = m['properties']
@@ -541,17 +572,23 @@ for i = 3, #KEYS do
       local tag = p['delivery_tag']
       if type(tag) == 'string' and tag ~= '' and type(info) == 'table'
           and type(info['exchange']) == 'string' and type(info['routing_key']) == 'string' then
-        local t = redis.call('TIME')
-        redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1000000, tag)
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+        end
+        redis.call('ZADD', KEYS[1], now, tag)
         redis.call('HSET', KEYS[2], tag, '[' .. item .. ', ' .. cjson.encode(info['exchange'])
           .. ', ' .. cjson.encode(info['routing_key']) .. ']')
-        return {KEYS[i], item, 1}
+        recorded = 1
       end
     end
-    return {KEYS[i], item, 0}
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = item
+    out[#out + 1] = recorded
   end
+  if #out >= 3 * want then break end
 end
-return nil
+return out
 """
 
 _STORE_UNLESS_SUCCESS = """
