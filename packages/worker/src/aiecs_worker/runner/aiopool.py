@@ -343,14 +343,7 @@ class Feeder:
             text = raw.decode() if isinstance(raw, bytes) else raw
             record = (f"[{text}, {json.dumps(info['exchange'])}, "
                       f"{json.dumps(info['routing_key'])}]")
-            pipe = (self.broker.pipeline(transaction=True)
-                    .zadd(self.unacked_index_key, {tag: time.time()})
-                    .hset(self.unacked_key, tag, record))
-            if key:
-                pipe.llen(key)
-            replies = await pipe.execute()
-            if key and replies[-1]:
-                self.backlog = True
+            await self._record(tag, record, key)
         message = _Message(payload)
         try:
             problem = poison.task_problem(message, self.app.tasks)
@@ -371,6 +364,33 @@ class Feeder:
             await self.loop.run_in_executor(None, self._requeue_sync, tag)
         elif not message.acked:
             await self._ack(tag)
+
+    async def _record(self, tag: str, record: str, key: str) -> None:
+        """kombu's QoS.append of a message ``BRPOP`` handed over, and the length of the
+        list ``key`` it came from (more waiting: claim them in batches). The message is in
+        hand: the record is retried while the broker is away (AIECS_REDIS_WAIT at most,
+        as the begin transition waits), never dropped with the message; past that the
+        message runs unrecorded (its begin, when it can, puts it under aiecs's lease)."""
+        give_up = time.monotonic() + get_settings().aiecs_redis_wait
+        delay = 0.05
+        while True:
+            try:
+                pipe = (self.broker.pipeline(transaction=True)
+                        .zadd(self.unacked_index_key, {tag: time.time()})
+                        .hset(self.unacked_key, tag, record))
+                if key:
+                    pipe.llen(key)
+                replies = await pipe.execute()
+                if key and replies[-1]:
+                    self.backlog = True
+                return
+            except Exception as exc:  # noqa: BLE001 - the broker away (or restarted)
+                if time.monotonic() + delay > give_up:
+                    log.warning("--pool asyncio: message %s not recorded unacked (%s); "
+                                "running it", tag, exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _ack_into(self, pipe: Any, tag: str) -> Any:
         """kombu's QoS.ack, queued in ``pipe`` (the hash entry first: an index entry
