@@ -9,7 +9,8 @@ SLOWLOG logging every command (a real worker, real tasks, the session's redis-se
   ``CLAIM_BATCH`` messages popped and recorded unacked per script call) and makes no empty
   claim calls while the queue trickles (``BRPOP``, whose record says whether more wait);
   a SIGKILLed worker's claimed, not yet started messages come back through kombu's
-  ``restore_visible`` and run once.
+  ``restore_visible`` and run once; it acknowledges a message in its terminal step's
+  pipeline (no round trip of its own).
 """
 
 from __future__ import annotations
@@ -181,3 +182,34 @@ def test_asyncio_pool_sigkilled_with_a_claimed_batch(aiecs_redis, start_worker,
     assert [st["status"] for st in states] == ["completed"] * n
     for task_id in ids:
         assert len(_terminal_events(client, user, task_id)) == 1
+
+
+def test_asyncio_pool_acknowledges_in_the_terminal_pipeline(aiecs_redis, start_worker):
+    """The acknowledgement (kombu's ``HDEL unacked`` + ``ZREM unacked_index``) of each
+    task goes right after its terminal script, on the same connection (the publisher's
+    pipeline), not in a round trip of its own from the broker client (before: another
+    connection)."""
+    from aiecs_worker import execute_task
+
+    client = aiecs_redis.client()
+    start_worker(pool="asyncio", concurrency=8)
+    execute_task.delay(**_echo(f"w-{uuid.uuid4().hex[:6]}")).get(timeout=30)
+    with _every_command(client):
+        ids = []
+        for i in range(4):
+            task_id = f"a{i}-{uuid.uuid4().hex[:6]}"
+            res = execute_task.delay(**_echo(task_id))
+            assert res.get(timeout=30)["status"] == "completed"
+            ids.append((task_id, res.id))
+        wait_until(lambda: client.hlen("unacked") == 0, timeout=10, message="acknowledged")
+        log = list(reversed(client.execute_command("SLOWLOG", "GET", -1)))
+    finish = _sha(FINISH_PUBLISH_LUA).encode()
+    for task_id, celery_id in ids:
+        state_key = f"aiecs:t:alice:{task_id}:1:state".encode()
+        [at] = [i for i, e in enumerate(log) if e[3][:2] == [b"EVALSHA", finish]
+                and state_key in e[3]]
+        acks = [i for i, e in enumerate(log) if e[3][:2] == [b"HDEL", b"unacked"]]
+        after = [i for i in acks if i > at]
+        assert after, (task_id, "no acknowledgement after the terminal script")
+        assert log[after[0]][4] == log[at][4], (task_id, log[after[0]], log[at])
+        assert log[after[0] + 1][3][:2] == [b"ZREM", b"unacked_index"]

@@ -200,6 +200,11 @@ class Feeder:
         self.backend = app.backend
         self._one_record = isinstance(self.backend, results.RedisBackend | results.SentinelBackend)
         self._native_backend = _redis_backend(self.backend)
+        #: the acknowledgement goes in the terminal step's pipeline (the publisher's, on
+        #: the state Redis): when that Redis is the broker's and Celery's result is read
+        #: from the record (nothing else to write after the terminal step)
+        self._ack_with_terminal = (self._one_record and not s.aiecs_redis_cluster
+                                   and s.celery_broker_url == s.state_redis_url)
         if self._native_backend:
             self.results = self.broker if s.result_backend == s.celery_broker_url else \
                 async_client(s.redis_target(s.result_backend), socket_connect_timeout=2,
@@ -480,10 +485,15 @@ class Feeder:
         try:
             try:
                 with tracing.execution(ctx, task.name, routing_key):
-                    outcome = await rt.execute(args, kwargs, celery_id=ctx.id,
-                                               soft_limit=message_limit(ctx.timelimit),
-                                               task=task.name,
-                                               queue=routing_key)
+                    outcome = await rt.execute(
+                        args, kwargs, celery_id=ctx.id, soft_limit=message_limit(ctx.timelimit),
+                        task=task.name, queue=routing_key,
+                        after_terminal=(("HDEL", self.unacked_key, message.tag),
+                                        ("ZREM", self.unacked_index_key, message.tag))
+                        # a workflow step's message is acknowledged after its advance
+                        if self._ack_with_terminal and task.name not in FLOW_TASKS else ())
+                if outcome.after_terminal_sent:  # kombu's QoS.ack, with the terminal step
+                    message.acked = True
             except StateUnavailableError as exc:
                 log.warning("task %s not started: %s; returned to its queue", ctx.id, exc)
                 state, retval = states.REJECTED, Reject(str(exc), requeue=True)

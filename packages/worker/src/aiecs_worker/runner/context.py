@@ -48,6 +48,8 @@ class Outcome:
     #: the outcome is the execution's terminal record, which this delivery's Celery id
     #: names: Celery's result backend reads it there (see aiecs_worker.store.results)
     recorded: bool = False
+    #: the ``after_terminal`` commands went with this delivery's terminal step
+    after_terminal_sent: bool = False
 
 
 class StateUnavailableError(Exception):
@@ -77,6 +79,9 @@ class WorkerContext(OperationContext):
         self.operation: tuple[Any, Any, Any] | None = None
         #: when the operation streamed its first output (the history's first_output_at)
         self.first_output_at: float | None = None
+        #: Redis commands sent right after its terminal step, in the same pipeline (the
+        #: asyncio pool's acknowledgement of the message: see Runtime.execute)
+        self.after_terminal: tuple[tuple[Any, ...], ...] = ()
 
     def emit(self, type_: str, **fields: Any) -> None:
         if type_ == "stream" and self.first_output_at is None:

@@ -280,8 +280,10 @@ def _is_noscript(result: Any) -> bool:
     return isinstance(result, NoScriptError)
 
 
-#: A queued event: (event, future for its seq or None, (state key, FINISH fields) or None).
-_Item = tuple[TaskEvent, "asyncio.Future | None", "tuple[str, list[Any]] | None"]
+#: A queued event: (event, future for its seq or None, (state key, FINISH fields, commands
+#: sent after it) or None).
+_Item = tuple[TaskEvent, "asyncio.Future | None",
+              "tuple[str, list[Any], tuple[tuple[Any, ...], ...]] | None"]
 
 
 class EventPublisher(Protocol):
@@ -293,14 +295,17 @@ class EventPublisher(Protocol):
     async def publish(self, event: TaskEvent) -> int | None:
         """Publish after everything queued before it; return its seq (None if dropped)."""
 
-    def publish_terminal(self, event: TaskEvent, state_key: str,
-                         finish: Sequence[Any]) -> asyncio.Future[int | None]:
+    def publish_terminal(self, event: TaskEvent, state_key: str, finish: Sequence[Any],
+                         then: Sequence[Sequence[Any]] = ()) -> asyncio.Future[int | None]:
         """Queue, now, the step that makes the execution terminal and publishes ``event``
         atomically, after everything queued before it; the future resolves to its seq, 0
         if it was already terminal (:class:`Ended`, whose ``held`` says whether executions
         are held behind it, when the publisher knows; a plain int when it does not).
         Queued at the call, not when the future is awaited: the events an operation
-        emitted just before it ended go out in the same pipeline.
+        emitted just before it ended go out in the same pipeline. ``then``: Redis
+        commands sent right after the terminal step, in its pipeline (``--pool asyncio``'s
+        acknowledgement of the message); their replies are not read, and they are sent
+        again with it when it is retried (they must be idempotent).
         """
 
     async def aclose(self) -> None: ...
@@ -349,10 +354,11 @@ class RedisEventPublisher:
         self._ensure().put_nowait((event, fut, None))
         return await fut
 
-    def publish_terminal(self, event: TaskEvent, state_key: str,
-                         finish: Sequence[Any]) -> asyncio.Future[int | None]:
+    def publish_terminal(self, event: TaskEvent, state_key: str, finish: Sequence[Any],
+                         then: Sequence[Sequence[Any]] = ()) -> asyncio.Future[int | None]:
         fut = asyncio.get_running_loop().create_future()
-        self._ensure().put_nowait((event, fut, (state_key, list(finish))))
+        self._ensure().put_nowait((event, fut, (state_key, list(finish),
+                                                tuple(tuple(c) for c in then))))
         return fut
 
     def _args(self, event: TaskEvent) -> tuple[list[str], list[Any]]:
@@ -436,16 +442,31 @@ class RedisEventPublisher:
                 for (_, _, finish), s in zip(items, seqs, strict=True)]
 
     async def _pipeline(self, items: Sequence[_Item]) -> list[Any]:
+        """The items' replies, one each (the commands sent after a terminal step left
+        out)."""
+        sent_after = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for event, _, finish in items:
                 keys, args = self._args(event)
                 if finish is None:
                     pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+                    sent_after.append(0)
                 else:
-                    keys, args = finish_args(keys, args, *finish, held=True)
+                    state_key, fields, then = finish
+                    keys, args = finish_args(keys, args, state_key, fields, held=True)
                     pipe.execute_command("EVALSHA", self._finish_script.sha, len(keys),
                                          *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+                    for command in then:
+                        pipe.execute_command(*command)
+                    sent_after.append(len(then))
+            replies = list(await pipe.execute(raise_on_error=False))
+        if len(replies) == len(items):
+            return replies
+        out, i = [], 0
+        for n in sent_after:
+            out.append(replies[i])
+            i += 1 + n
+        return out
 
     async def aclose(self) -> None:
         if self._consumer is not None:
