@@ -19,7 +19,8 @@ with its arguments, then *admits* it (:data:`ADMIT_LUA`, one Lua call):
   while the window is full (or while older ones wait) is appended to the user's FIFO
   ``aiecs:fair:{queue}:{user}:held`` and the window is listed in ``aiecs:fair:backlog``.
   The terminal transition removes an execution from its window; the worker that ended
-  it then releases that user's next held executions (:data:`RELEASE_LUA`), and the
+  it then releases that user's next held executions (:data:`RELEASE_LUA`; only when the
+  terminal script says some are held: store/events.py ``HELD_LUA``), and the
   periodic sweep does the same for every window with a backlog (crash safety), dropping
   entries whose execution ended or expired, and renews (hourly) the TTLs of what the
   waiting executions keep, so a backlog longer than AIECS_EVENTS_TTL loses nothing.
