@@ -200,11 +200,11 @@ def test_asyncio_pool_acknowledges_in_the_terminal_pipeline(aiecs_redis, start_w
             task_id = f"a{i}-{uuid.uuid4().hex[:6]}"
             res = execute_task.delay(**_echo(task_id))
             assert res.get(timeout=30)["status"] == "completed"
-            ids.append((task_id, res.id))
+            ids.append(task_id)
         wait_until(lambda: client.hlen("unacked") == 0, timeout=10, message="acknowledged")
         log = list(reversed(client.execute_command("SLOWLOG", "GET", -1)))
     finish = _sha(FINISH_PUBLISH_LUA).encode()
-    for task_id, celery_id in ids:
+    for task_id in ids:
         state_key = f"aiecs:t:alice:{task_id}:1:state".encode()
         [at] = [i for i, e in enumerate(log) if e[3][:2] == [b"EVALSHA", finish]
                 and state_key in e[3]]
