@@ -35,6 +35,7 @@ from ..store import admission
 from ..store.events import celery_task_id
 from ..store.records import record_pending, state_redis
 from ..store.results import RECORDED
+from . import send
 from .runtime import StateUnavailableError, close_runtime, get_runtime
 from .taskevents import ExecutionCancelled
 
@@ -70,13 +71,24 @@ class AiecsTask(Task):
             task_id = task_id or celery_task_id(request.user_id, request.task_id, request.step)
             hold = admission.hold_sent(request)  # reserved with the PENDING record
             queue = options.get("queue") or queue_of_task(self.name)
+            client = state_redis()
+            # the message itself, pushed by the admission when it sends it (runner.send)
+            plan = send.plan(self, client) if send.eligible(options, args) else None
+            push = (plan.list_key, send.message(plan, task_id, kwargs)) if plan else None
             admitted = record_pending(request, task_id, queue=getattr(queue, "name", queue),
-                                      task=self.name, eta=eta_timestamp(options), hold=hold)
+                                      task=self.name, eta=eta_timestamp(options), hold=hold,
+                                      push=push)
             if hold is not None:
-                admission.warn(state_redis(), hold.reserved, request.user_id,
+                admission.warn(client, hold.reserved, request.user_id,
                                request.task_id, request.step, request.task_name)
             if admitted == "held":  # kept in Redis; sent when it may run (aiecs_worker.store.hold)
                 return self.AsyncResult(task_id)
+            if admitted == "pushed":  # sent: what Celery's send_task does after its publish
+                assert plan is not None
+                send.subscribe(plan, task_id)
+                result = self.AsyncResult(task_id)
+                result.ignored = plan.ignore_result
+                return result
         return super().apply_async(args=args, kwargs=kwargs, task_id=task_id, **options)
 
 

@@ -55,6 +55,7 @@ from .state import _TERMINAL, NOW_MS_LUA
 
 __all__ = [
     "ADMIT_LUA",
+    "ADMIT_PUSH_LUA",
     "KEEP_ALIVE_LUA",
     "RELEASE_LUA",
     "admit_args",
@@ -105,6 +106,21 @@ if (ARGV[5] or '') ~= '' then redis.call('HSET', KEYS[1], 'trace', ARGV[5]) end
 redis.call('ZREM', KEYS[2], KEYS[1])
 return 'held'
 """
+
+# KEYS: ADMIT_LUA's six, then the broker's list of the execution's queue.  ARGV: ADMIT_LUA's
+# five, then the execution's broker message (see aiecs_worker.runner.send).  ADMIT_LUA, and
+# when it decides 'send' and the execution has a state (it has none when its budget refused
+# it: nothing recorded, nothing sent), LPUSH of the message: returns 'pushed' instead of
+# 'send' then. The caller sends the message itself on 'send' (as after ADMIT_LUA).
+ADMIT_PUSH_LUA = (
+    "local function admit()\n" + ADMIT_LUA + "end\n"
+    + """local decision = admit()
+if decision == 'send' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('LPUSH', KEYS[7], ARGV[6])
+  return 'pushed'
+end
+return decision
+""")
 
 # KEYS: due, pending.  ARGV: horizon ms, how many at most.  Claims the executions held
 # until a time now within the horizon (ZREM: one sweeper gets each), puts them back in

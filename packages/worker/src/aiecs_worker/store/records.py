@@ -22,10 +22,10 @@ from ..settings import get_settings
 from . import budgets
 from .connection import sync_client
 from .events import FINISH_PUBLISH_LUA, PENDING_PUBLISH_LUA, TaskKeys, finish_args, script_args
-from .hold import ADMIT_LUA, admit_args, held_ttl
+from .hold import ADMIT_LUA, ADMIT_PUSH_LUA, admit_args, held_ttl
 from .keys import celery_index_key, pending_key, steps_key, user_prefix
 from .requests import routable_call
-from .scripts import pipelined
+from .scripts import load_together, pipelined
 
 __all__ = ["end_cancelled", "end_execution", "pubsub_redis", "record_pending", "state_redis",
            "terminal_fields"]
@@ -48,7 +48,8 @@ def pubsub_redis():
 
 def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
                    task: str = "", eta: float | None = None,
-                   hold: budgets.Hold | None = None) -> str:
+                   hold: budgets.Hold | None = None,
+                   push: tuple[str, str] | None = None) -> str:
     """Record a queued execution as PENDING (and publish it) unless it already has a
     state, and admit it (see :mod:`aiecs_worker.store.hold`): ``"send"`` (send its message
     now), ``"held"`` (do not: a releaser sends it when it may run), or ``""`` when nothing
@@ -68,6 +69,13 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
     record (:data:`aiecs_worker.store.budgets.RESERVE_PENDING_PUBLISH_LUA`): refused, it
     raises BudgetExceededError and nothing is recorded; made, ``hold.reserved`` says what
     to warn about. An execution that already has a state reserves nothing.
+
+    ``push``: ``(broker list, message)``, the execution's Celery message as kombu's Redis
+    transport would push it (:mod:`aiecs_worker.runner.send`; the broker is this Redis):
+    the admission pushes it when it decides ``"send"`` and returns ``"pushed"`` instead
+    (also for an execution that already had a state, which is sent again as before), in
+    the same round trip; a held execution, a refused budget push nothing. Not with
+    ``eta``.
     """
     s = get_settings()
     keys = TaskKeys(request.user_id, request.task_id)
@@ -94,9 +102,13 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
                   *pending_keys, *reservation[0], *pending_args, *reservation[1])]
     if eta is not None:
         calls.append((_ETA_LUA, 2, state_key, pending_key(shard), eta, int(eta * 1000)))
-    calls.append((ADMIT_LUA, len(a_keys), *a_keys, *a_args))
+    if push is None or eta is not None:
+        calls.append((ADMIT_LUA, len(a_keys), *a_keys, *a_args))
+    else:
+        calls.append((ADMIT_PUSH_LUA, len(a_keys) + 1, *a_keys, push[0], *a_args, push[1]))
     try:
-        # the reservation, the PENDING record, its event and its admission: one round trip
+        # the reservation, the PENDING record, its event, its admission (and, with ``push``,
+    # its broker message): one round trip
         # (a refused reservation records nothing: the later scripts find no pending state)
         out = pipelined(client, calls)
     except Exception as exc:  # noqa: BLE001
@@ -111,7 +123,7 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
         seq, outcome = int(reply[0]), reply[1:]
         hold.settle(client, outcome)  # raises BudgetExceededError when refused (seq -1)
     if not seq:
-        return ""
+        return "pushed" if decision in (b"pushed", "pushed") else ""
     # not counted here: a worker counts it when it begins it, or whoever ends it first
     # (see aiecs_worker.ops.metrics), so what a script submits is counted too
     return decision.decode() if isinstance(decision, bytes) else str(decision)
@@ -125,6 +137,12 @@ redis.call('HSET', KEYS[1], 'eta', ARGV[1])
 redis.call('ZADD', KEYS[2], 'XX', ARGV[2], KEYS[1])
 return 1
 """
+
+# a submission's pipeline must never find one of its scripts known to Redis and another not
+# (re-sending only the refused one would reorder them: see scripts.load_together)
+load_together(PENDING_PUBLISH_LUA, budgets.RESERVE_PENDING_PUBLISH_LUA, _ETA_LUA, ADMIT_LUA,
+              ADMIT_PUSH_LUA)
+
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
