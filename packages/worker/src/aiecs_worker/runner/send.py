@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
+import time
 import uuid
 from typing import Any, NamedTuple
 
@@ -88,16 +89,20 @@ _plans: dict[str, Plan | None] = {}
 _client: Any = None
 _lock = threading.Lock()
 _origin: tuple[int, str] = (0, "")
+#: after a plan could not be made (the broker unreachable), when to try again
+_retry_at = 0.0
+_RETRY_S = 10.0
 #: the exec options a task may have for a direct send (others: Celery's publish)
 _ALLOWED_EXEC = frozenset({"serializer", "time_limit", "soft_time_limit"})
 
 
 def reset() -> None:
     """Forget the plans (a process whose settings or clients changed: tests)."""
-    global _client
+    global _client, _retry_at
     with _lock:
         _plans.clear()
         _client = None
+        _retry_at = 0.0
 
 
 def eligible(options: dict[str, Any], args: Any) -> bool:
@@ -127,11 +132,16 @@ def plan(task: Task, client: Any) -> Plan | None:
         return _plans[task.name]
     except KeyError:
         pass
+    global _retry_at
+    if time.monotonic() < _retry_at:
+        return None
     with _lock:
         if task.name not in _plans:
             try:
                 _plans[task.name] = _make_plan(task, client)
-            except Exception:  # noqa: BLE001 - e.g. the broker unreachable: not now
+            except Exception:  # noqa: BLE001 - e.g. the broker unreachable: Celery's
+                # publish for a while (it waits for the broker itself: not twice per call)
+                _retry_at = time.monotonic() + _RETRY_S
                 return None
         return _plans[task.name]
 
@@ -178,6 +188,9 @@ def _make_plan(task: Task, client: Any) -> Plan | None:
     with app.producer_or_acquire() as producer:
         if type(producer.connection.transport) is not kombu_redis.Transport:
             return None  # RabbitMQ, Sentinel, another transport
+        # an unreachable broker: raised at once (not after Celery's connection retries)
+        producer.connection.ensure_connection(max_retries=1, interval_start=0,
+                                              interval_step=0)
         channel = producer.channel
         if channel.global_keyprefix or channel.body_encoding != "base64" \
                 or producer.serializer or producer.compression:
