@@ -276,3 +276,13 @@ def test_rabbitmq_keeps_celerys_publish(direct, start_worker, rabbit_vhost):
     assert terminal["status"] == "completed"
     assert not direct.exists(FAST_LIST)
     wait_until(lambda: rabbit_vhost.queue_depth("fast_tasks") == 0)
+
+
+def test_the_celery_id_is_the_uuid5_of_the_execution():
+    """``celery_task_id`` computes uuid5 without a UUID object: the same ids as before."""
+    from aiecs_worker.store.events import _CELERY_ID_NAMESPACE, celery_task_id
+
+    for user, task, step in [("u", "t", 1), ("ann", "q-9", 12), ("ü-ß", "日本", 3),
+                             ("x" * 200, "y:z", 0)]:
+        assert celery_task_id(user, task, step) == str(
+            uuid.uuid5(_CELERY_ID_NAMESPACE, f"{user}:{task}:{step}"))
