@@ -63,6 +63,7 @@ from celery.backends.base import BaseBackend
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
+from kombu.entity import maybe_delivery_mode
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps as kombu_dumps
 
@@ -122,7 +123,7 @@ def eligible(options: dict[str, Any], args: Any) -> bool:
 def plan(task: Task, client: Any) -> Plan | None:
     """The plan of ``task``'s direct messages in this process, pushed through ``client``
     (the state Redis's), or None when they cannot be exactly Celery's (see the module)."""
-    global _client
+    global _client, _retry_at
     if _client is not client:
         with _lock:
             if _client is not client:
@@ -132,7 +133,6 @@ def plan(task: Task, client: Any) -> Plan | None:
         return _plans[task.name]
     except KeyError:
         pass
-    global _retry_at
     if time.monotonic() < _retry_at:
         return None
     with _lock:
@@ -203,7 +203,11 @@ def _make_plan(task: Task, client: Any) -> Plan | None:
         priority = route["priority"]
         list_key = channel._q_for_pri(queue.name, channel._get_message_priority(
             {"properties": {"priority": priority}}, reverse=False))
-    delivery_mode = queue.exchange.delivery_mode or conf.task_default_delivery_mode
+        # Celery's choice (the queue's exchange's, else task_default_delivery_mode), then
+        # kombu's (its default exchange's; 'persistent' -> 2)
+        delivery_mode = maybe_delivery_mode(
+            (queue.exchange.delivery_mode or conf.task_default_delivery_mode)
+            or producer.exchange.delivery_mode)
     return Plan(task.name, queue.name, list_key, priority, delivery_mode,
                 (exec_options.get("time_limit"), exec_options.get("soft_time_limit")),
                 bool(task.ignore_result))
@@ -231,7 +235,7 @@ def message(p: Plan, task_id: str, kwargs: dict[str, Any]) -> str:
     ``LPUSH`` for ``apply_async(kwargs=kwargs, task_id=task_id)`` of ``p.task``."""
     body = kombu_dumps(([], kwargs, {"callbacks": None, "errbacks": None, "chain": None,
                                      "chord": None}))
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py", "task": p.task, "id": task_id, "shadow": None, "eta": None,
         "expires": None, "group": None, "group_index": None, "retries": 0,
         "timelimit": list(p.timelimit), "root_id": task_id, "parent_id": None,
