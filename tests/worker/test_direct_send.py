@@ -286,3 +286,17 @@ def test_the_celery_id_is_the_uuid5_of_the_execution():
                              ("x" * 200, "y:z", 0)]:
         assert celery_task_id(user, task, step) == str(
             uuid.uuid5(_CELERY_ID_NAMESPACE, f"{user}:{task}:{step}"))
+
+
+def test_an_unwatched_direct_send_subscribes_to_nothing(direct):
+    """Inside ``store.results.unwatched`` (``POST /tasks``) the direct send, like Celery's,
+    makes no result subscription: its pipeline is its only round trip."""
+    from aiecs_worker import execute_task
+    from aiecs_worker.store.results import unwatched
+
+    execute_task.delay(**call(new_id()))  # scripts loaded, connections made
+    before = reads(direct)
+    with unwatched():
+        kept = execute_task.delay(**call(new_id()))
+    assert reads(direct) - before == 2  # the pipeline and the INFO
+    assert direct.llen(FAST_LIST) == 2 and kept.state == "PENDING"

@@ -69,6 +69,7 @@ from kombu.utils.json import dumps as kombu_dumps
 
 from ..app import app
 from ..routing import task_routes
+from ..store import results
 
 __all__ = ["Plan", "eligible", "message", "plan", "reset"]
 
@@ -172,8 +173,11 @@ def _make_plan(task: Task, client: Any) -> Plan | None:
         return None
     if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
         return None  # Celery's apply_async raises: let it
+    # Celery's Redis backend (aiecs's one-record backend: the same, or nothing inside
+    # store.results.unwatched) ignores the producer it is given; others (rpc) need it
     backend_call = type(app.backend).on_task_call
-    if backend_call not in (CeleryRedisBackend.on_task_call, BaseBackend.on_task_call):
+    if backend_call not in (CeleryRedisBackend.on_task_call, BaseBackend.on_task_call,
+                            results._OneRecord.on_task_call):
         return None
     exec_options = task._get_exec_options()
     for name, value in exec_options.items():
@@ -261,7 +265,8 @@ def message(p: Plan, task_id: str, kwargs: dict[str, Any]) -> str:
 
 
 def subscribe(p: Plan, task_id: str) -> None:
-    """What Celery's ``send_task`` does after its publish: the result subscription."""
+    """What Celery's ``send_task`` does after its publish: the result subscription (none
+    inside :func:`aiecs_worker.store.results.unwatched`, as for Celery's publish)."""
     if not p.ignore_result:
         app.backend.on_task_call(None, task_id)
 
