@@ -243,12 +243,16 @@ def _multi_section(name: str, config: str, block: dict, results: dict) -> list[s
                 f"({med.get('tasks', 0):.0f} tasks): {_fmt(med.get('per_s'), '.1f')} tasks/s, "
                 f"{_fmt(med.get('cpu_ms'), '.2f')} CPU ms per task.", ""]
     label = "aiecs: " + ", ".join(f"{k}={v}" for k, v in results.get("recommended", {}).items())
+    # the recommended deployment, then the same with the other pools (--chat-also)
+    others = tuple(n for n in block["median"]
+                   if n.startswith("aiecs ") and n not in CHAT_VARIANTS) + CHAT_VARIANTS[1:2]
+    names = ("aiecs", *others, "celery gevent", "arq")
+    pairs = [*((o, "aiecs") for o in others), ("aiecs", "celery gevent"), ("aiecs", "arq"),
+             *((o, "arq") for o in others)]
     return [f"### {label}; bare Celery gevent -c500 ×2; arq max_jobs 500 ×2", "",
-            *_multi_table(block, CHAT, CHAT_VARIANTS,
-                          [("aiecs asyncio", "aiecs"), ("aiecs", "celery gevent"),
-                           ("aiecs", "arq"), ("aiecs asyncio", "arq")]), "",
+            *_multi_table(block, CHAT, names, pairs), "",
             "Redis commands per task, by command (Δ INFO commandstats; inside Lua scripts "
-            "included):", "", *_commands_table(block, CHAT_VARIANTS), ""]
+            "included):", "", *_commands_table(block, names), ""]
 
 
 def _sections(results: dict) -> list[str]:
