@@ -29,6 +29,15 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+async def _timed(one, calls: int) -> dict:
+    """50 warm-up calls of ``one``, then ``calls`` timed: client CPU ms per call, calls/s."""
+    await asyncio.gather(*[one() for _ in range(50)])
+    c0, t0 = _cpu(), time.perf_counter()
+    await asyncio.gather(*[one() for _ in range(calls)])
+    c1, t1 = _cpu(), time.perf_counter()
+    return {"cpu_ms_per_call": 1000 * (c1 - c0) / calls, "calls_per_s": calls / (t1 - t0)}
+
+
 async def _run_aiecs(base_url: str, calls: int, in_flight: int) -> dict:
     """The same calls through aiecs's ``llm/openai`` ``chat`` operation (its input model,
     the SDK on its default HTTP client, the response made into aiecs's result and usage),
@@ -54,12 +63,10 @@ async def _run_aiecs(base_url: str, calls: int, in_flight: int) -> dict:
             ctx.emit = lambda *a, **k: None  # events: the runner's part, not measured here
             await invoke_operation(service, spec, ctx, spec.input_model.model_validate(data))
 
-    await asyncio.gather(*[one() for _ in range(50)])
-    c0, t0 = _cpu(), time.perf_counter()
-    await asyncio.gather(*[one() for _ in range(calls)])
-    c1, t1 = _cpu(), time.perf_counter()
-    await service.aclose()
-    return {"cpu_ms_per_call": 1000 * (c1 - c0) / calls, "calls_per_s": calls / (t1 - t0)}
+    try:
+        return await _timed(one, calls)
+    finally:
+        await service.aclose()
 
 
 async def _run(backend: str, base_url: str, calls: int, in_flight: int) -> dict:
@@ -77,12 +84,10 @@ async def _run(backend: str, base_url: str, calls: int, in_flight: int) -> dict:
                 model="m", messages=[{"role": "user", "content": "hi"}],
                 max_completion_tokens=16)
 
-    await asyncio.gather(*[one() for _ in range(50)])
-    c0, t0 = _cpu(), time.perf_counter()
-    await asyncio.gather(*[one() for _ in range(calls)])
-    c1, t1 = _cpu(), time.perf_counter()
-    await client.close()
-    return {"cpu_ms_per_call": 1000 * (c1 - c0) / calls, "calls_per_s": calls / (t1 - t0)}
+    try:
+        return await _timed(one, calls)
+    finally:
+        await client.close()
 
 
 def main(calls: int = 2000, in_flight: int = 100, repeats: int = 3) -> list[dict]:
