@@ -189,9 +189,14 @@ class RedisCluster:
         return port
 
     def client(self, **kwargs):
+        """A cluster client whose start-up nodes are the nodes still running (after
+        :meth:`kill`, the first port may be the dead one)."""
+        from redis.cluster import ClusterNode
         from redis.cluster import RedisCluster as Client
 
-        return Client(host="127.0.0.1", port=self.ports[0], **kwargs)
+        alive = [p for p, proc in zip(self.ports, self.procs, strict=True)
+                 if proc.poll() is None] or self.ports
+        return Client(startup_nodes=[ClusterNode("127.0.0.1", p) for p in alive], **kwargs)
 
     def close(self, remove: bool = True) -> None:
         for proc in self.procs:
