@@ -108,8 +108,8 @@ def record_pending(request: TaskRequest, celery_id: str, *, queue: str = "",
         calls.append((ADMIT_PUSH_LUA, len(a_keys) + 1, *a_keys, push[0], *a_args, push[1]))
     try:
         # the reservation, the PENDING record, its event, its admission (and, with ``push``,
-    # its broker message): one round trip
-        # (a refused reservation records nothing: the later scripts find no pending state)
+        # its broker message): one round trip (a refused reservation records nothing: the
+        # later scripts find no pending state)
         out = pipelined(client, calls)
     except Exception as exc:  # noqa: BLE001
         if reservation is not None:
