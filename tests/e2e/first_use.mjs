@@ -145,6 +145,12 @@ await run(async (browser, errors) => {
   await page.waitForFunction(
     (id) => document.querySelector(`.task[data-task-id="${id}"]`)?.dataset.status === "failed",
     { timeout: 30000 }, failedId);
+  // its events can arrive on the socket before the POST's answer (one round trip to
+  // submit): the card is named from the answer when it comes; the check reads the card
+  // once it names its service, or after 10 s as it stands
+  await page.waitForFunction(
+    (id) => document.querySelector(`.task[data-task-id="${id}"] .task-name`)
+      ?.textContent.startsWith("test/echo"), { timeout: 10000 }, failedId).catch(() => {});
   const failed = await card(failedId);
   await (await page.$(`.task[data-task-id="${failedId}"]`))
     .screenshot({ path: shot("failed-card") });

@@ -236,6 +236,8 @@ def test_reconnect_mid_task_misses_nothing(progress_server, publisher):
         await client.subscribe(task)
         total = 120
         dropped_at = None
+        away = asyncio.Event()
+        client.sio.on("disconnect", lambda *_: away.set())
 
         async def produce():
             nonlocal dropped_at
@@ -243,9 +245,15 @@ def test_reconnect_mid_task_misses_nothing(progress_server, publisher):
                 await pub.publish(event(user, task, "stream", delta=f"[{i}]"))
                 if i == 30:
                     dropped_at = len(client.events(task))
-                    # cut the transport as a network drop would; the client reconnects
-                    await client.sio.eio.ws.close()
+                    # cut the transport as a network drop would (not awaited: the close
+                    # handshake can take longer than the client's reconnect, and the
+                    # events must go on while it is away); the next event is published
+                    # once the client has seen the drop, before its reconnect delay ends
+                    drop = asyncio.ensure_future(client.sio.eio.ws.close())
+                    await asyncio.wait_for(away.wait(), timeout=10)
+                    continue
                 await asyncio.sleep(0.005)
+            await drop
             await pub.publish(event(user, task, "status", status=TaskStatus.COMPLETED))
 
         await produce()

@@ -173,7 +173,10 @@ def test_asyncio_pool_sigkilled_with_a_claimed_batch(aiecs_redis, start_worker,
             execute_task.apply_async(kwargs=_echo(task_id, user), countdown=3)
         wait_until(lambda: client.hlen("unacked") == n and not client.keys("fast_tasks*"),
                    timeout=30, message="every message claimed")
-        assert calls(_CLAIM) <= 3  # before: one per message
+        # sent one at a time to a running worker: how many arrive between two claims
+        # depends on the machine's load (3 on a quiet machine, 4 seen in CI); before: one
+        # claim call per message, 20
+        assert calls(_CLAIM) < n // 2
     assert all(get_state(user, t, 1)["steps"][1]["status"] == "pending" for t in ids)
     os.killpg(doomed.proc.pid, signal.SIGKILL)
     doomed.stop()
