@@ -224,9 +224,9 @@ print(json.dumps({"direct": plan is not None}))
 """
 
 
-def produce(calls: list[dict], *, broker_url: str, redis_url: str) -> dict:
+def produce(calls: list[dict], *, broker_url: str, redis_url: str, **env_vars: str) -> dict:
     """Submit ``calls`` with ``.delay`` from a client process of these URLs."""
-    env = dict(os.environ, CELERY_BROKER_URL=broker_url, REDIS_URL=redis_url)
+    env = dict(os.environ, CELERY_BROKER_URL=broker_url, REDIS_URL=redis_url, **env_vars)
     out = subprocess.run([sys.executable, "-c", PRODUCER, json.dumps(calls)], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -237,6 +237,19 @@ def test_the_same_redis_sends_directly_from_a_client_process(direct):
     assert produce([call(new_id())], broker_url=os.environ["REDIS_URL"],
                    redis_url=os.environ["REDIS_URL"]) == {"direct": True}
     assert direct.llen(FAST_LIST) == 1
+
+
+def test_direct_send_switched_off_keeps_celerys_publish(direct, start_worker):
+    """AIECS_DIRECT_SEND=0: Celery's publish (two round trips), the message queued and run."""
+    t = new_id()
+    assert produce([call(t)], broker_url=os.environ["REDIS_URL"],
+                   redis_url=os.environ["REDIS_URL"], AIECS_DIRECT_SEND="0") == {
+        "direct": False}
+    [msg] = messages(direct)
+    assert msg["headers"]["id"] and msg["headers"]["task"] == "aiecs.tasks.worker.execute_task"
+    start_worker(concurrency=2)
+    terminal, _ = wait_terminal(direct, USER, t, timeout=60)
+    assert terminal["status"] == "completed"
 
 
 def test_another_broker_redis_keeps_celerys_publish(direct, redis_server, start_worker):

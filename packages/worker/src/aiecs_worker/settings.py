@@ -333,6 +333,10 @@ class Settings(EnvSettings):
     (a submission by label reads it at most this often; a move made by this process is
     seen at its next submission, one made elsewhere within this bound). 0: read at every
     submission."""
+    aiecs_direct_send: bool = True
+    """AIECS_DIRECT_SEND: a ``.delay()`` whose broker is the state Redis has its Celery
+    message pushed by the script that records it PENDING (one round trip; the message is
+    Celery's, byte for byte but ``kwargsrepr``). Off: Celery's own publish, always."""
     aiecs_history: bool = True
     """AIECS_HISTORY: the terminal step appends each finished execution to the outbox
     (``aiecs:outbox``) that ``aiecs recorder`` writes to the history database. Off: no

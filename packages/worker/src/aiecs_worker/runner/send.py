@@ -21,7 +21,8 @@ tenth of the producer's CPU); the two read the same up to three levels of nestin
 ``saferepr`` shows ``{...}`` and ``repr`` the value. Arguments whose JSON is larger than
 16 × that size get Celery's ``saferepr`` (whose work is bounded by the size).
 
-Everything else falls back to Celery's own publish (:meth:`Direct.plan` is None, or a
+``AIECS_DIRECT_SEND=0`` turns it off (Celery's publish for every call). Everything else
+falls back to Celery's own publish (:meth:`Direct.plan` is None, or a
 call :func:`eligible` refuses), so nothing changes where the direct message could not be
 exactly what Celery sends:
 
@@ -69,6 +70,7 @@ from kombu.utils.json import dumps as kombu_dumps
 
 from ..app import app
 from ..routing import task_routes
+from ..settings import get_settings
 from ..store import results
 
 __all__ = ["Plan", "eligible", "message", "plan", "reset"]
@@ -162,6 +164,8 @@ def _same_redis(channel: Any, client: Any) -> bool:
 
 
 def _make_plan(task: Task, client: Any) -> Plan | None:
+    if not get_settings().aiecs_direct_send:
+        return None  # switched off (AIECS_DIRECT_SEND=0): Celery's publish
     task = getattr(task, "_get_current_object", lambda: task)()  # a module's task: a proxy
     conf = app.conf
     if (conf.task_protocol != 2 or conf.task_serializer != "json" or conf.task_compression
