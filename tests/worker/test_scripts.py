@@ -4,10 +4,13 @@ refused commands sent again, each script running once."""
 
 from __future__ import annotations
 
+import asyncio
+
+import redis.asyncio as aioredis
 from aiecs_core import TaskCancelledError, TaskRequest, TaskStatus
 from aiecs_worker.store.keys import PREFIX, celery_index_key
 from aiecs_worker.store.records import end_execution, record_pending
-from aiecs_worker.store.scripts import pipelined
+from aiecs_worker.store.scripts import Coalesced, pipelined
 
 INCR_LUA = "return redis.call('INCR', KEYS[1])"
 
@@ -40,6 +43,57 @@ def test_a_transaction_is_sent_again_whole(redis_server):
     client.script_flush()
     prior, n = pipelined(client, [(None, "GET", "n"), (INCR_LUA, 1, "n")], transaction=True)
     assert (prior, n) == (b"6", 7)
+
+
+def test_calls_made_in_one_turn_share_one_round_trip(redis_server):
+    """Coalesced (the worker's begin transition): the calls made in the same turn of the
+    loop go out in one pipeline (one read for Redis), each run once, each caller given its
+    own reply or its own error; a flushed Redis gets the script loaded again and each
+    refused call sent again once."""
+    sync = redis_server.client()
+    sync.set("text", "not a number")
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            incr = Coalesced(client, INCR_LUA)
+            await incr(keys=["warm"])  # the script loaded, a connection made
+            reads = sync.info("stats")["total_reads_processed"]
+            out = await asyncio.gather(*(incr(keys=[k]) for k in "abcab"),
+                                       incr(keys=["text"]), return_exceptions=True)
+            # one read for the five calls and the failing one, one for the INFO call
+            assert sync.info("stats")["total_reads_processed"] - reads == 2
+            assert out[:5] == [1, 1, 1, 2, 2]
+            assert isinstance(out[5], Exception) and "not an integer" in str(out[5])
+            sync.script_flush()
+            assert await asyncio.gather(incr(keys=["a"]), incr(keys=["c"])) == [3, 2]
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+    assert [sync.get(k) for k in "abc"] == [b"3", b"2", b"2"]
+
+
+def test_coalesced_calls_fail_together_when_redis_is_away(redis_server):
+    """A round trip that fails (Redis gone) is every caller's failure; the next calls,
+    Redis back, run."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_server.url, socket_connect_timeout=1)
+        try:
+            incr = Coalesced(client, INCR_LUA)
+            assert await incr(keys=["n"]) == 1
+            redis_server.stop()
+            out = await asyncio.gather(incr(keys=["n"]), incr(keys=["m"]),
+                                       return_exceptions=True)
+            assert all(isinstance(r, Exception) for r in out), out
+            redis_server.start()
+            assert await asyncio.gather(incr(keys=["n"]), incr(keys=["m"])) in ([1, 1],
+                                                                                 [2, 1])
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
 
 
 def test_a_submission_sends_no_script_exists(aiecs_redis):

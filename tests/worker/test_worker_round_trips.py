@@ -10,7 +10,9 @@ SLOWLOG logging every command (a real worker, real tasks, the session's redis-se
   claim calls while the queue trickles (``BRPOP``, whose record says whether more wait);
   a SIGKILLed worker's claimed, not yet started messages come back through kombu's
   ``restore_visible`` and run once; it acknowledges a message in its terminal step's
-  pipeline (no round trip of its own).
+  pipeline (no round trip of its own); the begin transitions of the executions a claim
+  started go out together, in one pipeline on one connection (runner/runtime.py
+  ``Coalesced``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import uuid
 from aiecs_worker.producer.batch import submit_batch
 from aiecs_worker.producer.control import get_state
 from aiecs_worker.runner.aiopool import _CLAIM, CLAIM_BATCH
-from aiecs_worker.store.events import FINISH_PUBLISH_LUA
+from aiecs_worker.store.events import BEGIN_PUBLISH_LUA, FINISH_PUBLISH_LUA
 from aiecs_worker.store.hold import RELEASE_LUA
 from aiecs_worker.store.keys import SHARD_PREFIXES
 from aiecs_worker.store.lease import REAP_LUA
@@ -43,7 +45,7 @@ def _every_command(client):
     """Log every command (SLOWLOG, threshold 0) meanwhile; yields a function counting the
     EVALSHA calls of a script so far. The scripts counted are loaded first (a first call's
     NOSCRIPT would be logged as a call too)."""
-    for script in (RELEASE_LUA, _CLAIM, FINISH_PUBLISH_LUA, REAP_LUA):
+    for script in (RELEASE_LUA, _CLAIM, FINISH_PUBLISH_LUA, REAP_LUA, BEGIN_PUBLISH_LUA):
         client.script_load(script)
     old = client.config_get("slowlog-*")
     client.config_set("slowlog-log-slower-than", 0)
@@ -134,6 +136,30 @@ def test_asyncio_pool_claims_a_backlog_in_batches(aiecs_redis, start_worker):
         claims = calls(_CLAIM)
     assert claims <= n // CLAIM_BATCH + 3, claims
     wait_until(lambda: client.hlen("unacked") == 0, timeout=10, message="all acknowledged")
+
+
+def test_asyncio_pool_begins_a_claimed_batch_in_one_pipeline(aiecs_redis, start_worker):
+    """40 messages waiting when the worker starts: the begin transitions of the executions
+    each claim started go out together, in one pipeline on one pooled connection (before:
+    each begin awaited on its own, on as many connections as begins were in flight, 16
+    and more here), and each execution is begun once."""
+    from aiecs_worker import execute_task
+
+    client = aiecs_redis.client()
+    n = 40
+    with _every_command(client):
+        results = [execute_task.delay(**_echo(f"g{i}-{uuid.uuid4().hex[:6]}"))
+                   for i in range(n)]
+        start_worker(pool="asyncio", concurrency=n)
+        assert [r.get(timeout=60)["status"] for r in results] == ["completed"] * n
+        log = client.execute_command("SLOWLOG", "GET", -1)
+    begin = _sha(BEGIN_PUBLISH_LUA).encode()
+    begins = [e for e in log if e[3][:2] == [b"EVALSHA", begin]]
+    assert len(begins) == n  # each execution begun once
+    connections = {e[4] for e in begins}
+    # a connection per claim call at most (40 messages: three claims of up to
+    # CLAIM_BATCH), and one when a claim's begins and the next overlap
+    assert len(connections) <= n // CLAIM_BATCH + 2, len(connections)
 
 
 def test_asyncio_pool_makes_no_empty_claims_while_the_queue_trickles(aiecs_redis,

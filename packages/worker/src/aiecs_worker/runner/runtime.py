@@ -49,6 +49,7 @@ from ..store.events import BEGIN_PUBLISH_LUA, RedisEventPublisher
 from ..store.hold import ADMIT_LUA, CLAIM_DUE_LUA, KEEP_ALIVE_LUA, RELEASE_LUA
 from ..store.keys import SHARD_PREFIXES, owners_key
 from ..store.lease import HEARTBEAT_LUA, REAP_LUA, SWEEP_LUA, make_owner
+from ..store.scripts import Coalesced
 from .cancels import CancelsMixin
 from .context import Outcome, StateUnavailableError, WorkerContext, _Running, sleep_at_least
 from .execution import ExecutionMixin
@@ -107,7 +108,9 @@ class Runtime(ExecutionMixin, CancelsMixin, SweeperMixin):
             if pubsub.cluster else None
         self.pubsub_redis = None if pubsub.cluster else (
             self.redis if pubsub == state else async_client(pubsub, **self._pubsub_options))
-        self._begin = self.redis.register_script(BEGIN_PUBLISH_LUA)
+        #: the begin transition: the begins of executions started in the same turn of the
+        #: loop (a batch of claimed messages) in one pipeline, one round trip
+        self._begin = Coalesced(self.redis, BEGIN_PUBLISH_LUA)
         self._heartbeat = self.redis.register_script(HEARTBEAT_LUA)
         self._sweep = self.redis.register_script(SWEEP_LUA)
         self._reap = self.redis.register_script(REAP_LUA)

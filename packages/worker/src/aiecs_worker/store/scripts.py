@@ -15,6 +15,7 @@ Imports nothing from aiecs_worker.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import weakref
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from typing import Any
 from aiecs_core import TERMINAL_STATUSES
 from redis.exceptions import NoScriptError
 
-__all__ = ["TERMINAL_LUA", "Call", "load_together", "partners", "pipelined", "sha1"]
+__all__ = ["TERMINAL_LUA", "Call", "Coalesced", "load_together", "partners", "pipelined", "sha1"]
 
 #: A Lua table literal: terminal status -> true. Sorted: a script's text (so its SHA1) must
 #: be the same in every process (a frozenset's order changes with each interpreter's hash
@@ -108,3 +109,84 @@ def _run(client: Any, calls: Sequence[Call], transaction: bool) -> list[Any]:
                 # a plain command: a Redis Cluster's pipeline refuses .evalsha
                 pipe.execute_command("EVALSHA", sha1(script), *args)
         return list(pipe.execute(raise_on_error=False))
+
+
+class Coalesced:
+    """One Lua script, called on an asyncio client: the calls made in the same turn of
+    the event loop go out together, in one pipeline of ``EVALSHA`` (one round trip and
+    one pooled connection for them all, instead of one each).
+
+    ``await coalesced(keys=..., args=...)`` is the script's reply, as a
+    ``register_script`` object's call is; an error reply is raised to its own caller
+    only, a failure of the round trip (the connection) to every caller of the batch. The
+    calls are independent: each is one atomic script call, run once (a script Redis
+    refused with ``NOSCRIPT`` did not run: it is loaded and sent again); their order
+    within a batch is their callers' order. The first caller of a turn schedules the
+    send behind what the loop has ready (the other executions a batch of messages
+    started, which call it in the same turn): nothing waits for a timer.
+    """
+
+    def __init__(self, client: Any, script: str):
+        self.client = client
+        self.script = script
+        self.sha = sha1(script)
+        self._calls: list[tuple[Sequence[Any], Sequence[Any], asyncio.Future]] = []
+        self._sending: set[asyncio.Task] = set()
+        self._loaded = False
+
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self._calls:
+            task = loop.create_task(self._send())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        self._calls.append((keys, args, fut))
+        return fut
+
+    async def _send(self) -> None:
+        calls, self._calls = self._calls, []
+        calls = [c for c in calls if not c[2].done()]  # a caller cancelled meanwhile
+        if not calls:
+            return
+        try:
+            if not self._loaded:
+                await self.client.script_load(self.script)
+                self._loaded = True
+            replies = await self._pipeline(calls)
+            refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if refused:  # Redis lost its scripts (a restart, SCRIPT FLUSH)
+                await self.client.script_load(self.script)
+                again = await self._pipeline([calls[i] for i in refused])
+                for i, r in zip(refused, again, strict=True):
+                    replies[i] = r
+        except BaseException as exc:  # noqa: BLE001 - every caller of the batch is told
+            for _, _, fut in calls:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception)
+                                      else ConnectionError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, fut), reply in zip(calls, replies, strict=True):
+            if fut.done():
+                continue
+            if isinstance(reply, Exception):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
+
+    async def _pipeline(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any], Any]]
+                        ) -> list[Any]:
+        if len(calls) == 1:  # one call: no pipeline to build
+            keys, args, _ = calls[0]
+            try:
+                return [await self.client.execute_command("EVALSHA", self.sha, len(keys),
+                                                          *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for keys, args, _ in calls:
+                # a plain command: a Redis Cluster's pipeline refuses .evalsha
+                pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
