@@ -210,6 +210,8 @@ class Feeder:
                 async_client(s.redis_target(s.result_backend), socket_connect_timeout=2,
                              socket_timeout=5, health_check_interval=30)
         self.inflight: dict[str, asyncio.Task] = {}
+        #: the app's configuration, read once (Celery's Request asks it per message)
+        self._utc = app.uses_utc_timezone()
         #: messages wait in the queues (as far as this pool knows): claim a batch
         self.backlog = True
         self._room = asyncio.Event()  # set when an execution ends (a slot is free)
@@ -438,7 +440,7 @@ class Feeder:
             return False
         args, kwargs, embed = message.decode()
         req = aiotrace.make_request(self.app, task, message, (args, kwargs, embed),
-                                    poison._hostname)
+                                    poison._hostname, self._utc)
         if await self._revoked(req):
             return False
         signals.task_received.send(sender=self.consumer, request=req)
