@@ -123,6 +123,33 @@ def test_redact_data_walks_dicts_lists_and_tuples_keys_included():
     }
 
 
+@pytest.mark.parametrize("credential", [
+    SECRET, "sk-proj-abcdefghijklmnop", "xai-ABCDEFGH1234",
+    "AIzaSyA1234567890abcdefghijklmnopqrstuv", "ya29.a0AfH6SMBx-token",
+    "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ", "Bearer abcdefghijkl",
+])
+def test_redact_data_finds_a_credential_wherever_it_sits_in_a_container(credential):
+    """redact_data tests a container's strings joined before redacting them one by one:
+    a credential alone in a string, at a string's start or end, in a key, in a tuple, or
+    beside a string ending like a word (the shapes' lookbehinds), is found all the same;
+    a container with none comes back equal, as a copy."""
+    register_secret(SECRET)
+    clean = {"task_id": "t-1", "usage": [{"model": "m", "n": 3}], "t": ("a", 1), 5: None}
+    out = redact_data(clean)
+    assert out == clean and out is not clean and out["usage"][0] is not clean["usage"][0]
+    for place in (credential, f"{credential} end", f"start {credential}", f"x\x00{credential}"):
+        for data in ({"k": place}, {place: 1}, ["word", place, "sk"], ("abc", (place,)),
+                     {"a": ["Bear", {"b": place}]}):
+            out = redact_data(data)
+            assert "abcdefghijkl" not in repr(out) and "0123456789" not in repr(out) and \
+                "ABCDEFGH1234" not in repr(out) and "SMBx" not in repr(out) and \
+                "c2lnbmF0dXJl" not in repr(out) and "A1234567890" not in repr(out), (data, out)
+            assert REDACTED in repr(out)
+    # a word ending right before a separator does not make a shape out of the next string
+    assert redact_data(["Bearer", "abcdefghijkl"]) == ["Bearer", "abcdefghijkl"]
+    assert redact_data(["xsk", "-abcdefghijkl"]) == ["xsk", "-abcdefghijkl"]
+
+
 def test_redact_json_keeps_valid_json_and_leaves_clean_text_untouched():
     register_secret('tricky"secret,1')
     clean = '{"a":1,"b":"text"}'

@@ -186,15 +186,55 @@ def _needs_redaction(text: str) -> bool:
 
 def redact_data(value: Any) -> Any:
     """A JSON-like value (dicts, lists, tuples, strings, scalars) with every string, keys
-    included, redacted. Other values are returned as they are."""
+    included, redacted. Other values are returned as they are.
+
+    A container is first tested whole: its strings joined by NUL, one substring scan for
+    every secret form and credential hint (and a regex search where a hint is found).
+    Every match inside one of the strings is a match in the joined text (the shapes'
+    lookbehinds exclude a NUL as they exclude the text's start), so a joined text with
+    nothing to redact means no string has: the value is copied without testing each
+    string (a chat task's result: ≈ 80 → 25 µs). Otherwise each string is redacted."""
+    if isinstance(value, Mapping | list | tuple):
+        found: list[str] = []
+        _strings(value, found)
+        if not _needs_redaction("\x00".join(found)):
+            return _copied(value)
+    return _redacted(value)
+
+
+def _strings(value: Any, out: list[str]) -> None:
+    """Every string :func:`_redacted` would redact in ``value``, keys included."""
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _strings(k, out)
+            _strings(v, out)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _strings(v, out)
+
+
+def _copied(value: Any) -> Any:
+    """What :func:`_redacted` returns for ``value`` when no string in it changes."""
+    if isinstance(value, Mapping):
+        return {_copied(k): _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    return value
+
+
+def _redacted(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, Mapping):
-        return {redact_data(k): redact_data(v) for k, v in value.items()}
+        return {_redacted(k): _redacted(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact_data(v) for v in value]
+        return [_redacted(v) for v in value]
     if isinstance(value, tuple):
-        return tuple(redact_data(v) for v in value)
+        return tuple(_redacted(v) for v in value)
     return value
 
 
