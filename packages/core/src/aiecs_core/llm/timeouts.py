@@ -64,29 +64,32 @@ class WaitNotice:
         self.what = what
         self.timeout = timeout
         self.every = timeout_setting("aiecs", "AIECS_WAIT_NOTICE", WAIT_NOTICE)
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0
 
     def start(self) -> WaitNotice:
-        """Start counting (on the running event loop)."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        """Start counting (on the running event loop): a timer, not a task (no coroutine
+        to create, step and cancel per call: the notice rarely fires)."""
+        self._started = time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(self.every, self._notice)
         return self
 
-    async def _run(self) -> None:
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(self.every)
-            waited = time.monotonic() - started
-            self.ctx.progress(None, f"{self.what}: no answer yet after {round(waited, 1):g} "
-                                    f"s (the request gives up after {self.timeout:g} s)")
+    def _notice(self) -> None:
+        if self._timer is None:
+            return
+        self._timer = asyncio.get_running_loop().call_later(self.every, self._notice)
+        waited = time.monotonic() - self._started
+        self.ctx.progress(None, f"{self.what}: no answer yet after {round(waited, 1):g} "
+                                f"s (the request gives up after {self.timeout:g} s)")
 
     def stop(self) -> None:
         """The provider answered, or the request ended: no more notices (idempotent)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def __enter__(self) -> WaitNotice:
-        return self if self._task is not None else self.start()
+        return self if self._timer is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
