@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -96,25 +96,24 @@ def value_depth(value: Any, limit: int | None = None) -> int:
     Iterative; with ``limit`` it stops at the first container past it and returns
     ``limit + 1`` (a self-containing value therefore ends instead of looping).
     """
+    if not isinstance(value, _CONTAINERS):
+        return 0
     deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:  # only containers are stacked, in a plain loop (no generator per item)
         item, depth = stack.pop()
-        children: Iterable[Any]
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        depth += 1
         if depth > deepest:
             deepest = depth
             if limit is not None and deepest > limit:
                 return deepest
-        stack.extend((child, depth) for child in children
-                     if isinstance(child, dict | list | tuple))
+        depth += 1
+        for child in (item.values() if isinstance(item, dict) else item):
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth))
     return deepest
+
+
+_CONTAINERS = (dict, list, tuple)
 
 
 def check_depth(value: Any, limit: int = MAX_JSON_DEPTH, what: str = "value") -> None:
