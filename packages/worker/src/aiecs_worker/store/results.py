@@ -19,14 +19,8 @@ trips per task). Here, when the result backend is the state Redis
 - a send made inside :func:`unwatched` (the progress server's ``POST /tasks``: nobody in
   that process waits for the result) does not subscribe to the result's channel. Celery
   subscribes at every send so that a result published before ``.get()`` is not missed;
-  ``.get()`` reads the record and, for a result not finished, subscribes and reads it
-  again, so an unwatched result can still be waited for, from any process
-  (``AsyncResult(id).get()``);
-- ``.get()`` (:meth:`RedisBackend.add_pending_result`) costs one round trip for a finished
-  result nobody here subscribed to (Celery's: ``SUBSCRIBE``, the read, ``UNSUBSCRIBE``),
-  and none for one subscribed at its send whose message has already come: what the
-  subscription received is read off its socket first (Celery's ``.get()`` would read the
-  record again, leaving the message unread), the channels given up together.
+  ``.get()`` subscribes itself and then reads the record, so an unwatched result can
+  still be waited for, from any process (``AsyncResult(id).get()``).
 
 What a Celery user sees is what the tracer stored: ``SUCCESS`` and the task's (redacted)
 result; ``FAILURE`` and the aiecs error rebuilt with ``cls(message, details)`` (no
