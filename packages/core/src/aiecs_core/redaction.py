@@ -39,7 +39,7 @@ import os
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -198,12 +198,12 @@ def redact_data(value: Any) -> Any:
         found: list[str] = []
         _strings(value, found)
         if not _needs_redaction("\x00".join(found)):
-            return _copied(value)
-    return _redacted(value)
+            return _rebuilt(value, _same)  # a copy, nothing to redact
+    return _rebuilt(value, redact)
 
 
 def _strings(value: Any, out: list[str]) -> None:
-    """Every string :func:`_redacted` would redact in ``value``, keys included."""
+    """Every string :func:`_rebuilt` would pass to its ``leaf`` in ``value``, keys included."""
     if isinstance(value, str):
         out.append(value)
     elif isinstance(value, Mapping):
@@ -215,26 +215,20 @@ def _strings(value: Any, out: list[str]) -> None:
             _strings(v, out)
 
 
-def _copied(value: Any) -> Any:
-    """What :func:`_redacted` returns for ``value`` when no string in it changes."""
-    if isinstance(value, Mapping):
-        return {_copied(k): _copied(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copied(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_copied(v) for v in value)
-    return value
+def _same(text: str) -> str:
+    return text
 
 
-def _redacted(value: Any) -> Any:
+def _rebuilt(value: Any, leaf: Callable[[str], str]) -> Any:
+    """``value`` rebuilt (dicts, lists, tuples copied) with ``leaf`` of every string."""
     if isinstance(value, str):
-        return redact(value)
+        return leaf(value)
     if isinstance(value, Mapping):
-        return {_redacted(k): _redacted(v) for k, v in value.items()}
+        return {_rebuilt(k, leaf): _rebuilt(v, leaf) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redacted(v) for v in value]
+        return [_rebuilt(v, leaf) for v in value]
     if isinstance(value, tuple):
-        return tuple(_redacted(v) for v in value)
+        return tuple(_rebuilt(v, leaf) for v in value)
     return value
 
 
