@@ -236,13 +236,16 @@ def test_reconnect_mid_task_misses_nothing(progress_server, publisher):
         await client.subscribe(task)
         total = 120
         dropped_at = None
+        published_away = 0  # events published after the drop was seen, before the reconnect
         away = asyncio.Event()
         client.sio.on("disconnect", lambda *_: away.set())
 
         async def produce():
-            nonlocal dropped_at
+            nonlocal dropped_at, published_away
             for i in range(total):
                 await pub.publish(event(user, task, "stream", delta=f"[{i}]"))
+                if away.is_set() and client.connects < 2:
+                    published_away += 1
                 if i == 30:
                     dropped_at = len(client.events(task))
                     # cut the transport as a network drop would (not awaited: the close
@@ -267,9 +270,10 @@ def test_reconnect_mid_task_misses_nothing(progress_server, publisher):
         assert seqs == list(range(1, total + 2))
         assert "".join(e["delta"] or "" for e in client.events(task)) == "".join(
             f"[{i}]" for i in range(total))
-        # events really were published while it was away (else the test proves nothing)
-        live_seqs = {e["seq"] for e in client.live()}
-        assert dropped_at is not None and set(seqs) - live_seqs, "no event was missed live"
+        # events really were published while it was away (else the test proves nothing);
+        # how they reach it after the reconnect (the subscribe's replay, or the relay
+        # catching up) is the server's to choose
+        assert dropped_at is not None and published_away > 0, "nothing published while away"
         await client.close()
 
     run(main())
