@@ -352,9 +352,19 @@ class ServerProcess(ChildProcess):
                 "--log-level", self.log_level]
 
     def start(self, timeout: float = 60.0, wait_healthy: bool = True) -> ServerProcess:
-        self.spawn()
-        if wait_healthy:
-            self.wait_healthy(timeout)
+        for attempt in range(4):
+            self.spawn()
+            if not wait_healthy:
+                return self
+            try:
+                self.wait_healthy(timeout)
+                return self
+            except RuntimeError:
+                # the port was taken between free_port() and the server's bind: another one
+                if attempt == 3 or "address already in use" not in self.log():
+                    raise
+                self.stop()
+                self.port = free_port()
         return self
 
     def wait_healthy(self, timeout: float = 30.0) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -13,7 +14,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+_random = random.SystemRandom()  # not seeded alike in every xdist worker
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections and ``bind(0)``."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A port free now, below the kernel's ephemeral range when there is room: a port
+    ``bind(0)`` gave could be taken, before the server binds it, by any outgoing
+    connection's local port (the suite opens thousands), which made a server fail to
+    start with "address already in use"."""
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(50):
+            port = _random.randrange(10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
