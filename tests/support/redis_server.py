@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 _random = random.SystemRandom()  # not seeded alike in every xdist worker
 
 

@@ -90,6 +90,9 @@ def text_depth(text: str | bytes | bytearray | memoryview, limit: int | None = N
     return deepest
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def value_depth(value: Any, limit: int | None = None) -> int:
     """The deepest container nesting of a decoded value (dicts, lists and tuples).
 
@@ -111,9 +114,6 @@ def value_depth(value: Any, limit: int | None = None) -> int:
             if isinstance(child, _CONTAINERS):
                 stack.append((child, depth))
     return deepest
-
-
-_CONTAINERS = (dict, list, tuple)
 
 
 def check_depth(value: Any, limit: int = MAX_JSON_DEPTH, what: str = "value") -> None:

@@ -39,16 +39,16 @@ __all__ = ["accepted", "context", "failure", "make_request", "postrun", "prerun"
 
 
 def make_request(app: Any, task: Any, message: Any, body: tuple, hostname: str,
-                 utc: bool | None = None) -> Any:
+                 utc: bool) -> Any:
     """Celery's worker-side ``Request`` of a message (the task's ``Request`` class), its
     body already decoded: what ``worker.state`` holds and ``inspect active`` reports.
-    ``utc``: ``app.uses_utc_timezone()``, when the caller has it already."""
+    ``utc``: ``app.uses_utc_timezone()``, read once by the caller (not per message)."""
     cls = task.Request
     if isinstance(cls, str):
         cls = symbol_by_name(cls)
     return cls(message, app=app, task=task, hostname=hostname, body=body,
                headers=message.headers, decoded=True,
-               utc=app.uses_utc_timezone() if utc is None else utc)
+               utc=utc)
 
 
 def context(request: Any) -> Context:

@@ -52,6 +52,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from aiecs_core import InvalidTaskError, TaskStatus
+from aiecs_core.jsonlimits import value_depth
 from celery.app.amqp import AMQP as CeleryAMQP
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from celery.worker.consumer import Consumer as CeleryConsumer
@@ -117,24 +118,8 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _depth(value: Any, limit: int) -> bool:
-    """True when ``value`` nests no deeper than ``limit`` (iterative: no recursion; only
-    containers are stacked, in a plain loop: a quarter of the CPU of a walk that stacked
-    every item through a generator, on a chat task's body)."""
-    if not isinstance(value, _CONTAINERS):
-        return True
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        depth += 1
-        for child in (item.values() if isinstance(item, dict) else item):
-            if isinstance(child, _CONTAINERS):
-                stack.append((child, depth))
-    return True
-
-
-_CONTAINERS = (dict, list, tuple)
+    """True when ``value`` nests no deeper than ``limit`` (aiecs_core's iterative walk)."""
+    return value_depth(value, limit) <= limit
 
 
 def _is_int(value: Any) -> bool:
